@@ -1,0 +1,58 @@
+"""Pieces shared by the retinalab datamodules."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from ..datasets import FundusRecord, read_dataset
+from .splits import split_hash, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class FundusDataModule(pl.LightningDataModule):
+    """Base class: reading records and writing the split beside the run.
+
+    Subclasses set ``self.dataset``, ``self.root``, ``self.reader_args``, ``self.on_error`` and
+    ``self.split_file`` in their ``__init__``. Like TorchGeo's datamodules they do not call
+    ``save_hyperparameters`` (their arguments are saved by LightningCLI's config instead, and
+    duplicated keys with the module's hparams make loggers fail).
+    """
+
+    dataset: str
+    root: str
+    reader_args: dict[str, Any]
+    on_error: str
+    split_file: str | None
+
+    def read_records(self) -> list[FundusRecord]:
+        """All records of the configured dataset."""
+        args = dict(self.reader_args or {})
+        args.setdefault("on_error", self.on_error)
+        return read_dataset(self.dataset, self.root, **args)
+
+    def split_path(self) -> Path | None:
+        """Where the split JSON goes: ``split_file``, else the trainer's log dir, else nowhere."""
+        if self.split_file:
+            return Path(self.split_file)
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        base = trainer.log_dir or trainer.default_root_dir
+        return Path(base) / "split.json"
+
+    def write_split(self, parts: dict[str, list[str]], extra: dict[str, Any]) -> str:
+        """Write ``{"hash", parts..., extra...}`` as JSON (global rank 0 only). Returns the hash."""
+        h = split_hash(parts)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and not trainer.is_global_zero:
+            return h
+        path = self.split_path()
+        if path is not None:
+            write_json_atomic(path, {"hash": h, **extra, **parts})
+            log.info("split written to %s", path)
+        return h

@@ -1,0 +1,320 @@
+"""Whole-image datamodules: DR grading and multi-lesion segmentation (paper 001's data).
+
+Images are decoded and preprocessed (field-of-view crop, resize, max-normalisation) in the
+DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from ..datasets import LESIONS, DatasetName, FundusRecord, OnError, read_dataset
+from ..preprocessing import load_fundus, stack_masks
+from .base import FundusDataModule
+from .splits import SplitMode, split_indices
+from .transforms import image_train_transform
+
+GradeTarget = Literal["grade", "referable", "normal"]
+#: Grade scale per dataset: ICDR 0-4, Messidor 0-3.
+NUM_GRADES = {"idrid": 5, "eyepacs": 5, "eophtha": 5, "messidor": 4}
+
+
+def grade_target(grade: int, target: GradeTarget) -> int:
+    """Map a grade to the requested label: the grade itself, referable (grade >= 2) or normal (grade == 0)."""
+    if target == "grade":
+        return grade
+    if target == "referable":
+        return int(grade >= 2)
+    if target == "normal":
+        return int(grade == 0)
+    raise ValueError(f"target must be one of grade/referable/normal, got {target!r}")
+
+
+class FundusImageDataset(Dataset):
+    """Preprocessed whole fundus images, optionally with stacked lesion masks and grades.
+
+    Each sample: ``image`` (3 x S x S float in [0, 1]), ``image_id``, ``label`` (int64, -1 when
+    unknown) and, with ``with_masks``, ``mask`` (L x S x S float) and ``mask_known`` (L bool).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[FundusRecord],
+        size: int,
+        target: GradeTarget = "grade",
+        with_masks: bool = False,
+        lesions: tuple[str, ...] = LESIONS,
+        transform: Any = None,
+        crop_fov: bool = True,
+        normalize: bool = True,
+    ) -> None:
+        self.records = list(records)
+        self.size, self.target, self.with_masks, self.lesions = size, target, with_masks, tuple(lesions)
+        self.transform, self.crop_fov, self.normalize = transform, crop_fov, normalize
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        r = self.records[k]
+        pre = load_fundus(r, self.size, self.crop_fov, self.normalize, self.lesions if self.with_masks else None)
+        image = pre.image
+        masks, known = stack_masks(pre.masks, self.size, self.lesions)
+        if self.transform is not None:
+            if self.with_masks:
+                res = self.transform(image=image, mask=np.ascontiguousarray(masks.transpose(1, 2, 0)))
+                image, masks = res["image"], np.ascontiguousarray(res["mask"]).transpose(2, 0, 1)
+            else:
+                image = self.transform(image=image)["image"]
+        out = {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
+            "image_id": r.image_id,
+            "label": grade_target(r.grade, self.target) if r.grade is not None else -1,
+        }
+        if self.with_masks:
+            out["mask"] = torch.from_numpy(np.ascontiguousarray(masks)).float()
+            out["mask_known"] = torch.from_numpy(known)
+        return out
+
+
+class _ImageDataModule(FundusDataModule):
+    """Split handling shared by the whole-image datamodules."""
+
+    split_mode: SplitMode
+    val_size: int | float
+    test_size: int | float
+    seed: int
+    batch_size: int
+    num_workers: int
+
+    def _split(self, records: list[FundusRecord], strata: list[int] | None) -> dict[str, list[FundusRecord]]:
+        official = None
+        if self.split_mode == "official":
+            official = [r.split for r in records]
+            if "test" not in official:
+                raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
+        idx = split_indices([r.group for r in records], self.val_size, self.test_size, self.seed, strata, official)
+        return {k: [records[i] for i in v] for k, v in idx.items()}
+
+    def _loader(self, ds: Dataset, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class GradingDataModule(_ImageDataModule):
+    """Image-level DR grades, as a 5-class (4 for Messidor) or binary problem.
+
+    Args:
+        dataset: reader name.
+        root: dataset folder.
+        reader_args: extra reader arguments (IDRiD defaults to its ``grading`` subset).
+        target: ``grade``; ``referable`` (1 = grade >= 2); ``normal`` (1 = grade 0).
+        image_size: side of the preprocessed image.
+        crop_fov: crop to the field of view.
+        normalize: divide by the image maximum.
+        split_mode: ``official`` (where the dataset has a test split) or ``random``.
+        val_size: validation images or fraction (carved from the training split).
+        test_size: test images or fraction for ``random``.
+        seed: split seed.
+        batch_size: images per batch.
+        num_workers: DataLoader workers (decode happens there).
+        augment: flips, rotations, colour jitter on training images.
+        on_error: ``skip`` drops label rows whose image is missing.
+        split_file: where to write the split JSON.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "idrid",
+        root: str = "data/idrid",
+        reader_args: dict[str, Any] | None = None,
+        target: GradeTarget = "grade",
+        image_size: int = 512,
+        crop_fov: bool = True,
+        normalize: bool = True,
+        split_mode: SplitMode = "official",
+        val_size: int | float = 0.1,
+        test_size: int | float = 0.2,
+        seed: int = 0,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        augment: bool = True,
+        on_error: OnError = "raise",
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset == "idrid" and not reader_args:
+            reader_args = {"subsets": ["grading"]}
+        self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        self.target, self.image_size, self.crop_fov, self.normalize = target, image_size, crop_fov, normalize
+        self.split_mode, self.val_size, self.test_size, self.seed = split_mode, val_size, test_size, seed
+        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
+        self.on_error, self.split_file = on_error, split_file
+        self.parts: dict[str, list[FundusRecord]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_GRADES.get(self.dataset, 5) if self.target == "grade" else 2
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.parts:
+            return
+        records = [r for r in self.read_records() if r.grade is not None]
+        if not records:
+            raise ValueError(f"{self.dataset} at {self.root}: no graded image found")
+        self.parts = self._split(records, [grade_target(r.grade, self.target) for r in records])
+        self.write_split(
+            {k: [r.image_id for r in v] for k, v in self.parts.items()},
+            {"dataset": self.dataset, "root": str(self.root), "seed": self.seed, "counts": self.summary()},
+        )
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Images per label in each part."""
+        return {
+            k: {f"label_{lab}": n for lab, n in sorted(Counter(grade_target(r.grade, self.target) for r in v).items())}
+            | {"images": len(v)}
+            for k, v in self.parts.items()
+        }
+
+    def _ds(self, part: str, train: bool) -> FundusImageDataset:
+        tf = image_train_transform(self.image_size) if (train and self.augment) else None
+        return FundusImageDataset(self.parts[part], self.image_size, self.target, False, transform=tf, crop_fov=self.crop_fov, normalize=self.normalize)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._ds("train", True), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._ds("val", False), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._ds("test", False), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+class SegmentationDataModule(_ImageDataModule):
+    """Images with the four lesion masks, plus an optional image-level-only set (paper 001).
+
+    The pixel-annotated set is every record of ``dataset`` with lesion masks; with
+    ``image_level_dataset`` set, graded images without masks from that dataset form the
+    semi-supervised set and the training loader yields ``{"pixel": batch, "image": batch}``.
+
+    Args:
+        dataset: reader of the pixel-annotated data (IDRiD segmentation by default).
+        root: its folder.
+        reader_args: extra reader arguments.
+        lesions: lesion masks to stack, in order.
+        image_size: side of the preprocessed image.
+        image_level_dataset: reader of the image-level set (e.g. ``idrid`` grading or ``eyepacs``).
+        image_level_root: its folder.
+        image_level_reader_args: its reader arguments.
+        image_level_batch_size: batch size of the image-level loader (default ``batch_size``).
+        crop_fov: crop to the field of view.
+        normalize: divide by the image maximum.
+        split_mode: ``official`` or ``random``.
+        val_size: validation images or fraction.
+        test_size: test images or fraction for ``random``.
+        seed: split seed.
+        batch_size: images per batch.
+        num_workers: DataLoader workers.
+        augment: flips, rotations, colour jitter on training images.
+        on_error: ``skip`` drops bad rows.
+        split_file: where to write the split JSON.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "idrid",
+        root: str = "data/idrid",
+        reader_args: dict[str, Any] | None = None,
+        lesions: list[str] | None = None,
+        image_size: int = 512,
+        image_level_dataset: DatasetName | None = None,
+        image_level_root: str | None = None,
+        image_level_reader_args: dict[str, Any] | None = None,
+        image_level_batch_size: int | None = None,
+        crop_fov: bool = True,
+        normalize: bool = True,
+        split_mode: SplitMode = "official",
+        val_size: int | float = 0.15,
+        test_size: int | float = 0.2,
+        seed: int = 0,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        augment: bool = True,
+        on_error: OnError = "raise",
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset == "idrid" and not reader_args:
+            reader_args = {"subsets": ["segmentation"]}
+        self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        self.lesions = tuple(lesions or LESIONS)
+        bad = [k for k in self.lesions if k not in LESIONS]
+        if bad:
+            raise ValueError(f"lesions {bad} unknown; choose from {list(LESIONS)}")
+        self.image_size, self.crop_fov, self.normalize = image_size, crop_fov, normalize
+        self.image_level_dataset, self.image_level_root = image_level_dataset, image_level_root
+        self.image_level_reader_args = image_level_reader_args or {}
+        self.image_level_batch_size = image_level_batch_size
+        if image_level_dataset is not None and image_level_root is None:
+            raise ValueError("image_level_dataset is set but image_level_root is not")
+        self.split_mode, self.val_size, self.test_size, self.seed = split_mode, val_size, test_size, seed
+        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
+        self.on_error, self.split_file = on_error, split_file
+        self.parts: dict[str, list[FundusRecord]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.parts:
+            return
+        records = [r for r in self.read_records() if r.has_lesion_masks]
+        if not records:
+            raise ValueError(f"{self.dataset} at {self.root}: no image with lesion masks found")
+        self.parts = self._split(records, None)
+        if self.image_level_dataset is not None:
+            args = {"on_error": self.on_error, **self.image_level_reader_args}
+            if self.image_level_dataset == "idrid" and "subsets" not in args:
+                args["subsets"] = ["grading"]
+            extra = read_dataset(self.image_level_dataset, self.image_level_root, **args)
+            held = {r.image_path for p in ("val", "test") for r in self.parts[p]}
+            self.parts["image_level"] = [r for r in extra if not r.has_lesion_masks and r.image_path not in held]
+        self.write_split(
+            {k: [r.image_id for r in v] for k, v in self.parts.items()},
+            {"dataset": self.dataset, "root": str(self.root), "seed": self.seed, "counts": self.summary()},
+        )
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {k: {"images": len(v)} for k, v in self.parts.items()}
+
+    def _ds(self, part: str, train: bool, with_masks: bool = True) -> FundusImageDataset:
+        tf = image_train_transform(self.image_size) if (train and self.augment) else None
+        return FundusImageDataset(self.parts[part], self.image_size, "grade", with_masks, self.lesions, tf, self.crop_fov, self.normalize)
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        pixel = self._loader(self._ds("train", True), shuffle=True)
+        if "image_level" not in self.parts:
+            return pixel
+        image = self._loader(self._ds("image_level", True, with_masks=False), True, self.image_level_batch_size)
+        return CombinedLoader({"pixel": pixel, "image": image}, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._ds("val", False), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._ds("test", False), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

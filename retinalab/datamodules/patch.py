@@ -1,0 +1,274 @@
+"""Patch datamodule shared by the patch methods (paper 000's SSL-GAN and baselines, EGL patches).
+
+Images are split (by patient where the dataset has patients) into train/val/test; ``num_labeled``
+training images are labelled, the rest of the training split is unlabelled and its labels never
+reach the model. Patches come from the on-disk :class:`~retinalab.preprocessing.PatchCache`, so no
+image is decoded after the first epoch... or indeed during any epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from ..datasets import DatasetName, OnError
+from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
+from ..preprocessing.patches import UNKNOWN
+from .base import FundusDataModule
+from .splits import SplitMode, choose_labeled, split_indices
+from .transforms import patch_train_transform
+
+log = logging.getLogger(__name__)
+
+
+class PatchDataset(Dataset):
+    """All patches of the given cache rows.
+
+    Each sample is a dict: ``image`` (3 x s x s float in [0, 1]), ``label`` (int64; -1 when hidden
+    or unknown), ``image_index`` (row in the cache), ``patch_index`` (position in the grid),
+    ``fraction`` (lesion-pixel fraction; 0 when hidden).
+
+    Args:
+        cache: the patch cache.
+        rows: cache rows (images) to serve.
+        transform: albumentations transform applied to the HxWx3 uint8 patch.
+        hide_labels: serve ``label = -1`` (unlabelled training data).
+    """
+
+    def __init__(self, cache: PatchCache, rows: np.ndarray, transform: Any = None, hide_labels: bool = False) -> None:
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.g = cache.patches_per_image
+        self.transform = transform
+        self.hide_labels = hide_labels
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.g
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i, j = int(self.rows[k // self.g]), k % self.g
+        patch = np.array(self.cache.patches[i, j])  # copy: memmaps are read-only
+        if self.transform is not None:
+            patch = self.transform(image=patch)["image"]
+        image = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255.0)
+        label = -1 if self.hide_labels else int(self.cache.labels[i, j])
+        fraction = 0.0 if self.hide_labels else float(self.cache.fractions[i, j])
+        return {"image": image, "label": label, "image_index": i, "patch_index": j, "fraction": fraction}
+
+
+class PatchDataModule(FundusDataModule):
+    """Labelled / unlabelled / val / test patches of a fundus dataset.
+
+    Paper 000's default: IDRiD's 81 segmentation images plus its grade-0 disease-grading images
+    (patches all healthy) = 249 images, split 149/50/50 at random, 8x8 grid of 128 px patches at
+    1024 px, downsampled to 32 px.
+
+    Args:
+        dataset: which reader (``idrid``, ``eophtha``, ``eyepacs``, ``messidor``).
+        root: dataset folder.
+        reader_args: extra reader arguments (e.g. ``{"subsets": ["segmentation"]}``).
+        image_size: side of the preprocessed image.
+        patch_size: side of a patch at ``image_size``.
+        stride: grid step (``patch_size`` = non-overlapping).
+        patch_out: side patches are downsampled to.
+        crop_fov: crop to the field of view before resizing.
+        normalize: divide by the image's maximum intensity.
+        fast_decode: reduced-size JPEG decoding.
+        grade0_healthy: grade-0 images without masks have all-healthy patches (paper 000).
+        include_unknown: add images whose patch labels are unknown (no mask, grade > 0) to the
+            unlabelled pool; they never enter val/test.
+        split_mode: ``random`` (paper 000) or ``official`` (the dataset's own test split).
+        val_size: validation images (int) or fraction (float < 1).
+        test_size: test images (int) or fraction; ignored with ``split_mode=official``.
+        stratify: keep the diseased/healthy image ratio in val/test (random within each class).
+        num_labeled: labelled training images (int), fraction (float < 1), or ``None`` for all.
+        unlabeled: also serve unlabelled training patches (semi-supervised methods): the training
+            loader then yields ``{"labeled": batch, "unlabeled": batch}``, labelled batches cycled.
+        seed: seed of the split and of the labelled subset.
+        batch_size: patches per batch (paper 000: 100).
+        num_workers: DataLoader workers.
+        cache_dir: parent folder of the patch cache (default ``$RETINALAB_CACHE`` or ``~/.cache/retinalab``).
+        cache_workers: processes that build the cache (-1 = all cores).
+        augment: random crop and flips of training patches.
+        on_error: ``skip`` drops unreadable images (logged and counted) instead of failing.
+        split_file: where to write the split JSON (default ``<log_dir>/split.json``).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "idrid",
+        root: str = "data/idrid",
+        reader_args: dict[str, Any] | None = None,
+        image_size: int = 1024,
+        patch_size: int = 128,
+        stride: int = 128,
+        patch_out: int = 32,
+        crop_fov: bool = True,
+        normalize: bool = True,
+        fast_decode: bool = True,
+        grade0_healthy: bool = True,
+        include_unknown: bool = False,
+        split_mode: SplitMode = "random",
+        val_size: int | float = 0.2,
+        test_size: int | float = 0.2,
+        stratify: bool = True,
+        num_labeled: int | float | None = None,
+        unlabeled: bool = False,
+        seed: int = 0,
+        batch_size: int = 100,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        cache_workers: int = -1,
+        augment: bool = True,
+        on_error: OnError = "raise",
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        self.cache_config = PatchCacheConfig(
+            grid=PatchGrid(image_size, patch_size, stride, patch_out),
+            crop_fov=crop_fov,
+            normalize=normalize,
+            fast_decode=fast_decode,
+            grade0_healthy=grade0_healthy,
+        )
+        self.include_unknown = include_unknown
+        self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
+        self.num_labeled, self.unlabeled, self.seed = num_labeled, unlabeled, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.cache_dir, self.cache_workers = cache_dir, cache_workers
+        self.augment, self.on_error, self.split_file = augment, on_error, split_file
+        self.cache: PatchCache | None = None
+        self.rows: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ building
+    def _build_cache(self, progress: bool = True) -> PatchCache:
+        records = self.read_records()
+        return PatchCache.build(
+            records,
+            cache_dir=self.cache_dir,
+            config=self.cache_config,
+            name=self.dataset,
+            num_workers=self.cache_workers,
+            on_error=self.on_error,
+            progress=progress,
+        )
+
+    def prepare_data(self) -> None:
+        """Build the patch cache once (Lightning calls this on one process per node)."""
+        self._build_cache()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cache is not None:
+            return
+        self.cache = cache = self._build_cache(progress=False)
+        known = cache.image_labels != UNKNOWN
+        known_rows = np.flatnonzero(known)
+        if len(known_rows) == 0:
+            raise ValueError(
+                f"{self.dataset} at {self.root}: no image has patch labels (no lesion masks and no grade 0); "
+                "a patch dataset needs pixel annotations"
+            )
+        groups = [cache.images[i]["group"] for i in known_rows]
+        strata = [int(cache.image_labels[i]) for i in known_rows] if self.stratify else None
+        official = None
+        if self.split_mode == "official":
+            official = [cache.images[i]["split"] for i in known_rows]
+            if "test" not in official:
+                raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
+        parts = split_indices(groups, self.val_size, self.test_size, self.seed, strata, official)
+        train = known_rows[parts["train"]]
+        labeled, unlabeled = choose_labeled(list(train), self.num_labeled, self.seed)
+        extra = []
+        if self.include_unknown:
+            # unknown-label images whose patient is not in val/test join the unlabelled pool
+            held_out = {cache.images[i]["group"] for p in ("val", "test") for i in known_rows[parts[p]]}
+            extra = [i for i in np.flatnonzero(~known) if cache.images[i]["group"] not in held_out]
+        self.rows = {
+            "train": train,
+            "val": known_rows[parts["val"]],
+            "test": known_rows[parts["test"]],
+            "labeled": np.asarray(labeled, dtype=np.int64),
+            "unlabeled": np.asarray(sorted(unlabeled + extra), dtype=np.int64),
+        }
+        ids = {k: [cache.images[i]["image_id"] for i in v] for k, v in self.rows.items()}
+        self.split_hash = self.write_split(
+            ids,
+            {
+                "dataset": self.dataset,
+                "root": str(self.root),
+                "seed": self.seed,
+                "num_labeled": self.num_labeled,
+                "cache": str(cache.path),
+                "counts": self.summary(),
+            },
+        )
+        log.info("patch data: %s", self.summary())
+
+    # ------------------------------------------------------------------ info
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Images and patches per class in each part (labels of unlabelled images included for the record)."""
+        assert self.cache is not None
+        out = {}
+        for part, rows in self.rows.items():
+            img = Counter(int(self.cache.image_labels[i]) for i in rows)
+            lab = self.cache.labels[rows] if len(rows) else np.zeros((0,), np.int8)
+            out[part] = {
+                "images": len(rows),
+                "images_diseased": img.get(1, 0),
+                "images_healthy": img.get(0, 0),
+                "patches": int(lab.size),
+                "patches_diseased": int((lab == 1).sum()),
+                "patches_healthy": int((lab == 0).sum()),
+            }
+        return out
+
+    def image_ids(self, rows: np.ndarray | list[int]) -> list[str]:
+        assert self.cache is not None
+        return [self.cache.images[int(i)]["image_id"] for i in rows]
+
+    def class_counts(self) -> np.ndarray:
+        """Healthy/diseased patch counts in the labelled set (for class-balanced losses)."""
+        assert self.cache is not None
+        lab = self.cache.labels[self.rows["labeled"]].ravel()
+        return np.array([(lab == 0).sum(), (lab == 1).sum()], dtype=np.int64)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, shuffle: bool | None = None) -> DataLoader:
+        assert self.cache is not None
+        tf = patch_train_transform(self.cache_config.grid.out_size) if (train and self.augment) else None
+        ds = PatchDataset(self.cache, rows, tf, hide_labels=hide)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train if shuffle is None else shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        if len(self.rows["labeled"]) == 0:
+            raise ValueError("num_labeled=0: there is no labelled training image")
+        labeled = self._loader(self.rows["labeled"], train=True)
+        if not self.unlabeled:
+            return labeled
+        if len(self.rows["unlabeled"]) == 0:
+            raise ValueError("unlabeled=True but every training image is labelled; lower num_labeled")
+        unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True)
+        return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.rows["val"], train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.rows["test"], train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.rows["test"], train=False)

@@ -1,0 +1,124 @@
+"""Reproducible train/val/test splits by patient (or image), and labelled-subset selection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+SplitMode = Literal["random", "official"]
+
+
+def _target(size: float | int, n: int, name: str) -> int:
+    if isinstance(size, bool) or size < 0:
+        raise ValueError(f"{name} must be a non-negative count or a fraction in [0, 1), got {size!r}")
+    if isinstance(size, float) and size < 1:
+        return int(round(size * n))
+    return int(size)
+
+
+def split_indices(
+    groups: Sequence[str],
+    val_size: int | float,
+    test_size: int | float,
+    seed: int,
+    strata: Sequence[int] | None = None,
+    official: Sequence[str | None] | None = None,
+) -> dict[str, list[int]]:
+    """Split items into train/val/test without any group (patient) in two splits.
+
+    Args:
+        groups: one group id per item (patient id, or the image id where there are no patients).
+        val_size: number of items (int >= 1) or fraction (float < 1) for validation.
+        test_size: same, for test; ignored with ``official`` (its ``"test"`` items are the test set).
+        seed: the same seed gives the same split.
+        strata: optional label per item; groups are allocated per stratum (the group's maximum
+            label) so small validation/test sets still contain both classes.
+        official: per-item official split names; when given, ``"test"`` items form the test set
+            and validation is carved out of the rest.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` item indices, each sorted.
+    """
+    n = len(groups)
+    rng = np.random.default_rng(seed)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    pool = list(by_group)
+    if official is not None:
+        test_groups = {g for g in pool if any(official[i] == "test" for i in by_group[g])}
+        out["test"] = [i for g in test_groups for i in by_group[g]]
+        pool = [g for g in pool if g not in test_groups]
+        wanted = [("val", _target(val_size, sum(len(by_group[g]) for g in pool), "val_size"))]
+    else:
+        wanted = [("test", _target(test_size, n, "test_size")), ("val", _target(val_size, n, "val_size"))]
+    group_stratum = {g: (max(strata[i] for i in by_group[g]) if strata is not None else 0) for g in pool}
+    stratum_groups: dict[int, list[str]] = {}
+    for g in pool:
+        stratum_groups.setdefault(group_stratum[g], []).append(g)
+    for s in stratum_groups:
+        stratum_groups[s] = [stratum_groups[s][k] for k in rng.permutation(len(stratum_groups[s]))]
+    total = sum(len(by_group[g]) for g in pool)
+    for name, target in wanted:
+        if target == 0:
+            continue
+        for s, gs in sorted(stratum_groups.items()):
+            n_s = sum(len(by_group[g]) for g in gs)
+            share = int(round(target * n_s / total)) if total else 0
+            taken = 0
+            while gs and taken < share:
+                g = gs.pop()
+                out[name] += by_group[g]
+                taken += len(by_group[g])
+        # rounding may leave the target short: fill from the largest strata
+        while sum(1 for _ in out[name]) < target and any(stratum_groups.values()):
+            s = max(stratum_groups, key=lambda k: len(stratum_groups[k]))
+            out[name] += by_group[stratum_groups[s].pop()]
+    out["train"] = [i for g in sum(stratum_groups.values(), []) for i in by_group[g]]
+    if not out["train"]:
+        raise ValueError(f"the split leaves no training data ({n} items, val_size={val_size}, test_size={test_size})")
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def choose_labeled(
+    candidates: Sequence[int], num_labeled: int | float | None, seed: int
+) -> tuple[list[int], list[int]]:
+    """Pick the labelled items among ``candidates`` with a seeded permutation.
+
+    The permutation does not depend on ``num_labeled``, so for a given seed the 10 labelled images
+    are a subset of the 20, and so on (nested label budgets, as a label-efficiency study wants).
+
+    Returns:
+        ``(labeled, rest)``, each sorted.
+    """
+    candidates = list(candidates)
+    if num_labeled is None:
+        return sorted(candidates), []
+    k = _target(num_labeled, len(candidates), "num_labeled")
+    if k > len(candidates):
+        raise ValueError(f"num_labeled={num_labeled} but only {len(candidates)} training images have labels")
+    perm = np.random.default_rng(seed + 1_000_003).permutation(len(candidates))
+    chosen = {candidates[p] for p in perm[:k]}
+    return sorted(chosen), sorted(set(candidates) - chosen)
+
+
+def split_hash(split: dict[str, Sequence[str]]) -> str:
+    """Short content hash of a split (ids per part), for manifests and run names."""
+    return hashlib.sha256(json.dumps({k: list(v) for k, v in sorted(split.items())}).encode()).hexdigest()[:12]
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> Path:
+    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+    return path

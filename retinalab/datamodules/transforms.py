@@ -1,0 +1,31 @@
+"""Albumentations pipelines used by the datamodules."""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+
+
+def patch_train_transform(size: int, pad: int = 2) -> A.Compose:
+    """Paper 000 appendix A: "random cropping and flipping" of the 32x32 training patches
+    (reflect-pad by ``pad`` pixels, random crop back, horizontal and vertical flips)."""
+    return A.Compose(
+        [
+            A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
+            A.RandomCrop(height=size, width=size),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+        ]
+    )
+
+
+def image_train_transform(size: int) -> A.Compose:
+    """Whole-image augmentation for grading/segmentation: flips, rotation, mild colour jitter."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.Rotate(limit=180, border_mode=cv2.BORDER_CONSTANT, p=0.5),
+            A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.5),
+        ]
+    )

@@ -1,0 +1,329 @@
+"""On-disk patch cache: decode and patch each image once, read memory-mapped arrays afterwards.
+
+A cache folder ``<cache_dir>/<name>-<key>`` holds::
+
+    index.json        parameters, per-image metadata, skipped files
+    patches.npy       N x G x s x s x 3 uint8   (G patches of side s per image)
+    labels.npy        N x G int8              (1 diseased, 0 healthy, -1 unknown)
+    fractions.npy     N x G float32           (lesion-pixel fraction of each patch)
+    coords.npy        G x 4 int32             (row, col, y0, x0 at the preprocessed resolution)
+    thumbs.npy        N x t x t x 3 uint8     (preprocessed image, for overlays)
+    mask_thumbs.npy   N x t x t uint8         (union lesion mask, for localisation metrics)
+
+The key hashes the preprocessing parameters and, for every source file, its path, size and
+modification time: a changed parameter or file gives a new key, hence a rebuild. A cache is built in
+a temporary sibling folder and renamed into place only when complete, so a half-written cache is
+never read. Building runs in worker processes that write straight into the memory-mapped arrays;
+the main process holds no image data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..datasets.base import LESIONS, DataFormatError, FundusRecord, OnError
+from .fundus import load_fundus
+from .patches import DISEASED, HEALTHY, UNKNOWN, PatchGrid
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+ARRAYS = ("patches", "labels", "fractions", "thumbs", "mask_thumbs")
+
+
+def default_cache_dir() -> Path:
+    """``$RETINALAB_CACHE`` or ``~/.cache/retinalab``."""
+    return Path(os.environ.get("RETINALAB_CACHE", Path.home() / ".cache" / "retinalab")).expanduser()
+
+
+@dataclass(frozen=True)
+class PatchCacheConfig:
+    """Everything that changes the cached arrays.
+
+    Args:
+        grid: the patch grid (image size, patch size, stride, output size).
+        crop_fov: crop to the field of view before resizing.
+        normalize: divide by the image's maximum intensity (paper 000).
+        fast_decode: reduced-size JPEG decoding (identical up to JPEG rounding; ~3x faster).
+        grade0_healthy: images without lesion masks but with grade 0 get all-healthy patches
+            (paper 000's 168 grade-0 IDRiD images); otherwise their patches are unknown (-1).
+        lesions: lesion masks whose union defines a diseased patch (never ``OD``).
+        thumb_size: side of the stored preview image and mask.
+    """
+
+    grid: PatchGrid = field(default_factory=PatchGrid)
+    crop_fov: bool = True
+    normalize: bool = True
+    fast_decode: bool = True
+    grade0_healthy: bool = True
+    lesions: tuple[str, ...] = LESIONS
+    thumb_size: int = 256
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.lesions if k not in LESIONS]
+        if bad:
+            raise ValueError(f"lesions {bad} are not DR lesions; choose from {list(LESIONS)}")
+
+
+def _stat(path: Path | None) -> list:
+    if path is None:
+        return [None]
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return [str(path), None]
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def cache_key(records: Sequence[FundusRecord], cfg: PatchCacheConfig) -> str:
+    """Hash of the parameters and of every source file's path, size and mtime."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": CACHE_VERSION, "cfg": asdict(cfg)}, sort_keys=True).encode())
+    for r in records:
+        item = [r.image_id, _stat(Path(r.image_path)), r.grade]
+        item += [[k, _stat(None if p is None else Path(p))] for k, p in sorted(r.masks.items())]
+        h.update(json.dumps(item).encode())
+    return h.hexdigest()[:20]
+
+
+def _record_meta(r: FundusRecord) -> dict:
+    return {
+        "image_id": r.image_id,
+        "image_path": str(r.image_path),
+        "grade": r.grade,
+        "dme_risk": r.dme_risk,
+        "patient_id": r.patient_id,
+        "split": r.split,
+        "dataset": r.dataset,
+        "group": r.group,
+        "annotated": sorted(r.masks),
+    }
+
+
+# ---------------------------------------------------------------- worker side
+_WORKER: dict = {}
+
+
+def _worker_init(tmp: str) -> None:
+    cv2.setNumThreads(1)
+    _WORKER.clear()
+    _WORKER["arrays"] = {name: np.load(Path(tmp) / f"{name}.npy", mmap_mode="r+") for name in ARRAYS}
+
+
+def _process(job: tuple[int, FundusRecord, PatchCacheConfig]) -> tuple[int, str | None, int]:
+    """Preprocess one image into row ``i`` of the arrays. Returns (i, error or None, image label)."""
+    i, record, cfg = job
+    arrays = _WORKER["arrays"]
+    try:
+        pre = load_fundus(
+            record,
+            size=cfg.grid.image_size,
+            crop_fov=cfg.crop_fov,
+            normalize=cfg.normalize,
+            structures=cfg.lesions,
+            fast_decode=cfg.fast_decode,
+        )
+    except DataFormatError as e:
+        return i, str(e), UNKNOWN
+    union = pre.lesion_union(cfg.lesions)
+    grid = cfg.grid
+    if union is None:
+        fractions = np.zeros(grid.num_patches, dtype=np.float32)
+        healthy = cfg.grade0_healthy and record.grade == 0
+        labels = grid.labels(None, healthy_if_unannotated=healthy)
+        image_label = HEALTHY if healthy else UNKNOWN
+        union = np.zeros(pre.image.shape[:2], dtype=bool)
+    else:
+        fractions = grid.lesion_fraction(union)
+        labels = grid.labels(fractions)
+        image_label = DISEASED if labels.max() > 0 else HEALTHY
+    t = cfg.thumb_size
+    arrays["patches"][i] = grid.extract(pre.image)
+    arrays["labels"][i] = labels
+    arrays["fractions"][i] = fractions
+    arrays["thumbs"][i] = cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA)
+    arrays["mask_thumbs"][i] = cv2.resize(union.astype(np.float32), (t, t), interpolation=cv2.INTER_AREA) > 0
+    return i, None, image_label
+
+
+# ---------------------------------------------------------------- cache object
+class PatchCache:
+    """Read-only view of a built cache; arrays are memory-mapped, nothing is decoded.
+
+    Attributes:
+        patches: ``N x G x s x s x 3`` uint8 memmap.
+        labels: ``N x G`` int8 (1 diseased, 0 healthy, -1 unknown).
+        fractions: ``N x G`` float32 lesion-pixel fractions.
+        coords: ``G x 4`` int32 (row, col, y0, x0).
+        image_labels: ``N`` int8 image-level labels (any diseased patch).
+        images: per-image metadata dicts (``image_id``, ``grade``, ``group``, ``split``...).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index_file = self.path / "index.json"
+        if not index_file.is_file():
+            raise FileNotFoundError(f"{self.path} is not a complete patch cache (no index.json)")
+        self.index = json.loads(index_file.read_text())
+        self.images: list[dict] = self.index["images"]
+        self.skipped: list[str] = self.index.get("skipped", [])
+        self.grid = PatchGrid(**self.index["config"]["grid"])
+        for name in ARRAYS:
+            setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
+        self.coords = np.load(self.path / "coords.npy")
+        self.image_labels = np.asarray([m["image_label"] for m in self.images], dtype=np.int8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [m["image_id"] for m in self.images]
+
+    @property
+    def patches_per_image(self) -> int:
+        return self.grid.num_patches
+
+    @classmethod
+    def build(
+        cls,
+        records: Sequence[FundusRecord],
+        cache_dir: str | Path | None = None,
+        config: PatchCacheConfig | None = None,
+        name: str = "patches",
+        num_workers: int = 0,
+        on_error: OnError = "raise",
+        progress: bool = True,
+    ) -> PatchCache:
+        """Return the cache for ``records``/``config``, building it first if needed.
+
+        Args:
+            records: images to cache (order is kept).
+            cache_dir: parent folder (default :func:`default_cache_dir`).
+            config: preprocessing parameters.
+            name: prefix of the cache folder name.
+            num_workers: worker processes (0 = in this process; -1 = all cores).
+            on_error: ``"skip"`` leaves out images that fail to decode (listed in ``skipped``).
+            progress: show a progress bar.
+
+        Raises:
+            DataFormatError: for a bad image when ``on_error="raise"``; nothing is left behind.
+        """
+        if not records:
+            raise ValueError("no images to cache")
+        config = config or PatchCacheConfig()
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        final = cache_dir / f"{name}-{cache_key(records, config)}"
+        if (final / "index.json").is_file():
+            log.info("using patch cache %s", final)
+            return cls(final)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            cls._build_into(tmp, records, config, num_workers, on_error, progress)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / "index.json").is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(final)
+
+    @staticmethod
+    def _build_into(
+        tmp: Path,
+        records: Sequence[FundusRecord],
+        cfg: PatchCacheConfig,
+        num_workers: int,
+        on_error: OnError,
+        progress: bool,
+    ) -> None:
+        n, g, s, t = len(records), cfg.grid.num_patches, cfg.grid.out_size, cfg.thumb_size
+        shapes = {
+            "patches": ((n, g, s, s, 3), np.uint8),
+            "labels": ((n, g), np.int8),
+            "fractions": ((n, g), np.float32),
+            "thumbs": ((n, t, t, 3), np.uint8),
+            "mask_thumbs": ((n, t, t), np.uint8),
+        }
+        for key, (shape, dtype) in shapes.items():
+            np.lib.format.open_memmap(tmp / f"{key}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+        np.save(tmp / "coords.npy", cfg.grid.coords())
+        if num_workers < 0:
+            num_workers = os.cpu_count() or 1
+        jobs = [(i, r, cfg) for i, r in enumerate(records)]
+        image_labels = np.full(n, UNKNOWN, dtype=np.int8)
+        errors: dict[int, str] = {}
+        start = time.perf_counter()
+        bar = tqdm(total=n, desc=f"Caching patches ({tmp.name.split('.tmp')[0].lstrip('.')})", unit="img", disable=not progress)
+        if num_workers == 0:
+            _worker_init(str(tmp))
+            results = map(_process, jobs)
+            pool = None
+        else:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            pool = ctx.Pool(num_workers, initializer=_worker_init, initargs=(str(tmp),))
+            results = pool.imap_unordered(_process, jobs, chunksize=max(1, min(16, n // (4 * num_workers) or 1)))
+        try:
+            for i, err, label in results:
+                bar.update()
+                if err is not None:
+                    if on_error == "raise":
+                        raise DataFormatError(err)
+                    log.warning("skipping: %s", err)
+                    errors[i] = err
+                image_labels[i] = label
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            _WORKER.clear()
+        keep = [i for i in range(n) if i not in errors]
+        if not keep:
+            raise DataFormatError(f"none of the {n} images could be read; first error: {next(iter(errors.values()))}")
+        if errors:
+            _compact(tmp, keep, shapes)
+        images = []
+        for i in keep:
+            meta = _record_meta(records[i])
+            meta["image_label"] = int(image_labels[i])
+            images.append(meta)
+        index = {
+            "version": CACHE_VERSION,
+            "config": asdict(cfg),
+            "images": images,
+            "skipped": [errors[i] for i in sorted(errors)],
+            "build_seconds": time.perf_counter() - start,
+        }
+        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+
+
+def _compact(tmp: Path, keep: list[int], shapes: dict) -> None:
+    """Drop the rows of skipped images, one array at a time, in bounded chunks."""
+    for key, (shape, dtype) in shapes.items():
+        src = np.load(tmp / f"{key}.npy", mmap_mode="r")
+        dst = np.lib.format.open_memmap(tmp / f"{key}.new.npy", mode="w+", dtype=dtype, shape=(len(keep), *shape[1:]))
+        for start in range(0, len(keep), 256):
+            dst[start : start + 256] = src[keep[start : start + 256]]
+        dst.flush()
+        del src, dst
+        os.replace(tmp / f"{key}.new.npy", tmp / f"{key}.npy")

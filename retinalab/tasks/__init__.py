@@ -1,0 +1,5 @@
+"""One LightningModule per method."""
+
+from .patch_classifier import PatchClassifierTask
+
+__all__ = ["PatchClassifierTask"]

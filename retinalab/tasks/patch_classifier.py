@@ -1,0 +1,120 @@
+"""Supervised patch classifier with image-level aggregation (paper 000's ConvNet/ResNet baselines).
+
+Trained on the labelled patches only; evaluated with patch-level AUROC and image-level AUROC where
+score_i = sum_j sigmoid(l_ij) (paper 000, section 2) and l_ij = logit(diseased) - logit(healthy).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAUROC
+
+from ..metrics import ImageLevelScores
+from ..models import PatchBackbone, build_patch_model
+
+
+class PatchClassifierTask(pl.LightningModule):
+    """Supervised patch classification.
+
+    Args:
+        backbone: ``convnet`` (paper 000 Table 3 architecture) or ``resnet18/34/50`` (timm, from scratch).
+        width: channel multiplier of ``convnet`` (1.0 = paper).
+        num_classes: K (2: healthy / diseased).
+        lr: Adam learning rate.
+        beta1: Adam beta1.
+        beta2: Adam beta2.
+        weight_decay: Adam weight decay.
+        class_weight: ``balanced`` weights the loss by inverse patch-class frequency of the
+            labelled set (paper 000 Table 5 for ResNet34), ``none`` otherwise.
+        input_range: patches arrive in [0, 1]; ``symmetric`` maps them to [-1, 1] (the GAN's range).
+    """
+
+    def __init__(
+        self,
+        backbone: PatchBackbone = "convnet",
+        width: float = 1.0,
+        num_classes: int = 2,
+        lr: float = 3e-4,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        weight_decay: float = 0.0,
+        class_weight: Literal["none", "balanced"] = "none",
+        input_range: Literal["unit", "symmetric"] = "symmetric",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_patch_model(backbone, num_classes=num_classes, width=width)
+        self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_patch_auroc", BinaryAUROC())
+            setattr(self, f"{stage}_image", ImageLevelScores())
+
+    # ---------------------------------------------------------------- helpers
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and self.hparams.class_weight == "balanced" and hasattr(dm, "class_counts"):
+            counts = torch.as_tensor(dm.class_counts(), dtype=torch.float32).clamp_min(1)
+            self.loss_weight = (counts.sum() / (len(counts) * counts)).to(self.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.input_range == "symmetric":
+            x = x * 2 - 1
+        return self.model(x)
+
+    @staticmethod
+    def diseased_logit(logits: torch.Tensor) -> torch.Tensor:
+        """l = logit(diseased) - logit(healthy), so sigmoid(l) = softmax(logits)[:, 1] for K = 2."""
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 1:].logsumexp(1) - logits[:, 0]
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if "labeled" in batch:  # a semi-supervised loader: the baseline uses labelled data only
+            batch = batch["labeled"]
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"], weight=self.loss_weight)
+        acc = (logits.argmax(1) == batch["label"]).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        self.log("train/acc", acc, batch_size=len(logits))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        logits = self(batch["image"])
+        label = batch["label"]
+        loss = F.cross_entropy(logits, label)
+        prob = torch.sigmoid(self.diseased_logit(logits))
+        target = (label > 0).long()
+        getattr(self, f"{stage}_patch_auroc").update(prob, target)
+        getattr(self, f"{stage}_image").update(prob, target, batch["image_index"], batch["patch_index"])
+        self.log(f"{stage}/loss", loss, batch_size=len(logits), sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        patch = getattr(self, f"{stage}_patch_auroc")
+        image = getattr(self, f"{stage}_image")
+        self.log(f"{stage}/patch_auroc", patch.compute(), prog_bar=True)
+        self.log(f"{stage}/image_auroc", image.compute(), prog_bar=True)
+        patch.reset()
+        image.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        prob = torch.sigmoid(self.diseased_logit(self(batch["image"])))
+        return {"image_index": batch["image_index"], "patch_index": batch["patch_index"], "prob": prob}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        h = self.hparams
+        return torch.optim.Adam(self.parameters(), lr=h.lr, betas=(h.beta1, h.beta2), weight_decay=h.weight_decay)
