@@ -94,9 +94,52 @@ class ConvLarge(nn.Module):
                     nn.init.normal_(m.weight, 0.0, std)
                 nn.init.zeros_(m.bias)
 
+    @torch.no_grad()
+    def data_init(self, x: torch.Tensor, eps: float = 1e-6) -> None:
+        """Salimans & Kingma's data-dependent initialisation of the weight-normed layers.
+
+        Runs ``x`` (a batch of real inputs, ideally a few hundred) through the network layer by
+        layer; each conv/dense layer gets its scale ``g`` divided by the std of its pre-activations
+        and its bias set to ``-mean/std``, so every layer starts with unit-variance, zero-mean
+        outputs. Without it, 10 layers initialised with N(0, 0.05) shrink the signal to ~1e-3 and
+        the network barely trains (measured: patch AUROC stuck at 0.66 on synthetic IDRiD).
+        Dropout is off during the pass.
+        """
+        was_training = self.training
+        self.eval()
+        h = x
+        for m in [*self.body, self.head]:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.zeros_(m.bias)
+                out = m(h)
+                dims = [0, 2, 3] if out.dim() == 4 else [0]
+                mean, std = out.mean(dims), out.std(dims) + eps
+                if hasattr(m, "parametrizations"):
+                    g = m.parametrizations.weight.original0
+                    g.div_(std.view_as(g))
+                else:
+                    m.weight.div_(std.view(-1, *([1] * (m.weight.dim() - 1))))
+                m.bias.copy_(-mean / std)
+                h = m(h)
+            else:
+                h = m(h)
+        self.train(was_training)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """h(x): the pooled activations after the NiN layers."""
+        self._check(x)
         return self.body(x)
 
+    #: smallest input side the two padding-0 stride-2 convs accept (32 in the paper)
+    MIN_SIZE = 28
+
+    def _check(self, x: torch.Tensor) -> None:
+        if min(x.shape[-2:]) < self.MIN_SIZE:
+            raise ValueError(
+                f"conv-large needs patches of at least {self.MIN_SIZE}x{self.MIN_SIZE} px (paper 000: 32), got "
+                f"{tuple(x.shape[-2:])}; set the datamodule's patch_out to 32"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
         return self.head(self.body(x))

@@ -236,6 +236,8 @@ class PatchCache:
         tmp.mkdir()
         try:
             cls._build_into(tmp, records, config, num_workers, on_error, progress)
+            if final.exists() and not (final / "index.json").is_file():
+                shutil.rmtree(final)  # left by a build that died before it completed
             try:
                 os.rename(tmp, final)
             except OSError:

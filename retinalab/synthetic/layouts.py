@@ -74,12 +74,14 @@ def _draw(args: tuple[Job, Options]) -> dict:
         if not m.any() and not job.write_empty_masks:
             continue  # as in IDRiD: an absent lesion has no mask file
         path.parent.mkdir(parents=True, exist_ok=True)
+        # TIFFs LZW-compressed as published masks are (an uncompressed 4288x2848 RGB TIFF is 36 MB)
+        kw = {"compression": "tiff_lzw"} if path.suffix.lower() in (".tif", ".tiff") else {}
         if job.mask_style == "red_rgb":
             rgb = np.zeros((*m.shape, 3), np.uint8)
             rgb[m, 0] = 255
-            Image.fromarray(rgb).save(path)
+            Image.fromarray(rgb).save(path, **kw)
         else:
-            Image.fromarray(m.astype(np.uint8) * 255).save(path)
+            Image.fromarray(m.astype(np.uint8) * 255).save(path, **kw)
         written[name] = True
     return {"index": job.index, "grade": f.grade, "dme": f.dme_risk, "eye": f.eye, "masks": written}
 
@@ -208,8 +210,9 @@ def _eyepacs(out: Path, n: int, opt: Options, workers: int) -> None:
         for eye in ("left", "right"):
             if count >= max(n, 2):
                 break
-            # both eyes of a patient usually share (roughly) the grade
-            g = int(np.clip(grades[p] + (rng.integers(-1, 2) if rng.random() < 0.2 else 0), 0, 4))
+            # both eyes of a patient usually share the grade; the second one sometimes differs by one
+            shift = int(rng.integers(-1, 2)) if (eye == "right" and rng.random() < 0.2) else 0
+            g = int(np.clip(grades[p] + shift, 0, 4))
             stem = f"{pid}_{eye}"
             jobs.append(Job(len(jobs), g, out / split / f"{stem}.jpeg", {}, eye=eye))
             rows[split].append((stem, len(jobs) - 1))

@@ -31,6 +31,8 @@ class PatchClassifierTask(pl.LightningModule):
         class_weight: ``balanced`` weights the loss by inverse patch-class frequency of the
             labelled set (paper 000 Table 5 for ResNet34), ``none`` otherwise.
         input_range: patches arrive in [0, 1]; ``symmetric`` maps them to [-1, 1] (the GAN's range).
+        data_init: Salimans' data-dependent initialisation of ``convnet`` on the first training
+            batch (rank 0's batch, broadcast to every rank under DDP).
     """
 
     def __init__(
@@ -44,11 +46,14 @@ class PatchClassifierTask(pl.LightningModule):
         weight_decay: float = 0.0,
         class_weight: Literal["none", "balanced"] = "none",
         input_range: Literal["unit", "symmetric"] = "symmetric",
+        data_init: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_patch_model(backbone, num_classes=num_classes, width=width)
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
+        # saved in checkpoints, so a resumed run does not initialise again
+        self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))
         for stage in ("val", "test"):
             setattr(self, f"{stage}_patch_auroc", BinaryAUROC())
             setattr(self, f"{stage}_image", ImageLevelScores())
@@ -60,10 +65,20 @@ class PatchClassifierTask(pl.LightningModule):
             counts = torch.as_tensor(dm.class_counts(), dtype=torch.float32).clamp_min(1)
             self.loss_weight = (counts.sum() / (len(counts) * counts)).to(self.device)
 
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1 if self.hparams.input_range == "symmetric" else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.input_range == "symmetric":
-            x = x * 2 - 1
-        return self.model(x)
+        return self.model(self._prepare(x))
+
+    def _maybe_data_init(self, x: torch.Tensor) -> None:
+        if bool(self.initialized):
+            return
+        self.model.data_init(self._prepare(x))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for t in self.model.state_dict().values():
+                torch.distributed.broadcast(t, src=0)
+        self.initialized.fill_(True)
 
     @staticmethod
     def diseased_logit(logits: torch.Tensor) -> torch.Tensor:
@@ -74,6 +89,7 @@ class PatchClassifierTask(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if "labeled" in batch:  # a semi-supervised loader: the baseline uses labelled data only
             batch = batch["labeled"]
+        self._maybe_data_init(batch["image"])
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["label"], weight=self.loss_weight)
         acc = (logits.argmax(1) == batch["label"]).float().mean()

@@ -1,0 +1,45 @@
+# retinalab — run `make help` for the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the wheels this workplace serves from local disk (any torch >= 2.4 works).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DATA ?= data/demo_idrid
+DEMO_RUN := runs/convnet_synthetic
+export WANDB_MODE ?= offline
+export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
+
+.PHONY: help install demo test test-slow bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS) -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install retinalab (editable) with its dev tools
+
+demo: install ## synthesise a small IDRiD-layout set, train the ConvNet baseline, print test metrics
+	@test -d $(DEMO_DATA) || $(BIN)/retinalab synth idrid --out $(DEMO_DATA) --num-images 120 --seed 0
+	$(BIN)/retinalab fit --config conf/convnet/synthetic.yaml --data.root $(DEMO_DATA)
+	$(BIN)/retinalab test --config conf/convnet/synthetic.yaml --data.root $(DEMO_DATA) \
+		--ckpt_path $(DEMO_RUN)/checkpoints/best.ckpt
+
+test: install ## run the fast test suite (< 10 min on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-slow: install ## run every test, the slow ones included
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: install ## run the benchmarks in benchmarks/ and print their ratios
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lint: install ## ruff
+	$(BIN)/ruff check retinalab tests benchmarks
+
+clean: ## remove the venv, caches and runs
+	rm -rf $(VENV) .cache runs .pytest_cache

@@ -1,0 +1,107 @@
+"""Patch cache: contents, reuse, invalidation, atomicity, bad images, parallel build."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from retinalab.datasets import DataFormatError, read_idrid
+from retinalab.preprocessing import PatchCache, PatchCacheConfig, PatchGrid
+
+CFG = PatchCacheConfig(grid=PatchGrid(64, 16, 16, 8), thumb_size=32)
+
+
+def build(records, tmp_path, cfg=CFG, **kw):
+    return PatchCache.build(records, tmp_path / "cache", cfg, name="idrid", progress=False, **kw)
+
+
+def test_cache_contents(idrid_root, tmp_path):
+    recs = read_idrid(idrid_root)
+    c = build(recs, tmp_path)
+    assert c.patches.shape == (11, 16, 8, 8, 3) and c.patches.dtype == np.uint8
+    assert isinstance(c.patches, np.memmap)
+    labels = dict(zip(c.image_ids, c.image_labels.tolist()))
+    assert labels["seg/train/IDRiD_01"] == 1  # planted lesions
+    assert labels["grading/train/IDRiD_001"] == 0  # grade 0, no masks: all healthy (paper 000)
+    assert labels["grading/train/IDRiD_002"] == -1  # grade 2, no masks: unknown
+    i = c.image_ids.index("seg/train/IDRiD_01")
+    assert 0 < c.labels[i].sum() < 16 and (c.fractions[i] > 0).sum() == c.labels[i].sum()
+    assert c.thumbs.shape == (11, 32, 32, 3) and c.mask_thumbs[i].any()
+    assert c.coords.shape == (16, 4)
+
+
+def test_cache_is_reused_and_invalidated(idrid_root, tmp_path):
+    recs = read_idrid(idrid_root, subsets=["segmentation"])
+    c1 = build(recs, tmp_path)
+    stamp = (c1.path / "index.json").stat().st_mtime_ns
+    c2 = build(recs, tmp_path)
+    assert c2.path == c1.path and (c2.path / "index.json").stat().st_mtime_ns == stamp  # not rebuilt
+    # a changed preprocessing parameter -> another cache
+    c3 = build(recs, tmp_path, PatchCacheConfig(grid=PatchGrid(64, 16, 8, 8), thumb_size=32))
+    assert c3.path != c1.path and c3.patches.shape[1] == 49
+    # a changed source file -> another cache, with the new content
+    from PIL import Image
+
+    img = recs[0].image_path
+    arr = np.asarray(Image.open(img)).copy()
+    arr[20:44, 36:60] = (255, 255, 255)  # paint a white square inside the field of view
+    Image.fromarray(arr).save(img)
+    c4 = build(recs, tmp_path)
+    assert c4.path != c1.path
+    assert not np.array_equal(np.asarray(c4.patches[0]), np.asarray(c1.patches[0]))
+    np.testing.assert_array_equal(np.asarray(c4.patches[1]), np.asarray(c1.patches[1]))
+
+
+def test_bad_image_aborts_without_leaving_anything(idrid_root, tmp_path):
+    recs = read_idrid(idrid_root, subsets=["segmentation"])
+    recs[2].image_path.write_bytes(b"garbage")
+    with pytest.raises(DataFormatError, match=recs[2].image_path.name):
+        build(recs, tmp_path)
+    assert os.listdir(tmp_path / "cache") == []  # no half-written cache, no temp folder
+
+
+def test_bad_image_skipped_on_request(idrid_root, tmp_path):
+    recs = read_idrid(idrid_root, subsets=["segmentation"])
+    recs[2].image_path.write_bytes(b"garbage")
+    c = build(recs, tmp_path, on_error="skip")
+    assert len(c) == 4 and recs[2].image_id not in c.image_ids
+    assert c.patches.shape[0] == 4 and len(c.skipped) == 1 and "cannot decode" in c.skipped[0]
+    ok = build(read_idrid(idrid_root, subsets=["segmentation"]), tmp_path, on_error="skip")
+    # the rows kept are the right ones: same patches as a cache built without the bad image
+    j = c.image_ids.index(recs[3].image_id)
+    clean = PatchCache.build([recs[3]], tmp_path / "other", CFG, progress=False)
+    np.testing.assert_array_equal(np.asarray(c.patches[j]), np.asarray(clean.patches[0]))
+    assert ok.path == c.path  # same files, same parameters
+
+
+def test_mask_size_mismatch(idrid_root, tmp_path):
+    recs = read_idrid(idrid_root, subsets=["segmentation"])
+    from tests.data.common import save_mask, square_mask
+
+    save_mask(recs[0].masks["MA"], square_mask((40, 40), 5, 5))
+    with pytest.raises(DataFormatError, match="mask is 40x40 but its image"):
+        build(recs, tmp_path)
+
+
+def test_incomplete_cache_folder_is_never_read(idrid_root, tmp_path):
+    recs = read_idrid(idrid_root, subsets=["segmentation"])
+    c = build(recs, tmp_path)
+    path = c.path
+    (path / "index.json").unlink()  # as if a build had died before completing
+    with pytest.raises(FileNotFoundError, match="not a complete patch cache"):
+        PatchCache(path)
+    c2 = build(recs, tmp_path)  # rebuilt, not read
+    assert c2.path == path and (path / "index.json").is_file()
+    assert json.loads((path / "index.json").read_text())["images"][0]["image_id"] == recs[0].image_id
+
+
+def test_parallel_build_equals_serial(idrid_root, tmp_path):
+    recs = read_idrid(idrid_root)
+    serial = build(recs, tmp_path / "a")
+    parallel = build(recs, tmp_path / "b", num_workers=2)
+    for name in ("patches", "labels", "fractions", "thumbs", "mask_thumbs"):
+        np.testing.assert_array_equal(np.asarray(getattr(serial, name)), np.asarray(getattr(parallel, name)))

@@ -1,0 +1,87 @@
+"""The command line as users call it: `retinalab synth`, then `retinalab fit/test/predict --config ...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retinalab.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
+
+
+def run(args, cwd, env_extra=None, check=True):
+    env = {**os.environ, "RETINALAB_CACHE": str(cwd / "cache"), "WANDB_MODE": "offline", **(env_extra or {})}
+    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and res.returncode != 0:
+        raise AssertionError(f"retinalab {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def synth_idrid(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("cli")
+    run(["synth", "idrid", "--out", "syn", "--num-images", "30", "--seed", "3", "--size", "128x96", "--workers", "1"], cwd)
+    return cwd
+
+
+def test_synth_then_fit_test_predict(synth_idrid):
+    cwd = synth_idrid
+    res = run(["fit", "--config", str(TINY), "--data.root", "syn", "--trainer.max_epochs", "2",
+               "--trainer.default_root_dir", "run", "--trainer.logger.init_args.save_dir", "run"], cwd)
+    assert "Caching patches" in res.stderr  # progress bar of the cache build
+    versions = sorted((cwd / "run" / "logs").glob("version_*"))
+    assert versions, res.stderr[-2000:]
+    log_dir = versions[-1]
+    split = json.loads((log_dir / "split.json").read_text())
+    assert split["counts"]["val"]["images"] == 3 and split["root"] == "syn"
+    metrics = pd.read_csv(log_dir / "metrics.csv")
+    assert {"train/loss", "val/patch_auroc", "val/image_auroc"} <= set(metrics.columns)
+    assert metrics["val/patch_auroc"].notna().sum() == 2  # one validation per epoch
+    ckpts = list((log_dir / "checkpoints").glob("*.ckpt"))
+    assert ckpts
+    res = run(["test", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
+               "--trainer.logger.init_args.save_dir", "run"], cwd)
+    assert "test/image_auroc" in res.stdout and "test/patch_auroc" in res.stdout
+    res = run(["predict", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
+               "--trainer.logger.init_args.save_dir", "run"], cwd)
+
+
+def test_fast_dev_run_with_dotted_overrides(synth_idrid):
+    res = run(["fit", "--config", str(TINY), "--data.root", "syn", "--trainer.fast_dev_run", "1", "--model.lr", "0.01",
+               "--data.num_labeled", "5", "--data.split_file", "split5.json"], synth_idrid)
+    split = json.loads((synth_idrid / "split5.json").read_text())
+    assert len(split["labeled"]) == 5 and split["num_labeled"] == 5
+
+
+def test_missing_root_is_a_clear_error(tmp_path):
+    res = run(["fit", "--config", str(TINY), "--data.root", str(tmp_path / "nope"), "--trainer.fast_dev_run", "1"], tmp_path, check=False)
+    assert res.returncode != 0
+    assert "DatasetNotFoundError" in res.stderr and "nope" in res.stderr and "is not a folder" in res.stderr
+
+
+def test_help_and_unknown_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "synth" in out and "fit" in out
+    assert main(["frobnicate"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "idrid"])  # --out is required
+    assert e.value.code == 2
+
+
+def test_synth_refuses_to_overwrite(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("keep")
+    with pytest.raises(SystemExit):
+        main(["synth", "eyepacs", "--out", str(tmp_path / "d"), "--num-images", "4"])
+    assert "not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synth", "eyepacs", "--out", str(tmp_path / "e"), "--size", "10x10"])

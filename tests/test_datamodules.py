@@ -1,0 +1,125 @@
+"""PatchDataModule, GradingDataModule and SegmentationDataModule on fake layouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retinalab.datamodules import GradingDataModule, PatchDataModule, SegmentationDataModule
+from tests.data.idrid.data import make_idrid
+
+SMALL = dict(image_size=64, patch_size=16, stride=16, patch_out=8, batch_size=32)
+
+
+@pytest.fixture
+def big_idrid(tmp_path):
+    # 10 segmentation images (diseased) + 8 grade-0 and 4 graded (unknown patch labels) grading images
+    return make_idrid(tmp_path / "IDRiD", seg=(7, 3), grades={"train": [0, 0, 0, 0, 0, 2, 3], "test": [0, 0, 0, 4, 1]})
+
+
+def make_dm(root, tmp_path, **kw):
+    args = dict(dataset="idrid", root=str(root), cache_dir=str(tmp_path / "cache"), cache_workers=0, val_size=4, test_size=4,
+                split_file=str(tmp_path / "split.json"), **SMALL)
+    args.update(kw)
+    return PatchDataModule(**args)
+
+
+def test_patch_datamodule_paper000_selection_and_split_file(big_idrid, tmp_path):
+    dm = make_dm(big_idrid, tmp_path, num_labeled=4, seed=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    s = dm.summary()
+    # 10 segmentation + 8 grade-0 images have patch labels; graded DR images without masks do not
+    assert s["train"]["images"] + s["val"]["images"] + s["test"]["images"] == 18
+    assert s["labeled"]["images"] == 4 and s["unlabeled"]["images"] == 6
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert set(split["labeled"]) | set(split["unlabeled"]) == set(split["train"])
+    assert not set(split["train"]) & set(split["val"]) and not set(split["val"]) & set(split["test"])
+    assert not any("grading/train/IDRiD_006" == i for k in ("train", "val", "test") for i in split[k])
+    assert split["hash"] == dm.split_hash
+    # same seed -> same split; other seed -> another one
+    dm2 = make_dm(big_idrid, tmp_path, num_labeled=4, seed=1, split_file=str(tmp_path / "s2.json"))
+    dm2.setup("fit")
+    assert dm2.split_hash == dm.split_hash
+    dm3 = make_dm(big_idrid, tmp_path, num_labeled=4, seed=2, split_file=str(tmp_path / "s3.json"))
+    dm3.setup("fit")
+    assert dm3.split_hash != dm.split_hash
+
+
+def test_labelled_batches_and_hidden_unlabelled_labels(big_idrid, tmp_path):
+    dm = make_dm(big_idrid, tmp_path, num_labeled=3, unlabeled=True)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    assert set(batch) == {"labeled", "unlabeled"}
+    lab, unl = batch["labeled"], batch["unlabeled"]
+    assert lab["image"].shape == (32, 3, 8, 8) and lab["image"].dtype == torch.float32
+    assert 0 <= lab["image"].min() and lab["image"].max() <= 1
+    assert set(lab["label"].tolist()) <= {0, 1}
+    assert (unl["label"] == -1).all() and (unl["fraction"] == 0).all()  # labels never reach the model
+    labeled_rows = set(dm.rows["labeled"].tolist())
+    assert set(lab["image_index"].tolist()) <= labeled_rows
+    assert not set(unl["image_index"].tolist()) & labeled_rows
+
+
+def test_val_patches_cover_whole_images_in_order(big_idrid, tmp_path):
+    dm = make_dm(big_idrid, tmp_path)
+    dm.setup("fit")
+    loader = dm.val_dataloader()
+    idx = torch.cat([b["image_index"] for b in loader])
+    assert len(idx) == 4 * 16
+    assert torch.equal(idx, torch.as_tensor(np.repeat(dm.rows["val"], 16)))
+    labels = torch.cat([b["label"] for b in loader]).view(4, 16)
+    assert torch.equal(labels, torch.as_tensor(dm.cache.labels[dm.rows["val"]]).long())
+
+
+def test_include_unknown_adds_only_to_the_unlabelled_pool(big_idrid, tmp_path):
+    dm = make_dm(big_idrid, tmp_path, include_unknown=True, num_labeled=2)
+    dm.setup("fit")
+    ids = dm.image_ids(dm.rows["unlabeled"])
+    assert "grading/train/IDRiD_006" in ids  # grade 3, no masks
+    for part in ("val", "test", "labeled"):
+        assert all(dm.cache.image_labels[i] >= 0 for i in dm.rows[part])
+
+
+def test_patch_datamodule_without_patch_labels_is_refused(eyepacs_root, tmp_path):
+    dm = make_dm(eyepacs_root, tmp_path, dataset="eyepacs", grade0_healthy=False)
+    with pytest.raises(ValueError, match="no image has patch labels"):
+        dm.setup("fit")
+
+
+def test_grading_binary_views(eyepacs_root, tmp_path):
+    dm = GradingDataModule("eyepacs", str(eyepacs_root), target="referable", image_size=64, val_size=2, batch_size=4,
+                           num_workers=0, split_file=str(tmp_path / "g.json"))
+    dm.setup("fit")
+    assert len(dm.parts["test"]) == 4 and dm.num_classes == 2
+    patients = lambda part: {r.patient_id for r in dm.parts[part]}  # noqa: E731
+    assert not patients("train") & patients("val")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (4, 3, 64, 64)
+    grades = {"test/1_left": 0, "test/1_right": 1, "test/2_left": 2, "test/2_right": 2}
+    assert batch["label"].tolist() == [int(grades[i] >= 2) for i in batch["image_id"]]
+    normal = GradingDataModule("eyepacs", str(eyepacs_root), target="normal", image_size=64, num_workers=0, val_size=2,
+                               split_file=str(tmp_path / "n.json"))
+    normal.setup("fit")
+    b = next(iter(normal.test_dataloader()))
+    assert b["label"].tolist() == [int(grades[i] == 0) for i in b["image_id"]]
+    assert normal.summary()["test"] == {"label_0": 3, "label_1": 1, "images": 4}
+    assert GradingDataModule("messidor", "x").num_classes == 4
+
+
+def test_segmentation_datamodule_with_image_level_set(idrid_root, tmp_path):
+    dm = SegmentationDataModule("idrid", str(idrid_root), image_size=64, val_size=1, batch_size=2, num_workers=0,
+                                image_level_dataset="idrid", image_level_root=str(idrid_root), augment=False,
+                                split_file=str(tmp_path / "seg.json"))
+    dm.setup("fit")
+    assert len(dm.parts["test"]) == 2 and len(dm.parts["image_level"]) == 6
+    batch = next(iter(dm.train_dataloader()))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    pixel = batch["pixel"]
+    assert pixel["mask"].shape == (2, 4, 64, 64) and pixel["mask_known"].all()
+    assert pixel["mask"][:, 0].sum() > 0  # microaneurysm planted in every image
+    assert "mask" not in batch["image"] and batch["image"]["image"].shape[1:] == (3, 64, 64)

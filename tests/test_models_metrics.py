@@ -1,0 +1,69 @@
+"""Conv-large shapes and parameter count (Table 3 of paper 000), data init, image-level metric."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from retinalab.metrics import ImageLevelScores
+from retinalab.models import ConvLarge, build_patch_model
+
+
+def expected_params(c1=96, c2=192, k=2):
+    conv = lambda cin, cout, ks=3: cin * cout * ks * ks + cout + cout  # weight + bias + weight-norm g  # noqa: E731
+    return (conv(3, c1) + 2 * conv(c1, c1) + conv(c1, c2) + 4 * conv(c2, c2) + 2 * conv(c2, c2, 1)
+            + c2 * k + k + k)
+
+
+def test_convlarge_matches_table3():
+    m = ConvLarge()
+    assert sum(p.numel() for p in m.parameters()) == expected_params()
+    x = torch.randn(5, 3, 32, 32)
+    assert m(x).shape == (5, 2) and m.features(x).shape == (5, 192)
+    convs = [mod for mod in m.body if isinstance(mod, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [96] * 3 + [192] * 7
+    assert [c.stride[0] for c in convs] == [1, 1, 2, 1, 1, 2, 2, 2, 1, 1]
+    assert [c.padding[0] for c in convs] == [1] * 6 + [0] * 4
+    assert all(hasattr(c, "parametrizations") for c in convs)
+    with pytest.raises(ValueError, match="at least 28x28"):
+        m(torch.randn(1, 3, 16, 16))
+    small = ConvLarge(width=0.25, num_classes=3)
+    assert small(x).shape == (5, 3) and small.num_features == 48
+
+
+def test_convlarge_deepcopies_and_data_init_normalises():
+    m = ConvLarge(width=0.25)
+    copy.deepcopy(m)  # parametrizations.weight_norm survives deep copies (EMA, checkpoints)
+    x = torch.rand(256, 3, 32, 32) * 2 - 1
+    m.eval()
+    before = m(x).std().item()
+    m.data_init(x)
+    out = m(x)
+    assert before < 0.1  # N(0, 0.05) init shrinks the signal
+    assert out.std(0).mean().item() == pytest.approx(1.0, abs=0.1) and out.mean(0).abs().max() < 0.1
+
+
+def test_factory_lists_options():
+    with pytest.raises(ValueError, match="choose one of"):
+        build_patch_model("vgg")
+    assert build_patch_model("resnet18")(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_image_level_scores_hand_computed():
+    m = ImageLevelScores()
+    # image 7: patches p = .9, .8 (one diseased); image 3: .1, .2 (healthy); image 5: .5, .4 (diseased)
+    m.update(torch.tensor([0.9, 0.1, 0.5]), torch.tensor([1, 0, 0]), torch.tensor([7, 3, 5]), torch.tensor([0, 0, 0]))
+    m.update(torch.tensor([0.8, 0.2, 0.4]), torch.tensor([0, 0, 1]), torch.tensor([7, 3, 5]), torch.tensor([1, 1, 1]))
+    # a patch served twice (DistributedSampler padding) is counted once
+    m.update(torch.tensor([0.9]), torch.tensor([1]), torch.tensor([7]), torch.tensor([0]))
+    images, score, label = m.scores()
+    assert images.tolist() == [3, 5, 7]
+    assert torch.allclose(score, torch.tensor([0.3, 0.9, 1.7]))
+    assert label.tolist() == [0, 1, 1]
+    assert m.compute().item() == pytest.approx(binary_auroc(score, label).item()) == 1.0
+    single = ImageLevelScores()
+    single.update(torch.tensor([0.2]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
+    assert torch.isnan(single.compute())
