@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ def test_cache_contents(idrid_root, tmp_path):
     c = build(recs, tmp_path)
     assert c.patches.shape == (11, 16, 8, 8, 3) and c.patches.dtype == np.uint8
     assert isinstance(c.patches, np.memmap)
-    labels = dict(zip(c.image_ids, c.image_labels.tolist()))
+    labels = dict(zip(c.image_ids, c.image_labels.tolist(), strict=True))
     assert labels["seg/train/IDRiD_01"] == 1  # planted lesions
     assert labels["grading/train/IDRiD_001"] == 0  # grade 0, no masks: all healthy (paper 000)
     assert labels["grading/train/IDRiD_002"] == -1  # grade 2, no masks: unknown

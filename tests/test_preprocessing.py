@@ -7,7 +7,14 @@ import pytest
 from PIL import Image
 
 from retinalab.datasets import DataFormatError, FundusRecord
-from retinalab.preprocessing import PatchGrid, find_fov, load_fundus, normalize_max, read_image, read_mask
+from retinalab.preprocessing import (
+    PatchGrid,
+    find_fov,
+    load_fundus,
+    normalize_max,
+    read_image,
+    read_mask,
+)
 from tests.data.common import fundus, save_jpg, save_mask, square_mask
 
 
@@ -117,7 +124,7 @@ def test_grid_fast_extract_equals_per_patch_resize():
     fast = PatchGrid(256, 64, 64, 16).extract(img)
     import cv2
 
-    for k, (r, c) in enumerate([(0, 0), (1, 2), (3, 3)]):
+    for r, c in [(0, 0), (1, 2), (3, 3)]:
         tile = img[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64]
         ref = cv2.resize(tile, (16, 16), interpolation=cv2.INTER_AREA)
         np.testing.assert_array_equal(fast[r * 4 + c], ref)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch

@@ -69,7 +69,7 @@ def split_indices(
     for name, target in wanted:
         if target == 0:
             continue
-        for s, gs in sorted(stratum_groups.items()):
+        for _, gs in sorted(stratum_groups.items()):
             n_s = sum(len(by_group[g]) for g in gs)
             share = int(round(target * n_s / total)) if total else 0
             taken = 0

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from .base import (
-    DatasetNotFoundError,
     DataFormatError,
+    DatasetNotFoundError,
     ErrorPolicy,
     FundusRecord,
     OnError,

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import (
-    DatasetNotFoundError,
     DataFormatError,
+    DatasetNotFoundError,
     ErrorPolicy,
     FundusRecord,
     OnError,

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from .base import (
-    DatasetNotFoundError,
     DataFormatError,
+    DatasetNotFoundError,
     ErrorPolicy,
     FundusRecord,
     OnError,

@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 from .base import (
-    DatasetNotFoundError,
     DataFormatError,
+    DatasetNotFoundError,
     ErrorPolicy,
     FundusRecord,
     OnError,
