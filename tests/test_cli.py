@@ -56,9 +56,9 @@ def test_synth_then_fit_test_predict(synth_idrid):
 
 def test_fast_dev_run_with_dotted_overrides(synth_idrid):
     run(["fit", "--config", str(TINY), "--data.root", "syn", "--trainer.fast_dev_run", "1", "--model.lr", "0.01",
-               "--data.num_labeled", "5", "--data.split_file", "split5.json"], synth_idrid)
+               "--data.num_labeled_images", "5", "--data.split_file", "split5.json"], synth_idrid)
     split = json.loads((synth_idrid / "split5.json").read_text())
-    assert len(split["labeled"]) == 5 and split["num_labeled"] == 5
+    assert len(split["labeled"]) == 5 and split["num_labeled_images"] == 5
 
 
 def test_missing_root_is_a_clear_error(tmp_path):

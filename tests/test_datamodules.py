@@ -28,7 +28,7 @@ def make_dm(root, tmp_path, **kw):
 
 
 def test_patch_datamodule_paper000_selection_and_split_file(big_idrid, tmp_path):
-    dm = make_dm(big_idrid, tmp_path, num_labeled=4, seed=1)
+    dm = make_dm(big_idrid, tmp_path, num_labeled_images=4, seed=1)
     dm.prepare_data()
     dm.setup("fit")
     s = dm.summary()
@@ -41,16 +41,16 @@ def test_patch_datamodule_paper000_selection_and_split_file(big_idrid, tmp_path)
     assert not any("grading/train/IDRiD_006" == i for k in ("train", "val", "test") for i in split[k])
     assert split["hash"] == dm.split_hash
     # same seed -> same split; other seed -> another one
-    dm2 = make_dm(big_idrid, tmp_path, num_labeled=4, seed=1, split_file=str(tmp_path / "s2.json"))
+    dm2 = make_dm(big_idrid, tmp_path, num_labeled_images=4, seed=1, split_file=str(tmp_path / "s2.json"))
     dm2.setup("fit")
     assert dm2.split_hash == dm.split_hash
-    dm3 = make_dm(big_idrid, tmp_path, num_labeled=4, seed=2, split_file=str(tmp_path / "s3.json"))
+    dm3 = make_dm(big_idrid, tmp_path, num_labeled_images=4, seed=2, split_file=str(tmp_path / "s3.json"))
     dm3.setup("fit")
     assert dm3.split_hash != dm.split_hash
 
 
 def test_labelled_batches_and_hidden_unlabelled_labels(big_idrid, tmp_path):
-    dm = make_dm(big_idrid, tmp_path, num_labeled=3, unlabeled=True)
+    dm = make_dm(big_idrid, tmp_path, num_labeled_images=3, unlabeled=True)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch
@@ -77,7 +77,7 @@ def test_val_patches_cover_whole_images_in_order(big_idrid, tmp_path):
 
 
 def test_include_unknown_adds_only_to_the_unlabelled_pool(big_idrid, tmp_path):
-    dm = make_dm(big_idrid, tmp_path, include_unknown=True, num_labeled=2)
+    dm = make_dm(big_idrid, tmp_path, include_unknown=True, num_labeled_images=2)
     dm.setup("fit")
     ids = dm.image_ids(dm.rows["unlabeled"])
     assert "grading/train/IDRiD_006" in ids  # grade 3, no masks

@@ -1,6 +1,6 @@
 """Patch datamodule shared by the patch methods (paper 000's SSL-GAN and baselines, EGL patches).
 
-Images are split (by patient where the dataset has patients) into train/val/test; ``num_labeled``
+Images are split (by patient where the dataset has patients) into train/val/test; ``num_labeled_images``
 training images are labelled, the rest of the training split is unlabelled and its labels never
 reach the model. Patches come from the on-disk :class:`~retinalab.preprocessing.PatchCache`, so no
 image is decoded after the first epoch... or indeed during any epoch.
@@ -87,7 +87,7 @@ class PatchDataModule(FundusDataModule):
         val_size: validation images (int) or fraction (float < 1).
         test_size: test images (int) or fraction; ignored with ``split_mode=official``.
         stratify: keep the diseased/healthy image ratio in val/test (random within each class).
-        num_labeled: labelled training images (int), fraction (float < 1), or ``None`` for all.
+        num_labeled_images: labelled training images (int), fraction (float < 1), or ``None`` for all.
         unlabeled: also serve unlabelled training patches (semi-supervised methods): the training
             loader then yields ``{"labeled": batch, "unlabeled": batch}``, labelled batches cycled.
         seed: seed of the split and of the labelled subset.
@@ -118,7 +118,7 @@ class PatchDataModule(FundusDataModule):
         val_size: int | float = 0.2,
         test_size: int | float = 0.2,
         stratify: bool = True,
-        num_labeled: int | float | None = None,
+        num_labeled_images: int | float | None = None,
         unlabeled: bool = False,
         seed: int = 0,
         batch_size: int = 100,
@@ -140,7 +140,7 @@ class PatchDataModule(FundusDataModule):
         )
         self.include_unknown = include_unknown
         self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
-        self.num_labeled, self.unlabeled, self.seed = num_labeled, unlabeled, seed
+        self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir, self.cache_workers = cache_dir, cache_workers
         self.augment, self.on_error, self.split_file = augment, on_error, split_file
@@ -184,7 +184,7 @@ class PatchDataModule(FundusDataModule):
                 raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
         parts = split_indices(groups, self.val_size, self.test_size, self.seed, strata, official)
         train = known_rows[parts["train"]]
-        labeled, unlabeled = choose_labeled(list(train), self.num_labeled, self.seed)
+        labeled, unlabeled = choose_labeled(list(train), self.num_labeled_images, self.seed)
         extra = []
         if self.include_unknown:
             # unknown-label images whose patient is not in val/test join the unlabelled pool
@@ -204,7 +204,7 @@ class PatchDataModule(FundusDataModule):
                 "dataset": self.dataset,
                 "root": str(self.root),
                 "seed": self.seed,
-                "num_labeled": self.num_labeled,
+                "num_labeled_images": self.num_labeled_images,
                 "cache": str(cache.path),
                 "counts": self.summary(),
             },
@@ -255,12 +255,12 @@ class PatchDataModule(FundusDataModule):
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         if len(self.rows["labeled"]) == 0:
-            raise ValueError("num_labeled=0: there is no labelled training image")
+            raise ValueError("num_labeled_images=0: there is no labelled training image")
         labeled = self._loader(self.rows["labeled"], train=True)
         if not self.unlabeled:
             return labeled
         if len(self.rows["unlabeled"]) == 0:
-            raise ValueError("unlabeled=True but every training image is labelled; lower num_labeled")
+            raise ValueError("unlabeled=True but every training image is labelled; lower num_labeled_images")
         unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")
 

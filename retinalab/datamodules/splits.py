@@ -83,27 +83,30 @@ def split_indices(
             out[name] += by_group[stratum_groups[s].pop()]
     out["train"] = [i for g in sum(stratum_groups.values(), []) for i in by_group[g]]
     if not out["train"]:
-        raise ValueError(f"the split leaves no training data ({n} items, val_size={val_size}, test_size={test_size})")
+        raise ValueError(
+            f"the split leaves no training data ({n} items, val_size={val_size}, test_size={test_size}); "
+            "use smaller sizes or fractions, e.g. --data.val_size 0.2 --data.test_size 0.2"
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 
 def choose_labeled(
-    candidates: Sequence[int], num_labeled: int | float | None, seed: int
+    candidates: Sequence[int], num_labeled_images: int | float | None, seed: int
 ) -> tuple[list[int], list[int]]:
     """Pick the labelled items among ``candidates`` with a seeded permutation.
 
-    The permutation does not depend on ``num_labeled``, so for a given seed the 10 labelled images
+    The permutation does not depend on ``num_labeled_images``, so for a given seed the 10 labelled images
     are a subset of the 20, and so on (nested label budgets, as a label-efficiency study wants).
 
     Returns:
         ``(labeled, rest)``, each sorted.
     """
     candidates = list(candidates)
-    if num_labeled is None:
+    if num_labeled_images is None:
         return sorted(candidates), []
-    k = _target(num_labeled, len(candidates), "num_labeled")
+    k = _target(num_labeled_images, len(candidates), "num_labeled_images")
     if k > len(candidates):
-        raise ValueError(f"num_labeled={num_labeled} but only {len(candidates)} training images have labels")
+        raise ValueError(f"num_labeled_images={num_labeled_images} but only {len(candidates)} training images have labels")
     perm = np.random.default_rng(seed + 1_000_003).permutation(len(candidates))
     chosen = {candidates[p] for p in perm[:k]}
     return sorted(chosen), sorted(set(candidates) - chosen)
