@@ -67,15 +67,15 @@ def synth_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _lightning_main(argv: Sequence[str]) -> None:
+def cli(argv: Sequence[str], run: bool = True):
+    """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate)."""
     import torch
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningCLI
 
-    # Patch batches are tiny: oversubscribing 2 cores with intra-op threads only slows things down.
     torch.set_float32_matmul_precision("high")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    LightningCLI(
+    return LightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -84,6 +84,7 @@ def _lightning_main(argv: Sequence[str]) -> None:
         save_config_kwargs={"overwrite": True},
         args=list(argv),
         auto_configure_optimizers=False,
+        run=run,
     )
 
 
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2
-    _lightning_main(argv)
+    cli(argv)
     return 0
 
 

@@ -104,3 +104,13 @@ def test_parallel_build_equals_serial(idrid_root, tmp_path):
     parallel = build(recs, tmp_path / "b", num_workers=2)
     for name in ("patches", "labels", "fractions", "thumbs", "mask_thumbs"):
         np.testing.assert_array_equal(np.asarray(getattr(serial, name)), np.asarray(getattr(parallel, name)))
+
+
+def test_cache_pickles_by_path(idrid_root, tmp_path):
+    import pickle
+
+    c = build(read_idrid(idrid_root, subsets=["segmentation"]), tmp_path)
+    blob = pickle.dumps(c)
+    assert len(blob) < 2000  # not the arrays
+    c2 = pickle.loads(blob)
+    np.testing.assert_array_equal(np.asarray(c2.patches), np.asarray(c.patches))

@@ -85,3 +85,13 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["synth", "eyepacs", "--out", str(tmp_path / "e"), "--size", "10x10"])
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")))
+def test_every_shipped_config_instantiates(config, tmp_path):
+    from retinalab.main import cli
+
+    c = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+    assert c.model.__class__.__module__.startswith("retinalab.tasks")
+    assert c.datamodule.root == str(tmp_path)
+    assert c.trainer.max_epochs >= 1

@@ -190,6 +190,14 @@ class PatchCache:
     def __len__(self) -> int:
         return len(self.images)
 
+    def __getstate__(self) -> dict:
+        # Pickle by path: a pickled np.memmap would copy the whole array into every DataLoader
+        # worker started with "spawn"/"forkserver".
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
     @property
     def image_ids(self) -> list[str]:
         return [m["image_id"] for m in self.images]
