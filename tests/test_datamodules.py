@@ -123,3 +123,18 @@ def test_segmentation_datamodule_with_image_level_set(idrid_root, tmp_path):
     assert pixel["mask"].shape == (2, 4, 64, 64) and pixel["mask_known"].all()
     assert pixel["mask"][:, 0].sum() > 0  # microaneurysm planted in every image
     assert "mask" not in batch["image"] and batch["image"]["image"].shape[1:] == (3, 64, 64)
+
+
+def test_grading_undecodable_image_raises_or_is_skipped(eyepacs_root, tmp_path):
+    from retinalab.datasets import DataFormatError
+
+    (eyepacs_root / "test" / "1_right.jpeg").write_bytes(b"not a jpeg")
+    kw = dict(image_size=64, val_size=2, batch_size=4, num_workers=0, augment=False)
+    dm = GradingDataModule("eyepacs", str(eyepacs_root), split_file=str(tmp_path / "a.json"), **kw)
+    dm.setup("test")
+    with pytest.raises(DataFormatError, match="1_right.jpeg: cannot decode"):
+        next(iter(dm.test_dataloader()))
+    dm = GradingDataModule("eyepacs", str(eyepacs_root), on_error="skip", split_file=str(tmp_path / "b.json"), **kw)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image_id"] == ["test/1_left", "test/2_left", "test/2_right"]

@@ -6,6 +6,7 @@ DataLoader workers.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -13,13 +14,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..datasets import LESIONS, DatasetName, FundusRecord, OnError, read_dataset
+from ..datasets import LESIONS, DataFormatError, DatasetName, FundusRecord, OnError, read_dataset
 from ..preprocessing import load_fundus, stack_masks
 from .base import FundusDataModule
 from .splits import SplitMode, split_indices
 from .transforms import image_train_transform
+
+log = logging.getLogger(__name__)
 
 GradeTarget = Literal["grade", "referable", "normal"]
 #: Grade scale per dataset: ICDR 0-4, Messidor 0-3.
@@ -42,6 +45,8 @@ class FundusImageDataset(Dataset):
 
     Each sample: ``image`` (3 x S x S float in [0, 1]), ``image_id``, ``label`` (int64, -1 when
     unknown) and, with ``with_masks``, ``mask`` (L x S x S float) and ``mask_known`` (L bool).
+    With ``on_error="skip"`` a photograph or mask that fails to decode yields ``None`` (logged),
+    which :func:`skip_none_collate` drops from the batch.
     """
 
     def __init__(
@@ -54,17 +59,24 @@ class FundusImageDataset(Dataset):
         transform: Any = None,
         crop_fov: bool = True,
         normalize: bool = True,
+        on_error: OnError = "raise",
     ) -> None:
         self.records = list(records)
         self.size, self.target, self.with_masks, self.lesions = size, target, with_masks, tuple(lesions)
-        self.transform, self.crop_fov, self.normalize = transform, crop_fov, normalize
+        self.transform, self.crop_fov, self.normalize, self.on_error = transform, crop_fov, normalize, on_error
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
+    def __getitem__(self, k: int) -> dict[str, Any] | None:
         r = self.records[k]
-        pre = load_fundus(r, self.size, self.crop_fov, self.normalize, self.lesions if self.with_masks else None)
+        try:
+            pre = load_fundus(r, self.size, self.crop_fov, self.normalize, self.lesions if self.with_masks else None)
+        except DataFormatError as e:
+            if self.on_error == "raise":
+                raise
+            log.warning("skipping: %s", e)
+            return None
         image = pre.image
         masks, known = stack_masks(pre.masks, self.size, self.lesions)
         if self.transform is not None:
@@ -82,6 +94,12 @@ class FundusImageDataset(Dataset):
             out["mask"] = torch.from_numpy(np.ascontiguousarray(masks)).float()
             out["mask_known"] = torch.from_numpy(known)
         return out
+
+
+def skip_none_collate(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Collate the samples that decoded; ``None`` when none did (Lightning then skips the step)."""
+    kept = [b for b in batch if b is not None]
+    return default_collate(kept) if kept else None
 
 
 class _ImageDataModule(FundusDataModule):
@@ -110,6 +128,7 @@ class _ImageDataModule(FundusDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=skip_none_collate,
         )
 
 
@@ -190,7 +209,10 @@ class GradingDataModule(_ImageDataModule):
 
     def _ds(self, part: str, train: bool) -> FundusImageDataset:
         tf = image_train_transform(self.image_size) if (train and self.augment) else None
-        return FundusImageDataset(self.parts[part], self.image_size, self.target, False, transform=tf, crop_fov=self.crop_fov, normalize=self.normalize)
+        return FundusImageDataset(
+            self.parts[part], self.image_size, self.target, False, transform=tf, crop_fov=self.crop_fov,
+            normalize=self.normalize, on_error=self.on_error,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._ds("train", True), shuffle=True)
@@ -301,7 +323,9 @@ class SegmentationDataModule(_ImageDataModule):
 
     def _ds(self, part: str, train: bool, with_masks: bool = True) -> FundusImageDataset:
         tf = image_train_transform(self.image_size) if (train and self.augment) else None
-        return FundusImageDataset(self.parts[part], self.image_size, "grade", with_masks, self.lesions, tf, self.crop_fov, self.normalize)
+        return FundusImageDataset(
+            self.parts[part], self.image_size, "grade", with_masks, self.lesions, tf, self.crop_fov, self.normalize, self.on_error
+        )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         pixel = self._loader(self._ds("train", True), shuffle=True)

@@ -39,7 +39,7 @@ def make_idrid(
     seg_dir = root / SEG / SEG if nested else root / SEG
     grad_dir = root / GRAD / GRAD if nested else root / GRAD
     n = 0
-    for split, count in zip(("train", "test"), seg):
+    for split, count in zip(("train", "test"), seg, strict=True):
         for _ in range(count):
             n += 1
             stem = f"IDRiD_{n:02d}"
