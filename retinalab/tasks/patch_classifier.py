@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import BinaryAUROC
 
-from ..metrics import ImageLevelScores
 from ..models import PatchBackbone, build_patch_model
+from .base import PatchTask
 
 
-class PatchClassifierTask(pl.LightningModule):
+class PatchClassifierTask(PatchTask):
     """Supervised patch classification.
 
     Args:
@@ -54,9 +52,6 @@ class PatchClassifierTask(pl.LightningModule):
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
         # saved in checkpoints, so a resumed run does not initialise again
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))
-        for stage in ("val", "test"):
-            setattr(self, f"{stage}_patch_auroc", BinaryAUROC())
-            setattr(self, f"{stage}_image", ImageLevelScores())
 
     # ---------------------------------------------------------------- helpers
     def setup(self, stage: str) -> None:
@@ -80,10 +75,8 @@ class PatchClassifierTask(pl.LightningModule):
                 torch.distributed.broadcast(t, src=0)
         self.initialized.fill_(True)
 
-    @staticmethod
-    def diseased_logit(logits: torch.Tensor) -> torch.Tensor:
-        """l = logit(diseased) - logit(healthy), so sigmoid(l) = softmax(logits)[:, 1] for K = 2."""
-        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 1:].logsumexp(1) - logits[:, 0]
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -96,40 +89,6 @@ class PatchClassifierTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         self.log("train/acc", acc, batch_size=len(logits))
         return loss
-
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        logits = self(batch["image"])
-        label = batch["label"]
-        loss = F.cross_entropy(logits, label)
-        prob = torch.sigmoid(self.diseased_logit(logits))
-        target = (label > 0).long()
-        getattr(self, f"{stage}_patch_auroc").update(prob, target)
-        getattr(self, f"{stage}_image").update(prob, target, batch["image_index"], batch["patch_index"])
-        self.log(f"{stage}/loss", loss, batch_size=len(logits), sync_dist=True)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        patch = getattr(self, f"{stage}_patch_auroc")
-        image = getattr(self, f"{stage}_image")
-        self.log(f"{stage}/patch_auroc", patch.compute(), prog_bar=True)
-        self.log(f"{stage}/image_auroc", image.compute(), prog_bar=True)
-        patch.reset()
-        image.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        prob = torch.sigmoid(self.diseased_logit(self(batch["image"])))
-        return {"image_index": batch["image_index"], "patch_index": batch["patch_index"], "prob": prob}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         h = self.hparams

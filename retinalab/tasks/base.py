@@ -1,0 +1,96 @@
+"""Evaluation shared by the patch methods (paper 000, sections 2 and 4).
+
+Patch-level AUROC; image-level AUROC of score_i = sum_j sigmoid(l_ij); a decision threshold on the
+image score chosen on the validation set (Youden's J: max sensitivity + specificity - 1) and the
+sensitivity and specificity at that threshold, for validation and test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_roc
+
+from ..metrics import ImageLevelScores
+
+
+def youden_threshold(score: torch.Tensor, label: torch.Tensor) -> float:
+    """Threshold on ``score`` maximising sensitivity + specificity - 1 (``score >= t`` is positive)."""
+    fpr, tpr, thr = binary_roc(score, label)
+    best = int(torch.argmax(tpr - fpr))
+    return float(thr[best].clamp(max=score.max()))  # torchmetrics puts +inf-like sentinels first
+
+
+def sensitivity_specificity(score: torch.Tensor, label: torch.Tensor, threshold: float) -> tuple[float, float]:
+    pred = score >= threshold
+    pos, neg = label == 1, label == 0
+    sens = pred[pos].float().mean().item() if pos.any() else float("nan")
+    spec = (~pred[neg]).float().mean().item() if neg.any() else float("nan")
+    return sens, spec
+
+
+class PatchTask(pl.LightningModule):
+    """Base class: subclasses implement :meth:`eval_logits` (``B x 3 x s x s`` in [0, 1] -> ``B x K``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_patch_auroc", BinaryAUROC())
+            setattr(self, f"{stage}_image", ImageLevelScores())
+        # chosen on validation, used on test; saved in checkpoints
+        self.register_buffer("image_threshold", torch.tensor(float("nan")))
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def diseased_logit(logits: torch.Tensor) -> torch.Tensor:
+        """l = logit(diseased) - logit(healthy), so sigmoid(l) = softmax(logits)[:, 1] for K = 2."""
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 1:].logsumexp(1) - logits[:, 0]
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        logits = self.eval_logits(batch["image"])
+        label = batch["label"]
+        loss = torch.nn.functional.cross_entropy(logits, label)
+        prob = torch.sigmoid(self.diseased_logit(logits))
+        target = (label > 0).long()
+        getattr(self, f"{stage}_patch_auroc").update(prob, target)
+        getattr(self, f"{stage}_image").update(prob, target, batch["image_index"], batch["patch_index"])
+        self.log(f"{stage}/loss", loss, batch_size=len(logits), sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        patch = getattr(self, f"{stage}_patch_auroc")
+        image = getattr(self, f"{stage}_image")
+        self.log(f"{stage}/patch_auroc", patch.compute(), prog_bar=True)
+        self.log(f"{stage}/image_auroc", image.compute(), prog_bar=True)
+        with image.sync_context():
+            _, score, label = image.scores()
+        if stage == "val" and label.unique().numel() == 2:
+            self.image_threshold.fill_(youden_threshold(score, label))
+        thr = float(self.image_threshold)
+        if thr == thr:  # not NaN
+            sens, spec = sensitivity_specificity(score, label, thr)
+            self.log(f"{stage}/sensitivity", sens)
+            self.log(f"{stage}/specificity", spec)
+            self.log(f"{stage}/image_threshold", thr)
+        patch.reset()
+        image.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        prob = torch.sigmoid(self.diseased_logit(self.eval_logits(batch["image"])))
+        return {"image_index": batch["image_index"], "patch_index": batch["patch_index"], "prob": prob}

@@ -1,0 +1,191 @@
+"""Patch semi-supervised GAN (paper 000, section 2; Salimans et al. 2016 feature matching).
+
+The discriminator D has K real-class logits l_1..l_K and a fake class whose logit is fixed at 0, so
+p(fake | x) = 1 / (1 + sum_k exp(l_k)). With LSE(x) = logsumexp_k l_k(x):
+
+    L_supervised   = cross-entropy of (l_1..l_K) on labelled patches
+    L_unsupervised = -E_data log(1 - p_fake) - E_G log p_fake
+                   = -E_data [LSE - softplus(LSE)] + E_G softplus(LSE)      (stable form)
+    L_D            = L_supervised + L_unsupervised
+    L_G            = || E_data h(x) - E_z h(G(z)) ||_1                       (feature matching)
+
+with h the pooled features after D's NiN layers. Training follows Table 6: Adam 3e-4, beta1 0.5,
+batches of labelled patches cycled alongside unlabelled ones, learning rate decayed linearly to 0
+after epoch 1000 of 1200, and an exponential moving average (0.999) of D's parameters used for
+validation, test and prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+
+from ..models import ConvLarge
+from ..models.generator import PatchGenerator
+from .base import PatchTask
+
+
+def supervised_loss(logits_lab: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the K real classes: -E log p(y | x, y < K+1)."""
+    return F.cross_entropy(logits_lab, labels)
+
+
+def unsupervised_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """-E_data log(1 - p_fake) - E_G log p_fake, with the fake logit fixed at 0.
+
+    Args:
+        logits_real: ``B x K`` real-class logits of unlabelled data.
+        logits_fake: ``B' x K`` logits of generated patches.
+    """
+    lse_real = torch.logsumexp(logits_real, dim=1)
+    lse_fake = torch.logsumexp(logits_fake, dim=1)
+    # log(1 - p_fake) = LSE - softplus(LSE);  log p_fake = -softplus(LSE)
+    return -(lse_real - F.softplus(lse_real)).mean() + F.softplus(lse_fake).mean()
+
+
+def feature_matching_loss(h_real: torch.Tensor, h_fake: torch.Tensor) -> torch.Tensor:
+    """|| mean_batch h(x) - mean_batch h(G(z)) ||_1 (paper 000's L_G)."""
+    return (h_real.mean(0) - h_fake.mean(0)).abs().sum()
+
+
+class PatchSSGANTask(PatchTask):
+    """Semi-supervised feature-matching GAN on fundus patches.
+
+    Needs the patch datamodule with ``unlabeled: true`` (batches ``{"labeled": ..., "unlabeled": ...}``).
+
+    Args:
+        width: channel multiplier of the conv-large discriminator (1.0 = Table 3).
+        gen_width: channel multiplier of the generator (1.0 = Table 4).
+        patch_size: side of the patches (the generator's output size).
+        latent_dim: dimension of the uniform noise (Table 4: 100).
+        num_classes: K real classes (2: healthy / diseased).
+        lr_d: discriminator Adam learning rate (Table 6: 3e-4).
+        lr_g: generator Adam learning rate (Table 6: 3e-4).
+        beta1: Adam beta1 (Table 6: 0.5).
+        beta2: Adam beta2.
+        lr_decay_start: epoch after which both learning rates decay linearly to 0 at ``max_epochs``
+            (Table 6: 1000 of 1200).
+        ema_decay: decay of the discriminator's parameter average (Table 6: 0.999).
+        ema_warmup: use decay min(ema_decay, (1 + t) / (10 + t)) at step t, so short runs are not
+            evaluated with an average dominated by the initial weights.
+        unsup_weight: weight of L_unsupervised in L_D (1 in the paper).
+        data_init: Salimans' data-dependent initialisation of D on the first batch.
+    """
+
+    def __init__(
+        self,
+        width: float = 1.0,
+        gen_width: float = 1.0,
+        patch_size: int = 32,
+        latent_dim: int = 100,
+        num_classes: int = 2,
+        lr_d: float = 3e-4,
+        lr_g: float = 3e-4,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        lr_decay_start: int = 1000,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        unsup_weight: float = 1.0,
+        data_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.discriminator = ConvLarge(num_classes=num_classes, width=width)
+        self.generator = PatchGenerator(patch_size, latent_dim, width=gen_width)
+        self.ema = AveragedModel(self.discriminator, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=False)
+        self.register_buffer("initialized", torch.tensor(not data_init))
+
+    # ---------------------------------------------------------------- helpers
+    def _ema_avg(self, avg: torch.Tensor, new: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        d = self.hparams.ema_decay
+        if self.hparams.ema_warmup:
+            t = float(num_averaged)
+            d = min(d, (1 + t) / (10 + t))
+        return d * avg + (1 - d) * new
+
+    @staticmethod
+    def _prepare(x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1  # the generator's tanh range
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the EMA discriminator (paper 000 appendix A: the average is used for inference)."""
+        return self.ema.module(self._prepare(x))
+
+    def _maybe_data_init(self, x: torch.Tensor) -> None:
+        if bool(self.initialized):
+            return
+        self.discriminator.data_init(x)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for t in self.discriminator.state_dict().values():
+                torch.distributed.broadcast(t, src=0)
+        # the average starts from the initialised weights
+        for p_avg, p in zip(self.ema.module.parameters(), self.discriminator.parameters(), strict=True):
+            p_avg.data.copy_(p.data)
+        self.initialized.fill_(True)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "labeled" not in batch or "unlabeled" not in batch:
+            raise ValueError("PatchSSGANTask needs labelled and unlabelled batches: set data.unlabeled: true")
+        opt_d, opt_g = self.optimizers()
+        x_l = self._prepare(batch["labeled"]["image"])
+        y = batch["labeled"]["label"]
+        x_u = self._prepare(batch["unlabeled"]["image"])
+        n_l, n_u = len(x_l), len(x_u)
+        self._maybe_data_init(torch.cat([x_l, x_u]))
+
+        # discriminator: one pass over labelled, unlabelled and generated patches (the weight-normed
+        # weights are recomputed once, not three times)
+        with torch.no_grad():
+            x_g = self.generator(self.generator.sample_noise(n_u, self.device))
+        logits = self.discriminator(torch.cat([x_l, x_u, x_g]))
+        l_lab, l_unl, l_fake = logits[:n_l], logits[n_l : n_l + n_u], logits[n_l + n_u :]
+        loss_sup = supervised_loss(l_lab, y)
+        loss_unsup = unsupervised_loss(l_unl, l_fake)
+        loss_d = loss_sup + self.hparams.unsup_weight * loss_unsup
+        opt_d.zero_grad()
+        self.manual_backward(loss_d)
+        opt_d.step()
+        self.ema.update_parameters(self.discriminator)
+
+        # generator: feature matching against the unlabelled batch
+        x_g = self.generator(self.generator.sample_noise(n_u, self.device))
+        h = self.discriminator.features(torch.cat([x_u, x_g]))
+        loss_g = feature_matching_loss(h[:n_u].detach(), h[n_u:])
+        opt_g.zero_grad()
+        self.manual_backward(loss_g)
+        opt_g.step()
+
+        acc = (l_lab.argmax(1) == y).float().mean()
+        self.log_dict(
+            {"train/loss_d": loss_d, "train/loss_sup": loss_sup, "train/loss_unsup": loss_unsup, "train/loss_g": loss_g, "train/acc": acc},
+            prog_bar=False,
+            batch_size=n_l,
+        )
+        self.log("train/loss", loss_d, prog_bar=True, batch_size=n_l)
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if sch is not None:
+                sch.step()
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=h.lr_d, betas=(h.beta1, h.beta2))
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=h.lr_g, betas=(h.beta1, h.beta2))
+        max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else h.lr_decay_start
+
+        def factor(epoch: int) -> float:
+            """1 until ``lr_decay_start``, then linearly to 0 at ``max_epochs``."""
+            if epoch < h.lr_decay_start or max_epochs <= h.lr_decay_start:
+                return 1.0
+            return max(0.0, (max_epochs - epoch) / (max_epochs - h.lr_decay_start))
+
+        sch = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_d, opt_g)]
+        return [opt_d, opt_g], sch

@@ -1,0 +1,99 @@
+"""Paper 000's SSL-GAN: generator sizes, losses against direct formulas, EMA evaluation, a real fit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from retinalab.datamodules import PatchDataModule
+from retinalab.models.generator import PatchGenerator
+from retinalab.tasks import PatchSSGANTask
+from retinalab.tasks.patch_ssgan import feature_matching_loss, supervised_loss, unsupervised_loss
+from tests.data.idrid.data import make_idrid
+
+
+@pytest.mark.parametrize("size,base", [(32, 4), (64, 4), (96, 6)])
+def test_generator_produces_the_discriminator_patch_size(size, base):
+    g = PatchGenerator(size, width=0.125)
+    out = g(g.sample_noise(3))
+    assert out.shape == (3, 3, size, size) and g.base == base
+    assert out.min() >= -1 and out.max() <= 1  # tanh
+    z = g.sample_noise(1000)
+    assert 0 <= z.min() and z.max() <= 1 and z.shape == (1000, 100)  # uniform noise, Table 4
+    convs = [m for m in g.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert all(c.kernel_size == (5, 5) and c.stride == (2, 2) for c in convs)
+    assert hasattr(convs[-1], "parametrizations")  # last layer weight-normed
+    with pytest.raises(ValueError, match="not"):
+        PatchGenerator(33)
+
+
+def _direct_unsup(lr: torch.Tensor, lf: torch.Tensor) -> float:
+    def p_fake(logits):
+        return [1.0 / (1.0 + sum(math.exp(v) for v in row)) for row in logits.tolist()]
+
+    real = [-math.log(1 - p) for p in p_fake(lr)]
+    fake = [-math.log(p) for p in p_fake(lf)]
+    return sum(real) / len(real) + sum(fake) / len(fake)
+
+
+def test_losses_against_direct_formulas():
+    torch.manual_seed(0)
+    lab, y = torch.randn(6, 2, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
+    direct_sup = sum(-math.log(math.exp(r[c]) / (math.exp(r[0]) + math.exp(r[1]))) for r, c in zip(lab.tolist(), y.tolist(), strict=True)) / 6
+    assert supervised_loss(lab, y).item() == pytest.approx(direct_sup, rel=1e-9)
+    lr, lf = torch.randn(5, 2, dtype=torch.float64) * 2, torch.randn(7, 2, dtype=torch.float64) * 2
+    assert unsupervised_loss(lr, lf).item() == pytest.approx(_direct_unsup(lr, lf), rel=1e-9)
+    k5r, k5f = torch.randn(4, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    assert unsupervised_loss(k5r, k5f).item() == pytest.approx(_direct_unsup(k5r, k5f), rel=1e-9)
+    hr, hf = torch.randn(8, 6), torch.randn(5, 6)
+    direct_fm = sum(abs(a - b) for a, b in zip(hr.mean(0).tolist(), hf.mean(0).tolist(), strict=True))
+    assert feature_matching_loss(hr, hf).item() == pytest.approx(direct_fm, rel=1e-5)
+
+
+def test_unsupervised_loss_is_stable_for_extreme_logits():
+    big = torch.tensor([[1e4, -1e4], [-1e4, -1e4]])
+    v = unsupervised_loss(big, big)
+    assert torch.isfinite(v)
+    # real with huge logits: -log(1 - p_fake) -> 0; real with tiny logits: -log(1 - p_fake) ~ 1e4
+    assert unsupervised_loss(big[:1], torch.full((1, 2), -1e4)).item() == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.fixture
+def gan_setup(tmp_path):
+    root = make_idrid(tmp_path / "IDRiD", seg=(6, 2), grades={"train": [0, 0, 0, 0], "test": [0, 0]})
+    dm = PatchDataModule("idrid", str(root), image_size=128, patch_size=32, stride=32, patch_out=32, val_size=3, test_size=3,
+                         num_labeled_images=3, unlabeled=True, batch_size=16, cache_dir=str(tmp_path / "c"), cache_workers=0,
+                         split_file=str(tmp_path / "s.json"))
+    task = PatchSSGANTask(width=0.1, gen_width=0.05, lr_decay_start=1)
+    return dm, task
+
+
+def test_ema_differs_from_raw_weights_and_is_evaluated(gan_setup, tmp_path):
+    dm, task = gan_setup
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    assert bool(task.initialized) and int(task.ema.n_averaged) == trainer.global_step // 2 > 1
+    raw = dict(task.discriminator.named_parameters())
+    avg = dict(task.ema.module.named_parameters())
+    assert any(not torch.allclose(raw[k], avg[k]) for k in raw)
+    task.eval()
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(task.eval_logits(x), task.ema.module(x * 2 - 1))
+    assert not torch.allclose(task.eval_logits(x), task.discriminator(x * 2 - 1))
+    # lr decays linearly after lr_decay_start=1: at the end of epoch 2 of 2 it has reached 0
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [0.0]
+    metrics = trainer.callback_metrics
+    assert {"val/patch_auroc", "val/image_auroc", "train/loss_g", "train/loss_unsup"} <= set(metrics)
+
+
+def test_ssgan_refuses_labelled_only_batches(gan_setup, tmp_path):
+    dm, task = gan_setup
+    dm.unlabeled = False
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="data.unlabeled: true"):
+        trainer.fit(task, dm)
