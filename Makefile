@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned to the wheels this workplace serves from local disk (any torch >= 2.4 works).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/demo_idrid
-DEMO_RUN := runs/convnet_synthetic
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
@@ -23,11 +22,8 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## create .venv and install retinalab (editable) with its dev tools
 
-demo: install ## synthesise a small IDRiD-layout set, train the ConvNet baseline, print test metrics
-	@test -d $(DEMO_DATA) || $(BIN)/retinalab synth idrid --out $(DEMO_DATA) --num-images 120 --seed 0
-	$(BIN)/retinalab fit --config conf/convnet/synthetic.yaml --data.root $(DEMO_DATA)
-	$(BIN)/retinalab test --config conf/convnet/synthetic.yaml --data.root $(DEMO_DATA) \
-		--ckpt_path $(DEMO_RUN)/checkpoints/best.ckpt
+demo: install ## synthesise a small IDRiD-layout set, train the ConvNet and the SSL-GAN on one split, print both
+	$(BIN)/python -m retinalab.demo --data $(DEMO_DATA)
 
 test: install ## run the fast test suite (< 10 min on 2 cores)
 	$(BIN)/python -m pytest -q

@@ -50,8 +50,37 @@ def test_synth_then_fit_test_predict(synth_idrid):
     res = run(["test", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
                "--trainer.logger.init_args.save_dir", "run"], cwd)
     assert "test/image_auroc" in res.stdout and "test/patch_auroc" in res.stdout
+    # predict on the test split: scores.csv, overlays, localisation AUROC against the masks
     res = run(["predict", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
-               "--trainer.logger.init_args.save_dir", "run"], cwd)
+               "--trainer.logger", "false", "--trainer.default_root_dir", "pred"], cwd)
+    scores = pd.read_csv(cwd / "pred" / "predictions" / "scores.csv")
+    assert len(scores) == 3 and set(scores["image"]) == set(split["test"])
+    assert ((scores["score"] >= 0) & (scores["score"] <= 16)).all()  # sum of 16 sigmoids
+    assert scores["predicted_label"].isin([0, 1]).all() and scores["threshold"].notna().all()
+    assert scores["localisation_auroc"].notna().any()  # test images with lesion masks
+    png = cwd / "pred" / "predictions" / scores["overlay"][0]
+    from PIL import Image
+
+    assert Image.open(png).size == (512, 256)  # image | overlay, 256 px thumbnails
+    # a plain folder: any size, nested, a corrupt JPEG and a text file are reported, not fatal
+    folder = cwd / "clinic"
+    (folder / "2024").mkdir(parents=True)
+    for i, p in enumerate(sorted((cwd / "syn").rglob("*.jpg"))[:2]):
+        Image.open(p).resize((150 + 10 * i, 100)).save(folder / "2024" / f"eye{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
+    (folder / "notes.txt").write_text("not an image")
+    args = ["predict", "--config", str(TINY), "--ckpt_path", str(ckpts[0]), "--data.predict_folder", "clinic",
+            "--trainer.logger", "false", "--trainer.default_root_dir", "clinic_out"]
+    res = run(args, cwd)
+    out = cwd / "clinic_out" / "predictions"
+    scores = pd.read_csv(out / "scores.csv")
+    assert sorted(scores["image"]) == ["2024/eye0.png", "2024/eye1.png"]
+    assert scores["localisation_auroc"].isna().all()
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["image"].tolist() == ["broken.jpg"] and "cannot decode" in skipped["error"][0]
+    # rerun: resumes, scores nothing twice
+    res = run(args, cwd)
+    assert len(pd.read_csv(out / "scores.csv")) == 2 and "0 new image(s) scored" in res.stdout
 
 
 def test_fast_dev_run_with_dotted_overrides(synth_idrid):
@@ -95,3 +124,24 @@ def test_every_shipped_config_instantiates(config, tmp_path):
     assert c.model.__class__.__module__.startswith("retinalab.tasks")
     assert c.datamodule.root == str(tmp_path)
     assert c.trainer.max_epochs >= 1
+
+
+def test_demo_trains_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
+    from retinalab.demo import main as demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
+    from retinalab.synthetic import write_synthetic
+
+    write_synthetic("idrid", tmp_path / "syn", num_images=45, seed=0, size=(128, 96))
+    tiny = ["--trainer.max_epochs=1", "--data.image_size=128", "--data.patch_size=32", "--data.stride=32",
+            "--model.width=0.1", "--data.cache_workers=0", "--data.num_labeled_images=4", "--trainer.enable_progress_bar=false"]
+    results = demo(["--data", str(tmp_path / "syn"), "--conf", str(REPO / "conf"), *tiny])
+    assert set(results) == {"ConvNet (supervised)", "SSL-GAN (semi-supervised)"}
+    for r in results.values():
+        assert 0 <= r["test/patch_auroc"] <= 1
+    out = capsys.readouterr().out
+    assert "| SSL-GAN (semi-supervised) |" in out and "4 labelled images" in out
+    # the same split for both: one split hash in both runs' split.json
+    hashes = {json.loads(p.read_text())["hash"] for p in tmp_path.glob("runs/*/logs/version_*/split.json")}
+    assert len(hashes) == 1

@@ -64,6 +64,17 @@ def test_image_level_scores_hand_computed():
     assert torch.allclose(score, torch.tensor([0.3, 0.9, 1.7]))
     assert label.tolist() == [0, 1, 1]
     assert m.compute().item() == pytest.approx(binary_auroc(score, label).item()) == 1.0
+    # sums of many patch probabilities (here 40-42) must not be squashed into ties by a sigmoid
+    big = ImageLevelScores()
+    for img, (p, t) in enumerate([(0.62, 0), (0.64, 1), (0.66, 1)]):
+        for j in range(64):
+            big.update(torch.tensor([p]), torch.tensor([t if j == 0 else 0]), torch.tensor([img]), torch.tensor([j]))
+    assert big.compute().item() == 1.0
+    from retinalab.tasks.base import youden_threshold
+
+    _, s, lab = big.scores()
+    thr = youden_threshold(s, lab)
+    assert s[0] < thr <= s[1]  # separates the healthy image from the diseased ones, in sum units
     single = ImageLevelScores()
     single.update(torch.tensor([0.2]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
     assert torch.isnan(single.compute())

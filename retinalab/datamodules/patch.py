@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from ..datasets import DatasetName, OnError
-from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
+from ..datasets import DataFormatError, DatasetName, FundusRecord, OnError
+from ..datasets.base import IMAGE_SUFFIXES
+from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid, load_fundus
 from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
 from .splits import SplitMode, choose_labeled, split_indices
@@ -62,6 +65,73 @@ class PatchDataset(Dataset):
         return {"image": image, "label": label, "image_index": i, "patch_index": j, "fraction": fraction}
 
 
+class CachedImagePatches(Dataset):
+    """One item per cached image: all its patches, for prediction and heatmaps.
+
+    Item: ``image`` (G x 3 x s x s float), ``image_id``, ``thumb`` (t x t x 3 uint8), ``mask``
+    (t x t bool union lesion mask, or ``None`` when the image has no pixel annotation).
+    """
+
+    def __init__(self, cache: PatchCache, rows: np.ndarray) -> None:
+        self.cache, self.rows = cache, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i = int(self.rows[k])
+        patches = torch.from_numpy(np.array(self.cache.patches[i])).permute(0, 3, 1, 2).float().div_(255.0)
+        known = self.cache.image_labels[i] != UNKNOWN and bool(self.cache.images[i]["annotated"])
+        return {
+            "image": patches,
+            "image_id": self.cache.images[i]["image_id"],
+            "thumb": np.array(self.cache.thumbs[i]),
+            "mask": np.array(self.cache.mask_thumbs[i]).astype(bool) if known else None,
+        }
+
+
+class FolderImagePatches(Dataset):
+    """One item per photograph of a plain folder (recursive; jpg/jpeg/png/tif/tiff/bmp, any size).
+
+    Preprocessed and patched like the cache, on the fly. A file that fails to decode, or shows no
+    field of view, yields ``{"image_id": ..., "error": message}`` instead of stopping the run.
+    """
+
+    def __init__(self, folder: str | Path, config: PatchCacheConfig) -> None:
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"predict_folder={str(self.folder)!r} is not a folder")
+        self.files = sorted(
+            p for p in self.folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        others = [p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
+        if others:
+            log.warning("predict_folder: ignoring %d non-image file(s), e.g. %s", len(others), others[0])
+        if not self.files:
+            raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under predict_folder={str(self.folder)!r}")
+        self.config = config
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        path = self.files[k]
+        image_id = path.relative_to(self.folder).as_posix()
+        cfg = self.config
+        try:
+            pre = load_fundus(FundusRecord(image_id, path), cfg.grid.image_size, cfg.crop_fov, cfg.normalize, None, cfg.fast_decode)
+        except DataFormatError as e:
+            return {"image_id": image_id, "error": str(e)}
+        patches = cfg.grid.extract(pre.image)
+        t = cfg.thumb_size
+        return {
+            "image": torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0),
+            "image_id": image_id,
+            "thumb": cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA),
+            "mask": None,
+        }
+
+
 class PatchDataModule(FundusDataModule):
     """Labelled / unlabelled / val / test patches of a fundus dataset.
 
@@ -98,6 +168,9 @@ class PatchDataModule(FundusDataModule):
         augment: random crop and flips of training patches.
         on_error: ``skip`` drops unreadable images (logged and counted) instead of failing.
         split_file: where to write the split JSON (default ``<log_dir>/split.json``).
+        predict_split: which part ``retinalab predict`` scores (``test``, ``val``, ``train``,
+            ``labeled``, ``unlabeled`` or ``all``), one image per step.
+        predict_folder: score a plain folder of photographs instead (no labels needed).
     """
 
     def __init__(
@@ -128,9 +201,12 @@ class PatchDataModule(FundusDataModule):
         augment: bool = True,
         on_error: OnError = "raise",
         split_file: str | None = None,
+        predict_split: Literal["test", "val", "train", "labeled", "unlabeled", "all"] = "test",
+        predict_folder: str | None = None,
     ) -> None:
         super().__init__()
         self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        self.predict_split, self.predict_folder = predict_split, predict_folder
         self.cache_config = PatchCacheConfig(
             grid=PatchGrid(image_size, patch_size, stride, patch_out),
             crop_fov=crop_fov,
@@ -162,9 +238,17 @@ class PatchDataModule(FundusDataModule):
 
     def prepare_data(self) -> None:
         """Build the patch cache once (Lightning calls this on one process per node)."""
+        if self.predict_folder is not None and self.trainer is not None and self.trainer.state.fn == "predict":
+            return  # scoring a plain folder needs no dataset
         self._build_cache()
 
+    @property
+    def grid(self) -> PatchGrid:
+        return self.cache_config.grid
+
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predict_folder is not None:
+            return
         if self.cache is not None:
             return
         self.cache = cache = self._build_cache(progress=False)
@@ -271,4 +355,11 @@ class PatchDataModule(FundusDataModule):
         return self._loader(self.rows["test"], train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.rows["test"], train=False)
+        """One image per step (all its patches): a cached split, or ``predict_folder``."""
+        if self.predict_folder is not None:
+            ds: Dataset = FolderImagePatches(self.predict_folder, self.cache_config)
+        else:
+            assert self.cache is not None
+            rows = np.arange(len(self.cache)) if self.predict_split == "all" else self.rows[self.predict_split]
+            ds = CachedImagePatches(self.cache, rows)
+        return DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers)

@@ -1,5 +1,5 @@
 """torchmetrics metrics that do not exist upstream."""
 
-from .image_level import ImageLevelScores
+from .image_level import ImageLevelScores, image_auroc, to_unit
 
-__all__ = ["ImageLevelScores"]
+__all__ = ["ImageLevelScores", "image_auroc", "to_unit"]

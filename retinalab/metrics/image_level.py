@@ -53,9 +53,25 @@ class ImageLevelScores(Metric):
 
     def compute(self) -> torch.Tensor:
         _, score, label = self.scores()
-        if label.unique().numel() < 2:
-            return torch.tensor(float("nan"), device=score.device)
-        return binary_auroc(score, label)
+        return image_auroc(score, label)
+
+
+def to_unit(score: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Scale non-negative image scores into [0, 1] by their maximum; returns (scaled, scale).
+
+    torchmetrics' binary metrics pass predictions outside [0, 1] through a sigmoid, which saturates
+    sums of 64 patch probabilities (sigmoid(30) == 1.0 in float32) into ties and an AUROC of 0.5.
+    Dividing by the maximum keeps the ranking exactly.
+    """
+    scale = float(score.max().clamp_min(1e-12)) if score.numel() else 1.0
+    return (score / scale).clamp(0, 1), scale
+
+
+def image_auroc(score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """AUROC of image scores (sums of patch probabilities), NaN when only one class is present."""
+    if label.unique().numel() < 2:
+        return torch.tensor(float("nan"), device=score.device)
+    return binary_auroc(to_unit(score)[0], label)
 
 
 def _unique_first(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,14 +14,19 @@ import torch
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_roc
 
-from ..metrics import ImageLevelScores
+from ..metrics import ImageLevelScores, to_unit
 
 
 def youden_threshold(score: torch.Tensor, label: torch.Tensor) -> float:
-    """Threshold on ``score`` maximising sensitivity + specificity - 1 (``score >= t`` is positive)."""
-    fpr, tpr, thr = binary_roc(score, label)
+    """Threshold on ``score`` maximising sensitivity + specificity - 1 (``score >= t`` is positive).
+
+    Scores are sums of patch probabilities; they are scaled into [0, 1] for torchmetrics (which would
+    otherwise squash them through a sigmoid) and the threshold is mapped back.
+    """
+    unit, scale = to_unit(score)
+    fpr, tpr, thr = binary_roc(unit, label)
     best = int(torch.argmax(tpr - fpr))
-    return float(thr[best].clamp(max=score.max()))  # torchmetrics puts +inf-like sentinels first
+    return float(thr[best].clamp(max=1.0)) * scale
 
 
 def sensitivity_specificity(score: torch.Tensor, label: torch.Tensor, threshold: float) -> tuple[float, float]:
@@ -91,6 +96,12 @@ class PatchTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """One image (all its patches) -> ``{"image_id", "probs" (G), "score" (sum of sigmoids)}``.
+
+        Items the datamodule could not decode (``"error"``) are passed through for the writer.
+        """
+        if "error" in batch:
+            return {"image_id": batch["image_id"], "error": batch["error"]}
         prob = torch.sigmoid(self.diseased_logit(self.eval_logits(batch["image"])))
-        return {"image_index": batch["image_index"], "patch_index": batch["patch_index"], "prob": prob}
+        return {"image_id": batch["image_id"], "probs": prob.float().cpu(), "score": float(prob.sum())}

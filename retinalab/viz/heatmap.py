@@ -1,0 +1,77 @@
+"""Patch-score heatmaps (paper 000, section 4: "we overlaid the localized patch-level abnormality
+scores spatially onto the image; and smoothed the resulting visualization with a Gaussian blur") and
+their localisation quality against the lesion masks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image
+from torchmetrics.functional.classification import binary_auroc
+
+from ..preprocessing import PatchGrid
+
+
+def patch_heatmap(probs: np.ndarray, grid: PatchGrid, out_size: int, sigma: float | None = None) -> np.ndarray:
+    """Spread patch probabilities over their patches and blur.
+
+    Args:
+        probs: ``G`` probabilities p(diseased), in the grid's row-major order.
+        grid: the patch grid (overlapping patches are averaged where they overlap).
+        out_size: side of the returned map (the map covers the preprocessed image).
+        sigma: Gaussian blur std in *output* pixels; default half a patch.
+
+    Returns:
+        ``out_size x out_size`` float32 map in [0, 1].
+    """
+    s = out_size / grid.image_size
+    acc = np.zeros((out_size, out_size), np.float32)
+    cnt = np.zeros((out_size, out_size), np.float32)
+    p = max(1, round(grid.patch_size * s))
+    for prob, (_, _, y, x) in zip(probs, grid.coords(), strict=True):
+        y0, x0 = round(y * s), round(x * s)
+        acc[y0 : y0 + p, x0 : x0 + p] += float(prob)
+        cnt[y0 : y0 + p, x0 : x0 + p] += 1
+    heat = np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0)
+    sigma = grid.patch_size * s / 2 if sigma is None else sigma
+    if sigma > 0:
+        heat = cv2.GaussianBlur(heat, (0, 0), sigma)
+    return np.clip(heat, 0, 1)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] heatmap (resized to the image) over an RGB uint8 image."""
+    if heat.shape != image.shape[:2]:
+        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = (colormaps[cmap](heat)[..., :3] * 255).astype(np.float32)
+    out = image.astype(np.float32) * (1 - alpha) + colour * alpha
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def localisation_auroc(heat: np.ndarray, mask: np.ndarray, thresholds: int = 200) -> float:
+    """Pixel-level AUROC of a heatmap against a boolean lesion mask (binned: bounded memory).
+
+    Returns NaN when the mask is all-positive or all-negative.
+    """
+    if heat.shape != mask.shape:
+        heat = cv2.resize(heat, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+    m = torch.from_numpy(np.ascontiguousarray(mask.astype(bool))).flatten()
+    if m.all() or not m.any():
+        return float("nan")
+    h = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32)).flatten().clamp(0, 1)
+    return float(binary_auroc(h, m.long(), thresholds=thresholds))
+
+
+def save_png_atomic(arr: np.ndarray, path: str | Path) -> Path:
+    """Write a PNG through a temporary file and a rename: never a half-written image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+    return path
