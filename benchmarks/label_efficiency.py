@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--work", help="keep data and runs here (default: a temporary folder)")
     a = ap.parse_args()
-    work = Path(a.work or tempfile.mkdtemp(prefix="retinalab-labeleff-"))
+    work = Path(a.work or tempfile.mkdtemp(prefix="retinalab-labeleff-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RETINALAB_CACHE", str(work / "cache"))
     os.chdir(work)  # the configs' relative checkpoint folders (runs/...) land in the work folder
     root = work / "idrid"

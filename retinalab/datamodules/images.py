@@ -112,6 +112,16 @@ class _ImageDataModule(FundusDataModule):
     batch_size: int
     num_workers: int
 
+    def _init_common(self, dataset: str, root: str, reader_args: dict[str, Any] | None, idrid_subset: str, **kw: Any) -> None:
+        """Store the arguments both image datamodules share; IDRiD defaults to ``idrid_subset``."""
+        if dataset == "idrid" and not reader_args:
+            reader_args = {"subsets": [idrid_subset]}
+        self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        for name in ("image_size", "crop_fov", "normalize", "split_mode", "val_size", "test_size", "seed",
+                     "batch_size", "num_workers", "augment", "on_error", "split_file"):
+            setattr(self, name, kw[name])
+        self.parts: dict[str, list[FundusRecord]] = {}
+
     def _split(self, records: list[FundusRecord], strata: list[int] | None) -> dict[str, list[FundusRecord]]:
         official = None
         if self.split_mode == "official":
@@ -174,14 +184,12 @@ class GradingDataModule(_ImageDataModule):
         split_file: str | None = None,
     ) -> None:
         super().__init__()
-        if dataset == "idrid" and not reader_args:
-            reader_args = {"subsets": ["grading"]}
-        self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
-        self.target, self.image_size, self.crop_fov, self.normalize = target, image_size, crop_fov, normalize
-        self.split_mode, self.val_size, self.test_size, self.seed = split_mode, val_size, test_size, seed
-        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
-        self.on_error, self.split_file = on_error, split_file
-        self.parts: dict[str, list[FundusRecord]] = {}
+        self._init_common(
+            dataset, root, reader_args, "grading", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
+            split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
+            num_workers=num_workers, augment=augment, on_error=on_error, split_file=split_file,
+        )
+        self.target = target
 
     @property
     def num_classes(self) -> int:
@@ -281,23 +289,20 @@ class SegmentationDataModule(_ImageDataModule):
         split_file: str | None = None,
     ) -> None:
         super().__init__()
-        if dataset == "idrid" and not reader_args:
-            reader_args = {"subsets": ["segmentation"]}
-        self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        self._init_common(
+            dataset, root, reader_args, "segmentation", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
+            split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
+            num_workers=num_workers, augment=augment, on_error=on_error, split_file=split_file,
+        )
         self.lesions = tuple(lesions or LESIONS)
         bad = [k for k in self.lesions if k not in LESIONS]
         if bad:
             raise ValueError(f"lesions {bad} unknown; choose from {list(LESIONS)}")
-        self.image_size, self.crop_fov, self.normalize = image_size, crop_fov, normalize
         self.image_level_dataset, self.image_level_root = image_level_dataset, image_level_root
         self.image_level_reader_args = image_level_reader_args or {}
         self.image_level_batch_size = image_level_batch_size
         if image_level_dataset is not None and image_level_root is None:
             raise ValueError("image_level_dataset is set but image_level_root is not")
-        self.split_mode, self.val_size, self.test_size, self.seed = split_mode, val_size, test_size, seed
-        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
-        self.on_error, self.split_file = on_error, split_file
-        self.parts: dict[str, list[FundusRecord]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
