@@ -25,7 +25,7 @@ from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid, load_fundus
 from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
 from .splits import SplitMode, choose_labeled, split_indices
-from .transforms import patch_train_transform
+from .transforms import patch_table5_transform, patch_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,9 @@ class PatchDataModule(FundusDataModule):
         num_workers: DataLoader workers.
         cache_dir: parent folder of the patch cache (default ``$RETINALAB_CACHE`` or ``~/.cache/retinalab``).
         cache_workers: processes that build the cache (-1 = all cores).
-        augment: random crop and flips of training patches.
+        augment: augment training patches.
+        augment_policy: ``crop_flip`` (paper 000 appendix A: random crops and flips, for the GAN and
+            ConvNet) or ``table5`` (rotations 0-180, flips, shifts up to 30%: the ResNet34 baseline).
         on_error: ``skip`` drops unreadable images (logged and counted) instead of failing.
         split_file: where to write the split JSON (default ``<log_dir>/split.json``).
         predict_split: which part ``retinalab predict`` scores (``test``, ``val``, ``train``,
@@ -199,6 +201,7 @@ class PatchDataModule(FundusDataModule):
         cache_dir: str | None = None,
         cache_workers: int = -1,
         augment: bool = True,
+        augment_policy: Literal["crop_flip", "table5"] = "crop_flip",
         on_error: OnError = "raise",
         split_file: str | None = None,
         predict_split: Literal["test", "val", "train", "labeled", "unlabeled", "all"] = "test",
@@ -219,7 +222,7 @@ class PatchDataModule(FundusDataModule):
         self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir, self.cache_workers = cache_dir, cache_workers
-        self.augment, self.on_error, self.split_file = augment, on_error, split_file
+        self.augment, self.augment_policy, self.on_error, self.split_file = augment, augment_policy, on_error, split_file
         self.cache: PatchCache | None = None
         self.rows: dict[str, np.ndarray] = {}
 
@@ -326,7 +329,10 @@ class PatchDataModule(FundusDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, shuffle: bool | None = None) -> DataLoader:
         assert self.cache is not None
-        tf = patch_train_transform(self.cache_config.grid.out_size) if (train and self.augment) else None
+        tf = None
+        if train and self.augment:
+            make = patch_table5_transform if self.augment_policy == "table5" else patch_train_transform
+            tf = make(self.cache_config.grid.out_size)
         ds = PatchDataset(self.cache, rows, tf, hide_labels=hide)
         return DataLoader(
             ds,

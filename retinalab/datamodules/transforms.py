@@ -19,6 +19,18 @@ def patch_train_transform(size: int, pad: int = 2) -> A.Compose:
     )
 
 
+def patch_table5_transform(size: int) -> A.Compose:
+    """Paper 000 Table 5 (ResNet34 baseline): rotations of 0-180 degrees, left-right and up-down
+    flips, horizontal and vertical shifts of up to 30%."""
+    return A.Compose(
+        [
+            A.Affine(rotate=(0, 180), translate_percent={"x": (-0.3, 0.3), "y": (-0.3, 0.3)}, border_mode=cv2.BORDER_REFLECT_101, p=1.0),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+        ]
+    )
+
+
 def image_train_transform(size: int) -> A.Compose:
     """Whole-image augmentation for grading/segmentation: flips, rotation, mild colour jitter."""
     return A.Compose(

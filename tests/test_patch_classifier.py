@@ -1,0 +1,31 @@
+"""Supervised patch baselines: class-balanced loss, plateau schedule, Table 5 augmentation."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from retinalab.datamodules import PatchDataModule
+from retinalab.tasks import PatchClassifierTask
+from tests.data.idrid.data import make_idrid
+
+
+def test_resnet_baseline_with_table5_settings(tmp_path):
+    root = make_idrid(tmp_path / "IDRiD", seg=(5, 1), grades={"train": [0, 0, 0], "test": [0]})
+    dm = PatchDataModule("idrid", str(root), image_size=128, patch_size=32, stride=32, patch_out=32, val_size=2, test_size=2,
+                         batch_size=16, cache_dir=str(tmp_path / "c"), cache_workers=0, augment_policy="table5",
+                         split_file=str(tmp_path / "s.json"))
+    task = PatchClassifierTask(backbone="resnet18", class_weight="balanced", lr=1e-5, beta1=0.9, lr_plateau_patience=1, data_init=False)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    healthy, diseased = dm.class_counts()
+    assert healthy > diseased > 0
+    expected = torch.tensor([(healthy + diseased) / (2 * healthy), (healthy + diseased) / (2 * diseased)], dtype=torch.float32)
+    assert torch.allclose(task.loss_weight, expected)
+    sch = trainer.lr_scheduler_configs[0]
+    assert isinstance(sch.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and sch.monitor == "val/loss"
+    # table5 augmentation rotates/shifts: an augmented patch differs from the cached one
+    tf = dm.train_dataloader().dataset.transform
+    patch = dm.cache.patches[int(dm.rows["labeled"][0]), 5]
+    assert any((tf(image=patch.copy())["image"] != patch).any() for _ in range(3))
