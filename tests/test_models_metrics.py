@@ -46,6 +46,20 @@ def test_convlarge_deepcopies_and_data_init_normalises():
     assert out.std(0).mean().item() == pytest.approx(1.0, abs=0.1) and out.mean(0).abs().max() < 0.1
 
 
+def test_pretrained_weights_come_from_a_local_file(tmp_path):
+    import timm
+
+    source = timm.create_model("resnet18", pretrained=False, num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "imagenet_resnet18.pth")
+    model = build_patch_model("resnet18", num_classes=2, pretrained_path=str(tmp_path / "imagenet_resnet18.pth"))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc.out_features == 2
+    with pytest.raises(FileNotFoundError, match="local files only"):
+        build_patch_model("resnet18", pretrained_path=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="only for the timm backbones"):
+        build_patch_model("convnet", pretrained_path=str(tmp_path / "imagenet_resnet18.pth"))
+
+
 def test_factory_lists_options():
     with pytest.raises(ValueError, match="choose one of"):
         build_patch_model("vgg")

@@ -34,6 +34,8 @@ class PatchClassifierTask(PatchTask):
         lr_plateau_patience: multiply the learning rate by ``lr_plateau_factor`` when ``val/loss`` has
             not improved for this many epochs (Table 5: 10 for ResNet34); ``None``: constant rate.
         lr_plateau_factor: the factor (Table 5: 0.1).
+        pretrained_path: local weight file for a ResNet backbone (e.g. ImageNet weights saved with
+            ``torch.save(model.state_dict())``); ``None`` trains from scratch (the default).
     """
 
     def __init__(
@@ -50,10 +52,11 @@ class PatchClassifierTask(PatchTask):
         data_init: bool = True,
         lr_plateau_patience: int | None = None,
         lr_plateau_factor: float = 0.1,
+        pretrained_path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_patch_model(backbone, num_classes=num_classes, width=width)
+        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path)
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
         # saved in checkpoints, so a resumed run does not initialise again
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))
