@@ -29,3 +29,27 @@ def test_resnet_baseline_with_table5_settings(tmp_path):
     tf = dm.train_dataloader().dataset.transform
     patch = dm.cache.patches[int(dm.rows["labeled"][0]), 5]
     assert any((tf(image=patch.copy())["image"] != patch).any() for _ in range(3))
+
+
+def test_whole_image_baseline_uses_the_same_split(tmp_path):
+    root = make_idrid(tmp_path / "IDRiD", seg=(5, 1), grades={"train": [0, 0, 0], "test": [0]})
+    kw = dict(image_size=128, patch_size=32, stride=32, patch_out=32, val_size=2, test_size=2, num_labeled_images=4,
+              batch_size=4, cache_dir=str(tmp_path / "c"), cache_workers=0, thumb_size=64)
+    patches = PatchDataModule("idrid", str(root), split_file=str(tmp_path / "p.json"), **kw)
+    images = PatchDataModule("idrid", str(root), serve="images", split_file=str(tmp_path / "i.json"), **kw)
+    patches.setup("fit")
+    images.setup("fit")
+    assert patches.split_hash == images.split_hash
+    batch = next(iter(images.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 64, 64) and (batch["patch_index"] == 0).all()
+    rows = batch["image_index"].numpy()
+    assert batch["label"].tolist() == images.cache.image_labels[rows].tolist()
+    assert images.class_counts().sum() == 4  # images, not patches
+    task = PatchClassifierTask(backbone="resnet18", data_init=False, class_weight="balanced")
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, images)
+    res = trainer.test(task, images, verbose=False)[0]
+    assert 0 <= res["test/image_auroc"] <= 1 or res["test/image_auroc"] != res["test/image_auroc"]
+    preds = trainer.predict(task, images)
+    assert len(preds) == 2 and preds[0]["probs"].shape == (1,)

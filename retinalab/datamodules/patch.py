@@ -25,7 +25,7 @@ from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid, load_fundus
 from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
 from .splits import SplitMode, choose_labeled, split_indices
-from .transforms import patch_table5_transform, patch_train_transform
+from .transforms import image_train_transform, patch_table5_transform, patch_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,33 @@ class PatchDataset(Dataset):
         return {"image": image, "label": label, "image_index": i, "patch_index": j, "fraction": fraction}
 
 
+class CachedImages(Dataset):
+    """Whole preprocessed images from the cache (``thumb_size`` px) with their image-level label.
+
+    Each sample looks like a one-patch image to the patch tasks: ``image`` (3 x t x t float),
+    ``label`` (1 any lesion, 0 none; -1 when hidden), ``image_index``, ``patch_index`` = 0.
+    """
+
+    def __init__(self, cache: PatchCache, rows: np.ndarray, transform: Any = None, hide_labels: bool = False) -> None:
+        self.cache, self.rows, self.transform, self.hide_labels = cache, np.asarray(rows, dtype=np.int64), transform, hide_labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i = int(self.rows[k])
+        img = np.array(self.cache.thumbs[i])
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0),
+            "label": -1 if self.hide_labels else int(self.cache.image_labels[i]),
+            "image_index": i,
+            "patch_index": 0,
+            "fraction": 0.0,
+        }
+
+
 class CachedImagePatches(Dataset):
     """One item per cached image: all its patches, for prediction and heatmaps.
 
@@ -72,15 +99,16 @@ class CachedImagePatches(Dataset):
     (t x t bool union lesion mask, or ``None`` when the image has no pixel annotation).
     """
 
-    def __init__(self, cache: PatchCache, rows: np.ndarray) -> None:
-        self.cache, self.rows = cache, np.asarray(rows, dtype=np.int64)
+    def __init__(self, cache: PatchCache, rows: np.ndarray, whole_image: bool = False) -> None:
+        self.cache, self.rows, self.whole_image = cache, np.asarray(rows, dtype=np.int64), whole_image
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.rows[k])
-        patches = torch.from_numpy(np.array(self.cache.patches[i])).permute(0, 3, 1, 2).float().div_(255.0)
+        source = self.cache.thumbs[i][None] if self.whole_image else self.cache.patches[i]
+        patches = torch.from_numpy(np.array(source)).permute(0, 3, 1, 2).float().div_(255.0)
         known = self.cache.image_labels[i] != UNKNOWN and bool(self.cache.images[i]["annotated"])
         return {
             "image": patches,
@@ -97,7 +125,8 @@ class FolderImagePatches(Dataset):
     field of view, yields ``{"image_id": ..., "error": message}`` instead of stopping the run.
     """
 
-    def __init__(self, folder: str | Path, config: PatchCacheConfig) -> None:
+    def __init__(self, folder: str | Path, config: PatchCacheConfig, whole_image: bool = False) -> None:
+        self.whole_image = whole_image
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"predict_folder={str(self.folder)!r} is not a folder")
@@ -122,12 +151,13 @@ class FolderImagePatches(Dataset):
             pre = load_fundus(FundusRecord(image_id, path), cfg.grid.image_size, cfg.crop_fov, cfg.normalize, None, cfg.fast_decode)
         except DataFormatError as e:
             return {"image_id": image_id, "error": str(e)}
-        patches = cfg.grid.extract(pre.image)
         t = cfg.thumb_size
+        thumb = cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA)
+        patches = thumb[None] if self.whole_image else cfg.grid.extract(pre.image)
         return {
-            "image": torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0),
+            "image": torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div_(255.0),
             "image_id": image_id,
-            "thumb": cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA),
+            "thumb": thumb,
             "mask": None,
         }
 
@@ -173,6 +203,10 @@ class PatchDataModule(FundusDataModule):
         predict_split: which part ``retinalab predict`` scores (``test``, ``val``, ``train``,
             ``labeled``, ``unlabeled`` or ``all``), one image per step.
         predict_folder: score a plain folder of photographs instead (no labels needed).
+        serve: ``patches`` (default) or ``images``: whole preprocessed images at ``thumb_size`` px
+            with image-level labels (any lesion), on the same split and labelled subset, for
+            whole-image baselines (paper 000 appendix B).
+        thumb_size: side of the cached whole-image copy (overlays, ``serve: images``).
     """
 
     def __init__(
@@ -206,8 +240,11 @@ class PatchDataModule(FundusDataModule):
         split_file: str | None = None,
         predict_split: Literal["test", "val", "train", "labeled", "unlabeled", "all"] = "test",
         predict_folder: str | None = None,
+        serve: Literal["patches", "images"] = "patches",
+        thumb_size: int = 256,
     ) -> None:
         super().__init__()
+        self.serve = serve
         self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
         self.predict_split, self.predict_folder = predict_split, predict_folder
         self.cache_config = PatchCacheConfig(
@@ -216,6 +253,7 @@ class PatchDataModule(FundusDataModule):
             normalize=normalize,
             fast_decode=fast_decode,
             grade0_healthy=grade0_healthy,
+            thumb_size=thumb_size,
         )
         self.include_unknown = include_unknown
         self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
@@ -247,6 +285,10 @@ class PatchDataModule(FundusDataModule):
 
     @property
     def grid(self) -> PatchGrid:
+        """The grid predictions are laid on (one whole-image "patch" with ``serve: images``)."""
+        if self.serve == "images":
+            t = self.cache_config.thumb_size
+            return PatchGrid(t, t, t, t)
         return self.cache_config.grid
 
     def setup(self, stage: str | None = None) -> None:
@@ -321,19 +363,25 @@ class PatchDataModule(FundusDataModule):
         return [self.cache.images[int(i)]["image_id"] for i in rows]
 
     def class_counts(self) -> np.ndarray:
-        """Healthy/diseased patch counts in the labelled set (for class-balanced losses)."""
+        """Healthy/diseased counts of the labelled training samples (patches, or images with
+        ``serve: images``), for class-balanced losses."""
         assert self.cache is not None
-        lab = self.cache.labels[self.rows["labeled"]].ravel()
+        rows = self.rows["labeled"]
+        lab = self.cache.image_labels[rows] if self.serve == "images" else self.cache.labels[rows].ravel()
         return np.array([(lab == 0).sum(), (lab == 1).sum()], dtype=np.int64)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, shuffle: bool | None = None) -> DataLoader:
         assert self.cache is not None
         tf = None
-        if train and self.augment:
-            make = patch_table5_transform if self.augment_policy == "table5" else patch_train_transform
-            tf = make(self.cache_config.grid.out_size)
-        ds = PatchDataset(self.cache, rows, tf, hide_labels=hide)
+        if self.serve == "images":
+            tf = image_train_transform(self.cache_config.thumb_size) if (train and self.augment) else None
+            ds: Dataset = CachedImages(self.cache, rows, tf, hide_labels=hide)
+        else:
+            if train and self.augment:
+                make = patch_table5_transform if self.augment_policy == "table5" else patch_train_transform
+                tf = make(self.cache_config.grid.out_size)
+            ds = PatchDataset(self.cache, rows, tf, hide_labels=hide)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -363,9 +411,9 @@ class PatchDataModule(FundusDataModule):
     def predict_dataloader(self) -> DataLoader:
         """One image per step (all its patches): a cached split, or ``predict_folder``."""
         if self.predict_folder is not None:
-            ds: Dataset = FolderImagePatches(self.predict_folder, self.cache_config)
+            ds: Dataset = FolderImagePatches(self.predict_folder, self.cache_config, whole_image=self.serve == "images")
         else:
             assert self.cache is not None
             rows = np.arange(len(self.cache)) if self.predict_split == "all" else self.rows[self.predict_split]
-            ds = CachedImagePatches(self.cache, rows)
+            ds = CachedImagePatches(self.cache, rows, whole_image=self.serve == "images")
         return DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers)
