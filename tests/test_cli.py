@@ -45,6 +45,9 @@ def test_synth_then_fit_test_predict(synth_idrid):
     metrics = pd.read_csv(log_dir / "metrics.csv")
     assert {"train/loss", "val/patch_auroc", "val/image_auroc"} <= set(metrics.columns)
     assert metrics["val/patch_auroc"].notna().sum() == 2  # one validation per epoch
+    # localisation quality of the blurred heatmaps, and overlays beside the run (no W&B logger here)
+    assert metrics["val/localisation_auroc"].between(0, 1).sum() == 2
+    assert sorted(p.name for p in (log_dir / "overlays").glob("*.png")) == ["val_epoch0000.png", "val_epoch0001.png"]
     ckpts = list((log_dir / "checkpoints").glob("*.ckpt"))
     assert ckpts
     res = run(["test", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),

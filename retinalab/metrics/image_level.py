@@ -51,6 +51,20 @@ class ImageLevelScores(Metric):
         label = torch.zeros(len(images), dtype=torch.long, device=probs.device).scatter_reduce_(0, inverse, target, "amax")
         return images, score, label
 
+    def patch_probs(self) -> dict[int, torch.Tensor]:
+        """Image index -> its patch probabilities in grid order (patches never seen are NaN)."""
+        img, patch, probs = self._cat(self.image_index), self._cat(self.patch_index), self._cat(self.probs)
+        if img.numel() == 0:
+            return {}
+        n = int(patch.max()) + 1
+        out: dict[int, torch.Tensor] = {}
+        for i in torch.unique(img).tolist():
+            sel = img == i
+            v = torch.full((n,), float("nan"), device=probs.device)
+            v[patch[sel]] = probs[sel]
+            out[int(i)] = v
+        return out
+
     def compute(self) -> torch.Tensor:
         _, score, label = self.scores()
         return image_auroc(score, label)

@@ -7,14 +7,17 @@ sensitivity and specificity at that threshold, for validation and test.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_roc
 
 from ..metrics import ImageLevelScores, to_unit
+from ..viz import localisation_auroc, overlay, patch_heatmap, save_png_atomic
 
 
 def youden_threshold(score: torch.Tensor, label: torch.Tensor) -> float:
@@ -38,7 +41,16 @@ def sensitivity_specificity(score: torch.Tensor, label: torch.Tensor, threshold:
 
 
 class PatchTask(pl.LightningModule):
-    """Base class: subclasses implement :meth:`eval_logits` (``B x 3 x s x s`` in [0, 1] -> ``B x K``)."""
+    """Base class: subclasses implement :meth:`eval_logits` (``B x 3 x s x s`` in [0, 1] -> ``B x K``).
+
+    At the end of validation and test it also logs ``<stage>/localisation_auroc``: the mean over
+    annotated images of the pixel AUROC of the Gaussian-blurred patch heatmap against the union lesion
+    mask (paper 000, section 4), and the first ``num_overlays`` overlays (W&B images with a
+    ``WandbLogger``, else PNGs in ``<log_dir>/overlays``).
+    """
+
+    #: overlays logged per validation/test epoch
+    num_overlays: int = 4
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,8 +99,49 @@ class PatchTask(pl.LightningModule):
             self.log(f"{stage}/sensitivity", sens)
             self.log(f"{stage}/specificity", spec)
             self.log(f"{stage}/image_threshold", thr)
+        self._localisation(stage, image)
         patch.reset()
         image.reset()
+
+    def _localisation(self, stage: str, metric: ImageLevelScores) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        cache = getattr(dm, "cache", None)
+        if cache is None or getattr(dm, "serve", "patches") != "patches" or self.trainer.sanity_checking:
+            return
+        with metric.sync_context():
+            per_image = metric.patch_probs()
+        grid = dm.grid
+        t = cache.thumbs.shape[1]
+        scores, overlays = [], []
+        for i, probs in sorted(per_image.items()):
+            p = probs.cpu().numpy()
+            if np.isnan(p).any() or len(p) != grid.num_patches:
+                continue
+            heat = patch_heatmap(p, grid, t)
+            if cache.image_labels[i] >= 0 and cache.images[i]["annotated"]:
+                a = localisation_auroc(heat, np.asarray(cache.mask_thumbs[i]).astype(bool))
+                if a == a:
+                    scores.append(a)
+            if len(overlays) < self.num_overlays:
+                thumb = np.array(cache.thumbs[i])
+                overlays.append((cache.images[i]["image_id"], np.concatenate([thumb, overlay(thumb, heat)], axis=1)))
+        if scores:
+            self.log(f"{stage}/localisation_auroc", float(np.mean(scores)))
+        if overlays and self.trainer.is_global_zero:
+            self._log_overlays(stage, overlays)
+
+    def _log_overlays(self, stage: str, overlays: list[tuple[str, np.ndarray]]) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if loggers:
+            loggers[0].log_image(key=f"{stage}/overlays", images=[o for _, o in overlays], caption=[i for i, _ in overlays])
+            return
+        base = self.trainer.log_dir or self.trainer.default_root_dir
+        if base is None:
+            return
+        sheet = np.concatenate([o for _, o in overlays], axis=0)
+        save_png_atomic(sheet, Path(base) / "overlays" / f"{stage}_epoch{self.current_epoch:04d}.png")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
