@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from retinalab.main import main
 
@@ -148,3 +149,14 @@ def test_demo_trains_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
     # the same split for both: one split hash in both runs' split.json
     hashes = {json.loads(p.read_text())["hash"] for p in tmp_path.glob("runs/*/logs/version_*/split.json")}
     assert len(hashes) == 1
+
+
+def test_gan_optimisers_come_from_the_config(tmp_path):
+    from retinalab.main import cli
+
+    c = cli(["--config", str(REPO / "conf/ssl_gan/synthetic.yaml"), "--data.root", str(tmp_path), "--trainer.logger", "false",
+             "--model.optimizer_d=torch.optim.SGD", "--model.optimizer_d.lr=0.05", "--model.optimizer_d.momentum=0.9"], run=False)
+    c.model.trainer = None
+    (opt_d, opt_g), _ = c.model.configure_optimizers()
+    assert isinstance(opt_d, torch.optim.SGD) and opt_d.defaults["lr"] == 0.05 and opt_d.defaults["momentum"] == 0.9
+    assert isinstance(opt_g, torch.optim.Adam) and opt_g.defaults["lr"] == 3e-4 and opt_g.defaults["betas"] == (0.5, 0.999)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
 from torch.optim.swa_utils import AveragedModel
 
 from ..models import ConvLarge
@@ -73,6 +74,9 @@ class PatchSSGANTask(PatchTask):
             evaluated with an average dominated by the initial weights.
         unsup_weight: weight of L_unsupervised in L_D (1 in the paper).
         data_init: Salimans' data-dependent initialisation of D on the first batch.
+        optimizer_d: any optimiser for D from the config (``class_path: torch.optim.SGD`` ...);
+            ``None`` = Adam(lr_d, (beta1, beta2)) as in Table 6.
+        optimizer_g: the same for G (``None`` = Adam(lr_g, (beta1, beta2))).
     """
 
     def __init__(
@@ -91,9 +95,13 @@ class PatchSSGANTask(PatchTask):
         ema_warmup: bool = True,
         unsup_weight: float = 1.0,
         data_init: bool = True,
+        optimizer_d: OptimizerCallable | None = None,
+        optimizer_g: OptimizerCallable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # the optimiser factories are recorded in the run's config.yaml, not in the checkpoint
+        self.save_hyperparameters(ignore=["optimizer_d", "optimizer_g"])
+        self.optimizer_d, self.optimizer_g = optimizer_d, optimizer_g
         self.automatic_optimization = False
         self.discriminator = ConvLarge(num_classes=num_classes, width=width)
         self.generator = PatchGenerator(patch_size, latent_dim, width=gen_width)
@@ -177,8 +185,9 @@ class PatchSSGANTask(PatchTask):
 
     def configure_optimizers(self):
         h = self.hparams
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=h.lr_d, betas=(h.beta1, h.beta2))
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=h.lr_g, betas=(h.beta1, h.beta2))
+        d_params, g_params = self.discriminator.parameters(), self.generator.parameters()
+        opt_d = self.optimizer_d(d_params) if self.optimizer_d else torch.optim.Adam(d_params, lr=h.lr_d, betas=(h.beta1, h.beta2))
+        opt_g = self.optimizer_g(g_params) if self.optimizer_g else torch.optim.Adam(g_params, lr=h.lr_g, betas=(h.beta1, h.beta2))
         max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else h.lr_decay_start
 
         def factor(epoch: int) -> float:
