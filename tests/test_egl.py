@@ -1,0 +1,66 @@
+"""Expected gradient length (paper 002, Eq. 1): the fast paths equal the naive loop to 1e-4."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retinalab.active import egl, egl_naive, score_pool
+from retinalab.models.lenet import LeNet
+
+
+def trained_lenet(k: int, seed: int = 0) -> LeNet:
+    """A LeNet after some SGD steps on a separable toy problem (non-trivial ReLU patterns, confident p)."""
+    torch.manual_seed(seed)
+    m = LeNet(num_classes=k)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    x = torch.randn(64, 3, 48, 48)
+    y = torch.randint(0, k, (64,))
+    x[:, 0] += y[:, None, None].float()  # class shifts the red channel
+    for _ in range(15):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    return m
+
+
+@pytest.mark.parametrize("k", [2, 5])
+@pytest.mark.parametrize("scope", ["fc", "last", "all"])
+@pytest.mark.parametrize("trained", [False, True])
+def test_fast_egl_equals_naive_loop(k, scope, trained):
+    torch.manual_seed(1)
+    m = trained_lenet(k) if trained else LeNet(num_classes=k)
+    x = torch.randn(6, 3, 48, 48)
+    fast, probs = egl(m, x, scope)
+    ref = egl_naive(m, x, scope)
+    assert torch.allclose(probs.sum(1), torch.ones(6))
+    rel = ((fast - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
+    assert rel < 1e-4, rel
+    assert (fast > 0).all()
+
+
+def test_scopes_are_nested():
+    m = trained_lenet(2)
+    x = torch.randn(8, 3, 48, 48)
+    last, fc, everything = (egl(m, x, s)[0] for s in ("last", "fc", "all"))
+    # more parameters, larger gradient norm (per class, hence in expectation)
+    assert (last <= fc + 1e-6).all() and (fc <= everything + 1e-6).all()
+
+
+def test_pool_scoring_is_batched_and_restores_mode():
+    m = trained_lenet(2)
+    m.train()
+    x = torch.randn(50, 3, 48, 48)
+    whole = egl(m, x, "fc")[0]
+    pooled = score_pool(m, (x[i : i + 16] for i in range(0, 50, 16)), "fc")
+    assert torch.allclose(whole, pooled, rtol=1e-5) and m.training
+    with pytest.raises(ValueError, match="scope"):
+        egl(m, x, "conv")
+
+
+def test_lenet_shapes():
+    m = LeNet()
+    assert m.num_features == 50 * 9 * 9 and m(torch.randn(2, 3, 48, 48)).shape == (2, 2)
+    with pytest.raises(ValueError, match="too small"):
+        LeNet(in_size=12)
