@@ -160,3 +160,15 @@ def test_gan_optimisers_come_from_the_config(tmp_path):
     (opt_d, opt_g), _ = c.model.configure_optimizers()
     assert isinstance(opt_d, torch.optim.SGD) and opt_d.defaults["lr"] == 0.05 and opt_d.defaults["momentum"] == 0.9
     assert isinstance(opt_g, torch.optim.Adam) and opt_g.defaults["lr"] == 3e-4 and opt_g.defaults["betas"] == (0.5, 0.999)
+
+
+def test_ssgan_fits_under_ddp_on_two_cpu_processes(synth_idrid):
+    """Manual optimisation with two optimisers and the EMA discriminator under Lightning's DDP (gloo).
+
+    Lightning's ``ddp`` re-launches ``sys.argv`` for the other rank, hence a subprocess."""
+    gan = REPO / "tests" / "conf" / "ssl_gan_tiny.yaml"
+    run(["fit", "--config", str(gan), "--data.root", "syn", "--trainer.strategy=ddp_find_unused_parameters_true",
+         "--trainer.devices=2", "--trainer.logger.init_args.save_dir=ddp"], synth_idrid)
+    metrics = pd.read_csv(sorted((synth_idrid / "ddp" / "logs").glob("version_*"))[-1] / "metrics.csv")
+    assert metrics["val/image_auroc"].notna().any() and metrics["train/loss_g"].notna().any()
+    assert len(list((synth_idrid / "ddp" / "logs").glob("version_*/checkpoints/*.ckpt"))) == 1

@@ -48,10 +48,11 @@ class FundusDataModule(pl.LightningDataModule):
     def write_split(self, parts: dict[str, list[str]], extra: dict[str, Any]) -> str:
         """Write ``{"hash", parts..., extra...}`` as JSON (global rank 0 only). Returns the hash."""
         h = split_hash(parts)
+        # every rank must ask: Trainer.log_dir is a collective (it broadcasts rank 0's path)
+        path = self.split_path()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and not trainer.is_global_zero:
             return h
-        path = self.split_path()
         if path is not None:
             write_json_atomic(path, {"hash": h, **extra, **parts})
             log.info("split written to %s", path)

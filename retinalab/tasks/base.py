@@ -127,17 +127,18 @@ class PatchTask(pl.LightningModule):
                 overlays.append((cache.images[i]["image_id"], np.concatenate([thumb, overlay(thumb, heat)], axis=1)))
         if scores:
             self.log(f"{stage}/localisation_auroc", float(np.mean(scores)))
+        # every rank must ask: Trainer.log_dir is a collective (it broadcasts rank 0's path)
+        base = self.trainer.log_dir or self.trainer.default_root_dir
         if overlays and self.trainer.is_global_zero:
-            self._log_overlays(stage, overlays)
+            self._log_overlays(stage, overlays, base)
 
-    def _log_overlays(self, stage: str, overlays: list[tuple[str, np.ndarray]]) -> None:
+    def _log_overlays(self, stage: str, overlays: list[tuple[str, np.ndarray]], base: str | None) -> None:
         from pytorch_lightning.loggers import WandbLogger
 
         loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
         if loggers:
             loggers[0].log_image(key=f"{stage}/overlays", images=[o for _, o in overlays], caption=[i for i, _ in overlays])
             return
-        base = self.trainer.log_dir or self.trainer.default_root_dir
         if base is None:
             return
         sheet = np.concatenate([o for _, o in overlays], axis=0)

@@ -56,6 +56,8 @@ class PatchSSGANTask(PatchTask):
     """Semi-supervised feature-matching GAN on fundus patches.
 
     Needs the patch datamodule with ``unlabeled: true`` (batches ``{"labeled": ..., "unlabeled": ...}``).
+    Under DDP use ``--trainer.strategy ddp_find_unused_parameters_true``: the discriminator and
+    generator steps each update one network, which DDP's default reducer rejects.
 
     Args:
         width: channel multiplier of the conv-large discriminator (1.0 = Table 3).
@@ -106,6 +108,7 @@ class PatchSSGANTask(PatchTask):
         self.discriminator = ConvLarge(num_classes=num_classes, width=width)
         self.generator = PatchGenerator(patch_size, latent_dim, width=gen_width)
         self.ema = AveragedModel(self.discriminator, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=False)
+        self.ema.requires_grad_(False)  # updated by averaging, never by gradients
         self.register_buffer("initialized", torch.tensor(not data_init))
 
     # ---------------------------------------------------------------- helpers
@@ -156,18 +159,24 @@ class PatchSSGANTask(PatchTask):
         loss_sup = supervised_loss(l_lab, y)
         loss_unsup = unsupervised_loss(l_unl, l_fake)
         loss_d = loss_sup + self.hparams.unsup_weight * loss_unsup
+        # toggling freezes the other optimiser's parameters, so each backward only reaches the
+        # network it updates (required for DDP's gradient reducer, and saves work)
+        self.toggle_optimizer(opt_d)
         opt_d.zero_grad()
         self.manual_backward(loss_d)
         opt_d.step()
+        self.untoggle_optimizer(opt_d)
         self.ema.update_parameters(self.discriminator)
 
         # generator: feature matching against the unlabelled batch
+        self.toggle_optimizer(opt_g)
         x_g = self.generator(self.generator.sample_noise(n_u, self.device))
         h = self.discriminator.features(torch.cat([x_u, x_g]))
         loss_g = feature_matching_loss(h[:n_u].detach(), h[n_u:])
         opt_g.zero_grad()
         self.manual_backward(loss_g)
         opt_g.step()
+        self.untoggle_optimizer(opt_g)
 
         acc = (l_lab.argmax(1) == y).float().mean()
         self.log_dict(
