@@ -97,3 +97,22 @@ def test_ssgan_refuses_labelled_only_batches(gan_setup, tmp_path):
     trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="data.unlabeled: true"):
         trainer.fit(task, dm)
+
+
+def test_overlays_are_logged_to_wandb_offline(gan_setup, tmp_path, monkeypatch):
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    dm, task = gan_setup
+    logger = WandbLogger(project="retinalab-test", save_dir=str(tmp_path), offline=True)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    logger.experiment.finish()
+    images = list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/overlays_*.png"))
+    assert len(images) == 3  # the 3 validation images, photograph | heatmap side by side
+    from PIL import Image
+
+    assert Image.open(images[0]).size == (2 * 256, 256)
