@@ -32,6 +32,16 @@ def youden_threshold(score: torch.Tensor, label: torch.Tensor) -> float:
     return float(thr[best].clamp(max=1.0)) * scale
 
 
+def broadcast_from_rank0(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers of ``module`` to every rank (no-op outside DDP).
+
+    Used after a data-dependent initialisation, which each rank would otherwise compute on its own batch.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for t in module.state_dict().values():
+            torch.distributed.broadcast(t, src=0)
+
+
 def sensitivity_specificity(score: torch.Tensor, label: torch.Tensor, threshold: float) -> tuple[float, float]:
     pred = score >= threshold
     pos, neg = label == 1, label == 0

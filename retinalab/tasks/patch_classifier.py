@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import PatchBackbone, build_patch_model
-from .base import PatchTask
+from .base import PatchTask, broadcast_from_rank0
 
 
 class PatchClassifierTask(PatchTask):
@@ -78,9 +78,7 @@ class PatchClassifierTask(PatchTask):
         if bool(self.initialized):
             return
         self.model.data_init(self._prepare(x))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for t in self.model.state_dict().values():
-                torch.distributed.broadcast(t, src=0)
+        broadcast_from_rank0(self.model)
         self.initialized.fill_(True)
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:

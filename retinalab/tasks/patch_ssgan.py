@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..models import ConvLarge
 from ..models.generator import PatchGenerator
-from .base import PatchTask
+from .base import PatchTask, broadcast_from_rank0
 
 
 def supervised_loss(logits_lab: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -131,9 +131,7 @@ class PatchSSGANTask(PatchTask):
         if bool(self.initialized):
             return
         self.discriminator.data_init(x)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for t in self.discriminator.state_dict().values():
-                torch.distributed.broadcast(t, src=0)
+        broadcast_from_rank0(self.discriminator)
         # the average starts from the initialised weights
         for p_avg, p in zip(self.ema.module.parameters(), self.discriminator.parameters(), strict=True):
             p_avg.data.copy_(p.data)
