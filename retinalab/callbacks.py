@@ -14,7 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from .viz import localisation_auroc, overlay, patch_heatmap, save_png_atomic
+from .viz import localisation_auroc, patch_heatmap, save_png_atomic, side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class PatchPredictionWriter(BasePredictionWriter):
                 self.loc.append(loc)
         if self.overlays:
             overlay_name = f"overlays/{_safe_name(image_id)}.png"
-            save_png_atomic(np.concatenate([thumb, overlay(thumb, heat, self.alpha)], axis=1), self.dir / overlay_name)
+            save_png_atomic(side_by_side(thumb, heat, self.alpha), self.dir / overlay_name)
         row = {
             "image": image_id,
             "score": f"{score:.6f}",

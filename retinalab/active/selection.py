@@ -21,9 +21,6 @@ def select_top_k(scores: torch.Tensor, k: int, exclude: Iterable[int] = ()) -> l
     excluded = [i for i in exclude if 0 <= i < len(scores)]
     mask[excluded] = False
     candidates = torch.nonzero(mask).flatten()
-    if k >= len(candidates):
-        order = torch.argsort(-scores[candidates], stable=True)
-        return candidates[order].tolist()
     order = torch.argsort(-scores[candidates], stable=True)[:k]
     return candidates[order].tolist()
 

@@ -17,7 +17,7 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_roc
 
 from ..metrics import ImageLevelScores, to_unit
-from ..viz import localisation_auroc, overlay, patch_heatmap, save_png_atomic
+from ..viz import localisation_auroc, patch_heatmap, save_png_atomic, side_by_side
 
 
 def youden_threshold(score: torch.Tensor, label: torch.Tensor) -> float:
@@ -133,8 +133,7 @@ class PatchTask(pl.LightningModule):
                 if a == a:
                     scores.append(a)
             if len(overlays) < self.num_overlays:
-                thumb = np.array(cache.thumbs[i])
-                overlays.append((cache.images[i]["image_id"], np.concatenate([thumb, overlay(thumb, heat)], axis=1)))
+                overlays.append((cache.images[i]["image_id"], side_by_side(np.array(cache.thumbs[i]), heat)))
         if scores:
             self.log(f"{stage}/localisation_auroc", float(np.mean(scores)))
         # every rank must ask: Trainer.log_dir is a collective (it broadcasts rank 0's path)

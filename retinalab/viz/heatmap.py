@@ -53,6 +53,11 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str 
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def side_by_side(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The photograph and its heatmap overlay next to each other (H x 2W x 3 uint8)."""
+    return np.concatenate([image, overlay(image, heat, alpha)], axis=1)
+
+
 def localisation_auroc(heat: np.ndarray, mask: np.ndarray, thresholds: int = 200) -> float:
     """Pixel-level AUROC of a heatmap against a boolean lesion mask (binned: bounded memory).
 
