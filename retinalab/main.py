@@ -13,8 +13,12 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-EXTRA_COMMANDS = {"synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs or messidor"}
+EXTRA_COMMANDS = {
+    "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs or messidor",
+    "active": "EGL active learning of exudate patches (paper 002): retinalab active --config conf/active/eophtha_egl.yaml",
+}
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 HELP = """usage: retinalab <command> [options]
@@ -27,6 +31,7 @@ commands:
   test       run the test set on a checkpoint (--ckpt_path)
   predict    predict with a checkpoint (--ckpt_path)
   synth      write a synthetic dataset: retinalab synth idrid --out DIR --num-images 60
+  active     active learning (paper 002): retinalab active --config conf/active/eophtha_egl.yaml [--resume]
 
 Run `retinalab <command> --help` for the options of one command.
 """
@@ -67,6 +72,47 @@ def synth_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def active_main(argv: Sequence[str]) -> int:
+    """``retinalab active``: see :class:`retinalab.active.ActiveLearning`.
+
+    Returns 0 when the run finished or is waiting for a human oracle's labels, 2 on bad input.
+    """
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from .active.loop import ActiveLearning
+    from .active.oracle import LabelFileError
+
+    p = ArgumentParser(prog="retinalab active", description=EXTRA_COMMANDS["active"], default_env=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML config (conf/active/*.yaml)")
+    p.add_argument("--resume", type=bool, default=False, help="continue the run in out_dir (after a fault, or once labels.csv is filled in)")
+    p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
+    argv = list(argv)
+    for i, a in enumerate(argv):  # a bare `--resume` means --resume=true
+        if a == "--resume" and (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")):
+            argv[i] = "--resume=true"
+    cfg = p.parse_args(argv)
+    resume = cfg.pop("resume")
+    cfg.pop("config", None)
+    init = p.instantiate_classes(cfg)
+    try:
+        loop = ActiveLearning(**init)
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            out = Path(loop.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(p.dump(cfg, skip_none=False))
+        status = loop.run(resume=resume)
+    except (LabelFileError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"retinalab active: error: {e}", file=sys.stderr)
+        return 2
+    if status == "waiting":
+        print(
+            f"retinalab active: queries written under {loop.out / 'queries'}; fill in labels.csv there and run the "
+            "same command with --resume",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cli(argv: Sequence[str], run: bool = True):
     """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate)."""
     import torch
@@ -96,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if argv[0] == "synth":
         return synth_main(argv[1:])
+    if argv[0] == "active":
+        return active_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2

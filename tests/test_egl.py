@@ -64,3 +64,20 @@ def test_lenet_shapes():
     assert m.num_features == 50 * 9 * 9 and m(torch.randn(2, 3, 48, 48)).shape == (2, 2)
     with pytest.raises(ValueError, match="too small"):
         LeNet(in_size=12)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_all_scope_methods_agree_and_fall_back_for_other_layers(k):
+    """The layerwise method and torch.func give the same exact EGL; a BatchNorm network falls back to func."""
+    torch.manual_seed(2)
+    m = trained_lenet(k)
+    x = torch.randn(5, 3, 48, 48)
+    layerwise, _ = egl(m, x, "all", method="layerwise", chunk=2)
+    func, _ = egl(m, x, "all", method="func", chunk=3)
+    assert torch.allclose(layerwise, func, rtol=1e-4)
+    bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 46 * 46, k))
+    bn.eval()
+    auto, _ = egl(bn, x, "all")
+    assert torch.allclose(auto, egl_naive(bn, x, "all"), rtol=1e-4)
+    with pytest.raises(TypeError, match="method='func'"):
+        egl(bn, x, "all", method="layerwise")

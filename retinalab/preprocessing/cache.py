@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -89,8 +90,8 @@ def _stat(path: Path | None) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def cache_key(records: Sequence[FundusRecord], cfg: PatchCacheConfig) -> str:
-    """Hash of the parameters and of every source file's path, size and mtime."""
+def cache_key(records: Sequence[FundusRecord], cfg: Any) -> str:
+    """Hash of the parameters (a dataclass) and of every source file's path, size and mtime."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": CACHE_VERSION, "cfg": asdict(cfg)}, sort_keys=True).encode())
     for r in records:
@@ -100,7 +101,7 @@ def cache_key(records: Sequence[FundusRecord], cfg: PatchCacheConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def _record_meta(r: FundusRecord) -> dict:
+def record_meta(r: FundusRecord) -> dict:
     return {
         "image_id": r.image_id,
         "image_path": str(r.image_path),
@@ -314,7 +315,7 @@ class PatchCache:
             _compact(tmp, keep, shapes)
         images = []
         for i in keep:
-            meta = _record_meta(records[i])
+            meta = record_meta(records[i])
             meta["image_label"] = int(image_labels[i])
             images.append(meta)
         index = {

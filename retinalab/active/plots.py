@@ -1,0 +1,135 @@
+"""Plots of an active-learning study: paper 002's Figure 2 (F-measure, sensitivity and specificity
+against labels used, EGL versus random), Figure 3 (interestingness over training) and the EGL heatmap
+over a photograph (where the ophthalmologist should annotate)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..viz.heatmap import save_png_atomic, side_by_side  # noqa: E402
+from .pool import ExudatePatches  # noqa: E402
+
+PANELS = (("test/f1", "F-measure"), ("test/sensitivity", "sensitivity"), ("test/specificity", "specificity"))
+COLOURS = {"random": "tab:blue", "egl": "tab:green"}
+
+
+def _save_fig(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def _colour(name: str) -> str | None:
+    for key, colour in COLOURS.items():
+        if key in name.lower():
+            return colour
+    return None
+
+
+def plot_curves(runs: dict[str, list[dict]], path: str | Path, initial_labels: float | None = None) -> Path:
+    """Figure 2: one panel per test metric against labelled patches, one line per run.
+
+    Args:
+        runs: run name -> metric rows (``labels`` and ``test/...`` keys; several rows per ``labels``
+            value, e.g. from several seeds, are drawn as mean +- std).
+        path: PNG to write (atomically).
+        initial_labels: where the initial model's training ends (the paper's orange line).
+    """
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), sharex=True)
+    for ax, (key, title) in zip(axes, PANELS, strict=True):
+        for name, rows in sorted(runs.items()):
+            by_x: dict[float, list[float]] = defaultdict(list)
+            for row in rows:
+                v = row.get(key, math.nan)
+                if v is not None and not math.isnan(float(v)):
+                    by_x[float(row["labels"])].append(float(v))
+            if not by_x:
+                continue
+            xs = np.array(sorted(by_x))
+            mean = np.array([np.mean(by_x[x]) for x in xs])
+            std = np.array([np.std(by_x[x]) for x in xs])
+            line = ax.plot(xs, mean, marker=".", label=name, color=_colour(name))[0]
+            if any(len(by_x[x]) > 1 for x in xs):
+                ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        if initial_labels is not None:
+            ax.axvline(initial_labels, color="tab:orange", linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("labelled patches")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    return _save_fig(fig, Path(path))
+
+
+def plot_comparison(study: str | Path) -> Path | None:
+    """Figure 2 for every run under ``study`` (sub-folders with a ``metrics.csv``): ``figure2.png``."""
+    from .loop import read_metrics
+
+    study = Path(study)
+    runs = {p.parent.name: read_metrics(p) for p in sorted(study.glob("*/metrics.csv"))}
+    if not runs:
+        return None
+    initial = min((rows[0]["labels"] for rows in runs.values() if rows), default=None)
+    return plot_curves(runs, study / "figure2.png", initial)
+
+
+def plot_interestingness(rows: list[dict], path: str | Path) -> Path:
+    """Figure 3: each tracked image's interestingness (sum of EGL over its patches) against labels used."""
+    by_image: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        by_image[row["image_id"]].append((float(row["labels"]), float(row["sigma"])))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for image_id, pts in sorted(by_image.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=image_id)
+    ax.set_xlabel("labelled patches")
+    ax.set_ylabel("interestingness (sum of EGL)")
+    ax.set_title("Interestingness over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save_fig(fig, Path(path))
+
+
+def egl_map(pool: ExudatePatches, items: np.ndarray, phi: np.ndarray, size: int, blur: bool = True) -> np.ndarray:
+    """Spread EGL values over their patches (mean where patches overlap), scaled to [0, 1] and
+    blurred with a Gaussian of half a patch (as paper 000's heatmaps)."""
+    cfg = pool.config
+    s = size / cfg.image_size
+    acc = np.zeros((size, size), np.float32)
+    cnt = np.zeros((size, size), np.float32)
+    half = cfg.patch_size / 2
+    top = max(phi.max(), 1e-12) if len(phi) else 1.0
+    for item, v in zip(items, phi, strict=True):
+        cy, cx = pool.centre[item]
+        y0, x0 = max(0, round((cy - half) * s)), max(0, round((cx - half) * s))
+        y1, x1 = round((cy + half) * s), round((cx + half) * s)
+        acc[y0:y1, x0:x1] += float(v) / top
+        cnt[y0:y1, x0:x1] += 1
+    heat = np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0)
+    if blur:
+        heat = cv2.GaussianBlur(heat, (0, 0), max(0.5, cfg.patch_size * s / 2))
+    return np.clip(heat / max(float(heat.max()), 1e-12), 0, 1)
+
+
+def write_heatmap(pool: ExudatePatches, image: int, items: np.ndarray, phi: np.ndarray, path: str | Path) -> Path:
+    """The photograph next to its EGL heatmap (where labels would change the model most)."""
+    view = pool.view(image)
+    heat = egl_map(pool, np.asarray(items), np.asarray(phi), view.shape[0])
+    sheet = side_by_side(view, heat)
+    return save_png_atomic(sheet, path)

@@ -1,0 +1,290 @@
+"""Paper 002's active-learning loop: exudate patches, Algorithms 1 and 2, oracles, faults and resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retinalab.active import ActiveLearning, ExudatePatchConfig, ExudatePatches
+from retinalab.active.oracle import LabelFileError
+from retinalab.active.pool import CENTRED, EXUDATE, GRID, HEALTHY, dihedral, window_sums
+from retinalab.datasets import read_dataset
+from retinalab.main import main
+from retinalab.preprocessing import load_fundus
+from retinalab.synthetic import write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ExudatePatchConfig(image_size=128, patch_size=16, exudate_per_image=12, healthy_per_image=12, grid_stride=16, view_size=128)
+
+
+@pytest.fixture(scope="module")
+def synth_eophtha(tmp_path_factory):
+    """A synthetic e-ophtha layout (the generator is a product feature): 20 EX-part images."""
+    return write_synthetic("eophtha", tmp_path_factory.mktemp("syn") / "e-ophtha", 40, 3, (256, 170), 1.5, 1.0, 1, False)
+
+
+def loop(root, out, **kw) -> ActiveLearning:
+    args = dict(
+        dataset="eophtha", root=str(root), reader_args={"parts": ["EX"]}, patches=TINY, out_dir=str(out),
+        k=6, initial_batches=2, initial_images=2, batch_size=8, conv_channels=(4, 8), hidden=16, max_rounds=3,
+        val_size=0.25, test_size=0.25, cache_dir=str(Path(out).parent / "cache"), accelerator="cpu", progress=False,
+        track_images=2,
+    )
+    args.update(kw)
+    return ActiveLearning(**args)
+
+
+def history(out: Path) -> list[dict]:
+    state = json.loads((out / "state.json").read_text())
+    return [{k: v for k, v in row.items() if k != "time"} for row in state["history"]]
+
+
+# ---------------------------------------------------------------- patch data
+def test_centred_and_grid_patches_follow_the_mask(eophtha_root, tmp_path):
+    """Exudate patches are centred on exudate pixels, healthy ones hold none, grid labels are 'any pixel'."""
+    records = read_dataset("eophtha", eophtha_root, parts=["EX"])
+    cfg = ExudatePatchConfig(image_size=64, patch_size=16, exudate_per_image=5, healthy_per_image=4, grid_stride=8, view_size=64)
+    pool = ExudatePatches.build(records, cfg, tmp_path / "cache", progress=False)
+    assert len(pool.images) == len(records) == 5
+    labels, kind, image, centre = (np.asarray(a) for a in (pool.labels, pool.kind, pool.image, pool.centre))
+    for i, rec in enumerate(records):
+        pre = load_fundus(rec, 64, structures=("EX",))
+        mask = pre.masks["EX"]
+        sums = window_sums(mask, 16)
+        mine = image == i
+        ex = mine & (kind == CENTRED) & (labels == EXUDATE)
+        assert ex.sum() == min(5, mask[8:57, 8:57].sum())
+        assert all(mask[y, x] for y, x in centre[ex])
+        for y, x in centre[mine & (kind == CENTRED) & (labels == HEALTHY)]:
+            assert sums[y - 8, x - 8] == 0
+        for j in np.flatnonzero(mine & (kind == GRID)):
+            y, x = centre[j] - 8
+            assert labels[j] == int(sums[y, x] > 0)
+            assert np.array_equal(pool.patches[j], pre.image[y : y + 16, x : x + 16])
+    assert (labels[kind == CENTRED] == EXUDATE).sum() > 0 and (labels[kind == GRID] >= 0).all()
+    # the same records and parameters reuse the cache
+    again = ExudatePatches.build(records, cfg, tmp_path / "cache", progress=False)
+    assert again.path == pool.path and len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_dihedral_variants_are_the_eight_symmetries():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    v = dihedral(x)
+    assert v.shape == (16, 3, 5, 5) and torch.equal(v[:2], x)
+    flat = {tuple(v[k * 2].flatten().tolist()) for k in range(8)}
+    assert len(flat) == 8  # all distinct for an asymmetric patch
+    assert torch.equal(v[2], torch.rot90(x[0], 1, (1, 2))) and torch.equal(v[8], x[0].flip(2))
+
+
+def test_splits_are_by_patient_and_balanced(synth_eophtha, tmp_path):
+    al = loop(synth_eophtha, tmp_path / "run")
+    al._setup()
+    groups = {name: {al.pool.images[i]["group"] for i in ids} for name, ids in al.split.items()}
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    labels = np.asarray(al.pool.labels)
+    for items in (al.eval_items["val"], al.eval_items["test"], al.pool_items):
+        counts = np.bincount(labels[items], minlength=2)
+        assert counts[0] == counts[1] > 0
+    assert set(np.asarray(al.pool.image)[al.pool_items]) <= set(al.split["train"])
+
+
+# ---------------------------------------------------------------- selection rules in the loop
+def test_algorithm2_adds_all_patches_of_the_image_with_the_largest_sum(synth_eophtha, tmp_path, monkeypatch):
+    al = loop(synth_eophtha, tmp_path / "run", max_rounds=1, k=0, track_images=0)
+    chosen = {}
+
+    def fake_sigma(images):
+        sigma = {i: float(10 + (7 * i) % 5) + i / 100 for i in images}
+        if sigma:
+            chosen["best"] = max(sigma, key=sigma.get)
+        return sigma
+
+    monkeypatch.setattr(al, "_sigma", fake_sigma)
+    assert al.run() == "finished"
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    round1 = [row for row in state["history"] if row["round"] == 1]
+    best_items = set(al.items_of_image[chosen["best"]].tolist())
+    assert {row["item"] for row in round1} == best_items and chosen["best"] in state["labelled_images"]
+
+
+def test_egl_and_random_share_the_initial_set_and_respect_the_budget(synth_eophtha, tmp_path):
+    runs = {}
+    for acq in ("egl", "random"):
+        al = loop(synth_eophtha, tmp_path / acq, acquisition=acq, select="patches", max_labels=30, max_rounds=5)
+        assert al.run() == "finished"
+        runs[acq] = json.loads((tmp_path / acq / "state.json").read_text())
+    first = [{r["item"] for r in runs[a]["history"] if r["round"] == 0} for a in runs]
+    assert first[0] == first[1] and len(first[0]) == 16  # 2 batches of 8
+    for state in runs.values():
+        assert len(state["labelled"]) == 30 and state["stopped"] == "max_labels (30) reached"
+        assert [m["labels"] for m in state["metrics"]] == [16, 22, 28, 30]
+    assert runs["egl"]["labelled"] != runs["random"]["labelled"]
+    # the study folder gets the EGL-versus-random figure and each run its CSVs
+    assert (tmp_path / "figure2.png").is_file()
+    rows = list(csv.DictReader((tmp_path / "egl" / "metrics.csv").open()))
+    assert {"test/f1", "test/sensitivity", "test/specificity", "val/loss"} <= set(rows[0])
+    assert len(list((tmp_path / "egl" / "heatmaps").glob("round_*.png"))) == 4
+
+
+def test_stops_when_the_monitored_metric_is_flat(synth_eophtha, tmp_path):
+    al = loop(synth_eophtha, tmp_path / "run", select="patches", k=2, patience=2, min_delta=100.0, max_rounds=10)
+    al.run()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["round"] == 2 and state["stopped"] == "val/loss flat for 2 rounds"
+
+
+# ---------------------------------------------------------------- faults
+class Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(("where", "select"), [("between", "patches"), ("inside", "patches"), ("inside", "images")])
+def test_killed_loop_resumes_with_identical_pool_and_history(synth_eophtha, tmp_path, monkeypatch, where, select):
+    ref = loop(synth_eophtha, tmp_path / "ref", select=select)
+    ref.run()
+    asked: list[int] = []
+    al = loop(synth_eophtha, tmp_path / "run", select=select)
+    real_train, real_choose = ActiveLearning._train, ActiveLearning._choose
+
+    def train(self, state, epochs, r):
+        if where == "inside" and r == 2:
+            raise Killed  # after the oracle answered round 2, before the model update
+        return real_train(self, state, epochs, r)
+
+    def choose(self, state, r):
+        if where == "between" and r == 2:
+            raise Killed
+        return real_choose(self, state, r)
+
+    monkeypatch.setattr(ActiveLearning, "_train", train)
+    monkeypatch.setattr(ActiveLearning, "_choose", choose)
+    with pytest.raises(Killed):
+        al.run()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["round"] == 1 and (tmp_path / "run" / state["checkpoint"]).is_file()
+    answered = set(json.loads((tmp_path / "run" / "answers.json").read_text()))
+    monkeypatch.setattr(ActiveLearning, "_train", real_train)
+    monkeypatch.setattr(ActiveLearning, "_choose", real_choose)
+    with pytest.raises(FileExistsError, match="--resume"):
+        loop(synth_eophtha, tmp_path / "run", select=select).run()
+    again = loop(synth_eophtha, tmp_path / "run", select=select)
+    real_setup = ActiveLearning._setup
+
+    def setup(self):
+        real_setup(self)
+        oracle = self.oracle_fn
+        self.oracle_fn = lambda items, r, scores=None: (asked.extend(items), oracle(items, r, scores))[1]
+
+    monkeypatch.setattr(ActiveLearning, "_setup", setup)
+    assert again.run(resume=True) == "finished"
+    assert not (set(map(str, asked)) & answered)  # never asked again for a label it had
+    assert history(tmp_path / "run") == history(tmp_path / "ref")
+    a = json.loads((tmp_path / "run" / "state.json").read_text())
+    b = json.loads((tmp_path / "ref" / "state.json").read_text())
+    assert a["labelled"] == b["labelled"] and a["round"] == b["round"] == 3
+    for ma, mb in zip(a["metrics"], b["metrics"], strict=True):
+        assert ma["test/f1"] == pytest.approx(mb["test/f1"], abs=1e-6)
+
+
+def test_resume_refuses_a_changed_config(synth_eophtha, tmp_path):
+    loop(synth_eophtha, tmp_path / "run", max_rounds=0).run()
+    with pytest.raises(ValueError, match="different acquisition"):
+        loop(synth_eophtha, tmp_path / "run", acquisition="random").run(resume=True)
+
+
+# ---------------------------------------------------------------- human oracle
+def fill(folder: Path, labels: dict[str, str]) -> None:
+    with (folder / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["query_id", "label"])
+        w.writerows(labels.items())
+
+
+def truth(pool: ExudatePatches, folder: Path) -> dict[str, str]:
+    rows = list(csv.DictReader((folder / "queries.csv").open()))
+    return {r["query_id"]: ("exudate" if pool.labels[int(r["item"])] == EXUDATE else "healthy") for r in rows}
+
+
+def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, capsys):
+    out = tmp_path / "study" / "human"
+    argv = [
+        "active", "--config", str(REPO / "conf" / "active" / "eophtha_human.yaml"), "--root", str(synth_eophtha),
+        "--out_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--patches.image_size=128", "--patches.patch_size=16",
+        "--patches.grid_stride=16", "--patches.view_size=128", "--k=4", "--initial_batches=1", "--batch_size=8",
+        "--hidden=16", "--conv_channels=[4,8]", "--max_rounds=1", "--num_workers=0", "--progress=false", "--accelerator=cpu",
+    ]
+    assert main(argv) == 0
+    r0 = out / "queries" / "round_000"
+    assert "fill in labels.csv" in capsys.readouterr().err
+    queries = list(csv.DictReader((r0 / "queries.csv").open()))
+    assert len(queries) == 8 and all((r0 / q["patch_png"]).is_file() and (r0 / q["image_png"]).is_file() for q in queries)
+    al = ActiveLearning(patches=ExudatePatchConfig(image_size=128, patch_size=16, grid_stride=16, view_size=128), cache_dir=str(tmp_path / "cache"), root=str(synth_eophtha), reader_args={"parts": ["EX"]}, oracle="human", pool_kind="grid", accelerator="cpu")
+    al._setup()
+    answers = truth(al.pool, r0)
+    qids = sorted(answers)
+    # resuming with the blank labels.csv writes nothing new and keeps waiting
+    assert main([*argv, "--resume"]) == 0 and not (out / "answers.json").exists()
+    # a missing label, an unknown word and a query that was never asked
+    bad = dict(answers)
+    bad[qids[0]] = ""
+    bad[qids[1]] = "maybe"
+    bad["q9999"] = "exudate"
+    fill(r0, bad)
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "labels.csv" in err and "'maybe'" in err and "q9999" in err and qids[0] in err
+    kept = json.loads((out / "answers.json").read_text())
+    assert len(kept) == 6  # the valid labels were kept
+    state = json.loads((out / "state.json").read_text())
+    assert state["round"] == -1 and state["pending"]["round"] == 0
+    # fixed: the loop trains the initial model and writes the next round's queries
+    fill(r0, answers)
+    assert main([*argv, "--resume"]) == 0
+    state = json.loads((out / "state.json").read_text())
+    assert state["round"] == 0 and len(state["labelled"]) == 8
+    assert {str(k): v for k, v in state["labelled"].items()} == {str(k): v["label"] for k, v in json.loads((out / "answers.json").read_text()).items()}
+    r1 = out / "queries" / "round_001"
+    assert len(list(csv.DictReader((r1 / "queries.csv").open()))) == 4
+    fill(r1, truth(al.pool, r1))
+    assert main([*argv, "--resume"]) == 0
+    state = json.loads((out / "state.json").read_text())
+    assert state["stopped"] == "max_rounds (1) reached" and len(state["labelled"]) == 12
+    assert (out / "metrics.csv").is_file() and (out / "queries.csv").is_file()
+
+
+def test_read_labels_rejects_conflicts_and_a_changed_queries_file(synth_eophtha, tmp_path):
+    from retinalab.active.oracle import HumanOracle, LabelsPending
+
+    al = loop(synth_eophtha, tmp_path / "run", oracle="human", pool_kind="grid")
+    al._setup()
+    oracle = HumanOracle(al.pool, tmp_path / "q")
+    items = [int(i) for i in al.pool_items[:3]]
+    with pytest.raises(LabelsPending):
+        oracle(items, 0)
+    d = oracle.round_dir(0)
+    with (d / "labels.csv").open("w") as f:
+        f.write("query_id,label\nq0000,exudate\nq0000,healthy\nq0001,1\nq0002,H\n")
+    with pytest.raises(LabelFileError, match="labelled twice") as e:
+        oracle(items, 0)
+    assert e.value.partial == {items[1]: 1, items[2]: 0}
+    with pytest.raises(LabelFileError, match="another run"):
+        oracle([*items, int(al.pool_items[5])], 0)
+
+
+def test_all_active_configs_parse():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    for cfg in sorted((REPO / "conf" / "active").glob("*.yaml")):
+        p = ArgumentParser()
+        p.add_argument("--config", action=ActionConfigFile)
+        p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
+        parsed = p.parse_args(["--config", str(cfg)])
+        init = p.instantiate_classes(parsed)
+        init.pop("config", None)
+        al = ActiveLearning(**init)
+        assert al.patches.patch_size in (32, 48) and al.lr == 0.01 and al.batch_size == 32, cfg.name
