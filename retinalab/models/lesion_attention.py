@@ -1,0 +1,117 @@
+"""Lesion-attentive disease grading of paper 001 (section 3.3, Eq. 4-6).
+
+A grading CNN C is split at a high-resolution stage: ``low`` (stem and first stage) gives f_low, the
+rest (``high``) maps it to the top features. For each lesion l (Eq. 5-6):
+
+    f_l   = ReLU(W_l^low  concat(m_l, f_low) + b_l^low)          (1x1 convolution)
+    alpha_l = Sigmoid(W_l^high (f_l * f_high) + b_l^high)         (1x1 convolution to one map)
+
+where m_l is G's mask resized to f_low and f_high is "a global context vector [with] the same channel
+dimension as f_l, computed through a 1x1 convolution over the top layer feature" (here: global average
+pooling of that convolution's output). The attentive features alpha_l * f_low go through the shared
+``high`` part of the grading network, their pooled vectors are concatenated, and a final linear
+classifier predicts the grade. alpha_l, resized to the mask size, are the pseudo masks that refine G.
+
+``attention=False`` is paper 001's ``Ori`` baseline: the plain grading CNN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: timm backbones whose stem/stage split is known: name -> (f_low modules, high modules)
+SPLITS = {
+    "resnet": (("conv1", "bn1", "act1", "maxpool", "layer1"), ("layer2", "layer3", "layer4")),
+}
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+
+
+def _backbone(name: str, pretrained_path: str | None) -> nn.Module:
+    import timm
+
+    if name not in BACKBONES:
+        raise ValueError(f"unknown grading backbone {name!r}; choose one of {list(BACKBONES)}")
+    if pretrained_path is None:
+        return timm.create_model(name, pretrained=False, num_classes=0)
+    path = Path(pretrained_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained_path={str(path)!r} does not exist (weights are read from local files only)")
+    return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
+
+
+class LesionAttentionGrader(nn.Module):
+    """Grading CNN with paper 001's lesion attention.
+
+    Args:
+        num_classes: grades (5 for ICDR).
+        num_lesions: L attention branches (MA, HE, EX, SE).
+        backbone: timm ResNet (from scratch unless ``pretrained_path`` names a local weight file).
+        attention: ``False`` gives the ``Ori`` baseline (no lesion features).
+        pretrained_path: local timm/torchvision weights for the backbone.
+
+    Shapes:
+        ``forward(image B x 3 x H x W, masks B x L x H' x W' | None)`` -> dict with ``logits`` B x K and,
+        with attention, ``alpha`` B x L x h x w (f_low's resolution, H/4) in [0, 1].
+    """
+
+    def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True, pretrained_path: str | None = None) -> None:
+        super().__init__()
+        net = _backbone(backbone, pretrained_path)
+        low_names, high_names = SPLITS["resnet"]
+        self.low = nn.Sequential(*[getattr(net, n) for n in low_names])
+        self.high = nn.Sequential(*[getattr(net, n) for n in high_names])
+        c_low = net.feature_info[1]["num_chs"]
+        c_top = net.num_features
+        self.attention = attention
+        self.num_lesions = num_lesions
+        self.classifier_ori = nn.Linear(c_top, num_classes)
+        if attention:
+            self.w_low = nn.ModuleList([nn.Conv2d(c_low + 1, c_low, 1) for _ in range(num_lesions)])  # Eq. 5
+            self.to_context = nn.Conv2d(c_top, c_low, 1)  # f_high: 1x1 conv over the top features
+            self.w_high = nn.ModuleList([nn.Conv2d(c_low, 1, 1) for _ in range(num_lesions)])  # Eq. 6
+            self.classifier = nn.Linear(num_lesions * c_top, num_classes)
+
+    def forward(self, image: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        f_low = self.low(image)
+        top = self.high(f_low)
+        if not self.attention:
+            return {"logits": self.classifier_ori(top.mean((2, 3)))}
+        if masks is None or masks.shape[1] != self.num_lesions:
+            raise ValueError(f"lesion attention needs B x {self.num_lesions} masks from G, got {None if masks is None else tuple(masks.shape)}")
+        m = F.interpolate(masks, size=f_low.shape[-2:], mode="bilinear", align_corners=False)
+        f_high = self.to_context(top).mean((2, 3), keepdim=True)  # B x C_low x 1 x 1
+        alphas, vectors = [], []
+        for lesion in range(self.num_lesions):
+            f_l = F.relu(self.w_low[lesion](torch.cat([m[:, lesion : lesion + 1], f_low], 1)))  # Eq. 5
+            alpha = torch.sigmoid(self.w_high[lesion](f_l * f_high))  # Eq. 6
+            alphas.append(alpha)
+            vectors.append(self.high(alpha * f_low).mean((2, 3)))  # shared grading network
+        return {"logits": self.classifier(torch.cat(vectors, 1)), "alpha": torch.cat(alphas, 1)}
+
+    def pseudo_masks(self, alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The attention maps resized to G's mask size: paper 001's pseudo masks for image-level data."""
+        return F.interpolate(alpha, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Multi-class focal loss (Lin et al. 2017): -alpha_t (1 - p_t)^gamma log p_t.
+
+    Args:
+        logits: ``B x K``.  target: ``B`` class indices.  gamma: focusing parameter (0 = cross-entropy).
+        alpha: optional ``K`` class weights.  reduction: ``mean``, ``sum`` or ``none``.
+    """
+    logp = F.log_softmax(logits, 1).gather(1, target[:, None]).squeeze(1)
+    loss = -((1 - logp.exp()).clamp_min(0) ** gamma) * logp
+    if alpha is not None:
+        loss = loss * alpha.to(loss)[target]
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

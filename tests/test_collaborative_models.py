@@ -1,0 +1,95 @@
+"""Paper 001's networks: the Xception U-Net generator G, the lesion discriminator D, the lesion
+attention (Eq. 5-6) and the multi-class focal loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retinalab.models.lesion_attention import LesionAttentionGrader, focal_loss
+from retinalab.models.lesion_discriminator import LesionDiscriminator
+from retinalab.models.xception_unet import ConvTuple, SeparableConv2d, XceptionTuple, XceptionUNet
+
+
+@pytest.mark.parametrize("block", ["xception", "conv"])
+def test_generator_has_nine_tuples_and_l_sigmoid_maps(block):
+    g = XceptionUNet(num_lesions=4, width=0.125, block=block)
+    assert g.num_tuples == 9
+    tuples = [*g.encoder, *g.decoder]
+    assert isinstance(tuples[0], ConvTuple)  # the first encoder tuple: ordinary convolutions
+    kinds = {type(t) for t in tuples[1:]}
+    assert kinds == ({XceptionTuple} if block == "xception" else {ConvTuple})
+    if block == "xception":
+        t = tuples[1]
+        seps = [m for m in t.body if isinstance(m, SeparableConv2d)]
+        assert len(seps) == 2 and seps[0][0].groups == seps[0][0].in_channels and seps[0][0].kernel_size == (3, 3)
+        assert t.shortcut[0].kernel_size == (1, 1)
+    g.eval()
+    x = torch.rand(2, 3, 64, 48)
+    out = g(x)
+    assert out.shape == (2, 4, 64, 48)
+    p = g.predict(x)
+    assert ((p >= 0) & (p <= 1)).all()
+    with pytest.raises(ValueError, match="divisible by 16"):
+        g(torch.rand(1, 3, 40, 40))
+
+
+def test_generator_widths_follow_unet():
+    g = XceptionUNet(width=1.0)
+    widths = [t.body[0][1].out_channels if isinstance(t, XceptionTuple) else t[0].out_channels for t in g.encoder]
+    assert widths == [64, 128, 256, 512, 1024]
+
+
+def test_discriminator_takes_image_plus_masks_and_has_five_tuples():
+    d = LesionDiscriminator(num_lesions=4, width=0.125)
+    assert d.in_channels == 7 and d.features[0][0].in_channels == 7
+    assert sum(isinstance(m, ConvTuple) for m in d.features) == 5
+    assert sum(isinstance(m, nn.MaxPool2d) for m in d.features) == 5
+    out = d(torch.rand(3, 3, 64, 64), torch.rand(3, 4, 64, 64))
+    assert out.shape == (3,)
+    with pytest.raises(ValueError, match="differ in size"):
+        d(torch.rand(1, 3, 64, 64), torch.rand(1, 4, 32, 32))
+
+
+def test_lesion_attention_shapes_follow_eq_5_and_6():
+    torch.manual_seed(0)
+    m = LesionAttentionGrader(num_classes=5, num_lesions=4, backbone="resnet18").eval()
+    x, masks = torch.rand(2, 3, 128, 128), torch.rand(2, 4, 128, 128)
+    out = m(x, masks)
+    assert out["logits"].shape == (2, 5)
+    assert out["alpha"].shape == (2, 4, 32, 32) and ((out["alpha"] >= 0) & (out["alpha"] <= 1)).all()
+    # Eq. 5: W_l^low maps concat(m_l, f_low) (1 + C_low channels) to C_low; Eq. 6: W_l^high to one map
+    assert m.w_low[0].in_channels == 64 + 1 and m.w_low[0].out_channels == 64
+    assert m.w_high[2].in_channels == 64 and m.w_high[2].out_channels == 1
+    assert m.to_context.in_channels == 512 and m.to_context.out_channels == 64
+    assert m.classifier.in_features == 4 * 512
+    # Eq. 6 by hand for lesion 1
+    f_low = m.low(x)
+    f_high = m.to_context(m.high(f_low)).mean((2, 3), keepdim=True)
+    m1 = F.interpolate(masks, size=(32, 32), mode="bilinear", align_corners=False)[:, 1:2]
+    alpha1 = torch.sigmoid(m.w_high[1](F.relu(m.w_low[1](torch.cat([m1, f_low], 1))) * f_high))
+    assert torch.allclose(out["alpha"][:, 1:2], alpha1, atol=1e-6)
+    assert m.pseudo_masks(out["alpha"], (128, 128)).shape == (2, 4, 128, 128)
+    with pytest.raises(ValueError, match="masks"):
+        m(x)
+
+
+def test_ori_baseline_has_no_attention():
+    m = LesionAttentionGrader(num_classes=5, backbone="resnet18", attention=False).eval()
+    out = m(torch.rand(1, 3, 64, 64))
+    assert set(out) == {"logits"} and out["logits"].shape == (1, 5)
+    with pytest.raises(ValueError, match="choose one of"):
+        LesionAttentionGrader(backbone="vgg11")
+
+
+def test_focal_loss_against_the_formula():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-2.0, 3.0, 0.0]])
+    y = torch.tensor([0, 2, 0])
+    p = torch.softmax(logits, 1)[torch.arange(3), y]
+    expected = (-(1 - p) ** 2 * torch.log(p)).mean()
+    assert torch.allclose(focal_loss(logits, y, gamma=2.0), expected)
+    assert torch.allclose(focal_loss(logits, y, gamma=0.0), F.cross_entropy(logits, y))
+    w = torch.tensor([0.25, 1.0, 2.0])
+    assert torch.allclose(focal_loss(logits, y, 2.0, w, "none"), -(1 - p) ** 2 * torch.log(p) * w[y])
