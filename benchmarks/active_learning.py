@@ -6,7 +6,7 @@ rule (Algorithm 1: patches, Algorithm 2: images) the loop runs once with EGL and
 selection, with the same initial set, budget and schedule. Prints the test F-measure after every round
 (mean +- std over seeds) side by side, and the mean over rounds (area under the curve / rounds).
 
-    python benchmarks/active_learning.py [--work /tmp/al-bench] [--seeds 0 1 2] [--select patches images]
+    python benchmarks/active_learning.py [--work /tmp/al-bench] [--seeds 0 1 2] [--select patches images] [--epochs-per-round 1]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--select", nargs="+", default=["patches", "images"], choices=["patches", "images"])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--epochs-per-round", type=int, default=1, help="passes over the labelled set per model update")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -50,10 +51,11 @@ def main() -> None:
     for select in a.select:
         for seed in a.seeds:
             for acq in ("egl", "random"):
-                out = work / "runs" / select / f"seed{seed}" / acq
+                out = work / "runs" / f"e{a.epochs_per_round}" / select / f"seed{seed}" / acq
                 loop = ActiveLearning(
                     dataset="eophtha", root=str(root), reader_args={"parts": ["EX"]}, patches=patches, out_dir=str(out),
                     acquisition=acq, select=select, k=a.k, initial_batches=2, initial_images=2, max_rounds=a.rounds,
+                    epochs_per_round=a.epochs_per_round, initial_epochs=a.epochs_per_round,
                     val_size=0.25, test_size=0.25, seed=seed, cache_dir=str(work / "cache"), num_workers=os.cpu_count() or 1,
                     accelerator="cpu", progress=False, track_images=2,
                 )
@@ -63,7 +65,8 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"data: {a.images} synthetic e-ophtha-layout photographs (lesion contrast {a.lesion_contrast}), 32 px patches at 512 px;")
-    print(f"LeNet, SGD lr 0.01, batch 32, 8 dihedral variants; k={a.k} per round, {a.rounds} rounds; seeds {a.seeds}; {seconds:.0f} s in all\n")
+    print(f"LeNet, SGD lr 0.01, batch 32, 8 dihedral variants; k={a.k} per round, {a.rounds} rounds, {a.epochs_per_round} epoch(s) per update;")
+    print(f"seeds {a.seeds}; {seconds:.0f} s in all\n")
     for select in a.select:
         egl_runs, rnd_runs = results[select]["egl"], results[select]["random"]
         n = min(len(r) for r in egl_runs + rnd_runs)
@@ -80,7 +83,7 @@ def main() -> None:
         auc_e = [np.mean([row["test/f1"] for row in r[1:n]]) for r in egl_runs]
         auc_r = [np.mean([row["test/f1"] for row in r[1:n]]) for r in rnd_runs]
         print(f"\nmean F-measure over rounds 1-{n - 1}: EGL {np.mean(auc_e):.3f} +- {np.std(auc_e):.3f}, random {np.mean(auc_r):.3f} +- {np.std(auc_r):.3f}\n")
-        plot = plot_curves({"egl": sum(egl_runs, []), "random": sum(rnd_runs, [])}, work / f"figure2_{select}.png", egl_runs[0][0]["labels"])
+        plot = plot_curves({"egl": egl_runs, "random": rnd_runs}, work / f"figure2_{select}_e{a.epochs_per_round}.png", egl_runs[0][0]["labels"])
         print(f"plot: {plot}\n")
 
 

@@ -344,3 +344,29 @@ def test_metrics_and_plots_reach_an_offline_wandb_run(synth_eophtha, tmp_path, m
     logged = [(m, step) for m, step in logged if "active/labels" in m]  # log_image goes through log_metrics too
     assert [step for _, step in logged] == [0, 1]
     assert logged[1][0]["active/test/f1"] == pytest.approx(metrics[1]["test/f1"]) and logged[1][0]["active/labels"] == 22
+
+
+def test_idrid_hard_exudate_masks_give_exudate_patches(idrid_root, tmp_path):
+    """IDRiD's '3. Hard Exudates' masks (0/1 greyscale here) feed the same patch builder."""
+    records = read_dataset("idrid", idrid_root, subsets=["segmentation"])
+    cfg = ExudatePatchConfig(image_size=64, patch_size=16, exudate_per_image=3, healthy_per_image=3, grid_stride=16, view_size=64)
+    pool = ExudatePatches.build(records, cfg, tmp_path / "cache", progress=False)
+    labels, kind, image = np.asarray(pool.labels), np.asarray(pool.kind), np.asarray(pool.image)
+    for i in range(len(records)):
+        assert ((image == i) & (kind == CENTRED) & (labels == EXUDATE)).sum() == 3
+        assert ((image == i) & (kind == GRID) & (labels == EXUDATE)).sum() >= 1
+    assert [img["image_id"] for img in pool.images] == [r.image_id for r in records]
+
+
+def test_a_corrupt_photograph_is_named_or_skipped(eophtha_root, tmp_path):
+    from retinalab.datasets import DataFormatError
+
+    records = read_dataset("eophtha", eophtha_root, parts=["EX"])
+    Path(records[1].image_path).write_bytes(b"not a jpeg")
+    cfg = ExudatePatchConfig(image_size=64, patch_size=16, grid_stride=16, view_size=64)
+    with pytest.raises(DataFormatError, match=str(records[1].image_path)):
+        ExudatePatches.build(records, cfg, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-built is left behind
+    pool = ExudatePatches.build(records, cfg, tmp_path / "cache", on_error="skip", progress=False)
+    assert len(pool.images) == 4 and len(pool.skipped) == 1 and records[1].image_id not in [i["image_id"] for i in pool.images]
+    assert int(np.asarray(pool.image).max()) == 3 and all((pool.path / "views" / f"{i:06d}.png").is_file() for i in range(4))

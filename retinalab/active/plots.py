@@ -42,31 +42,37 @@ def _colour(name: str) -> str | None:
     return None
 
 
-def plot_curves(runs: dict[str, list[dict]], path: str | Path, initial_labels: float | None = None) -> Path:
-    """Figure 2: one panel per test metric against labelled patches, one line per run.
+def plot_curves(runs: dict[str, list[dict] | list[list[dict]]], path: str | Path, initial_labels: float | None = None) -> Path:
+    """Figure 2: one panel per test metric against labelled patches, one colour per run.
 
     Args:
-        runs: run name -> metric rows (``labels`` and ``test/...`` keys; several rows per ``labels``
-            value, e.g. from several seeds, are drawn as mean +- std).
+        runs: run name -> metric rows (``labels`` and ``test/...`` keys), or a list of such row lists
+            (one per seed): drawn as mean +- std where the seeds share their label counts
+            (Algorithm 1), else as one thin line per seed (Algorithm 2 adds images of different sizes).
         path: PNG to write (atomically).
         initial_labels: where the initial model's training ends (the paper's orange line).
     """
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), sharex=True)
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         for name, rows in sorted(runs.items()):
-            by_x: dict[float, list[float]] = defaultdict(list)
-            for row in rows:
-                v = row.get(key, math.nan)
-                if v is not None and not math.isnan(float(v)):
-                    by_x[float(row["labels"])].append(float(v))
-            if not by_x:
+            seeds = rows if rows and isinstance(rows[0], list) else [rows]
+            curves = []
+            for seed_rows in seeds:
+                pts = [(float(r["labels"]), float(r[key])) for r in seed_rows if r.get(key) is not None and not math.isnan(float(r[key]))]
+                if pts:
+                    curves.append(np.array(pts))
+            if not curves:
                 continue
-            xs = np.array(sorted(by_x))
-            mean = np.array([np.mean(by_x[x]) for x in xs])
-            std = np.array([np.std(by_x[x]) for x in xs])
-            line = ax.plot(xs, mean, marker=".", label=name, color=_colour(name))[0]
-            if any(len(by_x[x]) > 1 for x in xs):
-                ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            colour = _colour(name)
+            if len(curves) == 1 or any(len(c) != len(curves[0]) or not np.array_equal(c[:, 0], curves[0][:, 0]) for c in curves):
+                for n, c in enumerate(curves):
+                    line = ax.plot(c[:, 0], c[:, 1], marker=".", label=name if n == 0 else None, color=colour, linewidth=1 if len(curves) > 1 else 1.5)[0]
+                    colour = line.get_color()
+            else:
+                ys = np.stack([c[:, 1] for c in curves])
+                mean, std = ys.mean(0), ys.std(0)
+                line = ax.plot(curves[0][:, 0], mean, marker=".", label=f"{name} (mean of {len(curves)})", color=colour)[0]
+                ax.fill_between(curves[0][:, 0], mean - std, mean + std, alpha=0.2, color=line.get_color())
         if initial_labels is not None:
             ax.axvline(initial_labels, color="tab:orange", linestyle="--", linewidth=1)
         ax.set_title(title)
