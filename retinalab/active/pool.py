@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +34,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..datasets.base import DataFormatError, FundusRecord, OnError
-from ..preprocessing.cache import cache_key, default_cache_dir, record_meta
+from ..preprocessing.cache import (
+    build_atomically,
+    cache_key,
+    default_cache_dir,
+    parallel_map,
+    record_meta,
+)
 from ..preprocessing.fundus import load_fundus
 from ..preprocessing.patches import PatchGrid
 
@@ -238,58 +242,29 @@ class ExudatePatches:
         config = config or ExudatePatchConfig()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"exudate-{cache_key(records, config)}"
-        if (final / "index.json").is_file():
-            log.info("using exudate patch cache %s", final)
-            return cls(final)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        (tmp / "shards").mkdir(parents=True)
-        (tmp / "views").mkdir()
-        try:
-            cls._build_into(tmp, records, config, num_workers, on_error, progress)
-            if final.exists() and not (final / "index.json").is_file():
-                shutil.rmtree(final)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / "index.json").is_file():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return cls(final)
+        return cls(build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress)))
 
     @staticmethod
     def _build_into(tmp: Path, records: Sequence[FundusRecord], cfg: ExudatePatchConfig, num_workers: int, on_error: OnError, progress: bool) -> None:
         start = time.perf_counter()
+        (tmp / "shards").mkdir()
+        (tmp / "views").mkdir()
         jobs = [(i, r, cfg, str(tmp)) for i, r in enumerate(records)]
-        if num_workers < 0:
-            num_workers = os.cpu_count() or 1
-        pool = None
-        if num_workers == 0:
-            results = map(_process, jobs)
-        else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(num_workers)
-            results = pool.imap_unordered(_process, jobs)
         errors: dict[int, str] = {}
         counts: dict[int, int] = {}
         bar = tqdm(total=len(jobs), desc="Cutting exudate patches", unit="img", disable=not progress)
         try:
-            for i, err, n in results:
-                bar.update()
-                if err is not None:
-                    if on_error == "raise":
-                        raise DataFormatError(err)
-                    log.warning("skipping: %s", err)
-                    errors[i] = err
-                counts[i] = n
+            with parallel_map(_process, jobs, num_workers) as results:
+                for i, err, n in results:
+                    bar.update()
+                    if err is not None:
+                        if on_error == "raise":
+                            raise DataFormatError(err)
+                        log.warning("skipping: %s", err)
+                        errors[i] = err
+                    counts[i] = n
         finally:
             bar.close()
-            if pool is not None:
-                pool.terminate()
-                pool.join()
         keep = [i for i in range(len(records)) if i not in errors]
         if not keep:
             raise DataFormatError(f"none of the {len(records)} images could be read; first error: {next(iter(errors.values()))}")

@@ -27,7 +27,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,58 @@ ARRAYS = ("patches", "labels", "fractions", "thumbs", "mask_thumbs")
 def default_cache_dir() -> Path:
     """``$RETINALAB_CACHE`` or ``~/.cache/retinalab``."""
     return Path(os.environ.get("RETINALAB_CACHE", Path.home() / ".cache" / "retinalab")).expanduser()
+
+
+def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
+    """Return ``final`` if complete; else run ``build(tmp)`` in a fresh temporary folder next to it and
+    rename that to ``final``.
+
+    ``final`` counts as complete when it holds ``index.json`` (written last by ``build``). A stale,
+    incomplete ``final`` is replaced; if another process completed ``final`` first, its copy is kept.
+    On any error (or interrupt) the temporary folder is removed: nothing half-built is left behind.
+    """
+    if (final / "index.json").is_file():
+        log.info("using cache %s", final)
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        build(tmp)
+        if final.exists() and not (final / "index.json").is_file():
+            shutil.rmtree(final)  # left by a build that died before it completed
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "index.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+@contextmanager
+def parallel_map(
+    fn: Callable[[Any], Any], jobs: Sequence[Any], num_workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
+) -> Iterator[Iterator[Any]]:
+    """``fn`` over ``jobs``: in this process (``num_workers=0``) or a worker pool (``-1`` = all cores),
+    results in completion order. The pool is torn down when the block exits, also on errors."""
+    if num_workers < 0:
+        num_workers = os.cpu_count() or 1
+    if num_workers == 0:
+        if initializer is not None:
+            initializer(*initargs)
+        yield map(fn, jobs)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    pool = ctx.Pool(num_workers, initializer=initializer, initargs=initargs)
+    try:
+        yield pool.imap_unordered(fn, jobs, chunksize=max(1, min(16, len(jobs) // (4 * num_workers) or 1)))
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 @dataclass(frozen=True)
@@ -237,26 +290,7 @@ class PatchCache:
         config = config or PatchCacheConfig()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"{name}-{cache_key(records, config)}"
-        if (final / "index.json").is_file():
-            log.info("using patch cache %s", final)
-            return cls(final)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            cls._build_into(tmp, records, config, num_workers, on_error, progress)
-            if final.exists() and not (final / "index.json").is_file():
-                shutil.rmtree(final)  # left by a build that died before it completed
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / "index.json").is_file():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return cls(final)
+        return cls(build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress)))
 
     @staticmethod
     def _build_into(
@@ -278,35 +312,23 @@ class PatchCache:
         for key, (shape, dtype) in shapes.items():
             np.lib.format.open_memmap(tmp / f"{key}.npy", mode="w+", dtype=dtype, shape=shape).flush()
         np.save(tmp / "coords.npy", cfg.grid.coords())
-        if num_workers < 0:
-            num_workers = os.cpu_count() or 1
         jobs = [(i, r, cfg) for i, r in enumerate(records)]
         image_labels = np.full(n, UNKNOWN, dtype=np.int8)
         errors: dict[int, str] = {}
         start = time.perf_counter()
         bar = tqdm(total=n, desc=f"Caching patches ({tmp.name.split('.tmp')[0].lstrip('.')})", unit="img", disable=not progress)
-        if num_workers == 0:
-            _worker_init(str(tmp))
-            results = map(_process, jobs)
-            pool = None
-        else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(num_workers, initializer=_worker_init, initargs=(str(tmp),))
-            results = pool.imap_unordered(_process, jobs, chunksize=max(1, min(16, n // (4 * num_workers) or 1)))
         try:
-            for i, err, label in results:
-                bar.update()
-                if err is not None:
-                    if on_error == "raise":
-                        raise DataFormatError(err)
-                    log.warning("skipping: %s", err)
-                    errors[i] = err
-                image_labels[i] = label
+            with parallel_map(_process, jobs, num_workers, _worker_init, (str(tmp),)) as results:
+                for i, err, label in results:
+                    bar.update()
+                    if err is not None:
+                        if on_error == "raise":
+                            raise DataFormatError(err)
+                        log.warning("skipping: %s", err)
+                        errors[i] = err
+                    image_labels[i] = label
         finally:
             bar.close()
-            if pool is not None:
-                pool.terminate()
-                pool.join()
             _WORKER.clear()
         keep = [i for i in range(n) if i not in errors]
         if not keep:
