@@ -114,9 +114,14 @@ def test_grading_binary_views(eyepacs_root, tmp_path):
 def test_segmentation_datamodule_with_image_level_set(idrid_root, tmp_path):
     dm = SegmentationDataModule("idrid", str(idrid_root), image_size=64, val_size=1, batch_size=2, num_workers=0,
                                 image_level_dataset="idrid", image_level_root=str(idrid_root), augment=False,
-                                split_file=str(tmp_path / "seg.json"))
+                                image_level_val_size=1, split_file=str(tmp_path / "seg.json"))
     dm.setup("fit")
-    assert len(dm.parts["test"]) == 2 and len(dm.parts["image_level"]) == 6
+    # IDRiD grading's official test split (2 images) is the image-level test set; 1 of its 4 training images validates
+    assert len(dm.parts["test"]) == 2 and len(dm.parts["image_level"]) == 3
+    assert len(dm.parts["image_level_val"]) == 1 and len(dm.parts["image_level_test"]) == 2
+    assert {r.split for r in dm.parts["image_level_test"]} == {"test"}
+    val_pixel, val_image = dm.val_dataloader()
+    assert "mask" in next(iter(val_pixel)) and "mask" not in next(iter(val_image))
     batch = next(iter(dm.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch
     pixel = batch["pixel"]

@@ -225,14 +225,21 @@ class GradingDataModule(_ImageDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._ds("train", True), shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._ds("val", False), shuffle=False)
+    def _eval_loaders(self, part: str) -> DataLoader | list[DataLoader]:
+        """The pixel-annotated ``part``; with an image-level set, also its ``part`` (dataloader_idx 1)."""
+        pixel = self._loader(self._ds(part, False), shuffle=False)
+        if f"image_level_{part}" not in self.parts or not self.parts[f"image_level_{part}"]:
+            return pixel
+        return [pixel, self._loader(self._ds(f"image_level_{part}", False, with_masks=False), False, self.image_level_batch_size)]
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._ds("test", False), shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return self._loader(self._ds("test", False), shuffle=False)
 
 
 class SegmentationDataModule(_ImageDataModule):
@@ -252,6 +259,9 @@ class SegmentationDataModule(_ImageDataModule):
         image_level_root: its folder.
         image_level_reader_args: its reader arguments.
         image_level_batch_size: batch size of the image-level loader (default ``batch_size``).
+        image_level_val_size / image_level_test_size: validation / test share of the image-level set
+            (by patient, stratified by grade); with an official test split (IDRiD grading, EyePACS with
+            its solution file) that split is the test set.
         crop_fov: crop to the field of view.
         normalize: divide by the image maximum.
         split_mode: ``official`` or ``random``.
@@ -276,6 +286,8 @@ class SegmentationDataModule(_ImageDataModule):
         image_level_root: str | None = None,
         image_level_reader_args: dict[str, Any] | None = None,
         image_level_batch_size: int | None = None,
+        image_level_val_size: int | float = 0.1,
+        image_level_test_size: int | float = 0.2,
         crop_fov: bool = True,
         normalize: bool = True,
         split_mode: SplitMode = "official",
@@ -301,6 +313,7 @@ class SegmentationDataModule(_ImageDataModule):
         self.image_level_dataset, self.image_level_root = image_level_dataset, image_level_root
         self.image_level_reader_args = image_level_reader_args or {}
         self.image_level_batch_size = image_level_batch_size
+        self.image_level_val_size, self.image_level_test_size = image_level_val_size, image_level_test_size
         if image_level_dataset is not None and image_level_root is None:
             raise ValueError("image_level_dataset is set but image_level_root is not")
 
@@ -317,7 +330,16 @@ class SegmentationDataModule(_ImageDataModule):
                 args["subsets"] = ["grading"]
             extra = read_dataset(self.image_level_dataset, self.image_level_root, **args)
             held = {r.image_path for p in ("val", "test") for r in self.parts[p]}
-            self.parts["image_level"] = [r for r in extra if not r.has_lesion_masks and r.image_path not in held]
+            extra = [r for r in extra if not r.has_lesion_masks and r.image_path not in held and r.grade is not None]
+            if not extra:
+                raise ValueError(f"{self.image_level_dataset} at {self.image_level_root}: no graded images without masks")
+            official = [r.split for r in extra] if any(r.split == "test" for r in extra) else None
+            idx = split_indices(
+                [r.group for r in extra], self.image_level_val_size, self.image_level_test_size, self.seed,
+                [int(r.grade) for r in extra], official,
+            )
+            for part, name in (("train", "image_level"), ("val", "image_level_val"), ("test", "image_level_test")):
+                self.parts[name] = [extra[i] for i in idx[part]]
         self.write_split(
             {k: [r.image_id for r in v] for k, v in self.parts.items()},
             {"dataset": self.dataset, "root": str(self.root), "seed": self.seed, "counts": self.summary()},
@@ -339,11 +361,18 @@ class SegmentationDataModule(_ImageDataModule):
         image = self._loader(self._ds("image_level", True, with_masks=False), True, self.image_level_batch_size)
         return CombinedLoader({"pixel": pixel, "image": image}, mode="max_size_cycle")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._ds("val", False), shuffle=False)
+    def _eval_loaders(self, part: str) -> DataLoader | list[DataLoader]:
+        """The pixel-annotated ``part``; with an image-level set, also its ``part`` (dataloader_idx 1)."""
+        pixel = self._loader(self._ds(part, False), shuffle=False)
+        if f"image_level_{part}" not in self.parts or not self.parts[f"image_level_{part}"]:
+            return pixel
+        return [pixel, self._loader(self._ds(f"image_level_{part}", False, with_masks=False), False, self.image_level_batch_size)]
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._ds("test", False), shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return self._loader(self._ds("test", False), shuffle=False)
