@@ -73,7 +73,8 @@ def test_lesion_attention_shapes_follow_eq_5_and_6():
     assert torch.allclose(out["alpha"][:, 1:2], alpha1, atol=1e-6)
     assert m.pseudo_masks(out["alpha"], (128, 128)).shape == (2, 4, 128, 128)
     with pytest.raises(ValueError, match="masks"):
-        m(x)
+        m(x, masks[:, :3])
+    assert set(m(x)) == {"logits"}  # without masks: the plain grading CNN (stage-1 pre-training)
 
 
 def test_ori_baseline_has_no_attention():

@@ -55,8 +55,11 @@ class LesionPixelMetrics(nn.Module):
     def compute(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         rocs, prs = [], []
+        positives = self.positives.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(positives)  # every rank must report the same lesions
         for i, name in enumerate(self.lesions):
-            if self.roc[i].update_count == 0 or int(self.positives[i]) == 0:
+            if int(positives[i]) == 0:
                 continue
             out[f"{name}/auc_roc"] = self.roc[i].compute()
             out[f"{name}/auc_pr"] = self.pr[i].compute()

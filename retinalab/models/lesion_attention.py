@@ -55,7 +55,8 @@ class LesionAttentionGrader(nn.Module):
 
     Shapes:
         ``forward(image B x 3 x H x W, masks B x L x H' x W' | None)`` -> dict with ``logits`` B x K and,
-        with attention, ``alpha`` B x L x h x w (f_low's resolution, H/4) in [0, 1].
+        with attention, ``alpha`` B x L x h x w (f_low's resolution, H/4) in [0, 1]. Without masks
+        (or with ``attention=False``) it is the plain grading CNN (stage-1 pre-training, ``Ori``).
     """
 
     def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True, pretrained_path: str | None = None) -> None:
@@ -78,10 +79,10 @@ class LesionAttentionGrader(nn.Module):
     def forward(self, image: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         f_low = self.low(image)
         top = self.high(f_low)
-        if not self.attention:
+        if not self.attention or masks is None:
             return {"logits": self.classifier_ori(top.mean((2, 3)))}
-        if masks is None or masks.shape[1] != self.num_lesions:
-            raise ValueError(f"lesion attention needs B x {self.num_lesions} masks from G, got {None if masks is None else tuple(masks.shape)}")
+        if masks.shape[1] != self.num_lesions:
+            raise ValueError(f"lesion attention needs B x {self.num_lesions} masks from G, got {tuple(masks.shape)}")
         m = F.interpolate(masks, size=f_low.shape[-2:], mode="bilinear", align_corners=False)
         f_high = self.to_context(top).mean((2, 3), keepdim=True)  # B x C_low x 1 x 1
         alphas, vectors = [], []

@@ -1,7 +1,8 @@
 """One LightningModule per method."""
 
 from .base import PatchTask
+from .collaborative import CollaborativeTask
 from .patch_classifier import PatchClassifierTask
 from .patch_ssgan import PatchSSGANTask
 
-__all__ = ["PatchClassifierTask", "PatchSSGANTask", "PatchTask"]
+__all__ = ["CollaborativeTask", "PatchClassifierTask", "PatchSSGANTask", "PatchTask"]

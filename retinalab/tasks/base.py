@@ -7,7 +7,6 @@ sensitivity and specificity at that threshold, for validation and test.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_roc
 
 from ..metrics import ImageLevelScores, to_unit
-from ..viz import localisation_auroc, patch_heatmap, save_png_atomic, side_by_side
+from ..viz import localisation_auroc, log_overlays, patch_heatmap, side_by_side
 
 
 def youden_threshold(score: torch.Tensor, label: torch.Tensor) -> float:
@@ -136,22 +135,7 @@ class PatchTask(pl.LightningModule):
                 overlays.append((cache.images[i]["image_id"], side_by_side(np.array(cache.thumbs[i]), heat)))
         if scores:
             self.log(f"{stage}/localisation_auroc", float(np.mean(scores)))
-        # every rank must ask: Trainer.log_dir is a collective (it broadcasts rank 0's path)
-        base = self.trainer.log_dir or self.trainer.default_root_dir
-        if overlays and self.trainer.is_global_zero:
-            self._log_overlays(stage, overlays, base)
-
-    def _log_overlays(self, stage: str, overlays: list[tuple[str, np.ndarray]], base: str | None) -> None:
-        from pytorch_lightning.loggers import WandbLogger
-
-        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
-        if loggers:
-            loggers[0].log_image(key=f"{stage}/overlays", images=[o for _, o in overlays], caption=[i for i, _ in overlays])
-            return
-        if base is None:
-            return
-        sheet = np.concatenate([o for _, o in overlays], axis=0)
-        save_png_atomic(sheet, Path(base) / "overlays" / f"{stage}_epoch{self.current_epoch:04d}.png")
+        log_overlays(self, f"{stage}/overlays", overlays)  # on every rank: Trainer.log_dir is a collective
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

@@ -1,0 +1,301 @@
+"""Collaborative semi-supervised lesion segmentation and lesion-attentive DR grading (paper 001).
+
+One LightningModule, three stages (section 3.4), each a ``retinalab fit`` config:
+
+* ``segmentation`` (stage 1): the generator G on pixel-annotated images with L_CE (Adam 2e-4,
+  beta1 0.5, batch 32, 60 epochs);
+* ``grading`` (stage 1): the grading CNN on grades with the focal loss (batch 128, 30 epochs);
+* ``joint`` (stage 2): G and the grader start from the stage-1 checkpoints; the lesion attention
+  (Eq. 4-6) turns G's masks into attention maps alpha_l, the grader is trained on the attentive
+  features, alpha_l become pseudo masks for L_CE on the image-level images, and the discriminator D
+  adds L_Adv (Eq. 3: L_Seg = L_Adv + lambda L_CE, lambda = 10), end to end (batch 16, 50 epochs).
+
+Ablations (paper 001, Tables 1-3): ``Ori`` = the ``grading`` stage alone; ``Lesion(Pretrained)`` =
+``joint`` with ``semi: false, adversarial: false`` (G stays as pre-trained); ``Lesion(Semi)`` =
+``adversarial: false``; ``Lesion(Semi+Adv)`` = the default; ``CE1`` / ``CE2`` = ``generator_block``
+``conv`` / ``xception``.
+
+Optimisation of Eq. 3: D maximises L_Adv = E log D(X^P, G(X^P)) + E log(1 - D(X^I, G(X^I))) (it
+minimises the binary cross-entropy of real = pixel-annotated, fake = image-level); G minimises
+lambda L_CE - E log D(X^I, G(X^I)) (the usual non-saturating form of its side of L_Adv).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ..datasets import LESIONS
+from ..metrics.lesions import BinaryDRMetrics, LesionPixelMetrics, grading_metrics
+from ..models.lesion_attention import LesionAttentionGrader, focal_loss
+from ..models.lesion_discriminator import LesionDiscriminator
+from ..models.xception_unet import Block, XceptionUNet
+from ..viz import lesion_overlay, log_overlays
+
+Stage = Literal["segmentation", "grading", "joint"]
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """L_CE of Eq. 3: pixel binary cross-entropy, averaged over the lesion channels each image is
+    annotated for (``known`` B x L; all when ``None``). Shapes: logits/target ``B x L x H x W``."""
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3))  # B x L
+    if known is None:
+        return per.mean()
+    w = known.to(per.dtype)
+    return (per * w).sum() / w.sum().clamp_min(1.0)
+
+
+def l_seg(d_real: torch.Tensor, d_fake: torch.Tensor, l_ce: torch.Tensor, lam: float = 10.0) -> torch.Tensor:
+    """Eq. 3 as written: E log D(X^P, G(X^P)) + E log(1 - D(X^I, G(X^I))) + lambda L_CE (D logits in)."""
+    return F.logsigmoid(d_real).mean() + F.logsigmoid(-d_fake).mean() + lam * l_ce
+
+
+def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """-L_Adv: binary cross-entropy with real = pixel-annotated, fake = image-level."""
+    return F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+
+
+def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """G's side of L_Adv, non-saturating: -E log D(X^I, G(X^I))."""
+    return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+
+
+def _load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool) -> None:
+    """Load the ``prefix.*`` weights of a Lightning checkpoint into ``module``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+    state = torch.load(p, map_location="cpu", weights_only=False)
+    weights = {k[len(prefix) + 1 :]: v for k, v in state.get("state_dict", state).items() if k.startswith(prefix + ".")}
+    if not weights:
+        raise ValueError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if unexpected or (strict and missing):
+        raise ValueError(f"{p}: '{prefix}' weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); same widths/backbone as the checkpoint?")
+
+
+class CollaborativeTask(pl.LightningModule):
+    """Paper 001's collaborative learning (see the module docstring).
+
+    Args:
+        stage: ``segmentation``, ``grading`` or ``joint``.
+        lesions: lesion channels of G (MA, HE, EX, SE).
+        num_classes: grades (5; Messidor has 4).
+        generator_block / generator_width / generator_depth: G (``xception`` = CE2, ``conv`` = CE1).
+        discriminator_width: D's width multiplier.
+        backbone: the grading CNN (timm ResNet, from scratch unless ``pretrained_path``).
+        attention: use the lesion attention in the ``joint`` stage (``False`` keeps Ori's classifier).
+        pretrained_path: local weights for the grading backbone.
+        lam: lambda of Eq. 3 (10).
+        semi: pseudo masks from the attention maps train G on image-level data (L_CE).
+        adversarial: add D and L_Adv.
+        end_to_end: the grading loss also reaches G through the masks.
+        focal_gamma: gamma of the focal loss.
+        lr / beta1 / beta2: Adam for every network (2e-4, 0.5, 0.999).
+        generator_ckpt / grader_ckpt: stage-1 checkpoints the ``joint`` stage starts from.
+        pixel_thresholds: bins of the pixel AUC metrics (bounded memory).
+        num_overlays: images whose lesion maps / attention maps are drawn per validation epoch.
+    """
+
+    def __init__(
+        self,
+        stage: Stage = "joint",
+        lesions: list[str] | None = None,
+        num_classes: int = 5,
+        generator_block: Block = "xception",
+        generator_width: float = 1.0,
+        generator_depth: int = 5,
+        discriminator_width: float = 1.0,
+        backbone: str = "resnet18",
+        attention: bool = True,
+        pretrained_path: str | None = None,
+        lam: float = 10.0,
+        semi: bool = True,
+        adversarial: bool = True,
+        end_to_end: bool = True,
+        focal_gamma: float = 2.0,
+        lr: float = 2e-4,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        generator_ckpt: str | None = None,
+        grader_ckpt: str | None = None,
+        pixel_thresholds: int = 200,
+        num_overlays: int = 2,
+    ) -> None:
+        super().__init__()
+        if stage not in ("segmentation", "grading", "joint"):
+            raise ValueError(f"stage must be 'segmentation', 'grading' or 'joint', got {stage!r}")
+        self.save_hyperparameters()
+        self.lesions = list(lesions or LESIONS)
+        self.stage = stage
+        self.generator = XceptionUNet(3, len(self.lesions), generator_width, generator_depth, generator_block)
+        self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path)
+        self.use_attention = attention and stage == "joint"
+        self.update_generator = stage == "segmentation" or (stage == "joint" and (semi or adversarial))
+        self.discriminator = LesionDiscriminator(3, len(self.lesions), discriminator_width) if stage == "joint" and adversarial else None
+        if stage == "joint":
+            self.automatic_optimization = False
+            if generator_ckpt:
+                _load_part(generator_ckpt, "generator", self.generator, strict=True)
+            if grader_ckpt:
+                _load_part(grader_ckpt, "grader", self.grader, strict=False)
+        self.pixel_metrics = torch.nn.ModuleDict({s: LesionPixelMetrics(self.lesions, pixel_thresholds) for s in ("val", "test")})
+        self.grade_metrics = torch.nn.ModuleDict({s: grading_metrics(num_classes) for s in ("val", "test")})
+        self.binary_metrics = torch.nn.ModuleDict({s: BinaryDRMetrics() for s in ("val", "test")})
+        self._overlays: list[tuple[str, np.ndarray]] = []
+
+    # ------------------------------------------------------------------ forward
+    def masks(self, image: torch.Tensor) -> torch.Tensor:
+        """G's lesion probability maps ``B x L x H x W``."""
+        return torch.sigmoid(self.generator(image))
+
+    def grade(self, image: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Grade logits (and attention maps with the lesion attention)."""
+        if self.use_attention:
+            return self.grader(image, masks if masks is not None else self.masks(image))
+        return self.grader(image)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if self.stage == "segmentation":
+            loss = masked_bce(self.generator(batch["image"]), batch["mask"], batch.get("mask_known"))
+            self.log("train/loss_ce", loss, prog_bar=True, batch_size=len(batch["image"]))
+            return loss
+        if self.stage == "grading":
+            y = batch["label"]
+            logits = self.grader(batch["image"])["logits"]
+            loss = focal_loss(logits, y, self.hparams.focal_gamma)
+            self.log_dict({"train/loss_cls": loss, "train/acc": (logits.argmax(1) == y).float().mean()}, prog_bar=True, batch_size=len(y))
+            return loss
+        return self._joint_step(batch)
+
+    def _joint_step(self, batch: dict[str, Any]) -> None:
+        h = self.hparams
+        if "pixel" not in batch or "image" not in batch:
+            raise ValueError("the joint stage needs a SegmentationDataModule with image_level_dataset set (batches {'pixel', 'image'})")
+        opts = self.optimizers()
+        opt_g, opt_c, opt_d = (list(opts) + [None, None])[:3] if isinstance(opts, (list, tuple)) else (opts, None, None)
+        if not self.update_generator:
+            opt_g, opt_c = None, opt_g
+        pb, ib = batch["pixel"], batch["image"]
+        xp, sp, kp = pb["image"], pb["mask"], pb.get("mask_known")
+        xi, yi = ib["image"], ib["label"]
+        if self.update_generator:
+            gp, gi = self.generator(xp), self.generator(xi)
+        else:
+            self.generator.eval()
+            with torch.no_grad():
+                gp, gi = self.generator(xp), self.generator(xi)
+        mp, mi = torch.sigmoid(gp), torch.sigmoid(gi)
+        out = self.grader(xi, mi if h.end_to_end and self.update_generator else mi.detach()) if self.use_attention else self.grader(xi)
+        loss_cls = focal_loss(out["logits"], yi, h.focal_gamma)
+        loss_ce = masked_bce(gp, sp, kp)
+        logs = {"train/loss_cls": loss_cls, "train/loss_ce_pixel": loss_ce}
+        if h.semi and "alpha" in out:
+            pseudo = self.grader.pseudo_masks(out["alpha"], gi.shape[-2:]).detach()
+            loss_pseudo = masked_bce(gi, pseudo)
+            loss_ce = loss_ce + loss_pseudo
+            logs["train/loss_ce_pseudo"] = loss_pseudo
+        loss_g = h.lam * loss_ce
+        if self.discriminator is not None:
+            self.toggle_optimizer(opt_d)
+            d_real, d_fake = self.discriminator(xp, mp.detach()), self.discriminator(xi, mi.detach())
+            loss_d = discriminator_loss(d_real, d_fake)
+            opt_d.zero_grad()
+            self.manual_backward(loss_d)
+            opt_d.step()
+            self.untoggle_optimizer(opt_d)
+            for p in self.discriminator.parameters():
+                p.requires_grad_(False)  # G's adversarial term must not update D
+            adv = generator_adversarial_loss(self.discriminator(xi, mi))
+            for p in self.discriminator.parameters():
+                p.requires_grad_(True)
+            loss_g = loss_g + adv
+            logs |= {"train/loss_d": loss_d, "train/loss_adv_g": adv, "train/l_seg": l_seg(d_real.detach(), d_fake.detach(), loss_ce.detach(), h.lam)}
+        total = loss_cls + (loss_g if self.update_generator else 0.0)
+        for opt in (opt_g, opt_c):
+            if opt is not None:
+                opt.zero_grad()
+        self.manual_backward(total)
+        for opt in (opt_g, opt_c):
+            if opt is not None:
+                opt.step()
+        logs["train/acc"] = (out["logits"].argmax(1) == yi).float().mean()
+        self.log_dict(logs, prog_bar=True, batch_size=len(yi))
+
+    def configure_optimizers(self):
+        h = self.hparams
+
+        def adam(params):
+            return torch.optim.Adam(params, lr=h.lr, betas=(h.beta1, h.beta2))
+
+        if self.stage == "segmentation":
+            return adam(self.generator.parameters())
+        if self.stage == "grading":
+            return adam(self.grader.parameters())
+        opts = ([adam(self.generator.parameters())] if self.update_generator else []) + [adam(self.grader.parameters())]
+        if self.discriminator is not None:
+            opts.append(adam(self.discriminator.parameters()))
+        return opts
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Any] | None, split: str, dataloader_idx: int) -> None:
+        if batch is None:
+            return
+        x = batch["image"]
+        if "mask" in batch and self.stage != "grading":
+            probs = self.masks(x)
+            self.pixel_metrics[split].update(probs, batch["mask"], batch.get("mask_known"))
+            self._keep_overlays(batch, probs, "masks")
+            return
+        if "mask" in batch:  # the grading stage has no pixel loader; a pixel batch here has no grades
+            return
+        masks = self.masks(x) if self.use_attention else None
+        out = self.grade(x, masks)
+        probs = torch.softmax(out["logits"].float(), 1)
+        y = batch["label"]
+        self.grade_metrics[split].update(probs, y)
+        self.binary_metrics[split].update(probs, y)
+        if "alpha" in out:
+            self._keep_overlays(batch, self.grader.pseudo_masks(out["alpha"], x.shape[-2:]), "attention")
+
+    def _keep_overlays(self, batch: dict[str, Any], maps: torch.Tensor, kind: str) -> None:
+        if self.trainer.sanity_checking:
+            return
+        for i in range(len(maps)):
+            if sum(1 for c, _ in self._overlays if c.endswith(kind)) >= self.hparams.num_overlays:
+                return
+            image = (batch["image"][i].permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
+            sheet = np.concatenate([image, lesion_overlay(image, maps[i].float().cpu().numpy(), self.lesions)], axis=1)
+            self._overlays.append((f"{batch['image_id'][i]} {kind}", sheet))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
+
+    def _eval_end(self, split: str) -> None:
+        pixel = self.pixel_metrics[split].compute()
+        logs = {f"{split}/{k}": v for k, v in pixel.items()}
+        if self.grade_metrics[split]["acc"].update_count:
+            logs |= {f"{split}/{k}": v for k, v in self.grade_metrics[split].compute().items()}
+            logs |= {f"{split}/{k}": v for k, v in self.binary_metrics[split].compute().items()}
+        if logs:
+            self.log_dict(logs, add_dataloader_idx=False, sync_dist=False)
+        self.pixel_metrics[split].reset()
+        self.grade_metrics[split].reset()
+        self.binary_metrics[split].reset()
+        log_overlays(self, f"{split}/lesion_maps", self._overlays)
+        self._overlays = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

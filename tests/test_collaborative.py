@@ -1,0 +1,151 @@
+"""Paper 001's collaborative task: losses (Eq. 3), pseudo masks into L_CE, and both stages fitting on
+fake IDRiD layouts through `retinalab fit` as users call it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+import retinalab.tasks.collaborative as collab
+from retinalab.datamodules import GradingDataModule, SegmentationDataModule
+from retinalab.main import main
+from retinalab.tasks import CollaborativeTask
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(generator_width=0.0625, discriminator_width=0.0625, backbone="resnet18", num_overlays=1)
+
+
+def test_l_seg_is_eq_3():
+    torch.manual_seed(0)
+    d_real, d_fake = torch.randn(4), torch.randn(5)
+    logits, target = torch.randn(4, 4, 8, 8), (torch.rand(4, 4, 8, 8) > 0.7).float()
+    l_ce = collab.masked_bce(logits, target)
+    direct = torch.log(torch.sigmoid(d_real)).mean() + torch.log(1 - torch.sigmoid(d_fake)).mean()
+    p = torch.sigmoid(logits)
+    ce = (-(target * torch.log(p) + (1 - target) * torch.log(1 - p))).mean()
+    assert torch.allclose(l_ce, ce, atol=1e-6)
+    assert torch.allclose(collab.l_seg(d_real, d_fake, l_ce, 10.0), direct + 10 * ce, atol=1e-5)
+    # D minimises -L_Adv
+    assert torch.allclose(collab.discriminator_loss(d_real, d_fake), -direct, atol=1e-6)
+
+
+def test_masked_bce_counts_only_annotated_lesions():
+    logits, target = torch.zeros(2, 4, 4, 4), torch.zeros(2, 4, 4, 4)
+    logits[0, 3] = 20.0  # a confident wrong prediction on a lesion image 0 is not annotated for
+    known = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    assert collab.masked_bce(logits, target, known).item() == pytest.approx(F.binary_cross_entropy_with_logits(torch.zeros(1), torch.zeros(1)).item())
+    assert collab.masked_bce(logits, target).item() > 1.0
+
+
+def test_stage_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="stage must be"):
+        CollaborativeTask(stage="both")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CollaborativeTask(stage="joint", generator_ckpt=str(tmp_path / "nope.ckpt"), **TINY)
+    torch.save({"state_dict": {"grader.low.0.weight": torch.zeros(1)}}, tmp_path / "g.ckpt")
+    with pytest.raises(ValueError, match="no 'generator.' weights"):
+        CollaborativeTask(stage="joint", generator_ckpt=str(tmp_path / "g.ckpt"), **TINY)
+
+
+def _dm(idrid_root, tmp_path) -> SegmentationDataModule:
+    return SegmentationDataModule("idrid", str(idrid_root), image_size=64, val_size=1, batch_size=2, num_workers=0,
+                                  image_level_dataset="idrid", image_level_root=str(idrid_root), image_level_val_size=1,
+                                  augment=False, split_file=str(tmp_path / "split.json"))
+
+
+def test_pseudo_masks_from_attention_flow_into_l_ce(idrid_root, tmp_path, monkeypatch):
+    """In the joint stage the attention maps, resized, are the L_CE targets of the image-level images."""
+    calls, pseudo = [], []
+    real_bce, real_pseudo = collab.masked_bce, collab.LesionAttentionGrader.pseudo_masks
+    monkeypatch.setattr(collab, "masked_bce", lambda logits, target, known=None: (calls.append((logits, target, known)), real_bce(logits, target, known))[1])
+    monkeypatch.setattr(collab.LesionAttentionGrader, "pseudo_masks", lambda self, a, size: (pseudo.append(real_pseudo(self, a, size)), pseudo[-1])[1])
+    task = CollaborativeTask(stage="joint", **TINY)
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, _dm(idrid_root, tmp_path))
+    assert pseudo, "the joint step made no pseudo masks"
+    targets = [t for _, t, k in calls if k is None]
+    assert any(torch.equal(t, pseudo[0].detach()) for t in targets)
+    image_level_call = next(c for c in calls if c[2] is None)
+    assert image_level_call[0].shape == pseudo[0].shape == (2, 4, 64, 64)
+    assert not image_level_call[1].requires_grad and image_level_call[0].requires_grad
+
+
+def test_discriminator_and_generator_steps_update_the_right_networks(idrid_root, tmp_path):
+    torch.manual_seed(0)
+    task = CollaborativeTask(stage="joint", **TINY)
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, _dm(idrid_root, tmp_path))
+    changed = {n.split(".")[0] for n, p in task.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == {"generator", "grader", "discriminator"}
+    # Lesion(Pretrained): G is frozen and there is no D
+    frozen = CollaborativeTask(stage="joint", semi=False, adversarial=False, **TINY)
+    g_before = {n: p.detach().clone() for n, p in frozen.generator.named_parameters()}
+    pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).fit(frozen, _dm(idrid_root, tmp_path))
+    assert frozen.discriminator is None
+    assert all(torch.equal(g_before[n], p) for n, p in frozen.generator.named_parameters())
+
+
+def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyepacs_root, tmp_path, capsys):
+    conf = REPO / "conf" / "collaborative"
+    common = ["--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+              "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2", "--model.generator_width=0.0625",
+              "--model.discriminator_width=0.0625", "--model.num_overlays=1"]
+    seg_dir, grad_dir, joint_dir = tmp_path / "seg", tmp_path / "grading", tmp_path / "joint"
+    assert main(["fit", "--config", str(conf / "idrid_stage1_seg.yaml"), f"--data.root={idrid_root}", "--data.val_size=1",
+                 f"--trainer.default_root_dir={seg_dir}", f"--trainer.logger.init_args.save_dir={seg_dir}", *common]) == 0
+    # stage 1b on EyePACS's layout (its test split with the solution file is the official test set)
+    assert main(["fit", "--config", str(conf / "idrid_stage1_grading.yaml"), "--data.dataset=eyepacs", f"--data.root={eyepacs_root}",
+                 "--data.reader_args=null", "--data.val_size=2", f"--trainer.default_root_dir={grad_dir}",
+                 f"--trainer.logger.init_args.save_dir={grad_dir}", *common]) == 0
+    seg_ckpt = next(seg_dir.glob("logs/version_*/checkpoints/last.ckpt"))
+    grad_ckpt = next(grad_dir.glob("logs/version_*/checkpoints/last.ckpt"))
+    assert main(["fit", "--config", str(conf / "idrid_stage2.yaml"), f"--data.root={idrid_root}", f"--data.image_level_root={idrid_root}",
+                 "--data.val_size=1", "--data.image_level_val_size=1", f"--model.generator_ckpt={seg_ckpt}", f"--model.grader_ckpt={grad_ckpt}",
+                 f"--trainer.default_root_dir={joint_dir}", f"--trainer.logger.init_args.save_dir={joint_dir}", *common]) == 0
+    import pandas as pd
+
+    metrics = pd.read_csv(next(joint_dir.glob("logs/version_*/metrics.csv")))
+    for col in ("val/acc", "val/referable_auc", "val/MA/auc_pr", "val/mean/auc_roc", "train/loss_d", "train/loss_ce_pseudo"):
+        assert col in metrics and metrics[col].notna().any(), col
+    assert "val/kappa" in metrics  # logged; undefined (NaN) on a one-image validation set
+    sheets = list(joint_dir.glob("logs/version_*/overlays/val_lesion_maps_epoch*.png"))
+    assert sheets  # photograph | lesion masks, photograph | attention maps
+    # stage 2 really started from stage 1a's G
+    joint = torch.load(next(joint_dir.glob("logs/version_*/checkpoints/last.ckpt")), weights_only=False)
+    seg = torch.load(seg_ckpt, weights_only=False)
+    assert joint["hyper_parameters"]["generator_ckpt"] == str(seg_ckpt)
+    assert seg["state_dict"]["generator.head.weight"].shape == joint["state_dict"]["generator.head.weight"].shape
+
+
+def test_grading_datamodule_feeds_the_grading_stage(eyepacs_root, tmp_path):
+    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=64, val_size=2, batch_size=2, num_workers=0, augment=False,
+                           split_file=str(tmp_path / "s.json"))
+    task = CollaborativeTask(stage="grading", **TINY)
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, dm)
+    trainer.validate(task, dm)
+
+
+def test_one_command_runs_both_stages(idrid_root, tmp_path):
+    """conf/collaborative/run_idrid.sh hands each stage's checkpoint to the next."""
+    import os
+    import subprocess
+    import sys
+
+    tiny = ["--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+            "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2", "--model.generator_width=0.0625",
+            "--model.discriminator_width=0.0625", "--data.val_size=1"]
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "RETINALAB": f"{sys.executable} -m retinalab", "WANDB_MODE": "offline",
+           "STAGE2_ARGS": "--data.image_level_val_size=1"}
+    res = subprocess.run(["bash", str(REPO / "conf" / "collaborative" / "run_idrid.sh"), str(idrid_root), *tiny],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    final = Path(res.stdout.strip().splitlines()[-1])
+    assert final.is_file() and final.parts[-5] == "stage2"
+    hp = torch.load(final, weights_only=False)["hyper_parameters"]
+    assert "stage1_seg" in hp["generator_ckpt"] and "stage1_grading" in hp["grader_ckpt"]
