@@ -120,15 +120,15 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
         main(["synth", "eyepacs", "--out", str(tmp_path / "e"), "--size", "10x10"])
 
 
-@pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml") if p.parent.name not in ("active", "ablations")))
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml") if p.parent.name not in ("active", "overlays")))
 def test_every_shipped_config_instantiates(config, tmp_path):
-    """Lightning configs (conf/active/ is `retinalab active`'s: see test_active_loop.py; ablations/ are overlays)."""
+    """Lightning configs (conf/active/ is `retinalab active`'s: see test_active_loop.py; overlays/ are partial configs)."""
     from retinalab.main import cli
 
     c = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
     assert c.model.__class__.__module__.startswith("retinalab.tasks")
     assert c.datamodule.root == str(tmp_path)
-    assert c.trainer.max_epochs >= 1
+    assert c.trainer.max_epochs is None or c.trainer.max_epochs >= 1  # None: a test-only config
 
 
 def test_demo_trains_both_methods_on_one_split(tmp_path, monkeypatch, capsys):

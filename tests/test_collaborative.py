@@ -90,7 +90,7 @@ def test_discriminator_and_generator_steps_update_the_right_networks(idrid_root,
     assert all(torch.equal(g_before[n], p) for n, p in frozen.generator.named_parameters())
 
 
-def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyepacs_root, tmp_path, capsys):
+def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyepacs_root, messidor_root, tmp_path, capsys):
     conf = REPO / "conf" / "collaborative"
     common = ["--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
               "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2", "--model.generator_width=0.0625",
@@ -120,6 +120,15 @@ def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyep
     seg = torch.load(seg_ckpt, weights_only=False)
     assert joint["hyper_parameters"]["generator_ckpt"] == str(seg_ckpt)
     assert seg["state_dict"]["generator.head.weight"].shape == joint["state_dict"]["generator.head.weight"].shape
+    # Messidor as a test-only set, scored by the stage-2 model (referable / normal AUC)
+    joint_ckpt = next(joint_dir.glob("logs/version_*/checkpoints/last.ckpt"))
+    ev = tmp_path / "messidor"
+    assert main(["test", "--config", str(conf / "messidor_eval.yaml"), f"--data.root={messidor_root}", f"--ckpt_path={joint_ckpt}",
+                 f"--trainer.default_root_dir={ev}", f"--trainer.logger.init_args.save_dir={ev}", "--trainer.accelerator=cpu",
+                 "--trainer.enable_progress_bar=false", "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2",
+                 "--model.generator_width=0.0625", "--model.discriminator_width=0.0625"]) == 0
+    test = pd.read_csv(next(ev.glob("logs/version_*/metrics.csv")))
+    assert {"test/referable_auc", "test/normal_auc", "test/referable_acc"} <= set(test.columns)
 
 
 def test_grading_datamodule_feeds_the_grading_stage(eyepacs_root, tmp_path):
@@ -149,3 +158,22 @@ def test_one_command_runs_both_stages(idrid_root, tmp_path):
     assert final.is_file() and final.parts[-5] == "stage2"
     hp = torch.load(final, weights_only=False)["hyper_parameters"]
     assert "stage1_seg" in hp["generator_ckpt"] and "stage1_grading" in hp["grader_ckpt"]
+
+
+@pytest.mark.parametrize("overlay", sorted(p.name for p in (REPO / "conf" / "collaborative" / "overlays").glob("*.yaml")))
+def test_overlays_merge_with_the_stage_configs(overlay, tmp_path):
+    from retinalab.main import cli
+
+    stages = ["idrid_stage2.yaml"] if overlay != "cpu_small.yaml" else ["idrid_stage1_seg.yaml", "idrid_stage1_grading.yaml", "idrid_stage2.yaml"]
+    for stage in stages:
+        c = cli(["--config", str(REPO / "conf" / "collaborative" / stage), "--config", str(REPO / "conf" / "collaborative" / "overlays" / overlay),
+                 "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+        h = c.model.hparams
+        if overlay == "lesion_pretrained.yaml":
+            assert not h.semi and not h.adversarial and c.model.discriminator is None and not c.model.update_generator
+        if overlay == "lesion_semi.yaml":
+            assert h.semi and not h.adversarial and c.model.update_generator
+        if overlay == "ce1.yaml":
+            assert h.generator_block == "conv"
+        if overlay == "cpu_small.yaml":
+            assert c.datamodule.image_size == 128 and h.generator_width == 0.125 and c.trainer.max_epochs == 10

@@ -123,6 +123,8 @@ class _ImageDataModule(FundusDataModule):
         self.parts: dict[str, list[FundusRecord]] = {}
 
     def _split(self, records: list[FundusRecord], strata: list[int] | None) -> dict[str, list[FundusRecord]]:
+        if self.split_mode == "test_only":  # an evaluation-only dataset (Messidor under Zoom-in-Net's protocol)
+            return {"train": [], "val": [], "test": list(records)}
         official = None
         if self.split_mode == "official":
             official = [r.split for r in records]
@@ -130,6 +132,10 @@ class _ImageDataModule(FundusDataModule):
                 raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
         idx = split_indices([r.group for r in records], self.val_size, self.test_size, self.seed, strata, official)
         return {k: [records[i] for i in v] for k, v in idx.items()}
+
+    def _check_trainable(self) -> None:
+        if not self.parts.get("train"):
+            raise ValueError(f"{self.dataset}: split_mode={self.split_mode!r} leaves no training images; use `retinalab test` with it, or another split_mode")
 
     def _loader(self, ds: Dataset, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
@@ -153,7 +159,8 @@ class GradingDataModule(_ImageDataModule):
         image_size: side of the preprocessed image.
         crop_fov: crop to the field of view.
         normalize: divide by the image maximum.
-        split_mode: ``official`` (where the dataset has a test split) or ``random``.
+        split_mode: ``official`` (where the dataset has a test split), ``random``, or ``test_only``
+            (every image is a test image: an evaluation-only dataset such as Messidor).
         val_size: validation images or fraction (carved from the training split).
         test_size: test images or fraction for ``random``.
         seed: split seed.
@@ -223,23 +230,17 @@ class GradingDataModule(_ImageDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        self._check_trainable()
         return self._loader(self._ds("train", True), shuffle=True)
 
-    def _eval_loaders(self, part: str) -> DataLoader | list[DataLoader]:
-        """The pixel-annotated ``part``; with an image-level set, also its ``part`` (dataloader_idx 1)."""
-        pixel = self._loader(self._ds(part, False), shuffle=False)
-        if f"image_level_{part}" not in self.parts or not self.parts[f"image_level_{part}"]:
-            return pixel
-        return [pixel, self._loader(self._ds(f"image_level_{part}", False, with_masks=False), False, self.image_level_batch_size)]
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._ds("val", False), shuffle=False)
 
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self._eval_loaders("val")
-
-    def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self._eval_loaders("test")
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._ds("test", False), shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._ds("test", False), shuffle=False)
+        return self.test_dataloader()
 
 
 class SegmentationDataModule(_ImageDataModule):
@@ -355,6 +356,7 @@ class SegmentationDataModule(_ImageDataModule):
         )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
+        self._check_trainable()
         pixel = self._loader(self._ds("train", True), shuffle=True)
         if "image_level" not in self.parts:
             return pixel

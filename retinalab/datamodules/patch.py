@@ -256,6 +256,8 @@ class PatchDataModule(FundusDataModule):
             thumb_size=thumb_size,
         )
         self.include_unknown = include_unknown
+        if split_mode not in ("random", "official"):
+            raise ValueError(f"PatchDataModule: split_mode must be 'random' or 'official', got {split_mode!r} (score a whole dataset with --data.predict_split all)")
         self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
         self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-SplitMode = Literal["random", "official"]
+SplitMode = Literal["random", "official", "test_only"]
 
 
 def _target(size: float | int, n: int, name: str) -> int:

@@ -135,7 +135,7 @@ class PatchTask(pl.LightningModule):
                 overlays.append((cache.images[i]["image_id"], side_by_side(np.array(cache.thumbs[i]), heat)))
         if scores:
             self.log(f"{stage}/localisation_auroc", float(np.mean(scores)))
-        log_overlays(self, f"{stage}/overlays", overlays)  # on every rank: Trainer.log_dir is a collective
+        log_overlays(self, f"{stage}/overlays", overlays, png_name=stage)  # on every rank: Trainer.log_dir is a collective
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
