@@ -140,3 +140,79 @@ class PatchPredictionWriter(BasePredictionWriter):
         if self.loc:
             msg += f"; mean localisation AUROC {summary['mean_localisation_auroc']:.3f} over {len(self.loc)} annotated image(s)"
         print(msg)
+
+
+class LesionMapWriter(BasePredictionWriter):
+    """Writes ``retinalab predict`` results of paper 001's collaborative model.
+
+    Per image: ``maps/<image>.png`` = the photograph | G's lesion masks | the lesion attention maps
+    (one colour per lesion: MA green, HE red, EX yellow, SE blue); with ``save_masks``,
+    ``masks/<image>_<lesion>.png`` = the probability map as 8-bit grey. One row per image in
+    ``predictions.csv`` (predicted grade, grade probabilities, p(referable), each lesion's largest
+    mask probability, the picture), appended as images arrive; a rerun skips images already there.
+
+    Args:
+        output_dir: where to write (default ``<log_dir>/predictions``).
+        save_masks: also write the per-lesion probability maps.
+        alpha: opacity of the maps at probability 1.
+    """
+
+    def __init__(self, output_dir: str | None = None, save_masks: bool = True, alpha: float = 0.6) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir, self.save_masks, self.alpha = output_dir, save_masks, alpha
+        self.dir: Path | None = None
+        self.done: set[str] = set()
+        self.n_written = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        self.dir = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        self.csv_path = self.dir / f"predictions{suffix}.csv"
+        self.done = set()
+        if self.csv_path.is_file():
+            with open(self.csv_path, newline="") as f:
+                self.done = {row["image"] for row in csv.DictReader(f)}
+        self.n_written = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        from .viz import lesion_overlay
+
+        assert self.dir is not None
+        lesions = list(pl_module.lesions)
+        probs = prediction.get("grade_probs")
+        grade_cols = [f"p_grade{k}" for k in range(probs.shape[1])] if probs is not None else []
+        columns = ["image", "predicted_grade", *grade_cols, "p_referable", *[f"max_{les}" for les in lesions], "picture"]
+        for i, image_id in enumerate(prediction["image_id"]):
+            if image_id in self.done:
+                continue
+            image = (prediction["image"][i].permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
+            masks = prediction["masks"][i].numpy()
+            panels = [image, lesion_overlay(image, masks, lesions, self.alpha)]
+            if prediction.get("alpha") is not None:
+                panels.append(lesion_overlay(image, prediction["alpha"][i].numpy(), lesions, self.alpha))
+            name = _safe_name(image_id)
+            save_png_atomic(np.concatenate(panels, axis=1), self.dir / "maps" / f"{name}.png")
+            if self.save_masks:
+                for k, les in enumerate(lesions):
+                    save_png_atomic(np.clip(masks[k] * 255 + 0.5, 0, 255).astype(np.uint8), self.dir / "masks" / f"{name}_{les}.png")
+            row: dict[str, Any] = {"image": image_id, "picture": f"maps/{name}.png", "p_referable": "", "predicted_grade": ""}
+            if probs is not None:
+                p = probs[i].numpy()
+                row |= {"predicted_grade": int(p.argmax()), "p_referable": f"{float(p[2:].sum()):.6f}"}
+                row |= {f"p_grade{k}": f"{float(v):.6f}" for k, v in enumerate(p)}
+            row |= {f"max_{les}": f"{float(masks[k].max()):.4f}" for k, les in enumerate(lesions)}
+            new = not self.csv_path.is_file() or self.csv_path.stat().st_size == 0
+            with open(self.csv_path, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=columns)
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+            self.done.add(image_id)
+            self.n_written += 1
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dir is not None:
+            print(f"predictions: {self.n_written} new image(s) -> {self.csv_path} and {self.dir / 'maps'}")

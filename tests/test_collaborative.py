@@ -120,8 +120,20 @@ def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyep
     seg = torch.load(seg_ckpt, weights_only=False)
     assert joint["hyper_parameters"]["generator_ckpt"] == str(seg_ckpt)
     assert seg["state_dict"]["generator.head.weight"].shape == joint["state_dict"]["generator.head.weight"].shape
-    # Messidor as a test-only set, scored by the stage-2 model (referable / normal AUC)
+    # retinalab predict: lesion masks and attention maps over each test photograph, one row per image
     joint_ckpt = next(joint_dir.glob("logs/version_*/checkpoints/last.ckpt"))
+    pred = tmp_path / "pred"
+    assert main(["predict", "--config", str(conf / "idrid_stage2.yaml"), f"--data.root={idrid_root}", f"--data.image_level_root={idrid_root}",
+                 "--data.val_size=1", "--data.image_level_val_size=1", f"--ckpt_path={joint_ckpt}", f"--trainer.default_root_dir={pred}",
+                 f"--trainer.logger.init_args.save_dir={pred}", *common]) == 0
+    out = next(pred.glob("logs/version_*/predictions"))
+    rows = pd.read_csv(out / "predictions.csv")
+    assert len(rows) == 2 and {"predicted_grade", "p_referable", "max_EX", "picture"} <= set(rows.columns)  # IDRiD's 2 test images
+    from PIL import Image
+
+    assert Image.open(out / rows["picture"][0]).size == (3 * 64, 64)  # photograph | masks | attention
+    assert len(list((out / "masks").glob("*_EX.png"))) == 2
+    # Messidor as a test-only set, scored by the stage-2 model (referable / normal AUC)
     ev = tmp_path / "messidor"
     assert main(["test", "--config", str(conf / "messidor_eval.yaml"), f"--data.root={messidor_root}", f"--ckpt_path={joint_ckpt}",
                  f"--trainer.default_root_dir={ev}", f"--trainer.logger.init_args.save_dir={ev}", "--trainer.accelerator=cpu",

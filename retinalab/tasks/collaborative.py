@@ -280,6 +280,22 @@ class CollaborativeTask(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test", dataloader_idx)
 
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Lesion masks, attention maps (joint stage) and grade probabilities (grading stages) of a batch,
+        on the CPU, for :class:`retinalab.callbacks.LesionMapWriter`."""
+        if batch is None:
+            return {"image_id": [], "image": torch.zeros(0), "masks": torch.zeros(0)}
+        x = batch["image"]
+        masks = self.masks(x)
+        out: dict[str, Any] = {"image_id": list(batch["image_id"]), "image": x.float().cpu(), "masks": masks.float().cpu(), "alpha": None, "grade_probs": None}
+        if self.stage != "segmentation":
+            g = self.grade(x, masks)
+            out["grade_probs"] = torch.softmax(g["logits"].float(), 1).cpu()
+            if "alpha" in g:
+                out["alpha"] = self.grader.pseudo_masks(g["alpha"], x.shape[-2:]).float().cpu()
+        return out
+
     def _eval_end(self, split: str) -> None:
         pixel = self.pixel_metrics[split].compute()
         logs = {f"{split}/{k}": v for k, v in pixel.items()}
