@@ -94,3 +94,13 @@ def test_focal_loss_against_the_formula():
     assert torch.allclose(focal_loss(logits, y, gamma=0.0), F.cross_entropy(logits, y))
     w = torch.tensor([0.25, 1.0, 2.0])
     assert torch.allclose(focal_loss(logits, y, 2.0, w, "none"), -(1 - p) ** 2 * torch.log(p) * w[y])
+
+
+def test_generator_can_use_an_smp_encoder_instead():
+    from retinalab.models.xception_unet import build_generator
+
+    g = build_generator(encoder="resnet18", num_lesions=4).eval()
+    assert not isinstance(g, XceptionUNet) and g(torch.rand(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+    assert isinstance(build_generator("conv", 0.125), XceptionUNet)
+    with pytest.raises(ValueError, match="unknown generator encoder"):
+        build_generator(encoder="no-such-encoder")

@@ -111,3 +111,21 @@ class XceptionUNet(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion probability maps (sigmoid of :meth:`forward`)."""
         return torch.sigmoid(self(x))
+
+
+def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 5, encoder: str | None = None, num_lesions: int = 4) -> nn.Module:
+    """G: paper 001's Xception U-Net, or with ``encoder`` a segmentation-models-pytorch U-Net on that
+    encoder (``resnet34``, ``tu-efficientnet_b0``, ... any smp/timm encoder name), from scratch (no
+    weights are downloaded). Both map ``B x 3 x H x W`` to ``B x L x H x W`` logits.
+
+    Raises:
+        ValueError: for an encoder smp does not know (its message lists how to find the names).
+    """
+    if encoder is None:
+        return XceptionUNet(3, num_lesions, width, depth, block)
+    import segmentation_models_pytorch as smp
+
+    try:
+        return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_lesions)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ValueError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e

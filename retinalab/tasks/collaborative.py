@@ -34,7 +34,7 @@ from ..datasets import LESIONS
 from ..metrics.lesions import BinaryDRMetrics, LesionPixelMetrics, grading_metrics
 from ..models.lesion_attention import LesionAttentionGrader, focal_loss
 from ..models.lesion_discriminator import LesionDiscriminator
-from ..models.xception_unet import Block, XceptionUNet
+from ..models.xception_unet import Block, build_generator
 from ..viz import lesion_overlay, log_overlays
 
 Stage = Literal["segmentation", "grading", "joint"]
@@ -87,6 +87,8 @@ class CollaborativeTask(pl.LightningModule):
         lesions: lesion channels of G (MA, HE, EX, SE).
         num_classes: grades (5; Messidor has 4).
         generator_block / generator_width / generator_depth: G (``xception`` = CE2, ``conv`` = CE1).
+        generator_encoder: instead of the paper's G, an smp U-Net on this encoder (e.g. ``resnet34``,
+            ``tu-efficientnet_b0``), from scratch.
         discriminator_width: D's width multiplier.
         backbone: the grading CNN (timm ResNet, from scratch unless ``pretrained_path``).
         attention: use the lesion attention in the ``joint`` stage (``False`` keeps Ori's classifier).
@@ -110,6 +112,7 @@ class CollaborativeTask(pl.LightningModule):
         generator_block: Block = "xception",
         generator_width: float = 1.0,
         generator_depth: int = 5,
+        generator_encoder: str | None = None,
         discriminator_width: float = 1.0,
         backbone: str = "resnet18",
         attention: bool = True,
@@ -133,7 +136,7 @@ class CollaborativeTask(pl.LightningModule):
         self.save_hyperparameters()
         self.lesions = list(lesions or LESIONS)
         self.stage = stage
-        self.generator = XceptionUNet(3, len(self.lesions), generator_width, generator_depth, generator_block)
+        self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions))
         self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path)
         self.use_attention = attention and stage == "joint"
         self.update_generator = stage == "segmentation" or (stage == "joint" and (semi or adversarial))
