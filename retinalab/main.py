@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXTRA_COMMANDS = {
-    "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs or messidor",
+    "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs, messidor or the generic folder",
     "active": "EGL active learning of exudate patches (paper 002): retinalab active --config conf/active/eophtha_egl.yaml",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

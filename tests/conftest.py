@@ -6,6 +6,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from tests.data.eophtha.data import make_eophtha  # noqa: E402
 from tests.data.eyepacs.data import make_eyepacs  # noqa: E402
+from tests.data.folder.data import make_folder  # noqa: E402
 from tests.data.idrid.data import make_idrid  # noqa: E402
 from tests.data.messidor.data import make_messidor  # noqa: E402
 
@@ -28,3 +29,8 @@ def eyepacs_root(tmp_path):
 @pytest.fixture
 def messidor_root(tmp_path):
     return make_messidor(tmp_path / "messidor")
+
+
+@pytest.fixture
+def folder_root(tmp_path):
+    return make_folder(tmp_path / "my_clinic")

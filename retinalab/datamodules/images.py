@@ -40,6 +40,16 @@ def grade_target(grade: int, target: GradeTarget) -> int:
     raise ValueError(f"target must be one of grade/referable/normal, got {target!r}")
 
 
+def record_target(record: FundusRecord, target: GradeTarget) -> int | None:
+    """The record's label for ``target``: from its grade, or (``referable`` only) from a referable-only
+    label (the generic folder layout's ``referable`` column); ``None`` when unlabelled."""
+    if record.grade is not None:
+        return grade_target(record.grade, target)
+    if target == "referable" and "referable" in record.meta:
+        return int(record.meta["referable"])
+    return None
+
+
 class FundusImageDataset(Dataset):
     """Preprocessed whole fundus images, optionally with stacked lesion masks and grades.
 
@@ -88,7 +98,7 @@ class FundusImageDataset(Dataset):
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
             "image_id": r.image_id,
-            "label": grade_target(r.grade, self.target) if r.grade is not None else -1,
+            "label": -1 if (y := record_target(r, self.target)) is None else y,
         }
         if self.with_masks:
             out["mask"] = torch.from_numpy(np.ascontiguousarray(masks)).float()
@@ -205,10 +215,10 @@ class GradingDataModule(_ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
             return
-        records = [r for r in self.read_records() if r.grade is not None]
+        records = [r for r in self.read_records() if record_target(r, self.target) is not None]
         if not records:
-            raise ValueError(f"{self.dataset} at {self.root}: no graded image found")
-        self.parts = self._split(records, [grade_target(r.grade, self.target) for r in records])
+            raise ValueError(f"{self.dataset} at {self.root}: no image labelled for target={self.target!r}")
+        self.parts = self._split(records, [record_target(r, self.target) for r in records])
         self.write_split(
             {k: [r.image_id for r in v] for k, v in self.parts.items()},
             {"dataset": self.dataset, "root": str(self.root), "seed": self.seed, "counts": self.summary()},
@@ -217,7 +227,7 @@ class GradingDataModule(_ImageDataModule):
     def summary(self) -> dict[str, dict[str, int]]:
         """Images per label in each part."""
         return {
-            k: {f"label_{lab}": n for lab, n in sorted(Counter(grade_target(r.grade, self.target) for r in v).items())}
+            k: {f"label_{lab}": n for lab, n in sorted(Counter(record_target(r, self.target) for r in v).items())}
             | {"images": len(v)}
             for k, v in self.parts.items()
         }

@@ -17,16 +17,18 @@ from .base import (
 )
 from .eophtha import read_eophtha
 from .eyepacs import read_eyepacs
+from .folder import read_folder
 from .idrid import read_idrid
 from .messidor import read_messidor
 
-DatasetName = Literal["idrid", "eophtha", "eyepacs", "messidor"]
+DatasetName = Literal["idrid", "eophtha", "eyepacs", "messidor", "folder"]
 
 READERS: dict[str, Callable[..., list[FundusRecord]]] = {
     "idrid": read_idrid,
     "eophtha": read_eophtha,
     "eyepacs": read_eyepacs,
     "messidor": read_messidor,
+    "folder": read_folder,
 }
 
 
@@ -54,6 +56,7 @@ __all__ = [
     "read_dataset",
     "read_eophtha",
     "read_eyepacs",
+    "read_folder",
     "read_idrid",
     "read_messidor",
 ]

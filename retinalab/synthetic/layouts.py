@@ -29,7 +29,7 @@ from .fundus import synth_fundus
 
 log = logging.getLogger(__name__)
 
-SynthDataset = Literal["idrid", "eophtha", "eyepacs", "messidor"]
+SynthDataset = Literal["idrid", "eophtha", "eyepacs", "messidor", "folder"]
 
 
 @dataclass(frozen=True)
@@ -274,11 +274,45 @@ def _write_xls(df: pd.DataFrame, path: Path) -> None:
     wb.save(str(path))
 
 
+def _folder(out: Path, n: int, opt: Options, workers: int) -> None:
+    """The generic "bring your own data" layout (:mod:`retinalab.datasets.folder`): two clinics'
+    nested folders of JPEG and PNG photographs, two eyes per patient, a labels.csv with grades for most
+    images, referable-only labels for some and none for the rest, an official test split, and
+    lesion masks (all four, empty ones included) for a third of the images."""
+    rng = np.random.default_rng(np.random.SeedSequence([opt.seed, 10**6]))
+    grades = _grades(rng, n, [0.4, 0.1, 0.25, 0.15, 0.1], minimum=(0, 2, 1, 3, 4))
+    n_pat = (n + 1) // 2
+    n_test_pat = max(1, round(n_pat * 0.2))
+    jobs: list[Job] = []
+    rows = []
+    for i in range(n):
+        pat = i // 2
+        clinic = "clinic_a" if pat % 2 == 0 else "clinic_b"
+        stem = f"P{pat:04d}_{'left' if i % 2 == 0 else 'right'}"
+        path = out / clinic / ("images" if clinic == "clinic_a" else "photos") / f"{stem}{'.jpg' if i % 3 else '.png'}"
+        masked = i % 3 == 0
+        masks = {les: out / "masks" / les / f"{stem}.png" for les in ("MA", "HE", "EX", "SE")} if masked else {}
+        jobs.append(Job(i, grades[i], path, masks, write_empty_masks=True, mask_style="gray", eye="left" if i % 2 == 0 else "right"))
+        label_kind = "grade" if i % 10 < 7 else ("referable" if i % 10 == 7 else "none")
+        rows.append((path.relative_to(out).as_posix(), label_kind, f"P{pat:04d}", "test" if pat >= n_pat - n_test_pat else "train"))
+    res = _run(jobs, opt, workers, "synth folder")
+    table = {"image": [], "grade": [], "referable": [], "patient": [], "split": []}
+    for i, (rel, kind, patient, split) in enumerate(rows):
+        g = res[i]["grade"]
+        table["image"].append(rel)
+        table["grade"].append(g if kind == "grade" else "")
+        table["referable"].append(int(g >= 2) if kind == "referable" else "")
+        table["patient"].append(patient)
+        table["split"].append(split)
+    pd.DataFrame(table).to_csv(out / "labels.csv", index=False)
+
+
 WRITERS: dict[str, Callable[[Path, int, Options, int], None]] = {
     "idrid": _idrid,
     "eophtha": _eophtha,
     "eyepacs": _eyepacs,
     "messidor": _messidor,
+    "folder": _folder,
 }
 
 
