@@ -18,6 +18,7 @@ from pathlib import Path
 EXTRA_COMMANDS = {
     "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs, messidor or the generic folder",
     "active": "EGL active learning of exudate patches (paper 002): retinalab active --config conf/active/eophtha_egl.yaml",
+    "check-data": "validate a dataset without training: retinalab check-data --dataset folder --root DIR",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -32,6 +33,8 @@ commands:
   predict    predict with a checkpoint (--ckpt_path)
   synth      write a synthetic dataset: retinalab synth idrid --out DIR --num-images 60
   active     active learning (paper 002): retinalab active --config conf/active/eophtha_egl.yaml [--resume]
+  check-data validate a dataset (decode, masks, duplicates, splits) and draw a contact sheet:
+             retinalab check-data --dataset folder --root DIR
 
 Run `retinalab <command> --help` for the options of one command.
 """
@@ -70,6 +73,38 @@ def synth_main(argv: Sequence[str]) -> int:
         p.error(str(e))
     print(f"wrote a synthetic {a.dataset} dataset of {a.num_images} images to {out}")
     return 0
+
+
+def check_data_main(argv: Sequence[str]) -> int:
+    """``retinalab check-data``: see :mod:`retinalab.check`. Exit 0 when clean, 1 with problems, 2 when
+    the dataset cannot be read at all."""
+    import json
+
+    from .check import check_dataset
+    from .datasets import READERS, DataFormatError, DatasetNotFoundError
+
+    p = argparse.ArgumentParser(prog="retinalab check-data", description=EXTRA_COMMANDS["check-data"])
+    p.add_argument("--dataset", required=True, choices=sorted(READERS), help="layout to read")
+    p.add_argument("--root", required=True, help="dataset folder")
+    p.add_argument("--reader-args", default="{}", help='reader arguments as JSON, e.g. \'{"subsets": ["segmentation"]}\'')
+    p.add_argument("--out", default=None, help="where check.json and contact_sheet.png go (default check-data/<dataset>)")
+    p.add_argument("--sample", type=int, default=16, help="photographs on the contact sheet (default 16)")
+    p.add_argument("--thumb", type=int, default=192, help="side of each contact-sheet tile in px (default 192)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel decoding processes")
+    a = p.parse_args(list(argv))
+    try:
+        reader_args = json.loads(a.reader_args)
+    except json.JSONDecodeError as e:
+        p.error(f"--reader-args is not JSON: {e}")
+    out = Path(a.out) if a.out else Path("check-data") / a.dataset
+    try:
+        report = check_dataset(a.dataset, a.root, reader_args, out, a.sample, a.thumb, a.workers)
+    except (DatasetNotFoundError, DataFormatError) as e:
+        print(f"retinalab check-data: {e}", file=sys.stderr)
+        return 2
+    print(report.text())
+    print(f"report: {out / 'check.json'}; contact sheet: {out / 'contact_sheet.png'}")
+    return 0 if report.ok else 1
 
 
 def active_main(argv: Sequence[str]) -> int:
@@ -144,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return synth_main(argv[1:])
     if argv[0] == "active":
         return active_main(argv[1:])
+    if argv[0] == "check-data":
+        return check_data_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2

@@ -50,11 +50,11 @@ def make_idrid(
                 y, x = LESION_AT[lesion]
                 path = seg_dir / "2. All Segmentation Groundtruths" / SPLITS[split] / folder / f"{stem}_{lesion}.tif"
                 save_mask(path, square_mask(SIZE, y, x), STYLES[lesion])
-    for split, gs in grades.items():
+    for s_idx, (split, gs) in enumerate(grades.items()):
         rows = []
         for k, g in enumerate(gs, start=1):
-            stem = f"IDRiD_{k:03d}"
-            save_jpg(grad_dir / "1. Original Images" / SPLITS[split] / f"{stem}.jpg", fundus(seed=100 + k))
+            stem = f"IDRiD_{k:03d}"  # names restart per split; the photographs differ
+            save_jpg(grad_dir / "1. Original Images" / SPLITS[split] / f"{stem}.jpg", fundus(seed=100 * (s_idx + 1) + k))
             rows.append([stem, g, min(g, 2), "", ""])
         df = pd.DataFrame(rows, columns=["Image name", "Retinopathy grade", "Risk of macular edema ", "", " "])
         path = grad_dir / "2. Groundtruths" / CSV[split]
