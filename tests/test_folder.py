@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -131,3 +132,23 @@ def test_synth_writes_the_folder_layout(tmp_path):
     assert len(recs) == 12 and any(r.masks for r in recs) and any(r.grade is None for r in recs)
     assert any("referable" in r.meta for r in recs) and {r.split for r in recs} == {"train", "test"}
     assert len({r.patient_id for r in recs}) == 6
+
+
+def test_every_run_records_its_dataset_report(folder_root, tmp_path, monkeypatch):
+    """The datamodule's counts (labelled / unlabelled / val / test images and patches per class) reach
+    the run's logger config and split.json."""
+    import yaml
+
+    monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
+    assert main(["fit", "--config", str(REPO / "conf" / "convnet" / "folder.yaml"), "--model.width=0.1", "--data.image_size=128",
+                 "--data.patch_size=32", "--data.stride=32", "--data.val_size=1", "--data.test_size=1", "--data.cache_workers=0",
+                 f"--data.root={folder_root}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+                 "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+                 f"--trainer.logger.init_args.save_dir={tmp_path}"]) == 0
+    run = next(tmp_path.glob("logs/version_*"))
+    hp = yaml.safe_load((run / "hparams.yaml").read_text())
+    split = json.loads((run / "split.json").read_text())
+    assert hp["data/split_hash"] == split["hash"] and hp["data/dataset"] == "folder"
+    for part in ("labeled", "val", "test"):
+        assert hp[f"data/{part}/images"] == split["counts"][part]["images"] > 0
+        assert hp[f"data/{part}/patches_diseased"] + hp[f"data/{part}/patches_healthy"] == hp[f"data/{part}/patches"]

@@ -56,4 +56,11 @@ class FundusDataModule(pl.LightningDataModule):
         if path is not None:
             write_json_atomic(path, {"hash": h, **extra, **parts})
             log.info("split written to %s", path)
+        if trainer is not None and "counts" in extra:
+            # the dataset report: what this run trains and is tested on, in the run's config (W&B, CSV, ...)
+            report = {"data/split_hash": h, "data/dataset": str(extra.get("dataset", ""))}
+            for part, counts in extra["counts"].items():
+                report |= {f"data/{part}/{k}": v for k, v in counts.items()}
+            for lg in trainer.loggers:
+                lg.log_hyperparams(report)
         return h
