@@ -87,3 +87,9 @@ def test_public_layouts_check_clean(fixture, request, tmp_path):
 def test_missing_dataset_exits_2(tmp_path, capsys):
     assert main(["check-data", "--dataset", "eyepacs", "--root", str(tmp_path / "none")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_undecodable_mask(folder_root):
+    (folder_root / "masks" / "MA" / "002.png").write_bytes(b"\x89PNG broken")
+    r = check_dataset("folder", folder_root, workers=0, progress=False)
+    assert kinds(r) == {"mask_undecodable"} and "002.png" in r.problems[0].file
