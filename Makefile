@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo_idrid
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
-.PHONY: help install demo test test-slow bench lint clean
+.PHONY: help install demo test test-slow bench lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-slow: install ## run every test, the slow ones included
 
 bench: install ## run the benchmarks in benchmarks/ and print their ratios
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+docker: ## build the retinalab image (BASE=<pytorch cuda image> to change the base)
+	docker build -f docker/Dockerfile $(if $(BASE),--build-arg BASE=$(BASE)) -t retinalab .
 
 lint: install ## ruff
 	$(BIN)/ruff check retinalab tests benchmarks

@@ -149,14 +149,32 @@ def active_main(argv: Sequence[str]) -> int:
 
 
 def cli(argv: Sequence[str], run: bool = True):
-    """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate)."""
+    """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate).
+
+    Every run also gets :class:`retinalab.manifest.RunManifest` (``manifest.json`` beside the run).
+    """
     import torch
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningCLI
 
+    from .manifest import RunManifest
+
+    class RetinalabCLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs):
+            import json
+
+            trainer = super().instantiate_trainer(**kwargs)
+            try:
+                config = self.config.get(self.subcommand) if self.subcommand else self.config
+                resolved = json.loads(self._parser(self.subcommand).dump(config, format="json", skip_check=True))
+            except Exception:  # noqa: BLE001 - the manifest must never stop a run
+                resolved = None
+            trainer.callbacks.append(RunManifest(resolved))
+            return trainer
+
     torch.set_float32_matmul_precision("high")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    return LightningCLI(
+    return RetinalabCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

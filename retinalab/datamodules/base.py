@@ -48,6 +48,7 @@ class FundusDataModule(pl.LightningDataModule):
     def write_split(self, parts: dict[str, list[str]], extra: dict[str, Any]) -> str:
         """Write ``{"hash", parts..., extra...}`` as JSON (global rank 0 only). Returns the hash."""
         h = split_hash(parts)
+        self.split_hash = h
         # every rank must ask: Trainer.log_dir is a collective (it broadcasts rank 0's path)
         path = self.split_path()
         trainer = getattr(self, "trainer", None)

@@ -1,0 +1,89 @@
+"""Provenance and clusters: manifest.json, same seed -> same metrics, SLURM detection and the sbatch script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retinalab.main import cli, main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
+SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+         "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "retinalab", "SLURM_NODELIST": "node001"}
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    from retinalab.synthetic import write_synthetic
+
+    return write_synthetic("idrid", tmp_path_factory.mktemp("runs") / "syn", 24, 5, (128, 96), 1.0, 1.0, 1)
+
+
+def _fit(syn, out: Path, *extra: str) -> Path:
+    assert main(["fit", "--config", str(TINY), f"--data.root={syn}", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=2",
+                 f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", f"--data.cache_dir={out.parent / 'cache'}",
+                 f"--data.split_file={out / 'split.json'}", *extra]) == 0
+    return next(out.glob("logs/version_*"))
+
+
+def test_same_config_and_seed_give_the_same_metrics_and_a_manifest(syn, tmp_path):
+    a, b = _fit(syn, tmp_path / "a"), _fit(syn, tmp_path / "b")
+    ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
+    cols = [c for c in ma.columns if c.startswith("val/")]
+    assert cols and ma[cols].equals(mb[cols])
+    m = json.loads((a / "manifest.json").read_text())
+    split = json.loads((tmp_path / "a" / "split.json").read_text())
+    assert m["seed"] == 0 and m["split_hash"] == split["hash"] and m["stage"] == "fit"
+    assert m["packages"]["torch"] and m["packages"]["pytorch-lightning"] and m["config"]["model"]["init_args"]["width"] == 0.1
+    assert m["git_commit"] is None or len(m["git_commit"].split("+")[0]) == 40
+    # another seed changes the split and the result
+    c = _fit(syn, tmp_path / "c", "--seed_everything=1", "--data.seed=1")
+    assert json.loads((c / "manifest.json").read_text())["split_hash"] != m["split_hash"]
+
+
+def test_slurm_is_detected_with_requeue(monkeypatch, tmp_path):
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    for k, v in SLURM.items():
+        monkeypatch.setenv(k, v)
+    c = cli(["--config", str(TINY), "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+    env = c.trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.job_id() == 4242
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: Lightning must not treat it as a batch job
+    c = cli(["--config", str(TINY), "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+    assert not isinstance(c.trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
+
+
+def test_sbatch_script_passes_nodes_and_tasks_to_lightning(tmp_path):
+    """Run docker/slurm/fit.sbatch with a stand-in `srun` and `--print_config`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, **SLURM, "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "RETINALAB": f"{sys.executable} -m retinalab"}
+    res = subprocess.run(["bash", str(REPO / "docker" / "slurm" / "fit.sbatch"), str(TINY), "--data.root", "x", "--print_config"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import yaml
+
+    trainer = yaml.safe_load(res.stdout)["trainer"]
+    assert int(trainer["num_nodes"]) == 2 and int(trainer["devices"]) == 4
+    assert (tmp_path / "runs" / "slurm").is_dir()
+
+
+def test_dockerfile_takes_the_base_as_an_argument_and_caches_dependencies():
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert lines[0].startswith("ARG BASE=") and lines[1] == "FROM ${BASE}"
+    deps = next(i for i, ln in enumerate(lines) if "COPY pyproject.toml" in ln)
+    src = next(i for i, ln in enumerate(lines) if ln.startswith("COPY retinalab"))
+    assert deps < src  # the dependency layer does not depend on the source
+    assert lines[-2] == 'ENTRYPOINT ["retinalab"]'
