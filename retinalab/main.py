@@ -19,6 +19,7 @@ EXTRA_COMMANDS = {
     "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs, messidor or the generic folder",
     "active": "EGL active learning of exudate patches (paper 002): retinalab active --config conf/active/eophtha_egl.yaml",
     "check-data": "validate a dataset without training: retinalab check-data --dataset folder --root DIR",
+    "study": "methods x labelled-image counts x seeds: retinalab study --config conf/studies/<name>.yaml",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -33,6 +34,8 @@ commands:
   predict    predict with a checkpoint (--ckpt_path)
   synth      write a synthetic dataset: retinalab synth idrid --out DIR --num-images 60
   active     active learning (paper 002): retinalab active --config conf/active/eophtha_egl.yaml [--resume]
+  study      label-efficiency study (methods x labelled counts x seeds), resumable:
+             retinalab study --config conf/studies/idrid_label_efficiency.yaml [--cell I] [--collect]
   check-data validate a dataset (decode, masks, duplicates, splits) and draw a contact sheet:
              retinalab check-data --dataset folder --root DIR
 
@@ -73,6 +76,33 @@ def synth_main(argv: Sequence[str]) -> int:
         p.error(str(e))
     print(f"wrote a synthetic {a.dataset} dataset of {a.num_images} images to {out}")
     return 0
+
+
+def study_main(argv: Sequence[str]) -> int:
+    """``retinalab study``: see :mod:`retinalab.study`. Exit 0 when every cell ran, 1 when some failed."""
+    from .study import Study, collect, run_study
+
+    p = argparse.ArgumentParser(prog="retinalab study", description=EXTRA_COMMANDS["study"])
+    p.add_argument("--config", required=True, help="study config (conf/studies/*.yaml)")
+    p.add_argument("--cell", type=int, default=None, help="run only cell I (0-based; for SLURM arrays: $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--list", action="store_true", help="print the cells and exit")
+    p.add_argument("--collect", action="store_true", help="only aggregate finished cells into results.csv / results.md / plots")
+    p.add_argument("--rerun-failed", action="store_true", help="run failed cells again (they are skipped by default)")
+    a = p.parse_args(list(argv))
+    try:
+        study = Study.load(a.config)
+    except ValueError as e:
+        p.error(str(e))
+    if a.list:
+        for i, cell in enumerate(study.cells()):
+            print(f"{i}\t{cell.name}")
+        return 0
+    if not a.collect:
+        stats = run_study(study, a.cell, a.rerun_failed)
+        print(f"[study {study.name}] {stats['done']} cell(s) run, {stats['failed']} failed, {stats['skipped']} already done or failed")
+    res = collect(study)
+    print(f"[study {study.name}] {len(res['rows'])}/{len(study.cells())} cells finished -> {study.out_dir / 'results.md'}")
+    return 1 if res["failed"] else 0
 
 
 def check_data_main(argv: Sequence[str]) -> int:
@@ -199,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return active_main(argv[1:])
     if argv[0] == "check-data":
         return check_data_main(argv[1:])
+    if argv[0] == "study":
+        return study_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2
