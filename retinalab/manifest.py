@@ -80,6 +80,9 @@ class RunManifest(pl.Callback):
         seed = (self.config or {}).get("seed_everything")
         payload = manifest(self.config, seed, getattr(dm, "split_hash", None), stage=stage, world_size=trainer.world_size)
         write_manifest(Path(base) / "manifest.json", payload)
+        if stage == "fit":  # the resolved config and provenance in the run's config (W&B, hparams.yaml)
+            for lg in trainer.loggers:
+                lg.log_hyperparams({"config": self.config, "run/git_commit": payload["git_commit"], "run/seed": seed})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, "fit")

@@ -13,6 +13,7 @@ A study config (``conf/studies/*.yaml``)::
     metrics: [test/image_auroc, test/patch_auroc]
     overrides: [--data.root=/data/IDRiD]          # for every cell
     method_overrides: {ssl_gan: [--trainer.strategy=ddp_find_unused_parameters_true]}
+    wandb: {project: retinalab}    # optional: one W&B run per cell, grouped by study, tagged
 
 Each cell runs ``fit`` with ``--data.num_labeled_images=<n> --data.seed=<seed> --seed_everything=<seed>``
 (so every method sees the same split and the same labelled images at a given count and seed; the
@@ -67,6 +68,7 @@ class Study:
     metrics: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    wandb: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -81,7 +83,7 @@ class Study:
         missing = [k for k in ("name", "methods", "labelled", "seeds") if k not in raw]
         if missing:
             raise ValueError(f"{path}: missing key(s) {missing}")
-        known = {"name", "out_dir", "methods", "labelled", "seeds", "selection", "metrics", "overrides", "method_overrides"}
+        known = {"name", "out_dir", "methods", "labelled", "seeds", "selection", "metrics", "overrides", "method_overrides", "wandb"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -105,6 +107,7 @@ class Study:
             labelled=labelled, seeds=[int(s) for s in raw["seeds"]], selection=raw.get("selection", "random"),
             metrics=list(raw.get("metrics", [])), overrides=[str(o) for o in raw.get("overrides", [])],
             method_overrides={k: [str(o) for o in v] for k, v in raw.get("method_overrides", {}).items()},
+            wandb=dict(raw["wandb"]) if raw.get("wandb") else None,
         )
 
     def cells(self) -> list[Cell]:
@@ -120,6 +123,12 @@ class Study:
         logger = (cfg.get("trainer") or {}).get("logger")
         # the cell's logs go into the cell's folder (CSV, TensorBoard and W&B loggers take save_dir)
         log_dir = [f"--trainer.logger.init_args.save_dir={d}"] if isinstance(logger, dict) and "class_path" in logger else []
+        if self.wandb is not None:  # one W&B run per cell, grouped by study, tagged by method / count / seed / selection
+            n_tag = "all" if cell.labelled is None else str(cell.labelled)
+            log_dir = ["--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={d}",
+                       f"--trainer.logger.init_args.group={self.name}", f"--trainer.logger.init_args.name={cell.name}",
+                       f"--trainer.logger.init_args.tags=[{cell.method},labelled_{n_tag},seed_{cell.seed},{self.selection}]"]
+            log_dir += [f"--trainer.logger.init_args.{k}={v}" for k, v in self.wandb.items()]
         return [
             "--config", str(self.methods[cell.method]), *self.overrides, *self.method_overrides.get(cell.method, []),
             f"--data.num_labeled_images={n}", f"--data.seed={cell.seed}", f"--seed_everything={cell.seed}",
@@ -145,6 +154,11 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     ckpt = c.trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and getattr(ckpt, "monitor", None) and ckpt.best_model_path else None
     res = c.trainer.test(c.model, c.datamodule, ckpt_path=best, verbose=False)
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in c.trainer.loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.finish()  # one W&B run per cell: close it before the next cell starts one
     metrics: dict[str, float] = {}
     for part in res:
         metrics |= {k.split("/dataloader_idx")[0]: float(v) for k, v in part.items()}

@@ -91,3 +91,45 @@ def test_shipped_study_configs_load():
     for path in sorted((REPO / "conf" / "studies").glob("*.yaml")):
         study = Study.load(path)
         assert study.cells() and all(p.is_file() for p in study.methods.values())
+
+
+def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatch):
+    """Without an API key the W&B logger goes offline by itself; the run file holds the config, the
+    group and tags of the cell and the test metrics."""
+    from wandb.proto import wandb_internal_pb2  # noqa: F401  (the reader needs it)
+
+    from retinalab.loggers import read_offline_run
+    from retinalab.loggers.wandb_offline import iter_records
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[4], wandb={"project": "retinalab-test"})
+    assert main(["study", "--config", str(cfg)]) == 0
+    run_dir = next((tmp_path / "study" / "cells" / "convnet" / "n4_s0").glob("wandb/offline-run-*"))
+    run = read_offline_run(run_dir)
+    assert run["config"]["config"]["model"]["init_args"]["width"] == 0.1 and run["config"]["data/split_hash"]
+    assert any("test/image_auroc" in row for row in run["history"]) and any("val/patch_auroc" in row for row in run["history"])
+    meta = next(r.run for r in iter_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run")
+    assert meta.run_group == "tiny" and set(meta.tags) == {"convnet", "labelled_4", "seed_0", "random"}
+    cell = json.loads((tmp_path / "study" / "cells" / "convnet" / "n4_s0" / "cell.json").read_text())
+    last = [row for row in run["history"] if "test/image_auroc" in row][-1]
+    assert last["test/image_auroc"] == pytest.approx(cell["metrics"]["test/image_auroc"])
+
+
+def test_wandb_credentials_decide_online_or_offline(monkeypatch, tmp_path):
+    from retinalab.loggers import has_wandb_credentials
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not has_wandb_credentials()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert has_wandb_credentials()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert not has_wandb_credentials()
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert has_wandb_credentials()
