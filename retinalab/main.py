@@ -20,6 +20,7 @@ EXTRA_COMMANDS = {
     "active": "EGL active learning of exudate patches (paper 002): retinalab active --config conf/active/eophtha_egl.yaml",
     "check-data": "validate a dataset without training: retinalab check-data --dataset folder --root DIR",
     "study": "methods x labelled-image counts x seeds: retinalab study --config conf/studies/<name>.yaml",
+    "sweep": "run a W&B sweep file locally (grid / random): retinalab sweep conf/sweeps/<name>.yaml --count N",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -36,6 +37,7 @@ commands:
   active     active learning (paper 002): retinalab active --config conf/active/eophtha_egl.yaml [--resume]
   study      label-efficiency study (methods x labelled counts x seeds), resumable:
              retinalab study --config conf/studies/idrid_label_efficiency.yaml [--cell I] [--collect]
+  sweep      run a W&B sweep file locally, without a server: retinalab sweep conf/sweeps/x.yaml --count 8
   check-data validate a dataset (decode, masks, duplicates, splits) and draw a contact sheet:
              retinalab check-data --dataset folder --root DIR
 
@@ -76,6 +78,25 @@ def synth_main(argv: Sequence[str]) -> int:
         p.error(str(e))
     print(f"wrote a synthetic {a.dataset} dataset of {a.num_images} images to {out}")
     return 0
+
+
+def sweep_main(argv: Sequence[str]) -> int:
+    """``retinalab sweep``: see :mod:`retinalab.sweep`. Exit 1 when a run failed."""
+    from .sweep import run_sweep
+
+    p = argparse.ArgumentParser(prog="retinalab sweep", description=EXTRA_COMMANDS["sweep"])
+    p.add_argument("sweep", help="W&B sweep file (conf/sweeps/*.yaml)")
+    p.add_argument("--count", type=int, default=None, help="runs (grid: the first N combinations; random: N draws)")
+    p.add_argument("--out", default=None, help="where the runs go (default runs/sweeps/<file stem>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    a = p.parse_args(list(argv))
+    out = a.out or str(Path("runs") / "sweeps" / Path(a.sweep).stem)
+    try:
+        rows = run_sweep(a.sweep, out, a.count, a.seed, a.dry_run)
+    except ValueError as e:
+        p.error(str(e))
+    return 0 if all(r["status"] in ("ok", "dry-run") for r in rows) else 1
 
 
 def study_main(argv: Sequence[str]) -> int:
@@ -231,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_data_main(argv[1:])
     if argv[0] == "study":
         return study_main(argv[1:])
+    if argv[0] == "sweep":
+        return sweep_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2

@@ -1,0 +1,162 @@
+"""``retinalab sweep``: run a W&B sweep file locally, without a W&B server.
+
+``conf/sweeps/*.yaml`` are ordinary W&B sweep configurations (``wandb sweep conf/sweeps/x.yaml`` then
+``wandb agent ...`` uses them unchanged on a cluster with a server)::
+
+    method: grid                      # grid or random here (bayes needs the W&B server)
+    metric: {name: val/image_auroc, goal: maximize}
+    parameters:
+      model.lr_d: {values: [1.0e-4, 3.0e-4]}
+      model.width: {distribution: uniform, min: 0.5, max: 1.0}
+    command: [${env}, ${interpreter}, -m, retinalab, fit, --config, conf/ssl_gan/idrid.yaml, ${args}]
+
+Locally, ``${env}`` is dropped, ``${interpreter}`` is this Python, ``${args}`` becomes
+``--<name>=<value>`` per parameter (what W&B's ``${args}`` gives, and what LightningCLI reads), and each
+run gets its own ``--trainer.default_root_dir``. Runs go one after another; ``sweep_runs.csv`` lists
+each run's parameters, exit status and best value of the metric (from its ``metrics.csv``), and is
+rewritten after every run. This avoids the PyPI ``sweeps`` package, which pins numpy < 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+METHODS = ("grid", "random")
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """Read and check a sweep file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the sweep ({e})") from e
+    if not isinstance(cfg, dict) or "parameters" not in cfg or "command" not in cfg:
+        raise ValueError(f"{path}: a sweep needs `parameters` and `command` (W&B sweep format)")
+    if cfg.get("method", "grid") not in METHODS:
+        raise ValueError(f"{path}: method {cfg.get('method')!r} runs only on a W&B server; locally use one of {list(METHODS)}")
+    if "${args}" not in cfg["command"]:
+        raise ValueError(f"{path}: `command` must contain ${{args}} (W&B passes the parameters there)")
+    for name, spec in cfg["parameters"].items():
+        if not isinstance(spec, dict) or not ({"values", "value", "distribution", "min"} & set(spec)):
+            raise ValueError(f"{path}: parameter {name!r} needs values, value, or min/max (with a distribution)")
+    if cfg.get("method", "grid") == "grid":
+        bad = [n for n, s in cfg["parameters"].items() if "values" not in s and "value" not in s]
+        if bad:
+            raise ValueError(f"{path}: a grid sweep needs `values` for every parameter; {bad} have none")
+    return cfg
+
+
+def _sample(spec: dict[str, Any], rng: np.random.Generator) -> Any:
+    if "value" in spec:
+        return spec["value"]
+    if "values" in spec:
+        return spec["values"][int(rng.integers(len(spec["values"])))]
+    dist = spec.get("distribution", "int_uniform" if isinstance(spec["min"], int) and isinstance(spec["max"], int) else "uniform")
+    lo, hi = spec["min"], spec["max"]
+    if dist == "uniform":
+        return float(rng.uniform(lo, hi))
+    if dist == "int_uniform":
+        return int(rng.integers(lo, hi + 1))
+    if dist in ("log_uniform_values", "log_uniform"):
+        if dist == "log_uniform":  # W&B: min/max are natural logs
+            lo, hi = math.exp(lo), math.exp(hi)
+        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    raise ValueError(f"distribution {dist!r} is not supported locally (uniform, int_uniform, log_uniform_values, log_uniform)")
+
+
+def assignments(cfg: dict[str, Any], count: int | None, seed: int = 0) -> list[dict[str, Any]]:
+    """The parameter sets to run: the grid in order (first ``count``), or ``count`` random draws."""
+    params = cfg["parameters"]
+    if cfg.get("method", "grid") == "grid":
+        names = list(params)
+        grids = [params[n]["values"] if "values" in params[n] else [params[n]["value"]] for n in names]
+        combos = [dict(zip(names, c, strict=True)) for c in itertools.product(*grids)]
+        return combos[:count] if count else combos
+    if not count:
+        raise ValueError("a random sweep needs --count")
+    rng = np.random.default_rng(seed)
+    return [{n: _sample(s, rng) for n, s in params.items()} for _ in range(count)]
+
+
+def command(cfg: dict[str, Any], params: dict[str, Any], run_dir: Path) -> list[str]:
+    out: list[str] = []
+    for part in cfg["command"]:
+        if part == "${env}":
+            continue
+        if part == "${interpreter}":
+            out.append(sys.executable)
+        elif part == "${program}":
+            out.append(str(cfg.get("program", "")))
+        elif part == "${args}":
+            out += [f"--{k}={v}" for k, v in params.items()]
+        else:
+            out.append(str(part))
+    return out + [f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
+
+
+def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
+    if not metric:
+        return None
+    values = []
+    for f in run_dir.rglob("metrics.csv"):
+        with f.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                v = row.get(metric)
+                if v not in (None, ""):
+                    values.append(float(v))
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return None
+    return max(values) if goal == "maximize" else min(values)
+
+
+def run_sweep(path: str | Path, out_dir: str | Path, count: int | None = None, seed: int = 0, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run the sweep's assignments one by one; returns the rows of ``sweep_runs.csv``."""
+    cfg = load_sweep(path)
+    out = Path(out_dir)
+    metric = (cfg.get("metric") or {}).get("name")
+    goal = (cfg.get("metric") or {}).get("goal", "maximize")
+    rows: list[dict[str, Any]] = []
+    for i, params in enumerate(assignments(cfg, count, seed)):
+        run_dir = out / f"run_{i:03d}"
+        cmd = command(cfg, params, run_dir)
+        print(f"[sweep] run {i}: {' '.join(f'{k}={v}' for k, v in params.items())}", flush=True)
+        if dry_run:
+            print("  " + " ".join(cmd))
+            rows.append({"run": i, **params, "status": "dry-run", metric or "metric": ""})
+            continue
+        env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", out.name)}
+        res = subprocess.run(cmd, env=env)
+        best = _best(run_dir, metric, goal)
+        rows.append({"run": i, **params, "status": "ok" if res.returncode == 0 else f"exit {res.returncode}", metric or "metric": "" if best is None else best})
+        _write(out, rows)
+    if rows and not dry_run:
+        scored = [r for r in rows if r.get(metric) not in ("", None)]
+        if scored:
+            top = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric])
+            print(f"[sweep] best {metric} = {top[metric]:.4f}: run {top['run']} " + " ".join(f"{k}={top[k]}" for k in cfg["parameters"]))
+    return rows
+
+
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    tmp = out / ".sweep_runs.csv.tmp"
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, out / "sweep_runs.csv")

@@ -1,0 +1,68 @@
+"""`retinalab sweep`: W&B sweep files run locally; the shipped ones are valid for `wandb sweep` too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from retinalab.main import main
+from retinalab.sweep import assignments, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "conf" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_are_wandb_format(path):
+    cfg = load_sweep(path)
+    raw = path.read_text()
+    assert "  - ${env}" in raw and "  - ${interpreter}" in raw and "  - ${args}" in raw  # block-style command
+    assert cfg["command"][2:4] == ["-m", "retinalab"] and cfg["metric"]["goal"] in ("maximize", "minimize")
+    assert all("." in name for name in cfg["parameters"])  # LightningCLI names: model.lr, data.batch_size
+
+
+def test_grid_and_random_assignments():
+    grid = {"method": "grid", "command": ["${args}"], "parameters": {"model.a": {"values": [1, 2]}, "model.b": {"values": ["x", "y", "z"]}}}
+    combos = assignments(grid, None)
+    assert len(combos) == 6 and combos[0] == {"model.a": 1, "model.b": "x"} and len(assignments(grid, 4)) == 4
+    rnd = {"method": "random", "command": ["${args}"], "parameters": {"model.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-3},
+                                                                   "model.k": {"min": 1, "max": 3}}}
+    draws = assignments(rnd, 50, seed=3)
+    assert all(1e-5 <= d["model.lr"] <= 1e-3 and d["model.k"] in (1, 2, 3) for d in draws)
+    assert draws == assignments(rnd, 50, seed=3) and draws != assignments(rnd, 50, seed=4)
+
+
+def test_bad_sweeps_are_named(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"method": "bayes", "parameters": {"model.lr": {"values": [1]}}, "command": ["${args}"]}))
+    with pytest.raises(ValueError, match="W&B server"):
+        load_sweep(p)
+    p.write_text(yaml.safe_dump({"method": "grid", "parameters": {"model.lr": {"min": 1, "max": 2}}, "command": ["${args}"]}))
+    with pytest.raises(ValueError, match="needs `values`"):
+        load_sweep(p)
+    p.write_text(yaml.safe_dump({"method": "grid", "parameters": {"model.lr": {"values": [1]}}, "command": ["fit"]}))
+    with pytest.raises(ValueError, match="args"):
+        load_sweep(p)
+
+
+def test_local_grid_sweep_runs_and_ranks(tmp_path, capsys):
+    from retinalab.synthetic import write_synthetic
+
+    syn = write_synthetic("idrid", tmp_path / "syn", 20, 2, (128, 96), 1.0, 1.0, 1)
+    sweep = {
+        "method": "grid", "metric": {"name": "val/patch_auroc", "goal": "maximize"},
+        "parameters": {"model.width": {"values": [0.1, 0.15]}},
+        "command": ["${env}", "${interpreter}", "-m", "retinalab", "fit", "--config", str(REPO / "tests/conf/convnet_tiny.yaml"),
+                    f"--data.root={syn}", f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.enable_progress_bar=false", "${args}"],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 0
+    runs = pd.read_csv(tmp_path / "out" / "sweep_runs.csv")
+    assert list(runs["model.width"]) == [0.1, 0.15] and list(runs["status"]) == ["ok", "ok"]
+    assert runs["val/patch_auroc"].between(0, 1).all()
+    assert "[sweep] best val/patch_auroc" in capsys.readouterr().out
+    hp = yaml.safe_load(next((tmp_path / "out" / "run_001").glob("logs/version_*/hparams.yaml")).read_text())
+    assert hp["width"] == 0.15
