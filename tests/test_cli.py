@@ -173,3 +173,26 @@ def test_ssgan_fits_under_ddp_on_two_cpu_processes(synth_idrid):
     metrics = pd.read_csv(sorted((synth_idrid / "ddp" / "logs").glob("version_*"))[-1] / "metrics.csv")
     assert metrics["val/image_auroc"].notna().any() and metrics["train/loss_g"].notna().any()
     assert len(list((synth_idrid / "ddp" / "logs").glob("version_*/checkpoints/*.ckpt"))) == 1
+
+
+def test_ddp_ranks_end_identical_and_metrics_cover_the_whole_validation_set(synth_idrid):
+    """2 CPU processes (gloo): both ranks hold the same weights at the end, and the logged validation
+    AUROC (torchmetrics, synced across ranks) equals the one a single process computes on the whole
+    validation split with those weights."""
+    import torch
+
+    weights = synth_idrid / "ddp_weights"
+    run(["fit", "--config", str(TINY), "--data.root", "syn", "--trainer.strategy=ddp", "--trainer.devices=2",
+         "--trainer.logger.init_args.save_dir=ddp_convnet", "--trainer.callbacks+=tests.ddp_helpers.SaveRankWeights",
+         "--trainer.enable_progress_bar=false"], synth_idrid, {"PYTHONPATH": str(REPO), "RETINALAB_TEST_WEIGHTS_DIR": str(weights)})
+    r0, r1 = torch.load(weights / "rank0.pt"), torch.load(weights / "rank1.pt")
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    logged = pd.read_csv(sorted((synth_idrid / "ddp_convnet" / "logs").glob("version_*"))[-1] / "metrics.csv")
+    ddp_auroc = logged["val/patch_auroc"].dropna().iloc[-1]
+    from retinalab.main import cli
+
+    c = cli(["--config", str(TINY), "--data.root", str(synth_idrid / "syn"), "--trainer.logger", "false",
+             f"--data.cache_dir={synth_idrid / 'cache'}", "--trainer.enable_progress_bar=false"], run=False)
+    c.model.load_state_dict(r0)
+    single = c.trainer.validate(c.model, c.datamodule, verbose=False)[0]["val/patch_auroc"]
+    assert single == pytest.approx(ddp_auroc, abs=1e-6)
