@@ -9,7 +9,7 @@ A study config (``conf/studies/*.yaml``)::
       ssl_gan: conf/ssl_gan/idrid.yaml
     labelled: [10, 20, 40, 80, 149]
     seeds: [0, 1, 2, 3, 4]
-    selection: random              # how the labelled images are chosen
+    selection: random              # how the labelled images are chosen: random, or egl (an EGL active learner)
     metrics: [test/image_auroc, test/patch_auroc]
     overrides: [--data.root=/data/IDRiD]          # for every cell
     method_overrides: {ssl_gan: [--trainer.strategy=ddp_find_unused_parameters_true]}
@@ -43,7 +43,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-SELECTIONS = ("random",)
+SELECTIONS = ("random", "egl")
 
 
 @dataclass
@@ -88,10 +88,7 @@ class Study:
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
         if raw.get("selection", "random") not in SELECTIONS:
-            raise ValueError(
-                f"{path}: selection {raw['selection']!r} is not available yet (have {list(SELECTIONS)}); "
-                "EGL-chosen labelled sets (paper 000's future work) are planned"
-            )
+            raise ValueError(f"{path}: selection {raw['selection']!r} is not one of {list(SELECTIONS)}")
         methods = {}
         for name, cfg in dict(raw["methods"]).items():
             p = Path(cfg)
@@ -133,6 +130,8 @@ class Study:
             "--config", str(self.methods[cell.method]), *self.overrides, *self.method_overrides.get(cell.method, []),
             f"--data.num_labeled_images={n}", f"--data.seed={cell.seed}", f"--seed_everything={cell.seed}",
             f"--trainer.default_root_dir={d}", f"--data.split_file={d / 'split.json'}", *log_dir,
+            # an EGL active learner picks the labelled images (patch datamodules; paper 000's future work)
+            *([f"--data.labeled_selection={self.selection}"] if self.selection != "random" else []),
         ]
 
 

@@ -76,8 +76,8 @@ def test_a_failing_cell_is_reported_and_does_not_stop_the_others(syn, tmp_path, 
 
 
 def test_bad_study_configs_are_named(tmp_path, syn):
-    cfg = _config(tmp_path, syn, selection="egl")
-    with pytest.raises(ValueError, match="selection 'egl' is not available"):
+    cfg = _config(tmp_path, syn, selection="uncertainty")
+    with pytest.raises(ValueError, match="selection 'uncertainty' is not one of"):
         Study.load(cfg)
     cfg = _config(tmp_path, syn, methods={"x": str(tmp_path / "missing.yaml")})
     with pytest.raises(ValueError, match="does not exist"):

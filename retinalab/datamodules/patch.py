@@ -24,7 +24,7 @@ from ..datasets.base import IMAGE_SUFFIXES
 from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid, load_fundus
 from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
-from .splits import SplitMode, choose_labeled, split_indices
+from .splits import SplitMode, choose_labeled, split_indices, target_count
 from .transforms import image_train_transform, patch_table5_transform, patch_train_transform
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,11 @@ class PatchDataModule(FundusDataModule):
         test_size: test images (int) or fraction; ignored with ``split_mode=official``.
         stratify: keep the diseased/healthy image ratio in val/test (random within each class).
         num_labeled_images: labelled training images (int), fraction (float < 1), or ``None`` for all.
+        labeled_selection: how they are chosen: ``random`` (papers 000/001: a seeded permutation) or
+            ``egl`` (an EGL active learner picks them, paper 002's Algorithm 2: see
+            :mod:`retinalab.active.image_selection`); both give nested sets across counts.
+        egl_initial / egl_step / egl_epochs: the EGL learner's random start, images per round and
+            training epochs per round.
         unlabeled: also serve unlabelled training patches (semi-supervised methods): the training
             loader then yields ``{"labeled": batch, "unlabeled": batch}``, labelled batches cycled.
         seed: seed of the split and of the labelled subset.
@@ -228,6 +233,10 @@ class PatchDataModule(FundusDataModule):
         test_size: int | float = 0.2,
         stratify: bool = True,
         num_labeled_images: int | float | None = None,
+        labeled_selection: Literal["random", "egl"] = "random",
+        egl_initial: int = 2,
+        egl_step: int = 1,
+        egl_epochs: int = 3,
         unlabeled: bool = False,
         seed: int = 0,
         batch_size: int = 100,
@@ -260,6 +269,9 @@ class PatchDataModule(FundusDataModule):
             raise ValueError(f"PatchDataModule: split_mode must be 'random' or 'official', got {split_mode!r} (score a whole dataset with --data.predict_split all)")
         self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
         self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
+        if labeled_selection not in ("random", "egl"):
+            raise ValueError(f"labeled_selection must be 'random' or 'egl', got {labeled_selection!r}")
+        self.labeled_selection, self.egl_initial, self.egl_step, self.egl_epochs = labeled_selection, egl_initial, egl_step, egl_epochs
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir, self.cache_workers = cache_dir, cache_workers
         self.augment, self.augment_policy, self.on_error, self.split_file = augment, augment_policy, on_error, split_file
@@ -315,7 +327,14 @@ class PatchDataModule(FundusDataModule):
                 raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
         parts = split_indices(groups, self.val_size, self.test_size, self.seed, strata, official)
         train = known_rows[parts["train"]]
-        labeled, unlabeled = choose_labeled(list(train), self.num_labeled_images, self.seed)
+        if self.labeled_selection == "egl" and self.num_labeled_images is not None:
+            from ..active.image_selection import cached_egl_order
+
+            n = target_count(self.num_labeled_images, len(train), "num_labeled_images")
+            order = cached_egl_order(cache, list(train), n, self.seed, initial=self.egl_initial, step=self.egl_step, epochs=self.egl_epochs)
+            labeled, unlabeled = sorted(order), sorted(set(int(t) for t in train) - set(order))
+        else:
+            labeled, unlabeled = choose_labeled(list(train), self.num_labeled_images, self.seed)
         extra = []
         if self.include_unknown:
             # unknown-label images whose patient is not in val/test join the unlabelled pool
@@ -336,6 +355,7 @@ class PatchDataModule(FundusDataModule):
                 "root": str(self.root),
                 "seed": self.seed,
                 "num_labeled_images": self.num_labeled_images,
+                "labeled_selection": self.labeled_selection,
                 "cache": str(cache.path),
                 "counts": self.summary(),
             },

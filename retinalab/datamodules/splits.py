@@ -14,6 +14,11 @@ import numpy as np
 SplitMode = Literal["random", "official", "test_only"]
 
 
+def target_count(size: float | int, n: int, name: str) -> int:
+    """A count given as an int, or as a fraction (float < 1) of ``n``."""
+    return _target(size, n, name)
+
+
 def _target(size: float | int, n: int, name: str) -> int:
     if isinstance(size, bool) or size < 0:
         raise ValueError(f"{name} must be a non-negative count or a fraction in [0, 1), got {size!r}")

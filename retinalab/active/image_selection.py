@@ -1,0 +1,103 @@
+"""Which training images to label, chosen by EGL (paper 002's Algorithm 2 applied to paper 000's data).
+
+Paper 000 labels a random subset of the training images; it names active selection as future work.
+:func:`egl_image_order` orders the candidate images the way an EGL active learner would have them
+annotated: ``initial`` random images first, then, round after round, the ``step`` unlabelled images whose
+patches have the largest summed expected gradient length under a LeNet trained on the patches
+labelled so far (``select_images``). The order does not depend on how many images are wanted, so the
+first 10 are among the first 20 (nested budgets, as for random selection), and a study can compare
+``random`` and ``egl`` at the same counts. Orders are cached beside the patch cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.lenet import LeNet
+from ..preprocessing.cache import PatchCache
+from .egl import egl
+from .selection import select_images
+
+log = logging.getLogger(__name__)
+
+
+def _patches(cache: PatchCache, images: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All patches of ``images``: ``x`` (B x 3 x s x s in [0, 1]), labels (-1 unknown), image index."""
+    idx = np.asarray(sorted(images), dtype=np.int64)
+    arr = np.asarray(cache.patches[idx])  # n x G x s x s x 3
+    n, g = arr.shape[:2]
+    x = torch.from_numpy(arr.reshape(n * g, *arr.shape[2:])).permute(0, 3, 1, 2).float().div_(255)
+    y = torch.from_numpy(np.asarray(cache.labels[idx]).reshape(-1).astype(np.int64))
+    owner = torch.from_numpy(np.repeat(idx, g))
+    return x, y, owner
+
+
+def egl_image_order(
+    cache: PatchCache, candidates: Sequence[int], count: int, seed: int = 0, initial: int = 2, step: int = 1,
+    epochs: int = 3, lr: float = 0.01, batch_size: int = 64,
+) -> list[int]:
+    """The first ``count`` of ``candidates`` (patch-cache rows with patch labels) in EGL order.
+
+    Args:
+        cache: the patch cache.
+        candidates: the training images that may be labelled.
+        count: how many to return.
+        seed: initial images, network initialisation and training order.
+        initial: random images labelled before EGL takes over.
+        step: images added per round (fixed, so orders are nested across counts).
+        epochs / lr / batch_size: SGD on the labelled patches each round (warm-started).
+    """
+    candidates = sorted(int(c) for c in candidates)
+    count = min(count, len(candidates))
+    rng = np.random.default_rng(seed + 7_919)
+    order = [int(c) for c in rng.permutation(candidates)[: min(initial, count)]]
+    if len(order) >= count:
+        return order
+    torch.manual_seed(seed)
+    size = cache.grid.out_size
+    model = LeNet(2, size, 3, (20, 50), 500).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(seed)
+    while len(order) < count:
+        x, y, _ = _patches(cache, order)
+        keep = y >= 0
+        x, y = x[keep], y[keep]
+        model.train()
+        for _ in range(epochs):
+            perm = torch.randperm(len(y), generator=gen)
+            for s in range(0, len(y), batch_size):
+                b = perm[s : s + batch_size]
+                opt.zero_grad()
+                F.cross_entropy(model(x[b]), y[b]).backward()
+                opt.step()
+        rest = [c for c in candidates if c not in set(order)]
+        xs, _, owner = _patches(cache, rest)
+        phi = torch.cat([egl(model, xs[s : s + 1024], "fc")[0] for s in range(0, len(xs), 1024)])
+        order += select_images(phi, owner, min(step, count - len(order)))
+    return order
+
+
+def cached_egl_order(cache: PatchCache, candidates: Sequence[int], count: int, seed: int = 0, **kw) -> list[int]:
+    """:func:`egl_image_order`, memoised in ``<cache>/egl_orders/``: a longer stored order serves any
+    shorter count (orders are nested), a shorter one is recomputed and replaced."""
+    key = hashlib.sha256(json.dumps({"candidates": sorted(int(c) for c in candidates), "seed": seed, **kw}, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache.path / "egl_orders" / f"{key}.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if len(stored) >= min(count, len(candidates)):
+            return stored[:count]
+    order = egl_image_order(cache, candidates, count, seed, **kw)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(order))
+    os.replace(tmp, path)
+    log.info("EGL order of %d labelled images stored in %s", len(order), path)
+    return order

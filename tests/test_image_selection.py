@@ -1,0 +1,84 @@
+"""EGL-chosen labelled images (paper 002's Algorithm 2 on paper 000's patch data), as a study axis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from retinalab.active.image_selection import cached_egl_order, egl_image_order
+from retinalab.datamodules import PatchDataModule
+from retinalab.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    from retinalab.synthetic import write_synthetic
+
+    tmp = tmp_path_factory.mktemp("eglsel")
+    syn = write_synthetic("idrid", tmp / "syn", 30, 4, (128, 96), 1.0, 1.0, 1)
+    d = PatchDataModule("idrid", str(syn), image_size=128, patch_size=32, stride=32, val_size=3, test_size=3,
+                        cache_dir=str(tmp / "cache"), cache_workers=0, split_file=str(tmp / "s.json"))
+    d.setup("fit")
+    return d
+
+
+def test_egl_order_is_deterministic_nested_and_follows_algorithm_2(dm, monkeypatch):
+    train = list(dm.rows["train"])
+    long = egl_image_order(dm.cache, train, 5, seed=1, epochs=1)
+    assert len(long) == len(set(long)) == 5 and set(long) <= set(int(t) for t in train)
+    assert egl_image_order(dm.cache, train, 3, seed=1, epochs=1) == long[:3]  # nested across counts
+    assert egl_image_order(dm.cache, train, 5, seed=1, epochs=1) == long
+    # after the 2 random images, each pick is the unlabelled image with the largest summed EGL
+    import retinalab.active.image_selection as sel
+
+    picks = []
+    real = sel.select_images
+
+    def spy(phi, owner, n):
+        sums = {int(i): float(phi[owner == i].sum()) for i in torch.unique(owner)}
+        out = real(phi, owner, n)
+        picks.append((out, max(sums, key=sums.get)))
+        return out
+
+    monkeypatch.setattr(sel, "select_images", spy)
+    egl_image_order(dm.cache, train, 4, seed=1, epochs=1)
+    assert len(picks) == 2 and all(out == [best] for out, best in picks)
+
+
+def test_cached_orders_are_reused(dm):
+    train = list(dm.rows["train"])
+    order = cached_egl_order(dm.cache, train, 4, seed=2, epochs=1)
+    files = list((dm.cache.path / "egl_orders").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text()) == order
+    assert cached_egl_order(dm.cache, train, 3, seed=2, epochs=1) == order[:3]
+
+
+def test_patch_datamodule_labels_the_egl_order(dm, tmp_path):
+    egl_dm = PatchDataModule(dm.dataset, dm.root, image_size=128, patch_size=32, stride=32, val_size=3, test_size=3,
+                             num_labeled_images=4, labeled_selection="egl", egl_epochs=1, cache_dir=str(dm.cache.path.parent),
+                             cache_workers=0, split_file=str(tmp_path / "e.json"))
+    egl_dm.setup("fit")
+    expected = cached_egl_order(egl_dm.cache, list(egl_dm.rows["train"]), 4, 0, initial=2, step=1, epochs=1)
+    assert sorted(egl_dm.rows["labeled"].tolist()) == sorted(expected)
+    assert np.array_equal(np.sort(np.concatenate([egl_dm.rows["labeled"], egl_dm.rows["unlabeled"]])), np.sort(egl_dm.rows["train"]))
+    assert json.loads((tmp_path / "e.json").read_text())["labeled_selection"] == "egl"
+    with pytest.raises(ValueError, match="labeled_selection"):
+        PatchDataModule("idrid", "x", labeled_selection="uncertainty")
+
+
+def test_study_with_egl_selection(dm, tmp_path):
+    cfg = {"name": "egl", "out_dir": str(tmp_path / "study"), "methods": {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")},
+           "labelled": [4], "seeds": [0], "selection": "egl",
+           "overrides": [f"--data.root={dm.root}", f"--data.cache_dir={dm.cache.path.parent}", "--data.egl_epochs=1",
+                         "--trainer.enable_progress_bar=false"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["study", "--config", str(tmp_path / "s.yaml")]) == 0
+    split = json.loads((tmp_path / "study/cells/convnet/n4_s0/split.json").read_text())
+    assert split["labeled_selection"] == "egl" and len(split["labeled"]) == 4
