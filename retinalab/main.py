@@ -186,6 +186,9 @@ def active_main(argv: Sequence[str]) -> int:
             out = Path(loop.out)
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(p.dump(cfg, skip_none=False))
+            from .manifest import manifest, write_manifest
+
+            write_manifest(out / "manifest.json", manifest(loop.config, loop.seed, stage="active"))
         status = loop.run(resume=resume)
     except (LabelFileError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"retinalab active: error: {e}", file=sys.stderr)

@@ -221,6 +221,7 @@ def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, c
     assert main(argv) == 0
     r0 = out / "queries" / "round_000"
     assert "fill in labels.csv" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["config"]["oracle"] == "human"
     queries = list(csv.DictReader((r0 / "queries.csv").open()))
     assert len(queries) == 8 and all((r0 / q["patch_png"]).is_file() and (r0 / q["image_png"]).is_file() for q in queries)
     al = ActiveLearning(patches=ExudatePatchConfig(image_size=128, patch_size=16, grid_stride=16, view_size=128), cache_dir=str(tmp_path / "cache"), root=str(synth_eophtha), reader_args={"parts": ["EX"]}, oracle="human", pool_kind="grid", accelerator="cpu")
