@@ -189,3 +189,24 @@ def test_overlays_merge_with_the_stage_configs(overlay, tmp_path):
             assert h.generator_block == "conv"
         if overlay == "cpu_small.yaml":
             assert c.datamodule.image_size == 128 and h.generator_width == 0.125 and c.trainer.max_epochs == 10
+
+
+def test_joint_stage_fits_under_ddp_on_two_cpu_processes(idrid_root, tmp_path):
+    """Three manually stepped optimisers (G, grader, D) under Lightning's DDP (gloo); a subprocess
+    because `ddp` re-launches the command for the second rank."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    args = ["fit", "--config", str(REPO / "conf/collaborative/idrid_stage2.yaml"), f"--data.root={idrid_root}", f"--data.image_level_root={idrid_root}",
+            "--data.val_size=1", "--data.image_level_val_size=1", "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2",
+            "--model.generator_width=0.0625", "--model.discriminator_width=0.0625", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
+            "--trainer.devices=2", "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.enable_progress_bar=false",
+            "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"},
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    metrics = pd.read_csv(next(tmp_path.glob("logs/version_*/metrics.csv")))
+    assert metrics["val/acc"].notna().any() and metrics["train/loss_d"].notna().any()
