@@ -109,11 +109,17 @@ def study_main(argv: Sequence[str]) -> int:
     p.add_argument("--list", action="store_true", help="print the cells and exit")
     p.add_argument("--collect", action="store_true", help="only aggregate finished cells into results.csv / results.md / plots")
     p.add_argument("--rerun-failed", action="store_true", help="run failed cells again (they are skipped by default)")
+    p.add_argument("--write-sweep", metavar="PATH", default=None, help="write a W&B sweep file whose runs are the cells, and exit")
     a = p.parse_args(list(argv))
     try:
         study = Study.load(a.config)
     except ValueError as e:
         p.error(str(e))
+    if a.write_sweep:
+        from .study import write_sweep
+
+        print(f"wrote {write_sweep(study, a.config, a.write_sweep)}")
+        return 0
     if a.list:
         for i, cell in enumerate(study.cells()):
             print(f"{i}\t{cell.name}")

@@ -268,3 +268,35 @@ def _plot(study: Study, rows: list[dict], metric: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
+
+
+def write_sweep(study: Study, config_path: str | Path, path: str | Path, metric: str | None = None) -> Path:
+    """A W&B sweep file whose runs are the study's cells (``retinalab study --config X --cell=<i>``), so
+    ``wandb sweep`` + ``wandb agent`` on a cluster (or ``retinalab sweep`` here) can run a study."""
+    n = len(study.cells())
+    metric = metric or (study.metrics[0] if study.metrics else "test/image_auroc")
+    lines = [
+        f"# Study {study.name} as a W&B sweep: one run per cell (method x labelled x seed), {n} in all.",
+        f"#   wandb sweep {path}   then   wandb agent <id>   (or locally: retinalab sweep {path})",
+        f"# Then: retinalab study --config {config_path} --collect",
+        "method: grid",
+        "metric:",
+        f"  name: {metric}",
+        "  goal: maximize",
+        "parameters:",
+        "  cell:",
+        f"    values: [{', '.join(str(i) for i in range(n))}]",
+        "command:",
+        "  - ${env}",
+        "  - ${interpreter}",
+        "  - -m",
+        "  - retinalab",
+        "  - study",
+        "  - --config",
+        f"  - {config_path}",
+        "  - ${args}",
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -103,7 +103,9 @@ def command(cfg: dict[str, Any], params: dict[str, Any], run_dir: Path) -> list[
             out += [f"--{k}={v}" for k, v in params.items()]
         else:
             out.append(str(part))
-    return out + [f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
+    if "fit" in out:  # a training run: its own folder (a `retinalab study --cell` run keeps the study's)
+        out += [f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
+    return out
 
 
 def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:

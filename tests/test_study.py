@@ -133,3 +133,15 @@ def test_wandb_credentials_decide_online_or_offline(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert has_wandb_credentials()
+
+
+def test_a_study_runs_as_a_sweep_of_its_cells(syn, tmp_path):
+    from retinalab.sweep import assignments, load_sweep
+
+    cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4])
+    sweep = tmp_path / "study_sweep.yaml"
+    assert main(["study", "--config", str(cfg), "--write-sweep", str(sweep)]) == 0
+    loaded = load_sweep(sweep)
+    assert [a["cell"] for a in assignments(loaded, None)] == [0, 1] and "  - ${args}" in sweep.read_text()
+    assert main(["sweep", str(sweep), "--count", "1", "--out", str(tmp_path / "sw")]) == 0  # what a W&B agent would run
+    assert (tmp_path / "study/cells/convnet/n2_s0/cell.json").is_file() and not (tmp_path / "study/cells/convnet/n4_s0").exists()
