@@ -1,0 +1,63 @@
+"""Precision and layout options: bf16 mixed precision and channels-last weights give results within
+tolerance of fp32 on the CPU, for the patch methods and paper 001's networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from retinalab.main import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    from retinalab.synthetic import write_synthetic
+
+    return write_synthetic("idrid", tmp_path_factory.mktemp("prec") / "syn", 24, 9, (128, 96), 1.0, 1.0, 1)
+
+
+def _validate(args: list[str], state: dict, extra: list[str]) -> dict[str, float]:
+    c = cli([*args, *extra], run=False)
+    c.model.load_state_dict(state)
+    return c.trainer.validate(c.model, c.datamodule, verbose=False)[0]
+
+
+@pytest.mark.parametrize(("config", "key"), [("tests/conf/convnet_tiny.yaml", "val/loss"), ("tests/conf/ssl_gan_tiny.yaml", "val/loss"),
+                                             ("conf/collaborative/idrid_stage1_seg.yaml", "val/mean/auc_roc")])
+def test_bf16_and_channels_last_match_fp32(config, key, syn, tmp_path):
+    args = ["--config", str(REPO / config), f"--data.root={syn}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            "--trainer.max_epochs=1", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"]
+    if "collaborative" in config:
+        args += ["--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2", "--data.val_size=2", "--model.generator_width=0.0625",
+                 "--trainer.callbacks=[]"]
+    else:
+        args += [f"--data.cache_dir={tmp_path / 'cache'}"]
+    c = cli(args, run=False)
+    c.trainer.fit(c.model, c.datamodule)
+    state = {k: v.clone() for k, v in c.model.state_dict().items()}
+    fp32 = _validate(args, state, [])[key]
+    nhwc = _validate(args, state, ["--trainer.callbacks+=retinalab.callbacks.ChannelsLast"])[key]
+    bf16 = _validate(args, state, ["--trainer.precision=bf16-mixed"])[key]
+    assert nhwc == pytest.approx(fp32, rel=1e-4, abs=1e-5)
+    assert bf16 == pytest.approx(fp32, rel=5e-2, abs=2e-2)
+
+
+def test_channels_last_callback_converts_the_weights():
+    import pytorch_lightning as pl
+
+    from retinalab.callbacks import ChannelsLast
+    from retinalab.models.lenet import LeNet
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = LeNet()
+
+    m = M()
+    ChannelsLast().setup(None, m, "fit")
+    w = m.net.conv[0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
