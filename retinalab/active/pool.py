@@ -31,15 +31,14 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..datasets.base import DataFormatError, FundusRecord, OnError
 from ..preprocessing.cache import (
     build_atomically,
     cache_key,
     default_cache_dir,
-    parallel_map,
     record_meta,
+    run_image_jobs,
 )
 from ..preprocessing.fundus import load_fundus
 from ..preprocessing.patches import PatchGrid
@@ -250,24 +249,8 @@ class ExudatePatches:
         (tmp / "shards").mkdir()
         (tmp / "views").mkdir()
         jobs = [(i, r, cfg, str(tmp)) for i, r in enumerate(records)]
-        errors: dict[int, str] = {}
-        counts: dict[int, int] = {}
-        bar = tqdm(total=len(jobs), desc="Cutting exudate patches", unit="img", disable=not progress)
-        try:
-            with parallel_map(_process, jobs, num_workers) as results:
-                for i, err, n in results:
-                    bar.update()
-                    if err is not None:
-                        if on_error == "raise":
-                            raise DataFormatError(err)
-                        log.warning("skipping: %s", err)
-                        errors[i] = err
-                    counts[i] = n
-        finally:
-            bar.close()
+        counts, errors = run_image_jobs(_process, jobs, num_workers, on_error, "Cutting exudate patches", progress)
         keep = [i for i in range(len(records)) if i not in errors]
-        if not keep:
-            raise DataFormatError(f"none of the {len(records)} images could be read; first error: {next(iter(errors.values()))}")
         total = sum(counts[i] for i in keep)
         p = cfg.patch_size
         out = {

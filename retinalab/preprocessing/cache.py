@@ -104,6 +104,37 @@ def parallel_map(
         pool.join()
 
 
+def run_image_jobs(
+    fn: Callable[[Any], tuple[int, str | None, Any]], jobs: Sequence[Any], num_workers: int, on_error: OnError,
+    desc: str, progress: bool = True, initializer: Callable[..., None] | None = None, initargs: tuple = (),
+) -> tuple[dict[int, Any], dict[int, str]]:
+    """Run per-image jobs (``fn`` returns ``(index, error or None, value)``) with a progress bar and the
+    error policy: a failure raises :class:`DataFormatError` (``on_error="raise"``) or is logged and
+    collected. Returns ``(values, errors)`` by index.
+
+    Raises:
+        DataFormatError: for the first bad image with ``on_error="raise"``, or when every image failed.
+    """
+    values: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress)
+    try:
+        with parallel_map(fn, jobs, num_workers, initializer, initargs) as results:
+            for i, err, value in results:
+                bar.update()
+                if err is not None:
+                    if on_error == "raise":
+                        raise DataFormatError(err)
+                    log.warning("skipping: %s", err)
+                    errors[i] = err
+                values[i] = value
+    finally:
+        bar.close()
+    if jobs and len(errors) == len(jobs):
+        raise DataFormatError(f"none of the {len(jobs)} images could be read; first error: {next(iter(errors.values()))}")
+    return values, errors
+
+
 @dataclass(frozen=True)
 class PatchCacheConfig:
     """Everything that changes the cached arrays.
@@ -313,26 +344,16 @@ class PatchCache:
             np.lib.format.open_memmap(tmp / f"{key}.npy", mode="w+", dtype=dtype, shape=shape).flush()
         np.save(tmp / "coords.npy", cfg.grid.coords())
         jobs = [(i, r, cfg) for i, r in enumerate(records)]
-        image_labels = np.full(n, UNKNOWN, dtype=np.int8)
-        errors: dict[int, str] = {}
         start = time.perf_counter()
-        bar = tqdm(total=n, desc=f"Caching patches ({tmp.name.split('.tmp')[0].lstrip('.')})", unit="img", disable=not progress)
+        desc = f"Caching patches ({tmp.name.split('.tmp')[0].lstrip('.')})"
         try:
-            with parallel_map(_process, jobs, num_workers, _worker_init, (str(tmp),)) as results:
-                for i, err, label in results:
-                    bar.update()
-                    if err is not None:
-                        if on_error == "raise":
-                            raise DataFormatError(err)
-                        log.warning("skipping: %s", err)
-                        errors[i] = err
-                    image_labels[i] = label
+            labels, errors = run_image_jobs(_process, jobs, num_workers, on_error, desc, progress, _worker_init, (str(tmp),))
         finally:
-            bar.close()
             _WORKER.clear()
+        image_labels = np.full(n, UNKNOWN, dtype=np.int8)
+        for i, label in labels.items():
+            image_labels[i] = label
         keep = [i for i in range(n) if i not in errors]
-        if not keep:
-            raise DataFormatError(f"none of the {n} images could be read; first error: {next(iter(errors.values()))}")
         if errors:
             _compact(tmp, keep, shapes)
         images = []
