@@ -25,6 +25,14 @@ def _safe_name(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "__", image_id).strip("_") or "image"
 
 
+def _column(path: Path, name: str) -> set[str]:
+    """The values of one column of a CSV written by a previous run (empty if there is none)."""
+    if not path.is_file():
+        return set()
+    with open(path, newline="") as f:
+        return {row[name] for row in csv.DictReader(f) if row.get(name)}
+
+
 class PatchPredictionWriter(BasePredictionWriter):
     """Writes ``retinalab predict`` results of the patch methods as they arrive.
 
@@ -48,6 +56,7 @@ class PatchPredictionWriter(BasePredictionWriter):
         self.output_dir, self.overlays, self.blur_sigma, self.alpha = output_dir, overlays, blur_sigma, alpha
         self.dir: Path | None = None
         self.done: set[str] = set()
+        self.skipped_ids: set[str] = set()
         self.loc: list[float] = []
         self.n_written = self.n_skipped = 0
 
@@ -60,12 +69,10 @@ class PatchPredictionWriter(BasePredictionWriter):
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         self.scores_path = base / f"scores{suffix}.csv"
         self.skipped_path = base / f"skipped{suffix}.csv"
-        self.done = set()
-        if self.scores_path.is_file():
-            with open(self.scores_path, newline="") as f:
-                self.done = {row["image"] for row in csv.DictReader(f)}
-            if self.done:
-                log.info("resuming: %d image(s) already in %s", len(self.done), self.scores_path)
+        self.done = _column(self.scores_path, "image")
+        self.skipped_ids = _column(self.skipped_path, "image")  # tried again on a rerun, listed once
+        if self.done:
+            log.info("resuming: %d image(s) already in %s", len(self.done), self.scores_path)
         self.loc, self.n_written, self.n_skipped = [], 0, 0
 
     def _append(self, path: Path, columns: list[str], row: dict[str, Any]) -> None:
@@ -91,7 +98,9 @@ class PatchPredictionWriter(BasePredictionWriter):
         image_id = prediction["image_id"]
         if "error" in prediction:
             log.warning("skipped %s: %s", image_id, prediction["error"])
-            self._append(self.skipped_path, ["image", "error"], {"image": image_id, "error": prediction["error"]})
+            if image_id not in self.skipped_ids:
+                self._append(self.skipped_path, ["image", "error"], {"image": image_id, "error": prediction["error"]})
+                self.skipped_ids.add(image_id)
             self.n_skipped += 1
             return
         if image_id in self.done:
@@ -171,10 +180,7 @@ class LesionMapWriter(BasePredictionWriter):
         self.dir.mkdir(parents=True, exist_ok=True)
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         self.csv_path = self.dir / f"predictions{suffix}.csv"
-        self.done = set()
-        if self.csv_path.is_file():
-            with open(self.csv_path, newline="") as f:
-                self.done = {row["image"] for row in csv.DictReader(f)}
+        self.done = _column(self.csv_path, "image")
         self.n_written = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

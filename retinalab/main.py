@@ -220,6 +220,14 @@ def cli(argv: Sequence[str], run: bool = True):
     from .manifest import RunManifest
 
     class RetinalabCLI(LightningCLI):
+        def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            if subcommand == "predict":
+                # the prediction writers put every image on disk as it comes; keeping the outputs in
+                # memory as well (Lightning's default) would grow with the number of images
+                parser.set_defaults(return_predictions=False)
+            return parser
+
         def instantiate_trainer(self, **kwargs):
             import json
 

@@ -82,9 +82,33 @@ def test_synth_then_fit_test_predict(synth_idrid):
     assert scores["localisation_auroc"].isna().all()
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped["image"].tolist() == ["broken.jpg"] and "cannot decode" in skipped["error"][0]
-    # rerun: resumes, scores nothing twice
+    # rerun: resumes, scores nothing twice, lists the broken file once
     res = run(args, cwd)
     assert len(pd.read_csv(out / "scores.csv")) == 2 and "0 new image(s) scored" in res.stdout
+    assert len(pd.read_csv(out / "skipped.csv")) == 1
+    # interrupted after the first image: the rerun decodes and scores only the missing one
+    lines = (out / "scores.csv").read_text().splitlines(keepends=True)
+    (out / "scores.csv").write_text("".join(lines[:2]))
+    res = run(args, cwd)
+    assert "1 new image(s) scored" in res.stdout and "1 image(s) already written" in res.stderr
+    assert sorted(pd.read_csv(out / "scores.csv")["image"]) == ["2024/eye0.png", "2024/eye1.png"]
+
+
+def test_predict_keeps_no_outputs_in_memory(monkeypatch, tmp_path):
+    """The writers put each image on disk; Trainer.predict must not also collect every output."""
+    import functools
+
+    import pytorch_lightning as pl
+
+    seen = {}
+
+    @functools.wraps(pl.Trainer.predict)  # the CLI reads the signature
+    def record(self, *a, **kw):
+        seen.update(kw)
+
+    monkeypatch.setattr(pl.Trainer, "predict", record)
+    main(["predict", "--config", str(TINY), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+    assert seen["return_predictions"] is False
 
 
 def test_fast_dev_run_with_dotted_overrides(synth_idrid):

@@ -54,6 +54,7 @@ class FundusDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and not trainer.is_global_zero:
             return h
+
         if path is not None:
             write_json_atomic(path, {"hash": h, **extra, **parts})
             log.info("split written to %s", path)
@@ -65,3 +66,20 @@ class FundusDataModule(pl.LightningDataModule):
             for lg in trainer.loggers:
                 lg.log_hyperparams(report)
         return h
+
+    def already_predicted(self) -> set[str]:
+        """Image ids that the run's resumable prediction writers already hold (their ``done`` sets).
+
+        ``retinalab predict`` leaves these out of its dataset, so a resumed prediction over a large
+        folder neither decodes nor scores an image twice.
+        """
+        from pytorch_lightning.callbacks import BasePredictionWriter
+
+        trainer = getattr(self, "trainer", None)
+        done: set[str] = set()
+        for cb in getattr(trainer, "callbacks", None) or []:
+            if isinstance(cb, BasePredictionWriter):
+                done |= set(getattr(cb, "done", None) or ())
+        if done:
+            log.info("predict: %d image(s) already written; leaving them out", len(done))
+        return done

@@ -147,6 +147,17 @@ class _ImageDataModule(FundusDataModule):
         if not self.parts.get("train"):
             raise ValueError(f"{self.dataset}: split_mode={self.split_mode!r} leaves no training images; use `retinalab test` with it, or another split_mode")
 
+    def _ds(self, part: str, train: bool) -> FundusImageDataset:
+        raise NotImplementedError
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test images, less those a resumed prediction already wrote."""
+        ds = self._ds("test", False)
+        done = self.already_predicted()
+        if done:
+            ds.records = [r for r in ds.records if r.image_id not in done]
+        return self._loader(ds, shuffle=False)
+
     def _loader(self, ds: Dataset, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
             ds,
@@ -249,8 +260,6 @@ class GradingDataModule(_ImageDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._ds("test", False), shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
 
 class SegmentationDataModule(_ImageDataModule):
@@ -386,5 +395,3 @@ class SegmentationDataModule(_ImageDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._eval_loaders("test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._ds("test", False), shuffle=False)

@@ -99,7 +99,9 @@ class CachedImagePatches(Dataset):
     (t x t bool union lesion mask, or ``None`` when the image has no pixel annotation).
     """
 
-    def __init__(self, cache: PatchCache, rows: np.ndarray, whole_image: bool = False) -> None:
+    def __init__(self, cache: PatchCache, rows: np.ndarray, whole_image: bool = False, skip: set[str] | None = None) -> None:
+        if skip:
+            rows = [i for i in rows if cache.images[int(i)]["image_id"] not in skip]
         self.cache, self.rows, self.whole_image = cache, np.asarray(rows, dtype=np.int64), whole_image
 
     def __len__(self) -> int:
@@ -122,10 +124,11 @@ class FolderImagePatches(Dataset):
     """One item per photograph of a plain folder (recursive; jpg/jpeg/png/tif/tiff/bmp, any size).
 
     Preprocessed and patched like the cache, on the fly. A file that fails to decode, or shows no
-    field of view, yields ``{"image_id": ..., "error": message}`` instead of stopping the run.
+    field of view, yields ``{"image_id": ..., "error": message}`` instead of stopping the run. Files
+    whose id (path relative to ``folder``) is in ``skip`` are left out (a resumed prediction).
     """
 
-    def __init__(self, folder: str | Path, config: PatchCacheConfig, whole_image: bool = False) -> None:
+    def __init__(self, folder: str | Path, config: PatchCacheConfig, whole_image: bool = False, skip: set[str] | None = None) -> None:
         self.whole_image = whole_image
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
@@ -138,6 +141,8 @@ class FolderImagePatches(Dataset):
             log.warning("predict_folder: ignoring %d non-image file(s), e.g. %s", len(others), others[0])
         if not self.files:
             raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under predict_folder={str(self.folder)!r}")
+        if skip:
+            self.files = [p for p in self.files if p.relative_to(self.folder).as_posix() not in skip]
         self.config = config
 
     def __len__(self) -> int:
@@ -433,9 +438,11 @@ class PatchDataModule(FundusDataModule):
     def predict_dataloader(self) -> DataLoader:
         """One image per step (all its patches): a cached split, or ``predict_folder``."""
         if self.predict_folder is not None:
-            ds: Dataset = FolderImagePatches(self.predict_folder, self.cache_config, whole_image=self.serve == "images")
+            ds: Dataset = FolderImagePatches(self.predict_folder, self.cache_config, self.serve == "images", self.already_predicted())
         else:
             assert self.cache is not None
             rows = np.arange(len(self.cache)) if self.predict_split == "all" else self.rows[self.predict_split]
-            ds = CachedImagePatches(self.cache, rows, whole_image=self.serve == "images")
+            ds = CachedImagePatches(self.cache, rows, self.serve == "images", self.already_predicted())
+        # decoding runs in the loader's workers; with return_predictions=False (retinalab's default)
+        # nothing is kept per image, so memory stays flat over any number of images
         return DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers)
