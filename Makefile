@@ -31,8 +31,8 @@ test: install ## run the fast test suite (< 10 min on 2 cores)
 test-slow: install ## run every test, the slow ones included
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-bench: install ## run the benchmarks in benchmarks/ and print their ratios
-	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+bench: install ## run every benchmark in benchmarks/ (< 30 min on 2 cores) and write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/_report.py
 
 docker: ## build the retinalab image (BASE=<pytorch cuda image> to change the base)
 	docker build -f docker/Dockerfile $(if $(BASE),--build-arg BASE=$(BASE)) -t retinalab .

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class PatchPredictionWriter(BasePredictionWriter):
         self.dir: Path | None = None
         self.done: set[str] = set()
         self.skipped_ids: set[str] = set()
+        self.started = time.perf_counter()
         self.loc: list[float] = []
         self.n_written = self.n_skipped = 0
 
@@ -74,6 +76,7 @@ class PatchPredictionWriter(BasePredictionWriter):
         if self.done:
             log.info("resuming: %d image(s) already in %s", len(self.done), self.scores_path)
         self.loc, self.n_written, self.n_skipped = [], 0, 0
+        self.started = time.perf_counter()
 
     def _append(self, path: Path, columns: list[str], row: dict[str, Any]) -> None:
         new = not path.is_file() or path.stat().st_size == 0
@@ -143,9 +146,13 @@ class PatchPredictionWriter(BasePredictionWriter):
             "skipped": self.n_skipped,
             "mean_localisation_auroc": float(np.mean(self.loc)) if self.loc else None,
             "images_with_localisation_auroc": len(self.loc),
+            "seconds": round(time.perf_counter() - self.started, 3),
         }
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        msg = f"predictions: {self.n_written} new image(s) scored, {self.n_skipped} skipped -> {self.scores_path}"
+        msg = (
+            f"predictions: {self.n_written} new image(s) scored, {self.n_skipped} skipped in {summary['seconds']:.1f} s "
+            f"-> {self.scores_path}"
+        )
         if self.loc:
             msg += f"; mean localisation AUROC {summary['mean_localisation_auroc']:.3f} over {len(self.loc)} annotated image(s)"
         print(msg)
@@ -238,3 +245,38 @@ class ChannelsLast(pl.Callback):
         import torch
 
         pl_module.to(memory_format=torch.channels_last)
+
+
+class Compile(pl.Callback):
+    """Compile the model's networks with ``torch.compile`` for fitting, testing and prediction.
+
+    Each child network of the LightningModule (or those named in ``modules``) is compiled in place
+    with :meth:`torch.nn.Module.compile`, so parameter names, checkpoints and ``state_dict`` keys stay
+    those of the uncompiled model (``torch.compile(model)`` would prefix every key with ``_orig_mod.``):
+    a checkpoint trained compiled loads into an uncompiled model and back. The first steps are slow
+    while the graphs compile (and again for each new input shape, e.g. a last smaller batch). Add it
+    with ``--trainer.callbacks+=retinalab.callbacks.Compile``; on a CPU the default ``inductor`` backend
+    needs a C++ compiler.
+
+    Args:
+        backend: ``torch.compile`` backend (``inductor``; ``aot_eager`` to check a model compiles).
+        mode: ``default``, ``reduce-overhead`` (CUDA graphs) or ``max-autotune``.
+        dynamic: treat shapes as dynamic (``None``: PyTorch decides after a shape changes).
+        modules: attribute names of the networks to compile (default: every child module with parameters).
+    """
+
+    def __init__(self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = None, modules: list[str] | None = None) -> None:
+        self.backend, self.mode, self.dynamic, self.modules = backend, mode, dynamic, modules
+        self.compiled: list[str] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        children = dict(pl_module.named_children())
+        names = self.modules if self.modules is not None else [n for n, m in children.items() if any(True for _ in m.parameters())]
+        unknown = [n for n in names if n not in children]
+        if unknown:
+            raise ValueError(f"Compile: {type(pl_module).__name__} has no network {unknown}; it has {sorted(children)}")
+        for name in names:
+            if name not in self.compiled:
+                children[name].compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic)
+                self.compiled.append(name)
+        log.info("compiled %s with torch.compile(backend=%r, mode=%r)", ", ".join(self.compiled), self.backend, self.mode)

@@ -114,3 +114,6 @@ def test_cache_pickles_by_path(idrid_root, tmp_path):
     assert len(blob) < 2000  # not the arrays
     c2 = pickle.loads(blob)
     np.testing.assert_array_equal(np.asarray(c2.patches), np.asarray(c.patches))
+    # a DataLoader worker reads arrays only: the per-image metadata is not parsed until asked for
+    assert "images" not in vars(c2) and "index" not in vars(c2) and len(c2) == len(c) and c2.grid == c.grid
+    assert c2.images == c.images and (c2.image_labels == c.image_labels).all() and "index" in vars(c2)

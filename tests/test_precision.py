@@ -61,3 +61,49 @@ def test_channels_last_callback_converts_the_weights():
     ChannelsLast().setup(None, m, "fit")
     w = m.net.conv[0].weight
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+COMPILE = '--trainer.callbacks+={"class_path": "retinalab.callbacks.Compile", "init_args": {"backend": "%s"}}'
+
+
+def _compile_round_trip(syn, tmp_path, backend: str) -> None:
+    args = ["--config", str(REPO / "tests/conf/convnet_tiny.yaml"), f"--data.root={syn}", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"]
+    c = cli([*args, COMPILE % backend], run=False)
+    c.trainer.fit(c.model, c.datamodule)
+    assert [type(cb).__name__ for cb in c.trainer.callbacks].count("Compile") == 1
+    # the checkpoint of a compiled run has the uncompiled names and loads strictly into a plain model
+    ckpt = torch.load(c.trainer.checkpoint_callback.best_model_path, weights_only=False)["state_dict"]
+    plain = cli(args, run=False).model
+    assert set(ckpt) == set(plain.state_dict()) and not any("_orig_mod" in k for k in ckpt)
+    plain.load_state_dict(ckpt)
+    # same weights, same validation results compiled or not
+    compiled = _validate(args, ckpt, [COMPILE % backend])
+    eager = _validate(args, ckpt, [])
+    for key in ("val/loss", "val/patch_auroc"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5), key
+
+
+def test_compile_keeps_checkpoint_names_and_results(syn, tmp_path):
+    _compile_round_trip(syn, tmp_path, "aot_eager")  # traces forward and backward; no C++ code generation
+
+
+@pytest.mark.slow
+def test_compile_with_inductor(syn, tmp_path):
+    _compile_round_trip(syn, tmp_path, "inductor")  # generates C++ kernels on the CPU (needs a compiler)
+
+
+def test_compile_names_an_unknown_network():
+    import pytorch_lightning as pl
+
+    from retinalab.callbacks import Compile
+    from retinalab.models.lenet import LeNet
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = LeNet()
+
+    with pytest.raises(ValueError, match=r"no network \['generator'\]; it has \['net'\]"):
+        Compile(modules=["generator"]).setup(None, M(), "fit")

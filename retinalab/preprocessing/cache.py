@@ -13,8 +13,8 @@ A cache folder ``<cache_dir>/<name>-<key>`` holds::
 The key hashes the preprocessing parameters and, for every source file, its path, size and
 modification time: a changed parameter or file gives a new key, hence a rebuild. A cache is built in
 a temporary sibling folder and renamed into place only when complete, so a half-written cache is
-never read. Building runs in worker processes that write straight into the memory-mapped arrays;
-the main process holds no image data.
+never read. Building runs in worker processes that write straight into the memory-mapped arrays (a
+mapping per image, so no process's memory grows with the dataset); the main process holds no image data.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -206,13 +207,22 @@ _WORKER: dict = {}
 def _worker_init(tmp: str) -> None:
     cv2.setNumThreads(1)
     _WORKER.clear()
-    _WORKER["arrays"] = {name: np.load(Path(tmp) / f"{name}.npy", mmap_mode="r+") for name in ARRAYS}
+    _WORKER["tmp"] = Path(tmp)
+
+
+def _write_row(i: int, rows: dict[str, np.ndarray]) -> None:
+    """Write row ``i`` of each array through a mapping opened for this row only: the pages written
+    leave the worker's resident set when the mapping closes (they stay in the page cache until
+    written back), so a worker's memory does not grow with the number of images it has cached."""
+    for name, value in rows.items():
+        arr = np.load(_WORKER["tmp"] / f"{name}.npy", mmap_mode="r+")
+        arr[i] = value
+        del arr
 
 
 def _process(job: tuple[int, FundusRecord, PatchCacheConfig]) -> tuple[int, str | None, int]:
     """Preprocess one image into row ``i`` of the arrays. Returns (i, error or None, image label)."""
     i, record, cfg = job
-    arrays = _WORKER["arrays"]
     try:
         pre = load_fundus(
             record,
@@ -237,11 +247,13 @@ def _process(job: tuple[int, FundusRecord, PatchCacheConfig]) -> tuple[int, str 
         labels = grid.labels(fractions)
         image_label = DISEASED if labels.max() > 0 else HEALTHY
     t = cfg.thumb_size
-    arrays["patches"][i] = grid.extract(pre.image)
-    arrays["labels"][i] = labels
-    arrays["fractions"][i] = fractions
-    arrays["thumbs"][i] = cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA)
-    arrays["mask_thumbs"][i] = cv2.resize(union.astype(np.float32), (t, t), interpolation=cv2.INTER_AREA) > 0
+    _write_row(i, {
+        "patches": grid.extract(pre.image),
+        "labels": labels,
+        "fractions": fractions,
+        "thumbs": cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA),
+        "mask_thumbs": cv2.resize(union.astype(np.float32), (t, t), interpolation=cv2.INTER_AREA) > 0,
+    })
     return i, None, image_label
 
 
@@ -260,28 +272,46 @@ class PatchCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        index_file = self.path / "index.json"
-        if not index_file.is_file():
+        if not (self.path / "index.json").is_file():
             raise FileNotFoundError(f"{self.path} is not a complete patch cache (no index.json)")
-        self.index = json.loads(index_file.read_text())
-        self.images: list[dict] = self.index["images"]
-        self.skipped: list[str] = self.index.get("skipped", [])
         self.grid = PatchGrid(**self.index["config"]["grid"])
+        self._open_arrays()
+
+    def _open_arrays(self) -> None:
         for name in ARRAYS:
             setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
         self.coords = np.load(self.path / "coords.npy")
-        self.image_labels = np.asarray([m["image_label"] for m in self.images], dtype=np.int8)
+
+    # The per-image metadata is parsed on first use: DataLoader workers get the cache by path and
+    # only read the arrays, so their memory does not grow with the number of images.
+    @cached_property
+    def index(self) -> dict:
+        return json.loads((self.path / "index.json").read_text())
+
+    @cached_property
+    def images(self) -> list[dict]:
+        return self.index["images"]
+
+    @cached_property
+    def skipped(self) -> list[str]:
+        return self.index.get("skipped", [])
+
+    @cached_property
+    def image_labels(self) -> np.ndarray:
+        return np.asarray([m["image_label"] for m in self.images], dtype=np.int8)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return int(self.patches.shape[0])
 
     def __getstate__(self) -> dict:
         # Pickle by path: a pickled np.memmap would copy the whole array into every DataLoader
         # worker started with "spawn"/"forkserver".
-        return {"path": str(self.path)}
+        return {"path": str(self.path), "grid": asdict(self.grid)}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"])
+        self.path = Path(state["path"])
+        self.grid = PatchGrid(**state["grid"])
+        self._open_arrays()
 
     @property
     def image_ids(self) -> list[str]:

@@ -1,0 +1,100 @@
+"""``make bench``: run every benchmark script in this folder and write ``benchmarks/RESULTS.md``.
+
+Each ``benchmarks/<name>.py`` (files starting with ``_`` are helpers) runs in its own process with the
+arguments below, sized so the whole run fits in 30 minutes on a 2-core CPU; a script not listed runs
+with its defaults. Its output streams to the console as it runs and goes verbatim into its section of
+RESULTS.md, with the command, the machine and the wall time. RESULTS.md is replaced atomically at the
+end, also when a script failed (its section then holds the error), and the exit status is non-zero.
+Longer runs (more seeds, epochs, images) and their readings are in docs/benchmarks.md.
+
+    python benchmarks/_report.py [--only egl scale] [--out benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import machine  # noqa: E402
+
+# script -> arguments for `make bench` (defaults of the scripts are their full-size settings)
+BENCH_ARGS: dict[str, list[str]] = {
+    "patch_cache.py": ["--images", "8"],
+    "lightning_overhead.py": ["--steps", "12", "--repeats", "2"],
+    "egl.py": [],
+    "inference.py": ["--seconds", "1.5"],
+    "active_learning.py": ["--seeds", "0", "1"],
+    "collaborative.py": ["--seeds", "0", "1", "--epochs-seg", "8", "--epochs-grading", "8", "--epochs-joint", "3"],
+    "label_efficiency.py": ["--seeds", "0", "1", "--images", "100", "--gan-epochs", "3", "--convnet-epochs", "15"],
+    "scale.py": [],
+}
+
+
+def _title(path: Path) -> str:
+    import ast
+
+    doc = ast.get_docstring(ast.parse(path.read_text())) or path.stem
+    return doc.strip().splitlines()[0].rstrip(".")
+
+
+def run(path: Path, args: list[str]) -> tuple[int, str, float]:
+    """Run one script, echoing its output; return (exit status, output, seconds)."""
+    cmd = [sys.executable, str(path), *args]
+    start = time.perf_counter()
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+    return proc.returncode, "".join(lines), time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="+", help="script names (without .py) to run; RESULTS.md then holds only these")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    a = ap.parse_args()
+    scripts = sorted(p for p in HERE.glob("*.py") if not p.name.startswith("_"))
+    if a.only:
+        unknown = set(a.only) - {p.stem for p in scripts}
+        if unknown:
+            ap.error(f"no benchmark named {sorted(unknown)}; have {[p.stem for p in scripts]}")
+        scripts = [p for p in scripts if p.stem in a.only]
+    sections, failed, total = [], [], time.perf_counter()
+    for path in scripts:
+        args = BENCH_ARGS.get(path.name, [])
+        command = " ".join(["python", f"benchmarks/{path.name}", *args])
+        print(f"== {command}", flush=True)
+        code, output, seconds = run(path, args)
+        status = f"{seconds:.0f} s" if code == 0 else f"FAILED (exit {code}) after {seconds:.0f} s"
+        if code != 0:
+            failed.append(path.name)
+        sections.append(f"## {_title(path)} (`benchmarks/{path.name}`)\n\nCommand: `{command}` ({status})\n\n```\n{output.rstrip()}\n```\n")
+    total = time.perf_counter() - total
+    head = (
+        "# Benchmark results\n\n"
+        f"Written by `make bench` ({'`python benchmarks/_report.py --only ' + ' '.join(a.only) + '`' if a.only else 'every script in benchmarks/'}) "
+        f"in {total / 60:.1f} minutes on: {machine()}.\n\n"
+        "Each section is one script's output, verbatim; ratios in it were measured side by side in that run. The\n"
+        "arguments are sized for a 2-core CPU (see `BENCH_ARGS` in `benchmarks/_report.py`); longer runs and the\n"
+        "readings of all results are in [docs/benchmarks.md](../docs/benchmarks.md).\n\n"
+    )
+    if failed:
+        head += f"**Failed: {', '.join(failed)}.**\n\n"
+    tmp = a.out.with_name(f".{a.out.name}.tmp")
+    tmp.write_text(head + "\n".join(sections))
+    os.replace(tmp, a.out)
+    print(f"\nwrote {a.out} ({total / 60:.1f} minutes{'; failed: ' + ', '.join(failed) if failed else ''})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
