@@ -2,8 +2,8 @@
 
 Each ``benchmarks/<name>.py`` (files starting with ``_`` are helpers) runs in its own process with the
 arguments below, sized so the whole run fits in 30 minutes on a 2-core CPU; a script not listed runs
-with its defaults. Its output streams to the console as it runs and goes verbatim into its section of
-RESULTS.md, with the command, the machine and the wall time. RESULTS.md is replaced atomically at the
+with its defaults. Its output streams to the console as it runs; its standard output (the figures) goes
+verbatim into its section of RESULTS.md, with the command, the machine and the wall time. RESULTS.md is replaced atomically at the
 end, also when a script failed (its section then holds the error), and the exit status is non-zero.
 Longer runs (more seeds, epochs, images) and their readings are in docs/benchmarks.md.
 
@@ -31,7 +31,7 @@ BENCH_ARGS: dict[str, list[str]] = {
     "inference.py": ["--seconds", "1.5"],
     "active_learning.py": ["--seeds", "0", "1"],
     "collaborative.py": ["--seeds", "0", "1", "--epochs-seg", "8", "--epochs-grading", "8", "--epochs-joint", "3"],
-    "label_efficiency.py": ["--seeds", "0", "1", "--images", "100", "--gan-epochs", "3", "--convnet-epochs", "15"],
+    "label_efficiency.py": ["--seeds", "0", "1", "--gan-epochs", "3", "--convnet-epochs", "15"],
     "scale.py": [],
 }
 
@@ -43,18 +43,32 @@ def _title(path: Path) -> str:
     return doc.strip().splitlines()[0].rstrip(".")
 
 
-def run(path: Path, args: list[str]) -> tuple[int, str, float]:
-    """Run one script, echoing its output; return (exit status, output, seconds)."""
+def run(path: Path, args: list[str]) -> tuple[int, str, str, float]:
+    """Run one script: its stdout (the figures) and stderr (warnings, progress bars) stream to the
+    console; returns (exit status, stdout, last 60 lines of stderr, seconds)."""
+    import threading
+    from collections import deque
+
     cmd = [sys.executable, str(path), *args]
     start = time.perf_counter()
-    lines: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}) as proc:
-        assert proc.stdout is not None
+    out: list[str] = []
+    err: deque[str] = deque(maxlen=60)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+
+        def pump_err() -> None:
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                err.append(line)
+
+        th = threading.Thread(target=pump_err, daemon=True)
+        th.start()
         for line in proc.stdout:
             print(line, end="", flush=True)
-            lines.append(line)
-    return proc.returncode, "".join(lines), time.perf_counter() - start
+            out.append(line)
+        th.join()
+    return proc.returncode, "".join(out), "".join(err), time.perf_counter() - start
 
 
 def main() -> int:
@@ -73,15 +87,17 @@ def main() -> int:
         args = BENCH_ARGS.get(path.name, [])
         command = " ".join(["python", f"benchmarks/{path.name}", *args])
         print(f"== {command}", flush=True)
-        code, output, seconds = run(path, args)
+        code, output, errors, seconds = run(path, args)
         status = f"{seconds:.0f} s" if code == 0 else f"FAILED (exit {code}) after {seconds:.0f} s"
+        section = f"## {_title(path)} (`benchmarks/{path.name}`)\n\nCommand: `{command}` ({status})\n\n```\n{output.rstrip()}\n```\n"
         if code != 0:
             failed.append(path.name)
-        sections.append(f"## {_title(path)} (`benchmarks/{path.name}`)\n\nCommand: `{command}` ({status})\n\n```\n{output.rstrip()}\n```\n")
+            section += f"\nLast lines of its error output:\n\n```\n{errors.rstrip()}\n```\n"
+        sections.append(section)
     total = time.perf_counter() - total
     head = (
         "# Benchmark results\n\n"
-        f"Written by `make bench` ({'`python benchmarks/_report.py --only ' + ' '.join(a.only) + '`' if a.only else 'every script in benchmarks/'}) "
+        f"Written by {'`python benchmarks/_report.py --only ' + ' '.join(a.only) + '`' if a.only else '`make bench` (every script in benchmarks/)'} "
         f"in {total / 60:.1f} minutes on: {machine()}.\n\n"
         "Each section is one script's output, verbatim; ratios in it were measured side by side in that run. The\n"
         "arguments are sized for a 2-core CPU (see `BENCH_ARGS` in `benchmarks/_report.py`); longer runs and the\n"

@@ -4,8 +4,9 @@ Both sides run the same PatchSSGANTask networks, losses and optimisers on the sa
 batches (100 labelled + 100 unlabelled 3x32x32 patches, as paper 000's Table 6): the plain loop does
 the discriminator step, the EMA update and the generator step by hand (freezing the other network's
 parameters as Lightning's toggle_optimizer does); the Lightning side is `Trainer.fit` with logging
-every step, no validation, no checkpointing and no progress bar. Times are per step after warm-up,
-the best of three repeats, measured side by side in one run.
+every step, no validation, no checkpointing and no progress bar. A step's time runs from its start to
+the next step's start (batch fetch and hooks included); the median over the steps after two warm-up
+steps, the best of the repeats, measured side by side (interleaved) in one run.
 
     python benchmarks/lightning_overhead.py [--steps 40] [--width 0.5] [--batch 100]
 """
@@ -16,6 +17,7 @@ import argparse
 import logging
 import os
 import platform
+import statistics
 import time
 import warnings
 
@@ -52,10 +54,9 @@ def plain_loop(task: PatchSSGANTask, steps: int, batch: int) -> float:
     opt_g = torch.optim.Adam(task.generator.parameters(), lr=3e-4, betas=(0.5, 0.999))
     lab, unl = loaders(steps, batch)
     task.train()
-    start = None
-    for i, (bl, bu) in enumerate(zip(lab, unl, strict=True)):
-        if i == 2:
-            start = time.perf_counter()
+    starts = []
+    for bl, bu in zip(lab, unl, strict=True):
+        starts.append(time.perf_counter())
         x_l, y, x_u = task._prepare(bl["image"]), bl["label"], task._prepare(bu["image"])
         n_l, n_u = len(x_l), len(x_u)
         with torch.no_grad():
@@ -81,22 +82,25 @@ def plain_loop(task: PatchSSGANTask, steps: int, batch: int) -> float:
         for p in task.discriminator.parameters():
             p.requires_grad_(True)
         float(loss_d)  # what logging a loss costs: one host sync per step, as Lightning does
-    assert start is not None
-    return (time.perf_counter() - start) / (steps - 2)
+    starts.append(time.perf_counter())
+    return step_time(starts)
+
+
+def step_time(starts: list[float]) -> float:
+    """Median time from one step's start to the next (batch fetch and every hook included), after
+    two warm-up steps; the median is robust to the occasional hiccup of a shared machine."""
+    return statistics.median(b - a for a, b in zip(starts[2:], starts[3:], strict=False))
 
 
 class StepTimer(pl.Callback):
     def __init__(self) -> None:
-        self.start = None
-        self.n = 0
+        self.starts: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == 2:
-            self.start = time.perf_counter()
+        self.starts.append(time.perf_counter())
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.n = batch_idx + 1
-        self.end = time.perf_counter()
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.starts.append(time.perf_counter())
 
 
 def lightning_loop(task: PatchSSGANTask, steps: int, batch: int) -> float:
@@ -107,7 +111,7 @@ def lightning_loop(task: PatchSSGANTask, steps: int, batch: int) -> float:
         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], log_every_n_steps=1,
     )
     trainer.fit(task, train_dataloaders=CombinedLoader({"labeled": lab, "unlabeled": unl}, mode="max_size_cycle"))
-    return (timer.end - timer.start) / (timer.n - 2)
+    return step_time(timer.starts)
 
 
 def fresh(width: float, seed: int = 0) -> PatchSSGANTask:
@@ -134,7 +138,7 @@ def main() -> None:
     p, lt = min(plain), min(light)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, lightning {pl.__version__}")
     print(f"SSL-GAN step: {a.batch} labelled + {a.batch} unlabelled 3x32x32 patches, conv-large width {a.width}; "
-          f"{a.steps} steps, best of {a.repeats}\n")
+          f"median of {a.steps - 2} steps after 2 warm-up steps, best of {a.repeats} interleaved repeats\n")
     print("| loop | ms / step |")
     print("|---|---|")
     print(f"| hand-written PyTorch | {p * 1000:.1f} |")
