@@ -235,7 +235,7 @@ class ChannelsLast(pl.Callback):
     """Store the model's 4-D weights channels-last (NHWC) for fitting, testing and prediction.
 
     Convolutions then run in NHWC kernels, which are faster with mixed precision on recent GPUs and
-    on many CPUs (LeNet's convolutions run ~2x faster on the 2-core CPU box, see benchmarks/RESULTS.md);
+    on many CPUs (LeNet's convolutions run ~2x faster on the 2-core CPU box, see docs/benchmarks.md);
     inputs need no change (PyTorch follows the weights' layout). Add it with
     ``--trainer.callbacks+=retinalab.callbacks.ChannelsLast``; combine with ``--trainer.precision
     bf16-mixed`` (or ``16-mixed`` on GPUs) for mixed precision.
