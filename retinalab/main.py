@@ -242,6 +242,8 @@ def cli(argv: Sequence[str], run: bool = True):
 
     torch.set_float32_matmul_precision("high")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # predict loaders serve one image per step (batch_size=None); retinalab's writers key on image ids
+    warnings.filterwarnings("ignore", ".*infer the batch indices.*")
     return RetinalabCLI(
         LightningModule,
         LightningDataModule,

@@ -143,3 +143,20 @@ def test_grading_undecodable_image_raises_or_is_skipped(eyepacs_root, tmp_path):
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert batch["image_id"] == ["test/1_left", "test/2_left", "test/2_right"]
+
+
+def test_resumed_prediction_leaves_written_images_out(eyepacs_root, tmp_path):
+    """A prediction writer's ``done`` set (images already in its CSV) shrinks the predict dataset."""
+    from types import SimpleNamespace
+
+    from retinalab.callbacks import LesionMapWriter
+
+    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=64, val_size=2, batch_size=4, num_workers=0,
+                           split_file=str(tmp_path / "g.json"))
+    dm.setup("predict")
+    assert len(dm.predict_dataloader().dataset) == 4
+    writer = LesionMapWriter()
+    writer.done = {"test/1_left", "test/2_right"}
+    dm.trainer = SimpleNamespace(callbacks=[writer])
+    ids = [r.image_id for r in dm.predict_dataloader().dataset.records]
+    assert ids == ["test/1_right", "test/2_left"]
