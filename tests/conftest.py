@@ -34,3 +34,16 @@ def messidor_root(tmp_path):
 @pytest.fixture
 def folder_root(tmp_path):
     return make_folder(tmp_path / "my_clinic")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_into_the_repository():
+    """Runs must write under tmp_path: a test whose trainer falls back to the working directory
+    (no logger, no default_root_dir) would leave config.yaml, split.json or overlays/ in the checkout."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    before = {p.name for p in repo.iterdir()}
+    yield
+    new = sorted({p.name for p in repo.iterdir()} - before - {".pytest_cache", ".ruff_cache", ".cache"})
+    assert not new, f"the tests wrote {new} into {repo}; give those runs a default_root_dir under tmp_path"

@@ -216,7 +216,8 @@ def test_ddp_ranks_end_identical_and_metrics_cover_the_whole_validation_set(synt
     from retinalab.main import cli
 
     c = cli(["--config", str(TINY), "--data.root", str(synth_idrid / "syn"), "--trainer.logger", "false",
-             f"--data.cache_dir={synth_idrid / 'cache'}", "--trainer.enable_progress_bar=false"], run=False)
+             f"--data.cache_dir={synth_idrid / 'cache'}", "--trainer.enable_progress_bar=false",
+             f"--trainer.default_root_dir={synth_idrid / 'single'}"], run=False)  # not the working directory
     c.model.load_state_dict(r0)
     single = c.trainer.validate(c.model, c.datamodule, verbose=False)[0]["val/patch_auroc"]
     assert single == pytest.approx(ddp_auroc, abs=1e-6)

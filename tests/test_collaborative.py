@@ -64,7 +64,7 @@ def test_pseudo_masks_from_attention_flow_into_l_ce(idrid_root, tmp_path, monkey
     monkeypatch.setattr(collab, "masked_bce", lambda logits, target, known=None: (calls.append((logits, target, known)), real_bce(logits, target, known))[1])
     monkeypatch.setattr(collab.LesionAttentionGrader, "pseudo_masks", lambda self, a, size: (pseudo.append(real_pseudo(self, a, size)), pseudo[-1])[1])
     task = CollaborativeTask(stage="joint", **TINY)
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(task, _dm(idrid_root, tmp_path))
     assert pseudo, "the joint step made no pseudo masks"
     targets = [t for _, t, k in calls if k is None]
@@ -78,14 +78,14 @@ def test_discriminator_and_generator_steps_update_the_right_networks(idrid_root,
     torch.manual_seed(0)
     task = CollaborativeTask(stage="joint", **TINY)
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(task, _dm(idrid_root, tmp_path))
     changed = {n.split(".")[0] for n, p in task.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed == {"generator", "grader", "discriminator"}
     # Lesion(Pretrained): G is frozen and there is no D
     frozen = CollaborativeTask(stage="joint", semi=False, adversarial=False, **TINY)
     g_before = {n: p.detach().clone() for n, p in frozen.generator.named_parameters()}
-    pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).fit(frozen, _dm(idrid_root, tmp_path))
+    pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False).fit(frozen, _dm(idrid_root, tmp_path))
     assert frozen.discriminator is None
     assert all(torch.equal(g_before[n], p) for n, p in frozen.generator.named_parameters())
 
@@ -147,7 +147,7 @@ def test_grading_datamodule_feeds_the_grading_stage(eyepacs_root, tmp_path):
     dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=64, val_size=2, batch_size=2, num_workers=0, augment=False,
                            split_file=str(tmp_path / "s.json"))
     task = CollaborativeTask(stage="grading", **TINY)
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(task, dm)
     trainer.validate(task, dm)
 
