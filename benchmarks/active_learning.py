@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.active import ActiveLearning, ExudatePatchConfig
 from retinalab.active.loop import read_metrics
@@ -63,7 +63,7 @@ def main() -> None:
                 results[select][acq].append(read_metrics(out / "metrics.csv"))
     seconds = time.perf_counter() - start
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {machine()}")
     print(f"data: {a.images} synthetic e-ophtha-layout photographs (lesion contrast {a.lesion_contrast}), 32 px patches at 512 px;")
     print(f"LeNet, SGD lr 0.01, batch 32, 8 dihedral variants; k={a.k} per round, {a.rounds} rounds, {a.epochs_per_round} epoch(s) per update;")
     print(f"seeds {a.seeds}; {seconds:.0f} s in all\n")

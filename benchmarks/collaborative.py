@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from _common import machine  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
 from retinalab.synthetic import write_synthetic
@@ -100,7 +100,7 @@ def main() -> None:
         v = [r[key] for r in rows[name] if key in r and r[key] == r[key]]
         return f"{np.mean(v):.3f} +- {np.std(v):.3f}" if v else "-"
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"\nmachine: {machine()}")
     print(f"data: {a.images} synthetic IDRiD-layout photographs at {a.size} px; G/D width {a.width}, ResNet18 from scratch;")
     print(f"epochs: stage 1a {a.epochs_seg}, stage 1b {a.epochs_grading}, stage 2 {a.epochs_joint}; seeds {a.seeds}; {seconds:.0f} s in all\n")
     print("Grading on the graded test images (Table 1), mean +- std over seeds\n")

@@ -12,11 +12,10 @@ are channels-last (NHWC) for every method, as in `retinalab active` (the patch c
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import torch
+from _common import machine  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.active import egl, egl_naive
 from retinalab.models.lenet import LeNet
@@ -67,7 +66,7 @@ def main() -> None:
     t_naive = timed(lambda: egl_naive(model, sub, "fc"), repeat=1) * a.pool / a.naive
     t_naive_all = timed(lambda: egl_naive(model, sub, "all"), repeat=1) * a.pool / a.naive
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {dev}, torch {torch.__version__}")
+    print(f"machine: {machine()}, device {dev}")
     print(f"pool: {a.pool} patches 3x48x48, LeNet (20-50 conv, 500 FC), batches of {a.batch}, channels-last {a.channels_last}\n")
     print("| method | seconds for the pool | x inference | naive / method |")
     print("|---|---|---|---|")

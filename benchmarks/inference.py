@@ -19,24 +19,20 @@ discriminator) and the ResNet34 patch baseline on 32 px patches, the ResNet50 wh
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import machine  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
-
-from retinalab.models import build_patch_model  # noqa: E402
-from retinalab.models.lenet import LeNet  # noqa: E402
-from retinalab.models.lesion_attention import LesionAttentionGrader  # noqa: E402
-from retinalab.models.lesion_discriminator import LesionDiscriminator  # noqa: E402
-from retinalab.models.xception_unet import build_generator  # noqa: E402
+from retinalab.models import build_patch_model
+from retinalab.models.lenet import LeNet
+from retinalab.models.lesion_attention import LesionAttentionGrader
+from retinalab.models.lesion_discriminator import LesionDiscriminator
+from retinalab.models.xception_unet import build_generator
 
 # datasheet dense peaks in FLOP/s (bf16, TF32), by a substring of torch.cuda.get_device_name()
 PEAKS = {

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import statistics
 import time
 import warnings
 
 import pytorch_lightning as pl
 import torch
+from _common import machine  # benchmarks/ is on sys.path when a script runs
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
@@ -136,7 +135,7 @@ def main() -> None:
         plain.append(plain_loop(fresh(a.width, r), a.steps, a.batch))
         light.append(lightning_loop(fresh(a.width, r), a.steps, a.batch))
     p, lt = min(plain), min(light)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, lightning {pl.__version__}")
+    print(f"machine: {machine()}, lightning {pl.__version__}")
     print(f"SSL-GAN step: {a.batch} labelled + {a.batch} unlabelled 3x32x32 patches, conv-large width {a.width}; "
           f"median of {a.steps - 2} steps after 2 warm-up steps, best of {a.repeats} interleaved repeats\n")
     print("| loop | ms / step |")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from _common import machine  # benchmarks/ is on sys.path when a script runs
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -125,7 +125,7 @@ def main() -> None:
     t_decode, n2 = epoch_time(DecodingPatchDataset(records, cfg.grid))
     assert n == n2
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {machine()}")
     n_seg = sum(r.has_lesion_masks for r in records)
     print(f"data: {len(records)} synthetic IDRiD-layout JPEGs of {w}x{h} ({n_seg} with 5 mask TIFFs each), "
           f"grid 8x8 of 128 px at 1024 -> 32 px ({n} patches)")

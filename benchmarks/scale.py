@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from _common import machine  # benchmarks/ is on sys.path when a script runs
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIG = HERE / "conf" / "convnet_scale.yaml"
@@ -189,9 +191,6 @@ def main() -> None:
     if a.stage:
         stage(a.stage, a.work, a.n)
         return
-
-    sys.path.insert(0, str(HERE))
-    from _common import machine
 
     a.work.mkdir(parents=True, exist_ok=True)
     sizes = sorted(a.sizes)

@@ -54,7 +54,6 @@ class FundusDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and not trainer.is_global_zero:
             return h
-
         if path is not None:
             write_json_atomic(path, {"hash": h, **extra, **parts})
             log.info("split written to %s", path)

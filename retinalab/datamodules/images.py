@@ -261,7 +261,6 @@ class GradingDataModule(_ImageDataModule):
         return self._loader(self._ds("test", False), shuffle=False)
 
 
-
 class SegmentationDataModule(_ImageDataModule):
     """Images with the four lesion masks, plus an optional image-level-only set (paper 001).
 
@@ -394,4 +393,3 @@ class SegmentationDataModule(_ImageDataModule):
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._eval_loaders("test")
-
