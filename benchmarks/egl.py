@@ -1,7 +1,7 @@
 """EGL speed (paper 002): fast EGL vs plain batched inference vs the naive loop, on one pool.
 
 Pool: 10,000 random 48x48 patches scored by a LeNet (Caffe's, 2 classes). The naive loop (one forward
-per patch and one backward per class) is timed on a 500-patch subset and scaled per patch (it is
+per patch and one backward per class) is timed on a 500-patch subset (after a 5-patch warm-up) and scaled per patch (it is
 linear in the pool size). EGL needs one forward pass, so plain inference is its floor. Model and patches
 are channels-last (NHWC) for every method, as in `retinalab active` (the patch cache is NHWC): on the
 2-core CPU this halves LeNet's convolution time, for the naive loop too.
@@ -63,6 +63,8 @@ def main() -> None:
     t_layer = timed(lambda: [egl(model, b, "all", method="layerwise") for b in batches], repeat=1)
     t_all = timed(lambda: [egl(model, b, "all", chunk=64, method="func") for b in batches[:2]], repeat=1) * len(batches) / 2
     sub = pool[: a.naive]
+    for scope in ("fc", "all"):  # warm up the per-sample shapes (on a GPU: kernel selection, allocator) before timing
+        egl_naive(model, sub[:5], scope)
     t_naive = timed(lambda: egl_naive(model, sub, "fc"), repeat=1) * a.pool / a.naive
     t_naive_all = timed(lambda: egl_naive(model, sub, "all"), repeat=1) * a.pool / a.naive
 
