@@ -244,6 +244,9 @@ def cli(argv: Sequence[str], run: bool = True):
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # predict loaders serve one image per step (batch_size=None); retinalab's writers key on image ids
     warnings.filterwarnings("ignore", ".*infer the batch indices.*")
+    # retinalab passes the arguments on purpose: `retinalab <command> ...` and `retinalab study` read
+    # sys.argv themselves, so Lightning's warning about args beside sys.argv would greet every run
+    warnings.filterwarnings("ignore", ".*args parameter is intended to run from within Python.*")
     return RetinalabCLI(
         LightningModule,
         LightningDataModule,

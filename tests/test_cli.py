@@ -124,6 +124,12 @@ def test_missing_root_is_a_clear_error(tmp_path):
     assert "DatasetNotFoundError" in res.stderr and "nope" in res.stderr and "is not a folder" in res.stderr
 
 
+def test_command_line_runs_without_lightnings_args_warning(tmp_path):
+    res = run(["fit", "--config", str(TINY), "--print_config"], tmp_path)
+    assert "class_path" in res.stdout  # the config was parsed and printed
+    assert "args parameter" not in res.stderr, res.stderr
+
+
 def test_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
