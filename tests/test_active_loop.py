@@ -72,6 +72,25 @@ def test_centred_and_grid_patches_follow_the_mask(eophtha_root, tmp_path):
     assert again.path == pool.path and len(list((tmp_path / "cache").iterdir())) == 1
 
 
+def test_egl_heatmap_is_in_units_of_phi(eophtha_root, tmp_path):
+    """Each grid patch's square of the (unblurred) map holds its own Phi; the picture is written."""
+    from PIL import Image
+
+    from retinalab.active.plots import egl_map, write_heatmap
+
+    pool = ExudatePatches.build(read_dataset("eophtha", eophtha_root, parts=["EX"]), TINY, tmp_path / "cache", progress=False)
+    grid = np.flatnonzero((np.asarray(pool.image) == 0) & (np.asarray(pool.kind) == GRID))
+    phi = np.linspace(0.1, 2.0, len(grid))
+    heat = egl_map(pool, grid, phi, TINY.image_size, blur=False, normalize=False)
+    for j, v in zip(grid, phi, strict=True):
+        cy, cx = pool.centre[j]
+        assert np.allclose(heat[cy - 8 : cy + 8, cx - 8 : cx + 8], v)
+    assert egl_map(pool, grid, phi, TINY.image_size).max() == pytest.approx(1.0)
+    out = write_heatmap(pool, 0, grid, phi, tmp_path / "heat" / "round_000.png", title="E0000001: round 0")
+    width, height = Image.open(out).size
+    assert width > 1.5 * height and not list(out.parent.glob(".*tmp*"))
+
+
 def test_dihedral_variants_are_the_eight_symmetries():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
     v = dihedral(x)

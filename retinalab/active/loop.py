@@ -629,7 +629,9 @@ class ActiveLearning:
         if state.interestingness:
             plot_interestingness(state.interestingness, self.out / "interestingness.png")
         if heat is not None:
-            write_heatmap(self.pool, heat[0], heat[1], heat[2], self.out / "heatmaps" / f"round_{state.round:03d}.png")
+            image_id = self.pool.images[heat[0]]["image_id"]
+            title = f"{image_id}: EGL after round {state.round} ({len(state.labelled)} labelled patches)"
+            write_heatmap(self.pool, heat[0], heat[1], heat[2], self.out / "heatmaps" / f"round_{state.round:03d}.png", title)
 
 
 def _apply_dihedral(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:

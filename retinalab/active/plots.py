@@ -17,7 +17,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..viz.heatmap import save_png_atomic, side_by_side  # noqa: E402
 from .pool import ExudatePatches  # noqa: E402
 
 PANELS = (("test/f1", "F-measure"), ("test/sensitivity", "sensitivity"), ("test/specificity", "specificity"))
@@ -112,30 +111,62 @@ def plot_interestingness(rows: list[dict], path: str | Path) -> Path:
     return _save_fig(fig, Path(path))
 
 
-def egl_map(pool: ExudatePatches, items: np.ndarray, phi: np.ndarray, size: int, blur: bool = True) -> np.ndarray:
-    """Spread EGL values over their patches (mean where patches overlap), scaled to [0, 1] and
-    blurred with a Gaussian of half a patch (as paper 000's heatmaps)."""
+def egl_map(
+    pool: ExudatePatches, items: np.ndarray, phi: np.ndarray, size: int, blur: bool = True, normalize: bool = True
+) -> np.ndarray:
+    """Spread EGL values over their patches (mean where patches overlap), blurred with a Gaussian of
+    half a patch (as paper 000's heatmaps); scaled to [0, 1] when ``normalize``, else in units of Phi."""
     cfg = pool.config
     s = size / cfg.image_size
     acc = np.zeros((size, size), np.float32)
     cnt = np.zeros((size, size), np.float32)
     half = cfg.patch_size / 2
-    top = max(phi.max(), 1e-12) if len(phi) else 1.0
     for item, v in zip(items, phi, strict=True):
         cy, cx = pool.centre[item]
         y0, x0 = max(0, round((cy - half) * s)), max(0, round((cx - half) * s))
         y1, x1 = round((cy + half) * s), round((cx + half) * s)
-        acc[y0:y1, x0:x1] += float(v) / top
+        acc[y0:y1, x0:x1] += float(v)
         cnt[y0:y1, x0:x1] += 1
     heat = np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0)
     if blur:
         heat = cv2.GaussianBlur(heat, (0, 0), max(0.5, cfg.patch_size * s / 2))
+    if not normalize:
+        return heat
     return np.clip(heat / max(float(heat.max()), 1e-12), 0, 1)
 
 
-def write_heatmap(pool: ExudatePatches, image: int, items: np.ndarray, phi: np.ndarray, path: str | Path) -> Path:
-    """The photograph next to its EGL heatmap (where labels would change the model most)."""
+def write_heatmap(
+    pool: ExudatePatches,
+    image: int,
+    items: np.ndarray,
+    phi: np.ndarray,
+    path: str | Path,
+    title: str | None = None,
+    top: int = 5,
+) -> Path:
+    """The photograph with its ``top`` highest-EGL patches boxed and ranked, next to its EGL heatmap
+    in units of Phi (colour bar): where a label would change the model most."""
+    items, phi = np.asarray(items), np.asarray(phi, dtype=np.float64)
     view = pool.view(image)
-    heat = egl_map(pool, np.asarray(items), np.asarray(phi), view.shape[0])
-    sheet = side_by_side(view, heat)
-    return save_png_atomic(sheet, path)
+    size = view.shape[0]
+    heat = egl_map(pool, items, phi, size, normalize=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 5.0), gridspec_kw={"width_ratios": [1, 1.08]})
+    for ax in axes:
+        ax.imshow(view)
+        ax.set_axis_off()
+    s = size / pool.config.image_size
+    side = pool.config.patch_size * s
+    for rank, j in enumerate(np.argsort(-phi, kind="stable")[:top], start=1):
+        cy, cx = pool.centre[items[j]]
+        y0, x0 = cy * s - side / 2, cx * s - side / 2
+        axes[0].add_patch(plt.Rectangle((x0, y0), side, side, fill=False, edgecolor="cyan", linewidth=1.5))
+        axes[0].text(x0, y0 - 2, str(rank), color="cyan", fontsize=9, fontweight="bold", va="bottom")
+    axes[0].set_title(f"top {min(top, len(phi))} patches to label", fontsize=10)
+    vmax = max(float(heat.max()), 1e-12)
+    im = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=vmax)
+    axes[1].set_title("expected gradient length", fontsize=10)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=im.norm, cmap=im.cmap), ax=axes[1], fraction=0.046, pad=0.02)
+    bar.set_label("Phi (blurred mean over patches)")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save_fig(fig, Path(path))
