@@ -189,10 +189,11 @@ def test_killed_loop_resumes_with_identical_pool_and_history(synth_eophtha, tmp_
     answered = set(json.loads((tmp_path / "run" / "answers.json").read_text()))
     monkeypatch.setattr(ActiveLearning, "_train", real_train)
     monkeypatch.setattr(ActiveLearning, "_choose", real_choose)
+    real_setup = ActiveLearning._setup
+    monkeypatch.setattr(ActiveLearning, "_setup", lambda self: pytest.fail("refused only after the set-up"))
     with pytest.raises(FileExistsError, match="--resume"):
         loop(synth_eophtha, tmp_path / "run", select=select).run()
     again = loop(synth_eophtha, tmp_path / "run", select=select)
-    real_setup = ActiveLearning._setup
 
     def setup(self):
         real_setup(self)

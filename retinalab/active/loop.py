@@ -278,14 +278,17 @@ class ActiveLearning:
     def _state_path(self) -> Path:
         return self.out / "state.json"
 
+    def _refuse_overwrite(self, resume: bool) -> None:
+        if not resume and self._state_path().is_file():
+            raise FileExistsError(f"{self.out} already holds an active-learning run (state.json); pass --resume to continue it or choose another out_dir")
+
     def _load_state(self, resume: bool) -> LoopState:
         path = self._state_path()
         if not path.is_file():
             if resume:
                 log.info("%s: no saved state, starting a new run", self.out)
             return LoopState(config=self.config)
-        if not resume:
-            raise FileExistsError(f"{self.out} already holds an active-learning run (state.json); pass --resume to continue it or choose another out_dir")
+        self._refuse_overwrite(resume)
         try:
             state = LoopState.from_json(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -474,6 +477,7 @@ class ActiveLearning:
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> str:
         """Run (or continue) the loop. Returns ``"finished"`` or ``"waiting"`` (a human oracle has queries)."""
+        self._refuse_overwrite(resume)  # before the patches are cut: that can take minutes
         self._setup()
         if self.rank0:
             self.out.mkdir(parents=True, exist_ok=True)
