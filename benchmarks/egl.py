@@ -2,9 +2,10 @@
 
 Pool: 10,000 random 48x48 patches scored by a LeNet (Caffe's, 2 classes). The naive loop (one forward
 per patch and one backward per class) is timed on a 500-patch subset, after a 5-patch warm-up, and
-scaled per patch (it is linear in the pool size). EGL needs one forward pass, so plain inference is
-its floor. Model and patches are channels-last (NHWC) for every method, as in `retinalab active` (the
-patch cache is NHWC): on the 2-core CPU this halves LeNet's convolution time, for the naive loop too.
+scaled per patch (it is linear in the pool size); the methods timed once (scope all) are warmed up
+too. EGL needs one forward pass, so plain inference is its floor. Model and patches are channels-last
+(NHWC) for every method, as in `retinalab active` (the patch cache is NHWC): on the 2-core CPU this
+halves LeNet's convolution time, for the naive loop too.
 
     python benchmarks/egl.py [--pool 10000] [--naive 500] [--batch 256] [--device cpu] [--no-channels-last]
 """
@@ -60,6 +61,8 @@ def main() -> None:
     t_inf = timed(infer)
     t_fc = timed(fast("fc"))
     t_last = timed(fast("last"))
+    for method in ("layerwise", "func"):  # timed once each below: warm them up first, as the naive loop
+        egl(model, batches[0][:64], "all", chunk=64, method=method)
     t_layer = timed(lambda: [egl(model, b, "all", method="layerwise") for b in batches], repeat=1)
     t_all = timed(lambda: [egl(model, b, "all", chunk=64, method="func") for b in batches[:2]], repeat=1) * len(batches) / 2
     sub = pool[: a.naive]
