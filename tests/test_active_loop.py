@@ -91,6 +91,21 @@ def test_egl_heatmap_is_in_units_of_phi(eophtha_root, tmp_path):
     assert width > 1.5 * height and not list(out.parent.glob(".*tmp*"))
 
 
+def test_group_by_image_matches_a_scan_per_image():
+    from retinalab.active.pool import group_by_image
+
+    rng = np.random.default_rng(0)
+    image = np.sort(rng.integers(0, 30, 2_000))  # the pool's image column (patches of an image are contiguous)
+    items = np.sort(rng.choice(2_000, 700, replace=False))
+    wanted = [29, 3, 0, 31, 17]  # any order; 31 owns no patch
+    groups = group_by_image(items, image, wanted)
+    assert list(groups) == wanted
+    for i in wanted:
+        assert np.array_equal(groups[i], items[image[items] == i])
+    shuffled = group_by_image(rng.permutation(items), image, wanted)
+    assert all(np.array_equal(np.sort(shuffled[i]), groups[i]) for i in wanted)
+
+
 def test_dihedral_variants_are_the_eight_symmetries():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
     v = dihedral(x)

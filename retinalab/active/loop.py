@@ -62,6 +62,7 @@ from .pool import (
     ExudatePatches,
     balance,
     dihedral,
+    group_by_image,
 )
 from .selection import image_interestingness, select_images, select_random, select_top_k
 
@@ -249,9 +250,8 @@ class ActiveLearning:
         if self.pool_kind == "centred":
             pool_items = balance(pool_items, labels, self.seed + 2)
         self.pool_items = pool_items
-        self.items_of_image = {int(i): pool_items[image[pool_items] == i] for i in self.split["train"]}
-        grid_items = np.flatnonzero(kind == GRID)
-        self.grid_of_image = {int(i): grid_items[image[grid_items] == i] for i in range(n_img)}
+        self.items_of_image = group_by_image(pool_items, image, self.split["train"])
+        self.grid_of_image = group_by_image(np.flatnonzero(kind == GRID), image, range(n_img))
         rng = np.random.default_rng(self.seed + 3)
         train = np.array(self.split["train"])
         order = [train[~self.has_exudate[train]], train[self.has_exudate[train]]]
@@ -394,16 +394,18 @@ class ActiveLearning:
         chosen: list[int] = []
         scores: list[float] = []
         if self.select == "images" and self.images_per_round:
-            candidates = [i for i in self.split["train"] if i not in state.labelled_images and np.isin(self.items_of_image[i], remaining).any()]
+            free = np.zeros(len(self.pool.labels), dtype=bool)  # unlabelled pool items: O(1) per lookup
+            free[remaining] = True
+            done = set(state.labelled_images)
+            candidates = [i for i in self.split["train"] if i not in done and free[self.items_of_image[i]].any()]
             if self.acquisition == "egl":
                 sigma = self._sigma(candidates)
                 images = select_images(torch.tensor([sigma[i] for i in candidates]), torch.tensor(candidates), self.images_per_round)
             else:
                 rng = np.random.default_rng(self.seed * 1_000 + r)
                 images = sorted(int(i) for i in rng.choice(candidates, size=min(self.images_per_round, len(candidates)), replace=False)) if candidates else []
-            left = set(remaining.tolist())
             for img in images:
-                new = [int(i) for i in self.items_of_image[img] if int(i) in left]
+                new = [int(i) for i in self.items_of_image[img][free[self.items_of_image[img]]]]
                 chosen += new
                 scores += [sigma.get(img, math.nan)] * len(new)
             remaining = remaining[~np.isin(remaining, chosen)]
@@ -604,9 +606,11 @@ class ActiveLearning:
         highest interestingness this round (Algorithm 2), else the first tracked unlabelled one."""
         if self.acquisition != "egl" or state.round < 0:
             return None
-        unlabelled = [i for i in self.split["train"] if i not in state.labelled_images]
-        ranked = [i for i in sorted(self._round_sigma, key=lambda i: -self._round_sigma[i]) if i in unlabelled]
-        ranked += [i for i in self.tracked if i in unlabelled] + unlabelled + list(self.split["train"])
+        done = set(state.labelled_images)
+        unlabelled = [i for i in self.split["train"] if i not in done]
+        free = set(unlabelled)
+        ranked = [i for i in sorted(self._round_sigma, key=lambda i: -self._round_sigma[i]) if i in free]
+        ranked += [i for i in self.tracked if i in free] + unlabelled + list(self.split["train"])
         img = int(ranked[0])
         items = self.grid_of_image[img]
         if not len(items):

@@ -286,6 +286,21 @@ class ExudatePatches:
         (tmp / "index.json").write_text(json.dumps(index, indent=1))
 
 
+def group_by_image(items: np.ndarray, image: np.ndarray, images: Sequence[int]) -> dict[int, np.ndarray]:
+    """``{i: items whose image is i}`` for every ``i`` in ``images``, in their order in ``items``.
+
+    One sort, so O(n log n) in the pool size, not one scan of the pool per image (a clinic's pool
+    holds millions of grid patches of tens of thousands of images).
+    """
+    items = np.asarray(items, dtype=np.int64)
+    owner = np.asarray(image)[items]
+    order = np.argsort(owner, kind="stable")  # stable: ascending items stay ascending within an image
+    items, owner = items[order], owner[order]
+    ids = np.asarray(list(images), dtype=np.int64)
+    lo, hi = np.searchsorted(owner, ids, "left"), np.searchsorted(owner, ids, "right")
+    return {int(i): items[a:b] for i, a, b in zip(ids, lo, hi, strict=True)}
+
+
 def dihedral(x: torch.Tensor) -> torch.Tensor:
     """The 8 dihedral variants of a batch (paper 002: "7 new label-preserving samples using a
     combination of flipping and 90, 180 and 270 degree rotations").

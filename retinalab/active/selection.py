@@ -46,7 +46,6 @@ def select_images(phi: torch.Tensor, image_index: torch.Tensor, n: int = 1, excl
 
 def select_random(pool_size: int, k: int, seed: int, exclude: Iterable[int] = ()) -> list[int]:
     """The baseline: ``k`` items drawn uniformly from the unlabelled pool with a seeded generator."""
-    excluded = set(exclude)
-    candidates = np.array([i for i in range(pool_size) if i not in excluded], dtype=np.int64)
+    candidates = np.setdiff1d(np.arange(pool_size, dtype=np.int64), np.fromiter(exclude, dtype=np.int64))
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(candidates, size=min(k, len(candidates)), replace=False).tolist())
