@@ -288,7 +288,6 @@ class ActiveLearning:
             if resume:
                 log.info("%s: no saved state, starting a new run", self.out)
             return LoopState(config=self.config)
-        self._refuse_overwrite(resume)
         try:
             state = LoopState.from_json(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -479,7 +478,7 @@ class ActiveLearning:
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> str:
         """Run (or continue) the loop. Returns ``"finished"`` or ``"waiting"`` (a human oracle has queries)."""
-        self._refuse_overwrite(resume)  # before the patches are cut: that can take minutes
+        self._refuse_overwrite(resume)  # before the patches are cut (minutes on a real dataset), not after
         self._setup()
         if self.rank0:
             self.out.mkdir(parents=True, exist_ok=True)
