@@ -81,11 +81,12 @@ def test_egl_heatmap_is_in_units_of_phi(eophtha_root, tmp_path):
     pool = ExudatePatches.build(read_dataset("eophtha", eophtha_root, parts=["EX"]), TINY, tmp_path / "cache", progress=False)
     grid = np.flatnonzero((np.asarray(pool.image) == 0) & (np.asarray(pool.kind) == GRID))
     phi = np.linspace(0.1, 2.0, len(grid))
-    heat = egl_map(pool, grid, phi, TINY.image_size, blur=False, normalize=False)
+    heat = egl_map(pool, grid, phi, TINY.image_size, blur=False)
     for j, v in zip(grid, phi, strict=True):
         cy, cx = pool.centre[j]
         assert np.allclose(heat[cy - 8 : cy + 8, cx - 8 : cx + 8], v)
-    assert egl_map(pool, grid, phi, TINY.image_size).max() == pytest.approx(1.0)
+    blurred = egl_map(pool, grid, phi, TINY.image_size)
+    assert 0 < blurred.max() <= phi.max() + 1e-6 and blurred.min() >= 0  # blurring averages: no new extremes
     out = write_heatmap(pool, 0, grid, phi, tmp_path / "heat" / "round_000.png", title="E0000001: round 0")
     width, height = Image.open(out).size
     assert width > 1.5 * height and not list(out.parent.glob(".*tmp*"))

@@ -111,11 +111,9 @@ def plot_interestingness(rows: list[dict], path: str | Path) -> Path:
     return _save_fig(fig, Path(path))
 
 
-def egl_map(
-    pool: ExudatePatches, items: np.ndarray, phi: np.ndarray, size: int, blur: bool = True, normalize: bool = True
-) -> np.ndarray:
+def egl_map(pool: ExudatePatches, items: np.ndarray, phi: np.ndarray, size: int, blur: bool = True) -> np.ndarray:
     """Spread EGL values over their patches (mean where patches overlap), blurred with a Gaussian of
-    half a patch (as paper 000's heatmaps); scaled to [0, 1] when ``normalize``, else in units of Phi."""
+    half a patch (as paper 000's heatmaps); in units of Phi."""
     cfg = pool.config
     s = size / cfg.image_size
     acc = np.zeros((size, size), np.float32)
@@ -130,9 +128,7 @@ def egl_map(
     heat = np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0)
     if blur:
         heat = cv2.GaussianBlur(heat, (0, 0), max(0.5, cfg.patch_size * s / 2))
-    if not normalize:
-        return heat
-    return np.clip(heat / max(float(heat.max()), 1e-12), 0, 1)
+    return heat
 
 
 def write_heatmap(
@@ -149,7 +145,7 @@ def write_heatmap(
     items, phi = np.asarray(items), np.asarray(phi, dtype=np.float64)
     view = pool.view(image)
     size = view.shape[0]
-    heat = egl_map(pool, items, phi, size, normalize=False)
+    heat = egl_map(pool, items, phi, size)
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 5.0), gridspec_kw={"width_ratios": [1, 1.08]})
     for ax in axes:
         ax.imshow(view)
