@@ -328,6 +328,12 @@ def test_all_active_configs_parse():
 
 
 # ---------------------------------------------------------------- DDP and W&B
+def test_a_score_batch_size_below_one_is_refused_up_front(tmp_path):
+    with pytest.raises(ValueError, match="score_batch_size must be a positive number of patches, got 0"):
+        loop(tmp_path / "missing", tmp_path / "run", score_batch_size=0)
+    assert not (tmp_path / "run").exists()
+
+
 def test_ddp_ranks_score_shards_and_gather_the_same_ranking(synth_eophtha, tmp_path):
     """Two CPU processes (gloo): round 1's EGL scores, gathered from both ranks' shards, equal the
     scores one process computes with the round-0 checkpoint, and so does the top-k choice."""
@@ -373,10 +379,12 @@ def test_metrics_and_plots_reach_an_offline_wandb_run(synth_eophtha, tmp_path, m
     monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: (logged.append((dict(metrics), step)), real(self, metrics, step))[1])
     al = loop(synth_eophtha, tmp_path / "run", select="patches", max_rounds=1, logger=logger)
     assert al.run() == "finished"
+    assert al.score_batch_size == 256  # the CPU default (4096 on a GPU)
     logger.experiment.finish()
     run_dir = next(tmp_path.glob("wandb/offline-run-*"))
-    plots = list(run_dir.glob("files/media/images/active/plots_*.png"))
-    assert len(plots) == 2 * 3  # curves, interestingness and the EGL heatmap, each of 2 rounds
+    # one key per plot (W&B lays out the images of one key side by side and wants them the same size)
+    for name in ("curves", "interestingness", "heatmap"):
+        assert len(list(run_dir.glob(f"files/media/images/active/{name}_*.png"))) == 2, name  # rounds 0 and 1
     metrics = json.loads((tmp_path / "run" / "state.json").read_text())["metrics"]
     logged = [(m, step) for m, step in logged if "active/labels" in m]  # log_image goes through log_metrics too
     assert [step for _, step in logged] == [0, 1]

@@ -136,7 +136,8 @@ class ActiveLearning:
         seed: split, initial set, random selections and training order.
         oracle: ``simulated`` (ground-truth masks) or ``human`` (queries to ``out_dir/queries``).
         track_images: images whose interestingness (sum of EGL) is recorded every round (Figure 3).
-        score_batch_size: patches per EGL batch (memory is bounded by one batch).
+        score_batch_size: patches per EGL batch (memory is bounded by one batch); default 256 on a
+            CPU and 4096 on a GPU, where smaller batches leave scoring bound by kernel launches.
         cache_dir / num_workers / on_error: patch cache location, build workers, bad-file policy.
         accelerator / devices / strategy / num_nodes: Lightning Fabric; with several devices each rank
             scores a shard of the pool and trains on a shard of every batch (DDP).
@@ -179,7 +180,7 @@ class ActiveLearning:
         seed: int = 0,
         oracle: Literal["simulated", "human"] = "simulated",
         track_images: int = 4,
-        score_batch_size: int = 256,
+        score_batch_size: int | None = None,
         cache_dir: str | None = None,
         num_workers: int = 0,
         on_error: OnError = "raise",
@@ -199,6 +200,8 @@ class ActiveLearning:
         for name, v in (("k", k), ("images_per_round", images_per_round), ("initial_batches", initial_batches), ("initial_images", initial_images), ("max_rounds", max_rounds), ("patience", patience)):
             if v < 0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
+        if score_batch_size is not None and score_batch_size < 1:
+            raise ValueError(f"score_batch_size must be a positive number of patches, got {score_batch_size}")
         if select == "images" and images_per_round == 0 and k == 0:
             raise ValueError("select: images with images_per_round 0 and k 0 would never label anything")
         args = {name: value for name, value in locals().items() if name in inspect.signature(ActiveLearning.__init__).parameters and name != "self"}
@@ -217,6 +220,8 @@ class ActiveLearning:
         self.fabric = Fabric(accelerator=self.accelerator, devices=self.devices, strategy=self.strategy, num_nodes=self.num_nodes, loggers=loggers)
         self.fabric.launch()
         self.rank0 = self.fabric.global_rank == 0
+        if self.score_batch_size is None:
+            self.score_batch_size = 256 if self.fabric.device.type == "cpu" else 4096
         if self.oracle == "human" and self.fabric.world_size > 1:
             raise ValueError("a human-oracle run waits for files between rounds: run it on one device (devices: 1)")
         records = read_dataset(self.dataset, self.root, on_error=self.on_error, **(self.reader_args or {}))
@@ -596,9 +601,11 @@ class ActiveLearning:
         clean = {k_: float(v) for k_, v in metrics.items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
         self.fabric.log_dict({f"active/{k_}": v for k_, v in clean.items()}, step=state.round)
         if self.rank0 and self.logger is not None and hasattr(self.logger, "log_image"):
-            pngs = [p for p in (self.out / "curves.png", self.out / "interestingness.png", self.out / "heatmaps" / f"round_{state.round:03d}.png") if p.is_file()]
-            if pngs:
-                self.logger.log_image("active/plots", images=[str(p) for p in pngs], step=state.round, caption=[p.stem for p in pngs])
+            # one key per plot: W&B shows the images of one key side by side and wants them the same size
+            plots = {"curves": self.out / "curves.png", "interestingness": self.out / "interestingness.png", "heatmap": self.out / "heatmaps" / f"round_{state.round:03d}.png"}
+            for name, png in plots.items():
+                if png.is_file():
+                    self.logger.log_image(f"active/{name}", images=[str(png)], step=state.round, caption=[png.stem])
 
     def _heatmap_data(self, state: LoopState) -> tuple[int, np.ndarray, np.ndarray] | None:
         """EGL over the grid of the image to annotate next: the unlabelled training image with the
