@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo_idrid
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
-.PHONY: help install demo test test-slow bench lint docker clean
+.PHONY: help install demo test test-slow test-gpu bench lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: install ## run the fast test suite (< 10 min on 2 cores)
 
 test-slow: install ## run every test, the slow ones included
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+test-gpu: install ## run the CUDA tests (EGL equals the naive loop on the GPU); they skip without one
+	$(BIN)/python -m pytest -q -m gpu -rs
 
 bench: install ## run every benchmark in benchmarks/ (< 30 min on 2 cores) and write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/_report.py

@@ -81,3 +81,32 @@ def test_all_scope_methods_agree_and_fall_back_for_other_layers(k):
     assert torch.allclose(auto, egl_naive(bn, x, "all"), rtol=1e-4)
     with pytest.raises(TypeError, match="method='func'"):
         egl(bn, x, "all", method="layerwise")
+
+
+@pytest.fixture
+def exact_cuda():
+    """fp32 without TF32 (cuDNN convolutions use TF32 by default): the naive loop runs 1-sample
+    batches, whose kernels differ from the batched ones, so only exact fp32 compares to 1e-4."""
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    yield torch.device("cuda")
+    torch.backends.cudnn.allow_tf32 = saved[0]
+    torch.set_float32_matmul_precision(saved[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("k", [2, 5])
+@pytest.mark.parametrize("scope", ["fc", "last", "all"])
+def test_fast_egl_equals_naive_loop_on_cuda(k, scope, exact_cuda):
+    """`pytest -m gpu`: the same equality on the GPU, the scope-all methods included (both of them)."""
+    torch.manual_seed(1)
+    m = trained_lenet(k).to(exact_cuda)
+    x = torch.randn(6, 3, 48, 48, device=exact_cuda)
+    ref = egl_naive(m, x, scope)
+    for method in ("layerwise", "func") if scope == "all" else ("auto",):
+        fast, probs = egl(m, x, scope, method=method)
+        assert fast.device.type == "cuda" and torch.allclose(probs.sum(1), torch.ones(6, device=exact_cuda))
+        rel = ((fast - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
+        assert rel < 1e-4, (method, rel)
