@@ -82,3 +82,22 @@ def test_study_with_egl_selection(dm, tmp_path):
     assert main(["study", "--config", str(tmp_path / "s.yaml")]) == 0
     split = json.loads((tmp_path / "study/cells/convnet/n4_s0/split.json").read_text())
     assert split["labeled_selection"] == "egl" and len(split["labeled"]) == 4
+
+
+def test_candidates_are_scored_a_few_images_at_a_time(dm, monkeypatch):
+    """Memory holds one batch of patches, not every candidate's: 10,000 images x 64 patches would be 8 GB."""
+    import retinalab.active.image_selection as sel
+    from retinalab.active import egl
+    from retinalab.models.lenet import LeNet
+
+    real = sel._patches
+    sizes: list[int] = []
+    monkeypatch.setattr(sel, "_patches", lambda cache, images: (sizes.append(len(images)), real(cache, images))[1])
+    torch.manual_seed(0)
+    model = LeNet(2, dm.cache.grid.out_size, 3, (20, 50), 500)
+    rest = sorted(int(t) for t in dm.rows["train"])
+    per_image = dm.cache.patches.shape[1]
+    phi, owner = sel._score_images(model, dm.cache, rest, batch=2 * per_image + 1)
+    assert max(sizes) == 2 and sum(sizes) == len(rest) > 2
+    x, _, everyone = real(dm.cache, rest)
+    assert torch.equal(owner, everyone) and torch.allclose(phi, egl(model, x, "fc")[0], rtol=1e-5)

@@ -40,6 +40,18 @@ def _patches(cache: PatchCache, images: Sequence[int]) -> tuple[torch.Tensor, to
     return x, y, owner
 
 
+def _score_images(model: LeNet, cache: PatchCache, images: Sequence[int], batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """EGL of every patch of ``images`` and the image each belongs to, read a few images at a time:
+    memory holds one batch of float patches (about ``batch`` of them), not the whole candidate set."""
+    per_batch = max(1, batch // cache.patches.shape[1])  # whole images per batch
+    phis, owners = [], []
+    for s in range(0, len(images), per_batch):
+        x, _, owner = _patches(cache, images[s : s + per_batch])
+        phis.append(egl(model, x, "fc")[0])
+        owners.append(owner)
+    return torch.cat(phis), torch.cat(owners)
+
+
 def egl_image_order(
     cache: PatchCache, candidates: Sequence[int], count: int, seed: int = 0, initial: int = 2, step: int = 1,
     epochs: int = 3, lr: float = 0.01, batch_size: int = 64,
@@ -78,9 +90,8 @@ def egl_image_order(
                 opt.zero_grad()
                 F.cross_entropy(model(x[b]), y[b]).backward()
                 opt.step()
-        rest = [c for c in candidates if c not in set(order)]
-        xs, _, owner = _patches(cache, rest)
-        phi = torch.cat([egl(model, xs[s : s + 1024], "fc")[0] for s in range(0, len(xs), 1024)])
+        chosen = set(order)
+        phi, owner = _score_images(model, cache, [c for c in candidates if c not in chosen])
         order += select_images(phi, owner, min(step, count - len(order)))
     return order
 
