@@ -77,3 +77,39 @@ def test_output_is_atomic_and_never_clobbers(tmp_path):
     with pytest.raises(ValueError, match="grade must be 0-4"):
         synth_fundus(np.random.default_rng(0), (64, 64), grade=7)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no partial folder left behind
+
+
+def test_benchmark_preset_offers_no_brightness_or_position_shortcut():
+    """The audit behind the preset: on ``classic`` no lesion reaches the outer ring of the field of
+    view (23% of its area, and its darkest part); on ``benchmark`` lesions are spread over the retina
+    and brightness, of a photograph or of a patch within it, says nothing about lesions. Sized for
+    speed (60 small photographs); docs/synthetic.md has the 200-photograph figures."""
+    from retinalab.synthetic.audit import shortcut_audit
+
+    classic = shortcut_audit("classic", num_images=60, size=(512, 340))
+    bench = shortcut_audit("benchmark", num_images=60, size=(512, 340))
+    assert classic["lesion_share_outside_088"] < 0.05 < 0.12 < bench["lesion_share_outside_088"] < 0.35
+    assert abs(bench["patch_brightness_auroc"] - 0.5) < 0.05
+    assert abs(bench["image_brightness_auroc"] - 0.5) < 0.15  # 30 against 30 photographs: a noisy figure
+    # grade-1 photographs show their microaneurysms on the patch scale, about 3 px across (classic: 2)
+    assert bench["grade1_visible"] == 1.0 and bench["ma_diameter_px"] > 2.5 > classic["ma_diameter_px"]
+
+
+def test_presets_are_named_recorded_and_classic_is_the_default(tmp_path):
+    from retinalab.main import main
+    from retinalab.synthetic import PRESETS, read_settings
+
+    assert main(["synth", "idrid", "--out", str(tmp_path / "b"), "--num-images", "9", "--size", "96x64", "--workers", "1",
+                 "--preset", "benchmark", "--lesion-contrast", "0.5"]) == 0
+    settings = read_settings(tmp_path / "b")
+    assert settings["preset"]["name"] == "benchmark" and settings["preset"]["placement"] == "fov"
+    assert settings["lesion_contrast"] == 0.5 and settings["num_images"] == 9
+    assert read_dataset("idrid", tmp_path / "b")  # the readers ignore synthetic.json
+    # the same seed with another preset draws other photographs; classic is the default
+    a = write_synthetic("idrid", tmp_path / "c1", num_images=4, seed=2, size=(96, 64))
+    b = write_synthetic("idrid", tmp_path / "c2", num_images=4, seed=2, size=(96, 64), preset="classic")
+    e = write_synthetic("idrid", tmp_path / "e", num_images=4, seed=2, size=(96, 64), preset="easy")
+    assert digest(a) == digest(b) != digest(e) and read_settings(a)["preset"] == read_settings(b)["preset"]
+    assert set(PRESETS) == {"classic", "benchmark", "easy"}
+    with pytest.raises(ValueError, match="unknown synthetic preset 'hard'.*benchmark"):
+        synth_fundus(np.random.default_rng(0), (64, 64), preset="hard")

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..datasets.base import STRUCTURES
+from .presets import SynthPreset, get_preset
 
 # How many lesions of each kind a grade draws (ICDR-like: 1 = MA only, 2 = moderate, 3/4 = severe).
 LESION_COUNTS: dict[int, dict[str, tuple[int, int]]] = {
@@ -97,6 +98,7 @@ def synth_fundus(
     lesion_scale: float = 1.0,
     lesion_contrast: float = 1.0,
     noise: float = 0.012,
+    preset: str | SynthPreset = "classic",
 ) -> SyntheticFundus:
     """Draw one synthetic fundus photograph.
 
@@ -105,10 +107,14 @@ def synth_fundus(
         size: ``(width, height)`` in pixels.
         grade: DR grade 0-4; sets how many lesions of each kind are drawn (:data:`LESION_COUNTS`).
         eye: ``"left"``/``"right"`` (optic disc on the right/left of the image); random if ``None``.
-        lesion_scale: multiplies lesion radii (1.0: microaneurysms ~0.6% of the FOV radius).
-        lesion_contrast: multiplies lesion opacity (1.0 default; 0 draws masks without visible lesions).
+        lesion_scale: multiplies the preset's lesion radii.
+        lesion_contrast: multiplies the preset's lesion opacity (0 draws masks without visible lesions).
         noise: std of the additive sensor noise (fraction of full scale).
+        preset: a :class:`~retinalab.synthetic.presets.SynthPreset` or its name: ``classic`` (the
+            first generator: lesions only inside 0.88 R, microaneurysms ~0.6% of the FOV radius),
+            ``benchmark`` (no brightness, position or invisible-lesion shortcut) or ``easy``.
     """
+    style = get_preset(preset).scaled(lesion_scale, lesion_contrast)
     if grade not in LESION_COUNTS:
         raise ValueError(f"grade must be 0-4, got {grade}")
     w, h = size
@@ -123,7 +129,13 @@ def synth_fundus(
 
     # background fundus: colour, vignetting, low-frequency choroidal texture
     tint = np.array(COLOURS["fundus"], np.float32) * rng.uniform(0.88, 1.08, 3).astype(np.float32)
-    vignette = 1.0 - 0.55 * np.clip(r, 0, 1) ** 2.4
+    # per-photograph vignetting and exposure (drawn only when the preset varies them, so the classic
+    # preset's random stream, and its photographs, are unchanged)
+    v_lo, v_hi = style.vignetting
+    strength = v_lo if v_lo == v_hi else rng.uniform(v_lo, v_hi)
+    e_lo, e_hi = style.exposure
+    exposure = e_lo if e_lo == e_hi else rng.uniform(e_lo, e_hi)
+    vignette = exposure * (1.0 - strength * np.clip(r, 0, 1) ** 2.4)
     texture = 1.0 + 0.05 * _lowfreq_noise(rng, h, w, 6) + 0.02 * _lowfreq_noise(rng, h, w, 40)
     img = tint[None, None, :] * (vignette * texture)[..., None]
 
@@ -158,14 +170,17 @@ def synth_fundus(
     counts = LESION_COUNTS[grade]
     layers = {k: np.zeros((h, w), np.float32) for k in ("MA", "HE", "EX", "SE")}
     mask_layers = {k: np.zeros((h, w), np.uint8) for k in ("MA", "HE", "EX", "SE")}
-    s = lesion_scale * R
+    s = style.lesion_scale * R
+    # classic: centres within 0.88 R, kept 1.3 disc radii + margin off the disc; fov: uniform over the
+    # whole field of view, only off the disc itself
+    reach, disc_gap, use_margin = (0.88, 1.3, True) if style.placement == "central" else (1.0, 1.0, False)
 
     def place(margin: float) -> np.ndarray | None:
         for _ in range(50):
-            rad = 0.88 * np.sqrt(rng.random())
+            rad = reach * np.sqrt(rng.random())
             th = rng.uniform(0, 2 * np.pi)
             p = np.array([cx + rad * R * np.cos(th), cy + rad * R * np.sin(th)])
-            if np.linalg.norm(p - disc) > disc_r * 1.3 + margin:
+            if np.linalg.norm(p - disc) > disc_r * disc_gap + (margin if use_margin else 0.0):
                 return p
         return None
 
@@ -177,7 +192,7 @@ def synth_fundus(
             if p is None:
                 continue
             if kind == "MA":
-                rad = max(1, int(round(s * rng.uniform(0.004, 0.008))))
+                rad = max(1, int(round(s * rng.uniform(*style.ma_radius))))
                 cv2.circle(mask_layers[kind], tuple(int(v) for v in p), rad, 1, -1)
             elif kind == "HE":
                 axes = (max(2, int(s * rng.uniform(0.012, 0.035))), max(2, int(s * rng.uniform(0.01, 0.03))))
@@ -203,7 +218,7 @@ def synth_fundus(
             # anti-aliased edge: blur the hard shape slightly, but keep it opaque inside the mask
             soft = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 0.6)
             layers[kind] = np.maximum(soft, m.astype(np.float32))
-        a = np.clip(opacity[kind] * lesion_contrast * layers[kind], 0, 1)[..., None]
+        a = np.clip(opacity[kind] * style.lesion_contrast * layers[kind], 0, 1)[..., None]
         img = img * (1 - a) + np.array(COLOURS[kind], np.float32) * a
 
     img += rng.normal(0, noise, img.shape).astype(np.float32)

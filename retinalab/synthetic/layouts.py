@@ -8,13 +8,14 @@ so an interrupted run never leaves a half-written dataset behind.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -26,10 +27,19 @@ from tqdm.auto import tqdm
 from ..datasets import eophtha as eo
 from ..datasets import idrid
 from .fundus import synth_fundus
+from .presets import SynthPreset, get_preset
 
 log = logging.getLogger(__name__)
 
 SynthDataset = Literal["idrid", "eophtha", "eyepacs", "messidor", "folder"]
+#: written at the root of every synthetic dataset: the arguments and preset it was drawn with
+SETTINGS_FILE = "synthetic.json"
+
+
+def read_settings(root: str | Path) -> dict | None:
+    """The settings a synthetic dataset at ``root`` was drawn with (``None`` if it has none)."""
+    path = Path(root) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class Options:
     lesion_scale: float
     lesion_contrast: float
     jpeg_quality: int = 92
+    preset: SynthPreset = get_preset("classic")
 
 
 def _save_image(arr: np.ndarray, path: Path, quality: int) -> None:
@@ -66,7 +77,7 @@ def _save_image(arr: np.ndarray, path: Path, quality: int) -> None:
 def _draw(args: tuple[Job, Options]) -> dict:
     job, opt = args
     rng = np.random.default_rng(np.random.SeedSequence([opt.seed, job.index]))
-    f = synth_fundus(rng, opt.size, job.grade, job.eye, opt.lesion_scale, opt.lesion_contrast)
+    f = synth_fundus(rng, opt.size, job.grade, job.eye, opt.lesion_scale, opt.lesion_contrast, preset=opt.preset)
     _save_image(f.image, job.image_path, opt.jpeg_quality)
     written = {}
     for name, path in job.mask_paths.items():
@@ -123,7 +134,7 @@ def _idrid(out: Path, n: int, opt: Options, workers: int) -> None:
     seg_train = max(1, round(n_seg * 2 / 3))
     jobs: list[Job] = []
     seg = out / idrid.SEG
-    seg_grades = _grades(rng, n_seg, [0, 0, 0.45, 0.35, 0.2])
+    seg_grades = _grades(rng, n_seg, list(opt.preset.idrid_seg_grades))
     for k in range(n_seg):
         split = "train" if k < seg_train else "test"
         stem = f"IDRiD_{k + 1:02d}"
@@ -326,6 +337,7 @@ def write_synthetic(
     lesion_contrast: float = 1.0,
     workers: int = 1,
     overwrite: bool = False,
+    preset: str | SynthPreset = "classic",
 ) -> Path:
     """Write a synthetic dataset in the layout of ``dataset`` to ``out`` (atomically).
 
@@ -335,18 +347,22 @@ def write_synthetic(
         num_images: number of photographs (IDRiD: one third segmentation, the rest grading).
         seed: random seed; the same seed gives byte-identical images.
         size: ``(width, height)`` of each photograph.
-        lesion_scale: multiplies lesion sizes.
-        lesion_contrast: multiplies lesion opacity.
+        lesion_scale: multiplies the preset's lesion sizes.
+        lesion_contrast: multiplies the preset's lesion opacity.
         workers: processes drawing images in parallel (does not change the output).
         overwrite: replace an existing non-empty ``out``.
+        preset: generator settings (:mod:`retinalab.synthetic.presets`): ``classic`` (default, the
+            first generator), ``benchmark`` (no shortcuts; paper 000's benchmark and ``make demo``)
+            or ``easy`` (large, high-contrast lesions, for learning tests).
 
     Returns:
-        ``out`` as a :class:`~pathlib.Path`.
+        ``out`` as a :class:`~pathlib.Path`; ``out/synthetic.json`` records the arguments and preset.
     """
     if dataset not in WRITERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(WRITERS)}")
     if num_images < 2:
         raise ValueError(f"num_images must be >= 2, got {num_images}")
+    style = get_preset(preset)
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
@@ -354,7 +370,11 @@ def write_synthetic(
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        WRITERS[dataset](tmp, num_images, Options(seed, tuple(size), lesion_scale, lesion_contrast), workers)
+        WRITERS[dataset](tmp, num_images, Options(seed, tuple(size), lesion_scale, lesion_contrast, preset=style), workers)
+        # how the set was drawn (readers ignore it): a later run can tell whether it may reuse the folder
+        settings = {"layout": dataset, "num_images": num_images, "seed": seed, "size": list(size), "lesion_scale": lesion_scale,
+                    "lesion_contrast": lesion_contrast, "preset": asdict(style)}
+        (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

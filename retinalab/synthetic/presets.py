@@ -1,0 +1,98 @@
+"""Named settings of the synthetic fundus generator.
+
+``classic`` is the generator as it first shipped (and every test and figure made before presets
+existed). Its photographs carry a shortcut a weak patch classifier learns instead of lesions: lesions
+lie only inside 0.88 of the field-of-view radius, so the dark rim (vignetting) never holds one and
+"bright centre = lesion" pays; and a grade-1 photograph's only lesions, microaneurysms of 0.4-0.8% of
+the radius, are about 1.6 px across once a 128 px patch is downsampled to 32 px (paper 000's grid).
+
+``benchmark`` removes those shortcuts (``docs/synthetic.md`` measures each with
+:func:`retinalab.synthetic.audit.shortcut_audit`):
+
+* lesions lie anywhere in the field of view (uniform over its area, off the optic disc);
+* vignetting strength and exposure vary per photograph, drawn independently of the grade, so neither
+  tells a diseased photograph from a healthy one;
+* microaneurysms have radii of 1.0-1.8% of the field-of-view radius: about 4 px across on the 256 px
+  scale that an 8x8 grid of 32 px patches sees;
+* IDRiD's pixel-annotated photographs include mild (grade-1) retinopathy, so the image task is not
+  "many lesions or none".
+
+Its lesion opacity (``lesion_contrast`` 1.2) was calibrated against the supervised ceiling only (the
+ConvNet with every training image labelled: test image AUROC 0.915 under
+``benchmarks/label_efficiency.py``, window 0.85-0.95), never against a semi-supervised method's result.
+
+``easy`` is for learning tests: large, high-contrast lesions anywhere in the field of view, no
+shortcut; a pipeline that learns anything at all separates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Placement = Literal["central", "fov"]
+
+
+@dataclass(frozen=True)
+class SynthPreset:
+    """How the generator draws photographs and lesions.
+
+    Attributes:
+        name: preset name (``retinalab synth --preset``).
+        placement: ``central``: lesion centres within ``0.88`` of the field-of-view radius (classic);
+            ``fov``: anywhere in the field of view, uniform over its area, off the optic disc.
+        ma_radius: microaneurysm radius range, as a fraction of the field-of-view radius.
+        lesion_scale: multiplies every lesion size (on top of ``write_synthetic``'s own factor).
+        lesion_contrast: multiplies every lesion opacity (on top of ``write_synthetic``'s own factor).
+        vignetting: range of the per-photograph vignetting strength (brightness lost at the rim).
+        exposure: range of the per-photograph exposure factor.
+        idrid_seg_grades: probabilities of grades 0-4 among IDRiD's pixel-annotated photographs.
+    """
+
+    name: str
+    placement: Placement = "central"
+    ma_radius: tuple[float, float] = (0.004, 0.008)
+    lesion_scale: float = 1.0
+    lesion_contrast: float = 1.0
+    vignetting: tuple[float, float] = (0.55, 0.55)
+    exposure: tuple[float, float] = (1.0, 1.0)
+    idrid_seg_grades: tuple[float, float, float, float, float] = (0.0, 0.0, 0.45, 0.35, 0.2)
+
+    def scaled(self, lesion_scale: float = 1.0, lesion_contrast: float = 1.0) -> SynthPreset:
+        """This preset with its lesion size and opacity multiplied."""
+        if lesion_scale == 1.0 and lesion_contrast == 1.0:
+            return self
+        return replace(self, lesion_scale=self.lesion_scale * lesion_scale, lesion_contrast=self.lesion_contrast * lesion_contrast)
+
+
+PRESETS: dict[str, SynthPreset] = {
+    "classic": SynthPreset("classic"),
+    "benchmark": SynthPreset(
+        "benchmark",
+        placement="fov",
+        ma_radius=(0.010, 0.018),
+        lesion_contrast=1.2,
+        vignetting=(0.35, 0.65),
+        exposure=(0.85, 1.1),
+        idrid_seg_grades=(0.0, 0.2, 0.4, 0.25, 0.15),
+    ),
+    "easy": SynthPreset(
+        "easy",
+        placement="fov",
+        ma_radius=(0.012, 0.02),
+        lesion_scale=2.5,
+        lesion_contrast=1.0,
+        vignetting=(0.35, 0.65),
+        exposure=(0.85, 1.1),
+        idrid_seg_grades=(0.0, 0.0, 0.3, 0.4, 0.3),
+    ),
+}
+
+
+def get_preset(preset: str | SynthPreset) -> SynthPreset:
+    """A preset by name (or the preset itself); unknown names list the choices."""
+    if isinstance(preset, SynthPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset]
