@@ -34,9 +34,11 @@ def test_patch_datamodule_paper000_selection_and_split_file(big_idrid, tmp_path)
     s = dm.summary()
     # 10 segmentation + 8 grade-0 images have patch labels; graded DR images without masks do not
     assert s["train"]["images"] + s["val"]["images"] + s["test"]["images"] == 18
-    assert s["labeled"]["images"] == 4 and s["unlabeled"]["images"] == 6
+    # the unlabelled stream is every training image (unlabeled_pool: all, as in Salimans et al.'s code)
+    assert s["labeled"]["images"] == 4 and s["unlabeled"]["images"] == s["train"]["images"] == 10
     split = json.loads((tmp_path / "split.json").read_text())
-    assert set(split["labeled"]) | set(split["unlabeled"]) == set(split["train"])
+    assert set(split["unlabeled"]) == set(split["train"]) and set(split["labeled"]) < set(split["train"])
+    assert split["unlabeled_pool"] == "all"
     assert not set(split["train"]) & set(split["val"]) and not set(split["val"]) & set(split["test"])
     assert not any("grading/train/IDRiD_006" == i for k in ("train", "val", "test") for i in split[k])
     assert split["hash"] == dm.split_hash
@@ -49,8 +51,59 @@ def test_patch_datamodule_paper000_selection_and_split_file(big_idrid, tmp_path)
     assert dm3.split_hash != dm.split_hash
 
 
+def test_unlabeled_pool_rest_keeps_labelled_images_out_of_the_unlabelled_stream(big_idrid, tmp_path):
+    rest = make_dm(big_idrid, tmp_path, num_labeled_images=4, seed=1, unlabeled_pool="rest")
+    rest.setup("fit")
+    everything = make_dm(big_idrid, tmp_path, num_labeled_images=4, seed=1, split_file=str(tmp_path / "all.json"))
+    everything.setup("fit")
+    # same split and labelled images; only the unlabelled pool differs
+    assert np.array_equal(rest.rows["labeled"], everything.rows["labeled"])
+    assert np.array_equal(everything.rows["unlabeled"], everything.rows["train"])
+    assert sorted([*rest.rows["labeled"], *rest.rows["unlabeled"]]) == sorted(rest.rows["train"])
+    assert not set(rest.rows["labeled"]) & set(rest.rows["unlabeled"])
+    with pytest.raises(ValueError, match="unlabeled_pool must be"):
+        make_dm(big_idrid, tmp_path, unlabeled_pool="others")
+
+
+def test_every_image_labelled_still_feeds_the_unlabelled_stream(big_idrid, tmp_path):
+    """Paper 000's 149/149 column: with unlabeled_pool 'all' the SSL-GAN trains with every image
+    labelled; with 'rest' that is refused with a message that names the fix."""
+    dm = make_dm(big_idrid, tmp_path, num_labeled_images=None, unlabeled=True)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    assert len(batch["unlabeled"]["image"]) == 32 and (batch["unlabeled"]["label"] == -1).all()
+    dm = make_dm(big_idrid, tmp_path, num_labeled_images=None, unlabeled=True, unlabeled_pool="rest")
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="unlabeled_pool: all"):
+        dm.train_dataloader()
+
+
+def test_batches_per_epoch_cycles_the_labelled_patches(big_idrid, tmp_path):
+    """Equal compute: the supervised baseline's epoch as long as one pass over the unlabelled pool."""
+    dm = make_dm(big_idrid, tmp_path, num_labeled_images=2, batch_size=8, batches_per_epoch="unlabeled")
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    # 10 training images x 16 patches in the unlabelled pool, batches of 8 -> 20 batches per epoch
+    assert len(loader) == 20 == dm.train_batches_per_epoch()
+    seen = torch.cat([b["image_index"] * 100 + b["patch_index"] for b in loader])
+    assert len(seen) == 160
+    # the 32 labelled patches, each served 5 times (successive permutations), nothing else
+    keys, counts = torch.unique(seen, return_counts=True)
+    assert set((keys // 100).tolist()) == set(dm.rows["labeled"].tolist()) and len(keys) == 32 and (counts == 5).all()
+    fixed = make_dm(big_idrid, tmp_path, num_labeled_images=2, batch_size=8, batches_per_epoch=3)
+    fixed.setup("fit")
+    assert len(fixed.train_dataloader()) == 3
+    default = make_dm(big_idrid, tmp_path, num_labeled_images=2, batch_size=8)
+    default.setup("fit")
+    assert len(default.train_dataloader()) == 4  # one pass over 32 labelled patches
+    for bad in (0, -2, 1.5, "steps"):
+        with pytest.raises(ValueError, match="batches_per_epoch"):
+            make_dm(big_idrid, tmp_path, batches_per_epoch=bad)
+
+
 def test_labelled_batches_and_hidden_unlabelled_labels(big_idrid, tmp_path):
-    dm = make_dm(big_idrid, tmp_path, num_labeled_images=3, unlabeled=True)
+    dm = make_dm(big_idrid, tmp_path, num_labeled_images=3, unlabeled=True, unlabeled_pool="rest")
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..datasets import DataFormatError, DatasetName, FundusRecord, OnError
 from ..datasets.base import IMAGE_SUFFIXES
@@ -200,6 +200,15 @@ class PatchDataModule(FundusDataModule):
             training epochs per round.
         unlabeled: also serve unlabelled training patches (semi-supervised methods): the training
             loader then yields ``{"labeled": batch, "unlabeled": batch}``, labelled batches cycled.
+        unlabeled_pool: which training images feed the unlabelled stream: ``all`` (default; every
+            training image, the labelled ones included with their labels hidden, as Salimans et al.'s
+            code does, so the 149/149 column of paper 000's Tables 1-2 runs) or ``rest`` (only the
+            images that are not labelled).
+        batches_per_epoch: training batches per epoch. ``None``: one pass over the labelled patches
+            (or, with ``unlabeled``, over the longer of the two streams); an int: that many batches,
+            the labelled patches cycled in fresh permutations; ``"unlabeled"``: as many as one pass
+            over the unlabelled pool takes, so a supervised baseline makes as many optimiser steps
+            per epoch as the SSL-GAN's discriminator (equal compute at equal epochs).
         seed: seed of the split and of the labelled subset.
         batch_size: patches per batch (paper 000: 100).
         num_workers: DataLoader workers.
@@ -243,6 +252,8 @@ class PatchDataModule(FundusDataModule):
         egl_step: int = 1,
         egl_epochs: int = 3,
         unlabeled: bool = False,
+        unlabeled_pool: Literal["all", "rest"] = "all",
+        batches_per_epoch: int | Literal["unlabeled"] | None = None,
         seed: int = 0,
         batch_size: int = 100,
         num_workers: int = 0,
@@ -274,6 +285,12 @@ class PatchDataModule(FundusDataModule):
             raise ValueError(f"PatchDataModule: split_mode must be 'random' or 'official', got {split_mode!r} (score a whole dataset with --data.predict_split all)")
         self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
         self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
+        if unlabeled_pool not in ("all", "rest"):
+            raise ValueError(f"unlabeled_pool must be 'all' or 'rest', got {unlabeled_pool!r}")
+        self.unlabeled_pool = unlabeled_pool
+        if batches_per_epoch is not None and batches_per_epoch != "unlabeled" and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
+            raise ValueError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")
+        self.batches_per_epoch = batches_per_epoch
         if labeled_selection not in ("random", "egl"):
             raise ValueError(f"labeled_selection must be 'random' or 'egl', got {labeled_selection!r}")
         self.labeled_selection, self.egl_initial, self.egl_step, self.egl_epochs = labeled_selection, egl_initial, egl_step, egl_epochs
@@ -340,6 +357,8 @@ class PatchDataModule(FundusDataModule):
             labeled, unlabeled = sorted(order), sorted(set(int(t) for t in train) - set(order))
         else:
             labeled, unlabeled = choose_labeled(list(train), self.num_labeled_images, self.seed)
+        if self.unlabeled_pool == "all":
+            unlabeled = sorted(int(t) for t in train)
         extra = []
         if self.include_unknown:
             # unknown-label images whose patient is not in val/test join the unlabelled pool
@@ -361,6 +380,7 @@ class PatchDataModule(FundusDataModule):
                 "seed": self.seed,
                 "num_labeled_images": self.num_labeled_images,
                 "labeled_selection": self.labeled_selection,
+                "unlabeled_pool": self.unlabeled_pool,
                 "cache": str(cache.path),
                 "counts": self.summary(),
             },
@@ -398,7 +418,9 @@ class PatchDataModule(FundusDataModule):
         return np.array([(lab == 0).sum(), (lab == 1).sum()], dtype=np.int64)
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, shuffle: bool | None = None) -> DataLoader:
+    def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, num_batches: int | None = None) -> DataLoader:
+        """A loader over ``rows``; ``num_batches`` makes an epoch that many batches, drawn from
+        successive random permutations of the data (so a small labelled set is cycled)."""
         assert self.cache is not None
         tf = None
         if self.serve == "images":
@@ -409,24 +431,37 @@ class PatchDataModule(FundusDataModule):
                 make = patch_table5_transform if self.augment_policy == "table5" else patch_train_transform
                 tf = make(self.cache_config.grid.out_size)
             ds = PatchDataset(self.cache, rows, tf, hide_labels=hide)
+        sampler = RandomSampler(ds, num_samples=num_batches * self.batch_size) if num_batches is not None else None
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=train if shuffle is None else shuffle,
+            shuffle=train if sampler is None else None,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
+    def train_batches_per_epoch(self) -> int | None:
+        """Batches per training epoch set by ``batches_per_epoch`` (``None``: one pass)."""
+        if self.batches_per_epoch != "unlabeled":
+            return self.batches_per_epoch
+        samples = len(self.rows["unlabeled"]) * (1 if self.serve == "images" else self.cache_config.grid.num_patches)
+        return max(1, -(-samples // self.batch_size))
+
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         if len(self.rows["labeled"]) == 0:
             raise ValueError("num_labeled_images=0: there is no labelled training image")
-        labeled = self._loader(self.rows["labeled"], train=True)
+        if self.batches_per_epoch == "unlabeled" and len(self.rows["unlabeled"]) == 0:
+            raise ValueError("batches_per_epoch='unlabeled' but the unlabelled pool is empty; set unlabeled_pool: all or an int")
+        n = self.train_batches_per_epoch()
+        labeled = self._loader(self.rows["labeled"], train=True, num_batches=n)
         if not self.unlabeled:
             return labeled
         if len(self.rows["unlabeled"]) == 0:
-            raise ValueError("unlabeled=True but every training image is labelled; lower num_labeled_images")
-        unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True)
+            raise ValueError("unlabeled=True but the unlabelled pool is empty: every training image is labelled and "
+                             "unlabeled_pool='rest'; use unlabeled_pool: all or lower num_labeled_images")
+        unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True, num_batches=n)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:

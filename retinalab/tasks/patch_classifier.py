@@ -36,6 +36,8 @@ class PatchClassifierTask(PatchTask):
         lr_plateau_factor: the factor (Table 5: 0.1).
         pretrained_path: local weight file for a ResNet backbone (e.g. ImageNet weights saved with
             ``torch.save(model.state_dict())``); ``None`` trains from scratch (the default).
+        dropout_in: ``convnet``'s dropout on the input pixels (Table 3: 0.2).
+        dropout: ``convnet``'s dropout between its conv blocks (Table 3: 0.5).
     """
 
     def __init__(
@@ -53,10 +55,13 @@ class PatchClassifierTask(PatchTask):
         lr_plateau_patience: int | None = None,
         lr_plateau_factor: float = 0.1,
         pretrained_path: str | None = None,
+        dropout_in: float = 0.2,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path)
+        extra = {"dropout_in": dropout_in, "dropout": dropout} if backbone == "convnet" else {}
+        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, **extra)
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
         # saved in checkpoints, so a resumed run does not initialise again
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))

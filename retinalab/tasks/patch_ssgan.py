@@ -79,6 +79,8 @@ class PatchSSGANTask(PatchTask):
         optimizer_d: any optimiser for D from the config (``class_path: torch.optim.SGD`` ...);
             ``None`` = Adam(lr_d, (beta1, beta2)) as in Table 6.
         optimizer_g: the same for G (``None`` = Adam(lr_g, (beta1, beta2))).
+        dropout_in: D's dropout on the input pixels (Table 3: 0.2).
+        dropout: D's dropout between its conv blocks (Table 3: 0.5).
     """
 
     def __init__(
@@ -99,13 +101,15 @@ class PatchSSGANTask(PatchTask):
         data_init: bool = True,
         optimizer_d: OptimizerCallable | None = None,
         optimizer_g: OptimizerCallable | None = None,
+        dropout_in: float = 0.2,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         # the optimiser factories are recorded in the run's config.yaml, not in the checkpoint
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_g"])
         self.optimizer_d, self.optimizer_g = optimizer_d, optimizer_g
         self.automatic_optimization = False
-        self.discriminator = ConvLarge(num_classes=num_classes, width=width)
+        self.discriminator = ConvLarge(num_classes=num_classes, width=width, dropout_in=dropout_in, dropout=dropout)
         self.generator = PatchGenerator(patch_size, latent_dim, width=gen_width)
         self.ema = AveragedModel(self.discriminator, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=False)
         self.ema.requires_grad_(False)  # updated by averaging, never by gradients
