@@ -53,17 +53,23 @@ class ImageLevelScores(Metric):
 
     def patch_probs(self) -> dict[int, torch.Tensor]:
         """Image index -> its patch probabilities in grid order (patches never seen are NaN)."""
-        img, patch, probs = self._cat(self.image_index), self._cat(self.patch_index), self._cat(self.probs)
+        images, probs, _ = self.per_image()
+        return {int(i): row for i, row in zip(images.tolist(), probs, strict=True)}
+
+    def per_image(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image_indices, probs, targets)``: ``probs`` and ``targets`` are images x patches in grid
+        order (NaN / -1 for patches never seen), one row per image sorted by image index."""
+        img, patch = self._cat(self.image_index), self._cat(self.patch_index)
+        probs, target = self._cat(self.probs), self._cat(self.target)
         if img.numel() == 0:
-            return {}
+            return img, probs.view(0, 0), target.view(0, 0)
+        images, row = torch.unique(img, return_inverse=True)
         n = int(patch.max()) + 1
-        out: dict[int, torch.Tensor] = {}
-        for i in torch.unique(img).tolist():
-            sel = img == i
-            v = torch.full((n,), float("nan"), device=probs.device)
-            v[patch[sel]] = probs[sel]
-            out[int(i)] = v
-        return out
+        p = torch.full((len(images), n), float("nan"), device=probs.device)
+        t = torch.full((len(images), n), -1, dtype=torch.long, device=probs.device)
+        p[row, patch] = probs
+        t[row, patch] = target
+        return images, p, t
 
     def compute(self) -> torch.Tensor:
         _, score, label = self.scores()

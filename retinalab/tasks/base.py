@@ -16,6 +16,7 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_roc
 
 from ..metrics import ImageLevelScores, to_unit
+from ..metrics.bootstrap import bootstrap_interval, image_auroc_statistic, patch_auroc_statistic
 from ..viz import localisation_auroc, log_overlays, patch_heatmap, side_by_side
 
 
@@ -55,11 +56,17 @@ class PatchTask(pl.LightningModule):
     At the end of validation and test it also logs ``<stage>/localisation_auroc``: the mean over
     annotated images of the pixel AUROC of the Gaussian-blurred patch heatmap against the union lesion
     mask (paper 000, section 4), and the first ``num_overlays`` overlays (W&B images with a
-    ``WandbLogger``, else PNGs in ``<log_dir>/overlays``).
+    ``WandbLogger``, else PNGs in ``<log_dir>/overlays``). After a test it also logs the 95%
+    bootstrap interval of the image and patch AUROC over the test photographs
+    (``test/image_auroc_low`` / ``_high``, ``test/patch_auroc_low`` / ``_high``) and keeps the
+    per-photograph predictions in :attr:`eval_records` (``{"test": {"image_index", "probs",
+    "targets"}}``, numpy, images x patches) for benchmarks that pool several runs.
     """
 
     #: overlays logged per validation/test epoch
     num_overlays: int = 4
+    #: bootstrap replicates of the test intervals
+    bootstrap_resamples: int = 1000
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,6 +75,7 @@ class PatchTask(pl.LightningModule):
             setattr(self, f"{stage}_image", ImageLevelScores())
         # chosen on validation, used on test; saved in checkpoints
         self.register_buffer("image_threshold", torch.tensor(float("nan")))
+        self.eval_records: dict[str, dict[str, np.ndarray]] = {}
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -109,8 +117,28 @@ class PatchTask(pl.LightningModule):
             self.log(f"{stage}/specificity", spec)
             self.log(f"{stage}/image_threshold", thr)
         self._localisation(stage, image)
+        if stage == "test":
+            self._test_intervals(image)
         patch.reset()
         image.reset()
+
+    def _test_intervals(self, metric: ImageLevelScores) -> None:
+        """95% bootstrap intervals of the test AUROCs over photographs; keeps the predictions."""
+        with metric.sync_context():
+            images, probs, targets = (t.cpu().numpy() for t in metric.per_image())
+        complete = ~np.isnan(probs).any(1)
+        images, probs, targets = images[complete], probs[complete], targets[complete]
+        self.eval_records["test"] = {"image_index": images, "probs": probs, "targets": targets}
+        if len(images) < 2:
+            return
+        for name, stat in (
+            ("image_auroc", image_auroc_statistic(probs.sum(1), targets.max(1))),
+            ("patch_auroc", patch_auroc_statistic(probs, targets)),
+        ):
+            low, high = bootstrap_interval([stat], self.bootstrap_resamples)
+            if low == low:
+                self.log(f"test/{name}_low", low)
+                self.log(f"test/{name}_high", high)
 
     def _localisation(self, stage: str, metric: ImageLevelScores) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
