@@ -17,8 +17,9 @@ A study config (``conf/studies/*.yaml``)::
 
 Each cell runs ``fit`` with ``--data.num_labeled_images=<n> --data.seed=<seed> --seed_everything=<seed>``
 (so every method sees the same split and the same labelled images at a given count and seed; the
-labelled sets are nested across counts), then ``test`` on the best checkpoint (the last weights when
-the config has no monitored checkpoint). A finished cell leaves ``cell.json``, written atomically: a
+labelled sets are nested across counts), then ``test`` on the best checkpoint (``test/...``; the last
+weights when the config has no monitored checkpoint) and on the final weights (``test_last/...``: the
+paper trains a fixed number of epochs and selects nothing). A finished cell leaves ``cell.json``, written atomically: a
 rerun skips it, so a killed study resumes. A failing cell writes ``failed.json`` and the study goes
 on. ``results.csv``, ``results.md`` (mean +- std per method and count) and ``<metric>.png`` (metric
 against labelled images, error bars) are rewritten after every cell. ``--cell i`` runs one cell (a
@@ -152,7 +153,10 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     c.trainer.fit(c.model, c.datamodule)
     ckpt = c.trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and getattr(ckpt, "monitor", None) and ckpt.best_model_path else None
-    res = c.trainer.test(c.model, c.datamodule, ckpt_path=best, verbose=False)
+    # the final weights (the paper trains a fixed number of epochs and selects nothing), then the best
+    # checkpoint, which replaces them in memory
+    last = c.trainer.test(c.model, c.datamodule, verbose=False)
+    res = c.trainer.test(c.model, c.datamodule, ckpt_path=best, verbose=False) if best else last
     from pytorch_lightning.loggers import WandbLogger
 
     for lg in c.trainer.loggers:
@@ -161,6 +165,8 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     for part in res:
         metrics |= {k.split("/dataloader_idx")[0]: float(v) for k, v in part.items()}
+    for part in last:  # test_last/...: the same figures for the final weights
+        metrics |= {k.split("/dataloader_idx")[0].replace("test/", "test_last/", 1): float(v) for k, v in part.items()}
     payload = {"method": cell.method, "labelled": cell.labelled, "seed": cell.seed, "checkpoint": best, "metrics": metrics,
                "split_hash": getattr(c.datamodule, "split_hash", None), "args": args}
     _atomic_json(d / "cell.json", payload)
@@ -206,7 +212,9 @@ def collect(study: Study) -> dict[str, Any]:
         elif (d / "failed.json").is_file():
             failed.append(json.loads((d / "failed.json").read_text()))
     study.out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = study.metrics or sorted({k for r in rows for k in r["metrics"]})
+    metrics = study.metrics or sorted({k for r in rows for k in r["metrics"] if not k.startswith("test_last/")})
+    # each test metric also for the final weights, after the best-on-validation checkpoint's
+    metrics = [*metrics, *(m.replace("test/", "test_last/", 1) for m in metrics if m.startswith("test/"))]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["method", "labelled", "seed", *metrics])

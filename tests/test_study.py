@@ -49,7 +49,10 @@ def test_study_runs_the_grid_on_shared_splits_and_resumes(syn, tmp_path, capsys)
     four = json.loads((out / "cells/convnet/n4_s0/split.json").read_text())["labeled"]
     assert set(two) <= set(four)
     results = pd.read_csv(out / "results.csv")
-    assert len(results) == 4 and {"test/image_auroc", "test/patch_auroc"} <= set(results.columns)
+    assert len(results) == 4 and {"test/image_auroc", "test/patch_auroc", "test_last/image_auroc"} <= set(results.columns)
+    # the tiny configs monitor no checkpoint: "best" is the final weights, so both tests agree
+    m = cells["convnet/n2_s0"]["metrics"]
+    assert m["test_last/patch_auroc"] == m["test/patch_auroc"] and m["test/loss"] == m["test_last/loss"]
     md = (out / "results.md").read_text()
     assert "| convnet |" in md and "| ssl_gan |" in md and "4 of 4 cells finished" in md
     assert (out / "test_image_auroc.png").is_file()
@@ -59,6 +62,18 @@ def test_study_runs_the_grid_on_shared_splits_and_resumes(syn, tmp_path, capsys)
     assert main(["study", "--config", str(cfg)]) == 0
     text = capsys.readouterr().out
     assert "1 cell(s) run, 0 failed, 3 already done" in text and (out / "cells/ssl_gan/n4_s0/cell.json").is_file()
+
+
+def test_the_all_labelled_column_runs_for_the_ssl_gan(syn, tmp_path):
+    """Paper 000's 149/149 column: every training image labelled, and the SSL-GAN's unlabelled
+    stream is still every training image (labels hidden), so the cell runs instead of failing."""
+    cfg = _config(tmp_path, syn, labelled=["all"], methods={"ssl_gan": str(REPO / "tests/conf/ssl_gan_tiny.yaml")})
+    assert main(["study", "--config", str(cfg)]) == 0
+    cell_dir = tmp_path / "study" / "cells" / "ssl_gan" / "nall_s0"
+    split = json.loads((cell_dir / "split.json").read_text())
+    assert split["labeled"] == split["train"] == split["unlabeled"] and split["unlabeled_pool"] == "all"
+    metrics = json.loads((cell_dir / "cell.json").read_text())["metrics"]
+    assert {"test/image_auroc", "test_last/image_auroc"} <= set(metrics)
 
 
 def test_a_failing_cell_is_reported_and_does_not_stop_the_others(syn, tmp_path, capsys):
