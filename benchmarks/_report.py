@@ -7,7 +7,10 @@ verbatim into its section of RESULTS.md, with the command, the machine and the w
 end, also when a script failed (its section then holds the error), and the exit status is non-zero.
 Longer runs (more seeds, epochs, images) and their readings are in docs/benchmarks.md.
 
-    python benchmarks/_report.py [--only egl scale] [--out benchmarks/RESULTS.md]
+    python benchmarks/_report.py [--only egl scale [--update]] [--out benchmarks/RESULTS.md]
+
+``--update`` replaces only the sections of the scripts run, keeping the others of the existing file
+(its header then names the scripts rerun and when).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ BENCH_ARGS: dict[str, list[str]] = {
     "inference.py": ["--seconds", "1.5"],
     "active_learning.py": ["--seeds", "0", "1"],
     "collaborative.py": ["--seeds", "0", "1", "--epochs-seg", "8", "--epochs-grading", "8", "--epochs-joint", "3"],
-    "label_efficiency.py": ["--seeds", "0", "1", "--gan-epochs", "3", "--convnet-epochs", "15"],
+    "label_efficiency.py": [],  # its defaults: 3 seeds, ~14.5 min
     "scale.py": [],
 }
 
@@ -71,11 +74,30 @@ def run(path: Path, args: list[str]) -> tuple[int, str, str, float]:
     return proc.returncode, "".join(out), "".join(err), time.perf_counter() - start
 
 
+def _merge(old: str, sections: list[str], scripts: list[Path], seconds: float) -> tuple[str, list[str]]:
+    """The existing report with the sections of ``scripts`` replaced (or added), sorted by script."""
+    first = old.find("\n## ")
+    head, body = (old[: first + 1], old[first + 1 :]) if first >= 0 else (old, "")
+    kept = {}
+    for chunk in ("\n" + body).split("\n## ")[1:]:
+        name = chunk[chunk.find("(`benchmarks/") + 13 : chunk.find(".py`)")]
+        kept[name] = "## " + chunk.rstrip("\n") + "\n"
+    for path, section in zip(scripts, sections, strict=True):
+        kept[path.stem] = section
+    names = " ".join(p.stem for p in scripts)
+    head = head.rstrip("\n") + (f"\n\nSections rerun since: {names}, by `python benchmarks/_report.py --only {names} --update` "
+                                 f"in {seconds / 60:.1f} minutes on {machine()}.\n\n")
+    return head, [kept[k] for k in sorted(kept)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", help="script names (without .py) to run; RESULTS.md then holds only these")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--update", action="store_true", help="with --only: replace just those sections of an existing --out")
     a = ap.parse_args()
+    if a.update and not (a.only and a.out.is_file()):
+        ap.error("--update needs --only and an existing --out file")
     scripts = sorted(p for p in HERE.glob("*.py") if not p.name.startswith("_"))
     if a.only:
         unknown = set(a.only) - {p.stem for p in scripts}
@@ -103,6 +125,8 @@ def main() -> int:
         "arguments are sized for a 2-core CPU (see `BENCH_ARGS` in `benchmarks/_report.py`); longer runs and the\n"
         "readings of all results are in [docs/benchmarks.md](../docs/benchmarks.md).\n\n"
     )
+    if a.update:
+        head, sections = _merge(a.out.read_text(), sections, scripts, total)
     if failed:
         head += f"**Failed: {', '.join(failed)}.**\n\n"
     tmp = a.out.with_name(f".{a.out.name}.tmp")

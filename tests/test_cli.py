@@ -161,25 +161,37 @@ def test_every_shipped_config_instantiates(config, tmp_path):
     assert c.trainer.max_epochs is None or c.trainer.max_epochs >= 1  # None: a test-only config
 
 
-def test_demo_trains_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
+def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
+    """Smoke test of `make demo` at a tiny size (the learning itself is tests/test_learning.py's):
+    it draws the benchmark preset, trains both methods on one split, tests the final weights and
+    the best checkpoint, and prints both with their bootstrap intervals."""
     from retinalab.demo import main as demo
+    from retinalab.synthetic import read_settings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
-    from retinalab.synthetic import write_synthetic
-
-    write_synthetic("idrid", tmp_path / "syn", num_images=45, seed=0, size=(128, 96))
     tiny = ["--trainer.max_epochs=1", "--data.image_size=128", "--data.patch_size=32", "--data.stride=32",
-            "--model.width=0.1", "--data.cache_workers=0", "--data.num_labeled_images=4", "--trainer.enable_progress_bar=false"]
-    results = demo(["--data", str(tmp_path / "syn"), "--conf", str(REPO / "conf"), *tiny])
+            "--model.width=0.1", "--data.cache_workers=0", "--data.num_labeled_images=4", "--data.val_size=3",
+            "--data.test_size=6", "--trainer.enable_progress_bar=false"]
+    results = demo(["--data", str(tmp_path / "syn"), "--num-images", "45", "--size", "128x96", "--conf", str(REPO / "conf"), *tiny])
+    assert read_settings(tmp_path / "syn")["preset"]["name"] == "benchmark"
     assert set(results) == {"ConvNet (supervised)", "SSL-GAN (semi-supervised)"}
-    for r in results.values():
-        assert 0 <= r["test/patch_auroc"] <= 1
+    for by_weights in results.values():
+        assert set(by_weights) == {"final weights", "best on validation"}
+        for r in by_weights.values():
+            assert r["test/image_auroc_low"] <= r["test/image_auroc"] <= r["test/image_auroc_high"]
     out = capsys.readouterr().out
-    assert "| SSL-GAN (semi-supervised) |" in out and "4 labelled images" in out
+    assert out.count("| SSL-GAN (semi-supervised) |") == 2 and "4 labelled images" in out and "on 6 photographs" in out
     # the same split for both: one split hash in both runs' split.json
     hashes = {json.loads(p.read_text())["hash"] for p in tmp_path.glob("runs/*/logs/version_*/split.json")}
     assert len(hashes) == 1
+    # a folder that retinalab did not draw is never overwritten
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "photo.jpg").write_bytes(b"mine")
+    with pytest.raises(SystemExit):
+        demo(["--data", str(tmp_path / "mine"), "--conf", str(REPO / "conf"), *tiny])
+    assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"mine"
+    assert "was not drawn by `retinalab synth`" in capsys.readouterr().err
 
 
 def test_gan_optimisers_come_from_the_config(tmp_path):
