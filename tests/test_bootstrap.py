@@ -80,7 +80,9 @@ def test_image_level_scores_per_image_table():
     assert images.tolist() == [3, 7]
     assert torch.allclose(probs, torch.tensor([[0.4, 0.2], [0.9, 0.1]]))
     assert targets.tolist() == [[0, 0], [1, 0]]
-    assert torch.allclose(m.patch_probs()[7], torch.tensor([0.9, 0.1]))
+    m.update(torch.tensor([0.5]), torch.tensor([1]), torch.tensor([5]), torch.tensor([0]))
+    images, probs, _ = m.per_image()  # a patch never seen is NaN
+    assert images.tolist() == [3, 5, 7] and probs[1, 0] == 0.5 and torch.isnan(probs[1, 1])
 
 
 def test_a_test_run_logs_its_intervals_and_keeps_its_predictions(tmp_path):

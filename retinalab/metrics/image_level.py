@@ -51,11 +51,6 @@ class ImageLevelScores(Metric):
         label = torch.zeros(len(images), dtype=torch.long, device=probs.device).scatter_reduce_(0, inverse, target, "amax")
         return images, score, label
 
-    def patch_probs(self) -> dict[int, torch.Tensor]:
-        """Image index -> its patch probabilities in grid order (patches never seen are NaN)."""
-        images, probs, _ = self.per_image()
-        return {int(i): row for i, row in zip(images.tolist(), probs, strict=True)}
-
     def per_image(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image_indices, probs, targets)``: ``probs`` and ``targets`` are images x patches in grid
         order (NaN / -1 for patches never seen), one row per image sorted by image index."""

@@ -29,22 +29,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
-from torchmetrics.functional.classification import binary_auroc
 
+from ..metrics.bootstrap import exact_auroc
 from ..preprocessing.fundus import find_fov, normalize_max, resize_mask
 from ..preprocessing.patches import PatchGrid
 from .fundus import synth_fundus
 from .presets import SynthPreset, get_preset
-
-
-def _auroc(score: list[float] | np.ndarray, label: list[int] | np.ndarray) -> float:
-    """Exact AUROC; scores are mapped into [0, 1] first (torchmetrics squashes others through a sigmoid)."""
-    s, y = np.asarray(score, np.float64), torch.as_tensor(np.asarray(label, np.int64))
-    if y.unique().numel() < 2:
-        return float("nan")
-    s = (s - s.min()) / max(float(np.ptp(s)), 1e-12)
-    return float(binary_auroc(torch.as_tensor(s), y, thresholds=None))
 
 
 def shortcut_audit(
@@ -127,8 +117,8 @@ def shortcut_audit(
         threshold = float("nan")
     return {
         "images": float(num_images),
-        "image_brightness_auroc": _auroc(img_score, img_label),
-        "patch_brightness_auroc": _auroc(patch_score, patch_label),
+        "image_brightness_auroc": exact_auroc(np.array(img_score), np.array(img_label)),
+        "patch_brightness_auroc": exact_auroc(np.array(patch_score), np.array(patch_label)),
         "lesion_share_outside_088": lesion_out / lesion_all if lesion_all else float("nan"),
         "grade1_visible": float(np.mean([c > threshold for c in ma_contrast])) if ma_contrast else float("nan"),
         "ma_diameter_px": float(np.median(ma_diameter)) if ma_diameter else float("nan"),

@@ -106,8 +106,9 @@ class PatchTask(pl.LightningModule):
         image = getattr(self, f"{stage}_image")
         self.log(f"{stage}/patch_auroc", patch.compute(), prog_bar=True)
         self.log(f"{stage}/image_auroc", image.compute(), prog_bar=True)
-        with image.sync_context():
+        with image.sync_context():  # one gather of the whole stage's predictions
             _, score, label = image.scores()
+            images, probs, targets = (t.cpu().numpy() for t in image.per_image())
         if stage == "val" and label.unique().numel() == 2:
             self.image_threshold.fill_(youden_threshold(score, label))
         thr = float(self.image_threshold)
@@ -116,16 +117,15 @@ class PatchTask(pl.LightningModule):
             self.log(f"{stage}/sensitivity", sens)
             self.log(f"{stage}/specificity", spec)
             self.log(f"{stage}/image_threshold", thr)
-        self._localisation(stage, image)
+        self._localisation(stage, images, probs)
         if stage == "test":
-            self._test_intervals(image)
+            self._test_intervals(images, probs, targets)
         patch.reset()
         image.reset()
 
-    def _test_intervals(self, metric: ImageLevelScores) -> None:
-        """95% bootstrap intervals of the test AUROCs over photographs; keeps the predictions."""
-        with metric.sync_context():
-            images, probs, targets = (t.cpu().numpy() for t in metric.per_image())
+    def _test_intervals(self, images: np.ndarray, probs: np.ndarray, targets: np.ndarray) -> None:
+        """95% bootstrap intervals of the test AUROCs over photographs; keeps the predictions
+        (``images`` x patches, from :meth:`ImageLevelScores.per_image`)."""
         complete = ~np.isnan(probs).any(1)
         images, probs, targets = images[complete], probs[complete], targets[complete]
         self.eval_records["test"] = {"image_index": images, "probs": probs, "targets": targets}
@@ -140,18 +140,16 @@ class PatchTask(pl.LightningModule):
                 self.log(f"test/{name}_low", low)
                 self.log(f"test/{name}_high", high)
 
-    def _localisation(self, stage: str, metric: ImageLevelScores) -> None:
+    def _localisation(self, stage: str, images: np.ndarray, probs: np.ndarray) -> None:
+        """Localisation AUROC of the blurred heatmaps and overlays (``images`` x patches probabilities)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         cache = getattr(dm, "cache", None)
         if cache is None or getattr(dm, "serve", "patches") != "patches" or self.trainer.sanity_checking:
             return
-        with metric.sync_context():
-            per_image = metric.patch_probs()
         grid = dm.grid
         t = cache.thumbs.shape[1]
         scores, overlays = [], []
-        for i, probs in sorted(per_image.items()):
-            p = probs.cpu().numpy()
+        for i, p in zip(images.tolist(), probs, strict=True):
             if np.isnan(p).any() or len(p) != grid.num_patches:
                 continue
             heat = patch_heatmap(p, grid, t)
