@@ -141,19 +141,19 @@ def main() -> None:
                         preset=a.preset, lesion_contrast=a.lesion_contrast)
     results_file = work / "results.jsonl"
     done = [json.loads(x) for x in results_file.read_text().splitlines()] if results_file.exists() else []
-    key = lambda arm, n, seed: (arm, n, seed)  # noqa: E731
-    finished = {key(d["arm"], d["labels"], d["seed"]): d for d in done if d.get("data") == root.name}
+    # runs of another dataset or another epoch count in the same --work are not reused
+    finished = {(d["arm"], d["labels"], d["seed"]): d for d in done if d.get("data") == root.name and d.get("epochs") == a.epochs}
     plan = [(CEILING, None, s) for s in a.seeds]
     if a.only != "ceiling":
         plan += [(arm, n, s) for s in a.seeds for n in a.labels for arm in ARMS]
     for arm, n, seed in plan:
-        if key(arm, n, seed) in finished:
+        if (arm, n, seed) in finished:
             continue
         line = run_one(arm, n, seed, a, root, work)
-        line["data"] = root.name
+        line["data"], line["epochs"] = root.name, a.epochs
         with results_file.open("a") as f:  # one line per finished run, at once
             f.write(json.dumps(line) + "\n")
-        finished[key(arm, n, seed)] = line
+        finished[(arm, n, seed)] = line
         print(f"[{time.perf_counter() - t0:6.0f}s] seed {seed} {arm:32s} labelled {n or 'all'!s:>3s}: {line['steps']} steps, "
               f"image AUROC {line['best']['image_auroc']:.3f} (last {line['last']['image_auroc']:.3f}), "
               f"patch AUROC {line['best']['patch_auroc']:.3f}", flush=True)
@@ -166,19 +166,19 @@ def main() -> None:
         what = "best-on-validation checkpoint" if ckpt == "best" else "last checkpoint"
         for metric in METRICS:
             print(f"\ntest/{metric}, {what}\n")
-            ceiling = [finished[key(CEILING, None, s)] for s in a.seeds]
+            ceiling = [finished[(CEILING, None, s)] for s in a.seeds]
             print(f"{CEILING}: {cell(ceiling, ckpt, metric, work)}\n")
             if a.only == "ceiling":
                 continue
             print("| method | " + " | ".join(f"{n} labelled" for n in a.labels) + " |")
             print("|---|" + "---|" * len(a.labels))
             for arm in ARMS:
-                row = [cell([finished[key(arm, n, s)] for s in a.seeds], ckpt, metric, work) for n in a.labels]
-                steps = statistics.mean(finished[key(arm, a.labels[0], s)]["steps"] for s in a.seeds)
+                row = [cell([finished[(arm, n, s)] for s in a.seeds], ckpt, metric, work) for n in a.labels]
+                steps = statistics.mean(finished[(arm, a.labels[0], s)]["steps"] for s in a.seeds)
                 print(f"| {arm} ({steps:.0f} steps at {a.labels[0]}) | " + " | ".join(row) + " |")
 
     def mean(arm: str, n: int | None, metric: str = "image_auroc") -> float:
-        return statistics.mean(finished[key(arm, n, s)]["best"][metric] for s in a.seeds)
+        return statistics.mean(finished[(arm, n, s)]["best"][metric] for s in a.seeds)
 
     print("\nTargets (image AUROC, best-on-validation checkpoint, mean over seeds):")
     c = mean(CEILING, None)
