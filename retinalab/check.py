@@ -41,12 +41,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Finding:
+    """One problem or warning. ``files`` holds every file involved (a group of duplicates can be
+    hundreds of photographs): all of them go to check.json, the message names the first few."""
+
     kind: str
     file: str
     message: str
+    files: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "file": self.file, "message": self.message}
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "file": self.file, "message": self.message}
+        if self.files:
+            d["files"] = self.files
+        return d
+
+
+def _names(paths: list[str], shown: int = 3) -> str:
+    """``a, b, c and 513 more`` (the full list goes to check.json)."""
+    head = ", ".join(paths[:shown])
+    return head if len(paths) <= shown else f"{head} and {len(paths) - shown} more (all in check.json)"
 
 
 @dataclass
@@ -68,7 +81,9 @@ class Report:
             "problems": [f.as_dict() for f in self.problems], "warnings": [f.as_dict() for f in self.warnings],
         }
 
-    def text(self, limit: int = 20) -> str:
+    def text(self, per_kind: int = 3) -> str:
+        """The summary ``retinalab check-data`` prints: counts, then per kind of problem and warning
+        at most ``per_kind`` examples (the full lists are in check.json)."""
         lines = [f"{self.dataset} at {self.root}: {self.images} photographs"]
         for name, counter in self.counts.items():
             lines.append(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in counter.items()))
@@ -77,9 +92,10 @@ class Report:
                 continue
             by_kind = Counter(f.kind for f in items)
             lines.append(f"{title}: " + ", ".join(f"{k} x{n}" for k, n in by_kind.items()))
-            lines += [f"  [{f.kind}] {f.message}" for f in items[:limit]]
-            if len(items) > limit:
-                lines.append(f"  ... {len(items) - limit} more in check.json")
+            for kind, n in by_kind.items():
+                lines += [f"  [{kind}] {f.message}" for f in [f for f in items if f.kind == kind][:per_kind]]
+                if n > per_kind:
+                    lines.append(f"  [{kind}] ... {n - per_kind} more in check.json")
         lines.append("OK: no problems found" if self.ok else f"FAILED: {len(self.problems)} problem(s)")
         return "\n".join(lines)
 
@@ -190,12 +206,12 @@ def _duplicates(records: list[FundusRecord], results: dict[str, dict], report: R
     for same in by_hash.values():
         if len(same) < 2:
             continue
-        names = ", ".join(str(r.image_path) for r in same)
+        paths = [str(r.image_path) for r in same]
         splits = {r.split for r in same if r.split}
         if len(splits) > 1:
-            report.problems.append(Finding("duplicate_across_splits", str(same[0].image_path), f"identical photographs in splits {sorted(splits)}: {names}"))
+            report.problems.append(Finding("duplicate_across_splits", paths[0], f"{len(paths)} identical photographs in splits {sorted(splits)}: {_names(paths)}", paths))
         else:
-            report.warnings.append(Finding("duplicate", str(same[0].image_path), f"identical photographs: {names}"))
+            report.warnings.append(Finding("duplicate", paths[0], f"{len(paths)} identical photographs: {_names(paths)}", paths))
 
 
 def _patients(records: list[FundusRecord], report: Report) -> None:
@@ -206,7 +222,7 @@ def _patients(records: list[FundusRecord], report: Report) -> None:
     for patient, s in sorted(splits.items()):
         if len(s) > 1:
             ids = [r.image_id for r in records if r.patient_id == patient]
-            report.problems.append(Finding("patient_in_two_splits", "", f"patient {patient!r} has photographs in splits {sorted(s)}: {', '.join(ids)}"))
+            report.problems.append(Finding("patient_in_two_splits", "", f"patient {patient!r} has {len(ids)} photographs in splits {sorted(s)}: {_names(ids)}", ids))
 
 
 def _counts(records: list[FundusRecord], results: dict[str, dict]) -> dict[str, Any]:

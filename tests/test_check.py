@@ -55,6 +55,31 @@ def test_duplicate_photographs_across_splits(folder_root):
     assert kinds(r) == {"duplicate_across_splits"} and "008.jpg" in r.problems[0].message
 
 
+def test_a_large_duplicate_group_prints_a_few_names_and_keeps_all_in_check_json(folder_root, tmp_path, capsys):
+    """Many copies of one photograph (the folder layout takes every image under root): the printed
+    report names three and counts the rest; check.json lists every path."""
+    src = folder_root / "site1" / "a" / "001.jpg"
+    for i in range(40):
+        shutil.copy(src, folder_root / "site2" / f"copy{i:02d}.jpg")
+    main(["check-data", "--dataset", "folder", "--root", str(folder_root), "--out", str(tmp_path / "out"), "--workers", "1"])
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if "identical photographs" in x)
+    assert "41 identical photographs" in line and "and 38 more (all in check.json)" in line and len(line) < 400
+    report = json.loads((tmp_path / "out" / "check.json").read_text())
+    group = next(f for f in report["problems"] + report["warnings"] if f["kind"].startswith("duplicate"))
+    assert len(group["files"]) == 41 and str(src) in group["files"]
+
+
+def test_the_printed_report_shows_three_examples_per_kind():
+    from retinalab.check import Finding, Report
+
+    r = Report("folder", "/data", 10, problems=[Finding("undecodable", f"{i}.jpg", f"{i}.jpg: broken") for i in range(7)]
+               + [Finding("mask_size", "m.png", "m.png: 10x10")])
+    lines = r.text().splitlines()
+    assert sum("[undecodable]" in x for x in lines) == 4 and "  [undecodable] ... 4 more in check.json" in lines
+    assert "  [mask_size] m.png: 10x10" in lines
+
+
 def test_patient_in_two_splits(folder_root):
     df = pd.read_csv(folder_root / "labels.csv", dtype=str).fillna("")
     df.loc[1, "split"] = "test"  # p1's second photograph
