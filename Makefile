@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo_idrid
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
-.PHONY: help install demo test test-slow test-gpu bench lint docker clean
+.PHONY: help install demo test test-slow test-gpu gpu-check bench lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-slow: install ## run every test, the slow ones included
 
 test-gpu: install ## run the CUDA tests (EGL equals the naive loop on the GPU); they skip without one
 	$(BIN)/python -m pytest -q -m gpu -rs
+
+gpu-check: ## on a GPU machine lent for minutes: GPU tests, EGL/inference/paper-000/paper-001 benchmarks on CUDA, results in OUT (the device machine's) or runs/gpu-check
+	bash benchmarks/gpu_check.sh
 
 bench: install ## run every benchmark in benchmarks/ (< 30 min on 2 cores) and write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/_report.py

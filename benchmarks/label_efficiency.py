@@ -21,10 +21,16 @@ ConvNet + 0.05 image AUROC at 10 labels.
 
     python benchmarks/label_efficiency.py [--images 541] [--seeds 0 1 2] [--labels 10 40] [--epochs 3]
                                           [--only ceiling] [--lesion-contrast 1] [--work DIR]
+                                          [--device cpu|cuda] [--parallel N] [--width W] [--arms ...]
 
 The networks and their CPU-sized settings (width, dropout) come from conf/convnet/synthetic.yaml and
-conf/ssl_gan/synthetic.yaml. Each finished run appends a line to ``<work>/results.jsonl`` at once (and
-its test predictions to ``<work>/predictions/``); rerunning with the same ``--work`` skips finished runs.
+conf/ssl_gan/synthetic.yaml (``--width 1`` is the paper's). Each finished run appends a line to
+``<work>/results.jsonl`` at once (and its test predictions to ``<work>/predictions/``); rerunning with
+the same ``--work`` skips finished runs.
+
+``--parallel N`` runs N fits at a time per visible GPU (with ``--device cuda``) or on the CPU, each as
+its own process with its share of the CPU threads (:mod:`retinalab.launch`, the launcher of
+``retinalab study --parallel``); each process's output goes to ``<work>/runs/<run>/run.log``.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import machine  # noqa: E402
 
-from retinalab.main import cli  # noqa: E402
+from retinalab.cli import cli  # noqa: E402
 from retinalab.metrics.bootstrap import (  # noqa: E402
     bootstrap_interval,
     image_auroc_statistic,
@@ -64,31 +70,46 @@ ARMS = {
 }
 RUNS = {CEILING: ("ceiling", "ConvNet", ["--data.batches_per_epoch=null"]), **ARMS}
 METRICS = ("image_auroc", "patch_auroc")
+SLUGS = {slug: arm for arm, (slug, _m, _e) in RUNS.items()}
 
 
 def run_one(arm: str, n_labeled: int | None, seed: int, a: argparse.Namespace, root: Path, work: Path) -> dict:
     """Fit one arm on one split, test its best and last checkpoints; returns the result line."""
+    from retinalab.launch import cap_workers, limit_threads
+
+    threads = limit_threads()  # $RETINALAB_THREADS under --parallel
     slug, method, extra = RUNS[arm]
     tag = f"{slug}-{n_labeled or 'all'}-{seed}"
     out = work / "runs" / tag
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)  # the configs' relative checkpoint folder (runs/<name>/checkpoints) lands in the run's folder
     args = [
-        "fit", "--config", str(REPO / CONFIGS[method]), "--data.root", str(root),
+        "--config", str(REPO / CONFIGS[method]), "--data.root", str(root),
         f"--data.num_labeled_images={'null' if n_labeled is None else n_labeled}", f"--data.seed={seed}",
         f"--seed_everything={seed}", f"--trainer.max_epochs={a.epochs}", f"--trainer.default_root_dir={out}",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--data.val_size={a.val}", f"--data.test_size={a.test}", f"--data.split_file={out / 'split.json'}",
         *extra,
     ]
+    if a.device:
+        args += [f"--trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}", "--trainer.devices=1"]
+    if a.precision:
+        args.append(f"--trainer.precision={a.precision}")
+    if a.width is not None:
+        args.append(f"--model.width={a.width}")
+        if method == "SSL-GAN":
+            args.append(f"--model.gen_width={a.width}")
     if method == "SSL-GAN":
         args.append(f"--model.lr_decay_start={max(1, int(a.epochs * 2 / 3))}")
     t0 = time.perf_counter()
-    c = cli(args)
+    c = cli(args, run=False)
+    cap_workers(c.datamodule, threads)
+    c.trainer.fit(c.model, c.datamodule)
     fit_s = time.perf_counter() - t0
     line: dict = {"arm": arm, "labels": n_labeled, "seed": seed, "fit_s": round(fit_s, 1),
                   "steps": c.trainer.global_step // (2 if method == "SSL-GAN" else 1),
-                  "train_images": c.datamodule.summary()["train"]["images"], "test_images": len(c.datamodule.rows["test"])}
+                  "train_images": c.datamodule.summary()["train"]["images"], "test_images": len(c.datamodule.rows["test"]),
+                  "device": str(c.trainer.strategy.root_device), "width": a.width}
     preds = {}
     # "last": the weights in memory at the end of training (first, before "best" replaces them; with
     # a monitored ModelCheckpoint, Lightning 2.6 rewrites last.ckpt only when "best" improves)
@@ -100,7 +121,28 @@ def run_one(arm: str, n_labeled: int | None, seed: int, a: argparse.Namespace, r
     (work / "predictions").mkdir(exist_ok=True)
     np.savez_compressed(work / "predictions" / f"{tag}.npz", **preds)
     line["predictions"] = f"predictions/{tag}.npz"
+    line["run_s"] = round(time.perf_counter() - t0, 1)
     return line
+
+
+def child_argv(a: argparse.Namespace, work: Path, arm: str, n: int | None, seed: int) -> list[str]:
+    """The command that runs one fit in its own process (``--one``) with this run's settings."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--images", str(a.images), "--val", str(a.val),
+            "--test", str(a.test), "--epochs", str(a.epochs), "--preset", a.preset, "--lesion-contrast", str(a.lesion_contrast),
+            "--one", f"{RUNS[arm][0]}:{'all' if n is None else n}:{seed}"]
+    for flag, value in (("--device", a.device), ("--width", a.width), ("--precision", a.precision)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def key(arm: str, n: int | None, seed: int) -> tuple:
+    """The run that holds ``arm`` at ``n`` labels: at 'all' labels the ConvNet at equal epochs is the ceiling."""
+    return (CEILING, None, seed) if n is None and arm == "ConvNet, equal epochs" else (arm, n, seed)
+
+
+def _label_count(text: str) -> int | None:
+    return None if text == "all" else int(text)
 
 
 def cell(lines: list[dict], ckpt: str, metric: str, work: Path) -> str:
@@ -123,16 +165,34 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=50, help="validation photographs")
     ap.add_argument("--test", type=int, default=100, help="test photographs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--labels", type=int, nargs="+", default=[10, 40])
+    ap.add_argument("--labels", type=_label_count, nargs="+", default=[10, 40], help="labelled photographs per run ('all': every training image)")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
+                    help=f"which comparisons run at each label count (default all: {', '.join(ARMS)})")
     ap.add_argument("--epochs", type=int, default=3, help="epochs of every run (an SSL-GAN epoch is one pass over the unlabelled pool)")
     ap.add_argument("--only", choices=["ceiling"], help="run only the supervised ceiling (the preset's calibration)")
     ap.add_argument("--preset", default="benchmark")
     ap.add_argument("--lesion-contrast", type=float, default=1.0, help="multiplies the preset's lesion opacity (calibration only)")
     ap.add_argument("--work", help="keep data, runs and results here (default: a temporary folder); reruns skip finished runs")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="one CPU or one GPU per fit (default: the configs' accelerator)")
+    ap.add_argument("--precision", default=None, help="Lightning precision of every fit, e.g. bf16-mixed (default: the configs')")
+    ap.add_argument("--width", type=float, default=None, help="network width of both methods (configs: 0.125, for 2 CPU cores; paper: 1)")
+    ap.add_argument("--parallel", type=int, default=None, metavar="N",
+                    help="N fits at a time per GPU (--device cuda) or on the CPU, each its own process with cores/N threads")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # slug:labels:seed, one fit in this process (--parallel's children)
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="retinalab-labeleff-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RETINALAB_CACHE", str(work / "cache"))
+    if a.one:  # a child of --parallel: one fit, its line written for the parent to collect
+        slug, n, seed = a.one.split(":")
+        root = work / f"idrid-{a.preset}-{a.lesion_contrast:g}"
+        line = run_one(SLUGS[slug], _label_count(n), int(seed), a, root, work)
+        path = work / "lines" / f"{slug}-{n}-{seed}.json"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(line))
+        os.replace(tmp, path)
+        return
     print(f"machine: {machine()}")
     t0 = time.perf_counter()
     root = work / f"idrid-{a.preset}-{a.lesion_contrast:g}"
@@ -141,22 +201,57 @@ def main() -> None:
                         preset=a.preset, lesion_contrast=a.lesion_contrast)
     results_file = work / "results.jsonl"
     done = [json.loads(x) for x in results_file.read_text().splitlines()] if results_file.exists() else []
-    # runs of another dataset or another epoch count in the same --work are not reused
-    finished = {(d["arm"], d["labels"], d["seed"]): d for d in done if d.get("data") == root.name and d.get("epochs") == a.epochs}
+    # runs of another dataset, epoch count or width in the same --work are not reused
+    finished = {(d["arm"], d["labels"], d["seed"]): d for d in done
+                if d.get("data") == root.name and d.get("epochs") == a.epochs and d.get("width") == a.width}
     plan = [(CEILING, None, s) for s in a.seeds]
     if a.only != "ceiling":
-        plan += [(arm, n, s) for s in a.seeds for n in a.labels for arm in ARMS]
-    for arm, n, seed in plan:
-        if (arm, n, seed) in finished:
-            continue
-        line = run_one(arm, n, seed, a, root, work)
+        # at 'all' labels the ConvNet at equal epochs is the ceiling itself
+        plan += [key(arm, n, s) for s in a.seeds for n in a.labels for arm in a.arms]
+    plan = list(dict.fromkeys(plan))  # in order, once each
+    todo = [(arm, n, seed) for arm, n, seed in plan if (arm, n, seed) not in finished]
+
+    def record(line: dict) -> None:
         line["data"], line["epochs"] = root.name, a.epochs
         with results_file.open("a") as f:  # one line per finished run, at once
             f.write(json.dumps(line) + "\n")
-        finished[(arm, n, seed)] = line
-        print(f"[{time.perf_counter() - t0:6.0f}s] seed {seed} {arm:32s} labelled {n or 'all'!s:>3s}: {line['steps']} steps, "
-              f"image AUROC {line['best']['image_auroc']:.3f} (last {line['last']['image_auroc']:.3f}), "
-              f"patch AUROC {line['best']['patch_auroc']:.3f}", flush=True)
+        finished[(line["arm"], line["labels"], line["seed"])] = line
+        print(f"[{time.perf_counter() - t0:6.0f}s] seed {line['seed']} {line['arm']:32s} labelled {line['labels'] or 'all'!s:>3s}: "
+              f"{line['steps']} steps in {line['fit_s']:.0f} s, image AUROC {line['best']['image_auroc']:.3f} "
+              f"(last {line['last']['image_auroc']:.3f}), patch AUROC {line['best']['patch_auroc']:.3f}", flush=True)
+
+    if a.parallel is None:
+        for arm, n, seed in todo:
+            record(run_one(arm, n, seed, a, root, work))
+    elif todo:
+        from retinalab.launch import Job, plan_slots, run_jobs
+
+        slots = plan_slots(a.parallel, a.device or "cpu")
+        jobs = {}
+        for arm, n, seed in todo:
+            tag = f"{RUNS[arm][0]}-{'all' if n is None else n}-{seed}"
+            (work / "lines" / f"{tag}.json").unlink(missing_ok=True)
+            jobs[tag] = Job(tag, child_argv(a, work, arm, n, seed), work / "runs" / tag / "run.log")
+
+        def collected(job, rc: int, seconds: float) -> None:
+            path = work / "lines" / f"{job.name}.json"
+            if rc == 0 and path.is_file():
+                line = json.loads(path.read_text())
+                line["process_s"] = round(seconds, 1)
+                record(line)
+
+        print(f"{len(todo)} fits as {len(slots)} concurrent processes ({slots[0].label}, {slots[0].threads} CPU threads each)", flush=True)
+        wall, started = time.perf_counter(), time.time()
+        codes = run_jobs(list(jobs.values()), slots, collected, prefix="  ")
+        wall = time.perf_counter() - wall
+        with (work / "parallel.jsonl").open("a") as f:  # start / end: unix seconds, to match GPU samples against
+            f.write(json.dumps({"fits": len(todo), "processes": len(slots), "threads": slots[0].threads, "wall_s": round(wall, 1),
+                                "start": started, "end": time.time(),
+                                "failed": sorted(k for k, v in codes.items() if v != 0), "device": a.device}) + "\n")
+        print(f"{len(todo)} fits in {wall:.0f} s wall clock with {len(slots)} processes", flush=True)
+    missing = [(arm, n, s) for arm, n, s in plan if (arm, n, s) not in finished]
+    if missing:
+        raise SystemExit(f"{len(missing)} run(s) did not finish (see {work / 'runs'}/*/run.log): {missing[:5]}")
 
     first = next(iter(finished.values()))
     print(f"\nSynthetic IDRiD layout, preset {a.preset!r} (lesion contrast x{a.lesion_contrast:g}); {a.images} photographs drawn, "
@@ -170,12 +265,12 @@ def main() -> None:
             print(f"{CEILING}: {cell(ceiling, ckpt, metric, work)}\n")
             if a.only == "ceiling":
                 continue
-            print("| method | " + " | ".join(f"{n} labelled" for n in a.labels) + " |")
+            print("| method | " + " | ".join(f"{n or 'all'} labelled" for n in a.labels) + " |")
             print("|---|" + "---|" * len(a.labels))
-            for arm in ARMS:
-                row = [cell([finished[(arm, n, s)] for s in a.seeds], ckpt, metric, work) for n in a.labels]
-                steps = statistics.mean(finished[(arm, a.labels[0], s)]["steps"] for s in a.seeds)
-                print(f"| {arm} ({steps:.0f} steps at {a.labels[0]}) | " + " | ".join(row) + " |")
+            for arm in a.arms:
+                row = [cell([finished[key(arm, n, s)] for s in a.seeds], ckpt, metric, work) for n in a.labels]
+                steps = statistics.mean(finished[key(arm, a.labels[0], s)]["steps"] for s in a.seeds)
+                print(f"| {arm} ({steps:.0f} steps at {a.labels[0] or 'all'}) | " + " | ".join(row) + " |")
 
     def mean(arm: str, n: int | None, metric: str = "image_auroc") -> float:
         return statistics.mean(finished[(arm, n, s)]["best"][metric] for s in a.seeds)
@@ -184,10 +279,10 @@ def main() -> None:
     c = mean(CEILING, None)
     print(f"- supervised ceiling >= 0.85 (calibration window 0.85-0.95): {c:.3f} -> {'met' if c >= 0.85 else 'MISSED'}"
           f"{'' if c <= 0.95 else ' (above the calibration window)'}")
-    if a.only != "ceiling":
-        n = min(a.labels)
+    if a.only != "ceiling" and "SSL-GAN" in a.arms and any(n is not None for n in a.labels):
+        n = min(n for n in a.labels if n is not None)
         gan = mean("SSL-GAN", n)
-        for arm in ("ConvNet, equal epochs", "ConvNet, equal steps"):
+        for arm in [x for x in ("ConvNet, equal epochs", "ConvNet, equal steps") if x in a.arms]:
             cn = mean(arm, n)
             print(f"- at {n} labels, SSL-GAN {gan:.3f} and {arm} {cn:.3f} both > 0.5 -> {'met' if min(gan, cn) > 0.5 else 'MISSED'}")
             print(f"- at {n} labels, SSL-GAN >= {arm} + 0.05: {gan:.3f} vs {cn + 0.05:.3f} -> {'met' if gan >= cn + 0.05 else 'MISSED'}")

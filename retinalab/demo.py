@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from .main import _size, cli
+from .cli import cli, finish_wandb, parse_size
 from .synthetic import read_settings, write_synthetic
 
 METHODS = (("ConvNet (supervised)", "convnet/synthetic.yaml"), ("SSL-GAN (semi-supervised)", "ssl_gan/synthetic.yaml"))
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     p = argparse.ArgumentParser(prog="python -m retinalab.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/demo_idrid", help="synthetic dataset folder (created if missing)")
     p.add_argument("--num-images", type=int, default=541, help="photographs to draw (about 55%% carry patch labels)")
-    p.add_argument("--size", type=_size, default=(768, 510), help="WxH of each photograph (default 768x510)")
+    p.add_argument("--size", type=parse_size, default=(768, 510), help="WxH of each photograph (default 768x510)")
     p.add_argument("--conf", default="conf", help="folder holding convnet/ and ssl_gan/ configs")
     a, extra = p.parse_known_args(argv)
     bad = [x for x in extra if not x.startswith("--") or "=" not in x]
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         last = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
         best = run.trainer.test(run.model, datamodule=run.datamodule, ckpt_path="best", verbose=False)[0]
         results[name] = {"final weights": last, "best on validation": best}
+        finish_wandb(run.trainer)  # one W&B run per method
     counts = run.datamodule.summary()
     print(f"\nTest metrics on {counts['test']['images']} photographs ({counts['test']['images_diseased']} with lesions), "
           f"same split, {counts['labeled']['images']} labelled images; image score = sum of patch sigmoids; "

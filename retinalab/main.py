@@ -11,9 +11,10 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from .cli import cli, finish_wandb, parse_size
 
 EXTRA_COMMANDS = {
     "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs, messidor or the generic folder",
@@ -45,16 +46,6 @@ Run `retinalab <command> --help` for the options of one command.
 """
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must look like 1024x680, got {text!r}") from None
-    if w < 32 or h < 32:
-        raise argparse.ArgumentTypeError(f"--size {text}: both sides must be >= 32 px")
-    return w, h
-
-
 def synth_main(argv: Sequence[str]) -> int:
     """``retinalab synth``: see :func:`retinalab.synthetic.write_synthetic`."""
     from .synthetic import PRESETS, WRITERS, write_synthetic
@@ -64,7 +55,7 @@ def synth_main(argv: Sequence[str]) -> int:
     p.add_argument("--out", required=True, help="destination folder (must not exist or be empty)")
     p.add_argument("--num-images", type=int, default=60, help="number of photographs (default 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default 0)")
-    p.add_argument("--size", type=_size, default=(1024, 680), help="WxH of each photograph (default 1024x680)")
+    p.add_argument("--size", type=parse_size, default=(1024, 680), help="WxH of each photograph (default 1024x680)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="classic",
                    help="generator settings: classic (default; lesions only in the central 0.88 of the field of view, "
                         "so position and brightness hint at them), benchmark (no such shortcut, lesion opacity calibrated "
@@ -106,7 +97,14 @@ def sweep_main(argv: Sequence[str]) -> int:
 
 def study_main(argv: Sequence[str]) -> int:
     """``retinalab study``: see :mod:`retinalab.study`. Exit 0 when every cell ran, 1 when some failed."""
-    from .study import Study, collect, run_study
+    from .study import (
+        Study,
+        collect,
+        log_summary_to_wandb,
+        logs_to_wandb,
+        run_study,
+        run_study_parallel,
+    )
 
     p = argparse.ArgumentParser(prog="retinalab study", description=EXTRA_COMMANDS["study"])
     p.add_argument("--config", required=True, help="study config (conf/studies/*.yaml)")
@@ -115,6 +113,15 @@ def study_main(argv: Sequence[str]) -> int:
     p.add_argument("--collect", action="store_true", help="only aggregate finished cells into results.csv / results.md / plots")
     p.add_argument("--rerun-failed", action="store_true", help="run failed cells again (they are skipped by default)")
     p.add_argument("--write-sweep", metavar="PATH", default=None, help="write a W&B sweep file whose runs are the cells, and exit")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="run N cells at a time per visible GPU (on the CPU: N in all) as separate processes, each with "
+                        "its share of the CPU threads; default: one at a time in this process")
+    p.add_argument("--devices", default=None, help="with --parallel: cpu, cuda, auto (default: every visible GPU, else the CPU) "
+                                                   "or GPU indices such as 0,1")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=os.environ.get("RETINALAB_DEVICE") or None,
+                   help="run the cell(s) on one CPU or one GPU (set by --parallel for its processes)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for this process (default: $RETINALAB_THREADS, else torch's)")
+    p.add_argument("--no-collect", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(list(argv))
     try:
         study = Study.load(a.config)
@@ -129,11 +136,27 @@ def study_main(argv: Sequence[str]) -> int:
         for i, cell in enumerate(study.cells()):
             print(f"{i}\t{cell.name}")
         return 0
+    if a.parallel is not None and a.cell is not None:
+        p.error("--parallel runs the unfinished cells; --cell runs one: use one of them")
     if not a.collect:
-        stats = run_study(study, a.cell, a.rerun_failed)
+        from .launch import limit_threads
+
+        threads = limit_threads(a.threads)
+        try:
+            if a.parallel is not None:
+                stats = run_study_parallel(study, a.parallel, a.devices, a.rerun_failed)
+            else:
+                stats = run_study(study, a.cell, a.rerun_failed, collect_after=not a.no_collect, device=a.device, threads=threads)
+        except ValueError as e:
+            p.error(str(e))
         print(f"[study {study.name}] {stats['done']} cell(s) run, {stats['failed']} failed, {stats['skipped']} already done or failed")
+        if a.no_collect:
+            return 1 if stats["failed"] else 0
     res = collect(study)
     print(f"[study {study.name}] {len(res['rows'])}/{len(study.cells())} cells finished -> {study.out_dir / 'results.md'}")
+    if a.cell is None and logs_to_wandb(study) and res["rows"]:  # the whole study (or --collect): its table and curves in W&B
+        run_dir = log_summary_to_wandb(study)
+        print(f"[study {study.name}] W&B summary run (results table, curves against the labelled count): {run_dir}")
     return 1 if res["failed"] else 0
 
 
@@ -213,58 +236,6 @@ def active_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def cli(argv: Sequence[str], run: bool = True):
-    """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate).
-
-    Every run also gets :class:`retinalab.manifest.RunManifest` (``manifest.json`` beside the run).
-    """
-    import torch
-    from pytorch_lightning import LightningDataModule, LightningModule
-    from pytorch_lightning.cli import LightningCLI
-
-    from .manifest import RunManifest
-
-    class RetinalabCLI(LightningCLI):
-        def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
-            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-            if subcommand == "predict":
-                # the prediction writers put every image on disk as it comes; keeping the outputs in
-                # memory as well (Lightning's default) would grow with the number of images
-                parser.set_defaults(return_predictions=False)
-            return parser
-
-        def instantiate_trainer(self, **kwargs):
-            import json
-
-            trainer = super().instantiate_trainer(**kwargs)
-            try:
-                config = self.config.get(self.subcommand) if self.subcommand else self.config
-                resolved = json.loads(self._parser(self.subcommand).dump(config, format="json", skip_check=True))
-            except Exception:  # noqa: BLE001 - the manifest must never stop a run
-                resolved = None
-            trainer.callbacks.append(RunManifest(resolved))
-            return trainer
-
-    torch.set_float32_matmul_precision("high")
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # predict loaders serve one image per step (batch_size=None); retinalab's writers key on image ids
-    warnings.filterwarnings("ignore", ".*infer the batch indices.*")
-    # retinalab passes the arguments on purpose: `retinalab <command> ...` and `retinalab study` read
-    # sys.argv themselves, so Lightning's warning about args beside sys.argv would greet every run
-    warnings.filterwarnings("ignore", ".*args parameter is intended to run from within Python.*")
-    return RetinalabCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=list(argv),
-        auto_configure_optimizers=False,
-        run=run,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -284,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2
-    cli(argv)
+    finish_wandb(cli(argv).trainer)  # the run's files are complete when the command returns
     return 0
 
 

@@ -34,6 +34,8 @@ import json
 import logging
 import math
 import os
+import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,7 @@ class Study:
     overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
     wandb: dict[str, Any] | None = None
+    source: Path | None = None  # the study config file (child processes of --parallel read it again)
 
     @classmethod
     def load(cls, path: str | Path) -> Study:
@@ -105,7 +108,7 @@ class Study:
             labelled=labelled, seeds=[int(s) for s in raw["seeds"]], selection=raw.get("selection", "random"),
             metrics=list(raw.get("metrics", [])), overrides=[str(o) for o in raw.get("overrides", [])],
             method_overrides={k: [str(o) for o in v] for k, v in raw.get("method_overrides", {}).items()},
-            wandb=dict(raw["wandb"]) if raw.get("wandb") else None,
+            wandb=dict(raw["wandb"]) if raw.get("wandb") else None, source=path,
         )
 
     def cells(self) -> list[Cell]:
@@ -121,12 +124,20 @@ class Study:
         logger = (cfg.get("trainer") or {}).get("logger")
         # the cell's logs go into the cell's folder (CSV, TensorBoard and W&B loggers take save_dir)
         log_dir = [f"--trainer.logger.init_args.save_dir={d}"] if isinstance(logger, dict) and "class_path" in logger else []
-        if self.wandb is not None:  # one W&B run per cell, grouped by study, tagged by method / count / seed / selection
+        wandb = isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
+        chosen = [o for o in (*self.overrides, *self.method_overrides.get(cell.method, [])) if o.startswith("--trainer.logger=")]
+        if chosen and self.wandb is None:  # the study's overrides pick the logger (e.g. --trainer.logger=false)
+            log_dir, wandb = [], False
+        if self.wandb is not None or wandb:  # one W&B run per cell, grouped by study, tagged by method / dataset / count / seed / selection
             n_tag = "all" if cell.labelled is None else str(cell.labelled)
+            dataset = ((cfg.get("data") or {}).get("init_args") or {}).get("dataset", "data")
+            for o in (*self.overrides, *self.method_overrides.get(cell.method, [])):
+                if o.startswith(("--data.dataset=", "--data.init_args.dataset=")):
+                    dataset = o.split("=", 1)[1]
             log_dir = ["--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={d}",
-                       f"--trainer.logger.init_args.group={self.name}", f"--trainer.logger.init_args.name={cell.name}",
-                       f"--trainer.logger.init_args.tags=[{cell.method},labelled_{n_tag},seed_{cell.seed},{self.selection}]"]
-            log_dir += [f"--trainer.logger.init_args.{k}={v}" for k, v in self.wandb.items()]
+                       f"--trainer.logger.init_args.group={self.name}", f"--trainer.logger.init_args.name={self.name}/{cell.name}",
+                       f"--trainer.logger.init_args.tags=[{cell.method},{dataset},labelled_{n_tag},seed_{cell.seed},{self.selection}]"]
+            log_dir += [f"--trainer.logger.init_args.{k}={v}" for k, v in (self.wandb or {}).items()]
         return [
             "--config", str(self.methods[cell.method]), *self.overrides, *self.method_overrides.get(cell.method, []),
             f"--data.num_labeled_images={n}", f"--data.seed={cell.seed}", f"--seed_everything={cell.seed}",
@@ -143,13 +154,29 @@ def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
-    """Fit and test one cell in this process; returns the test metrics (written to ``cell.json``)."""
-    from .main import cli
+def device_args(device: str | None) -> list[str]:
+    """Trainer overrides for one process on one device (``--parallel``): ``cpu`` or ``cuda``
+    (the one GPU ``CUDA_VISIBLE_DEVICES`` leaves visible); none for ``None``."""
+    if device is None:
+        return []
+    accelerator = {"cpu": "cpu", "cuda": "gpu"}[device]
+    return [f"--trainer.accelerator={accelerator}", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
+
+
+def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Fit and test one cell in this process; returns the test metrics (written to ``cell.json``).
+
+    ``device`` (``cpu``/``cuda``) pins the trainer to one device; ``threads`` caps the loader and
+    cache workers (:func:`retinalab.launch.cap_workers`), as ``--parallel`` does for each cell.
+    """
+    from .cli import cli, finish_wandb
+    from .launch import cap_workers
 
     d = study.cell_dir(cell)
-    args = study.args(cell)
+    args = study.args(cell) + device_args(device)
+    started = time.time()
     c = cli(args, run=False)
+    cap_workers(c.datamodule, threads)
     c.trainer.fit(c.model, c.datamodule)
     ckpt = c.trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and getattr(ckpt, "monitor", None) and ckpt.best_model_path else None
@@ -157,48 +184,105 @@ def run_cell(study: Study, cell: Cell) -> dict[str, Any]:
     # checkpoint, which replaces them in memory
     last = c.trainer.test(c.model, c.datamodule, verbose=False)
     res = c.trainer.test(c.model, c.datamodule, ckpt_path=best, verbose=False) if best else last
-    from pytorch_lightning.loggers import WandbLogger
-
-    for lg in c.trainer.loggers:
-        if isinstance(lg, WandbLogger) and lg._experiment is not None:
-            lg.experiment.finish()  # one W&B run per cell: close it before the next cell starts one
+    finish_wandb(c.trainer)  # one W&B run per cell: close it before the next cell starts one
     metrics: dict[str, float] = {}
     for part in res:
         metrics |= {k.split("/dataloader_idx")[0]: float(v) for k, v in part.items()}
     for part in last:  # test_last/...: the same figures for the final weights
         metrics |= {k.split("/dataloader_idx")[0].replace("test/", "test_last/", 1): float(v) for k, v in part.items()}
+    import torch
+
     payload = {"method": cell.method, "labelled": cell.labelled, "seed": cell.seed, "checkpoint": best, "metrics": metrics,
-               "split_hash": getattr(c.datamodule, "split_hash", None), "args": args}
+               "split_hash": getattr(c.datamodule, "split_hash", None), "args": args,
+               "started": started, "finished": time.time(), "seconds": round(time.time() - started, 2),
+               "device": str(c.trainer.strategy.root_device), "torch_threads": torch.get_num_threads()}
     _atomic_json(d / "cell.json", payload)
     return payload
 
 
-def run_study(study: Study, only: int | None = None, rerun_failed: bool = False) -> dict[str, int]:
-    """Run the cells not finished yet (or only cell ``only``); returns counts of done/failed/skipped."""
+def _todo(study: Study, cells: list[Cell], rerun_failed: bool) -> tuple[list[Cell], int]:
+    todo = [c for c in cells if not (study.cell_dir(c) / "cell.json").is_file()
+            and (rerun_failed or not (study.cell_dir(c) / "failed.json").is_file())]
+    return todo, len(cells) - len(todo)
+
+
+def _record_failure(study: Study, cell: Cell, e: BaseException) -> None:
+    _atomic_json(study.cell_dir(cell) / "failed.json", {"cell": cell.name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-5000:]})
+    log.error("study %s: cell %s failed: %s", study.name, cell.name, e)
+    print(f"[study {study.name}] cell {cell.name} FAILED: {type(e).__name__}: {e}", flush=True)
+
+
+def run_study(study: Study, only: int | None = None, rerun_failed: bool = False, collect_after: bool = True,
+              device: str | None = None, threads: int | None = None) -> dict[str, int]:
+    """Run the cells not finished yet (or only cell ``only``) one after another in this process;
+    returns counts of done/failed/skipped. See :func:`run_study_parallel` for several at a time."""
     cells = study.cells()
     if only is not None:
         if not 0 <= only < len(cells):
             raise ValueError(f"--cell {only}: the study has cells 0..{len(cells) - 1}")
         cells = [cells[only]]
-    stats = {"done": 0, "failed": 0, "skipped": 0}
-    for i, cell in enumerate(cells):
+    todo, skipped = _todo(study, cells, rerun_failed)
+    stats = {"done": 0, "failed": 0, "skipped": skipped}
+    index = {c.name: i for i, c in enumerate(study.cells())}
+    for cell in todo:
         d = study.cell_dir(cell)
-        if (d / "cell.json").is_file() or ((d / "failed.json").is_file() and not rerun_failed):
-            stats["skipped"] += 1
-            continue
-        log.info("study %s: cell %d/%d %s", study.name, i + 1, len(cells), cell.name)
-        print(f"[study {study.name}] cell {i + 1}/{len(cells)}: {cell.name}", flush=True)
+        log.info("study %s: cell %d/%d %s", study.name, index[cell.name] + 1, len(study.cells()), cell.name)
+        print(f"[study {study.name}] cell {index[cell.name] + 1}/{len(study.cells())}: {cell.name}", flush=True)
         try:
-            run_cell(study, cell)
+            run_cell(study, cell, device, threads)
             (d / "failed.json").unlink(missing_ok=True)
             stats["done"] += 1
         except Exception as e:  # noqa: BLE001 - one failed cell must not stop the study
-            _atomic_json(d / "failed.json", {"cell": cell.name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-5000:]})
-            log.error("study %s: cell %s failed: %s", study.name, cell.name, e)
-            print(f"[study {study.name}] cell {cell.name} FAILED: {type(e).__name__}: {e}", flush=True)
+            _record_failure(study, cell, e)
             stats["failed"] += 1
-        if only is None:
+        if only is None and collect_after:
             collect(study)
+    return stats
+
+
+def run_study_parallel(study: Study, parallel: int, devices: str | None = None, rerun_failed: bool = False) -> dict[str, int]:
+    """Run the unfinished cells as ``parallel`` concurrent ``retinalab study --cell I`` processes per
+    visible GPU (or on the CPU), each with its share of the CPU threads (:mod:`retinalab.launch`).
+
+    Every cell writes ``cell.json`` (or ``failed.json``) itself; this process rewrites ``results.csv``,
+    ``results.md`` and the plots as each one ends and prints one progress line. A process that dies
+    without either file (killed, out of memory) gets a ``failed.json`` pointing at its ``cell.log``.
+    """
+    from .launch import Job, plan_slots, run_jobs
+
+    if study.source is None:
+        raise ValueError("run_study_parallel needs a study loaded from a file (Study.load)")
+    slots = plan_slots(parallel, devices)
+    cells = study.cells()
+    todo, skipped = _todo(study, cells, rerun_failed)
+    stats = {"done": 0, "failed": 0, "skipped": skipped}
+    by_name = {c.name: (i, c) for i, c in enumerate(cells)}
+    jobs = []
+    for cell in todo:
+        i = by_name[cell.name][0]
+        # the slot's device and thread share reach the child as RETINALAB_DEVICE / RETINALAB_THREADS
+        argv = [sys.executable, "-m", "retinalab", "study", "--config", str(study.source), "--cell", str(i), "--no-collect",
+                *(["--rerun-failed"] if rerun_failed else [])]
+        jobs.append(Job(cell.name, argv, study.cell_dir(cell) / "cell.log"))
+    print(f"[study {study.name}] {len(todo)} cell(s) to run ({skipped} already done or failed) as {len(slots)} processes "
+          f"({', '.join(sorted({s.label for s in slots}))}, {slots[0].threads} CPU thread(s) each)" if todo else
+          f"[study {study.name}] nothing to run ({skipped} cells already done or failed)", flush=True)
+
+    def done(job: Job, rc: int, seconds: float) -> None:
+        cell = by_name[job.name][1]
+        d = study.cell_dir(cell)
+        if (d / "cell.json").is_file():
+            (d / "failed.json").unlink(missing_ok=True)
+            stats["done"] += 1
+        else:
+            if not (d / "failed.json").is_file() or rc < 0:
+                tail = job.log.read_text(errors="replace")[-3000:] if job.log.is_file() else ""
+                _atomic_json(d / "failed.json", {"cell": cell.name, "error": f"the cell's process ended with exit code {rc} "
+                             f"without a result; see {job.log}", "traceback": tail})
+            stats["failed"] += 1
+        collect(study)
+
+    run_jobs(jobs, slots, done, prefix=f"[study {study.name}] ")
     return stats
 
 
@@ -220,7 +304,7 @@ def collect(study: Study) -> dict[str, Any]:
     w.writerow(["method", "labelled", "seed", *metrics])
     for r in rows:
         w.writerow([r["method"], "all" if r["labelled"] is None else r["labelled"], r["seed"], *[r["metrics"].get(m, "") for m in metrics]])
-    tmp = study.out_dir / ".results.csv.tmp"
+    tmp = study.out_dir / f".results.csv.tmp-{os.getpid()}"
     tmp.write_text(buf.getvalue())
     os.replace(tmp, study.out_dir / "results.csv")
     md = [f"# Study {study.name}", "", f"{len(rows)} of {len(study.cells())} cells finished, {len(failed)} failed; mean +- std over seeds.", ""]
@@ -237,10 +321,92 @@ def collect(study: Study) -> dict[str, Any]:
         _plot(study, rows, m)
     if failed:
         md += ["## Failed cells", ""] + [f"* {f['cell']}: {f['error']}" for f in failed] + [""]
-    tmp = study.out_dir / ".results.md.tmp"
+    tmp = study.out_dir / f".results.md.tmp-{os.getpid()}"
     tmp.write_text("\n".join(md))
     os.replace(tmp, study.out_dir / "results.md")
     return {"rows": rows, "failed": failed}
+
+
+def logs_to_wandb(study: Study) -> bool:
+    """True when the study's cells log to W&B (a ``wandb:`` key, or a method config with a W&B logger)."""
+    if study.wandb is not None:
+        return True
+    for method, cfg in study.methods.items():
+        chosen = [o.split("=", 1)[1] for o in (*study.overrides, *study.method_overrides.get(method, [])) if o.startswith("--trainer.logger=")]
+        if chosen:  # the study's overrides pick the logger
+            if chosen[-1].endswith("WandbLogger"):
+                return True
+            continue
+        logger = ((yaml.safe_load(cfg.read_text()) or {}).get("trainer") or {}).get("logger")
+        if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger"):
+            return True
+    return False
+
+
+def summary_table(study: Study, rows: list[dict], metric: str) -> list[dict[str, Any]]:
+    """Mean, std and count over seeds of ``metric`` per method and labelled count (NaN cells left out)."""
+    out = []
+    for method in study.methods:
+        for n in study.labelled:
+            v = [r["metrics"][metric] for r in rows if r["method"] == method and r["labelled"] == n and metric in r["metrics"]]
+            v = [x for x in v if not math.isnan(x)]
+            if v:
+                out.append({"method": method, "labelled": "all" if n is None else n, "metric": metric,
+                            "mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)})
+    return out
+
+
+def log_summary_to_wandb(study: Study) -> Path | None:
+    """One W&B run for the whole study (group = the study, job type ``study-summary``): ``results.csv``
+    as a Table, the mean +- std per method and labelled count as a Table, and per metric the mean
+    curve against the labelled count (a line chart) and the error-bar plot (an image), as in paper
+    000's Tables 1-2. Online with W&B credentials, offline (under ``<out_dir>/summary``) otherwise.
+    Returns the local run folder."""
+    import wandb
+
+    from .loggers import has_wandb_credentials
+
+    res = collect(study)
+    rows = res["rows"]
+    if not rows:
+        return None
+    metrics = study.metrics or sorted({k for r in rows for k in r["metrics"] if not k.startswith("test_last/")})
+    metrics = [*metrics, *(m.replace("test/", "test_last/", 1) for m in metrics if m.startswith("test/"))]
+    opts = dict(study.wandb or {})
+    out = study.out_dir / "summary"
+    out.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=opts.get("project", "retinalab"), entity=opts.get("entity"), group=study.name, name=f"{study.name}/summary",
+                     job_type="study-summary", tags=["study-summary", study.selection], dir=str(out), reinit=True,
+                     mode="online" if has_wandb_credentials() else "offline",
+                     config={"study": study.name, "methods": {k: str(v) for k, v in study.methods.items()},
+                             "labelled": ["all" if n is None else n for n in study.labelled], "seeds": study.seeds,
+                             "selection": study.selection, "cells": len(study.cells()), "finished": len(rows), "failed": len(res["failed"])})
+    try:
+        import pandas as pd
+
+        payload: dict[str, Any] = {"results": wandb.Table(dataframe=pd.read_csv(study.out_dir / "results.csv"))}
+        summary = [row for m in metrics for row in summary_table(study, rows, m)]
+        payload["summary"] = wandb.Table(columns=["method", "labelled", "metric", "mean", "std", "n"],
+                                         data=[[r["method"], str(r["labelled"]), r["metric"], r["mean"], r["std"], r["n"]] for r in summary])
+        numeric = [n for n in study.labelled if n is not None]
+        x_all = max(numeric) * 1.25 if numeric else 1
+        xs = [x_all if n is None else n for n in study.labelled]
+        for m in metrics:
+            table = {(r["method"], r["labelled"]): r["mean"] for r in summary if r["metric"] == m}
+            if not table:
+                continue
+            ys = [[table.get((method, "all" if n is None else n), float("nan")) for n in study.labelled] for method in study.methods]
+            payload[f"curves/{m}"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(study.methods), title=f"{study.name}: {m} (mean over seeds)",
+                                                            xname="labelled images")
+            png = study.out_dir / f"{m.replace('/', '_')}.png"
+            if png.is_file():
+                payload[f"plots/{m}"] = wandb.Image(str(png), caption=f"{m}: mean +- std over seeds")
+        run.log(payload)
+        for r in summary:
+            run.summary[f"{r['metric']}/{r['method']}/n{r['labelled']}"] = r["mean"]
+    finally:
+        run.finish()
+    return Path(run.dir).parent
 
 
 def _plot(study: Study, rows: list[dict], metric: str) -> None:
@@ -273,7 +439,7 @@ def _plot(study: Study, rows: list[dict], metric: str) -> None:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     path = study.out_dir / f"{metric.replace('/', '_')}.png"
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
 

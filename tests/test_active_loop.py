@@ -313,9 +313,15 @@ def test_read_labels_rejects_conflicts_and_a_changed_queries_file(synth_eophtha,
         oracle([*items, int(al.pool_items[5])], 0)
 
 
-def test_all_active_configs_parse():
+def test_all_active_configs_parse(monkeypatch, tmp_path):
+    """Every conf/active config builds, logging to W&B (offline without an API key), named and tagged per run."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    from retinalab.loggers import WandbLogger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     for cfg in sorted((REPO / "conf" / "active").glob("*.yaml")):
         p = ArgumentParser()
         p.add_argument("--config", action=ActionConfigFile)
@@ -325,6 +331,11 @@ def test_all_active_configs_parse():
         init.pop("config", None)
         al = ActiveLearning(**init)
         assert al.patches.patch_size in (32, 48) and al.lr == 0.01 and al.batch_size == 32, cfg.name
+        assert al.logger == "wandb", cfg.name
+        lg = al.make_wandb_logger()
+        assert isinstance(lg, WandbLogger) and lg._offline_run and lg._experiment is None
+        assert lg._wandb_init["name"] == f"active/{al.dataset}-{al.acquisition}-{al.select}-s{al.seed}"
+        assert al.acquisition in lg._wandb_init["tags"] and Path(lg.save_dir).parent == Path(al.out_dir) / "logs"
 
 
 # ---------------------------------------------------------------- DDP and W&B

@@ -151,14 +151,33 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml") if p.parent.name not in ("active", "overlays", "studies", "sweeps")))
-def test_every_shipped_config_instantiates(config, tmp_path):
-    """Lightning configs (conf/active/ is `retinalab active`'s: see test_active_loop.py; overlays/ are partial configs; studies/ and sweeps/ have their own tests)."""
-    from retinalab.main import cli
+def test_every_shipped_config_instantiates_with_the_wandb_logger_offline(config, tmp_path, monkeypatch):
+    """Lightning configs (conf/active/ is `retinalab active`'s: see test_active_loop.py; overlays/ are partial
+    configs; studies/ and sweeps/ have their own tests). Each logs to W&B by default, offline without an
+    API key, named, grouped and tagged from the config, its local files in a fresh logs/version_<k>."""
+    from retinalab.cli import cli
+    from retinalab.loggers import WandbLogger
 
-    c = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    c = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"], run=False)
     assert c.model.__class__.__module__.startswith("retinalab.tasks")
     assert c.datamodule.root == str(tmp_path)
     assert c.trainer.max_epochs is None or c.trainer.max_epochs >= 1  # None: a test-only config
+    (logger,) = c.trainer.loggers
+    assert isinstance(logger, WandbLogger) and logger._offline_run and logger._experiment is None  # no run before fit
+    init = logger._wandb_init
+    method, stem = Path(config).parent.name, Path(config).stem
+    assert init["project"] == "retinalab" and init["group"] == f"{method}/{stem}" and init["name"].startswith(f"{method}/{stem}-n")
+    assert init["tags"][0] == method and init["tags"][-1] == "seed_0" and init["tags"][2].startswith("labelled_")
+    assert logger.save_dir == str(tmp_path / "runs" / "logs" / "version_0")
+    (tmp_path / "runs" / "logs" / "version_0").mkdir(parents=True)  # a second run of the config does not reuse its folder
+    again = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"], run=False)
+    assert again.trainer.logger.save_dir == str(tmp_path / "runs" / "logs" / "version_1")
+    # and the logger can be switched off
+    off = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), "--trainer.logger=false"], run=False)
+    assert off.trainer.loggers == []
 
 
 def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
@@ -195,7 +214,7 @@ def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
 
 
 def test_gan_optimisers_come_from_the_config(tmp_path):
-    from retinalab.main import cli
+    from retinalab.cli import cli
 
     c = cli(["--config", str(REPO / "conf/ssl_gan/synthetic.yaml"), "--data.root", str(tmp_path), "--trainer.logger", "false",
              "--model.optimizer_d=torch.optim.SGD", "--model.optimizer_d.lr=0.05", "--model.optimizer_d.momentum=0.9"], run=False)
@@ -231,7 +250,7 @@ def test_ddp_ranks_end_identical_and_metrics_cover_the_whole_validation_set(synt
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     logged = pd.read_csv(sorted((synth_idrid / "ddp_convnet" / "logs").glob("version_*"))[-1] / "metrics.csv")
     ddp_auroc = logged["val/patch_auroc"].dropna().iloc[-1]
-    from retinalab.main import cli
+    from retinalab.cli import cli
 
     c = cli(["--config", str(TINY), "--data.root", str(synth_idrid / "syn"), "--trainer.logger", "false",
              f"--data.cache_dir={synth_idrid / 'cache'}", "--trainer.enable_progress_bar=false",

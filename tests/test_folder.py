@@ -136,8 +136,8 @@ def test_synth_writes_the_folder_layout(tmp_path):
 
 def test_every_run_records_its_dataset_report(folder_root, tmp_path, monkeypatch):
     """The datamodule's counts (labelled / unlabelled / val / test images and patches per class) reach
-    the run's logger config and split.json."""
-    import yaml
+    the run's logger config (the W&B run's, offline) and split.json."""
+    from retinalab.loggers import read_offline_run
 
     monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
     assert main(["fit", "--config", str(REPO / "conf" / "convnet" / "folder.yaml"), "--model.width=0.1", "--data.image_size=128",
@@ -146,7 +146,7 @@ def test_every_run_records_its_dataset_report(folder_root, tmp_path, monkeypatch
                  "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
                  f"--trainer.logger.init_args.save_dir={tmp_path}"]) == 0
     run = next(tmp_path.glob("logs/version_*"))
-    hp = yaml.safe_load((run / "hparams.yaml").read_text())
+    hp = read_offline_run(next(run.glob("wandb/offline-run-*")))["config"]
     split = json.loads((run / "split.json").read_text())
     assert hp["data/split_hash"] == split["hash"] and hp["data/dataset"] == "folder"
     for part in ("labeled", "val", "test"):

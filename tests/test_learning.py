@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from retinalab.main import cli
+from retinalab.cli import cli
 from retinalab.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

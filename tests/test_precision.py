@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retinalab.main import cli
+from retinalab.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 

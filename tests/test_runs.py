@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retinalab.main import cli, main
+from retinalab.cli import cli
+from retinalab.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"

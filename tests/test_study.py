@@ -122,15 +122,30 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[4], wandb={"project": "retinalab-test"})
     assert main(["study", "--config", str(cfg)]) == 0
-    run_dir = next((tmp_path / "study" / "cells" / "convnet" / "n4_s0").glob("wandb/offline-run-*"))
+    run_dir = next((tmp_path / "study" / "cells" / "convnet" / "n4_s0").glob("logs/version_0/wandb/offline-run-*"))
     run = read_offline_run(run_dir)
     assert run["config"]["config"]["model"]["init_args"]["width"] == 0.1 and run["config"]["data/split_hash"]
     assert any("test/image_auroc" in row for row in run["history"]) and any("val/patch_auroc" in row for row in run["history"])
     meta = next(r.run for r in iter_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run")
-    assert meta.run_group == "tiny" and set(meta.tags) == {"convnet", "labelled_4", "seed_0", "random"}
+    assert meta.run_group == "tiny" and meta.display_name == "tiny/convnet/n4_s0"
+    assert set(meta.tags) == {"convnet", "idrid", "labelled_4", "seed_0", "random"}
     cell = json.loads((tmp_path / "study" / "cells" / "convnet" / "n4_s0" / "cell.json").read_text())
     last = [row for row in run["history"] if "test/image_auroc" in row][-1]
     assert last["test/image_auroc"] == pytest.approx(cell["metrics"]["test/image_auroc"])
+    # the study's summary run: results.csv as a Table, mean +- std per count, a curve and a plot per metric
+    summary_dir = next((tmp_path / "study" / "summary").glob("wandb/offline-run-*"))
+    summary = read_offline_run(summary_dir)
+    meta = next(r.run for r in iter_records(next(summary_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run")
+    assert meta.run_group == "tiny" and meta.job_type == "study-summary"
+    (row,) = summary["history"]  # nested values come back flattened: "results/_type", ...
+    assert row["results/_type"] == "table-file" and row["results/nrows"] == 1
+    assert row["summary/_type"] == "table-file" and row["plots/test/image_auroc/_type"] == "image-file"
+    table = json.loads((summary_dir / "files" / row["results/path"]).read_text())
+    col = table["columns"].index("test/image_auroc")
+    assert table["data"][0][col] == pytest.approx(cell["metrics"]["test/image_auroc"])
+    curve = json.loads((summary_dir / "files" / row["curves/test/image_auroc_table/path"]).read_text())
+    assert curve["columns"] == ["step", "lineKey", "lineVal"] and curve["data"] == [[4, "convnet", pytest.approx(cell["metrics"]["test/image_auroc"])]]
+    assert summary["summary"]["test/image_auroc/convnet/n4"] == pytest.approx(cell["metrics"]["test/image_auroc"])
 
 
 def test_wandb_credentials_decide_online_or_offline(monkeypatch, tmp_path):
@@ -160,3 +175,51 @@ def test_a_study_runs_as_a_sweep_of_its_cells(syn, tmp_path):
     assert [a["cell"] for a in assignments(loaded, None)] == [0, 1] and "  - ${args}" in sweep.read_text()
     assert main(["sweep", str(sweep), "--count", "1", "--out", str(tmp_path / "sw")]) == 0  # what a W&B agent would run
     assert (tmp_path / "study/cells/convnet/n2_s0/cell.json").is_file() and not (tmp_path / "study/cells/convnet/n4_s0").exists()
+
+
+def test_parallel_cells_overlap_and_match_a_sequential_run(syn, tmp_path, capsys):
+    """`--parallel 2 --devices cpu`: two `retinalab study --cell I` processes at once, one CPU thread
+    each; the cells' time spans overlap, and split, labelled images and metrics equal those of the
+    same cells run one after another in this process."""
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "par").mkdir()
+    seq, par = (_config(tmp_path / d, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4]) for d in ("seq", "par"))
+    assert main(["study", "--config", str(seq)]) == 0
+    capsys.readouterr()
+    assert main(["study", "--config", str(par), "--parallel", "2", "--devices", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "as 2 processes (cpu, 1 CPU thread(s) each)" in out and "2/2 convnet/n" in out and "elapsed" in out
+    cells = {}
+    for run in ("seq", "par"):
+        for n in (2, 4):
+            cells[run, n] = json.loads((tmp_path / run / "study" / "cells" / "convnet" / f"n{n}_s0" / "cell.json").read_text())
+    a, b = cells["par", 2], cells["par", 4]
+    assert a["started"] < b["finished"] and b["started"] < a["finished"], "the two cells did not run at the same time"
+    assert a["torch_threads"] == b["torch_threads"] == 1 and "--trainer.accelerator=cpu" in a["args"]
+    for n in (2, 4):
+        s, p = cells["seq", n], cells["par", n]
+        assert p["split_hash"] == s["split_hash"]
+        assert set(p["metrics"]) == set(s["metrics"])
+        for k in s["metrics"]:
+            assert p["metrics"][k] == pytest.approx(s["metrics"][k], rel=1e-5, abs=1e-6), k
+    assert (tmp_path / "par" / "study" / "cells" / "convnet" / "n2_s0" / "cell.log").stat().st_size > 0
+    assert len(pd.read_csv(tmp_path / "par" / "study" / "results.csv")) == 2
+
+
+def test_a_parallel_cell_that_dies_is_recorded_and_the_rest_go_on(syn, tmp_path, capsys):
+    """A cell whose process fails writes failed.json (the other cell still finishes); --parallel with
+    --cell is refused; an impossible --devices is named."""
+    cfg = _config(tmp_path, syn, labelled=[2], method_overrides={"ssl_gan": ["--data.patch_size=1000"]})
+    assert main(["study", "--config", str(cfg), "--parallel", "2", "--devices", "cpu"]) == 1
+    out = tmp_path / "study"
+    assert (out / "cells/convnet/n2_s0/cell.json").is_file()
+    assert "patch_size" in json.loads((out / "cells/ssl_gan/n2_s0/failed.json").read_text())["error"]
+    assert "FAILED (exit 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["study", "--config", str(cfg), "--parallel", "2", "--cell", "0"])
+    from retinalab.launch import plan_slots
+
+    with pytest.raises(ValueError, match="not visible"):
+        plan_slots(2, "7")
+    assert [s.threads for s in plan_slots(3, "cpu", cores=16)] == [5, 5, 5]
+    assert plan_slots(1, "cpu", cores=1)[0].env()["OMP_NUM_THREADS"] == "1"

@@ -141,7 +141,10 @@ class ActiveLearning:
         cache_dir / num_workers / on_error: patch cache location, build workers, bad-file policy.
         accelerator / devices / strategy / num_nodes: Lightning Fabric; with several devices each rank
             scores a shard of the pool and trains on a shard of every batch (DDP).
-        logger: a Lightning logger (e.g. ``WandbLogger``) that also gets the metrics and plots.
+        logger: ``"wandb"`` (the shipped configs) = :class:`retinalab.loggers.WandbLogger` under
+            ``out_dir/logs/version_<k>``, online with a W&B key and offline otherwise, named
+            ``active/<dataset>-<acquisition>-<select>-s<seed>``, grouped by dataset, tagged with the
+            acquisition, selection, dataset and seed; or any Lightning logger; ``None``: none.
         progress: show progress bars.
         keep_checkpoints: keep every round's ``model-roundNNN.pt`` (default: only the latest).
     """
@@ -188,7 +191,7 @@ class ActiveLearning:
         devices: int | str = 1,
         strategy: str = "auto",
         num_nodes: int = 1,
-        logger: Logger | None = None,
+        logger: Logger | Literal["wandb"] | None = None,
         progress: bool = True,
         keep_checkpoints: bool = False,
     ) -> None:
@@ -213,9 +216,23 @@ class ActiveLearning:
         self._round_sigma: dict[int, float] = {}
 
     # ------------------------------------------------------------------ setup
+    def make_wandb_logger(self):
+        """The W&B logger of ``logger: wandb`` (online with credentials, offline otherwise; no run is
+        started until the first metric): under ``out_dir/logs/version_<k>``, named
+        ``active/<dataset>-<acquisition>-<select>-s<seed>``, grouped by dataset, tagged."""
+        from ..loggers import WandbLogger
+
+        return WandbLogger(
+            save_dir=self.out, project="retinalab", name=f"active/{self.dataset}-{self.acquisition}-{self.select}-s{self.seed}",
+            group=f"active/{self.dataset}", tags=["active", self.acquisition, self.select, self.dataset, f"seed_{self.seed}"],
+        )
+
     def _setup(self) -> None:
         from lightning_fabric import Fabric
 
+        if self.logger == "wandb":
+            self.logger = self.make_wandb_logger()
+            self._own_logger = True
         loggers = [] if self.logger in (None, False) else [self.logger]
         self.fabric = Fabric(accelerator=self.accelerator, devices=self.devices, strategy=self.strategy, num_nodes=self.num_nodes, loggers=loggers)
         self.fabric.launch()
@@ -483,6 +500,13 @@ class ActiveLearning:
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> str:
         """Run (or continue) the loop. Returns ``"finished"`` or ``"waiting"`` (a human oracle has queries)."""
+        try:
+            return self._run(resume)
+        finally:
+            if getattr(self, "_own_logger", False) and self.logger._experiment is not None:
+                self.logger.experiment.finish()  # the next run in this process starts its own W&B run
+
+    def _run(self, resume: bool) -> str:
         self._refuse_overwrite(resume)  # before the patches are cut (minutes on a real dataset), not after
         self._setup()
         if self.rank0:

@@ -14,7 +14,25 @@ from .wandb_offline import read_offline_run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WandbLogger", "has_wandb_credentials", "read_offline_run"]
+__all__ = ["WandbLogger", "has_wandb_credentials", "next_version_dir", "read_offline_run", "read_run_metrics"]
+
+
+def read_run_metrics(run_dir: str | Path):
+    """The logged metrics of one local run folder (``.../logs/version_<k>``) as a pandas DataFrame,
+    one row per logging call: its ``metrics.csv`` (CSVLogger) or its offline W&B run's history.
+
+    Raises:
+        FileNotFoundError: the folder holds neither.
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.csv").is_file():
+        return pd.read_csv(run_dir / "metrics.csv")
+    runs = sorted(run_dir.glob("wandb/offline-run-*"))
+    if not runs:
+        raise FileNotFoundError(f"{run_dir}: no metrics.csv and no wandb/offline-run-* folder (an online run: see its W&B page)")
+    return pd.DataFrame(read_offline_run(runs[-1])["history"])
 
 
 def has_wandb_credentials() -> bool:
@@ -31,19 +49,37 @@ def has_wandb_credentials() -> bool:
     return any("wandb" in h for h in hosts)
 
 
+def next_version_dir(parent: Path) -> Path:
+    """``parent/version_<k>`` with the smallest ``k`` above every existing one (as CSVLogger numbers runs)."""
+    taken = [int(p.name.split("_", 1)[1]) for p in parent.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
+    return parent / f"version_{max(taken, default=-1) + 1}"
+
+
 class WandbLogger(_LightningWandbLogger):
-    """Lightning's ``WandbLogger`` that runs offline by itself when there is no W&B API key.
+    """Lightning's ``WandbLogger`` that runs offline by itself when there is no W&B API key, and keeps
+    each run's local files apart.
 
     Args:
+        save_dir: runs of this config go under ``<save_dir>/<local_name>/version_<k>`` (a new ``k`` per
+            run, as with ``CSVLogger``): W&B's own run folder (``wandb/``) and the files retinalab writes
+            beside a run (``config.yaml``, ``split.json``, ``manifest.json``, ``predictions/``), so a
+            second run of a config never overwrites the first one's.
+        local_name: the folder between ``save_dir`` and ``version_<k>`` (default ``logs``); ``None``
+            puts everything straight into ``save_dir``.
         offline: ``None`` (default) = online with credentials, offline without; ``True``/``False`` force it.
         log_model: upload checkpoints as artifacts (``"all"``, ``True`` = at the end, ``False``); ignored,
             with a warning, when offline (W&B cannot store artifacts offline).
         **kwargs: everything Lightning's ``WandbLogger`` takes (``project``, ``group``, ``tags``, ``name``, ...).
 
-    An offline run prints where it is and the ``wandb sync`` command that uploads it later.
+    ``retinalab fit`` fills in a project, name, group and tags the config does not set
+    (:func:`retinalab.cli.wandb_run_defaults`). An offline run prints where it is and the
+    ``wandb sync`` command that uploads it later.
     """
 
-    def __init__(self, *args: Any, offline: bool | None = None, log_model: bool | str = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, save_dir: str | Path = ".", local_name: str | None = "logs", offline: bool | None = None,
+                 log_model: bool | str = False, **kwargs: Any) -> None:
+        if local_name:
+            save_dir = next_version_dir(Path(save_dir) / local_name)
         if offline is None:
             offline = not has_wandb_credentials()
             if offline:
@@ -51,9 +87,26 @@ class WandbLogger(_LightningWandbLogger):
         if offline and log_model:
             log.warning("W&B is offline: checkpoints are not uploaded as artifacts (log_model=%r ignored)", log_model)
             log_model = False
-        super().__init__(*args, offline=offline, log_model=log_model, **kwargs)
+        super().__init__(*args, save_dir=str(save_dir), offline=offline, log_model=log_model, **kwargs)
         self._offline_run = offline
         self._sync_hint_shown = False
+
+    # Lightning puts a ModelCheckpoint without a dirpath under <save_dir>/<name>/<version>/checkpoints;
+    # the run's own folder already is <save_dir>, so its checkpoints go to <save_dir>/checkpoints (the
+    # CSVLogger layout: logs/version_<k>/checkpoints). The W&B project and run id stay on the run.
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and self._save_dir:
+            Path(self._save_dir).mkdir(parents=True, exist_ok=True)  # else wandb falls back to a temporary folder
+        return _LightningWandbLogger.experiment.fget(self)
 
     def finalize(self, status: str) -> None:
         super().finalize(status)

@@ -53,17 +53,57 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RETINALAB_CACHE", Path.home() / ".cache" / "retinalab")).expanduser()
 
 
+@contextmanager
+def build_lock(final: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``final``'s build (a ``flock`` on ``.<name>.lock`` beside it), so that
+    processes started together (``retinalab study --parallel``) build a cache once and the others wait
+    for it instead of each decoding every image with every core. The kernel drops the lock of a
+    process that dies; the file goes when the build ends. Without ``fcntl`` (Windows) there is no lock: builds race, as before, safely."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    with open(lock, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building %s: waiting for it", final)
+            start = time.perf_counter()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            log.info("waited %.0f s for %s", time.perf_counter() - start, final)
+        try:
+            yield
+        finally:
+            # removed while held: a process still waiting on it finds the finished cache when it gets the
+            # lock, and one arriving later sees the cache before it looks for a lock (if the build failed,
+            # two processes may both build again; build_atomically's rename keeps that safe)
+            lock.unlink(missing_ok=True)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     """Return ``final`` if complete; else run ``build(tmp)`` in a fresh temporary folder next to it and
     rename that to ``final``.
 
     ``final`` counts as complete when it holds ``index.json`` (written last by ``build``). A stale,
-    incomplete ``final`` is replaced; if another process completed ``final`` first, its copy is kept.
-    On any error (or interrupt) the temporary folder is removed: nothing half-built is left behind.
+    incomplete ``final`` is replaced; one process builds at a time (:func:`build_lock`), and a
+    process that waited uses what the first one built. On any error (or interrupt) the temporary
+    folder is removed: nothing half-built is left behind.
     """
     if (final / "index.json").is_file():
         log.info("using cache %s", final)
         return final
+    with build_lock(final):
+        if (final / "index.json").is_file():  # built by the process that held the lock
+            log.info("using cache %s", final)
+            return final
+        return _build_atomically(final, build)
+
+
+def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

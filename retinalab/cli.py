@@ -1,0 +1,140 @@
+"""retinalab's LightningCLI builder, shared by ``retinalab fit`` (:mod:`retinalab.main`),
+``retinalab study`` (:mod:`retinalab.study`), the demo and the benchmarks.
+
+It lives apart from :mod:`retinalab.main` so that the modules running fits import it without
+importing the command dispatcher (which imports them back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+WANDB_PROJECT = "retinalab"
+_WANDB_ENV = {"project": "WANDB_PROJECT", "name": "WANDB_NAME", "group": "WANDB_RUN_GROUP", "tags": "WANDB_TAGS"}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x680"`` -> ``(1024, 680)``: an argparse type for ``--size``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 1024x680, got {text!r}") from None
+    if w < 32 or h < 32:
+        raise argparse.ArgumentTypeError(f"--size {text}: both sides must be >= 32 px")
+    return w, h
+
+
+def _get(ns: Any, *keys: str) -> Any:
+    for k in keys:
+        if ns is None:
+            return None
+        ns = ns.get(k) if hasattr(ns, "get") else getattr(ns, k, None)
+    return ns
+
+
+def wandb_run_defaults(config: Any) -> dict[str, Any]:
+    """Project, name, group and tags for a W&B run of a ``retinalab fit`` config, from what the
+    config says: group = the config file (``ssl_gan/synthetic``), name = group + labelled count +
+    seed, tags = method (the config's folder, or the task class), dataset, ``labelled_<n>``, ``seed_<s>``."""
+    files = [Path(str(p)) for p in (_get(config, "config") or [])]
+    first = files[0] if files else None
+    method = first.parent.name if first is not None else None
+    if not method or method == ".":
+        method = str(_get(config, "model", "class_path") or "model").rsplit(".", 1)[-1]
+    group = f"{method}/{first.stem}" if first is not None else method
+    data = _get(config, "data", "init_args")
+    dataset = _get(data, "dataset") or str(_get(config, "data", "class_path") or "data").rsplit(".", 1)[-1]
+    n = _get(data, "num_labeled_images")
+    labelled = "all" if n is None else f"{n:g}" if isinstance(n, float) else str(n)
+    seed = _get(config, "seed_everything")
+    name = f"{group}-n{labelled}-s{seed}"
+    return {"project": WANDB_PROJECT, "name": name, "group": group,
+            "tags": [method, str(dataset), f"labelled_{labelled}", f"seed_{seed}"]}
+
+
+def _fill_wandb_defaults(config: Any) -> None:
+    """Give every W&B logger of ``config.trainer.logger`` the defaults it does not set itself."""
+    loggers = _get(config, "trainer", "logger")
+    for lg in loggers if isinstance(loggers, list) else [loggers]:
+        if not str(_get(lg, "class_path") or "").endswith("WandbLogger"):
+            continue
+        init = lg.get("init_args") if hasattr(lg, "get") else None
+        if init is None:
+            continue
+        for key, value in wandb_run_defaults(config).items():
+            # W&B's own variables (WANDB_PROJECT, WANDB_RUN_GROUP as docker/slurm/fit.sbatch sets it,
+            # WANDB_NAME, WANDB_TAGS) win over the config-derived defaults
+            if init.get(key) in (None, [], "") and not os.environ.get(_WANDB_ENV[key]):
+                init[key] = value
+
+
+def cli(argv: Sequence[str], run: bool = True):
+    """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate).
+
+    Every run also gets :class:`retinalab.manifest.RunManifest` (``manifest.json`` beside the run),
+    and a W&B logger without a project, name, group or tags gets them from the config
+    (:func:`wandb_run_defaults`) unless W&B's environment variables set them.
+    """
+    import torch
+    from pytorch_lightning import LightningDataModule, LightningModule
+    from pytorch_lightning.cli import LightningCLI
+
+    from .manifest import RunManifest
+
+    class RetinalabCLI(LightningCLI):
+        def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            if subcommand == "predict":
+                # the prediction writers put every image on disk as it comes; keeping the outputs in
+                # memory as well (Lightning's default) would grow with the number of images
+                parser.set_defaults(return_predictions=False)
+            return parser
+
+        def before_instantiate_classes(self) -> None:
+            _fill_wandb_defaults(self.config.get(self.subcommand) if self.subcommand else self.config)
+
+        def instantiate_trainer(self, **kwargs):
+            import json
+
+            trainer = super().instantiate_trainer(**kwargs)
+            try:
+                config = self.config.get(self.subcommand) if self.subcommand else self.config
+                resolved = json.loads(self._parser(self.subcommand).dump(config, format="json", skip_check=True))
+            except Exception:  # noqa: BLE001 - the manifest must never stop a run
+                resolved = None
+            trainer.callbacks.append(RunManifest(resolved))
+            return trainer
+
+    torch.set_float32_matmul_precision("high")
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # predict loaders serve one image per step (batch_size=None); retinalab's writers key on image ids
+    warnings.filterwarnings("ignore", ".*infer the batch indices.*")
+    # retinalab passes the arguments on purpose: `retinalab <command> ...` and `retinalab study` read
+    # sys.argv themselves, so Lightning's warning about args beside sys.argv would greet every run
+    warnings.filterwarnings("ignore", ".*args parameter is intended to run from within Python.*")
+    return RetinalabCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=list(argv),
+        auto_configure_optimizers=False,
+        run=run,
+    )
+
+
+def finish_wandb(trainer: Any) -> None:
+    """Close the W&B runs of ``trainer``'s loggers, so that the next fit in this process starts its
+    own run (Lightning's logger would otherwise attach to the open one)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.finish()
