@@ -175,9 +175,19 @@ def test_segmentation_datamodule_with_image_level_set(idrid_root, tmp_path):
     assert {r.split for r in dm.parts["image_level_test"]} == {"test"}
     val_pixel, val_image = dm.val_dataloader()
     assert "mask" in next(iter(val_pixel)) and "mask" not in next(iter(val_image))
+    # evaluation images carry each pixel's lesion share too (what the pixel AUCs weigh), training ones do not
+    test = next(iter(dm.test_dataloader()[0]))
+    assert torch.equal(test["mask_fraction"] > 0, test["mask"] > 0)
+    small = SegmentationDataModule("idrid", str(idrid_root), image_size=24, val_size=1, num_workers=0, split_file=str(tmp_path / "s.json"))
+    small.setup("test")  # shrunk masks: fractions between 0 and 1, less lesion area than the any-pixel mask
+    test = next(iter(small.test_dataloader()))
+    frac, known = test["mask_fraction"], test["mask_known"]
+    assert frac.dtype == torch.float32 and torch.equal(frac > 0, test["mask"] > 0)
+    assert 0 < frac[known].sum() < test["mask"][known].sum() and ((frac > 0) & (frac < 1)).any()
     batch = next(iter(dm.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch
     pixel = batch["pixel"]
+    assert "mask_fraction" not in pixel
     assert pixel["mask"].shape == (2, 4, 64, 64) and pixel["mask_known"].all()
     assert pixel["mask"][:, 0].sum() > 0  # microaneurysm planted in every image
     assert "mask" not in batch["image"] and batch["image"]["image"].shape[1:] == (3, 64, 64)

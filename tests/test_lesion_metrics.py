@@ -68,3 +68,61 @@ def test_referable_and_normal_aucs_follow_the_messidor_protocol():
     m.update(torch.tensor([[0.1, 0.9, 0.0, 0.0]]), torch.tensor([0]))  # a normal eye scored 0.9 abnormal
     # pairs (abnormal > normal): vs 0.3 all 3; vs 0.9: 0.8 no, 0.9 tie (1/2), 1.0 yes -> 4.5 / 6
     assert m.compute()["normal_auc"].item() == pytest.approx(0.75)
+
+
+def _exact(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    """AUROC (ties count half) and average precision (one step per distinct score), by sorting."""
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    last = np.r_[np.diff(ss) != 0, True]
+    tp, fp = np.cumsum(yy)[last], np.cumsum(~yy)[last]
+    tpr, fpr = np.r_[0, tp / tp[-1]], np.r_[0, fp / fp[-1]]
+    return float(np.trapezoid(tpr, fpr)), float(np.sum(np.diff(tpr) * tp / (tp + fp)))
+
+
+def test_pixel_curves_are_exact_where_linear_bins_are_blind():
+    """Perfectly separated scores all below 0.005 (a G early in training): 1.0 and 1.0, where
+    torchmetrics' 200 linear bins return AUROC 0.5 and AP = the prevalence; scores near 1 likewise."""
+    from torchmetrics.classification import BinaryAUROC
+
+    for neg, pos in ((0.001, 0.004), (0.9990, 0.9998)):
+        probs = torch.tensor([neg] * 1000 + [pos] * 10).view(1, 1, 1, -1)
+        masks = torch.tensor([0.0] * 1000 + [1.0] * 10).view(1, 1, 1, -1)
+        m = LesionPixelMetrics(["MA"])
+        m.update(probs, masks)
+        out = m.compute()
+        assert out["MA/auc_roc"].item() == pytest.approx(1.0) and out["MA/auc_pr"].item() == pytest.approx(1.0)
+    assert BinaryAUROC(thresholds=200)(torch.tensor([0.001] * 1000 + [0.004] * 10), torch.tensor([0] * 1000 + [1] * 10)).item() == pytest.approx(0.5)
+
+
+def test_pixel_curves_match_the_sorted_computation_streamed_over_batches():
+    rng = np.random.default_rng(0)
+    y = rng.random(60_000) < 0.03
+    s = (1 / (1 + np.exp(-rng.normal(-4 + 3 * y, 1.5)))).astype(np.float32)
+    s[:500] = 0.25  # a block of tied scores
+    m = LesionPixelMetrics(["EX"])
+    for chunk in np.array_split(np.arange(len(y)), 7):  # batches of images, streamed
+        m.update(torch.from_numpy(s[chunk]).view(1, 1, 1, -1), torch.from_numpy(y[chunk].astype(np.float32)).view(1, 1, 1, -1))
+    out = m.compute()
+    auroc, ap = _exact(y, s)
+    assert out["EX/auc_roc"].item() == pytest.approx(auroc, abs=2e-4) and out["EX/auc_pr"].item() == pytest.approx(ap, abs=2e-4)
+
+
+def test_soft_targets_score_a_downsized_mask_as_the_full_resolution_one():
+    """A 4x4 block of pixels scored alike equals one downsized pixel with lesion fraction 5/16: the
+    soft target counts 5 positive and 11 negative pixels there, as the full-resolution mask does."""
+    rng = np.random.default_rng(1)
+    small_scores = rng.random((8, 8)).astype(np.float32)
+    full_mask = rng.random((32, 32)) < 0.2
+    full_scores = np.kron(small_scores, np.ones((4, 4), np.float32))  # each small pixel's score over its 4x4 block
+    fraction = full_mask.reshape(8, 4, 8, 4).mean(axis=(1, 3)).astype(np.float32)
+    soft, full = LesionPixelMetrics(["HE"]), LesionPixelMetrics(["HE"])
+    soft.update(torch.from_numpy(small_scores).view(1, 1, 8, 8), torch.from_numpy(fraction).view(1, 1, 8, 8))
+    full.update(torch.from_numpy(full_scores).view(1, 1, 32, 32), torch.from_numpy(full_mask.astype(np.float32)).view(1, 1, 32, 32))
+    a, b = soft.compute(), full.compute()
+    assert a["HE/auc_roc"].item() == pytest.approx(b["HE/auc_roc"].item(), abs=1e-9)
+    assert a["HE/auc_pr"].item() == pytest.approx(b["HE/auc_pr"].item(), abs=1e-9)
+    # a binary mask made by "any lesion pixel" (what the patch labels use) inflates the positives
+    inflated = LesionPixelMetrics(["HE"])
+    inflated.update(torch.from_numpy(small_scores).view(1, 1, 8, 8), torch.from_numpy((fraction > 0).astype(np.float32)).view(1, 1, 8, 8))
+    assert float(inflated.positives[0]) > float(soft.positives[0]) == pytest.approx(full_mask.sum() / 16)

@@ -158,3 +158,23 @@ def test_optic_disc_never_makes_a_patch_diseased(tmp_path):
     pre = load_fundus(rec, size=64, structures=("MA", "HE", "EX", "SE", "OD"))
     assert pre.masks["OD"].any()
     assert not pre.lesion_union().any()
+
+
+def test_fraction_masks_keep_the_lesion_area_that_any_masks_inflate():
+    """Shrinking 512 -> 64 px (8 x 8 source pixels per pixel): ``fraction`` keeps the lesion area
+    exactly (sum x 64 = source pixels); ``any`` counts every touched pixel whole, so a 3-pixel
+    microaneurysm becomes one or two 64-pixel pixels and a blob grows at its boundary."""
+    from retinalab.preprocessing.fundus import FovBox, resize_mask
+
+    rng = np.random.default_rng(0)
+    src = np.zeros((512, 512), bool)
+    for y, x in rng.integers(8, 500, size=(40, 2)):  # microaneurysms of 3 pixels
+        src[y, x : x + 3] = True
+    src[100:161, 200:263] = True  # an exudate blob of 61 x 63
+    box = FovBox(0.0, 0.0, 1.0, 1.0)
+    frac = resize_mask(src, box, 64, "fraction")
+    anym = resize_mask(src, box, 64)
+    assert frac.dtype == np.float32 and 0 <= frac.min() and frac.max() <= 1
+    assert frac.sum() * 64 == pytest.approx(src.sum(), rel=1e-5)
+    assert np.array_equal(anym, frac > 0)
+    assert anym.sum() * 64 > 1.3 * src.sum()

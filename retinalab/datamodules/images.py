@@ -54,7 +54,9 @@ class FundusImageDataset(Dataset):
     """Preprocessed whole fundus images, optionally with stacked lesion masks and grades.
 
     Each sample: ``image`` (3 x S x S float in [0, 1]), ``image_id``, ``label`` (int64, -1 when
-    unknown) and, with ``with_masks``, ``mask`` (L x S x S float) and ``mask_known`` (L bool).
+    unknown) and, with ``with_masks``, ``mask`` (L x S x S float 0/1: a pixel is lesion when any of its
+    source pixels is) and ``mask_known`` (L bool); with ``mask_fraction`` (evaluation: no transform)
+    also ``mask_fraction`` (L x S x S float: the lesion share of each pixel, which pixel metrics weigh).
     With ``on_error="skip"`` a photograph or mask that fails to decode yields ``None`` (logged),
     which :func:`skip_none_collate` drops from the batch.
     """
@@ -70,10 +72,14 @@ class FundusImageDataset(Dataset):
         crop_fov: bool = True,
         normalize: bool = True,
         on_error: OnError = "raise",
+        mask_fraction: bool = False,
     ) -> None:
+        if mask_fraction and transform is not None:
+            raise ValueError("mask_fraction is for evaluation images: it cannot go with a (training) transform")
         self.records = list(records)
         self.size, self.target, self.with_masks, self.lesions = size, target, with_masks, tuple(lesions)
         self.transform, self.crop_fov, self.normalize, self.on_error = transform, crop_fov, normalize, on_error
+        self.mask_fraction = mask_fraction and with_masks
 
     def __len__(self) -> int:
         return len(self.records)
@@ -81,14 +87,20 @@ class FundusImageDataset(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any] | None:
         r = self.records[k]
         try:
-            pre = load_fundus(r, self.size, self.crop_fov, self.normalize, self.lesions if self.with_masks else None)
+            pre = load_fundus(r, self.size, self.crop_fov, self.normalize, self.lesions if self.with_masks else None,
+                              mask_mode="fraction" if self.mask_fraction else "any")
         except DataFormatError as e:
             if self.on_error == "raise":
                 raise
             log.warning("skipping: %s", e)
             return None
         image = pre.image
-        masks, known = stack_masks(pre.masks, self.size, self.lesions)
+        fraction = None
+        if self.mask_fraction:
+            fraction, known = stack_masks(pre.masks, self.size, self.lesions, np.float32)
+            masks = (fraction > 0).astype(np.uint8)  # the same 0/1 mask as without mask_fraction
+        else:
+            masks, known = stack_masks(pre.masks, self.size, self.lesions)
         if self.transform is not None:
             if self.with_masks:
                 res = self.transform(image=image, mask=np.ascontiguousarray(masks.transpose(1, 2, 0)))
@@ -103,6 +115,8 @@ class FundusImageDataset(Dataset):
         if self.with_masks:
             out["mask"] = torch.from_numpy(np.ascontiguousarray(masks)).float()
             out["mask_known"] = torch.from_numpy(known)
+            if fraction is not None:
+                out["mask_fraction"] = torch.from_numpy(fraction)
         return out
 
 
@@ -292,6 +306,10 @@ class SegmentationDataModule(_ImageDataModule):
         augment: flips, rotations, colour jitter on training images.
         on_error: ``skip`` drops bad rows.
         split_file: where to write the split JSON.
+        eval_masks: ``fraction`` (default): validation and test images also carry each pixel's lesion
+            share (``mask_fraction``), which the pixel AUCs weigh, so a mask shrunk from 4288 px keeps its
+            lesion area; ``any``: they are scored on the training masks (a pixel is lesion when any of its
+            source pixels is, which inflates the lesion area at the boundaries).
     """
 
     def __init__(
@@ -318,8 +336,10 @@ class SegmentationDataModule(_ImageDataModule):
         augment: bool = True,
         on_error: OnError = "raise",
         split_file: str | None = None,
+        eval_masks: Literal["fraction", "any"] = "fraction",
     ) -> None:
         super().__init__()
+        self.eval_masks = eval_masks
         self._init_common(
             dataset, root, reader_args, "segmentation", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
             split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
@@ -370,7 +390,8 @@ class SegmentationDataModule(_ImageDataModule):
     def _ds(self, part: str, train: bool, with_masks: bool = True) -> FundusImageDataset:
         tf = image_train_transform(self.image_size) if (train and self.augment) else None
         return FundusImageDataset(
-            self.parts[part], self.image_size, "grade", with_masks, self.lesions, tf, self.crop_fov, self.normalize, self.on_error
+            self.parts[part], self.image_size, "grade", with_masks, self.lesions, tf, self.crop_fov, self.normalize, self.on_error,
+            mask_fraction=not train and self.eval_masks == "fraction",
         )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:

@@ -100,7 +100,9 @@ class CollaborativeTask(pl.LightningModule):
         focal_gamma: gamma of the focal loss.
         lr / beta1 / beta2: Adam for every network (2e-4, 0.5, 0.999).
         generator_ckpt / grader_ckpt: stage-1 checkpoints the ``joint`` stage starts from.
-        pixel_thresholds: bins of the pixel AUC metrics (bounded memory).
+        pixel_thresholds: ``None`` (default): pixel AUCs from 28,673 log-spaced score bins with soft
+            targets (:class:`retinalab.metrics.lesions.PixelCurve`, exact to 0.05% of a score); an int:
+            torchmetrics' linear bins (the earlier default was 200, which cannot rank scores below 1/200).
         num_overlays: images whose lesion maps / attention maps are drawn per validation epoch.
     """
 
@@ -127,7 +129,7 @@ class CollaborativeTask(pl.LightningModule):
         beta2: float = 0.999,
         generator_ckpt: str | None = None,
         grader_ckpt: str | None = None,
-        pixel_thresholds: int = 200,
+        pixel_thresholds: int | None = None,
         num_overlays: int = 2,
     ) -> None:
         super().__init__()
@@ -253,7 +255,8 @@ class CollaborativeTask(pl.LightningModule):
         x = batch["image"]
         if "mask" in batch and self.stage != "grading":
             probs = self.masks(x)
-            self.pixel_metrics[split].update(probs, batch["mask"], batch.get("mask_known"))
+            # soft targets (each pixel's lesion share) where the datamodule gives them: the lesion area as annotated
+            self.pixel_metrics[split].update(probs, batch.get("mask_fraction", batch["mask"]), batch.get("mask_known"))
             self._keep_overlays(batch, probs, "masks")
             return
         if "mask" in batch:  # the grading stage has no pixel loader; a pixel batch here has no grades
