@@ -164,7 +164,8 @@ def test_every_shipped_config_instantiates_with_the_wandb_logger_offline(config,
     c = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"], run=False)
     assert c.model.__class__.__module__.startswith("retinalab.tasks")
     assert c.datamodule.root == str(tmp_path)
-    assert c.trainer.max_epochs is None or c.trainer.max_epochs >= 1  # None: a test-only config
+    # a budget in epochs or in steps (max_epochs -1); None: a test-only config
+    assert c.trainer.max_epochs is None or c.trainer.max_epochs >= 1 or (c.trainer.max_epochs == -1 and c.trainer.max_steps > 0)
     (logger,) = c.trainer.loggers
     assert isinstance(logger, WandbLogger) and logger._offline_run and logger._experiment is None  # no run before fit
     init = logger._wandb_init

@@ -214,3 +214,61 @@ def test_joint_stage_fits_under_ddp_on_two_cpu_processes(idrid_root, tmp_path):
     (run,) = tmp_path.glob("logs/version_*")  # rank 1 logs nowhere: one W&B run, rank 0's
     metrics = read_run_metrics(run)
     assert metrics["val/acc"].notna().any() and metrics["train/loss_d"].notna().any()
+
+
+def test_balanced_sampler_draws_every_grade_equally_often(eyepacs_root, tmp_path):
+    from collections import Counter
+
+    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=32, val_size=2, batch_size=4, num_workers=0, augment=False,
+                           split_file=str(tmp_path / "s.json"), sampler="balanced")
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    labels = [r.grade for r in loader.dataset.records]
+    weights = loader.sampler.weights.tolist()
+    per_grade = Counter()
+    for y, w in zip(labels, weights, strict=True):
+        per_grade[y] += w
+    assert len(set(labels)) > 1 and all(v == pytest.approx(1.0) for v in per_grade.values())  # each grade's total weight is 1
+    assert len(loader.sampler) == len(labels)
+
+
+def test_batch_norm_recalibration_uses_the_current_weights_and_restores_momentum(eyepacs_root, tmp_path):
+    """RecalibrateBatchNorm replaces stale running statistics by the average over training batches of
+    the current weights, touching only the stage's networks, and leaves momentum and eval mode as they were."""
+    from retinalab.callbacks import RecalibrateBatchNorm
+
+    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=32, val_size=2, batch_size=4, num_workers=0, augment=False,
+                           split_file=str(tmp_path / "s.json"))
+    dm.setup("fit")
+    task = CollaborativeTask(stage="grading", **TINY)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.strategy.connect(task)
+    trainer.datamodule = dm  # what Trainer.fit/test attach
+    bn = task.grader.low[1]
+    bn.running_mean.fill_(123.0)
+    g_bn = next(m for m in task.generator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    g_before = g_bn.running_mean.clone()
+    task.eval()
+    used = RecalibrateBatchNorm(batches=2).recalibrate(trainer, task)
+    assert used == 2 and bn.momentum == 0.1 and not task.training and not bn.training
+    assert bn.running_mean.abs().max() < 50  # re-estimated from images in [0, 1], not the stale 123
+    assert torch.equal(g_bn.running_mean, g_before)  # G is not this stage's network
+
+
+def test_imagenet_normalisation_goes_with_pretrained_weights(tmp_path):
+    import timm
+
+    from retinalab.models.lesion_attention import LesionAttentionGrader
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), path)
+    assert LesionAttentionGrader(5, 4, "resnet18", pretrained_path=str(path)).input_norm == "imagenet"
+    assert LesionAttentionGrader(5, 4, "resnet18").input_norm == "none"
+    g = LesionAttentionGrader(5, 4, "resnet18", attention=False, input_norm="imagenet").eval()
+    x = torch.rand(1, 3, 32, 32)
+    ref = LesionAttentionGrader(5, 4, "resnet18", attention=False, input_norm="none").eval()
+    ref.load_state_dict(g.state_dict())
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(g(x)["logits"], ref((x - mean) / std)["logits"], atol=1e-5)
+    with pytest.raises(ValueError, match="input_norm"):
+        LesionAttentionGrader(5, 4, "resnet18", input_norm="zscore")

@@ -43,7 +43,18 @@ def test_bf16_and_channels_last_match_fp32(config, key, syn, tmp_path):
     nhwc = _validate(args, state, ["--trainer.callbacks+=retinalab.callbacks.ChannelsLast"])[key]
     bf16 = _validate(args, state, ["--trainer.precision=bf16-mixed"])[key]
     assert nhwc == pytest.approx(fp32, rel=1e-4, abs=1e-5)
-    assert bf16 == pytest.approx(fp32, rel=5e-2, abs=2e-2)
+    if not key.endswith("auc_roc"):
+        assert bf16 == pytest.approx(fp32, rel=5e-2, abs=2e-2)
+        return
+    # G after a few steps scores every pixel almost alike: its exact pixel AUROC (0.50 in fp32, 0.54 in
+    # bf16 when written) moves with any rounding, so bf16 is held to G's outputs instead
+    model = c.model.eval()
+    x = next(iter(c.datamodule.val_dataloader()))["image"]
+    with torch.no_grad():
+        p32 = model.masks(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pbf = model.masks(x).float()
+    assert (pbf - p32).abs().max().item() < 0.02
 
 
 def test_channels_last_callback_converts_the_weights():

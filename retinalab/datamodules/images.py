@@ -172,11 +172,19 @@ class _ImageDataModule(FundusDataModule):
             ds.records = [r for r in ds.records if r.image_id not in done]
         return self._loader(ds, shuffle=False)
 
-    def _loader(self, ds: Dataset, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, ds: Dataset, shuffle: bool, batch_size: int | None = None, balanced: bool = False) -> DataLoader:
+        sampler = None
+        if balanced:  # every label drawn equally often: weights 1 / (images with that label), with replacement
+            labels = [record_target(r, ds.target) for r in ds.records]
+            counts = Counter(labels)
+            weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
+            sampler = torch.utils.data.WeightedRandomSampler(weights, len(labels), replacement=True,
+                                                             generator=torch.Generator().manual_seed(self.seed))
         return DataLoader(
             ds,
             batch_size=batch_size or self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=skip_none_collate,
@@ -204,6 +212,8 @@ class GradingDataModule(_ImageDataModule):
         augment: flips, rotations, colour jitter on training images.
         on_error: ``skip`` drops label rows whose image is missing.
         split_file: where to write the split JSON.
+        sampler: ``shuffle`` (each training image once per epoch) or ``balanced`` (every label drawn
+            equally often, with replacement: IDRiD's grades 0 and 2 are 4-8x as frequent as 1 and 4).
     """
 
     def __init__(
@@ -224,8 +234,10 @@ class GradingDataModule(_ImageDataModule):
         augment: bool = True,
         on_error: OnError = "raise",
         split_file: str | None = None,
+        sampler: Literal["shuffle", "balanced"] = "shuffle",
     ) -> None:
         super().__init__()
+        self.sampler = sampler
         self._init_common(
             dataset, root, reader_args, "grading", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
             split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
@@ -266,7 +278,7 @@ class GradingDataModule(_ImageDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._check_trainable()
-        return self._loader(self._ds("train", True), shuffle=True)
+        return self._loader(self._ds("train", True), shuffle=True, balanced=self.sampler == "balanced")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._ds("val", False), shuffle=False)
@@ -306,6 +318,8 @@ class SegmentationDataModule(_ImageDataModule):
         augment: flips, rotations, colour jitter on training images.
         on_error: ``skip`` drops bad rows.
         split_file: where to write the split JSON.
+        image_level_sampler: ``shuffle`` or ``balanced`` (every grade drawn equally often) for the
+            image-level training loader.
         eval_masks: ``fraction`` (default): validation and test images also carry each pixel's lesion
             share (``mask_fraction``), which the pixel AUCs weigh, so a mask shrunk from 4288 px keeps its
             lesion area; ``any``: they are scored on the training masks (a pixel is lesion when any of its
@@ -337,9 +351,10 @@ class SegmentationDataModule(_ImageDataModule):
         on_error: OnError = "raise",
         split_file: str | None = None,
         eval_masks: Literal["fraction", "any"] = "fraction",
+        image_level_sampler: Literal["shuffle", "balanced"] = "shuffle",
     ) -> None:
         super().__init__()
-        self.eval_masks = eval_masks
+        self.eval_masks, self.image_level_sampler = eval_masks, image_level_sampler
         self._init_common(
             dataset, root, reader_args, "segmentation", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
             split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
@@ -399,7 +414,8 @@ class SegmentationDataModule(_ImageDataModule):
         pixel = self._loader(self._ds("train", True), shuffle=True)
         if "image_level" not in self.parts:
             return pixel
-        image = self._loader(self._ds("image_level", True, with_masks=False), True, self.image_level_batch_size)
+        image = self._loader(self._ds("image_level", True, with_masks=False), True, self.image_level_batch_size,
+                             balanced=self.image_level_sampler == "balanced")
         return CombinedLoader({"pixel": pixel, "image": image}, mode="max_size_cycle")
 
     def _eval_loaders(self, part: str) -> DataLoader | list[DataLoader]:

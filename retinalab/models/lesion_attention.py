@@ -18,6 +18,7 @@ classifier predicts the grade. alpha_l, resized to the mask size, are the pseudo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ SPLITS = {
     "resnet": (("conv1", "bn1", "act1", "maxpool", "layer1"), ("layer2", "layer3", "layer4")),
 }
 BACKBONES = ("resnet18", "resnet34", "resnet50")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _backbone(name: str, pretrained_path: str | None) -> nn.Module:
@@ -52,6 +54,9 @@ class LesionAttentionGrader(nn.Module):
         backbone: timm ResNet (from scratch unless ``pretrained_path`` names a local weight file).
         attention: ``False`` gives the ``Ori`` baseline (no lesion features).
         pretrained_path: local timm/torchvision weights for the backbone.
+        input_norm: ``imagenet`` subtracts ImageNet's mean and divides by its std (what weights trained
+            on ImageNet expect), ``none`` feeds the [0, 1] image as it is; default: ``imagenet`` with
+            ``pretrained_path``, ``none`` without.
 
     Shapes:
         ``forward(image B x 3 x H x W, masks B x L x H' x W' | None)`` -> dict with ``logits`` B x K and,
@@ -59,8 +64,14 @@ class LesionAttentionGrader(nn.Module):
         (or with ``attention=False``) it is the plain grading CNN (stage-1 pre-training, ``Ori``).
     """
 
-    def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True, pretrained_path: str | None = None) -> None:
+    def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True,
+                 pretrained_path: str | None = None, input_norm: Literal["imagenet", "none"] | None = None) -> None:
         super().__init__()
+        if input_norm not in (None, "imagenet", "none"):
+            raise ValueError(f"input_norm must be 'imagenet' or 'none', got {input_norm!r}")
+        self.input_norm = input_norm or ("imagenet" if pretrained_path else "none")
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         net = _backbone(backbone, pretrained_path)
         low_names, high_names = SPLITS["resnet"]
         self.low = nn.Sequential(*[getattr(net, n) for n in low_names])
@@ -77,6 +88,8 @@ class LesionAttentionGrader(nn.Module):
             self.classifier = nn.Linear(num_lesions * c_top, num_classes)
 
     def forward(self, image: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.input_norm == "imagenet":
+            image = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
         f_low = self.low(image)
         top = self.high(f_low)
         if not self.attention or masks is None:

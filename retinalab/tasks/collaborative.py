@@ -93,6 +93,8 @@ class CollaborativeTask(pl.LightningModule):
         backbone: the grading CNN (timm ResNet, from scratch unless ``pretrained_path``).
         attention: use the lesion attention in the ``joint`` stage (``False`` keeps Ori's classifier).
         pretrained_path: local weights for the grading backbone.
+        grader_input_norm: ``imagenet`` / ``none``; default ``imagenet`` with ``pretrained_path`` (the
+            mean and std ImageNet weights expect), ``none`` without.
         lam: lambda of Eq. 3 (10).
         semi: pseudo masks from the attention maps train G on image-level data (L_CE).
         adversarial: add D and L_Adv.
@@ -119,6 +121,7 @@ class CollaborativeTask(pl.LightningModule):
         backbone: str = "resnet18",
         attention: bool = True,
         pretrained_path: str | None = None,
+        grader_input_norm: Literal["imagenet", "none"] | None = None,
         lam: float = 10.0,
         semi: bool = True,
         adversarial: bool = True,
@@ -139,7 +142,7 @@ class CollaborativeTask(pl.LightningModule):
         self.lesions = list(lesions or LESIONS)
         self.stage = stage
         self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions))
-        self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path)
+        self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path, grader_input_norm)
         self.use_attention = attention and stage == "joint"
         self.update_generator = stage == "segmentation" or (stage == "joint" and (semi or adversarial))
         self.discriminator = LesionDiscriminator(3, len(self.lesions), discriminator_width) if stage == "joint" and adversarial else None
@@ -164,6 +167,28 @@ class CollaborativeTask(pl.LightningModule):
         if self.use_attention:
             return self.grader(image, masks if masks is not None else self.masks(image))
         return self.grader(image)
+
+    # ------------------------------------------------------------------ batch-norm recalibration
+    def recalibration_modules(self) -> list[torch.nn.Module]:
+        """The networks this stage trains (:class:`retinalab.callbacks.RecalibrateBatchNorm`): a frozen
+        G keeps the statistics it was trained with."""
+        if self.stage == "segmentation":
+            return [self.generator]
+        if self.stage == "grading":
+            return [self.grader]
+        return [self.grader, *([self.generator] if self.update_generator else [])]
+
+    def recalibration_forward(self, batch: dict[str, Any]) -> None:
+        """One training batch through the stage's networks, as in training (no gradients)."""
+        if self.stage == "segmentation":
+            self.generator(batch["image"])
+        elif self.stage == "grading":
+            self.grader(batch["image"])
+        else:
+            if self.update_generator:
+                self.generator(batch["pixel"]["image"])
+            x = batch["image"]["image"]
+            self.grade(x, self.masks(x) if self.use_attention else None)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
