@@ -82,12 +82,33 @@ def test_discriminator_and_generator_steps_update_the_right_networks(idrid_root,
     trainer.fit(task, _dm(idrid_root, tmp_path))
     changed = {n.split(".")[0] for n, p in task.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed == {"generator", "grader", "discriminator"}
-    # Lesion(Pretrained): G is frozen and there is no D
-    frozen = CollaborativeTask(stage="joint", semi=False, adversarial=False, **TINY)
+    # Lesion(Pretrained): G is frozen, there is no D, and G's masks weight the features without the attention module
+    frozen = CollaborativeTask(stage="joint", semi=False, adversarial=False, lesion_features="masks", **TINY)
+    assert not any(n.startswith(("w_low", "w_high", "to_context")) for n, _ in frozen.grader.named_parameters())
     g_before = {n: p.detach().clone() for n, p in frozen.generator.named_parameters()}
     pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False).fit(frozen, _dm(idrid_root, tmp_path))
     assert frozen.discriminator is None
     assert all(torch.equal(g_before[n], p) for n, p in frozen.generator.named_parameters())
+    out = frozen.grade(torch.rand(2, 3, 64, 64))
+    assert out["logits"].shape == (2, 5) and "alpha" not in out
+    with pytest.raises(ValueError, match="no attention maps to use as pseudo masks"):
+        CollaborativeTask(stage="joint", semi=True, lesion_features="masks", **TINY)
+
+
+@pytest.mark.parametrize(("warmup", "threshold", "pseudo_logged"), [(0, None, True), (0, 0.5, True), (5, None, False)])
+def test_pseudo_masks_wait_for_the_warm_up_and_can_be_thresholded(idrid_root, tmp_path, monkeypatch, warmup, threshold, pseudo_logged):
+    """pseudo_warmup_steps: the attention maps supervise G only after that many joint batches;
+    pseudo_threshold turns them into 0/1 targets."""
+    targets = []
+    real_bce = collab.masked_bce
+    monkeypatch.setattr(collab, "masked_bce", lambda logits, target, known=None: (targets.append((target, known)), real_bce(logits, target, known))[1])
+    task = CollaborativeTask(stage="joint", adversarial=False, pseudo_warmup_steps=warmup, pseudo_threshold=threshold, **TINY)
+    trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, _dm(idrid_root, tmp_path))
+    pseudo = [t for t, k in targets if k is None]  # L_CE on image-level images (no annotation mask)
+    assert bool(pseudo) == pseudo_logged and ("train/loss_ce_pseudo" in trainer.callback_metrics) == pseudo_logged
+    if threshold is not None:
+        assert all(set(torch.unique(t).tolist()) <= {0.0, 1.0} for t in pseudo)
 
 
 def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyepacs_root, messidor_root, tmp_path, capsys):

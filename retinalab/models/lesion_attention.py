@@ -53,6 +53,10 @@ class LesionAttentionGrader(nn.Module):
         num_lesions: L attention branches (MA, HE, EX, SE).
         backbone: timm ResNet (from scratch unless ``pretrained_path`` names a local weight file).
         attention: ``False`` gives the ``Ori`` baseline (no lesion features).
+        lesion_features: with ``attention``: ``attention`` (paper 001's lesion attention, Eq. 5-6: one
+            attention map per lesion from G's mask and the image features, ``alpha``, the pseudo masks)
+            or ``masks`` (``Lesion(Pretrained)`` of section 4.2: G's masks themselves weight the
+            low-level features, "without the lesion attention model"; no ``alpha``).
         pretrained_path: local timm/torchvision weights for the backbone.
         input_norm: ``imagenet`` subtracts ImageNet's mean and divides by its std (what weights trained
             on ImageNet expect), ``none`` feeds the [0, 1] image as it is; default: ``imagenet`` with
@@ -65,8 +69,12 @@ class LesionAttentionGrader(nn.Module):
     """
 
     def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True,
-                 pretrained_path: str | None = None, input_norm: Literal["imagenet", "none"] | None = None) -> None:
+                 pretrained_path: str | None = None, input_norm: Literal["imagenet", "none"] | None = None,
+                 lesion_features: Literal["attention", "masks"] = "attention") -> None:
         super().__init__()
+        if lesion_features not in ("attention", "masks"):
+            raise ValueError(f"lesion_features must be 'attention' or 'masks', got {lesion_features!r}")
+        self.lesion_features = lesion_features
         if input_norm not in (None, "imagenet", "none"):
             raise ValueError(f"input_norm must be 'imagenet' or 'none', got {input_norm!r}")
         self.input_norm = input_norm or ("imagenet" if pretrained_path else "none")
@@ -82,9 +90,10 @@ class LesionAttentionGrader(nn.Module):
         self.num_lesions = num_lesions
         self.classifier_ori = nn.Linear(c_top, num_classes)
         if attention:
-            self.w_low = nn.ModuleList([nn.Conv2d(c_low + 1, c_low, 1) for _ in range(num_lesions)])  # Eq. 5
-            self.to_context = nn.Conv2d(c_top, c_low, 1)  # f_high: 1x1 conv over the top features
-            self.w_high = nn.ModuleList([nn.Conv2d(c_low, 1, 1) for _ in range(num_lesions)])  # Eq. 6
+            if lesion_features == "attention":
+                self.w_low = nn.ModuleList([nn.Conv2d(c_low + 1, c_low, 1) for _ in range(num_lesions)])  # Eq. 5
+                self.to_context = nn.Conv2d(c_top, c_low, 1)  # f_high: 1x1 conv over the top features
+                self.w_high = nn.ModuleList([nn.Conv2d(c_low, 1, 1) for _ in range(num_lesions)])  # Eq. 6
             self.classifier = nn.Linear(num_lesions * c_top, num_classes)
 
     def forward(self, image: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -97,6 +106,9 @@ class LesionAttentionGrader(nn.Module):
         if masks.shape[1] != self.num_lesions:
             raise ValueError(f"lesion attention needs B x {self.num_lesions} masks from G, got {tuple(masks.shape)}")
         m = F.interpolate(masks, size=f_low.shape[-2:], mode="bilinear", align_corners=False)
+        if self.lesion_features == "masks":  # Lesion(Pretrained): the masks weight the features directly
+            vectors = [self.high(m[:, lesion : lesion + 1] * f_low).mean((2, 3)) for lesion in range(self.num_lesions)]
+            return {"logits": self.classifier(torch.cat(vectors, 1))}
         f_high = self.to_context(top).mean((2, 3), keepdim=True)  # B x C_low x 1 x 1
         alphas, vectors = [], []
         for lesion in range(self.num_lesions):

@@ -65,13 +65,15 @@ def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
 
 
-def _load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool) -> None:
-    """Load the ``prefix.*`` weights of a Lightning checkpoint into ``module``."""
+def _load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool, ignore: tuple[str, ...] = ()) -> None:
+    """Load the ``prefix.*`` weights of a Lightning checkpoint into ``module`` (leaving out the weights
+    whose names start with one of ``ignore``: parts this model does not have)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     state = torch.load(p, map_location="cpu", weights_only=False)
     weights = {k[len(prefix) + 1 :]: v for k, v in state.get("state_dict", state).items() if k.startswith(prefix + ".")}
+    weights = {k: v for k, v in weights.items() if not k.startswith(ignore)} if ignore else weights
     if not weights:
         raise ValueError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
     missing, unexpected = module.load_state_dict(weights, strict=False)
@@ -91,7 +93,14 @@ class CollaborativeTask(pl.LightningModule):
             ``tu-efficientnet_b0``), from scratch.
         discriminator_width: D's width multiplier.
         backbone: the grading CNN (timm ResNet, from scratch unless ``pretrained_path``).
-        attention: use the lesion attention in the ``joint`` stage (``False`` keeps Ori's classifier).
+        attention: use lesion features in the ``joint`` stage (``False`` keeps Ori's classifier).
+        lesion_features: ``attention`` (the lesion attention, Eq. 5-6) or ``masks`` (G's masks weight the
+            features, no attention module: ``Lesion(Pretrained)``; needs ``semi: false``, since the pseudo
+            masks are the attention maps).
+        pseudo_warmup_steps: joint-stage batches before the attention maps start to supervise G as
+            pseudo masks (the attention branches are new at stage 2: untrained maps would teach G noise).
+        pseudo_threshold: ``None`` (default): the attention maps are soft targets of L_CE; a number:
+            maps >= it are lesion, the rest background (paper 001 does not say which it used).
         pretrained_path: local weights for the grading backbone.
         grader_input_norm: ``imagenet`` / ``none``; default ``imagenet`` with ``pretrained_path`` (the
             mean and std ImageNet weights expect), ``none`` without.
@@ -120,6 +129,9 @@ class CollaborativeTask(pl.LightningModule):
         discriminator_width: float = 1.0,
         backbone: str = "resnet18",
         attention: bool = True,
+        lesion_features: Literal["attention", "masks"] = "attention",
+        pseudo_warmup_steps: int = 0,
+        pseudo_threshold: float | None = None,
         pretrained_path: str | None = None,
         grader_input_norm: Literal["imagenet", "none"] | None = None,
         lam: float = 10.0,
@@ -138,11 +150,16 @@ class CollaborativeTask(pl.LightningModule):
         super().__init__()
         if stage not in ("segmentation", "grading", "joint"):
             raise ValueError(f"stage must be 'segmentation', 'grading' or 'joint', got {stage!r}")
+        if lesion_features == "masks" and semi and attention:
+            raise ValueError("lesion_features='masks' (Lesion(Pretrained)) has no attention maps to use as pseudo masks: set semi: false")
+        if pseudo_warmup_steps < 0 or (pseudo_threshold is not None and not 0 < pseudo_threshold < 1):
+            raise ValueError(f"pseudo_warmup_steps must be >= 0 and pseudo_threshold in (0, 1), got {pseudo_warmup_steps}, {pseudo_threshold}")
         self.save_hyperparameters()
         self.lesions = list(lesions or LESIONS)
         self.stage = stage
         self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions))
-        self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path, grader_input_norm)
+        self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path, grader_input_norm,
+                                            lesion_features)
         self.use_attention = attention and stage == "joint"
         self.update_generator = stage == "segmentation" or (stage == "joint" and (semi or adversarial))
         self.discriminator = LesionDiscriminator(3, len(self.lesions), discriminator_width) if stage == "joint" and adversarial else None
@@ -151,7 +168,9 @@ class CollaborativeTask(pl.LightningModule):
             if generator_ckpt:
                 _load_part(generator_ckpt, "generator", self.generator, strict=True)
             if grader_ckpt:
-                _load_part(grader_ckpt, "grader", self.grader, strict=False)
+                # Lesion(Pretrained) has no attention module: the stage-1b checkpoint's untrained one is left out
+                _load_part(grader_ckpt, "grader", self.grader, strict=False,
+                           ignore=("w_low.", "w_high.", "to_context.") if lesion_features == "masks" else ())
         self.pixel_metrics = torch.nn.ModuleDict({s: LesionPixelMetrics(self.lesions, pixel_thresholds) for s in ("val", "test")})
         self.grade_metrics = torch.nn.ModuleDict({s: grading_metrics(num_classes) for s in ("val", "test")})
         self.binary_metrics = torch.nn.ModuleDict({s: BinaryDRMetrics() for s in ("val", "test")})
@@ -226,8 +245,10 @@ class CollaborativeTask(pl.LightningModule):
         loss_cls = focal_loss(out["logits"], yi, h.focal_gamma)
         loss_ce = masked_bce(gp, sp, kp)
         logs = {"train/loss_cls": loss_cls, "train/loss_ce_pixel": loss_ce}
-        if h.semi and "alpha" in out:
+        if h.semi and "alpha" in out and self.trainer.fit_loop.total_batch_idx >= h.pseudo_warmup_steps:
             pseudo = self.grader.pseudo_masks(out["alpha"], gi.shape[-2:]).detach()
+            if h.pseudo_threshold is not None:
+                pseudo = (pseudo >= h.pseudo_threshold).to(pseudo.dtype)
             loss_pseudo = masked_bce(gi, pseudo)
             loss_ce = loss_ce + loss_pseudo
             logs["train/loss_ce_pseudo"] = loss_pseudo
