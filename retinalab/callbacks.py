@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 
 from .viz import localisation_auroc, patch_heatmap, save_png_atomic, side_by_side
 
@@ -359,3 +359,28 @@ class RecalibrateBatchNorm(pl.Callback):
                 pl_module.eval()
         log.info("recalibrated %d batch-norm layers on %d training batches", len(norms), used)
         return used
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every epoch, whatever the monitored metric does.
+
+    Lightning 2.6 writes a monitored checkpoint's ``save_last`` file only when a top-k checkpoint is
+    saved in the same step, so while the metric does not improve ``last.ckpt`` stays at the last
+    improvement, and ``--ckpt_path last`` (or a resumed job) loses every epoch since. This callback
+    keeps one checkpoint of the latest state, ``<dirpath>/last.ckpt``, replaced at the end of every
+    training epoch (after its validation when it has one; also in epochs without validation). The file is written the way Lightning writes every
+    checkpoint: to a temporary file that is renamed over the old one (an fsspec transaction), so a
+    kill during the write leaves the previous checkpoint readable. Put it after the monitored
+    ``ModelCheckpoint`` in ``callbacks`` (``trainer.checkpoint_callback`` is the first one).
+
+    Args:
+        dirpath: the folder (default: Lightning's, ``<log dir>/checkpoints``); give the monitored
+            checkpoint's when it sets one, so that ``--ckpt_path last`` finds both.
+        every_n_epochs: how often (default every epoch).
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 1) -> None:
+        # saved at the end of every training epoch, also of epochs without validation
+        # (check_val_every_n_epoch > 1); the epoch's validation, when it has one, has run by then
+        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, save_last=False,
+                         every_n_epochs=every_n_epochs, enable_version_counter=False, save_on_train_epoch_end=True)

@@ -16,3 +16,14 @@ class SaveRankWeights(pl.Callback):
         out = Path(os.environ["RETINALAB_TEST_WEIGHTS_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, out / f"rank{trainer.global_rank}.pt")
+
+
+class KillAtEpochStart(pl.Callback):
+    """``kill -9`` of this very process as epoch ``$RETINALAB_TEST_KILL_EPOCH`` (0-based) starts, when
+    everything of the epoch before (its validation and checkpoints) is done: a preemption at a known point."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == int(os.environ["RETINALAB_TEST_KILL_EPOCH"]):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -88,3 +88,38 @@ def test_dockerfile_takes_the_base_as_an_argument_and_caches_dependencies():
     src = next(i for i, ln in enumerate(lines) if ln.startswith("COPY retinalab"))
     assert deps < src  # the dependency layer does not depend on the source
     assert lines[-2] == 'ENTRYPOINT ["retinalab"]'
+
+
+def test_kill_9_after_an_epoch_without_improvement_resumes_from_that_epoch(tmp_path):
+    """`retinalab fit`, killed with SIGKILL once epoch 3 is done (checkpoints included), then run again with
+    `--ckpt_path last`: `last.ckpt` (LatestCheckpoint) holds epoch 3 whatever the monitored metric did,
+    so the second run starts at epoch 4; the monitored best checkpoint (epoch 0) is kept beside it.
+    Before, `last.ckpt` came from the monitored checkpoint's `save_last` and stayed at epoch 0."""
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from retinalab.synthetic import write_synthetic
+
+    write_synthetic("idrid", tmp_path / "syn", 30, 3, (128, 96), workers=1)
+    # the monitored metric is one that cannot improve after epoch 0 (the learning rate is 0)
+    args = ["fit", "--config", str(REPO / "conf/convnet/synthetic.yaml"), f"--data.root={tmp_path / 'syn'}", "--data.image_size=128",
+            "--data.patch_size=32", "--data.stride=32", "--data.val_size=4", "--data.test_size=4", "--data.cache_workers=0",
+            "--data.num_labeled_images=null", "--model.lr=0.0", "--trainer.max_epochs=6", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=tests.ddp_helpers.KillAtEpochStart"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_KILL_EPOCH": "4"}
+    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    ckpts = tmp_path / "runs" / "convnet_synthetic" / "checkpoints"
+    last, best = torch.load(ckpts / "last.ckpt", weights_only=False), torch.load(ckpts / "best.ckpt", weights_only=False)
+    assert last["epoch"] == 3 and best["epoch"] == 0  # saved at the end of epoch 3 / of epoch 0, the only improvement
+    env["RETINALAB_TEST_KILL_EPOCH"] = "99"
+    res = subprocess.run([sys.executable, "-m", "retinalab", *args, "--ckpt_path", "last"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in res.stderr + res.stdout
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 5  # the run went on to its last epoch
