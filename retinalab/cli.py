@@ -98,6 +98,37 @@ def cli(argv: Sequence[str], run: bool = True):
         def before_instantiate_classes(self) -> None:
             _fill_wandb_defaults(self.config.get(self.subcommand) if self.subcommand else self.config)
 
+        def _parse_ckpt_path(self) -> None:
+            # Lightning reads --ckpt_path's hyper-parameters into the config before building the model:
+            # a truncated file or another task's checkpoint would fail inside torch.load / jsonargparse
+            from pathlib import Path as _Path
+
+            from .checkpoints import CheckpointError, read_checkpoint
+
+            sub = self.config.get("subcommand")
+            path = self.config[sub].get("ckpt_path") if sub else None
+            if not path or not _Path(str(path)).is_file():
+                return super()._parse_ckpt_path()
+            self._ckpt = (str(path), read_checkpoint(str(path)))  # read once more by Lightning when it loads
+            try:
+                super()._parse_ckpt_path()
+            except (SystemExit, Exception) as e:  # jsonargparse reports a misfit by exiting or raising
+                raise CheckpointError(f"{path}: its hyper-parameters do not fit this config's model "
+                                      f"({str(e).splitlines()[0][:300] if str(e) else type(e).__name__}): a checkpoint of another task?") from None
+
+        def _check_ckpt(self) -> None:
+            # a wrong --ckpt_path is named with what is wrong before Lightning loads it ("last" and
+            # "best" are Lightning's to resolve)
+            from .checkpoints import check_checkpoint
+
+            path = (self.config.get(self.subcommand) or {}).get("ckpt_path") if self.subcommand else None
+            if path and str(path) not in ("last", "best", "hpc", "registry"):
+                cached = getattr(self, "_ckpt", None)
+                check_checkpoint(str(path), self.model, cached[1] if cached and cached[0] == str(path) else None)
+                self._ckpt = None
+
+        before_fit = before_validate = before_test = before_predict = _check_ckpt
+
         def instantiate_trainer(self, **kwargs):
             import json
 

@@ -255,7 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2
-    finish_wandb(cli(argv).trainer)  # the run's files are complete when the command returns
+    from .checkpoints import CheckpointError
+
+    try:
+        finish_wandb(cli(argv).trainer)  # the run's files are complete when the command returns
+    except CheckpointError as e:
+        print(f"retinalab {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -177,6 +177,13 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
     started = time.time()
     c = cli(args, run=False)
     cap_workers(c.datamodule, threads)
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for cb in c.trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            # a config's dirpath (runs/<name>/checkpoints) would be shared by every cell, and cells that
+            # run at the same time (--parallel) would overwrite each other's best.ckpt
+            cb.dirpath = str(d / "checkpoints")
     c.trainer.fit(c.model, c.datamodule)
     ckpt = c.trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and getattr(ckpt, "monitor", None) and ckpt.best_model_path else None

@@ -177,6 +177,18 @@ def test_a_study_runs_as_a_sweep_of_its_cells(syn, tmp_path):
     assert (tmp_path / "study/cells/convnet/n2_s0/cell.json").is_file() and not (tmp_path / "study/cells/convnet/n4_s0").exists()
 
 
+def test_each_cell_keeps_its_checkpoints_in_its_own_folder(syn, tmp_path):
+    """A config's checkpoint dirpath (relative, as in conf/) would be one folder for every cell."""
+    cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4],
+                  method_overrides={"convnet": ["--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+                                                "--trainer.callbacks.dirpath=shared/checkpoints", "--trainer.callbacks.monitor=val/patch_auroc",
+                                                "--trainer.callbacks.mode=max", "--trainer.callbacks.filename=best"]})
+    assert main(["study", "--config", str(cfg)]) == 0
+    paths = [json.loads((tmp_path / "study/cells/convnet" / c / "cell.json").read_text())["checkpoint"] for c in ("n2_s0", "n4_s0")]
+    assert [Path(p).parent for p in paths] == [tmp_path / "study/cells/convnet" / c / "checkpoints" for c in ("n2_s0", "n4_s0")]
+    assert all(Path(p).is_file() for p in paths)
+
+
 def test_parallel_cells_overlap_and_match_a_sequential_run(syn, tmp_path, capsys):
     """`--parallel 2 --devices cpu`: two `retinalab study --cell I` processes at once, one CPU thread
     each; the cells' time spans overlap, and split, labelled images and metrics equal those of the

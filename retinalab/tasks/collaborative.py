@@ -68,14 +68,21 @@ def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
 def _load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool, ignore: tuple[str, ...] = ()) -> None:
     """Load the ``prefix.*`` weights of a Lightning checkpoint into ``module`` (leaving out the weights
     whose names start with one of ``ignore``: parts this model does not have)."""
+    from ..checkpoints import read_checkpoint
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
-    state = torch.load(p, map_location="cpu", weights_only=False)
+    state = read_checkpoint(p)  # a truncated or foreign file is named
     weights = {k[len(prefix) + 1 :]: v for k, v in state.get("state_dict", state).items() if k.startswith(prefix + ".")}
     weights = {k: v for k, v in weights.items() if not k.startswith(ignore)} if ignore else weights
     if not weights:
         raise ValueError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
+    ours = module.state_dict()
+    shapes = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in weights.items() if k in ours and v.shape != ours[k].shape]
+    if shapes:
+        listed = "; ".join(f"{k}: {a} in the file, {b} here" for k, a, b in shapes[:3])
+        raise ValueError(f"{p}: {len(shapes)} '{prefix}' weight(s) of another shape ({listed}); same widths/backbone as the checkpoint?")
     missing, unexpected = module.load_state_dict(weights, strict=False)
     if unexpected or (strict and missing):
         raise ValueError(f"{p}: '{prefix}' weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); same widths/backbone as the checkpoint?")
