@@ -27,3 +27,19 @@ class KillAtEpochStart(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillOnNthFit(pl.Callback):
+    """``kill -9`` of this process when the ``$RETINALAB_TEST_KILL_FIT``-th fit of the process (1-based)
+    starts its first training epoch: a study killed in the middle of one of its cells."""
+
+    fits = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        KillOnNthFit.fits += 1
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if KillOnNthFit.fits == int(os.environ.get("RETINALAB_TEST_KILL_FIT", "0")):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

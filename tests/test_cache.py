@@ -117,3 +117,40 @@ def test_cache_pickles_by_path(idrid_root, tmp_path):
     # a DataLoader worker reads arrays only: the per-image metadata is not parsed until asked for
     assert "images" not in vars(c2) and "index" not in vars(c2) and len(c2) == len(c) and c2.grid == c.grid
     assert c2.images == c.images and (c2.image_labels == c.image_labels).all() and "index" in vars(c2)
+
+
+def test_kill_9_mid_build_leaves_no_cache_to_read_and_the_next_build_completes(idrid_root, tmp_path):
+    """A process killed (SIGKILL, no cleanup runs) while caching its 6th image: no cache folder appears
+    under the final name (only the temporary one it was writing), its lock is released by the kernel,
+    and the next build makes a complete cache equal to an uninterrupted one."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(repo)!r})
+from retinalab.datasets import read_idrid
+from retinalab.preprocessing import PatchCache, PatchCacheConfig, PatchGrid, cache
+real = cache._process
+seen = []
+def dying(job):
+    seen.append(job[0])
+    if len(seen) == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(job)
+cache._process = dying
+PatchCache.build(read_idrid({str(idrid_root)!r}), {str(tmp_path / 'cache')!r}, PatchCacheConfig(grid=PatchGrid(64, 16, 16, 8), thumb_size=32),
+                 name="idrid", progress=False)
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    left = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert left and all(name.startswith(".") for name in left), left  # a .idrid-<key>.tmp-<id> folder and the lock, nothing else
+    recs = read_idrid(idrid_root)
+    c = build(recs, tmp_path)
+    assert len(c) == 11 and json.loads((c.path / "index.json").read_text())["images"][-1]["image_id"] == recs[-1].image_id
+    fresh = build(recs, tmp_path / "fresh")
+    assert np.array_equal(np.asarray(c.patches), np.asarray(fresh.patches)) and np.array_equal(c.labels, fresh.labels)

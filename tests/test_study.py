@@ -235,3 +235,27 @@ def test_a_parallel_cell_that_dies_is_recorded_and_the_rest_go_on(syn, tmp_path,
         plan_slots(2, "7")
     assert [s.threads for s in plan_slots(3, "cpu", cores=16)] == [5, 5, 5]
     assert plan_slots(1, "cpu", cores=1)[0].env()["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_study_killed_mid_cell_keeps_finished_cells_and_reruns_only_the_rest(syn, tmp_path):
+    """`retinalab study` killed with SIGKILL while its second cell trains: the first cell's result is
+    kept; the rerun does only the second cell."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4],
+                  method_overrides={"convnet": ["--trainer.callbacks+=tests.ddp_helpers.KillOnNthFit"]})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "RETINALAB_TEST_KILL_FIT": "2"}
+    cmd = [sys.executable, "-m", "retinalab", "study", "--config", str(cfg)]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    cells = tmp_path / "study" / "cells" / "convnet"
+    first = (cells / "n2_s0" / "cell.json").read_text()
+    assert not (cells / "n4_s0" / "cell.json").exists() and not (cells / "n4_s0" / "failed.json").exists()
+    env["RETINALAB_TEST_KILL_FIT"] = "0"
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 cell(s) run, 0 failed, 1 already done or failed" in res.stdout
+    assert (cells / "n2_s0" / "cell.json").read_text() == first and (cells / "n4_s0" / "cell.json").is_file()
