@@ -355,8 +355,6 @@ class RecalibrateBatchNorm(pl.Callback):
             for m, mom in zip(norms, momenta, strict=True):
                 m.momentum = mom
             pl_module.train(was_training)
-            if not was_training:
-                pl_module.eval()
         log.info("recalibrated %d batch-norm layers on %d training batches", len(norms), used)
         return used
 

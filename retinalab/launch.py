@@ -138,7 +138,7 @@ def cap_workers(datamodule: object, threads: int | None) -> None:
     for attr in ("num_workers", "cache_workers"):
         v = getattr(datamodule, attr, None)
         if isinstance(v, int) and (v < 0 or v > threads):
-            setattr(datamodule, attr, threads if attr == "cache_workers" or v > threads else v)
+            setattr(datamodule, attr, threads)
 
 
 def _fmt(seconds: float) -> str:
