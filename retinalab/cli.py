@@ -166,6 +166,10 @@ def finish_wandb(trainer: Any) -> None:
     own run (Lightning's logger would otherwise attach to the open one)."""
     from pytorch_lightning.loggers import WandbLogger
 
+    from .loggers import WandbLogger as RetinalabWandbLogger
+
     for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+        if isinstance(lg, RetinalabWandbLogger):
+            lg.finish()  # offline: returns once the run file is complete
+        elif isinstance(lg, WandbLogger) and lg._experiment is not None:
             lg.experiment.finish()

@@ -412,8 +412,13 @@ def log_summary_to_wandb(study: Study) -> Path | None:
         for r in summary:
             run.summary[f"{r['metric']}/{r['method']}/n{r['labelled']}"] = r["mean"]
     finally:
+        run_dir = Path(run.dir).parent
         run.finish()
-    return Path(run.dir).parent
+    if not has_wandb_credentials():
+        from .loggers import wait_for_offline_run
+
+        wait_for_offline_run(run_dir)  # the file complete before anyone reads it back
+    return run_dir
 
 
 def _plot(study: Study, rows: list[dict], metric: str) -> None:

@@ -259,3 +259,24 @@ def test_a_study_killed_mid_cell_keeps_finished_cells_and_reruns_only_the_rest(s
     assert res.returncode == 0, res.stderr[-3000:]
     assert "1 cell(s) run, 0 failed, 1 already done or failed" in res.stdout
     assert (cells / "n2_s0" / "cell.json").read_text() == first and (cells / "n4_s0" / "cell.json").is_file()
+
+
+def test_waiting_for_an_offline_run_ends_at_its_exit_record(tmp_path):
+    """finish() returns before W&B's service has written the run file to its end (a reader right after
+    it once found the test metrics missing); the loggers wait for the exit record, and give up after
+    the timeout on a file that never gets one."""
+    import wandb
+
+    from retinalab.loggers import read_offline_run, wait_for_offline_run
+
+    run = wandb.init(project="t", dir=str(tmp_path), mode="offline")
+    run.log({"x": 1.0})
+    run_dir = Path(run.dir).parent
+    run.finish()
+    assert wait_for_offline_run(run_dir, timeout=15)
+    assert read_offline_run(run_dir)["history"][0]["x"] == 1.0
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    (cut / "run-x.wandb").write_bytes(data[:200])  # the header and a first record or part of one
+    assert not wait_for_offline_run(cut, timeout=0.3)

@@ -503,8 +503,8 @@ class ActiveLearning:
         try:
             return self._run(resume)
         finally:
-            if getattr(self, "_own_logger", False) and self.logger._experiment is not None:
-                self.logger.experiment.finish()  # the next run in this process starts its own W&B run
+            if getattr(self, "_own_logger", False):
+                self.logger.finish()  # the next run in this process starts its own W&B run
 
     def _run(self, resume: bool) -> str:
         self._refuse_overwrite(resume)  # before the patches are cut (minutes on a real dataset), not after

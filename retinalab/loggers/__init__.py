@@ -10,11 +10,11 @@ from typing import Any
 
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 
-from .wandb_offline import read_offline_run
+from .wandb_offline import read_offline_run, wait_for_offline_run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WandbLogger", "has_wandb_credentials", "next_version_dir", "read_offline_run", "read_run_metrics"]
+__all__ = ["WandbLogger", "has_wandb_credentials", "next_version_dir", "read_offline_run", "read_run_metrics", "wait_for_offline_run"]
 
 
 def read_run_metrics(run_dir: str | Path):
@@ -107,6 +107,16 @@ class WandbLogger(_LightningWandbLogger):
         if self._experiment is None and self._save_dir:
             Path(self._save_dir).mkdir(parents=True, exist_ok=True)  # else wandb falls back to a temporary folder
         return _LightningWandbLogger.experiment.fget(self)
+
+    def finish(self) -> None:
+        """End the W&B run (the next fit in this process then starts its own); offline, return once
+        its file is complete, so that it can be read back at once."""
+        if self._experiment is None:
+            return
+        run_dir = Path(getattr(self._experiment, "dir", "") or ".").parent
+        self._experiment.finish()
+        if self._offline_run:
+            wait_for_offline_run(run_dir)
 
     def finalize(self, status: str) -> None:
         super().finalize(status)

@@ -89,3 +89,26 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
             for key, value in _items(update).items():
                 config[key] = value.get("value", value) if isinstance(value, dict) and "value" in value else value
     return {"history": history, "summary": summary, "config": config}
+
+
+def wait_for_offline_run(run_dir: str | Path, timeout: float = 15.0) -> bool:
+    """Wait until the offline run in ``run_dir`` (an ``offline-run-*`` folder) holds its ``exit`` record.
+
+    ``wandb.Run.finish()`` returns before W&B's service has written the run file to its end, so a
+    reader right after it (a test, a script that reads the numbers back) can find the last records
+    missing. Returns ``False`` when ``timeout`` seconds pass first.
+    """
+    import time
+
+    run_dir = Path(run_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        for f in run_dir.glob("run-*.wandb"):
+            try:
+                if any(r.WhichOneof("record_type") == "exit" for r in iter_records(f)):
+                    return True
+            except Exception:  # noqa: BLE001 - a record cut at the end of a file still being written (protobuf DecodeError, ...)
+                pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
