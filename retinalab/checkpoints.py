@@ -45,6 +45,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def shape_mismatches(weights: dict[str, Any], module: torch.nn.Module) -> tuple[list[tuple[str, tuple, tuple]], str]:
+    """The weights of ``weights`` whose shape differs from ``module``'s (name, in the file, here), and
+    the first three as a sentence."""
+    ours = module.state_dict()
+    shapes = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in weights.items() if k in ours and hasattr(v, "shape") and v.shape != ours[k].shape]
+    return shapes, "; ".join(f"{k}: {a} in the file, {b} here" for k, a, b in shapes[:3])
+
+
 def check_checkpoint(path: str | Path, model: torch.nn.Module, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read ``path`` (or take its already read ``ckpt``) and check that its weights fit ``model``: the
     same parameter names and shapes.
@@ -64,9 +72,8 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, ckpt: dict[str, A
         prefixes = sorted({k.split(".")[0] for k in theirs})
         raise CheckpointError(f"{path}: a checkpoint of another task: its weights ({', '.join(prefixes)}) are not those of "
                               f"{task} ({', '.join(sorted({k.split('.')[0] for k in ours}))})")
-    shapes = [(k, theirs[k], ours[k]) for k in ours if k in theirs and theirs[k] != ours[k]]
+    shapes, listed = shape_mismatches(ckpt["state_dict"], model)
     if shapes:
-        listed = "; ".join(f"{k}: {a} in the file, {b} here" for k, a, b in shapes[:3])
         hp = ckpt.get("hyper_parameters") or {}
         hint = {k: hp[k] for k in ("width", "gen_width", "backbone", "num_classes", "generator_width", "discriminator_width") if k in hp}
         raise CheckpointError(f"{path}: {len(shapes)} weight(s) of another shape than this {task}'s ({listed}); "

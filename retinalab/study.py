@@ -111,6 +111,22 @@ class Study:
             wandb=dict(raw["wandb"]) if raw.get("wandb") else None, source=path,
         )
 
+    def _chosen_logger(self, method: str) -> str | None:
+        """The logger a ``--trainer.logger=`` override of the study picks for ``method`` (the last one), if any."""
+        chosen = [o.split("=", 1)[1] for o in (*self.overrides, *self.method_overrides.get(method, [])) if o.startswith("--trainer.logger=")]
+        return chosen[-1] if chosen else None
+
+    def uses_wandb(self, method: str) -> bool:
+        """Whether ``method``'s cells log to W&B: a ``wandb:`` key, else an override that picks a W&B
+        logger, else the method config's own logger."""
+        if self.wandb is not None:
+            return True
+        chosen = self._chosen_logger(method)
+        if chosen is not None:
+            return chosen.endswith("WandbLogger")
+        logger = ((yaml.safe_load(self.methods[method].read_text()) or {}).get("trainer") or {}).get("logger")
+        return isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
+
     def cells(self) -> list[Cell]:
         return [Cell(m, n, s) for m in self.methods for n in self.labelled for s in self.seeds]
 
@@ -124,11 +140,9 @@ class Study:
         logger = (cfg.get("trainer") or {}).get("logger")
         # the cell's logs go into the cell's folder (CSV, TensorBoard and W&B loggers take save_dir)
         log_dir = [f"--trainer.logger.init_args.save_dir={d}"] if isinstance(logger, dict) and "class_path" in logger else []
-        wandb = isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
-        chosen = [o for o in (*self.overrides, *self.method_overrides.get(cell.method, [])) if o.startswith("--trainer.logger=")]
-        if chosen and self.wandb is None:  # the study's overrides pick the logger (e.g. --trainer.logger=false)
-            log_dir, wandb = [], False
-        if self.wandb is not None or wandb:  # one W&B run per cell, grouped by study, tagged by method / dataset / count / seed / selection
+        if self._chosen_logger(cell.method) is not None:  # the study's overrides pick the logger (e.g. --trainer.logger=false)
+            log_dir = []
+        if self.uses_wandb(cell.method):  # one W&B run per cell, grouped by study, tagged by method / dataset / count / seed / selection
             n_tag = "all" if cell.labelled is None else str(cell.labelled)
             dataset = ((cfg.get("data") or {}).get("init_args") or {}).get("dataset", "data")
             for o in (*self.overrides, *self.method_overrides.get(cell.method, [])):
@@ -335,19 +349,8 @@ def collect(study: Study) -> dict[str, Any]:
 
 
 def logs_to_wandb(study: Study) -> bool:
-    """True when the study's cells log to W&B (a ``wandb:`` key, or a method config with a W&B logger)."""
-    if study.wandb is not None:
-        return True
-    for method, cfg in study.methods.items():
-        chosen = [o.split("=", 1)[1] for o in (*study.overrides, *study.method_overrides.get(method, [])) if o.startswith("--trainer.logger=")]
-        if chosen:  # the study's overrides pick the logger
-            if chosen[-1].endswith("WandbLogger"):
-                return True
-            continue
-        logger = ((yaml.safe_load(cfg.read_text()) or {}).get("trainer") or {}).get("logger")
-        if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger"):
-            return True
-    return False
+    """True when the study's cells log to W&B (:meth:`Study.uses_wandb` for some method)."""
+    return any(study.uses_wandb(m) for m in study.methods)
 
 
 def summary_table(study: Study, rows: list[dict], metric: str) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
 def _load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool, ignore: tuple[str, ...] = ()) -> None:
     """Load the ``prefix.*`` weights of a Lightning checkpoint into ``module`` (leaving out the weights
     whose names start with one of ``ignore``: parts this model does not have)."""
-    from ..checkpoints import read_checkpoint
+    from ..checkpoints import read_checkpoint, shape_mismatches
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -78,10 +78,8 @@ def _load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool, ig
     weights = {k: v for k, v in weights.items() if not k.startswith(ignore)} if ignore else weights
     if not weights:
         raise ValueError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
-    ours = module.state_dict()
-    shapes = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in weights.items() if k in ours and v.shape != ours[k].shape]
+    shapes, listed = shape_mismatches(weights, module)
     if shapes:
-        listed = "; ".join(f"{k}: {a} in the file, {b} here" for k, a, b in shapes[:3])
         raise ValueError(f"{p}: {len(shapes)} '{prefix}' weight(s) of another shape ({listed}); same widths/backbone as the checkpoint?")
     missing, unexpected = module.load_state_dict(weights, strict=False)
     if unexpected or (strict and missing):
