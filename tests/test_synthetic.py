@@ -110,6 +110,39 @@ def test_presets_are_named_recorded_and_classic_is_the_default(tmp_path):
     b = write_synthetic("idrid", tmp_path / "c2", num_images=4, seed=2, size=(96, 64), preset="classic")
     e = write_synthetic("idrid", tmp_path / "e", num_images=4, seed=2, size=(96, 64), preset="easy")
     assert digest(a) == digest(b) != digest(e) and read_settings(a)["preset"] == read_settings(b)["preset"]
-    assert set(PRESETS) == {"classic", "benchmark", "easy"}
+    assert set(PRESETS) == {"classic", "benchmark", "collaborative", "easy"}
     with pytest.raises(ValueError, match="unknown synthetic preset 'hard'.*benchmark"):
         synth_fundus(np.random.default_rng(0), (64, 64), preset="hard")
+
+
+def test_collaborative_preset_has_idrids_proportions_and_one_grade_mix(tmp_path):
+    """Paper 001's benchmark data: 600 photographs split as IDRiD is (54 + 27 pixel-annotated, 415 +
+    104 graded: >= 100 graded test photographs), and the pixel-annotated photographs drawn from the
+    graded photographs' grade mix, so that D cannot tell the two apart by how diseased they are
+    (``benchmark`` draws them all diseased: the check below tells the two presets apart)."""
+    from retinalab.datasets.idrid import GRADING_CSV
+    from retinalab.synthetic.layouts import idrid_plan
+
+    plan = idrid_plan(600, "collaborative", 1234)
+    assert {k: len(v) for k, v in plan.items()} == {"segmentation/train": 54, "segmentation/test": 27, "grading/train": 415, "grading/test": 104}
+
+    def shares(grades):
+        return np.bincount(grades, minlength=5) / len(grades)
+
+    for preset, same in (("collaborative", True), ("benchmark", False)):
+        big = idrid_plan(4000, preset, 7)
+        seg = shares(big["segmentation/train"] + big["segmentation/test"])
+        graded = shares(big["grading/train"] + big["grading/test"])
+        assert (np.abs(seg - graded).max() < 0.05) == same, (preset, seg, graded)
+    # the written layout follows the plan: grades in the CSVs, lesion masks exactly on the diseased photographs
+    root = write_synthetic("idrid", tmp_path / "c", num_images=40, seed=3, size=(128, 85), workers=1, preset="collaborative")
+    plan = idrid_plan(40, "collaborative", 3)
+    import pandas as pd
+
+    for split in ("train", "test"):
+        csv = pd.read_csv(root / "B. Disease Grading" / "2. Groundtruths" / GRADING_CSV[split])
+        assert csv["Retinopathy grade"].tolist() == plan[f"grading/{split}"]
+    recs = read_dataset("idrid", root, subsets=["segmentation"])
+    with_masks = [any(r.masks.get(les) is not None for les in ("MA", "HE", "EX", "SE")) for r in sorted(recs, key=lambda r: (r.split != "train", r.image_id))]
+    assert with_masks == [g > 0 for g in plan["segmentation/train"] + plan["segmentation/test"]]
+    assert 0 in plan["segmentation/train"] + plan["segmentation/test"]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..datasets import eophtha as eo
 from ..datasets import idrid
 from .fundus import synth_fundus
-from .presets import SynthPreset, get_preset
+from .presets import IDRID_GRADE_MIX, SynthPreset, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -127,36 +127,46 @@ def _run(jobs: list[Job], opt: Options, workers: int, desc: str) -> dict[int, di
 
 
 # ------------------------------------------------------------------ layouts
-def _idrid(out: Path, n: int, opt: Options, workers: int) -> None:
-    rng = np.random.default_rng(np.random.SeedSequence([opt.seed, 10**6]))
-    n_seg = max(2, round(n / 3))
+def idrid_plan(n: int, preset: str | SynthPreset, seed: int) -> dict[str, list[int]]:
+    """The DR grade of every photograph a synthetic IDRiD layout of ``n`` photographs draws, by part:
+    ``segmentation/train``, ``segmentation/test`` (pixel-annotated: ``preset.idrid_seg_fraction`` of
+    ``n``, two thirds for training as in IDRiD's 54 + 27) and ``grading/train``, ``grading/test`` (the
+    rest, 80% for training as in IDRiD's 413 + 103)."""
+    style = get_preset(preset)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 10**6]))
+    n_seg = max(2, round(n * style.idrid_seg_fraction))
     n_grad = max(2, n - n_seg)
     seg_train = max(1, round(n_seg * 2 / 3))
+    grad_train = max(1, round(n_grad * 0.8))
+    seg = _grades(rng, n_seg, list(style.idrid_seg_grades or IDRID_GRADE_MIX))
+    grad = _grades(rng, n_grad, list(IDRID_GRADE_MIX), minimum=(0, 0, 2, 3))
+    return {"segmentation/train": seg[:seg_train], "segmentation/test": seg[seg_train:],
+            "grading/train": grad[:grad_train], "grading/test": grad[grad_train:]}
+
+
+def _idrid(out: Path, n: int, opt: Options, workers: int) -> None:
+    plan = idrid_plan(n, opt.preset, opt.seed)
     jobs: list[Job] = []
     seg = out / idrid.SEG
-    seg_grades = _grades(rng, n_seg, list(opt.preset.idrid_seg_grades))
-    for k in range(n_seg):
-        split = "train" if k < seg_train else "test"
-        stem = f"IDRiD_{k + 1:02d}"
-        gt = seg / "2. All Segmentation Groundtruths" / idrid.SPLITS[split]
-        jobs.append(
-            Job(
-                len(jobs),
-                seg_grades[k],
-                seg / "1. Original Images" / idrid.SPLITS[split] / f"{stem}.jpg",
-                {les: gt / folder / f"{stem}_{les}.tif" for les, folder in idrid.MASK_FOLDERS.items()},
+    for split in ("train", "test"):
+        for grade in plan[f"segmentation/{split}"]:
+            stem = f"IDRiD_{len(jobs) + 1:02d}"
+            gt = seg / "2. All Segmentation Groundtruths" / idrid.SPLITS[split]
+            jobs.append(
+                Job(
+                    len(jobs),
+                    grade,
+                    seg / "1. Original Images" / idrid.SPLITS[split] / f"{stem}.jpg",
+                    {les: gt / folder / f"{stem}_{les}.tif" for les, folder in idrid.MASK_FOLDERS.items()},
+                )
             )
-        )
-    grad_train = max(1, round(n_grad * 0.8))
-    grad_grades = _grades(rng, n_grad, [0.33, 0.05, 0.32, 0.18, 0.12], minimum=(0, 0, 2, 3))
     grading = out / idrid.GRADING
     grad_jobs = []
-    for k in range(n_grad):
-        split = "train" if k < grad_train else "test"
-        num = k + 1 if split == "train" else k - grad_train + 1  # names restart per split
-        path = grading / "1. Original Images" / idrid.SPLITS[split] / f"IDRiD_{num:03d}.jpg"
-        grad_jobs.append((split, path.stem, len(jobs)))
-        jobs.append(Job(len(jobs), grad_grades[k], path, {}))
+    for split in ("train", "test"):
+        for num, grade in enumerate(plan[f"grading/{split}"], 1):  # names restart per split
+            path = grading / "1. Original Images" / idrid.SPLITS[split] / f"IDRiD_{num:03d}.jpg"
+            grad_jobs.append((split, path.stem, len(jobs)))
+            jobs.append(Job(len(jobs), grade, path, {}))
     # placeholder folders that exist in the real layout even when a split has no soft exudates
     for split in idrid.SPLITS.values():
         for folder in idrid.MASK_FOLDERS.values():

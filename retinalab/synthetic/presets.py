@@ -21,6 +21,12 @@ Its lesion opacity (``lesion_contrast`` 1.2) was calibrated against the supervis
 ConvNet with every training image labelled: test image AUROC 0.915 under
 ``benchmarks/label_efficiency.py``, window 0.85-0.95), never against a semi-supervised method's result.
 
+``collaborative`` is ``benchmark`` in IDRiD's proportions, for paper 001's benchmark: 81 of every
+597 photographs are pixel-annotated (IDRiD's 54 + 27 of 516 + 81), and they are drawn from the same
+grade mix as the graded photographs (a third healthy), so that a discriminator comparing annotated with
+image-level photographs cannot tell them apart by how diseased they look; with 600 photographs the
+graded test split holds 104 (IDRiD's 103). Lesions are drawn as in ``benchmark``.
+
 ``easy`` is for learning tests: large, high-contrast lesions anywhere in the field of view, no
 shortcut; a pipeline that learns anything at all separates it.
 """
@@ -31,6 +37,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 Placement = Literal["central", "fov"]
+
+#: grades 0-4 among IDRiD's graded photographs (168, 25, 168, 93, 62 of 516)
+IDRID_GRADE_MIX = (0.33, 0.05, 0.32, 0.18, 0.12)
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,9 @@ class SynthPreset:
         lesion_contrast: multiplies every lesion opacity (on top of ``write_synthetic``'s own factor).
         vignetting: range of the per-photograph vignetting strength (brightness lost at the rim).
         exposure: range of the per-photograph exposure factor.
-        idrid_seg_grades: probabilities of grades 0-4 among IDRiD's pixel-annotated photographs.
+        idrid_seg_grades: probabilities of grades 0-4 among IDRiD's pixel-annotated photographs;
+            ``None``: the graded photographs' mix (:data:`IDRID_GRADE_MIX`).
+        idrid_seg_fraction: share of an IDRiD layout's photographs that are pixel-annotated.
     """
 
     name: str
@@ -56,7 +67,8 @@ class SynthPreset:
     lesion_contrast: float = 1.0
     vignetting: tuple[float, float] = (0.55, 0.55)
     exposure: tuple[float, float] = (1.0, 1.0)
-    idrid_seg_grades: tuple[float, float, float, float, float] = (0.0, 0.0, 0.45, 0.35, 0.2)
+    idrid_seg_grades: tuple[float, float, float, float, float] | None = (0.0, 0.0, 0.45, 0.35, 0.2)
+    idrid_seg_fraction: float = 1 / 3
 
     def scaled(self, lesion_scale: float = 1.0, lesion_contrast: float = 1.0) -> SynthPreset:
         """This preset with its lesion size and opacity multiplied."""
@@ -75,6 +87,16 @@ PRESETS: dict[str, SynthPreset] = {
         vignetting=(0.35, 0.65),
         exposure=(0.85, 1.1),
         idrid_seg_grades=(0.0, 0.2, 0.4, 0.25, 0.15),
+    ),
+    "collaborative": SynthPreset(
+        "collaborative",
+        placement="fov",
+        ma_radius=(0.010, 0.018),
+        lesion_contrast=1.2,
+        vignetting=(0.35, 0.65),
+        exposure=(0.85, 1.1),
+        idrid_seg_grades=None,
+        idrid_seg_fraction=81 / 597,
     ),
     "easy": SynthPreset(
         "easy",
