@@ -294,3 +294,52 @@ def test_imagenet_normalisation_goes_with_pretrained_weights(tmp_path):
     assert torch.allclose(g(x)["logits"], ref((x - mean) / std)["logits"], atol=1e-5)
     with pytest.raises(ValueError, match="input_norm"):
         LesionAttentionGrader(5, 4, "resnet18", input_norm="zscore")
+
+
+def _fixed_batches(batch: dict, n: int) -> torch.utils.data.DataLoader:
+    """A loader that yields the same joint batch ``n`` times (no collation)."""
+    return torch.utils.data.DataLoader([batch] * n, batch_size=None)
+
+
+def _fit_fixed(batch: dict, n: int, **kw) -> tuple[CollaborativeTask, pl.Trainer]:
+    torch.manual_seed(0)
+    task = CollaborativeTask(stage="joint", **kw, **TINY)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=_fixed_batches(batch, n))
+    return task, trainer
+
+
+def test_joint_gradient_accumulation_steps_every_k_batches_with_the_same_gradient():
+    """accumulate_grad_batches=2 on the same batch twice takes exactly the step that one batch takes
+    with k=1 (the mean of two equal gradients); global_step counts every optimiser's step, once per k
+    batches (optimizer_steps_per_batch). With D, G's adversarial term sees D as last stepped, so only
+    the grader and D are compared there (with k=1 G sees D after this batch's step)."""
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "pixel": {"image": torch.rand(2, 3, 64, 64, generator=g), "mask": (torch.rand(2, 4, 64, 64, generator=g) > 0.9).float()},
+        "image": {"image": torch.rand(2, 3, 64, 64, generator=g), "label": torch.tensor([0, 3])},
+    }
+    for variant, compared, steps_per_batch in ((dict(adversarial=False), ("generator", "grader"), 2),
+                                                (dict(), ("grader", "discriminator"), 3)):
+        params = {}
+        for k, n in ((1, 1), (2, 2), (2, 4)):
+            task, trainer = _fit_fixed(batch, n, accumulate_grad_batches=k, **variant)
+            assert task.optimizer_steps_per_batch == steps_per_batch
+            assert trainer.global_step == n // k * steps_per_batch
+            params[(k, n)] = {name: p.detach().clone() for name, p in task.named_parameters() if name.startswith(compared)}
+        one, accumulated, two_steps = params[(1, 1)], params[(2, 2)], params[(2, 4)]
+        assert {name.split(".")[0] for name in one} == set(compared)
+        for name in one:
+            assert torch.allclose(one[name], accumulated[name], rtol=1e-5, atol=1e-6), (variant, name)
+        assert any(not torch.allclose(one[n], two_steps[n]) for n in one)  # a second accumulated step moves them on
+    with pytest.raises(ValueError, match="accumulate_grad_batches must be >= 1"):
+        CollaborativeTask(stage="joint", accumulate_grad_batches=0, **TINY)
+    with pytest.raises(ValueError, match="trainer.accumulate_grad_batches"):
+        CollaborativeTask(stage="segmentation", accumulate_grad_batches=2, **TINY)
+
+
+def test_optimizer_steps_per_batch_follows_the_variant():
+    assert CollaborativeTask(stage="grading", **TINY).optimizer_steps_per_batch == 1
+    assert CollaborativeTask(stage="joint", adversarial=False, **TINY).optimizer_steps_per_batch == 2
+    assert CollaborativeTask(stage="joint", semi=False, adversarial=False, lesion_features="masks", **TINY).optimizer_steps_per_batch == 1

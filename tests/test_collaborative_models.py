@@ -104,3 +104,80 @@ def test_generator_can_use_an_smp_encoder_instead():
     assert isinstance(build_generator("conv", 0.125), XceptionUNet)
     with pytest.raises(ValueError, match="unknown generator encoder"):
         build_generator(encoder="no-such-encoder")
+
+
+@pytest.mark.parametrize("encoder", [None, "resnet18"])
+def test_generator_prior_sets_the_initial_lesion_probability(encoder):
+    """With ``prior`` every output logit starts at logit(prior) plus the head's weighted features: the
+    bias is exactly logit(prior), and the predicted probabilities of a fresh G centre on it."""
+    import math
+
+    from retinalab.models.xception_unet import build_generator
+
+    torch.manual_seed(0)
+    g = build_generator("xception", 0.125, encoder=encoder, prior=0.01)
+    head = g.head if encoder is None else g.segmentation_head[0]
+    assert torch.allclose(head.bias, torch.full_like(head.bias, math.log(0.01 / 0.99)))
+    with torch.no_grad():
+        p = torch.sigmoid(g.eval()(torch.rand(2, 3, 64, 64)))
+    assert 0.001 < p.median().item() < 0.05
+    default = build_generator("xception", 0.125, encoder=encoder)
+    head = default.head if encoder is None else default.segmentation_head[0]
+    assert head.bias.abs().max().item() < 1.0  # PyTorch's own initialisation: probabilities near 0.5
+    with pytest.raises(ValueError, match="prior must be in"):
+        build_generator(prior=1.0)
+
+
+@pytest.mark.parametrize("lesion_features", ["masks", "attention"])
+def test_each_lesion_branch_keeps_its_own_batch_norm_statistics(lesion_features):
+    """The shared grading network sees the plain features and one attended copy per lesion, each
+    distributed differently (here: masks of 1, 0.3, 0.03 and 0.003). With statistics re-estimated on a
+    batch (as RecalibrateBatchNorm does), eval mode on that batch gives what train mode (batch
+    statistics) gives; with one set of statistics for all branches (the earlier grader) it does not."""
+    from retinalab.models.lesion_attention import BranchBatchNorm2d, LesionAttentionGrader
+
+    torch.manual_seed(0)
+    g = LesionAttentionGrader(5, 4, "resnet18", attention=True, lesion_features=lesion_features)
+    x = torch.rand(8, 3, 64, 64)
+    masks = torch.stack([torch.full((8, 64, 64), v) for v in (1.0, 0.3, 0.03, 0.003)], 1) * (torch.rand(8, 4, 64, 64) > 0.5)
+    norms = [m for m in g.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert sum(isinstance(m, BranchBatchNorm2d) for m in norms) > 10
+
+    def recalibrate_and_compare(model) -> float:
+        with torch.no_grad():
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+            model.train()
+            batch_stats = model(x, masks)["logits"]  # also accumulates the running statistics
+            model.eval()
+            return (model(x, masks)["logits"] - batch_stats).abs().max().item() / batch_stats.abs().max().item()
+
+    own = recalibrate_and_compare(g)
+    for m in norms:  # one set of statistics shared by every branch
+        if isinstance(m, BranchBatchNorm2d):
+            m.branch, m.branches = 0, 1
+            m.forward = lambda t, m=m: torch.nn.BatchNorm2d.forward(m, t)
+    shared = recalibrate_and_compare(g)
+    # (not 0: training normalises with the biased variance, the running statistics keep the unbiased one)
+    assert own < 0.05 and shared > 0.2, (own, shared)
+
+
+def test_a_plain_grader_checkpoint_seeds_every_branchs_statistics():
+    """Stage 2 starts from the stage-1b grader, which has one set of statistics: every branch starts
+    from it, and a stage-2 state dict round-trips with its per-branch statistics."""
+    from retinalab.models.lesion_attention import LesionAttentionGrader
+
+    torch.manual_seed(0)
+    ori = LesionAttentionGrader(5, 4, "resnet18", attention=False)
+    ori.train()
+    with torch.no_grad():
+        ori(torch.rand(4, 3, 64, 64))  # running statistics away from their initial values
+    stage2 = LesionAttentionGrader(5, 4, "resnet18", attention=True)
+    missing, unexpected = stage2.load_state_dict(ori.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("w_low", "w_high", "to_context", "classifier.")) for k in missing)
+    sd = stage2.state_dict()
+    base = ori.state_dict()["high.0.0.bn1.running_mean"]
+    assert all(torch.equal(sd[f"high.0.0.bn1.running_mean_{b}"], base) for b in range(1, 5))
+    again = LesionAttentionGrader(5, 4, "resnet18", attention=True)
+    again.load_state_dict(sd)  # strict: every per-branch buffer is there

@@ -1,4 +1,4 @@
-"""Paper 000's pipelines learn: on clearly separable photographs (the ``easy`` preset: large,
+"""Paper 000's and paper 001's pipelines learn: on clearly separable photographs (the ``easy`` preset: large,
 high-contrast lesions anywhere in the field of view, no brightness or position shortcut), the shipped
 CPU configs reach high test AUROCs within seconds.
 
@@ -82,7 +82,7 @@ def test_paper_001_grader_learns_and_is_not_constant_in_eval_mode(easy_eyepacs, 
     run = cli(["fit", "--config", str(REPO / "conf/collaborative/idrid_stage1_grading.yaml"), "--data.dataset=eyepacs",
                "--data.reader_args=null", "--data.root", str(easy_eyepacs), "--data.image_size=96", "--data.target=referable",
                "--model.num_classes=2", "--data.batch_size=16", "--data.num_workers=0", "--data.split_mode=random",
-               "--data.val_size=4", "--data.test_size=20", "--trainer.max_steps=30", "--trainer.check_val_every_n_epoch=100",
+               "--data.val_size=4", "--data.test_size=20", "--trainer.max_steps=80", "--trainer.check_val_every_n_epoch=100",
                "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                f"--trainer.default_root_dir={tmp_path}"])
     res = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]  # recalibrated on test start
@@ -91,3 +91,20 @@ def test_paper_001_grader_learns_and_is_not_constant_in_eval_mode(easy_eyepacs, 
         preds = torch.cat([model.grader(b["image"])["logits"].argmax(1) for b in run.datamodule.test_dataloader()])
     assert len(preds) == 20 and res["test/acc"] >= 0.8, res
     assert len(set(preds.tolist())) == 2, preds  # not one class for every photograph
+
+
+def test_paper_001_generator_learns_lesion_masks(easy_idrid, monkeypatch, tmp_path):
+    """Paper 001's stage 1a (G, the Xception U-Net from scratch, width 0.125) through the shipped
+    config, on the easy preset's 20 pixel-annotated training photographs at 64 px, for 80 steps: on
+    the 10 test photographs its mean pixel AUC-PR is over twelve times the lesions' share of the
+    pixels (1.5%: what a G that learned nothing scores). Measured when written: 0.239 with the
+    config's prior initialisation (``generator_prior: 0.01``); with ``--model.generator_prior=null``
+    (PyTorch's default: 0.5 everywhere) the same run gives 0.135 and the test fails."""
+    monkeypatch.chdir(tmp_path)
+    run = cli(["fit", "--config", str(REPO / "conf/collaborative/idrid_stage1_seg.yaml"), "--data.root", str(easy_idrid / "idrid"),
+               "--data.image_size=64", "--data.batch_size=8", "--data.num_workers=0", "--data.val_size=2",
+               "--model.generator_width=0.125", "--trainer.max_steps=80", "--trainer.check_val_every_n_epoch=100",
+               "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+               f"--trainer.default_root_dir={tmp_path}"])
+    res = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]  # recalibrated on test start
+    assert res["test/mean/auc_pr"] >= 0.18, res

@@ -18,6 +18,8 @@ tuple: the ``CE1`` ablation of paper 001's Table 3 (``CE2`` is the Xception defa
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 import torch
@@ -113,19 +115,33 @@ class XceptionUNet(nn.Module):
         return torch.sigmoid(self(x))
 
 
-def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 5, encoder: str | None = None, num_lesions: int = 4) -> nn.Module:
+def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 5, encoder: str | None = None, num_lesions: int = 4,
+                    prior: float | None = None) -> nn.Module:
     """G: paper 001's Xception U-Net, or with ``encoder`` a segmentation-models-pytorch U-Net on that
     encoder (``resnet34``, ``tu-efficientnet_b0``, ... any smp/timm encoder name), from scratch (no
     weights are downloaded). Both map ``B x 3 x H x W`` to ``B x L x H x W`` logits.
 
-    Raises:
-        ValueError: for an encoder smp does not know (its message lists how to find the names).
-    """
-    if encoder is None:
-        return XceptionUNet(3, num_lesions, width, depth, block)
-    import segmentation_models_pytorch as smp
+    ``prior``: the lesion probability G starts out predicting everywhere: the bias of its last 1x1
+    convolution is set to ``log(prior / (1 - prior))`` (the prior initialisation of Lin et al. 2017,
+    for rare foreground). ``None`` keeps PyTorch's default (logits near 0: probability 0.5).
 
-    try:
-        return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_lesions)
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise ValueError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
+    Raises:
+        ValueError: for an encoder smp does not know (its message lists how to find the names), or a
+            prior outside (0, 1).
+    """
+    if prior is not None and not 0 < prior < 1:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    if encoder is None:
+        net: nn.Module = XceptionUNet(3, num_lesions, width, depth, block)
+        head = net.head
+    else:
+        import segmentation_models_pytorch as smp
+
+        try:
+            net = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_lesions)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ValueError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
+        head = net.segmentation_head[0]
+    if prior is not None:
+        nn.init.constant_(head.bias, math.log(prior / (1 - prior)))
+    return net
