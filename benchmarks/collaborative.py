@@ -1,29 +1,47 @@
-"""Paper 001's ablations, CPU-sized (Tables 1 and 3): grading kappa and per-lesion AUC-PR.
+"""Paper 001's ablations, CPU-sized (Tables 1 and 3): grading kappa and per-lesion AUC-PR, 3 seeds.
 
-A synthetic IDRiD layout (segmentation part with the four lesion masks, grading part with grades) is
-written once. For every seed: stage 1a trains G on the pixel-annotated training images, stage 1b the
-grading CNN on the graded images (= ``Ori``); stage 2 then starts three times from those two
-checkpoints: ``Lesion(Pretrained)`` (G frozen, its masks weighting the grader's features, no attention
-module), ``Lesion(Semi)`` (lesion attention, pseudo masks after a warm-up, no D) and ``Lesion(Semi+Adv)``
-(the full method). ``Ori`` is the stage-1b grader trained on for as many epochs as stage 2 adds, so
-that every grading row has the same grader budget. Batch-norm statistics are recalibrated before each
-test (RecalibrateBatchNorm) and grades are drawn balanced. Every model is tested after its last epoch
-on the official test splits: quadratic-weighted kappa on the graded test images, pixel AUC-PR per
-lesion on the segmentation test images (exact, masks weighted by lesion area).
+Data: a synthetic IDRiD layout drawn with the ``collaborative`` preset: IDRiD's proportions (600
+photographs: 54 + 27 pixel-annotated, 415 + 104 graded), the pixel-annotated photographs drawn from the
+graded photographs' grade mix (so D cannot tell the two sets apart by how diseased they look), lesions
+as the ``benchmark`` preset draws them (no brightness or position shortcut).
 
-    python benchmarks/collaborative.py [--work /tmp/collab-bench] [--seeds 0 1 2] [--images 90]
-                                       [--device cpu|cuda] [--precision bf16-mixed]
+For every seed: stage 1a trains G on the pixel-annotated training images, stage 1b the grading CNN on
+the graded ones (``Ori (stage 1b)``); stage 2 then starts three times from those two checkpoints:
+``Lesion(Pretrained)`` (G frozen, its masks weighting the grader's features, no attention module),
+``Lesion(Semi)`` (lesion attention, pseudo masks after a warm-up, no D) and ``Lesion(Semi+Adv)`` (the
+full method). ``Ori`` is the stage-1b grader trained on for as many steps as stage 2 has batches, so
+every grading row has had the same number of grader updates (an attentive step costs about four
+plain ones: the grading network runs once per lesion). Budgets are optimiser steps of batch
+``--batch-size``, not epochs. Batch-norm statistics are recalibrated before each test
+(RecalibrateBatchNorm), grades are drawn balanced, every model is tested after its last step on the
+official test splits: quadratic-weighted kappa, accuracy and referable AUC on the 104 graded test
+images; exact pixel AUC-PR per lesion on the 27 pixel-annotated ones (masks weighted by lesion area).
+
+Each result is appended to ``<work>/results-<settings>.jsonl`` as soon as it exists; a rerun with the
+same settings skips what is there (a killed run loses at most the model in training). The script
+prints how large each lesion is at the input size and its share of the pixels (what a G that learned
+nothing scores in AUC-PR), and which lesions the supervised G of stage 1a has learned at that size.
+
+    python benchmarks/collaborative.py [--work /tmp/retinalab-collab-bench] [--seeds 0 1 2] [--size 128]
+                                       [--device cpu|cuda] [--precision bf16-mixed] [--width 0.25]
+
+GPU-sized (``docs/benchmarks.md``, issue 17 item 6): ``--device cuda --size 512 --width 1 --source-size 1152 765
+--batch-size 16 --workers 8``; each model's result is appended to the results file as soon as it is tested.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
+import resource
 import time
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -31,7 +49,7 @@ from _common import machine  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.callbacks import RecalibrateBatchNorm
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
-from retinalab.synthetic import write_synthetic
+from retinalab.synthetic import read_settings, write_synthetic
 from retinalab.tasks import CollaborativeTask
 
 LESIONS = ("MA", "HE", "EX", "SE")
@@ -40,98 +58,241 @@ VARIANTS = {
     "Lesion(Semi)": dict(semi=True, adversarial=False),
     "Lesion(Semi+Adv)": dict(semi=True, adversarial=True),
 }
+GRADING_ROWS = ["Ori (stage 1b)", "Ori", *VARIANTS]
+SEG_ROWS = ["G (stage 1a)", *VARIANTS]
+LEARNED = 10.0  # the supervised G has learned a lesion when its AUC-PR is at least this many times the lesion's pixel share
+PRESET = "collaborative"
 
 
-def fit_test(task: CollaborativeTask, dm: pl.LightningDataModule, epochs: int, out: Path, device: str = "cpu",
-             precision: str = "32", resume: Path | None = None) -> tuple[dict[str, float], Path]:
+def fit_test(task: CollaborativeTask, dm: pl.LightningDataModule, steps: int, out: Path, a: argparse.Namespace,
+             resume: Path | None = None) -> tuple[dict[str, float], Path]:
+    """Train ``steps`` optimiser steps (from ``resume`` when given), recalibrate the batch-norm
+    statistics, save ``out/last.ckpt`` (so the next stage starts from the statistics tested here) and test."""
+    recalibrate = RecalibrateBatchNorm(batches=a.recalibration_batches, on_test=False)
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[RecalibrateBatchNorm(batches=50)],
-        default_root_dir=out, num_sanity_val_steps=0, limit_val_batches=0, enable_checkpointing=False,
+        max_steps=steps, max_epochs=-1, accelerator="gpu" if a.device == "cuda" else "cpu", devices=1, precision=a.precision,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=out, num_sanity_val_steps=0,
+        limit_val_batches=0, enable_checkpointing=False, callbacks=[recalibrate],
     )
-    trainer.fit(task, dm, ckpt_path=str(resume) if resume else None)  # resume: train on from a checkpoint
+    trainer.fit(task, dm, ckpt_path=str(resume) if resume else None)
+    recalibrate.recalibrate(trainer, task)
     ckpt = out / "last.ckpt"
     trainer.save_checkpoint(ckpt)
-    res = trainer.test(task, dm, verbose=False)
     merged: dict[str, float] = {}
-    for d in res:
+    for d in trainer.test(task, dm, verbose=False):
         merged |= {k.split("/dataloader_idx")[0]: float(v) for k, v in d.items()}
     return merged, ckpt
+
+
+def lesion_stats(dm: SegmentationDataModule) -> dict[str, dict[str, float]]:
+    """Per lesion on the pixel-annotated test images at the input size: the median extent of its
+    connected components (diameter of the circle of equal area, in input pixels), their number, and the
+    lesion's share of the pixels (the AUC-PR of a G that learned nothing)."""
+    dm.setup("test")
+    ds = dm._ds("test", train=False)  # evaluation images carry mask_fraction (eval_masks="fraction")
+    diameters: dict[str, list[float]] = {les: [] for les in dm.lesions}
+    area, pixels = dict.fromkeys(dm.lesions, 0.0), 0
+    for k in range(len(ds)):
+        item = ds[k]
+        if item is None:
+            continue
+        pixels += item["mask_fraction"][0].numel()
+        for i, les in enumerate(dm.lesions):
+            frac = item["mask_fraction"][i].numpy()
+            area[les] += float(frac.sum())
+            n, labels = cv2.connectedComponents((frac > 0).astype(np.uint8), connectivity=8)
+            if n > 1:
+                areas = np.bincount(labels.ravel(), weights=frac.ravel(), minlength=n)[1:]
+                diameters[les] += list(2 * np.sqrt(areas / np.pi))
+    return {les: {"extent": float(np.median(d)) if d else float("nan"), "components": len(d), "share": area[les] / max(pixels, 1)}
+            for les, d in diameters.items()}
+
+
+def settings_key(a: argparse.Namespace) -> str:
+    """Everything a result depends on except the seed and where it is written."""
+    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work")}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One JSON line, written with a single write and fsync'd: a kill leaves whole lines only."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> dict[tuple[int, str], dict]:
+    rows: dict[tuple[int, str], dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            rows[(r["seed"], r["method"])] = r
+    return rows
+
+
+def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: dict[tuple[int, str], dict]) -> None:
+    out = Path(a.work) / f"seed{seed}-{settings_key(a)}"
+    common = dict(image_size=a.size, num_workers=a.workers, batch_size=a.batch_size, augment=True)
+    net = dict(generator_width=a.width, discriminator_width=a.width, backbone="resnet18", num_overlays=0)
+
+    def record(method: str, metrics: dict[str, float], started: float, **extra) -> None:
+        row = {"seed": seed, "method": method, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1),
+               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **extra}
+        append_row(results, row)
+        done[(seed, method)] = row
+        kappa, pr = metrics.get("test/kappa"), metrics.get("test/mean/auc_pr")
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in (("kappa", kappa), ("mean AUC-PR", pr)) if v is not None)
+        print(f"  seed {seed} {method}: {shown} ({row['seconds']:.0f} s)", flush=True)
+
+    def needed(method: str, ckpt: Path | None = None) -> bool:
+        return (seed, method) not in done or (ckpt is not None and not ckpt.is_file())
+
+    seg_ckpt, grad_ckpt = out / "seg" / "last.ckpt", out / "grading" / "last.ckpt"
+    if needed("G (stage 1a)", seg_ckpt):
+        t = time.perf_counter()
+        pl.seed_everything(seed, workers=True)
+        seg_dm = SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, split_file=str(out / "seg.json"), **common)
+        res, seg_ckpt = fit_test(CollaborativeTask(stage="segmentation", **net), seg_dm, a.steps_seg, out / "seg", a)
+        record("G (stage 1a)", res, t)
+    grad_dm = GradingDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, split_file=str(out / "grading.json"),
+                                sampler="balanced", **common)
+    if needed("Ori (stage 1b)", grad_ckpt):
+        t = time.perf_counter()
+        pl.seed_everything(seed, workers=True)
+        res, grad_ckpt = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading, out / "grading", a)
+        record("Ori (stage 1b)", res, t)
+    if needed("Ori"):
+        # Ori at the stage-2 variants' grader budget: the stage-1b grader trained on for joint_batches more steps
+        t = time.perf_counter()
+        pl.seed_everything(seed, workers=True)
+        res, _ = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading + a.joint_batches, out / "ori", a, resume=grad_ckpt)
+        record("Ori", res, t)
+    for name, kw in VARIANTS.items():
+        if not needed(name):
+            continue
+        t = time.perf_counter()
+        pl.seed_everything(seed, workers=True)
+        dm = SegmentationDataModule(
+            "idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
+            image_level_val_size=2, split_file=str(out / "joint.json"), image_level_sampler="balanced", **common,
+        )
+        task = CollaborativeTask(stage="joint", generator_ckpt=str(seg_ckpt), grader_ckpt=str(grad_ckpt),
+                                 pseudo_warmup_steps=a.pseudo_warmup if kw["semi"] else 0, **net, **kw)
+        # Lightning counts every optimiser's step in manual optimisation: joint_batches batches
+        res, _ = fit_test(task, dm, a.joint_batches * task.optimizer_steps_per_batch, out / name, a)
+        record(name, res, t)
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: dict[str, dict[str, float]], seconds: float) -> None:
+    def values(method: str, key: str) -> list[float]:
+        return [rows[(s, method)]["metrics"][key] for s in a.seeds if (s, method) in rows and key in rows[(s, method)]["metrics"]
+                and rows[(s, method)]["metrics"][key] == rows[(s, method)]["metrics"][key]]
+
+    def cell(method: str, key: str) -> str:
+        v = values(method, key)
+        return "{:.3f} +- {:.3f}".format(*stats(v)) if v else "-"
+
+    print(f"\nmachine: {machine()}")
+    print(f"data: {a.images} synthetic IDRiD-layout photographs ({PRESET} preset, drawn at {a.source_size[0]}x{a.source_size[1]}), fed at {a.size} px;")
+    print(f"networks: G/D width {a.width}, ResNet18 grader from scratch; batch {a.batch_size}; device {a.device}, precision {a.precision}")
+    print(f"budget: stage 1a {a.steps_seg} steps, stage 1b {a.steps_grading} steps, stage 2 {a.joint_batches} batches "
+          f"(pseudo masks after {a.pseudo_warmup}), Ori +{a.joint_batches} steps; seeds {a.seeds}")
+    shown = [r for (s, _), r in rows.items() if s in a.seeds]
+    peak = max((r.get("peak_rss_gib", 0.0) for r in shown), default=0.0)
+    print(f"time: {sum(r['seconds'] for r in shown):.0f} s of training and testing in the results ({seconds:.0f} s in this run); "
+          f"peak resident memory {peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB\n")
+    print(f"Lesions at {a.size} px on the pixel-annotated test images: median extent (components), share of the pixels")
+    print("  " + "; ".join(f"{les} {st['extent']:.1f} px ({st['components']}), {100 * st['share']:.2f}%" for les, st in lesions.items()) + "\n")
+    print("Grading on the graded test images (Table 1), mean +- std over seeds\n")
+    print("| method | kappa | accuracy | referable AUC | seconds |")
+    print("|---|---|---|---|---|")
+    for name in GRADING_ROWS:
+        secs = [rows[(s, name)]["seconds"] for s in a.seeds if (s, name) in rows]
+        print(f"| {name} | {cell(name, 'test/kappa')} | {cell(name, 'test/acc')} | {cell(name, 'test/referable_auc')} | "
+              f"{np.mean(secs):.0f} |" if secs else f"| {name} | - | - | - | - |")
+    print("\nLesion segmentation on the pixel-annotated test images (Table 3): pixel AUC-PR\n")
+    print("| method | " + " | ".join(LESIONS) + " | mean |")
+    print("|---|" + "---|" * (len(LESIONS) + 1))
+    for name in SEG_ROWS:
+        print(f"| {name} | " + " | ".join(cell(name, f"test/{les}/auc_pr") for les in LESIONS) + f" | {cell(name, 'test/mean/auc_pr')} |")
+
+    print("\nTargets (issue 17)")
+    ceiling = {les: values("G (stage 1a)", f"test/{les}/auc_pr") for les in LESIONS}
+    learned = [les for les in LESIONS if ceiling[les] and np.mean(ceiling[les]) >= LEARNED * lesions[les]["share"]]
+    print(f"- the supervised G (stage 1a) learned {', '.join(learned) or 'no lesion'} (AUC-PR >= {LEARNED:g}x the pixel share)"
+          + (f"; not {', '.join(les for les in LESIONS if les not in learned)}" if len(learned) < len(LESIONS) else ""))
+    ori = values("Ori", "test/kappa")
+    if ori:
+        print(f"- Ori kappa >= 0.4: {'holds' if np.mean(ori) >= 0.4 else 'MISSED'} ({np.mean(ori):.3f})")
+    order(a, rows, "kappa", "test/kappa", ["Ori", *VARIANTS])
+    order(a, rows, "mean AUC-PR", "test/mean/auc_pr", list(VARIANTS))
+
+
+def order(a: argparse.Namespace, rows: dict[tuple[int, str], dict], label: str, key: str, methods: list[str]) -> None:
+    """Whether the means rise along ``methods``, and each step's paired difference over the seeds."""
+    per = {m: [rows[(s, m)]["metrics"].get(key, float("nan")) for s in a.seeds if (s, m) in rows] for m in methods}
+    if any(len(v) != len(a.seeds) for v in per.values()):
+        print(f"- {label}: not every method has every seed")
+        return
+    means = [float(np.mean(per[m])) for m in methods]
+    holds = all(x < y for x, y in zip(means, means[1:]))
+    steps = []
+    for m0, m1 in zip(methods, methods[1:]):
+        d = np.asarray(per[m1]) - np.asarray(per[m0])
+        steps.append(f"{m1} - {m0} = {d.mean():+.3f} +- {d.std():.3f} (higher in {int((d > 0).sum())}/{len(d)} seeds)")
+    print(f"- {label} ordering {' < '.join(methods)}: {'holds' if holds else 'does NOT hold'} (means {', '.join(f'{x:.3f}' for x in means)})")
+    for s in steps:
+        print(f"    {s}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/retinalab-collab-bench")
-    ap.add_argument("--images", type=int, default=90, help="synthetic photographs (a third with masks)")
+    ap.add_argument("--images", type=int, default=600, help="synthetic photographs (IDRiD's proportions: 81 of 597 pixel-annotated)")
+    ap.add_argument("--source-size", type=int, nargs=2, default=[768, 510], metavar=("W", "H"), help="size the photographs are drawn at")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--size", type=int, default=128, help="image side fed to the networks")
-    ap.add_argument("--epochs-seg", type=int, default=15)
-    ap.add_argument("--epochs-grading", type=int, default=15)
-    ap.add_argument("--epochs-joint", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps-seg", type=int, default=200, help="stage 1a: G's optimiser steps")
+    ap.add_argument("--steps-grading", type=int, default=200, help="stage 1b: the grader's optimiser steps")
+    ap.add_argument("--joint-batches", type=int, default=40, help="stage 2 batches (= Ori's extra grader steps)")
+    ap.add_argument("--pseudo-warmup", type=int, default=15, help="stage-2 batches before the attention maps supervise G")
     ap.add_argument("--width", type=float, default=0.25, help="G and D width multiplier")
-    ap.add_argument("--pseudo-warmup-epochs", type=int, default=1, help="stage-2 epochs before the attention maps supervise G")
+    ap.add_argument("--recalibration-batches", type=int, default=20, help="training batches for the batch-norm statistics before a test")
+    ap.add_argument("--workers", type=int, default=2, help="data-loader workers")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="train on the CPU or one GPU")
     ap.add_argument("--precision", default=None, help="Lightning precision (default: bf16-mixed on a GPU, 32 on the CPU)")
     a = ap.parse_args()
-    precision = a.precision or ("bf16-mixed" if a.device == "cuda" else "32")
+    a.precision = a.precision or ("bf16-mixed" if a.device == "cuda" else "32")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(a.work)
     root = work / "IDRiD"
-    if not (root / "A. Segmentation").is_dir():
-        write_synthetic("idrid", root, a.images, 1234, (512, 340), 1.0, 1.0, os.cpu_count() or 1, True)
-    common = dict(image_size=a.size, num_workers=2, batch_size=8, augment=True)
-    tiny = dict(generator_width=a.width, discriminator_width=a.width, backbone="resnet18", num_overlays=0)
-    rows: dict[str, list[dict[str, float]]] = {k: [] for k in ["G (stage 1a)", "Ori (stage 1b)", "Ori", *VARIANTS]}
+    wanted = (PRESET, a.images, list(a.source_size))
+    settings = read_settings(root)
+    if settings is None or (settings["preset"]["name"], settings["num_images"], list(settings["size"])) != wanted:
+        write_synthetic("idrid", root, a.images, 1234, tuple(a.source_size), 1.0, 1.0, os.cpu_count() or 1, True, PRESET)
+    results = work / f"results-{settings_key(a)}.jsonl"
+    rows = read_rows(results)
+    if rows:
+        print(f"{results}: {len(rows)} results already there; running what is missing", flush=True)
     start = time.perf_counter()
     for seed in a.seeds:
-        out = work / f"seed{seed}"
-        pl.seed_everything(seed, workers=True)
-        seg_dm = SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, split_file=str(out / "seg.json"), **common)
-        res, seg_ckpt = fit_test(CollaborativeTask(stage="segmentation", **tiny), seg_dm, a.epochs_seg, out / "seg", a.device, precision)
-        rows["G (stage 1a)"].append(res)
-        pl.seed_everything(seed, workers=True)
-        grad_dm = GradingDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, split_file=str(out / "grading.json"),
-                                    sampler="balanced", **common)
-        res, grad_ckpt = fit_test(CollaborativeTask(stage="grading", **tiny), grad_dm, a.epochs_grading, out / "grading", a.device, precision)
-        rows["Ori (stage 1b)"].append(res)
-        # Ori at the stage-2 variants' grader budget: the stage-1b grader trained on for epochs_joint more epochs
-        pl.seed_everything(seed, workers=True)
-        res, _ = fit_test(CollaborativeTask(stage="grading", **tiny), grad_dm, a.epochs_grading + a.epochs_joint, out / "ori", a.device,
-                          precision, resume=grad_ckpt)
-        rows["Ori"].append(res)
-        for name, kw in VARIANTS.items():
-            pl.seed_everything(seed, workers=True)
-            dm = SegmentationDataModule(
-                "idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
-                image_level_val_size=2, split_file=str(out / "joint.json"), image_level_sampler="balanced", **common,
-            )
-            warmup = a.pseudo_warmup_epochs * len(grad_dm.train_dataloader()) if kw["semi"] else 0
-            task = CollaborativeTask(stage="joint", generator_ckpt=str(seg_ckpt), grader_ckpt=str(grad_ckpt), pseudo_warmup_steps=warmup, **tiny, **kw)
-            res, _ = fit_test(task, dm, a.epochs_joint, out / name, a.device, precision)
-            rows[name].append(res)
+        run_seed(seed, a, root, results, rows)
         print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
-    seconds = time.perf_counter() - start
-
-    def cell(name: str, key: str) -> str:
-        v = [r[key] for r in rows[name] if key in r and r[key] == r[key]]
-        return f"{np.mean(v):.3f} +- {np.std(v):.3f}" if v else "-"
-
-    print(f"\nmachine: {machine()}")
-    print(f"data: {a.images} synthetic IDRiD-layout photographs at {a.size} px; G/D width {a.width}, ResNet18 from scratch;")
-    print(f"device: {a.device}, precision {precision}")
-    print(f"epochs: stage 1a {a.epochs_seg}, stage 1b {a.epochs_grading}, stage 2 {a.epochs_joint}; seeds {a.seeds}; {seconds:.0f} s in all\n")
-    print("Grading on the graded test images (Table 1), mean +- std over seeds\n")
-    print("| method | kappa | accuracy | referable AUC |")
-    print("|---|---|---|---|")
-    for name in ["Ori (stage 1b)", "Ori", *VARIANTS]:
-        print(f"| {name} | {cell(name, 'test/kappa')} | {cell(name, 'test/acc')} | {cell(name, 'test/referable_auc')} |")
-    print("\nLesion segmentation on the pixel-annotated test images (Table 3): pixel AUC-PR\n")
-    print("| method | " + " | ".join(LESIONS) + " | mean |")
-    print("|---|" + "---|" * (len(LESIONS) + 1))
-    for name in ["G (stage 1a)", *VARIANTS]:
-        print(f"| {name} | " + " | ".join(cell(name, f"test/{les}/auc_pr") for les in LESIONS) + f" | {cell(name, 'test/mean/auc_pr')} |")
+    lesions = lesion_stats(SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, image_size=a.size, num_workers=0,
+                                                  split_file=str(work / f"sizes-{a.size}.json")))
+    report(a, rows, lesions, time.perf_counter() - start)
+    print(f"\nresults: {results}")
 
 
 if __name__ == "__main__":
