@@ -3,6 +3,7 @@ fake IDRiD layouts through `retinalab fit` as users call it."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,18 @@ def test_l_seg_is_eq_3():
     assert torch.allclose(collab.l_seg(d_real, d_fake, l_ce, 10.0), direct + 10 * ce, atol=1e-5)
     # D minimises -L_Adv
     assert torch.allclose(collab.discriminator_loss(d_real, d_fake), -direct, atol=1e-6)
+
+
+def test_generator_adversarial_loss_is_the_non_saturating_one():
+    """What G minimises in training (not l_seg, which is only logged): -E log D(X^I, G(X^I)), written
+    out; its gradient stays large where D is sure the masks are fake (the saturating log(1 - D) does not)."""
+    d_fake = torch.tensor([-6.0, -1.0, 0.0, 2.0], requires_grad=True)
+    loss = collab.generator_adversarial_loss(d_fake)
+    by_hand = -torch.log(1 / (1 + torch.exp(-d_fake.detach()))).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    loss.backward()
+    # d/dl of -log sigmoid(l) / 4 = -(1 - sigmoid(l)) / 4: near -1/4 for a confident "fake"
+    assert d_fake.grad[0].item() == pytest.approx(-(1 - 1 / (1 + math.exp(6.0))) / 4, rel=1e-5) and d_fake.grad[0].item() < -0.24
 
 
 def test_masked_bce_counts_only_annotated_lesions():

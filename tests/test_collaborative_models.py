@@ -30,8 +30,7 @@ def test_generator_has_nine_tuples_and_l_sigmoid_maps(block):
     x = torch.rand(2, 3, 64, 48)
     out = g(x)
     assert out.shape == (2, 4, 64, 48)
-    p = g.predict(x)
-    assert ((p >= 0) & (p <= 1)).all()
+    assert torch.allclose(g.predict(x), 1 / (1 + torch.exp(-out)), atol=1e-6)  # independent sigmoids, one per lesion map
     with pytest.raises(ValueError, match="divisible by 16"):
         g(torch.rand(1, 3, 40, 40))
 
@@ -56,21 +55,29 @@ def test_discriminator_takes_image_plus_masks_and_has_five_tuples():
 def test_lesion_attention_shapes_follow_eq_5_and_6():
     torch.manual_seed(0)
     m = LesionAttentionGrader(num_classes=5, num_lesions=4, backbone="resnet18").eval()
+    with torch.no_grad():  # larger weights than at initialisation, so that lesion 1's map varies over the image
+        m.w_high[1].weight.mul_(300)
+        m.w_low[1].weight[:, 0].mul_(30)
     x, masks = torch.rand(2, 3, 128, 128), torch.rand(2, 4, 128, 128)
     out = m(x, masks)
     assert out["logits"].shape == (2, 5)
-    assert out["alpha"].shape == (2, 4, 32, 32) and ((out["alpha"] >= 0) & (out["alpha"] <= 1)).all()
+    assert out["alpha"].shape == (2, 4, 32, 32)
     # Eq. 5: W_l^low maps concat(m_l, f_low) (1 + C_low channels) to C_low; Eq. 6: W_l^high to one map
     assert m.w_low[0].in_channels == 64 + 1 and m.w_low[0].out_channels == 64
     assert m.w_high[2].in_channels == 64 and m.w_high[2].out_channels == 1
     assert m.to_context.in_channels == 512 and m.to_context.out_channels == 64
     assert m.classifier.in_features == 4 * 512
-    # Eq. 6 by hand for lesion 1
+    # Eq. 5-6 for lesion 1, written out: the 1x1 convolutions as sums over channels with the raw weights
     f_low = m.low(x)
-    f_high = m.to_context(m.high(f_low)).mean((2, 3), keepdim=True)
-    m1 = F.interpolate(masks, size=(32, 32), mode="bilinear", align_corners=False)[:, 1:2]
-    alpha1 = torch.sigmoid(m.w_high[1](F.relu(m.w_low[1](torch.cat([m1, f_low], 1))) * f_high))
-    assert torch.allclose(out["alpha"][:, 1:2], alpha1, atol=1e-6)
+    top = m.high(f_low)  # B x 512 x 4 x 4
+    f_high = (torch.einsum("oc,bchw->bohw", m.to_context.weight[:, :, 0, 0], top) + m.to_context.bias[None, :, None, None]).mean((2, 3))
+    m1 = F.interpolate(masks, size=(32, 32), mode="bilinear", align_corners=False)[:, 1]  # B x 32 x 32
+    w, b = m.w_low[1].weight[:, :, 0, 0], m.w_low[1].bias  # 64 x 65: column 0 weighs the mask, the rest f_low
+    f_1 = torch.relu(w[:, 0][None, :, None, None] * m1[:, None] + torch.einsum("oc,bchw->bohw", w[:, 1:], f_low) + b[None, :, None, None])
+    v, c = m.w_high[1].weight[0, :, 0, 0], m.w_high[1].bias[0]
+    alpha1 = 1 / (1 + torch.exp(-(torch.einsum("c,bchw->bhw", v, f_1 * f_high[:, :, None, None]) + c)))
+    assert torch.allclose(out["alpha"][:, 1], alpha1, atol=1e-5)
+    assert alpha1.std() > 0.02  # a map, not a constant
     assert m.pseudo_masks(out["alpha"], (128, 128)).shape == (2, 4, 128, 128)
     with pytest.raises(ValueError, match="masks"):
         m(x, masks[:, :3])
