@@ -16,14 +16,15 @@
 #   paper000_seq.txt the same fits of one seed run one at a time (the sequential reference)
 #   gpu_util.csv     nvidia-smi samples (1 s) during the parallel study
 #   paper001.txt     benchmarks/collaborative.py --device cuda (paper 001's ablations, GPU-sized)
+#   (inference.txt also gets step memory: benchmarks/memory.py --device cuda, paper 001's configs' peak GPU memory)
 #
 # The study's verdicts (GPU >= 70% busy while it runs; >= 4x faster than sequential) are appended to
 # summary.txt by benchmarks/gpu_check_report.py. Settings (environment variables):
 #   GPU_CHECK_OUT   output folder (default: $OUT on the device machine, else runs/gpu-check)
-#   GPU_CHECK_STEPS steps to run, in order (default: "tests egl inference paper000 paper001")
+#   GPU_CHECK_STEPS steps to run, in order (default: "tests egl inference paper000 paper001 memory")
 #   GPU_CHECK_DEVICE cuda (default) or cpu (only to try the script itself on a CPU box)
 #   P000_PARALLEL / P000_EPOCHS / P000_WIDTH / P000_IMAGES / P000_SEEDS / P000_LABELS / P000_LIMIT
-#   P001_ARGS / P001_LIMIT, PYTHON (default python3, or .venv/bin/python when it exists)
+#   P001_ARGS / P001_LIMIT, MEMORY_LIMIT, PYTHON (default python3, or .venv/bin/python when it exists)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${GPU_CHECK_OUT:-${OUT:-runs/gpu-check}}
@@ -32,7 +33,7 @@ OUT_DIR=$(cd "$OUT_DIR" && pwd)
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-STEPS=${GPU_CHECK_STEPS:-"tests egl inference paper000 paper001"}
+STEPS=${GPU_CHECK_STEPS:-"tests egl inference paper000 paper001 memory"}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 P000_PARALLEL=${P000_PARALLEL:-8}
 P000_EPOCHS=${P000_EPOCHS:-5}
@@ -44,6 +45,7 @@ P000_LIMIT=${P000_LIMIT:-240}
 P000_EXTRA=${P000_EXTRA:-}
 P001_ARGS=${P001_ARGS:-"--seeds 0 --size 512 --width 1 --source-size 1152 765 --batch-size 16 --workers 8 --steps-seg 150 --steps-grading 150 --joint-batches 40"}
 P001_LIMIT=${P001_LIMIT:-120}
+MEMORY_LIMIT=${MEMORY_LIMIT:-150}
 WORK=${GPU_CHECK_WORK:-/tmp/retinalab-gpu-check}
 SUMMARY="$OUT_DIR/summary.txt"
 
@@ -78,16 +80,23 @@ if [ "$DEVICE" = cuda ] && ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torc
 fi
 
 # step NAME LIMIT_S COMMAND...: run it with its output in $OUT_DIR/NAME.txt, record exit code and time
+# (STEP_FILE=OTHER appends to $OUT_DIR/OTHER.txt instead: the device returns at most 8 files)
 step() {
     local name=$1 limit=$2
     shift 2
+    local file=${STEP_FILE:-$name}
     echo "== $name (limit ${limit} s): $(printf '%q ' "$@")" | tee -a "$SUMMARY"
     local start=$SECONDS
-    timeout --kill-after=15 "$limit" "$@" > "$OUT_DIR/$name.txt" 2>&1
+    if [ "$file" = "$name" ]; then
+        timeout --kill-after=15 "$limit" "$@" > "$OUT_DIR/$file.txt" 2>&1
+    else
+        echo "== $name" >> "$OUT_DIR/$file.txt"
+        timeout --kill-after=15 "$limit" "$@" >> "$OUT_DIR/$file.txt" 2>&1
+    fi
     local rc=$?
     local note=""
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && note=" (stopped at its time limit; what finished is kept)"
-    echo "   exit $rc after $((SECONDS - start)) s$note -> $name.txt" | tee -a "$SUMMARY"
+    echo "   exit $rc after $((SECONDS - start)) s$note -> $file.txt" | tee -a "$SUMMARY"
     return 0
 }
 
@@ -120,7 +129,10 @@ for s in $STEPS; do
     paper001)
         # shellcheck disable=SC2086
         step paper001 "$P001_LIMIT" "$PYTHON" benchmarks/collaborative.py --device "$DEVICE" --work "$WORK/p001" $P001_ARGS ;;
-    *) echo "unknown step $s (tests egl inference paper000 paper001)" | tee -a "$SUMMARY" ;;
+    memory)
+        # paper 001's configs: peak GPU memory at 4 photographs a step and at each config's own batch
+        STEP_FILE=inference step memory "$MEMORY_LIMIT" "$PYTHON" benchmarks/memory.py --device "$DEVICE" --batches 4 --full --work "$WORK/memory" ;;
+    *) echo "unknown step $s (tests egl inference paper000 paper001 memory)" | tee -a "$SUMMARY" ;;
     esac
 done
 echo "done: $(date -u +%H:%M:%SZ); every output is in $OUT_DIR" | tee -a "$SUMMARY"
