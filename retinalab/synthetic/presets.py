@@ -88,16 +88,6 @@ PRESETS: dict[str, SynthPreset] = {
         exposure=(0.85, 1.1),
         idrid_seg_grades=(0.0, 0.2, 0.4, 0.25, 0.15),
     ),
-    "collaborative": SynthPreset(
-        "collaborative",
-        placement="fov",
-        ma_radius=(0.010, 0.018),
-        lesion_contrast=1.2,
-        vignetting=(0.35, 0.65),
-        exposure=(0.85, 1.1),
-        idrid_seg_grades=None,
-        idrid_seg_fraction=81 / 597,
-    ),
     "easy": SynthPreset(
         "easy",
         placement="fov",
@@ -109,6 +99,9 @@ PRESETS: dict[str, SynthPreset] = {
         idrid_seg_grades=(0.0, 0.0, 0.3, 0.4, 0.3),
     ),
 }
+
+# the benchmark's photographs in IDRiD's proportions, pixel-annotated ones of the graded ones' grade mix
+PRESETS["collaborative"] = replace(PRESETS["benchmark"], name="collaborative", idrid_seg_grades=None, idrid_seg_fraction=81 / 597)
 
 
 def get_preset(preset: str | SynthPreset) -> SynthPreset:
