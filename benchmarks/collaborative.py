@@ -45,7 +45,11 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from _common import machine  # benchmarks/ is on sys.path when a script runs
+from _common import (  # benchmarks/ is on sys.path when a script runs
+    append_jsonl,
+    machine,
+    read_jsonl,
+)
 
 from retinalab.callbacks import RecalibrateBatchNorm
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
@@ -114,24 +118,8 @@ def settings_key(a: argparse.Namespace) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def append_row(path: Path, row: dict) -> None:
-    """One JSON line, written with a single write and fsync'd: a kill leaves whole lines only."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def read_rows(path: Path) -> dict[tuple[int, str], dict]:
-    rows: dict[tuple[int, str], dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            rows[(r["seed"], r["method"])] = r
-    return rows
+    return {(r["seed"], r["method"]): r for r in read_jsonl(path)}
 
 
 def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: dict[tuple[int, str], dict]) -> None:
@@ -142,7 +130,7 @@ def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: 
     def record(method: str, metrics: dict[str, float], started: float, **extra) -> None:
         row = {"seed": seed, "method": method, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1),
                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **extra}
-        append_row(results, row)
+        append_jsonl(results, row)
         done[(seed, method)] = row
         kappa, pr = metrics.get("test/kappa"), metrics.get("test/mean/auc_pr")
         shown = ", ".join(f"{k} {v:.3f}" for k, v in (("kappa", kappa), ("mean AUC-PR", pr)) if v is not None)
@@ -243,9 +231,9 @@ def order(a: argparse.Namespace, rows: dict[tuple[int, str], dict], label: str, 
         print(f"- {label}: not every method has every seed")
         return
     means = [float(np.mean(per[m])) for m in methods]
-    holds = all(x < y for x, y in zip(means, means[1:]))
+    holds = all(x < y for x, y in zip(means, means[1:], strict=False))
     steps = []
-    for m0, m1 in zip(methods, methods[1:]):
+    for m0, m1 in zip(methods, methods[1:], strict=False):
         d = np.asarray(per[m1]) - np.asarray(per[m0])
         steps.append(f"{m1} - {m0} = {d.mean():+.3f} +- {d.std():.3f} (higher in {int((d > 0).sum())}/{len(d)} seeds)")
     print(f"- {label} ordering {' < '.join(methods)}: {'holds' if holds else 'does NOT hold'} (means {', '.join(f'{x:.3f}' for x in means)})")

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 from datetime import datetime
 from pathlib import Path
 
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+from _common import read_jsonl  # benchmarks/ is on sys.path when a script runs
 
 
 def gpu_busy(util_csv: Path, window: tuple[float, float] | None = None) -> tuple[float, int] | None:
@@ -74,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="unix seconds of the parallel fits (default: the last block of parallel.jsonl)")
     a = ap.parse_args(argv)
     out: dict = {}
-    blocks = _lines(a.parallel_work / "parallel.jsonl")
-    fits = [ln for ln in _lines(a.parallel_work / "results.jsonl") if "process_s" in ln]
+    blocks = read_jsonl(a.parallel_work / "parallel.jsonl")
+    fits = [ln for ln in read_jsonl(a.parallel_work / "results.jsonl") if "process_s" in ln]
     print("paper-000 GPU study (issue 19's targets):")
     if not blocks or not fits:
         print("- no parallel fit finished: nothing to judge")
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     wall = blocks[-1]["wall_s"]
     print(f"- {len(fits)} fits finished with {blocks[-1]['processes']} processes of {blocks[-1]['threads']} CPU threads; "
           f"{wall:.0f} s wall clock{'; failed: ' + ', '.join(blocks[-1]['failed']) if blocks[-1]['failed'] else ''}")
-    est = speedup(fits, wall, _lines(a.sequential_work / "results.jsonl"))
+    est = speedup(fits, wall, read_jsonl(a.sequential_work / "results.jsonl"))
     if est is None:
         print("- speed-up: no sequential reference for every method (paper000_seq did not finish)")
     else:

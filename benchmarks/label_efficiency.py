@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import machine  # noqa: E402
+from _common import append_jsonl, machine, read_jsonl  # noqa: E402
 
 from retinalab.cli import cli  # noqa: E402
 from retinalab.metrics.bootstrap import (  # noqa: E402
@@ -200,7 +200,7 @@ def main() -> None:
         write_synthetic("idrid", root, num_images=a.images, seed=1234, size=(768, 510), workers=os.cpu_count() or 1,
                         preset=a.preset, lesion_contrast=a.lesion_contrast)
     results_file = work / "results.jsonl"
-    done = [json.loads(x) for x in results_file.read_text().splitlines()] if results_file.exists() else []
+    done = read_jsonl(results_file)  # a line a kill cut short is skipped (its run is redone)
     # runs of another dataset, epoch count or width in the same --work are not reused
     finished = {(d["arm"], d["labels"], d["seed"]): d for d in done
                 if d.get("data") == root.name and d.get("epochs") == a.epochs and d.get("width") == a.width}
@@ -213,8 +213,7 @@ def main() -> None:
 
     def record(line: dict) -> None:
         line["data"], line["epochs"] = root.name, a.epochs
-        with results_file.open("a") as f:  # one line per finished run, at once
-            f.write(json.dumps(line) + "\n")
+        append_jsonl(results_file, line)  # one line per finished run, at once
         finished[(line["arm"], line["labels"], line["seed"])] = line
         print(f"[{time.perf_counter() - t0:6.0f}s] seed {line['seed']} {line['arm']:32s} labelled {line['labels'] or 'all'!s:>3s}: "
               f"{line['steps']} steps in {line['fit_s']:.0f} s, image AUROC {line['best']['image_auroc']:.3f} "

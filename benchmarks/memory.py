@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import machine  # noqa: E402
+from _common import append_jsonl, machine, read_jsonl  # noqa: E402
 
 #: config -> (batch in the config, accumulation flag, needs an EyePACS image-level root)
 CONFIGS = {
@@ -129,14 +129,9 @@ def main() -> None:
     key = "cuda_reserved_gib" if a.device == "cuda" else "rss_gib"
     # measurements already in --out with the same settings are not repeated (a killed run resumes)
     done: dict[tuple[str, int], dict] = {}
-    if a.out and Path(a.out).is_file():
-        for line in Path(a.out).read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if (r.get("device"), r.get("precision"), r.get("override", [])) == (a.device, a.precision, a.override):
-                done[(r["config"], r["batch"])] = r
+    for r in read_jsonl(a.out) if a.out else []:
+        if (r.get("device"), r.get("precision"), r.get("override", [])) == (a.device, a.precision, a.override):
+            done[(r["config"], r["batch"])] = r
     rows = []
     for config in a.configs:
         batch_full = CONFIGS[config][0]
@@ -159,8 +154,7 @@ def main() -> None:
                 f", CUDA allocated {m['cuda_alloc_gib']:.2f} / reserved {m['cuda_reserved_gib']:.2f} GiB" if "cuda_alloc_gib" in m else "") + f" ({m['seconds']:.0f} s)"
             print(line, flush=True)
             if a.out:
-                with open(a.out, "a") as f:
-                    f.write(json.dumps({"config": config, "batch": b, "device": a.device, "precision": a.precision, "override": a.override, **m}) + "\n")
+                append_jsonl(Path(a.out), {"config": config, "batch": b, "device": a.device, "precision": a.precision, "override": a.override, **m})
         xs = np.array(sorted(points), float)
         ys = np.array([points[int(b)][key] for b in xs])
         slope, intercept = np.polyfit(xs, ys, 1) if len(xs) > 1 else (float("nan"), float("nan"))  # one point: no line
@@ -174,7 +168,7 @@ def main() -> None:
     budgets = " | ".join(f"k for {b:g} GiB" for b in a.budget_gib)
     print(f"| config | batch | measured (batch: GiB) | per photograph | fixed | max fit error | peak at the full batch | {budgets} |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(a.budget_gib))
-    for config, batch_full, flag, slope, intercept, residual, points in rows:
+    for config, batch_full, _flag, slope, intercept, residual, points in rows:
         measured = ", ".join(f"{b}: {p[key]:.2f}" for b, p in sorted(points.items()))
         at_full = points[batch_full][key] if batch_full in points else slope * batch_full + intercept  # nan with one point
         fits = []

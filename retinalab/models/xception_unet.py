@@ -19,7 +19,6 @@ tuple: the ``CE1`` ablation of paper 001's Table 3 (``CE2`` is the Xception defa
 from __future__ import annotations
 
 import math
-
 from typing import Literal
 
 import torch
