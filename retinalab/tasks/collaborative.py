@@ -124,9 +124,8 @@ class CollaborativeTask(pl.LightningModule):
             optimiser step (G, grader and D alike), so batch 16 fits where only 16 / k images do: the
             same effective batch (batch-norm statistics still come from each smaller batch, and G's
             adversarial term sees D as last stepped, where with k = 1 it sees D after this batch's own
-            D step). The stage-1
-            stages optimise automatically: use the Trainer's ``accumulate_grad_batches`` there
-            (Lightning refuses it with manual optimisation).
+            D step). The stage-1 stages optimise automatically: use the Trainer's
+            ``accumulate_grad_batches`` there (Lightning refuses it with manual optimisation).
         lr / beta1 / beta2: Adam for every network (2e-4, 0.5, 0.999).
         generator_ckpt / grader_ckpt: stage-1 checkpoints the ``joint`` stage starts from.
         pixel_thresholds: ``None`` (default): pixel AUCs from 28,673 log-spaced score bins with soft
