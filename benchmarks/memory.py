@@ -39,13 +39,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import append_jsonl, machine, read_jsonl  # noqa: E402
 
-#: config -> (batch in the config, accumulation flag, needs an EyePACS image-level root)
+#: config -> (batch in the config, the layout its data.root reads, the one its image-level root reads in stage 2)
 CONFIGS = {
-    "idrid_stage1_seg": (32, "--trainer.accumulate_grad_batches", False),
-    "idrid_stage1_grading": (128, "--trainer.accumulate_grad_batches", False),
-    "idrid_stage2": (16, "--model.accumulate_grad_batches", False),
-    "eyepacs_stage1_grading": (128, "--trainer.accumulate_grad_batches", False),
-    "eyepacs_stage2": (16, "--model.accumulate_grad_batches", True),
+    "idrid_stage1_seg": (32, "idrid", None),
+    "idrid_stage1_grading": (128, "idrid", None),
+    "idrid_stage2": (16, "idrid", "idrid"),
+    "eyepacs_stage1_grading": (128, "eyepacs", None),
+    "eyepacs_stage2": (16, "idrid", "eyepacs"),
 }
 
 # runs one `retinalab fit` in this process and prints its peak memory
@@ -73,13 +73,13 @@ def data_roots(work: Path) -> dict[str, Path]:
 
 def measure(config: str, batch: int, a: argparse.Namespace, roots: dict[str, Path], out: Path) -> dict:
     """Peak memory of one training + one validation step of ``config`` at per-step batch ``batch``."""
-    _, _, eyepacs = CONFIGS[config]
+    _, root, image_level_root = CONFIGS[config]
     args = ["fit", "--config", str(REPO / "conf" / "collaborative" / f"{config}.yaml"), "--trainer.fast_dev_run=true",
             "--trainer.logger=false", f"--trainer.default_root_dir={out}", f"--trainer.precision={a.precision}",
             f"--trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}", "--trainer.devices=1",
-            f"--data.batch_size={batch}", "--data.num_workers=0", "--data.root", str(roots["eyepacs" if config.startswith("eyepacs_stage1") else "idrid"])]
-    if config.endswith("stage2"):
-        args += ["--data.image_level_root", str(roots["eyepacs" if eyepacs else "idrid"])]
+            f"--data.batch_size={batch}", "--data.num_workers=0", "--data.root", str(roots[root])]
+    if image_level_root:
+        args += ["--data.image_level_root", str(roots[image_level_root])]
     args += a.override
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
     start = time.perf_counter()
@@ -102,13 +102,15 @@ def available_gib() -> float:
     return float("inf")
 
 
-def predicted(points: dict[int, dict], key: str, batch: int) -> float | None:
-    """The linear extrapolation of the measured points to ``batch`` (None with fewer than two)."""
+def fit_line(points: dict[int, dict], key: str) -> tuple[float, float, float]:
+    """Slope, intercept and largest deviation of the line through the measured ``key`` against the
+    batch (all NaN with fewer than two points)."""
     if len(points) < 2:
-        return None
+        return float("nan"), float("nan"), float("nan")
     xs = np.array(sorted(points), float)
-    slope, intercept = np.polyfit(xs, [points[int(b)][key] for b in xs], 1)
-    return float(slope * batch + intercept)
+    ys = np.array([points[int(b)][key] for b in xs])
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return float(slope), float(intercept), float(np.abs(slope * xs + intercept - ys).max())
 
 
 def main() -> None:
@@ -144,8 +146,9 @@ def main() -> None:
                 points[b] = done[(config, b)]
                 print(f"{config} batch {b}: measured before ({a.out})", flush=True)
                 continue
-            guess = predicted(points, "rss_gib", b)
-            if a.device == "cpu" and guess is not None and guess > 0.85 * available_gib():
+            slope, intercept, _ = fit_line(points, "rss_gib")
+            guess = slope * b + intercept  # NaN before two points: never skipped
+            if a.device == "cpu" and guess > 0.85 * available_gib():
                 print(f"{config} batch {b}: skipped, predicted {guess:.1f} GiB resident against {available_gib():.1f} GiB available", flush=True)
                 continue
             m = measure(config, b, a, roots, work / "runs" / f"{config}-b{b}")
@@ -155,11 +158,7 @@ def main() -> None:
             print(line, flush=True)
             if a.out:
                 append_jsonl(Path(a.out), {"config": config, "batch": b, "device": a.device, "precision": a.precision, "override": a.override, **m})
-        xs = np.array(sorted(points), float)
-        ys = np.array([points[int(b)][key] for b in xs])
-        slope, intercept = np.polyfit(xs, ys, 1) if len(xs) > 1 else (float("nan"), float("nan"))  # one point: no line
-        residual = float(np.abs(slope * xs + intercept - ys).max()) if len(xs) > 1 else float("nan")
-        rows.append((config, batch_full, CONFIGS[config][1], slope, intercept, residual, points))
+        rows.append((config, batch_full, *fit_line(points, key), points))
 
     print(f"\nmachine: {machine()}")
     print(f"device {a.device}, precision {a.precision}; peak = {'CUDA memory reserved by the caching allocator' if a.device == 'cuda' else 'resident memory of the process'};"
@@ -168,7 +167,7 @@ def main() -> None:
     budgets = " | ".join(f"k for {b:g} GiB" for b in a.budget_gib)
     print(f"| config | batch | measured (batch: GiB) | per photograph | fixed | max fit error | peak at the full batch | {budgets} |")
     print("|---|---|---|---|---|---|---|" + "---|" * len(a.budget_gib))
-    for config, batch_full, _flag, slope, intercept, residual, points in rows:
+    for config, batch_full, slope, intercept, residual, points in rows:
         measured = ", ".join(f"{b}: {p[key]:.2f}" for b, p in sorted(points.items()))
         at_full = points[batch_full][key] if batch_full in points else slope * batch_full + intercept  # nan with one point
         fits = []
