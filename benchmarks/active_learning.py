@@ -23,8 +23,8 @@ import torch
 from _common import machine  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.active import ActiveLearning, ExudatePatchConfig
-from retinalab.active.loop import read_metrics
 from retinalab.active.plots import plot_curves
+from retinalab.active.state import read_metrics
 from retinalab.synthetic import write_synthetic
 
 

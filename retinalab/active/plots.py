@@ -84,7 +84,7 @@ def plot_curves(runs: dict[str, list[dict] | list[list[dict]]], path: str | Path
 
 def plot_comparison(study: str | Path) -> Path | None:
     """Figure 2 for every run under ``study`` (sub-folders with a ``metrics.csv``): ``figure2.png``."""
-    from .loop import read_metrics
+    from .state import read_metrics
 
     study = Path(study)
     runs = {p.parent.name: read_metrics(p) for p in sorted(study.glob("*/metrics.csv"))}
@@ -166,3 +166,17 @@ def write_heatmap(
     if title:
         fig.suptitle(title, fontsize=11)
     return _save_fig(fig, Path(path))
+
+
+def write_run_plots(out: Path, state, pool: ExudatePatches, heat: tuple[int, np.ndarray, np.ndarray] | None = None) -> None:
+    """A run's ``curves.png``, ``interestingness.png`` and ``heatmaps/round_NNN.png`` (``heat``: the image,
+    its grid items and their EGL), and ``figure2.png`` in its parent folder."""
+    if state.metrics:
+        plot_curves({out.name: state.metrics}, out / "curves.png", state.metrics[0]["labels"])
+        plot_comparison(out.parent)
+    if state.interestingness:
+        plot_interestingness(state.interestingness, out / "interestingness.png")
+    if heat is not None:
+        image_id = pool.images[heat[0]]["image_id"]
+        title = f"{image_id}: EGL after round {state.round} ({len(state.labelled)} labelled patches)"
+        write_heatmap(pool, heat[0], heat[1], heat[2], out / "heatmaps" / f"round_{state.round:03d}.png", title)

@@ -1,0 +1,127 @@
+"""Paper 002's rounds as the paper writes them: what the oracle is asked to label in each round.
+
+* the initial labelled set: Algorithm 1's L' (``initial_batches`` batches of random patches) or
+  Algorithm 2's T_mu (mu random images, all their ground-truth patches);
+* **Algorithm 1** (lines 2-6): Phi of every unlabelled patch under the current model M, the k highest;
+* **Algorithm 2** (lines 4-8): sigma_image = sum of Phi over the image's grid patches for every image not
+  yet opened, the image(s) with the largest sigma; then (line 10) the patches of the chosen image(s)
+  and k patches by Algorithm 1;
+* the random baseline: the same numbers drawn uniformly.
+
+These functions know nothing of files, devices or training: the loop (:mod:`retinalab.active.loop`)
+passes the pool items and two scorers, ``phi_of(items)`` (EGL of pool items under M) and
+``sigma_of(images)`` (interestingness of images), and asks the oracle for the :class:`Query` returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .selection import select_images, select_random, select_top_k
+
+PhiFn = Callable[[np.ndarray], torch.Tensor]
+SigmaFn = Callable[[list[int]], dict[int, float]]
+
+
+@dataclass
+class Query:
+    """One round's questions to the oracle."""
+
+    items: list[int]  # pool items to label
+    scores: list[float]  # EGL of each patch, its image's sigma when it came with its image, NaN for random/initial
+    images: list[int] = field(default_factory=list)  # images opened this round (Algorithm 2)
+    sigma: dict[int, float] = field(default_factory=dict)  # Algorithm 2: sigma of every candidate image
+
+    def __iter__(self):  # items, scores, images, sigma = query
+        return iter((self.items, self.scores, self.images, self.sigma))
+
+
+def initial_patches(pool_items: np.ndarray, n: int, seed: int) -> Query:
+    """Algorithm 1's L': ``n`` random pool patches (paper 002: "5 batches of 32 samples")."""
+    rng = np.random.default_rng(seed + 10)
+    items = rng.choice(pool_items, size=min(n, len(pool_items)), replace=False)
+    return Query(sorted(int(i) for i in items), [math.nan] * len(items))
+
+
+def initial_images(train: Sequence[int], has_exudate: np.ndarray, items_of_image: dict[int, np.ndarray], mu: int, limit: int, seed: int) -> Query:
+    """Algorithm 2, lines 1-2: T_mu, ``mu`` random training images (half with exudates, half without, so
+    that M sees both classes), and their ground-truth patches (at most ``limit``)."""
+    rng = np.random.default_rng(seed + 10)
+    train = np.asarray(train)
+    pos, neg = train[has_exudate[train]], train[~has_exudate[train]]
+    n_pos = min(len(pos), math.ceil(mu / 2))
+    n_neg = min(len(neg), mu - n_pos)
+    images = sorted(int(i) for i in np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]))
+    items = [int(i) for img in images for i in items_of_image[img]][:limit]
+    return Query(items, [math.nan] * len(items), images)
+
+
+def algorithm1(remaining: np.ndarray, k: int, phi_of: PhiFn) -> Query:
+    """Algorithm 1, lines 2-6: Phi of every unlabelled patch under M, the ``k`` highest (ties: lower item)."""
+    if k <= 0 or not len(remaining):
+        return Query([], [])
+    phi = phi_of(remaining)
+    top = select_top_k(phi, k)
+    return Query([int(remaining[t]) for t in top], [float(phi[t]) for t in top])
+
+
+def random_patches(remaining: np.ndarray, k: int, seed: int) -> Query:
+    """The baseline of Algorithm 1: ``k`` unlabelled patches drawn uniformly."""
+    if k <= 0 or not len(remaining):
+        return Query([], [])
+    picked = select_random(len(remaining), k, seed)
+    return Query([int(remaining[t]) for t in picked], [math.nan] * len(picked))
+
+
+def algorithm2_images(candidates: list[int], n: int, sigma_of: SigmaFn) -> tuple[list[int], dict[int, float]]:
+    """Algorithm 2, lines 4-7: sigma of every candidate image, the ``n`` largest (and every sigma)."""
+    if not candidates or n <= 0:
+        return [], {}
+    sigma = sigma_of(candidates)
+    return select_images(torch.tensor([sigma[i] for i in candidates]), torch.tensor(candidates), n), sigma
+
+
+def random_images(candidates: list[int], n: int, seed: int) -> list[int]:
+    """The baseline of Algorithm 2: ``n`` candidate images drawn uniformly."""
+    if not candidates or n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(candidates, size=min(n, len(candidates)), replace=False))
+
+
+def algorithm2(
+    acquisition: str, remaining: np.ndarray, candidates: list[int], items_of_image: dict[int, np.ndarray], n_images: int,
+    k: int, limit: int, seed: int, phi_of: PhiFn, sigma_of: SigmaFn,
+) -> Query:
+    """One round of Algorithm 2 (or its random baseline): the image(s), all their unlabelled pool
+    patches, then ``k`` patches by Algorithm 1 from the rest of the pool; ``limit`` labels at most.
+
+    ``seed`` is the round's seed: random images use it, random patches ``seed + 500``.
+    """
+    if acquisition == "egl":
+        images, sigma = algorithm2_images(candidates, n_images, sigma_of)
+    else:
+        images, sigma = random_images(candidates, n_images, seed), {}
+    chosen: list[int] = []
+    scores: list[float] = []
+    for img in images:
+        own = items_of_image[img]
+        new = [int(i) for i in own[np.isin(own, remaining)]]
+        chosen += new
+        scores += [sigma.get(img, math.nan)] * len(new)
+    if len(chosen) >= limit:
+        return Query(chosen[:limit], scores[:limit], images, sigma)
+    rest = remaining[~np.isin(remaining, chosen)]
+    k = min(k, limit - len(chosen))
+    more = algorithm1(rest, k, phi_of) if acquisition == "egl" else random_patches(rest, k, seed + 500)
+    return Query(chosen + more.items, scores + more.scores, images, sigma)
+
+
+def patches_round(acquisition: str, remaining: np.ndarray, k: int, seed: int, phi_of: PhiFn) -> Query:
+    """One round of Algorithm 1 (or its random baseline, seeded with ``seed + 500``)."""
+    return algorithm1(remaining, k, phi_of) if acquisition == "egl" else random_patches(remaining, k, seed + 500)

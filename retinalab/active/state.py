@@ -1,0 +1,183 @@
+"""What an active-learning run keeps on disk (``out_dir``) and reads back when it resumes.
+
+* ``state.json``: :class:`LoopState` (labelled pool, query history, metrics, stopping counters), replaced
+  atomically after every round;
+* ``model-roundNNN.pt``: the LeNet and SGD state, written (atomically) before the ``state.json`` that
+  names it, so the checkpoint named in ``state.json`` always exists;
+* ``answers.json``: every oracle label as soon as it arrives;
+* ``metrics.csv``, ``queries.csv``, ``interestingness.csv``, ``split.json``: tables for people and plots.
+
+No training, scoring or selection here: see :mod:`retinalab.active.loop` and :mod:`retinalab.active.rounds`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..datamodules.splits import write_json_atomic
+from .oracle import write_csv_atomic
+
+STATE_VERSION = 1
+#: config fields that must not change between a run and its resumption
+FROZEN = (
+    "dataset", "root", "reader_args", "patches", "acquisition", "select", "pool_kind", "seed", "val_size", "test_size",
+    "scope", "initial_batches", "initial_images", "conv_channels", "hidden",
+)
+QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")
+
+
+@dataclass
+class LoopState:
+    """What survives between rounds (``state.json``)."""
+
+    round: int = -1  # last completed round
+    labelled: dict[int, int] = field(default_factory=dict)  # pool item -> label
+    labelled_images: list[int] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one row per query
+    metrics: list[dict] = field(default_factory=list)  # one row per round
+    interestingness: list[dict] = field(default_factory=list)
+    best: float | None = None
+    rounds_without_improvement: int = 0
+    stopped: str | None = None
+    checkpoint: str | None = None
+    pending: dict | None = None  # queries of a round waiting for a human oracle
+    config: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["labelled"] = {str(k): v for k, v in self.labelled.items()}
+        d["version"] = STATE_VERSION
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> LoopState:
+        d = dict(d)
+        d.pop("version", None)
+        d["labelled"] = {int(k): int(v) for k, v in d["labelled"].items()}
+        return cls(**d)
+
+
+def read_state(path: Path, config: dict, frozen: tuple[str, ...] = FROZEN) -> LoopState:
+    """The state saved at ``path``; refused when it is unreadable or any ``frozen`` field of ``config`` differs."""
+    try:
+        state = LoopState.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable state ({e}); it was not written by this version of retinalab") from e
+    changed = [k for k in frozen if json.dumps(state.config.get(k), sort_keys=True) != json.dumps(config.get(k), sort_keys=True)]
+    if changed:
+        raise ValueError(f"{path}: the run was started with different {', '.join(changed)}; resume with the same config or choose another out_dir")
+    return state
+
+
+def write_state(path: Path, state: LoopState) -> None:
+    write_json_atomic(path, state.to_json())
+
+
+def save_checkpoint(out: Path, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep_old: bool = False) -> None:
+    """``model-roundNNN.pt`` (atomically), then ``state.json`` naming it; the previous checkpoint is
+    deleted afterwards unless ``keep_old``."""
+    name = f"model-round{state.round:03d}.pt"
+    tmp = out / f".{name}.tmp-{os.getpid()}"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": state.round}, tmp)
+    os.replace(tmp, out / name)
+    old, state.checkpoint = state.checkpoint, name
+    write_state(out / "state.json", state)
+    if old and old != name and not keep_old:
+        (out / old).unlink(missing_ok=True)
+
+
+def load_checkpoint(out: Path, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore the model and optimiser of the checkpoint ``state`` names (nothing when it names none)."""
+    if state.checkpoint:
+        ckpt = torch.load(out / state.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+
+
+def record_round(state: LoopState, pool, r: int, query, labels: dict[int, int], answers: dict[int, dict]) -> None:
+    """Add round ``r``'s answered ``query`` (:class:`~retinalab.active.rounds.Query`) to the labelled pool and
+    the query history (with each answer's time from the journal ``answers``)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for item, score in zip(query.items, nan_to_none(query.scores), strict=True):
+        item = int(item)
+        state.history.append({
+            "round": r, "item": item, "image_id": pool.images[int(pool.image[item])]["image_id"],
+            "centre_y": int(pool.centre[item][0]), "centre_x": int(pool.centre[item][1]),
+            "score": score, "label": int(labels[item]), "time": answers[item]["time"] if item in answers else now,
+        })
+        state.labelled[item] = int(labels[item])
+    state.labelled_images = sorted(set(state.labelled_images) | set(query.images))
+    state.pending = None
+
+
+def stop_reason(
+    state: LoopState, metrics: dict, *, monitor: str, min_delta: float, patience: int, max_rounds: int, max_labels: int | None, pool_left: int,
+) -> str | None:
+    """Why the run stops after this round (None: it goes on); updates the patience counters of ``state``.
+    ``monitor`` improves when it falls by more than ``min_delta`` (a loss) or rises by more (an accuracy)."""
+    value = metrics.get(monitor, math.nan)
+    if not math.isnan(value):
+        sign = 1 if monitor.endswith("loss") else -1
+        if state.best is None or sign * (state.best - value) > min_delta:
+            state.best, state.rounds_without_improvement = value, 0
+        else:
+            state.rounds_without_improvement += 1
+    if state.round >= max_rounds:
+        return f"max_rounds ({max_rounds}) reached"
+    if max_labels is not None and len(state.labelled) >= max_labels:
+        return f"max_labels ({max_labels}) reached"
+    if not pool_left:
+        return "pool exhausted"
+    if patience and state.rounds_without_improvement >= patience:
+        return f"{monitor} flat for {patience} rounds"
+    return None
+
+
+def read_answers(out: Path) -> dict[int, dict]:
+    """The oracle's journal ``answers.json``: item -> ``{label, round, time}``."""
+    path = out / "answers.json"
+    return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def write_answers(out: Path, answers: dict[int, dict]) -> None:
+    write_json_atomic(out / "answers.json", {str(k): v for k, v in sorted(answers.items())})
+
+
+def journal(answers: dict[int, dict], got: dict[int, int], r: int) -> None:
+    """Add the labels ``got`` in round ``r`` to ``answers`` (labels must be 0 or 1)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for i, y in got.items():
+        if y not in (0, 1):
+            raise ValueError(f"oracle answered {y!r} for item {i}; labels are 0 (healthy) or 1 (exudate)")
+        answers[int(i)] = {"label": int(y), "round": r, "time": now}
+
+
+def write_tables(out: Path, state: LoopState, split: dict[str, list[str]]) -> None:
+    """``metrics.csv``, ``queries.csv``, ``interestingness.csv`` and ``split.json`` (image ids per split)."""
+    if state.metrics:
+        keys = list(dict.fromkeys(k for row in state.metrics for k in row))
+        write_csv_atomic(out / "metrics.csv", keys, [[row.get(k, "") for k in keys] for row in state.metrics])
+    write_csv_atomic(out / "queries.csv", QUERY_COLUMNS, [[row.get(k, "") for k in QUERY_COLUMNS] for row in state.history])
+    if state.interestingness:
+        ik = ["round", "labels", "image_id", "sigma"]
+        write_csv_atomic(out / "interestingness.csv", ik, [[row[k] for k in ik] for row in state.interestingness])
+    write_json_atomic(out / "split.json", split)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a run's ``metrics.csv`` as floats (empty cells become NaN)."""
+    with Path(path).open(newline="") as f:
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def nan_to_none(values: list[float | None]) -> list[float | None]:
+    """JSON has no NaN: missing scores are stored as null."""
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in values]

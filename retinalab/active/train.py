@@ -1,0 +1,106 @@
+"""The active learner's LeNet: scoring pool patches by EGL (sharded over DDP ranks), updating it with
+SGD (paper 002: lr 0.01, batch 32, the 8 dihedral variants of every labelled patch; Algorithm 1's line 7)
+and the per-round validation and test metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_f1_score,
+    binary_recall,
+    binary_specificity,
+)
+
+from .egl import Scope, egl
+from .pool import ExudatePatches, dihedral
+
+
+def apply_dihedral(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
+    """Apply dihedral variant ``variant[i]`` (0-7, as ordered by :func:`dihedral`) to sample ``i``."""
+    out = torch.empty_like(x)
+    for v in variant.unique().tolist():
+        sel = variant == v
+        out[sel] = dihedral(x[sel])[v * int(sel.sum()) : (v + 1) * int(sel.sum())]
+    return out
+
+
+def sgd_epochs(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, backward, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
+    batch_size: int, variants: int, generator: torch.Generator, device: torch.device, rank: int = 0, world: int = 1,
+) -> float:
+    """``epochs`` shuffled passes over ``x`` (each sample in ``variants`` dihedral versions: 8 or 1),
+    one SGD step per batch of ``batch_size``; under DDP each rank trains on a shard of every batch.
+    Returns the mean training loss (NaN when nothing was trained)."""
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(x) * variants, generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size][rank::world]
+            if len(batch) == 0:
+                continue
+            xi, vi = batch // variants, batch % variants
+            xb = apply_dihedral(x[xi], vi).to(device)
+            loss = F.cross_entropy(model(xb), y[xi].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            backward(loss)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else math.nan
+
+
+@torch.no_grad()
+def evaluate_patches(net: torch.nn.Module, pool: ExudatePatches, eval_items: dict[str, np.ndarray], batch_size: int, device: torch.device) -> dict[str, float]:
+    """``<split>/{loss,acc,f1,sensitivity,specificity,auroc}`` of ``net`` on each split's pool items
+    (exudate = positive class, threshold 0.5 on the softmax)."""
+    was_training = net.training
+    net.eval()
+    out: dict[str, float] = {}
+    labels = np.asarray(pool.labels)
+    for name, items in eval_items.items():
+        if not len(items):
+            continue
+        logits = torch.cat([net(pool.tensor(items[s : s + batch_size]).to(device)).float().cpu() for s in range(0, len(items), batch_size)])
+        y = torch.from_numpy(labels[items].astype(np.int64))
+        p = torch.softmax(logits, 1)[:, 1]
+        pred = (p >= 0.5).long()
+        out[f"{name}/loss"] = float(F.cross_entropy(logits, y))
+        out[f"{name}/acc"] = float(binary_accuracy(pred, y))
+        out[f"{name}/f1"] = float(binary_f1_score(pred, y))
+        out[f"{name}/sensitivity"] = float(binary_recall(pred, y))
+        out[f"{name}/specificity"] = float(binary_specificity(pred, y))
+        out[f"{name}/auroc"] = float(binary_auroc(p, y)) if 0 < int(y.sum()) < len(y) else math.nan
+    net.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def score_items(net: torch.nn.Module, pool: ExudatePatches, items: np.ndarray, scope: Scope, batch_size: int, fabric) -> tuple[torch.Tensor, torch.Tensor]:
+    """EGL and p(exudate) of pool ``items`` in batches of ``batch_size`` (on the CPU, in ``items``' order);
+    under DDP each rank of ``fabric`` scores a shard and the results are gathered."""
+    items = np.asarray(items)
+    world, rank, dev = fabric.world_size, fabric.global_rank, fabric.device
+    shard = items[rank::world]
+    phis, probs = [], []
+    for start in range(0, len(shard), batch_size):
+        phi, p = egl(net, pool.tensor(shard[start : start + batch_size]).to(dev), scope)
+        phis.append(phi.float())
+        probs.append(p[:, 1].float())
+    phi = torch.cat(phis) if phis else torch.zeros(0, device=dev)
+    prob = torch.cat(probs) if probs else torch.zeros(0, device=dev)
+    if world == 1:
+        return phi.cpu(), prob.cpu()
+    width = math.ceil(len(items) / world)
+    pad = torch.zeros(2, width, device=dev)
+    pad[0, : len(phi)], pad[1, : len(prob)] = phi, prob
+    gathered = fabric.all_gather(pad)  # world x 2 x width
+    out = torch.zeros(2, len(items))
+    for r in range(world):
+        out[:, r::world] = gathered[r, :, : len(items[r::world])].cpu()
+    return out[0], out[1]
