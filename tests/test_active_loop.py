@@ -15,6 +15,7 @@ from retinalab.active.oracle import LabelFileError
 from retinalab.active.pool import CENTRED, EXUDATE, GRID, HEALTHY, dihedral, window_sums
 from retinalab.datasets import read_dataset
 from retinalab.main import main
+from retinalab.models.lenet import LeNet
 from retinalab.preprocessing import load_fundus
 from retinalab.synthetic import write_synthetic
 
@@ -33,7 +34,7 @@ def loop(root, out, **kw) -> ActiveLearning:
         dataset="eophtha", root=str(root), reader_args={"parts": ["EX"]}, patches=TINY, out_dir=str(out),
         k=6, initial_batches=2, initial_images=2, batch_size=8, conv_channels=(4, 8), hidden=16, max_rounds=3,
         val_size=0.25, test_size=0.25, cache_dir=str(Path(out).parent / "cache"), accelerator="cpu", progress=False,
-        track_images=2,
+        track_images=2, plot_every=0,  # plots (most of a round's time) only when a run stops, unless a test asks
     )
     args.update(kw)
     return ActiveLearning(**args)
@@ -129,28 +130,112 @@ def test_splits_are_by_patient_and_balanced(synth_eophtha, tmp_path):
 
 
 # ---------------------------------------------------------------- selection rules in the loop
-def test_algorithm2_adds_all_patches_of_the_image_with_the_largest_sum(synth_eophtha, tmp_path, monkeypatch):
-    al = loop(synth_eophtha, tmp_path / "run", max_rounds=1, k=0, track_images=0)
-    chosen = {}
+def phi_by_hand(net: LeNet, x: torch.Tensor) -> np.ndarray:
+    """Paper 002's Eq. 1 written out: for each patch, sum over classes j of p(j | x) times the length of
+    the gradient of the loss with label j, by autograd one patch and one class at a time, over the
+    parameters named here ("down to the first fully connected layer": fc1 and fc2)."""
+    params = [net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias]
+    out = []
+    for xi in x:
+        logits = net(xi[None])
+        p = logits.softmax(1)[0].detach()
+        total = 0.0
+        for j in range(logits.shape[1]):
+            grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True)
+            total += float(p[j]) * float(torch.cat([g.flatten() for g in grads]).norm())
+        out.append(total)
+    return np.array(out)
 
-    def fake_sigma(images):
-        sigma = {i: float(10 + (7 * i) % 5) + i / 100 for i in images}
-        if sigma:
-            chosen["best"] = max(sigma, key=sigma.get)
-        return sigma
 
-    monkeypatch.setattr(al, "_sigma", fake_sigma)
+def assert_top(chosen: set[int], phi: dict[int, float], k: int) -> None:
+    """``chosen`` are ``k`` items of highest ``phi`` (up to float noise between near-equal scores)."""
+    assert len(chosen) == k
+    rest = [v for i, v in phi.items() if i not in chosen]
+    assert min(phi[i] for i in chosen) >= max(rest, default=-1.0) * (1 - 1e-4)
+
+
+@pytest.mark.parametrize("reading", ["selected_images", "pool"])
+def test_algorithm2_opens_the_image_with_the_largest_summed_egl_and_reads_line_10_as_asked(synth_eophtha, tmp_path, reading):
+    out = tmp_path / "run"
+    al = loop(synth_eophtha, out, max_rounds=1, k=3, track_images=0, image_patches=reading, keep_checkpoints=True)
     assert al.run() == "finished"
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    state = json.loads((out / "state.json").read_text())
+    net = LeNet(2, TINY.patch_size, 3, (4, 8), 16)
+    net.load_state_dict(torch.load(out / "model-round000.pt", weights_only=True)["model"])  # the model that chose round 1
+    round0 = {row["item"] for row in state["history"] if row["round"] == 0}
     round1 = [row for row in state["history"] if row["round"] == 1]
-    best_items = set(al.items_of_image[chosen["best"]].tolist())
-    assert {row["item"] for row in round1} == best_items and chosen["best"] in state["labelled_images"]
+    candidates = [i for i in al.split["train"] if set(al.items_of_image[i].tolist()) - round0]
+    sigma = {i: phi_by_hand(net, al.pool.tensor(al.grid_of_image[i])).sum() for i in candidates}
+    best = max(sigma, key=sigma.get)
+    assert sorted(sigma.values())[-1] > sorted(sigma.values())[-2] * (1 + 1e-4)  # a clear winner
+    assert state["labelled_images"] == sorted({int(al.pool.image[i]) for i in round0} | {best})
+    assert state["metrics"][1]["selected_sigma"] == pytest.approx(sigma[best], rel=1e-3)
+    own = [int(i) for i in al.items_of_image[best]]
+    items = {row["item"] for row in round1}
+    if reading == "selected_images":  # the 3 patches of highest EGL among the opened image's patches
+        phi = dict(zip(own, phi_by_hand(net, al.pool.tensor(own)), strict=True))
+        assert_top(items, phi, 3)
+        for row in round1:
+            assert row["score"] == pytest.approx(phi[row["item"]], rel=1e-3)
+    else:  # every patch of the image, then the 3 of highest EGL in the rest of the pool
+        assert set(own) <= items and len(items) == len(own) + 3
+        rest = [int(i) for i in al.pool_items if int(i) not in round0 and int(i) not in own]
+        phi = dict(zip(rest, phi_by_hand(net, al.pool.tensor(rest)), strict=True))
+        assert_top(items - set(own), phi, 3)
+
+
+@pytest.mark.parametrize("reading", ["selected_images", "pool"])
+def test_the_matched_random_arm_labels_as_many_patches_as_egl_each_round(synth_eophtha, tmp_path, reading):
+    """Algorithm 2 (Algorithm 1: test_egl_and_random_share_the_initial_set_and_respect_the_budget)."""
+    kw = dict(select="images", image_patches=reading, k=4, max_rounds=3, track_images=0)
+    assert loop(synth_eophtha, tmp_path / "egl", **kw).run() == "finished"
+    rnd = loop(synth_eophtha, tmp_path / "random", acquisition="random", match_labels=str(tmp_path / "egl"), **kw)
+    assert rnd.run() == "finished"
+    egl_state, rnd_state = (json.loads((tmp_path / a / "state.json").read_text()) for a in ("egl", "random"))
+    egl_labels = [m["labels"] for m in egl_state["metrics"]]
+    assert [m["labels"] for m in rnd_state["metrics"]] == egl_labels
+    assert all(b > a for a, b in zip(egl_labels[:-1], egl_labels[1:], strict=True))
+    assert [m["images"] for m in rnd_state["metrics"]] == [m["images"] for m in egl_state["metrics"]]
+    if reading == "selected_images":  # every label comes from an image opened that round
+        for state in (egl_state, rnd_state):
+            for r in range(1, 4):
+                rows = [row for row in state["history"] if row["round"] == r]
+                assert len({row["image_id"] for row in rows}) == 1 and len(rows) == 4
+    assert rnd_state["labelled"] != egl_state["labelled"]
+    assert rnd_state["stopped"] == "max_rounds (3) reached"
+    # plot_every: 0 draws the plots once, when the run stops; the tables are there for every round
+    assert [p.name for p in (tmp_path / "egl" / "heatmaps").glob("*.png")] == ["round_003.png"]
+    assert len(list(csv.DictReader((tmp_path / "egl" / "metrics.csv").open()))) == 4 and (tmp_path / "egl" / "curves.png").is_file()
+    # the random arm copies counts only from a run of the same data, split and initial set
+    with pytest.raises(ValueError, match="match_labels: .*seed"):
+        loop(synth_eophtha, tmp_path / "other", acquisition="random", match_labels=str(tmp_path / "egl"), seed=5, **kw).run()
+    with pytest.raises(ValueError, match="acquisition: random"):
+        loop(synth_eophtha, tmp_path / "x", match_labels=str(tmp_path / "egl"), **kw)
+
+
+@pytest.mark.parametrize(("initial_augment", "steps"), [(False, 2), (True, 16)])
+def test_the_initial_model_takes_the_papers_batches(synth_eophtha, tmp_path, monkeypatch, initial_augment, steps):
+    """Paper 002: M is "initially trained with 5 batches of 32 samples": initial_batches SGD steps,
+    unless the dihedral variants are asked for (8 per patch: 8x the steps)."""
+    counted: list[int] = []
+    real_setup = ActiveLearning._setup
+
+    def setup(self):
+        real_setup(self)
+        step = self.optimizer.step
+        self.optimizer.step = lambda *a, **k: (counted.append(1), step(*a, **k))[1]
+
+    monkeypatch.setattr(ActiveLearning, "_setup", setup)
+    al = loop(synth_eophtha, tmp_path / "run", select="patches", max_rounds=0, initial_augment=initial_augment, track_images=0)
+    assert al.run() == "finished"
+    assert len(counted) == steps  # 2 batches of 8 patches
 
 
 def test_egl_and_random_share_the_initial_set_and_respect_the_budget(synth_eophtha, tmp_path):
     runs = {}
     for acq in ("egl", "random"):
-        al = loop(synth_eophtha, tmp_path / acq, acquisition=acq, select="patches", max_labels=30, max_rounds=5)
+        matched = {"match_labels": str(tmp_path / "egl")} if acq == "random" else {}
+        al = loop(synth_eophtha, tmp_path / acq, acquisition=acq, select="patches", max_labels=30, max_rounds=5, plot_every=1, **matched)
         assert al.run() == "finished"
         runs[acq] = json.loads((tmp_path / acq / "state.json").read_text())
     first = [{r["item"] for r in runs[a]["history"] if r["round"] == 0} for a in runs]
@@ -231,6 +316,16 @@ def test_resume_refuses_a_changed_config(synth_eophtha, tmp_path):
     loop(synth_eophtha, tmp_path / "run", max_rounds=0).run()
     with pytest.raises(ValueError, match="different acquisition"):
         loop(synth_eophtha, tmp_path / "run", acquisition="random").run(resume=True)
+    with pytest.raises(ValueError, match="different image_patches"):
+        loop(synth_eophtha, tmp_path / "run", image_patches="pool").run(resume=True)
+    # a run saved before image_patches existed read line 10 as `pool`: it resumes with that reading only
+    path = tmp_path / "run" / "state.json"
+    state = json.loads(path.read_text())
+    del state["config"]["image_patches"], state["config"]["match_labels"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="different image_patches"):
+        loop(synth_eophtha, tmp_path / "run", max_rounds=0).run(resume=True)
+    assert loop(synth_eophtha, tmp_path / "run", max_rounds=0, image_patches="pool").run(resume=True) == "finished"
 
 
 # ---------------------------------------------------------------- human oracle
@@ -388,7 +483,7 @@ def test_metrics_and_plots_reach_an_offline_wandb_run(synth_eophtha, tmp_path, m
     real = WandbLogger.log_metrics
     # wandb >= 0.2x keeps history in a binary log with no Python reader, so metrics are read at the logger
     monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: (logged.append((dict(metrics), step)), real(self, metrics, step))[1])
-    al = loop(synth_eophtha, tmp_path / "run", select="patches", max_rounds=1, logger=logger)
+    al = loop(synth_eophtha, tmp_path / "run", select="patches", max_rounds=1, logger=logger, plot_every=1)
     assert al.run() == "finished"
     assert al.score_batch_size == 256  # the CPU default (4096 on a GPU)
     logger.experiment.finish()

@@ -1,23 +1,14 @@
-"""The active-learning loop of paper 002 (Algorithms 1 and 2), resumable after any fault.
+"""The active-learning loop of paper 002 (Algorithms 1 and 2) behind ``retinalab active``, resumable after any fault.
 
-One run = one acquisition rule (``egl`` or ``random``) on one seeded patient split:
-
-* round 0 trains the initial model M: with ``select: patches`` on ``initial_batches`` x ``batch_size``
-  random labelled patches (paper 002: "initially trained with 5 batches of 32 samples"), with
-  ``select: images`` on the ground-truth patches of ``initial_images`` random images (Algorithm 2, mu);
-* every later round scores the unlabelled pool with the current M, asks the oracle for the labels of
-  the chosen items, adds them (with their 7 dihedral variants) and updates M with SGD;
-  Algorithm 1 chooses the ``k`` patches of highest EGL, Algorithm 2 first the image(s) whose patches
-  sum to the highest EGL (all their ground-truth patches are added) and then ``k`` patches by
-  Algorithm 1; ``random`` draws the same numbers uniformly (same budget, schedule and seeds);
-* it stops at ``max_rounds``, at ``max_labels`` labelled patches, when the pool is exhausted, or when
-  the monitored validation metric has not improved for ``patience`` rounds (paper 002: "when the
-  training and validation errors do not decrease significantly").
-
-What each round asks is decided in :mod:`retinalab.active.rounds` (the algorithms as the paper writes
-them); the model update and metrics are in :mod:`retinalab.active.train`; what is kept on disk, and in
-what order, in :mod:`retinalab.active.state`; plots in :mod:`retinalab.active.plots`. This module
-wires them: set-up, scoring (sharded under DDP), the oracle and the round loop.
+One run = one acquisition rule (``egl`` or ``random``) on one seeded patient split: round 0 trains the
+initial model M; every later round asks the oracle for the labels of the items chosen by
+:mod:`retinalab.active.rounds` (the algorithms as the paper writes them), adds them and updates M
+(:mod:`retinalab.active.train`); the run stops at ``max_rounds``, at ``max_labels``, when the pool is
+exhausted, or when the monitored validation metric has not improved for ``patience`` rounds (paper 002:
+"when the training and validation errors do not decrease significantly"). After every round the state
+is saved (:mod:`retinalab.active.state`: a run killed inside a round redoes that round without asking the
+oracle again) and the plots redrawn (:mod:`retinalab.active.outputs`). This module wires them: set-up,
+scoring (sharded under DDP), the oracle and the round loop.
 """
 
 from __future__ import annotations
@@ -39,7 +30,7 @@ from ..datasets.base import OnError
 from ..models.lenet import LeNet
 from . import rounds
 from .egl import Scope
-from .oracle import HumanOracle, LabelFileError, LabelsPending, SimulatedOracle
+from .oracle import HumanOracle, LabelsPending, SimulatedOracle
 from .outputs import RunOutputs
 from .pool import (
     ExudatePatchConfig,
@@ -50,15 +41,15 @@ from .selection import image_interestingness
 from .split import split_pool
 from .state import (
     LoopState,
-    journal,
+    ask_oracle,
     load_checkpoint,
+    matched_counts,
     nan_to_none,
     read_answers,
     read_state,
     record_round,
     save_checkpoint,
     stop_reason,
-    write_answers,
     write_state,
 )
 from .train import evaluate_patches, score_items, sgd_epochs
@@ -77,8 +68,21 @@ class ActiveLearning(RunOutputs):
             siblings: ``figure2.png`` in the parent compares all of them.
         acquisition: ``egl`` (Eq. 1 of paper 002) or ``random`` (the baseline).
         select: ``patches`` (Algorithm 1) or ``images`` (Algorithm 2).
-        k: patches chosen by Algorithm 1 per round (after the image(s) with ``select: images``).
+        k: patches chosen by Algorithm 1 per round (with ``select: images``: among the chosen images'
+            patches, or from the whole pool after them; see ``image_patches``).
         images_per_round: images chosen by Algorithm 2 per round.
+        image_patches: how Algorithm 2's line 10 ("update M with k selected patches using Algorithm 1
+            and the patches in L_mu") is read. ``selected_images`` (default; what an annotator can do):
+            the ``k`` patches of highest EGL (random: ``k`` drawn uniformly) among the unlabelled patches
+            of the image(s) chosen this round, so every label comes from an image the annotator opened.
+            ``pool``: every unlabelled patch of the chosen image(s), then ``k`` patches by Algorithm 1
+            from the whole remaining pool.
+        match_labels: random arm only: the folder of another run (the EGL arm, run first with the same
+            data, split, seed and initial set) whose label and image counts this run copies round by
+            round, so that both arms are compared at equal labels. Algorithm 1: the same number of
+            random patches; Algorithm 2: the same number of random images, and random patches up to
+            the same label count (``pool``: their patches, then random pool patches; ``selected_images``:
+            among their patches, opening one more random image where they hold too few).
         initial_batches: the initial model's labelled patches, in batches (Algorithm 1; paper: 5).
         initial_images: mu, the initial images (Algorithm 2; paper Figure 2: 4). Drawn half from images
             with exudates, half without, so that the initial model has seen both classes.
@@ -92,6 +96,8 @@ class ActiveLearning(RunOutputs):
             weight decay 5e-4 are Caffe's LeNet solver defaults, which the paper used).
         epochs_per_round / initial_epochs: passes over the labelled set per update.
         augment: train on the 8 dihedral variants of every labelled patch.
+        initial_augment: the initial model too (default no: paper 002's M is "initially trained with 5
+            batches of 32 samples", i.e. ``initial_batches`` SGD steps with ``initial_epochs: 1``).
         conv_channels / hidden: LeNet widths (Caffe: 20, 50 and 500).
         val_size / test_size: patients' share for validation / test (by patient, stratified).
         seed: split, initial set, random selections and training order.
@@ -108,6 +114,10 @@ class ActiveLearning(RunOutputs):
             acquisition, selection, dataset and seed; or any Lightning logger; ``None``: none.
         progress: show progress bars.
         keep_checkpoints: keep every round's ``model-roundNNN.pt`` (default: only the latest).
+        plot_every: draw the plots (``curves.png``, ``interestingness.png``, ``../figure2.png``, the
+            round's heatmap) every this many rounds and when the run stops; 0: only when it stops.
+            State and tables are written every round whatever this says. Plots take most of a round's
+            time on small pools (about 1.2 s of 1.9 s on two CPU cores in ``benchmarks/active_learning.py``).
     """
 
     def __init__(
@@ -121,6 +131,8 @@ class ActiveLearning(RunOutputs):
         select: Literal["patches", "images"] = "images",
         k: int = 32,
         images_per_round: int = 1,
+        image_patches: Literal["selected_images", "pool"] = "selected_images",
+        match_labels: str | None = None,
         initial_batches: int = 5,
         initial_images: int = 4,
         pool_kind: Literal["centred", "grid"] = "centred",
@@ -137,6 +149,7 @@ class ActiveLearning(RunOutputs):
         epochs_per_round: int = 1,
         initial_epochs: int = 1,
         augment: bool = True,
+        initial_augment: bool = False,
         conv_channels: tuple[int, int] = (20, 50),
         hidden: int = 500,
         val_size: float = 0.2,
@@ -155,19 +168,24 @@ class ActiveLearning(RunOutputs):
         logger: Logger | Literal["wandb"] | None = None,
         progress: bool = True,
         keep_checkpoints: bool = False,
+        plot_every: int = 1,
     ) -> None:
         if oracle == "human" and pool_kind == "centred":
             raise ValueError(
                 "pool_kind: centred samples patches from the ground-truth masks, which a human-oracle run "
                 "does not use; set pool_kind: grid"
             )
-        for name, v in (("k", k), ("images_per_round", images_per_round), ("initial_batches", initial_batches), ("initial_images", initial_images), ("max_rounds", max_rounds), ("patience", patience)):
+        for name, v in (("k", k), ("images_per_round", images_per_round), ("initial_batches", initial_batches), ("initial_images", initial_images), ("max_rounds", max_rounds), ("patience", patience), ("plot_every", plot_every)):
             if v < 0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if score_batch_size is not None and score_batch_size < 1:
             raise ValueError(f"score_batch_size must be a positive number of patches, got {score_batch_size}")
         if select == "images" and images_per_round == 0 and k == 0:
             raise ValueError("select: images with images_per_round 0 and k 0 would never label anything")
+        if select == "images" and image_patches == "selected_images" and k == 0:
+            raise ValueError("image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or image_patches: pool)")
+        if match_labels is not None and acquisition != "random":
+            raise ValueError(f"match_labels copies another run's label counts into a random arm; it needs acquisition: random, not {acquisition}")
         args = {name: value for name, value in locals().items() if name in inspect.signature(ActiveLearning.__init__).parameters and name != "self"}
         self.__dict__.update(args)
         self.config = {name: value for name, value in args.items() if name != "logger"}
@@ -242,10 +260,11 @@ class ActiveLearning(RunOutputs):
         return state
 
     def _save(self, state: LoopState) -> None:
-        heat = self._heatmap_data(state)  # scoring is collective under DDP: every rank takes part
+        plots = state.stopped is not None or (self.plot_every > 0 and state.round % self.plot_every == 0)
+        heat = self._heatmap_data(state) if plots else None  # scoring is collective under DDP: every rank takes part
         if self.rank0:
             save_checkpoint(self.out, state, self.net, self.optimizer, keep_old=self.keep_checkpoints)
-            self._write_outputs(state, heat)
+            self._write_outputs(state, heat, plots)
         self.fabric.barrier()
 
     # ------------------------------------------------------------------ scoring
@@ -287,13 +306,21 @@ class ActiveLearning(RunOutputs):
         def phi_of(items: np.ndarray) -> torch.Tensor:
             return self.score(items)[0]
 
-        if self.select == "images" and self.images_per_round:
+        candidates: list[int] = []
+        if self.select == "images":
             free = np.zeros(len(self.pool.labels), dtype=bool)  # unlabelled pool items: O(1) per lookup
             free[remaining] = True
             done = set(state.labelled_images)
             candidates = [i for i in self.split["train"] if i not in done and free[self.items_of_image[i]].any()]
+        if self.match_labels is not None:
+            n_labels, n_images = matched_counts(Path(self.match_labels), self.config, state, r)
+            return rounds.matched_random(
+                self.select, self.image_patches, remaining, candidates, self.items_of_image, n_images, min(n_labels, limit), seed,
+            )
+        if self.select == "images" and self.images_per_round:
             return rounds.algorithm2(
-                self.acquisition, remaining, candidates, self.items_of_image, self.images_per_round, self.k, limit, seed, phi_of, self._sigma,
+                self.acquisition, self.image_patches, remaining, candidates, self.items_of_image, self.images_per_round, self.k, limit,
+                seed, phi_of, self._sigma,
             )
         return rounds.patches_round(self.acquisition, remaining, min(self.k, limit), seed, phi_of)
 
@@ -306,7 +333,7 @@ class ActiveLearning(RunOutputs):
         y = torch.tensor([state.labelled[int(i)] for i in items])
         return sgd_epochs(
             self.model, self.optimizer, self.fabric.backward, x, y, epochs=epochs, batch_size=self.batch_size,
-            variants=8 if self.augment else 1, generator=torch.Generator().manual_seed(self.seed * 100_003 + r),
+            variants=8 if self.augment and (r > 0 or self.initial_augment) else 1, generator=torch.Generator().manual_seed(self.seed * 100_003 + r),
             device=self.fabric.device, rank=self.fabric.global_rank, world=self.fabric.world_size,
         )
 
@@ -346,7 +373,8 @@ class ActiveLearning(RunOutputs):
                     query = self._initial(state) if r == 0 else self._choose(state, r)
                 items, scores, images, sigma = query
                 if r > 0 and not items:
-                    state.stopped = "pool exhausted" if not len(self._remaining(state)) else "budget reached"
+                    reason = f"the matched run {self.match_labels} stopped" if self.match_labels else "budget reached"
+                    state.stopped = "pool exhausted" if not len(self._remaining(state)) else reason
                     break
                 try:
                     new = self._ask(items, scores, r, answers)
@@ -384,24 +412,7 @@ class ActiveLearning(RunOutputs):
 
     def _ask(self, items: list[int], scores: list[float], r: int, answers: dict[int, dict]) -> dict[int, int]:
         """Labels of ``items``: from ``answers.json`` where known, else from the oracle (journalled at once)."""
-        known = {i: answers[i]["label"] for i in items if i in answers}
-        todo = [i for i in items if i not in answers]
-        if todo:
-            todo_scores = [s for i, s in zip(items, scores, strict=True) if i not in answers]
-            try:
-                got = self.oracle_fn(todo, r, todo_scores)  # the simulated oracle answers alike on every rank
-            except LabelFileError as e:
-                self._journal(getattr(e, "partial", {}), r, answers)
-                raise
-            self._journal(got, r, answers)
-            known.update(got)
-        return known
-
-    def _journal(self, got: dict[int, int], r: int, answers: dict[int, dict]) -> None:
-        if got:
-            journal(answers, got, r)
-            if self.rank0:
-                write_answers(self.out, answers)
+        return ask_oracle(self.oracle_fn, items, scores, r, answers, self.out if self.rank0 else None)
 
     def _stop_reason(self, state: LoopState, metrics: dict) -> str | None:
         return stop_reason(

@@ -4,9 +4,12 @@
   Algorithm 2's T_mu (mu random images, all their ground-truth patches);
 * **Algorithm 1** (lines 2-6): Phi of every unlabelled patch under the current model M, the k highest;
 * **Algorithm 2** (lines 4-8): sigma_image = sum of Phi over the image's grid patches for every image not
-  yet opened, the image(s) with the largest sigma; then (line 10) the patches of the chosen image(s)
-  and k patches by Algorithm 1;
-* the random baseline: the same numbers drawn uniformly.
+  yet opened, the image(s) with the largest sigma; then line 10, "update M with k selected patches
+  using Algorithm 1 and the patches in L_mu", in one of its two readings: k patches by Algorithm 1
+  among the chosen images' patches (``selected_images``: every label from an image the annotator
+  opened), or all the chosen images' patches plus k patches by Algorithm 1 from the whole pool (``pool``);
+* the random baseline: the same numbers drawn uniformly, either with the same rule (``k``, images per
+  round) or at another run's label and image counts, round by round (:func:`matched_random`).
 
 These functions know nothing of files, devices or training: the loop (:mod:`retinalab.active.loop`)
 passes the pool items and two scorers, ``phi_of(items)`` (EGL of pool items under M) and
@@ -94,12 +97,22 @@ def random_images(candidates: list[int], n: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(candidates, size=min(n, len(candidates)), replace=False))
 
 
+def _free_patches(images: list[int], items_of_image: dict[int, np.ndarray], remaining: np.ndarray) -> list[int]:
+    """The unlabelled pool patches of ``images``, image by image."""
+    return [int(i) for img in images for i in items_of_image[img][np.isin(items_of_image[img], remaining)]]
+
+
 def algorithm2(
-    acquisition: str, remaining: np.ndarray, candidates: list[int], items_of_image: dict[int, np.ndarray], n_images: int,
-    k: int, limit: int, seed: int, phi_of: PhiFn, sigma_of: SigmaFn,
+    acquisition: str, reading: str, remaining: np.ndarray, candidates: list[int], items_of_image: dict[int, np.ndarray],
+    n_images: int, k: int, limit: int, seed: int, phi_of: PhiFn, sigma_of: SigmaFn,
 ) -> Query:
-    """One round of Algorithm 2 (or its random baseline): the image(s), all their unlabelled pool
-    patches, then ``k`` patches by Algorithm 1 from the rest of the pool; ``limit`` labels at most.
+    """One round of Algorithm 2 (or its random baseline): the image(s) (lines 4-8), then line 10 as
+    ``reading`` says, ``limit`` labels at most:
+
+    * ``selected_images``: the ``k`` patches of highest EGL among the chosen images' unlabelled patches
+      (random: ``k`` of them drawn uniformly);
+    * ``pool``: all the chosen images' unlabelled patches, then ``k`` patches by Algorithm 1 from the
+      rest of the pool.
 
     ``seed`` is the round's seed: random images use it, random patches ``seed + 500``.
     """
@@ -107,19 +120,58 @@ def algorithm2(
         images, sigma = algorithm2_images(candidates, n_images, sigma_of)
     else:
         images, sigma = random_images(candidates, n_images, seed), {}
-    chosen: list[int] = []
-    scores: list[float] = []
-    for img in images:
-        own = items_of_image[img]
-        new = [int(i) for i in own[np.isin(own, remaining)]]
-        chosen += new
-        scores += [sigma.get(img, math.nan)] * len(new)
-    if len(chosen) >= limit:
-        return Query(chosen[:limit], scores[:limit], images, sigma)
-    rest = remaining[~np.isin(remaining, chosen)]
-    k = min(k, limit - len(chosen))
+    own = _free_patches(images, items_of_image, remaining)
+    if reading == "selected_images":
+        own = np.asarray(own, dtype=np.int64)
+        k = min(k, limit)
+        q = algorithm1(own, k, phi_of) if acquisition == "egl" else random_patches(own, k, seed + 500)
+        return Query(q.items, q.scores, images, sigma)
+    if reading != "pool":
+        raise ValueError(f"image_patches must be selected_images or pool, not {reading!r}")
+    scores = [sigma.get(int(owner), math.nan) for owner in _owners(own, images, items_of_image)]
+    if len(own) >= limit:
+        return Query(own[:limit], scores[:limit], images, sigma)
+    rest = remaining[~np.isin(remaining, own)]
+    k = min(k, limit - len(own))
     more = algorithm1(rest, k, phi_of) if acquisition == "egl" else random_patches(rest, k, seed + 500)
-    return Query(chosen + more.items, scores + more.scores, images, sigma)
+    return Query(own + more.items, scores + more.scores, images, sigma)
+
+
+def _owners(items: list[int], images: list[int], items_of_image: dict[int, np.ndarray]) -> list[int]:
+    """The image (among ``images``) each of ``items`` belongs to."""
+    owner = {int(i): img for img in images for i in items_of_image[img]}
+    return [owner[i] for i in items]
+
+
+def matched_random(
+    select: str, reading: str, remaining: np.ndarray, candidates: list[int], items_of_image: dict[int, np.ndarray],
+    n_images: int, n_labels: int, seed: int,
+) -> Query:
+    """The random arm at another run's counts: ``n_labels`` new labels (and ``n_images`` new images for
+    Algorithm 2) drawn uniformly. ``pool``: the images' unlabelled patches (a random subset of them where
+    they hold more than ``n_labels``), then random pool patches up to ``n_labels``; ``selected_images``:
+    ``n_labels`` random patches among the images' unlabelled patches, opening one more random image at a
+    time where they hold fewer. Seeds as :func:`algorithm2`."""
+    if n_labels <= 0:
+        return Query([], [])
+    if select != "images":
+        return random_patches(remaining, n_labels, seed + 500)
+    rng = np.random.default_rng(seed)
+    order = [int(i) for i in rng.permutation(np.asarray(candidates, dtype=np.int64))]
+    images, extra = order[: max(n_images, 0)], order[max(n_images, 0) :]
+    own = _free_patches(images, items_of_image, remaining)
+    if reading == "selected_images":
+        while len(own) < n_labels and extra:
+            images.append(extra.pop(0))
+            own = _free_patches(images, items_of_image, remaining)
+        q = random_patches(np.asarray(own, dtype=np.int64), n_labels, seed + 500)
+        return Query(q.items, q.scores, sorted(images))
+    if len(own) >= n_labels:
+        q = random_patches(np.asarray(own, dtype=np.int64), n_labels, seed + 700)
+        return Query(q.items, q.scores, sorted(images))
+    rest = remaining[~np.isin(remaining, own)]
+    q = random_patches(rest, n_labels - len(own), seed + 500)
+    return Query(own + q.items, [math.nan] * len(own) + q.scores, sorted(images))
 
 
 def patches_round(acquisition: str, remaining: np.ndarray, k: int, seed: int, phi_of: PhiFn) -> Query:

@@ -23,14 +23,16 @@ from pathlib import Path
 import torch
 
 from ..datamodules.splits import write_json_atomic
-from .oracle import write_csv_atomic
+from .oracle import LabelFileError, write_csv_atomic
 
 STATE_VERSION = 1
 #: config fields that must not change between a run and its resumption
 FROZEN = (
     "dataset", "root", "reader_args", "patches", "acquisition", "select", "pool_kind", "seed", "val_size", "test_size",
-    "scope", "initial_batches", "initial_images", "conv_channels", "hidden",
+    "scope", "initial_batches", "initial_images", "conv_channels", "hidden", "image_patches", "match_labels",
 )
+#: what a frozen field meant in runs saved before it existed
+LEGACY = {"image_patches": "pool", "match_labels": None}
 QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")
 
 
@@ -71,7 +73,7 @@ def read_state(path: Path, config: dict, frozen: tuple[str, ...] = FROZEN) -> Lo
         state = LoopState.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: unreadable state ({e}); it was not written by this version of retinalab") from e
-    changed = [k for k in frozen if json.dumps(state.config.get(k), sort_keys=True) != json.dumps(config.get(k), sort_keys=True)]
+    changed = [k for k in frozen if json.dumps(state.config.get(k, LEGACY.get(k)), sort_keys=True) != json.dumps(config.get(k), sort_keys=True)]
     if changed:
         raise ValueError(f"{path}: the run was started with different {', '.join(changed)}; resume with the same config or choose another out_dir")
     return state
@@ -158,6 +160,48 @@ def journal(answers: dict[int, dict], got: dict[int, int], r: int) -> None:
         if y not in (0, 1):
             raise ValueError(f"oracle answered {y!r} for item {i}; labels are 0 (healthy) or 1 (exudate)")
         answers[int(i)] = {"label": int(y), "round": r, "time": now}
+
+
+def ask_oracle(oracle, items: list[int], scores: list[float], r: int, answers: dict[int, dict], out: Path | None) -> dict[int, int]:
+    """Labels of round ``r``'s ``items``: from the journal ``answers`` where known, else from ``oracle``;
+    every new answer (also the valid part of a bad label file) is journalled to ``out/answers.json`` at
+    once (``out`` None: kept in memory only, as on the other DDP ranks)."""
+    known = {i: answers[i]["label"] for i in items if i in answers}
+    todo = [i for i in items if i not in answers]
+    if not todo:
+        return known
+
+    def keep(got: dict[int, int]) -> None:
+        if got:
+            journal(answers, got, r)
+            if out is not None:
+                write_answers(out, answers)
+
+    try:
+        got = oracle(todo, r, [s for i, s in zip(items, scores, strict=True) if i not in answers])
+    except LabelFileError as e:
+        keep(getattr(e, "partial", {}))
+        raise
+    keep(got)
+    return {**known, **got}
+
+
+def matched_counts(folder: Path, config: dict, state: LoopState, r: int) -> tuple[int, int]:
+    """New labels and new images of round ``r`` in the run at ``folder`` (``match_labels``), for a run with
+    ``config`` at ``state``; that run must share every frozen field but the acquisition."""
+    path = folder / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"match_labels: {path} does not exist; run the arm to match (e.g. EGL) first")
+    try:
+        ref = read_state(path, config, tuple(k for k in FROZEN if k not in ("acquisition", "match_labels")))
+    except ValueError as e:
+        raise ValueError(f"match_labels: {e}") from None
+    rows = {int(m["round"]): m for m in ref.metrics}
+    if r not in rows:
+        if ref.stopped is None:
+            raise ValueError(f"match_labels: {folder} has completed {ref.round + 1} rounds, not round {r}; run it further first")
+        return 0, 0  # the matched run stopped: so does this one
+    return int(rows[r]["labels"]) - len(state.labelled), int(rows[r]["images"]) - len(state.labelled_images)
 
 
 def write_tables(out: Path, state: LoopState, split: dict[str, list[str]]) -> None:
