@@ -102,6 +102,15 @@ def _free_patches(images: list[int], items_of_image: dict[int, np.ndarray], rema
     return [int(i) for img in images for i in items_of_image[img][np.isin(items_of_image[img], remaining)]]
 
 
+def _free_counts(images: list[int], items_of_image: dict[int, np.ndarray], remaining: np.ndarray) -> np.ndarray:
+    """How many unlabelled pool patches each of ``images`` holds (one membership test over all of them)."""
+    sizes = [len(items_of_image[i]) for i in images]
+    if not sum(sizes):
+        return np.zeros(len(images), dtype=np.int64)
+    free = np.isin(np.concatenate([items_of_image[i] for i in images]), remaining)
+    return np.bincount(np.repeat(np.arange(len(images)), sizes), weights=free, minlength=len(images)).astype(np.int64)
+
+
 def algorithm2(
     acquisition: str, reading: str, remaining: np.ndarray, candidates: list[int], items_of_image: dict[int, np.ndarray],
     n_images: int, k: int, limit: int, seed: int, phi_of: PhiFn, sigma_of: SigmaFn,
@@ -150,15 +159,20 @@ def matched_random(
     """The random arm at another run's counts: ``n_labels`` new labels (and ``n_images`` new images for
     Algorithm 2) drawn uniformly. ``pool``: the images' unlabelled patches (a random subset of them where
     they hold more than ``n_labels``), then random pool patches up to ``n_labels``; ``selected_images``:
-    ``n_labels`` random patches among the images' unlabelled patches, opening one more random image at a
-    time where they hold fewer. Seeds as :func:`algorithm2`."""
+    ``n_labels`` random patches among the images' unlabelled patches, the images drawn among those that
+    hold at least ``n_labels / n_images`` of them (so that both counts match; where too few images do, one
+    more random image is opened at a time until there are enough patches). Seeds as :func:`algorithm2`."""
     if n_labels <= 0:
         return Query([], [])
     if select != "images":
         return random_patches(remaining, n_labels, seed + 500)
     rng = np.random.default_rng(seed)
     order = [int(i) for i in rng.permutation(np.asarray(candidates, dtype=np.int64))]
-    images, extra = order[: max(n_images, 0)], order[max(n_images, 0) :]
+    n_images = max(n_images, 0)
+    if reading == "selected_images" and n_images:
+        enough = _free_counts(order, items_of_image, remaining) >= math.ceil(n_labels / n_images)
+        order = [i for i, e in zip(order, enough, strict=True) if e] + [i for i, e in zip(order, enough, strict=True) if not e]
+    images, extra = order[:n_images], order[n_images:]
     own = _free_patches(images, items_of_image, remaining)
     if reading == "selected_images":
         while len(own) < n_labels and extra:
