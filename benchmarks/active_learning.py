@@ -35,7 +35,7 @@ from _common import machine  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.active import ActiveLearning, ExudatePatchConfig
 from retinalab.active.plots import plot_curves
-from retinalab.active.state import read_metrics
+from retinalab.active.state import area_under, read_metrics
 from retinalab.synthetic import write_synthetic
 
 SETTINGS = {
@@ -43,16 +43,6 @@ SETTINGS = {
     "images-selected": ("Algorithm 2, line 10 as k EGL patches among the chosen image's patches", dict(select="images", image_patches="selected_images")),
     "images-pool": ("Algorithm 2, line 10 as all the image's patches + k EGL patches from the pool", dict(select="images", image_patches="pool")),
 }
-
-
-def area_under(rows: list[dict], key: str = "test/f1") -> float:
-    """Area under ``key`` against labels used (trapezoids), divided by the label range: the mean of
-    ``key`` over the labels the run spent."""
-    x = np.array([r["labels"] for r in rows], dtype=float)
-    y = np.array([r[key] for r in rows], dtype=float)
-    if len(x) < 2 or x[-1] == x[0]:
-        return float(y[-1]) if len(y) else math.nan
-    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
 def labels_to_reach(rows: list[dict], target: float, key: str = "test/f1") -> float:

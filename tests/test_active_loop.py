@@ -203,6 +203,12 @@ def test_the_matched_random_arm_labels_as_many_patches_as_egl_each_round(synth_e
                 assert len({row["image_id"] for row in rows}) == 1 and len(rows) == 4
     assert rnd_state["labelled"] != egl_state["labelled"]
     assert rnd_state["stopped"] == "max_rounds (3) reached"
+    # each round reports the area under its F-measure-versus-labels curve so far, over the label range
+    for state in (egl_state, rnd_state):
+        rows = state["metrics"]
+        x, y = np.array([m["labels"] for m in rows], float), np.array([m["test/f1"] for m in rows])
+        assert rows[-1]["test/f1_area"] == pytest.approx(np.trapezoid(y, x) / (x[-1] - x[0]))
+        assert rows[1]["test/f1_area"] == pytest.approx((y[0] + y[1]) / 2)
     # plot_every: 0 draws the plots once, when the run stops; the tables are there for every round
     assert [p.name for p in (tmp_path / "egl" / "heatmaps").glob("*.png")] == ["round_003.png"]
     assert len(list(csv.DictReader((tmp_path / "egl" / "metrics.csv").open()))) == 4 and (tmp_path / "egl" / "curves.png").is_file()

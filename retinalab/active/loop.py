@@ -41,6 +41,7 @@ from .selection import image_interestingness
 from .split import split_pool
 from .state import (
     LoopState,
+    area_under,
     ask_oracle,
     load_checkpoint,
     matched_counts,
@@ -389,6 +390,7 @@ class ActiveLearning(RunOutputs):
                 metrics = {"round": r, "labels": len(state.labelled), "images": len(state.labelled_images), "train/loss": train_loss, **self.evaluate()}
                 metrics["exudate_labels"] = int(sum(state.labelled.values()))
                 state.metrics.append(metrics)
+                metrics["test/f1_area"] = area_under(state.metrics, "test/f1")  # over the labels used so far
                 if self.acquisition == "egl" or self.track_images:
                     tracked = self._sigma(self.tracked)
                     state.interestingness += [{"round": r, "labels": len(state.labelled), "image_id": self.pool.images[i]["image_id"], "sigma": s} for i, s in tracked.items()]

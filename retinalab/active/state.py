@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..datamodules.splits import write_json_atomic
@@ -214,6 +215,18 @@ def write_tables(out: Path, state: LoopState, split: dict[str, list[str]]) -> No
         ik = ["round", "labels", "image_id", "sigma"]
         write_csv_atomic(out / "interestingness.csv", ik, [[row[k] for k in ik] for row in state.interestingness])
     write_json_atomic(out / "split.json", split)
+
+
+def area_under(rows: list[dict], key: str = "test/f1") -> float:
+    """Area under ``key`` against labels used (trapezoids over the rounds), divided by the label range:
+    the mean of ``key`` over the labels a run has spent (NaN rows are skipped; one row: its value)."""
+    pts = [(float(r["labels"]), float(r[key])) for r in rows if r.get(key) is not None and not math.isnan(float(r[key]))]
+    if not pts:
+        return math.nan
+    x, y = (np.array(v) for v in zip(*pts, strict=True))
+    if x[-1] == x[0]:
+        return float(y[-1])
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
