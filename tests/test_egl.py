@@ -37,7 +37,28 @@ def test_fast_egl_equals_naive_loop(k, scope, trained):
     assert torch.allclose(probs.sum(1), torch.ones(6))
     rel = ((fast - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
     assert rel < 1e-4, rel
-    assert (fast > 0).all()
+
+
+#: each scope's parameters, named here by hand (egl_naive and the fast paths share egl._scope_params)
+SCOPE_PARAMS = {"fc": ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], "last": ["fc2.weight", "fc2.bias"]}
+
+
+@pytest.mark.parametrize("scope", ["fc", "last", "all"])
+def test_egl_covers_the_scopes_parameters_named_by_hand(scope):
+    """Eq. 1 with the parameter list chosen independently of the code under test: a wrong scope in
+    egl._scope_params (say conv layers in `fc`, or fc1 missing from it) would pass the test above."""
+    m = trained_lenet(3)
+    names = SCOPE_PARAMS.get(scope, [n for n, _ in m.named_parameters()])
+    params = [dict(m.named_parameters())[n] for n in names]
+    x = torch.randn(4, 3, 48, 48)
+    ref = []
+    for xi in x:
+        logits = m(xi[None])
+        p = logits.softmax(1)[0].detach()
+        grads = [torch.autograd.grad(F.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True) for j in range(3)]
+        ref.append(sum(float(p[j]) * float(torch.sqrt(sum((g**2).sum() for g in grads[j]))) for j in range(3)))
+    fast, _ = egl(m, x, scope)
+    assert torch.allclose(fast.double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-4)
 
 
 def test_scopes_are_nested():
