@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo_idrid
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
-.PHONY: help install demo test test-slow test-gpu gpu-check bench lint docker clean
+.PHONY: help install demo test test-slow test-gpu gpu-check bench mutation lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -40,11 +40,15 @@ gpu-check: ## on a GPU machine lent for minutes: GPU tests, EGL/inference/paper-
 bench: install ## run every benchmark in benchmarks/ (< 30 min on 2 cores) and write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/_report.py
 
+mutation: install ## mutation testing of the papers' arithmetic (mutmut; not in CI, about an hour): kill rate per module, survivors
+	$(BIN)/pip install --quiet 'mutmut>=3.3'
+	$(BIN)/python tools/mutation.py $(if $(ONLY),--only $(ONLY))
+
 docker: ## build the retinalab image (BASE=<pytorch cuda image> to change the base)
 	docker build -f docker/Dockerfile $(if $(BASE),--build-arg BASE=$(BASE)) -t retinalab .
 
 lint: install ## ruff
-	$(BIN)/ruff check retinalab tests benchmarks
+	$(BIN)/ruff check retinalab tests benchmarks tools
 
 clean: ## remove the venv, caches and runs
-	rm -rf $(VENV) .cache runs .pytest_cache
+	rm -rf $(VENV) .cache runs .pytest_cache .mutation

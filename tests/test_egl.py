@@ -131,3 +131,24 @@ def test_fast_egl_equals_naive_loop_on_cuda(k, scope, exact_cuda):
         assert fast.device.type == "cuda" and torch.allclose(probs.sum(1), torch.ones(6, device=exact_cuda))
         rel = ((fast - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
         assert rel < 1e-4, (method, rel)
+
+
+def test_layerwise_egl_of_a_linear_layer_over_a_sequence_and_of_a_confident_model():
+    """Two cases LeNet does not reach: a Linear layer applied to every position of a B x T x I input
+    (per-sample gradient summed over positions), and a model so confident that every squared gradient
+    norm is far below 1."""
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(18, 3))
+    x = torch.randn(5, 3, 4)
+    layerwise, _ = egl(seq, x, "all", method="layerwise")
+    func, _ = egl(seq, x, "all", method="func")
+    assert torch.allclose(layerwise, func, rtol=1e-4)
+    confident = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        confident[0].weight.copy_(torch.tensor([[6.0, 0, 0, 0], [-6.0, 0, 0, 0]]))
+        confident[0].bias.zero_()
+    x = torch.tensor([[1.0, 0.1, -0.2, 0.3], [-1.0, 0.2, 0.1, 0.0]])
+    phi, probs = egl(confident, x, "all", method="layerwise")
+    assert probs.max(1).values.min() > 0.9999
+    ref, _ = egl(confident, x, "all", method="func")
+    assert (phi < 1e-3).all() and torch.allclose(phi, ref, rtol=1e-4)

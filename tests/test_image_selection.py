@@ -35,27 +35,60 @@ def test_egl_order_is_deterministic_nested_and_follows_algorithm_2(dm, monkeypat
     assert len(long) == len(set(long)) == 5 and set(long) <= set(int(t) for t in train)
     assert egl_image_order(dm.cache, train, 3, seed=1, epochs=1) == long[:3]  # nested across counts
     assert egl_image_order(dm.cache, train, 5, seed=1, epochs=1) == long
-    # after the 2 random images, each pick is the unlabelled image with the largest summed EGL
+    # after the 2 random images, each pick is the unlabelled image whose patches sum to the largest EGL,
+    # with Eq. 1 written out here (autograd per patch and class over fc1/fc2) on the model of that round
+    import copy
+
     import retinalab.active.image_selection as sel
 
-    picks = []
-    real = sel.select_images
+    scored: dict = {"images": []}  # what this round scored (in one or more calls), with which model
+    rounds = []
+    real_score, real_select = sel._score_images, sel.select_images
 
-    def spy(phi, owner, n):
-        sums = {int(i): float(phi[owner == i].sum()) for i in torch.unique(owner)}
-        out = real(phi, owner, n)
-        picks.append((out, max(sums, key=sums.get)))
-        return out
+    def score(model, cache, images, batch=1024):
+        scored["model"] = copy.deepcopy(model)
+        scored["images"] += list(images)
+        return real_score(model, cache, images, batch)
 
-    monkeypatch.setattr(sel, "select_images", spy)
-    egl_image_order(dm.cache, train, 4, seed=1, epochs=1)
-    assert len(picks) == 2 and all(out == [best] for out, best in picks)
+    def select(phi, owner, n):
+        rounds.append((scored["model"], scored["images"], real_select(phi, owner, n)))
+        scored["images"] = []
+        return rounds[-1][2]
+
+    monkeypatch.setattr(sel, "_score_images", score)
+    monkeypatch.setattr(sel, "select_images", select)
+    order = egl_image_order(dm.cache, train, 4, seed=1, epochs=1)
+    assert len(rounds) == 2 and order[2:] == [pick[0] for _, _, pick in rounds]
+    labelled = set(order[:2])
+    for model, images, pick in rounds:
+        assert set(images) == {int(t) for t in train} - labelled  # every unlabelled candidate, and only those
+        sigma = {}
+        for img in images:
+            x = torch.from_numpy(np.asarray(dm.cache.patches[img])).permute(0, 3, 1, 2).float().div(255)
+            sigma[img] = sum(phi_by_hand(model, xi) for xi in x)
+        ranked = sorted(sigma, key=sigma.get, reverse=True)
+        assert pick == ranked[:1] and sigma[ranked[0]] > sigma[ranked[1]] * (1 + 1e-4)
+        labelled |= set(pick)
+
+
+def phi_by_hand(net, x: torch.Tensor) -> float:
+    """Paper 002's Eq. 1 for one patch: sum over classes of p(j | x) times the gradient length of the loss
+    with label j, over fc1 and fc2 (named here, not taken from the code under test)."""
+    params = [net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias]
+    logits = net(x[None])
+    p = logits.softmax(1)[0].detach()
+    total = 0.0
+    for j in range(logits.shape[1]):
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True)
+        total += float(p[j]) * float(torch.cat([g.flatten() for g in grads]).norm())
+    return total
 
 
 def test_cached_orders_are_reused(dm):
     train = list(dm.rows["train"])
+    before = set((dm.cache.path / "egl_orders").glob("*.json"))  # other tests of this module share the cache
     order = cached_egl_order(dm.cache, train, 4, seed=2, epochs=1)
-    files = list((dm.cache.path / "egl_orders").glob("*.json"))
+    files = list(set((dm.cache.path / "egl_orders").glob("*.json")) - before)
     assert len(files) == 1 and json.loads(files[0].read_text()) == order
     assert cached_egl_order(dm.cache, train, 3, seed=2, epochs=1) == order[:3]
 

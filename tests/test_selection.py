@@ -38,3 +38,22 @@ def test_random_selection_is_seeded_and_respects_the_pool():
     assert a != select_random(100, 10, seed=2, exclude=range(50))
     assert len(a) == 10 and min(a) >= 50
     assert select_random(5, 10, seed=0) == [0, 1, 2, 3, 4]
+
+
+def test_top_k_ignores_exclusions_outside_the_pool_and_breaks_large_ties_by_index():
+    scores = torch.tensor([0.2, 0.8, 0.5])
+    assert select_top_k(scores, 2, exclude={3, -1, 99}) == [1, 2]  # 3 == len(scores): not an index
+    ties = torch.ones(5_000)
+    assert select_top_k(ties, 4, exclude={1}) == [0, 2, 3, 4]  # lower index first, also where a sort is not stable
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="k must be >= 0, got -1"):
+        select_top_k(torch.zeros(3), -1)
+    with pytest.raises(ValueError, match="3 scores but 2 image indices"):
+        image_interestingness(torch.zeros(3), torch.zeros(2))
+
+
+def test_random_selection_returns_python_ints_usable_as_indices():
+    picked = select_random(20, 5, seed=0, exclude=[1, 2, 3])
+    assert all(type(i) is int for i in picked) and not {1, 2, 3} & set(picked)
