@@ -116,3 +116,27 @@ def test_overlays_are_logged_to_wandb_offline(gan_setup, tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(images[0]).size == (2 * 256, 256)
+
+
+def test_testing_the_best_checkpoint_restores_its_ema_weights_and_threshold(gan_setup, tmp_path):
+    """`trainer.test(ckpt_path="best")` (what `retinalab test` does) evaluates the EMA discriminator and
+    the validation-chosen image threshold stored in that checkpoint, not whatever is in memory."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    dm, task = gan_setup
+    pl.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/image_auroc", mode="max", save_top_k=1)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[ckpt], enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    stored = torch.load(ckpt.best_model_path, weights_only=False)["state_dict"]
+    threshold = float(stored["image_threshold"])
+    assert threshold == threshold  # the validation set held both classes, so a threshold was chosen
+    with torch.no_grad():  # what is in memory now must not be what gets tested
+        for p in task.ema.module.parameters():
+            p.fill_(0.5)
+        task.image_threshold.fill_(123.0)
+    res = trainer.test(task, dm, ckpt_path="best", verbose=False)[0]
+    for name, p in task.ema.module.named_parameters():
+        assert torch.equal(p, stored[f"ema.module.{name}"]), name
+    assert float(task.image_threshold) == threshold and res["test/image_threshold"] == pytest.approx(threshold)
