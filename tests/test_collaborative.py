@@ -108,6 +108,33 @@ def test_discriminator_and_generator_steps_update_the_right_networks(idrid_root,
         CollaborativeTask(stage="joint", semi=True, lesion_features="masks", **TINY)
 
 
+def test_the_generators_adversarial_term_sends_no_gradient_into_the_discriminator(idrid_root, tmp_path):
+    """Each joint step back-propagates D's loss, then G's and the grader's (with -log D(x, G(x)) in it).
+    The second backward must leave D's gradients as they were, or D's next step would also follow G's
+    objective; it must give G a gradient."""
+    torch.manual_seed(0)
+    task = CollaborativeTask(stage="joint", **TINY)
+    calls = []
+    real = task.manual_backward
+
+    def grads(net):
+        return [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+
+    def backward(loss, *args, **kwargs):
+        d_before = grads(task.discriminator)
+        real(loss, *args, **kwargs)
+        calls.append((d_before, grads(task.discriminator), grads(task.generator)))
+
+    task.manual_backward = backward
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, _dm(idrid_root, tmp_path))
+    assert len(calls) == 2  # D's loss, then G's + the grader's
+    (_, d_after_d, g_after_d), (d_before, d_after, g_after) = calls
+    assert any(x is not None and x.any() for x in d_after_d) and all(x is None for x in g_after_d)  # D's loss: D only
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(d_before, d_after, strict=True))
+    assert any(x is not None and x.any() for x in g_after)
+
+
 @pytest.mark.parametrize(("warmup", "threshold", "pseudo_logged"), [(0, None, True), (0, 0.5, True), (5, None, False)])
 def test_pseudo_masks_wait_for_the_warm_up_and_can_be_thresholded(idrid_root, tmp_path, monkeypatch, warmup, threshold, pseudo_logged):
     """pseudo_warmup_steps: the attention maps supervise G only after that many joint batches;
