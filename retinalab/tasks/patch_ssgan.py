@@ -20,36 +20,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch.optim.swa_utils import AveragedModel
 
 from ..models import ConvLarge
 from ..models.generator import PatchGenerator
 from .base import PatchTask, broadcast_from_rank0
+from .ssgan_losses import feature_matching_loss, supervised_loss, unsupervised_loss
 
-
-def supervised_loss(logits_lab: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the K real classes: -E log p(y | x, y < K+1)."""
-    return F.cross_entropy(logits_lab, labels)
-
-
-def unsupervised_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """-E_data log(1 - p_fake) - E_G log p_fake, with the fake logit fixed at 0.
-
-    Args:
-        logits_real: ``B x K`` real-class logits of unlabelled data.
-        logits_fake: ``B' x K`` logits of generated patches.
-    """
-    lse_real = torch.logsumexp(logits_real, dim=1)
-    lse_fake = torch.logsumexp(logits_fake, dim=1)
-    # log(1 - p_fake) = LSE - softplus(LSE);  log p_fake = -softplus(LSE)
-    return -(lse_real - F.softplus(lse_real)).mean() + F.softplus(lse_fake).mean()
-
-
-def feature_matching_loss(h_real: torch.Tensor, h_fake: torch.Tensor) -> torch.Tensor:
-    """|| mean_batch h(x) - mean_batch h(G(z)) ||_1 (paper 000's L_G)."""
-    return (h_real.mean(0) - h_fake.mean(0)).abs().sum()
+__all__ = ["PatchSSGANTask", "feature_matching_loss", "supervised_loss", "unsupervised_loss"]
 
 
 class PatchSSGANTask(PatchTask):
