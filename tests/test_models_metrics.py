@@ -92,3 +92,36 @@ def test_image_level_scores_hand_computed():
     single = ImageLevelScores()
     single.update(torch.tensor([0.2]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
     assert torch.isnan(single.compute())
+
+
+def test_image_level_scores_by_hand():
+    """Paper 000's image score (sum of patch probabilities), worked out by hand on 3 images: patches
+    arrive in two batches, image 4's patch 1 twice (a DDP sampler's padding: counted once, first copy)."""
+    from retinalab.metrics.image_level import ImageLevelScores, _unique_first, image_auroc, to_unit
+
+    m = ImageLevelScores()
+    m.update(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([1, 0, 0]), torch.tensor([4, 4, 2]), torch.tensor([0, 1, 0]))
+    m.update(torch.tensor([0.7, 0.2, 0.3, 0.6]), torch.tensor([0, 0, 0, 0]), torch.tensor([4, 2, 9, 9]), torch.tensor([1, 2, 0, 2]))
+    images, score, label = m.scores()
+    assert images.tolist() == [2, 4, 9]
+    assert score.tolist() == pytest.approx([0.1 + 0.2, 0.9 + 0.8, 0.3 + 0.6])
+    assert label.tolist() == [0, 1, 0]
+    assert float(m.compute()) == pytest.approx(1.0)  # the one diseased image has the largest score
+    rows, probs, targets = m.per_image()
+    assert rows.tolist() == [2, 4, 9]
+    expected = [[0.1, float("nan"), 0.2], [0.9, 0.8, float("nan")], [0.3, float("nan"), 0.6]]
+    assert torch.allclose(probs, torch.tensor(expected), equal_nan=True)
+    assert targets.tolist() == [[0, -1, 0], [1, 0, -1], [0, -1, 0]]
+    # sums of many probabilities (64 patches) are not squashed into ties by torchmetrics' sigmoid
+    big = torch.tensor([40.0, 35.0, 50.0, 45.0])
+    y = torch.tensor([0, 0, 1, 1])
+    assert float(image_auroc(big, y)) == pytest.approx(1.0)
+    assert float(image_auroc(torch.tensor([40.0, 46.0, 45.0, 50.0]), y)) == pytest.approx(0.75)  # 3 of 4 pairs ordered
+    assert torch.isnan(image_auroc(big, torch.zeros(4, dtype=torch.long)))
+    scaled, scale = to_unit(big)
+    assert scale == 50.0 and scaled.tolist() == pytest.approx([0.8, 0.7, 1.0, 0.9])
+    assert to_unit(torch.zeros(0))[1] == 1.0 and to_unit(torch.zeros(2))[0].tolist() == [0.0, 0.0]
+    uniq, first = _unique_first(torch.tensor([5, 3, 5, 3, 7]))
+    assert uniq.tolist() == [3, 5, 7] and first.tolist() == [1, 0, 4]
+    empty = ImageLevelScores()  # a rank that saw no image: empty tables and an undefined AUROC, not a crash
+    assert [t.numel() for t in empty.per_image()] == [0, 0, 0] and torch.isnan(empty.compute())

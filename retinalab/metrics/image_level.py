@@ -37,7 +37,9 @@ class ImageLevelScores(Metric):
         self.patch_index.append(patch_index.detach().long().flatten())
 
     def _cat(self, x) -> torch.Tensor:
-        return torch.cat(x) if isinstance(x, list) else x
+        if isinstance(x, list):
+            return torch.cat(x) if x else torch.zeros(0, dtype=torch.long, device=self.device)  # never updated
+        return x
 
     def scores(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image_indices, scores, labels)``: one entry per image, sorted by image index."""
@@ -58,6 +60,8 @@ class ImageLevelScores(Metric):
         probs, target = self._cat(self.probs), self._cat(self.target)
         if img.numel() == 0:
             return img, probs.view(0, 0), target.view(0, 0)
+        _, first = _unique_first(img * (int(patch.max()) + 1) + patch)  # a patch served twice: its first copy, as scores()
+        img, patch, probs, target = img[first], patch[first], probs[first], target[first]
         images, row = torch.unique(img, return_inverse=True)
         n = int(patch.max()) + 1
         p = torch.full((len(images), n), float("nan"), device=probs.device)
