@@ -126,3 +126,28 @@ def test_soft_targets_score_a_downsized_mask_as_the_full_resolution_one():
     inflated = LesionPixelMetrics(["HE"])
     inflated.update(torch.from_numpy(small_scores).view(1, 1, 8, 8), torch.from_numpy((fraction > 0).astype(np.float32)).view(1, 1, 8, 8))
     assert float(inflated.positives[0]) > float(soft.positives[0]) == pytest.approx(full_mask.sum() / 16)
+
+
+def test_score_bins_and_curves_at_their_edges():
+    """Cases the strip above does not reach (found by make mutation): scores and soft targets outside
+    [0, 1] are clamped, a single negative pixel is enough for a curve, one class alone gives NaN."""
+    from retinalab.metrics.lesions import PIXEL_BINS, PixelCurve, curve_from_counts, score_bins
+
+    bins = score_bins(torch.tensor([-0.3, 0.0, 0.25, 0.5, 0.75, 1.0, 1.7]))
+    assert bins[0] == bins[1] == 0 and bins[-1] == bins[-2] == PIXEL_BINS - 1
+    assert (bins[1:-1].diff() > 0).all()  # monotone in the score
+    # one positive (score 0.9) and one negative (0.2) pixel: ranked right, AUROC 1 and AP 1
+    pos, neg = torch.zeros(PIXEL_BINS), torch.zeros(PIXEL_BINS)
+    pos[score_bins(torch.tensor(0.9))] = 1
+    neg[score_bins(torch.tensor(0.2))] = 1
+    assert curve_from_counts(pos, neg) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert all(np.isnan(v) for v in curve_from_counts(pos, torch.zeros(PIXEL_BINS)))
+    assert all(np.isnan(v) for v in curve_from_counts(torch.zeros(PIXEL_BINS), neg))
+    # soft targets beyond [0, 1] count as 0 / 1: a target of 1.5 adds one positive and no negative weight
+    m = PixelCurve()
+    m.update(torch.tensor([0.9, 0.2, 0.4]), torch.tensor([1.5, -0.5, 0.25]))
+    assert float(m.pos.sum()) == pytest.approx(1.25) and float(m.neg.sum()) == pytest.approx(1.75)
+    auroc, ap = m.compute()
+    # positives 1 @0.9 and 0.25 @0.4; negatives 1 @0.2 and 0.75 @0.4: pairs ordered 1*1 + 1*0.75 + 0.25*1, tied 0.25*0.75
+    assert float(auroc) == pytest.approx((1 + 0.75 + 0.25 + 0.5 * 0.25 * 0.75) / (1.25 * 1.75))
+    assert float(ap) == pytest.approx((1 / 1.25) * 1.0 + (0.25 / 1.25) * (1.25 / 2.0))
