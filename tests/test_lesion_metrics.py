@@ -151,3 +151,26 @@ def test_score_bins_and_curves_at_their_edges():
     # positives 1 @0.9 and 0.25 @0.4; negatives 1 @0.2 and 0.75 @0.4: pairs ordered 1*1 + 1*0.75 + 0.25*1, tied 0.25*0.75
     assert float(auroc) == pytest.approx((1 + 0.75 + 0.25 + 0.5 * 0.25 * 0.75) / (1.25 * 1.75))
     assert float(ap) == pytest.approx((1 / 1.25) * 1.0 + (0.25 / 1.25) * (1.25 / 2.0))
+
+
+def test_linear_bins_option_agrees_on_spread_scores_and_reset_forgets():
+    """thresholds: N (torchmetrics' linear bins) gives the same curve as the default where the scores are
+    spread out; a lesion with no positive pixel is left out of the means; reset() starts over."""
+    probs = torch.zeros(1, 2, 1, 6)
+    masks = torch.zeros(1, 2, 1, 6)
+    probs[0, 0, 0] = torch.tensor([0.95, 0.35, 0.8, 0.15, 0.6, 0.05])
+    masks[0, 0, 0] = torch.tensor([1.0, 1, 0, 0, 1, 0])
+    probs[0, 1, 0] = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2])  # EX: no lesion pixel
+    exact, linear = LesionPixelMetrics(["MA", "EX"]), LesionPixelMetrics(["MA", "EX"], thresholds=1001)
+    for m in (exact, linear):
+        m.update(probs, masks)
+    a, b = exact.compute(), linear.compute()
+    assert set(a) == set(b) == {"MA/auc_roc", "MA/auc_pr", "mean/auc_roc", "mean/auc_pr"}
+    # MA: positives 0.95, 0.6, 0.35; negatives 0.8, 0.15, 0.05 -> 7 of 9 pairs ordered
+    assert float(a["MA/auc_roc"]) == pytest.approx(7 / 9) and float(b["MA/auc_roc"]) == pytest.approx(7 / 9, abs=1e-3)
+    assert float(a["MA/auc_pr"]) == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)  # precision at each lesion pixel, ranked
+    assert float(b["MA/auc_pr"]) == pytest.approx(float(a["MA/auc_pr"]), abs=1e-3)
+    assert float(a["mean/auc_roc"]) == float(a["MA/auc_roc"])
+    for m in (exact, linear):
+        m.reset()
+        assert m.compute() == {}
