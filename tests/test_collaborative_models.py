@@ -188,3 +188,27 @@ def test_a_plain_grader_checkpoint_seeds_every_branchs_statistics():
     assert all(torch.equal(sd[f"high.0.0.bn1.running_mean_{b}"], base) for b in range(1, 5))
     again = LesionAttentionGrader(5, 4, "resnet18", attention=True)
     again.load_state_dict(sd)  # strict: every per-branch buffer is there
+
+
+def test_focal_loss_reductions_and_class_weights_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    target = torch.tensor([0, 2])
+    p = torch.softmax(logits.double(), 1)[torch.arange(2), target]
+    by_hand = -((1 - p) ** 2) * torch.log(p)
+    assert torch.allclose(focal_loss(logits, target, reduction="none").double(), by_hand, atol=1e-6)
+    assert float(focal_loss(logits, target, reduction="sum")) == pytest.approx(float(by_hand.sum()), rel=1e-5)
+    assert float(focal_loss(logits, target)) == pytest.approx(float(by_hand.mean()), rel=1e-5)
+    alpha = torch.tensor([0.25, 1.0, 4.0], dtype=torch.float64)  # class weights in another dtype than the logits
+    weighted = focal_loss(logits, target, alpha=alpha, reduction="none")
+    assert weighted.dtype == torch.float32 and torch.allclose(weighted.double(), by_hand * torch.tensor([0.25, 4.0], dtype=torch.float64), atol=1e-6)
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none', got 'max'"):
+        focal_loss(logits, target, reduction="max")
+
+
+def test_pseudo_masks_are_the_attention_maps_resized_bilinearly():
+    """Paper 001's pseudo masks: attention maps resized to G's mask size (half-pixel centres, as
+    F.interpolate with align_corners=False), values kept in [0, 1]. Worked out by hand for 1 x 2 -> 1 x 4."""
+    grader = LesionAttentionGrader(num_lesions=1, backbone="resnet18")
+    alpha = torch.tensor([[[[0.0, 1.0]]]])
+    out = grader.pseudo_masks(alpha, (1, 4))
+    assert out.flatten().tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0])
