@@ -121,7 +121,10 @@ def test_image_level_scores_by_hand():
     scaled, scale = to_unit(big)
     assert scale == 50.0 and scaled.tolist() == pytest.approx([0.8, 0.7, 1.0, 0.9])
     assert to_unit(torch.zeros(0))[1] == 1.0 and to_unit(torch.zeros(2))[0].tolist() == [0.0, 0.0]
+    small, scale = to_unit(torch.tensor([0.5, 0.25]))  # sums below 1 (few patches) are scaled up too
+    assert scale == 0.5 and small.tolist() == [1.0, 0.5]
+    assert to_unit(torch.tensor([-1.0, 2.0]))[0].tolist() == [0.0, 1.0]  # kept in [0, 1]
     uniq, first = _unique_first(torch.tensor([5, 3, 5, 3, 7]))
     assert uniq.tolist() == [3, 5, 7] and first.tolist() == [1, 0, 4]
     empty = ImageLevelScores()  # a rank that saw no image: empty tables and an undefined AUROC, not a crash
-    assert [t.numel() for t in empty.per_image()] == [0, 0, 0] and torch.isnan(empty.compute())
+    assert [tuple(t.shape) for t in empty.per_image()] == [(0,), (0, 0), (0, 0)] and torch.isnan(empty.compute())
