@@ -18,6 +18,7 @@ from retinalab.main import main
 from retinalab.models.lenet import LeNet
 from retinalab.preprocessing import load_fundus
 from retinalab.synthetic import write_synthetic
+from tests.egl_by_hand import phi_by_hand
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ExudatePatchConfig(image_size=128, patch_size=16, exudate_per_image=12, healthy_per_image=12, grid_stride=16, view_size=128)
@@ -130,23 +131,6 @@ def test_splits_are_by_patient_and_balanced(synth_eophtha, tmp_path):
 
 
 # ---------------------------------------------------------------- selection rules in the loop
-def phi_by_hand(net: LeNet, x: torch.Tensor) -> np.ndarray:
-    """Paper 002's Eq. 1 written out: for each patch, sum over classes j of p(j | x) times the length of
-    the gradient of the loss with label j, by autograd one patch and one class at a time, over the
-    parameters named here ("down to the first fully connected layer": fc1 and fc2)."""
-    params = [net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias]
-    out = []
-    for xi in x:
-        logits = net(xi[None])
-        p = logits.softmax(1)[0].detach()
-        total = 0.0
-        for j in range(logits.shape[1]):
-            grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True)
-            total += float(p[j]) * float(torch.cat([g.flatten() for g in grads]).norm())
-        out.append(total)
-    return np.array(out)
-
-
 def assert_top(chosen: set[int], phi: dict[int, float], k: int) -> None:
     """``chosen`` are ``k`` items of highest ``phi`` (up to float noise between near-equal scores)."""
     assert len(chosen) == k

@@ -13,6 +13,7 @@ import yaml
 from retinalab.active.image_selection import cached_egl_order, egl_image_order
 from retinalab.datamodules import PatchDataModule
 from retinalab.main import main
+from tests.egl_by_hand import phi_by_hand
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,23 +66,10 @@ def test_egl_order_is_deterministic_nested_and_follows_algorithm_2(dm, monkeypat
         sigma = {}
         for img in images:
             x = torch.from_numpy(np.asarray(dm.cache.patches[img])).permute(0, 3, 1, 2).float().div(255)
-            sigma[img] = sum(phi_by_hand(model, xi) for xi in x)
+            sigma[img] = float(phi_by_hand(model, x).sum())
         ranked = sorted(sigma, key=sigma.get, reverse=True)
         assert pick == ranked[:1] and sigma[ranked[0]] > sigma[ranked[1]] * (1 + 1e-4)
         labelled |= set(pick)
-
-
-def phi_by_hand(net, x: torch.Tensor) -> float:
-    """Paper 002's Eq. 1 for one patch: sum over classes of p(j | x) times the gradient length of the loss
-    with label j, over fc1 and fc2 (named here, not taken from the code under test)."""
-    params = [net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias]
-    logits = net(x[None])
-    p = logits.softmax(1)[0].detach()
-    total = 0.0
-    for j in range(logits.shape[1]):
-        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True)
-        total += float(p[j]) * float(torch.cat([g.flatten() for g in grads]).norm())
-    return total
 
 
 def test_cached_orders_are_reused(dm):
