@@ -129,7 +129,8 @@ def algorithm2(
         images, sigma = algorithm2_images(candidates, n_images, sigma_of)
     else:
         images, sigma = random_images(candidates, n_images, seed), {}
-    own = _free_patches(images, items_of_image, remaining)
+    per_image = [(img, _free_patches([img], items_of_image, remaining)) for img in images]
+    own = [i for _, items in per_image for i in items]
     if reading == "selected_images":
         own = np.asarray(own, dtype=np.int64)
         k = min(k, limit)
@@ -137,19 +138,13 @@ def algorithm2(
         return Query(q.items, q.scores, images, sigma)
     if reading != "pool":
         raise ValueError(f"image_patches must be selected_images or pool, not {reading!r}")
-    scores = [sigma.get(int(owner), math.nan) for owner in _owners(own, images, items_of_image)]
+    scores = [sigma.get(img, math.nan) for img, items in per_image for _ in items]
     if len(own) >= limit:
         return Query(own[:limit], scores[:limit], images, sigma)
     rest = remaining[~np.isin(remaining, own)]
     k = min(k, limit - len(own))
     more = algorithm1(rest, k, phi_of) if acquisition == "egl" else random_patches(rest, k, seed + 500)
     return Query(own + more.items, scores + more.scores, images, sigma)
-
-
-def _owners(items: list[int], images: list[int], items_of_image: dict[int, np.ndarray]) -> list[int]:
-    """The image (among ``images``) each of ``items`` belongs to."""
-    owner = {int(i): img for img in images for i in items_of_image[img]}
-    return [owner[i] for i in items]
 
 
 def matched_random(
@@ -173,7 +168,8 @@ def matched_random(
         enough = _free_counts(order, items_of_image, remaining) >= math.ceil(n_labels / n_images)
         order = [i for i, e in zip(order, enough, strict=True) if e] + [i for i, e in zip(order, enough, strict=True) if not e]
     images, extra = order[:n_images], order[n_images:]
-    own = _free_patches(images, items_of_image, remaining)
+    per_image = [(img, _free_patches([img], items_of_image, remaining)) for img in images]
+    own = [i for _, items in per_image for i in items]
     if reading == "selected_images":
         while len(own) < n_labels and extra:
             images.append(extra.pop(0))
