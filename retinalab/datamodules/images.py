@@ -20,7 +20,7 @@ from ..datasets import LESIONS, DataFormatError, DatasetName, FundusRecord, OnEr
 from ..preprocessing import load_fundus, stack_masks
 from .base import FundusDataModule
 from .splits import SplitMode, split_indices
-from .transforms import image_train_transform
+from .transforms import image_train_transform, seed_worker_transforms
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,7 @@ class _ImageDataModule(FundusDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=skip_none_collate,
+            worker_init_fn=seed_worker_transforms,
         )
 
 

@@ -25,7 +25,12 @@ from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid, load_fundus
 from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
 from .splits import SplitMode, choose_labeled, split_indices, target_count
-from .transforms import image_train_transform, patch_table5_transform, patch_train_transform
+from .transforms import (
+    image_train_transform,
+    patch_table5_transform,
+    patch_train_transform,
+    seed_worker_transforms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -440,6 +445,7 @@ class PatchDataModule(FundusDataModule):
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker_transforms,
         )
 
     def train_batches_per_epoch(self) -> int | None:
