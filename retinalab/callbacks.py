@@ -382,3 +382,38 @@ class LatestCheckpoint(ModelCheckpoint):
         # (check_val_every_n_epoch > 1); the epoch's validation, when it has one, has run by then
         super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, save_last=False,
                          every_n_epochs=every_n_epochs, enable_version_counter=False, save_on_train_epoch_end=True)
+        self._trainer: pl.Trainer | None = None
+        self._resume_state: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning's, plus the random states and scheduler metrics of :mod:`retinalab.resume`
+        (in every checkpoint of a fit, this one's and the monitored one's)."""
+        from .resume import collect
+
+        state = super().state_dict()
+        if self._trainer is not None and self._trainer.state.fn == "fit":
+            state["resume"] = collect(self._trainer)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._resume_state = state_dict.get("resume")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the first epoch of a resumed fit: its loaders exist, nothing has drawn from the random state yet
+        if self._resume_state is None:
+            return
+        from .resume import applies, restore
+
+        state, self._resume_state = self._resume_state, None
+        if not applies(state, trainer):
+            log.warning("resumed from a checkpoint saved inside epoch %s: the random state is not restored, so the run will differ "
+                        "from an uninterrupted one (end-of-epoch checkpoints such as last.ckpt restore it)", state.get("epoch"))
+            return
+        missed = restore(state, trainer)
+        if missed:
+            log.warning("resumed at epoch %d without: %s; the run will differ from an uninterrupted one", trainer.current_epoch, "; ".join(missed))

@@ -90,11 +90,12 @@ def test_dockerfile_takes_the_base_as_an_argument_and_caches_dependencies():
     assert lines[-2] == 'ENTRYPOINT ["retinalab"]'
 
 
-def test_kill_9_after_an_epoch_without_improvement_resumes_from_that_epoch(tmp_path):
-    """`retinalab fit`, killed with SIGKILL once epoch 3 is done (checkpoints included), then run again with
-    `--ckpt_path last`: `last.ckpt` (LatestCheckpoint) holds epoch 3 whatever the monitored metric did,
-    so the second run starts at epoch 4; the monitored best checkpoint (epoch 0) is kept beside it.
-    Before, `last.ckpt` came from the monitored checkpoint's `save_last` and stayed at epoch 0."""
+def test_kill_9_after_an_epoch_without_improvement_keeps_that_epoch(tmp_path):
+    """`retinalab fit`, killed with SIGKILL once epoch 3 is done (checkpoints included): `last.ckpt`
+    (LatestCheckpoint) holds epoch 3 whatever the monitored metric did, and the monitored best
+    checkpoint (epoch 0) is kept beside it. Before, `last.ckpt` came from the monitored checkpoint's
+    `save_last` and stayed at epoch 0. (That a run resumed from it continues at epoch 4 and ends
+    exactly as an uninterrupted run: tests/test_resume.py.)"""
     import signal
     import subprocess
     import sys
@@ -103,7 +104,7 @@ def test_kill_9_after_an_epoch_without_improvement_resumes_from_that_epoch(tmp_p
 
     from retinalab.synthetic import write_synthetic
 
-    write_synthetic("idrid", tmp_path / "syn", 30, 3, (128, 96), workers=1)
+    write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
     # the monitored metric is one that cannot improve after epoch 0 (the learning rate is 0)
     args = ["fit", "--config", str(REPO / "conf/convnet/synthetic.yaml"), f"--data.root={tmp_path / 'syn'}", "--data.image_size=128",
             "--data.patch_size=32", "--data.stride=32", "--data.val_size=4", "--data.test_size=4", "--data.cache_workers=0",
@@ -115,11 +116,5 @@ def test_kill_9_after_an_epoch_without_improvement_resumes_from_that_epoch(tmp_p
     res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     ckpts = tmp_path / "runs" / "convnet_synthetic" / "checkpoints"
-    last, best = torch.load(ckpts / "last.ckpt", weights_only=False), torch.load(ckpts / "best.ckpt", weights_only=False)
+    last, best = torch.load(ckpts / "last.ckpt", weights_only=True), torch.load(ckpts / "best.ckpt", weights_only=True)
     assert last["epoch"] == 3 and best["epoch"] == 0  # saved at the end of epoch 3 / of epoch 0, the only improvement
-    env["RETINALAB_TEST_KILL_EPOCH"] = "99"
-    res = subprocess.run([sys.executable, "-m", "retinalab", *args, "--ckpt_path", "last"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "Restoring states from the checkpoint path" in res.stderr + res.stdout
-    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 5  # the run went on to its last epoch

@@ -126,6 +126,24 @@ def skip_none_collate(batch: list[dict[str, Any] | None]) -> dict[str, Any] | No
     return default_collate(kept) if kept else None
 
 
+class EpochWeightedSampler(torch.utils.data.WeightedRandomSampler):
+    """``WeightedRandomSampler`` whose draws are a function of ``(seed, epoch)``: Lightning calls
+    ``set_epoch`` before every training epoch, so a run resumed at epoch ``e`` draws what the
+    uninterrupted run drew there (a generator seeded once would start over at its first draws)."""
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
+        super().__init__(weights, num_samples, replacement=True, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # noqa: ANN204 (the base's signature)
+        assert self.generator is not None
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
 class _ImageDataModule(FundusDataModule):
     """Split handling shared by the whole-image datamodules."""
 
@@ -178,8 +196,7 @@ class _ImageDataModule(FundusDataModule):
             labels = [record_target(r, ds.target) for r in ds.records]
             counts = Counter(labels)
             weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
-            sampler = torch.utils.data.WeightedRandomSampler(weights, len(labels), replacement=True,
-                                                             generator=torch.Generator().manual_seed(self.seed))
+            sampler = EpochWeightedSampler(weights, len(labels), seed=self.seed)
         return DataLoader(
             ds,
             batch_size=batch_size or self.batch_size,
