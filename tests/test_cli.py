@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def synth_idrid(tmp_path_factory):
     return cwd
 
 
-def test_synth_then_fit_test_predict(synth_idrid):
+def test_synth_then_fit_test_predict(synth_idrid, monkeypatch, capsys, caplog):
     cwd = synth_idrid
     res = run(["fit", "--config", str(TINY), "--data.root", "syn", "--trainer.max_epochs", "2",
                "--trainer.default_root_dir", "run", "--trainer.logger.init_args.save_dir", "run"], cwd)
@@ -73,9 +74,13 @@ def test_synth_then_fit_test_predict(synth_idrid):
         Image.open(p).resize((150 + 10 * i, 100)).save(folder / "2024" / f"eye{i}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
     (folder / "notes.txt").write_text("not an image")
+    # (in this process from here on: the command line itself was run above)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("RETINALAB_CACHE", str(cwd / "cache"))
+    caplog.set_level(logging.INFO, logger="retinalab")
     args = ["predict", "--config", str(TINY), "--ckpt_path", str(ckpts[0]), "--data.predict_folder", "clinic",
-            "--trainer.logger", "false", "--trainer.default_root_dir", "clinic_out"]
-    res = run(args, cwd)
+            "--trainer.logger", "false", "--trainer.default_root_dir", "clinic_out", "--trainer.enable_progress_bar=false"]
+    assert main(args) == 0
     out = cwd / "clinic_out" / "predictions"
     scores = pd.read_csv(out / "scores.csv")
     assert sorted(scores["image"]) == ["2024/eye0.png", "2024/eye1.png"]
@@ -83,14 +88,16 @@ def test_synth_then_fit_test_predict(synth_idrid):
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped["image"].tolist() == ["broken.jpg"] and "cannot decode" in skipped["error"][0]
     # rerun: resumes, scores nothing twice, lists the broken file once
-    res = run(args, cwd)
-    assert len(pd.read_csv(out / "scores.csv")) == 2 and "0 new image(s) scored" in res.stdout
+    capsys.readouterr()
+    assert main(args) == 0
+    assert len(pd.read_csv(out / "scores.csv")) == 2 and "0 new image(s) scored" in capsys.readouterr().out
     assert len(pd.read_csv(out / "skipped.csv")) == 1
     # interrupted after the first image: the rerun decodes and scores only the missing one
     lines = (out / "scores.csv").read_text().splitlines(keepends=True)
     (out / "scores.csv").write_text("".join(lines[:2]))
-    res = run(args, cwd)
-    assert "1 new image(s) scored" in res.stdout and "1 image(s) already written" in res.stderr
+    caplog.clear()
+    assert main(args) == 0
+    assert "1 new image(s) scored" in capsys.readouterr().out and "1 image(s) already written" in caplog.text
     assert sorted(pd.read_csv(out / "scores.csv")["image"]) == ["2024/eye0.png", "2024/eye1.png"]
 
 
