@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +307,52 @@ def test_killed_loop_resumes_with_identical_pool_and_history(synth_eophtha, tmp_
     assert a["labelled"] == b["labelled"] and a["round"] == b["round"] == 3
     for ma, mb in zip(a["metrics"], b["metrics"], strict=True):
         assert ma["test/f1"] == pytest.approx(mb["test/f1"], abs=1e-6)
+
+
+def test_kill_9_mid_round_loses_no_label_and_resumes_at_the_last_completed_round(synth_eophtha, tmp_path):
+    """`retinalab active` killed with SIGKILL (a process of its own: no handler or `finally` runs) in
+    round 2, after the oracle answered and before the model update: the answers of round 2 are in
+    `answers.json`, the state is round 1's, and `--resume` keeps rounds 0-1 as they were, asks the
+    oracle for none of the answered items again, labels them as answered and finishes round 3. (That a
+    resumed run equals an uninterrupted one: test_killed_loop_resumes_with_identical_pool_and_history.)"""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    def config(out: Path) -> Path:
+        args = {"dataset": "eophtha", "root": str(synth_eophtha), "reader_args": {"parts": ["EX"]}, "patches": vars(TINY).copy(),
+                "out_dir": str(out), "k": 6, "initial_batches": 2, "initial_images": 2, "batch_size": 8, "conv_channels": [4, 8],
+                "hidden": 16, "max_rounds": 3, "val_size": 0.25, "test_size": 0.25, "cache_dir": str(tmp_path / "cache"),
+                "accelerator": "cpu", "progress": False, "track_images": 2, "plot_every": 0}
+        path = tmp_path / f"{out.name}.yaml"
+        path.write_text(yaml.safe_dump(args))
+        return path
+
+    def active(out: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tests.active_kill", "--config", str(config(out)), *extra], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True, timeout=600)
+
+    run = tmp_path / "run"
+    res = active(run, RETINALAB_TEST_KILL_ROUND="2", RETINALAB_TEST_ASKED=str(tmp_path / "asked_before.jsonl"))
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["round"] == 1 and (run / state["checkpoint"]).is_file()
+    before = history(run)
+    answers = json.loads((run / "answers.json").read_text())
+    asked_before = [json.loads(line) for line in (tmp_path / "asked_before.jsonl").read_text().splitlines()]
+    assert set(asked_before[-1]) <= set(answers)  # round 2's answers were journalled before the kill
+    res = active(run, "--resume", RETINALAB_TEST_ASKED=str(tmp_path / "asked_after.jsonl"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    asked_after = {i for line in (tmp_path / "asked_after.jsonl").read_text().splitlines() for i in json.loads(line)}
+    assert asked_after and not (asked_after & set(answers))  # never asked again for a label it had
+    final = json.loads((run / "answers.json").read_text())
+    assert {k: final[k] for k in answers} == answers  # and every label given before the kill kept as given
+    after = history(run)
+    assert after[: len(before)] == before and len(after) > len(before)
+    state = json.loads((run / "state.json").read_text())
+    assert state["round"] == 3 and set(answers) <= set(map(str, state["labelled"]))
 
 
 def test_resume_refuses_a_changed_config(synth_eophtha, tmp_path):
