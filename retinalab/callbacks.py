@@ -371,6 +371,14 @@ class LatestCheckpoint(ModelCheckpoint):
     kill during the write leaves the previous checkpoint readable. Put it after the monitored
     ``ModelCheckpoint`` in ``callbacks`` (``trainer.checkpoint_callback`` is the first one).
 
+    ``last.ckpt`` also holds what an exact resume needs (:mod:`retinalab.resume`): a run resumed from
+    it with ``--ckpt_path last`` ends as the uninterrupted run would have.
+
+    On SIGTERM (a cluster's preemption or time limit; Lightning stops after the batch under way) it
+    writes the moment's state to ``<dirpath>/last-sigterm.ckpt``, which ``--ckpt_path last`` takes
+    when it is the newest: the resumed run continues inside that epoch (not bit for bit: the rest of
+    the epoch draws new batches). The next end-of-epoch ``last.ckpt`` removes it.
+
     Args:
         dirpath: the folder (default: Lightning's, ``<log dir>/checkpoints``); give the monitored
             checkpoint's when it sets one, so that ``--ckpt_path last`` finds both.
@@ -402,6 +410,24 @@ class LatestCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._resume_state = state_dict.get("resume")
+
+    @property
+    def sigterm_path(self) -> Path | None:
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}-sigterm{self.FILE_EXTENSION}" if self.dirpath else None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and not trainer.sanity_checking and self.sigterm_path:
+            trainer.save_checkpoint(self.sigterm_path)  # every rank takes part; rank 0 writes
+            log.warning("SIGTERM: the state after %d optimiser steps is in %s; resume with --ckpt_path last", trainer.global_step, self.sigterm_path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        path = self.sigterm_path
+        if trainer.is_global_zero and path is not None and path.is_file() and self._last_global_step_saved == trainer.global_step:
+            path.unlink()  # last.ckpt is newer and is at an epoch's end
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the first epoch of a resumed fit: its loaders exist, nothing has drawn from the random state yet

@@ -256,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in LIGHTNING_COMMANDS:
         print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
         return 2
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from .checkpoints import CheckpointError
 
     try:
@@ -263,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"retinalab {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except SIGTERMException:  # a SystemExit that Lightning raises with code 0; the run did not finish
+        print(f"retinalab {argv[0]}: stopped by SIGTERM (resume with --ckpt_path last)", file=sys.stderr)
+        return 128 + 15
     return 0
 
 

@@ -43,3 +43,15 @@ class KillOnNthFit(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigtermAtBatch(pl.Callback):
+    """SIGTERM to this process after batch ``$RETINALAB_TEST_SIGTERM_BATCH`` (0-based) of epoch
+    ``$RETINALAB_TEST_SIGTERM_EPOCH``: a cluster's preemption notice in the middle of an epoch."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        if (trainer.current_epoch, batch_idx) == (int(os.environ.get("RETINALAB_TEST_SIGTERM_EPOCH", "-1")),
+                                                  int(os.environ.get("RETINALAB_TEST_SIGTERM_BATCH", "-1"))):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)

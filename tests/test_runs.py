@@ -118,3 +118,39 @@ def test_kill_9_after_an_epoch_without_improvement_keeps_that_epoch(tmp_path):
     ckpts = tmp_path / "runs" / "convnet_synthetic" / "checkpoints"
     last, best = torch.load(ckpts / "last.ckpt", weights_only=True), torch.load(ckpts / "best.ckpt", weights_only=True)
     assert last["epoch"] == 3 and best["epoch"] == 0  # saved at the end of epoch 3 / of epoch 0, the only improvement
+
+
+def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(tmp_path):
+    """A SIGTERM (a cluster's preemption notice) after batch 1 of epoch 1: Lightning stops after that
+    batch and LatestCheckpoint writes `last-sigterm.ckpt` with every optimiser step taken so far;
+    `--ckpt_path last` takes it (the newest), the run continues inside epoch 1 and ends with as many
+    steps as an uninterrupted run; the end-of-epoch `last.ckpt` then replaces it."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from retinalab.synthetic import write_synthetic
+
+    write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
+    args = ["fit", "--config", str(REPO / "conf/convnet/synthetic.yaml"), f"--data.root={tmp_path / 'syn'}", "--data.image_size=128",
+            "--data.patch_size=32", "--data.stride=32", "--data.val_size=4", "--data.test_size=4", "--data.cache_workers=0",
+            "--data.num_labeled_images=6", "--data.batch_size=32", "--model.width=0.1", "--trainer.max_epochs=2", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_SIGTERM_EPOCH": "1",
+           "RETINALAB_TEST_SIGTERM_BATCH": "1"}
+    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 143 and "SIGTERM: the state after" in res.stderr, res.stderr[-3000:]  # 128 + SIGTERM, not 0
+    ckpts = tmp_path / "runs" / "convnet_synthetic" / "checkpoints"
+    last, moment = torch.load(ckpts / "last.ckpt", weights_only=True), torch.load(ckpts / "last-sigterm.ckpt", weights_only=True)
+    per_epoch = last["global_step"]  # last.ckpt: the end of epoch 0
+    assert last["epoch"] == 0 and moment["epoch"] == 1 and moment["global_step"] == per_epoch + 2 and per_epoch > 2
+    env["RETINALAB_TEST_SIGTERM_EPOCH"] = "-1"
+    res = subprocess.run([sys.executable, "-m", "retinalab", *args, "--ckpt_path", "last"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "last-sigterm.ckpt" in res.stderr + res.stdout  # restored from it
+    assert not (ckpts / "last-sigterm.ckpt").exists()
+    end = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert end["epoch"] == 1 and end["global_step"] == 2 * per_epoch
