@@ -8,11 +8,14 @@ importing the command dispatcher (which imports them back).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 WANDB_PROJECT = "retinalab"
 _WANDB_ENV = {"project": "WANDB_PROJECT", "name": "WANDB_NAME", "group": "WANDB_RUN_GROUP", "tags": "WANDB_TAGS"}
@@ -122,6 +125,13 @@ def cli(argv: Sequence[str], run: bool = True):
             from .checkpoints import check_checkpoint
 
             path = (self.config.get(self.subcommand) or {}).get("ckpt_path") if self.subcommand else None
+            if path == "last":  # also the earlier runs' folders and SLURM's hpc_ckpt (retinalab.resume.find_last)
+                from .resume import find_last
+
+                found = find_last(self.trainer)
+                if found:
+                    log.info("--ckpt_path last: %s", found)
+                    path = self.config_init[self.subcommand]["ckpt_path"] = found
             if path and str(path) not in ("last", "best", "hpc", "registry"):
                 cached = getattr(self, "_ckpt", None)
                 check_checkpoint(str(path), self.model, cached[1] if cached and cached[0] == str(path) else None)

@@ -21,6 +21,7 @@ order depends on the seed and epoch only).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,3 +116,31 @@ def _replay_epoch_schedulers(trainer: pl.Trainer, monitored: dict[str, float]) -
         else:
             trainer.lightning_module.lr_scheduler_step(cfg.scheduler, None)
     return missed
+
+
+def find_last(trainer: pl.Trainer) -> str | None:
+    """What ``--ckpt_path last`` resumes from: the newest (by modification time) of
+
+    * every checkpoint callback's ``last*.ckpt`` (``last.ckpt``, ``last-sigterm.ckpt``) in its folder,
+    * for a callback without a ``dirpath``, the same in the runs of this config before this one: each
+      run gets a folder of its own (``<save_dir>/logs/version_<k>/checkpoints``), where Lightning's own
+      ``last`` would look only in the new, empty one,
+    * Lightning's SLURM checkpoint ``<default_root_dir>/hpc_ckpt_<n>.ckpt``;
+
+    ``None`` when there is none (the run then starts from scratch, as Lightning's ``last`` does).
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    found: set[str] = set()
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        found |= cb._find_last_checkpoints(trainer)
+        if cb.dirpath is None and trainer.loggers:  # not yet resolved: this run's <version>/checkpoints
+            folder = Path(cb._ModelCheckpoint__resolve_ckpt_dir(trainer))
+            found |= {str(p) for p in folder.parent.parent.glob(f"*/{folder.name}/{cb.CHECKPOINT_NAME_LAST}*{cb.FILE_EXTENSION}")}
+    hpc = trainer._checkpoint_connector._hpc_resume_path  # Lightning's own lookup of hpc_ckpt_<max n>.ckpt
+    if hpc:
+        found.add(str(hpc))
+    files = [Path(p) for p in found if Path(p).is_file()]
+    return str(max(files, key=lambda p: p.stat().st_mtime)) if files else None

@@ -78,6 +78,19 @@ def test_sbatch_script_passes_nodes_and_tasks_to_lightning(tmp_path):
     trainer = yaml.safe_load(res.stdout)["trainer"]
     assert int(trainer["num_nodes"]) == 2 and int(trainer["devices"]) == 4
     assert (tmp_path / "runs" / "slurm").is_dir()
+    # a requeued job (preempted, or requeued by Lightning) resumes from the newest last*.ckpt, unless told otherwise
+    env["RETINALAB"] = "echo"
+
+    def args(*extra: str, restarts: str) -> list[str]:
+        res = subprocess.run(["bash", str(REPO / "docker" / "slurm" / "fit.sbatch"), "c.yaml", *extra], cwd=tmp_path,
+                             env={**env, "SLURM_RESTART_COUNT": restarts}, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.split()
+
+    assert "--ckpt_path" not in args(restarts="0")
+    assert args(restarts="2")[-2:] == ["--ckpt_path", "last"]
+    assert args("--ckpt_path", "x.ckpt", restarts="1")[-2:] == ["--ckpt_path", "x.ckpt"]
+    assert args("--ckpt_path=x.ckpt", restarts="1")[-1] == "--ckpt_path=x.ckpt"
 
 
 def test_dockerfile_takes_the_base_as_an_argument_and_caches_dependencies():
@@ -154,3 +167,35 @@ def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(
     assert not (ckpts / "last-sigterm.ckpt").exists()
     end = torch.load(ckpts / "last.ckpt", weights_only=True)
     assert end["epoch"] == 1 and end["global_step"] == 2 * per_epoch
+
+
+def test_ckpt_path_last_finds_earlier_runs_and_the_slurm_checkpoint(syn, tmp_path, caplog):
+    """A config whose checkpoints have no `dirpath` (most shipped ones) keeps each run's in its own
+    `logs/version_<k>/checkpoints`; Lightning's `--ckpt_path last` looked only in the new, empty one and
+    started from scratch. retinalab's takes the newest `last*.ckpt` of the earlier runs, or SLURM's
+    `hpc_ckpt_<n>.ckpt` when that is newer."""
+    import logging
+
+    import torch
+
+    out = tmp_path / "run"
+    latest = "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint"
+
+    def fit(*extra: str) -> Path:  # the new run's folder
+        _fit(syn, out, latest, *extra)
+        return max(out.glob("logs/version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+    first = fit("--trainer.max_epochs=1")
+    steps = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    caplog.set_level(logging.INFO, logger="retinalab")
+    second = fit("--ckpt_path=last")  # 2 epochs
+    assert second != first and f"--ckpt_path last: {first / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    ckpt = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * steps  # epoch 1 only: epoch 0 came from the first run
+    # Lightning's SLURM checkpoint, written after the last epoch's last.ckpt, is the newest
+    hpc = out / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes((second / "checkpoints" / "last.ckpt").read_bytes())
+    caplog.clear()
+    third = fit("--ckpt_path=last", "--trainer.max_epochs=3")
+    assert f"--ckpt_path last: {hpc}" in caplog.text
+    assert torch.load(third / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3 * steps
