@@ -1,18 +1,70 @@
-"""Checkpoints that fail with a clear message: a truncated file, another task's, another width's.
+"""Checkpoints that fail with a clear message (a truncated file, another task's, another width's),
+and that are written atomically.
 
 ``retinalab fit/validate/test/predict --ckpt_path X`` checks ``X`` against the model the config
 built before Lightning loads it (:func:`check_checkpoint`), so a wrong file is named with what is
 wrong instead of surfacing as a stack trace from inside ``torch.load`` or ``load_state_dict``.
+Every Lightning command of retinalab writes its checkpoints with :class:`AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+def _write_bytes(f: Any, data: memoryview) -> None:
+    f.write(data)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, with a write that is atomic on any local file system.
+
+    Lightning writes through an fsspec transaction, whose local implementation writes a file made by
+    ``tempfile.mkstemp()`` (in the system's temporary folder) and moves it into place at the end. When
+    that folder is on another file system than the checkpoints (a node's local ``/tmp``, checkpoints
+    on NFS or Lustre, as on most clusters), the move is a copy onto the target, and a kill during it
+    leaves a truncated checkpoint in place of the previous one. This one writes a hidden temporary file
+    beside the target, flushes it to disk and renames it over the target (``os.replace``, atomic
+    within one file system); a kill at any point leaves the previous checkpoint whole. Remote URLs
+    (``s3://``...) and ``storage_options`` go to Lightning's own.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                _write_bytes(f, buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for stray in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed while writing
+            stray.unlink(missing_ok=True)
+        return None
+
+
+def use_atomic_checkpoints(trainer: Any) -> None:
+    """Give ``trainer`` :class:`AtomicCheckpointIO` where it would use Lightning's default
+    ``TorchCheckpointIO`` (a strategy or plugin with its own checkpoint IO keeps it)."""
+    strategy = trainer.strategy
+    if strategy._checkpoint_io is None or type(strategy._checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 class CheckpointError(ValueError):

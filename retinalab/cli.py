@@ -142,7 +142,10 @@ def cli(argv: Sequence[str], run: bool = True):
         def instantiate_trainer(self, **kwargs):
             import json
 
+            from .checkpoints import use_atomic_checkpoints
+
             trainer = super().instantiate_trainer(**kwargs)
+            use_atomic_checkpoints(trainer)
             try:
                 config = self.config.get(self.subcommand) if self.subcommand else self.config
                 resolved = json.loads(self._parser(self.subcommand).dump(config, format="json", skip_check=True))

@@ -55,3 +55,26 @@ class SigtermAtBatch(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class KillWhileWritingLast(pl.Callback):
+    """``kill -9`` of this process halfway through writing ``last.ckpt`` at the end of epoch
+    ``$RETINALAB_TEST_KILL_WRITE_EPOCH``: half the new checkpoint's bytes are on disk when it dies."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch != int(os.environ.get("RETINALAB_TEST_KILL_WRITE_EPOCH", "-1")):
+            return
+        import signal
+
+        import retinalab.checkpoints as ck
+
+        real = ck._write_bytes
+
+        def write(f, data) -> None:  # noqa: ANN001
+            if Path(f.name).name.startswith(".last.ckpt."):
+                real(f, data[: len(data) // 2])
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(f, data)
+
+        ck._write_bytes = write

@@ -30,6 +30,35 @@ def fitted(tmp_path_factory):
     return root, path
 
 
+def test_checkpoints_are_written_beside_the_target_and_renamed(fitted, tmp_path, monkeypatch):
+    """retinalab's trainers write with AtomicCheckpointIO: a temporary file in the target's folder
+    (not the system's temporary folder, which on a cluster is often another file system, where
+    Lightning's move is a copy that a kill can cut short), renamed over the target; a stray left by an
+    earlier killed write is removed by the next one."""
+    import tempfile
+
+    from retinalab.checkpoints import AtomicCheckpointIO
+
+    _, path = fitted
+    ckpt = torch.load(path, weights_only=True)
+    target = tmp_path / "ckpts" / "last.ckpt"
+    (tmp_path / "ckpts").mkdir()
+    stray = tmp_path / "ckpts" / ".last.ckpt.999999.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: pytest.fail("wrote through the system's temporary folder"))
+    AtomicCheckpointIO().save_checkpoint(ckpt, target)
+    assert torch.load(target, weights_only=True)["state_dict"].keys() == ckpt["state_dict"].keys()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_retinalab_trainers_use_the_atomic_writer(tmp_path):
+    from retinalab.checkpoints import AtomicCheckpointIO
+    from retinalab.cli import cli
+
+    c = cli(["--config", str(TINY), f"--data.root={tmp_path}", "--trainer.logger=false"], run=False)
+    assert type(c.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+
+
 def _test_args(root: Path, ckpt: Path, *extra: str) -> list[str]:
     return ["test", "--config", str(TINY), f"--data.root={root / 'syn'}", f"--data.cache_dir={root / 'cache'}", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}", f"--ckpt_path={ckpt}", *extra]

@@ -103,12 +103,13 @@ def test_dockerfile_takes_the_base_as_an_argument_and_caches_dependencies():
     assert lines[-2] == 'ENTRYPOINT ["retinalab"]'
 
 
-def test_kill_9_after_an_epoch_without_improvement_keeps_that_epoch(tmp_path):
-    """`retinalab fit`, killed with SIGKILL once epoch 3 is done (checkpoints included): `last.ckpt`
-    (LatestCheckpoint) holds epoch 3 whatever the monitored metric did, and the monitored best
-    checkpoint (epoch 0) is kept beside it. Before, `last.ckpt` came from the monitored checkpoint's
-    `save_last` and stayed at epoch 0. (That a run resumed from it continues at epoch 4 and ends
-    exactly as an uninterrupted run: tests/test_resume.py.)"""
+def test_kill_9_while_writing_last_keeps_the_previous_epoch_readable(tmp_path):
+    """`retinalab fit` killed with SIGKILL halfway through writing `last.ckpt` at the end of epoch 3, on a
+    run whose monitored metric cannot improve after epoch 0 (the learning rate is 0): `last.ckpt` is
+    epoch 2's, whole and readable (the new one was being written beside it, AtomicCheckpointIO), and
+    the monitored `best.ckpt` (epoch 0) is kept beside it. Before LatestCheckpoint, `last.ckpt` came
+    from the monitored checkpoint's `save_last` and stayed at epoch 0. (That a run resumed from it
+    continues where it stopped and ends exactly as an uninterrupted run: tests/test_resume.py.)"""
     import signal
     import subprocess
     import sys
@@ -118,19 +119,20 @@ def test_kill_9_after_an_epoch_without_improvement_keeps_that_epoch(tmp_path):
     from retinalab.synthetic import write_synthetic
 
     write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
-    # the monitored metric is one that cannot improve after epoch 0 (the learning rate is 0)
     args = ["fit", "--config", str(REPO / "conf/convnet/synthetic.yaml"), f"--data.root={tmp_path / 'syn'}", "--data.image_size=128",
             "--data.patch_size=32", "--data.stride=32", "--data.val_size=4", "--data.test_size=4", "--data.cache_workers=0",
             "--data.num_labeled_images=null", "--model.lr=0.0", "--trainer.max_epochs=6", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=tests.ddp_helpers.KillAtEpochStart"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_KILL_EPOCH": "4"}
+            "--trainer.callbacks+=tests.ddp_helpers.KillWhileWritingLast"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_KILL_WRITE_EPOCH": "3"}
     res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     ckpts = tmp_path / "runs" / "convnet_synthetic" / "checkpoints"
+    (half,) = ckpts.glob(".last.ckpt.*.tmp")  # the write the kill cut short
+    assert 0 < half.stat().st_size < (ckpts / "last.ckpt").stat().st_size
     last, best = torch.load(ckpts / "last.ckpt", weights_only=True), torch.load(ckpts / "best.ckpt", weights_only=True)
-    assert last["epoch"] == 3 and best["epoch"] == 0  # saved at the end of epoch 3 / of epoch 0, the only improvement
+    assert last["epoch"] == 2 and best["epoch"] == 0  # saved at the end of epoch 2 / of epoch 0, the only improvement
 
 
 def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(tmp_path):
