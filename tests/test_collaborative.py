@@ -216,8 +216,47 @@ def test_grading_datamodule_feeds_the_grading_stage(eyepacs_root, tmp_path):
     trainer.validate(task, dm)
 
 
+def test_the_one_command_script_hands_each_stages_best_checkpoint_to_the_next(tmp_path):
+    """conf/collaborative/run_idrid.sh with a stand-in `retinalab` that records its arguments and writes
+    the checkpoints a fit would (the stages themselves: test_both_stages_fit_from_the_cli..., and the
+    script with real fits: test_one_command_runs_both_stages, `make test-slow`): stage 2 gets the newest
+    best checkpoint of stage 1a and of stage 1b (the newest last.ckpt of a stage that kept none), the
+    per-stage arguments go to their stage only, and the last line printed is stage 2's checkpoint."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "fake_retinalab"
+    fake.write_text("""#!/bin/bash
+# usage like `retinalab fit ...`: log the arguments, write two runs' checkpoints (version 1 the newer)
+printf '%s\\n' "$*" >> "$CALLS"
+while [ $# -gt 0 ]; do [ "$1" = --trainer.default_root_dir ] && root=$2; shift; done
+v0=$root/logs/version_0/checkpoints v1=$root/logs/version_1/checkpoints
+mkdir -p "$v0" "$v1"
+case "$root" in
+  *stage1_grading) touch -d 2020-01-01 "$v0/last.ckpt"; touch -d 2020-01-02 "$v1/last.ckpt" ;;  # no best checkpoint
+  *) touch -d 2020-01-01 "$v0/best.ckpt" "$v0/last.ckpt"; touch -d 2020-01-02 "$v1/best.ckpt" "$v1/last.ckpt" ;;
+esac
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "RETINALAB": str(fake), "CALLS": str(tmp_path / "calls.txt"),
+           "STAGE1_SEG_ARGS": "--seg-only", "STAGE2_ARGS": "--data.image_level_val_size=1"}
+    res = subprocess.run(["bash", str(REPO / "conf" / "collaborative" / "run_idrid.sh"), "/data/IDRiD", "--every=1"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    seg, grading, joint = (tmp_path / "calls.txt").read_text().splitlines()
+    runs = tmp_path / "runs"
+    assert "idrid_stage1_seg.yaml" in seg and "--seg-only" in seg and "--seg-only" not in grading + joint
+    assert "idrid_stage1_grading.yaml" in grading and "idrid_stage2.yaml" in joint
+    assert all("--data.root /data/IDRiD" in c and "--every=1" in c for c in (seg, grading, joint))
+    assert f"--model.generator_ckpt {runs}/stage1_seg/logs/version_1/checkpoints/best.ckpt" in joint  # the newest best
+    assert f"--model.grader_ckpt {runs}/stage1_grading/logs/version_1/checkpoints/last.ckpt" in joint  # no best: the newest last
+    assert "--data.image_level_root /data/IDRiD" in joint and "--data.image_level_val_size=1" in joint
+    assert res.stdout.strip().splitlines()[-1] == f"{runs}/stage2/logs/version_1/checkpoints/best.ckpt"
+
+
+@pytest.mark.slow
 def test_one_command_runs_both_stages(idrid_root, tmp_path):
-    """conf/collaborative/run_idrid.sh hands each stage's checkpoint to the next."""
+    """conf/collaborative/run_idrid.sh hands each stage's checkpoint to the next (real fits; `make test-slow`)."""
     import os
     import subprocess
     import sys
