@@ -176,7 +176,12 @@ def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyep
     metrics = read_run_metrics(next(joint_dir.glob("logs/version_*")))  # the run's offline W&B history
     for col in ("val/acc", "val/referable_auc", "val/MA/auc_pr", "val/mean/auc_roc", "train/loss_d", "train/loss_ce_pseudo"):
         assert col in metrics and metrics[col].notna().any(), col
-    assert "val/kappa" in metrics  # logged; undefined (NaN) on a one-image validation set
+    # one validation image: a wrong grade makes the observed disagreement equal the expected one (kappa 0),
+    # a right one makes both 0 (kappa 0/0, NaN)
+    acc = metrics["val/acc"].dropna()
+    kappa = metrics.loc[acc.index, "val/kappa"]
+    assert len(acc) == 1 and acc.iloc[0] in (0.0, 1.0)
+    assert kappa.iloc[0] == 0.0 if acc.iloc[0] == 0.0 else kappa.isna().all()
     sheets = list(joint_dir.glob("logs/version_*/wandb/offline-run-*/files/media/images/val/lesion_maps_*.png"))
     assert sheets  # photograph | lesion masks, photograph | attention maps
     # stage 2 really started from stage 1a's G

@@ -212,3 +212,79 @@ def test_pseudo_masks_are_the_attention_maps_resized_bilinearly():
     alpha = torch.tensor([[[[0.0, 1.0]]]])
     out = grader.pseudo_masks(alpha, (1, 4))
     assert out.flatten().tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0])
+
+
+def test_branch_batchnorm_converts_updates_and_resets_each_branch_apart():
+    """`from_batchnorm` keeps the layer's eps and momentum and copies its statistics to every branch; a
+    training batch on branch 2 moves only branch 2's statistics, by the momentum (worked out here from
+    the batch's own mean and variance); evaluation on a branch normalises with that branch's statistics
+    and the layer's eps; `reset_running_stats` resets every branch."""
+    from retinalab.models.lesion_attention import BranchBatchNorm2d
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, eps=1e-2, momentum=0.3)
+    bn(torch.randn(8, 3, 4, 4) * 2 + 1)  # non-trivial base statistics
+    bn.weight.data = torch.tensor([1.5, -0.5, 2.0])
+    bn.bias.data = torch.tensor([0.1, 0.2, -0.3])
+    new = BranchBatchNorm2d.from_batchnorm(bn, branches=3)
+    assert (new.eps, new.momentum) == (1e-2, 0.3)
+    base_mean, base_var = bn.running_mean.clone(), bn.running_var.clone()
+    for b in (1, 2):
+        assert torch.equal(getattr(new, f"running_mean_{b}"), base_mean) and torch.equal(getattr(new, f"running_var_{b}"), base_var)
+    x = torch.randn(8, 3, 4, 4) + 5
+    new.train()
+    new.branch = 2
+    new(x)
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)
+    assert torch.allclose(new.running_mean_2, 0.7 * base_mean + 0.3 * mean, atol=1e-6)
+    assert torch.allclose(new.running_var_2, 0.7 * base_var + 0.3 * var, atol=1e-5)
+    assert torch.equal(new.running_mean, base_mean) and torch.equal(new.running_mean_1, base_mean)
+    assert int(new.num_batches_tracked_2) == 2 and int(new.num_batches_tracked_1) == int(new.num_batches_tracked) == 1  # copied, then counted
+    new.eval()
+    new.running_var_1.fill_(1e-3)  # small enough that eps matters
+    new.branch = 1
+    y = new(x)
+    by_hand = (x - base_mean[None, :, None, None]) / torch.sqrt(torch.tensor(1e-3 + 1e-2)) * new.weight[None, :, None, None] + new.bias[None, :, None, None]
+    assert torch.allclose(y, by_hand, rtol=1e-5, atol=1e-5)
+    new.reset_running_stats()
+    for b in ("", "_1", "_2"):
+        assert torch.equal(getattr(new, f"running_mean{b}"), torch.zeros(3)) and torch.equal(getattr(new, f"running_var{b}"), torch.ones(3))
+        assert int(getattr(new, f"num_batches_tracked{b}")) == 0
+
+
+def test_grader_options_input_norm_pretrained_path_and_lesion_count(tmp_path):
+    """`input_norm="imagenet"` feeds (x - ImageNet mean) / std, with the constants typed here, and is the
+    default only with `pretrained_path`; `pretrained_path` loads that local file's weights into the
+    backbone (a missing file is named); `num_lesions` sets the branches and the masks it needs; bad
+    option values are refused."""
+    import timm
+
+    from retinalab.models.lesion_attention import LesionAttentionGrader
+
+    torch.manual_seed(0)
+    plain = LesionAttentionGrader(3, 2, "resnet18", attention=False)
+    normed = LesionAttentionGrader(3, 2, "resnet18", attention=False, input_norm="imagenet")
+    normed.load_state_dict(plain.state_dict())
+    plain.eval(), normed.eval()
+    x = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(normed(x)["logits"], plain((x - mean) / std)["logits"], atol=1e-5)
+        assert not torch.allclose(normed(x)["logits"], plain(x)["logits"], atol=1e-3)
+    assert plain.input_norm == "none"
+    # a local weight file (a resnet18 with its own random weights)
+    source = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    loaded = LesionAttentionGrader(3, 2, "resnet18", attention=True, pretrained_path=str(tmp_path / "r18.pth"))
+    assert loaded.input_norm == "imagenet"
+    assert torch.equal(loaded.low[0].weight, source.conv1.weight) and not torch.equal(plain.low[0].weight, source.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        LesionAttentionGrader(3, 2, "resnet18", pretrained_path=str(tmp_path / "missing.pth"))
+    # two lesion branches: the classifier reads 2 feature vectors, and 4 masks are refused
+    assert loaded.classifier.in_features == 2 * loaded.classifier_ori.in_features and len(loaded.w_low) == 2
+    assert loaded(x, torch.rand(2, 2, 64, 64))["alpha"].shape == (2, 2, 16, 16)
+    with pytest.raises(ValueError, match="2 masks"):
+        loaded(x, torch.rand(2, 4, 64, 64))
+    for bad in ({"lesion_features": "pixels"}, {"input_norm": "batch"}, {"backbone": "vgg16"}):
+        with pytest.raises(ValueError):
+            LesionAttentionGrader(3, 2, **{"backbone": "resnet18", **bad})

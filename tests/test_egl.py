@@ -39,6 +39,25 @@ def test_fast_egl_equals_naive_loop(k, scope, trained):
     assert rel < 1e-4, rel
 
 
+@pytest.mark.parametrize("act", [torch.nn.LeakyReLU(0.1), torch.nn.Identity()])
+def test_fast_egl_through_leaky_relu_and_identity_equals_naive_loop(act):
+    """The closed form back-propagates through the activation between the fully connected layers:
+    LeakyReLU passes ``negative_slope`` of the error where the pre-activation is negative (about half
+    the units here), the identity all of it. An activation it has no derivative for is refused."""
+    torch.manual_seed(2)
+    m = LeNet(num_classes=3, conv_channels=(4, 8), hidden=16)
+    m.act = act
+    x = torch.randn(6, 3, 48, 48)
+    z = m.fc1(m.features(x))
+    assert (z < 0).float().mean() > 0.2  # the negative side is exercised
+    fast, _ = egl(m, x, "fc")
+    ref = egl_naive(m, x, "fc")
+    assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-7)
+    m.act = torch.nn.Tanh()
+    with pytest.raises(TypeError, match="not Tanh"):
+        egl(m, x, "fc")
+
+
 #: each scope's parameters, named here by hand (egl_naive and the fast paths share egl._scope_params)
 SCOPE_PARAMS = {"fc": ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], "last": ["fc2.weight", "fc2.bias"]}
 

@@ -87,8 +87,24 @@ def test_ema_differs_from_raw_weights_and_is_evaluated(gan_setup, tmp_path):
     assert not torch.allclose(task.eval_logits(x), task.discriminator(x * 2 - 1))
     # lr decays linearly after lr_decay_start=1: at the end of epoch 2 of 2 it has reached 0
     assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [0.0]
+    # the logged validation metrics are the EMA discriminator's: recomputed here over the validation
+    # patches, the AUROC by counting (diseased, healthy) pairs and the loss as a size-weighted mean
+    scores, labels, ce, n = [], [], 0.0, 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            logits = task.ema.module(batch["image"] * 2 - 1)
+            scores.append(logits[:, 1] - logits[:, 0])
+            labels.append(batch["label"])
+            ce += float(torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum"))
+            n += len(logits)
+    s, y = torch.cat(scores), torch.cat(labels)
+    pos, neg = s[y == 1], s[y == 0]
+    assert len(pos) and len(neg)
+    pairs = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
     metrics = trainer.callback_metrics
-    assert {"val/patch_auroc", "val/image_auroc", "train/loss_g", "train/loss_unsup"} <= set(metrics)
+    assert float(metrics["val/patch_auroc"]) == pytest.approx(float(pairs.mean()), abs=1e-6)
+    assert float(metrics["val/loss"]) == pytest.approx(ce / n, rel=1e-5)
+    assert {"train/loss_g", "train/loss_unsup"} <= set(metrics)
 
 
 def test_ssgan_refuses_labelled_only_batches(gan_setup, tmp_path):
