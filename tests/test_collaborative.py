@@ -212,7 +212,9 @@ def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyep
     assert {"test/referable_auc", "test/normal_auc", "test/referable_acc"} <= set(test.columns)
 
 
-def test_grading_datamodule_feeds_the_grading_stage(eyepacs_root, tmp_path):
+def test_smoke_grading_datamodule_runs_the_grading_stage(eyepacs_root, tmp_path):
+    """Smoke test: a GradingDataModule's batches go through the grading stage's fit and validation
+    without an error (what the stage computes: tests/test_learning.py and the CLI tests)."""
     dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=64, val_size=2, batch_size=2, num_workers=0, augment=False,
                            split_file=str(tmp_path / "s.json"))
     task = CollaborativeTask(stage="grading", **TINY)
