@@ -280,8 +280,12 @@ def test_grader_options_input_norm_pretrained_path_and_lesion_count(tmp_path):
     assert torch.equal(loaded.low[0].weight, source.conv1.weight) and not torch.equal(plain.low[0].weight, source.conv1.weight)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         LesionAttentionGrader(3, 2, "resnet18", pretrained_path=str(tmp_path / "missing.pth"))
-    # two lesion branches: the classifier reads 2 feature vectors, and 4 masks are refused
+    # two lesion branches: the classifier reads 2 feature vectors, the shared grading network keeps
+    # statistics for 3 inputs (plain, lesion 1, lesion 2), and 4 masks are refused
     assert loaded.classifier.in_features == 2 * loaded.classifier_ori.in_features and len(loaded.w_low) == 2
+    keys = loaded.state_dict().keys()
+    assert any(k.endswith("running_mean_2") for k in keys) and not any(k.endswith("running_mean_3") for k in keys)
+    assert not {"mean", "std"} & set(keys)  # the ImageNet constants are not saved: checkpoints load either way
     assert loaded(x, torch.rand(2, 2, 64, 64))["alpha"].shape == (2, 2, 16, 16)
     with pytest.raises(ValueError, match="2 masks"):
         loaded(x, torch.rand(2, 4, 64, 64))
