@@ -52,12 +52,17 @@ def test_synth_then_fit_test_predict(synth_idrid, monkeypatch, capsys, caplog):
     assert sorted(p.name for p in (log_dir / "overlays").glob("*.png")) == ["val_epoch0000.png", "val_epoch0001.png"]
     ckpts = list((log_dir / "checkpoints").glob("*.ckpt"))
     assert ckpts
-    res = run(["test", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
-               "--trainer.logger.init_args.save_dir", "run"], cwd)
-    assert "test/image_auroc" in res.stdout and "test/patch_auroc" in res.stdout
+    # (test and predict in this process: the command line itself was run by the fit above)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("RETINALAB_CACHE", str(cwd / "cache"))
+    capsys.readouterr()
+    assert main(["test", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
+                 "--trainer.logger.init_args.save_dir", "run", "--trainer.enable_progress_bar=false"]) == 0
+    out = capsys.readouterr().out
+    assert "test/image_auroc" in out and "test/patch_auroc" in out
     # predict on the test split: scores.csv, overlays, localisation AUROC against the masks
-    res = run(["predict", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
-               "--trainer.logger", "false", "--trainer.default_root_dir", "pred"], cwd)
+    assert main(["predict", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
+                 "--trainer.logger", "false", "--trainer.default_root_dir", "pred", "--trainer.enable_progress_bar=false"]) == 0
     scores = pd.read_csv(cwd / "pred" / "predictions" / "scores.csv")
     assert len(scores) == 3 and set(scores["image"]) == set(split["test"])
     assert ((scores["score"] >= 0) & (scores["score"] <= 16)).all()  # sum of 16 sigmoids
@@ -74,9 +79,6 @@ def test_synth_then_fit_test_predict(synth_idrid, monkeypatch, capsys, caplog):
         Image.open(p).resize((150 + 10 * i, 100)).save(folder / "2024" / f"eye{i}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
     (folder / "notes.txt").write_text("not an image")
-    # (in this process from here on: the command line itself was run above)
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("RETINALAB_CACHE", str(cwd / "cache"))
     caplog.set_level(logging.INFO, logger="retinalab")
     args = ["predict", "--config", str(TINY), "--ckpt_path", str(ckpts[0]), "--data.predict_folder", "clinic",
             "--trainer.logger", "false", "--trainer.default_root_dir", "clinic_out", "--trainer.enable_progress_bar=false"]
