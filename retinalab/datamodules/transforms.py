@@ -23,7 +23,7 @@ resumed run draws what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import albumentations as A
@@ -66,7 +66,7 @@ def loader_transforms(loaders: Any) -> list[A.BaseCompose]:
     CombinedLoader's ``iterables``), in a fixed order, each once."""
     found: list[A.BaseCompose] = []
 
-    def walk(x: Any) -> None:
+    def walk(x: Any) -> None:  # never iterates a loader: that would draw batches
         if isinstance(x, DataLoader):
             for tf in transforms_of(x.dataset):
                 if all(tf is not f for f in found):
@@ -74,9 +74,11 @@ def loader_transforms(loaders: Any) -> list[A.BaseCompose]:
         elif isinstance(x, dict):
             for k in sorted(x):
                 walk(x[k])
-        elif isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
+        elif isinstance(x, (list, tuple)):
             for v in x:
                 walk(v)
+        elif hasattr(x, "flattened"):  # a CombinedLoader
+            walk(list(x.flattened))
 
     walk(loaders)
     return found
