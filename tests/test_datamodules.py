@@ -223,3 +223,17 @@ def test_resumed_prediction_leaves_written_images_out(eyepacs_root, tmp_path):
     dm.trainer = SimpleNamespace(callbacks=[writer])
     ids = [r.image_id for r in dm.predict_dataloader().dataset.records]
     assert ids == ["test/1_right", "test/2_left"]
+
+
+def test_labelled_and_unlabelled_patches_are_augmented_with_streams_of_their_own(big_idrid, tmp_path):
+    """The SSL-GAN's two training loaders: with one seed for both, the labelled and the unlabelled
+    batches were cropped and flipped alike, draw for draw; now each loader draws its own."""
+    dm = make_dm(big_idrid, tmp_path, num_labeled_images=4, seed=1, unlabeled=True)
+    dm.prepare_data()
+    dm.setup("fit")
+    loaders = dm.train_dataloader().iterables
+    labelled, unlabelled = loaders["labeled"].dataset.transform, loaders["unlabeled"].dataset.transform
+    patch = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    a = [labelled(image=patch)["image"] for _ in range(20)]
+    b = [unlabelled(image=patch)["image"] for _ in range(20)]
+    assert sum(not np.array_equal(x, y) for x, y in zip(a, b, strict=True)) >= 10

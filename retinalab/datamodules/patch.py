@@ -428,13 +428,16 @@ class PatchDataModule(FundusDataModule):
         successive random permutations of the data (so a small labelled set is cycled)."""
         assert self.cache is not None
         tf = None
+        # the unlabelled loader's augmentations draw a stream of their own (with one seed for both, the
+        # labelled and unlabelled batches were augmented alike, draw for draw)
+        seed = (int(torch.initial_seed()) + (1 if hide else 0)) % 2**32
         if self.serve == "images":
-            tf = image_train_transform(self.cache_config.thumb_size) if (train and self.augment) else None
+            tf = image_train_transform(self.cache_config.thumb_size, seed=seed) if (train and self.augment) else None
             ds: Dataset = CachedImages(self.cache, rows, tf, hide_labels=hide)
         else:
             if train and self.augment:
                 make = patch_table5_transform if self.augment_policy == "table5" else patch_train_transform
-                tf = make(self.cache_config.grid.out_size)
+                tf = make(self.cache_config.grid.out_size, seed=seed)
             ds = PatchDataset(self.cache, rows, tf, hide_labels=hide)
         sampler = RandomSampler(ds, num_samples=num_batches * self.batch_size) if num_batches is not None else None
         return DataLoader(
