@@ -366,9 +366,10 @@ class LatestCheckpoint(ModelCheckpoint):
     saved in the same step, so while the metric does not improve ``last.ckpt`` stays at the last
     improvement, and ``--ckpt_path last`` (or a resumed job) loses every epoch since. This callback
     keeps one checkpoint of the latest state, ``<dirpath>/last.ckpt``, replaced at the end of every
-    training epoch (after its validation when it has one; also in epochs without validation). The file is written the way Lightning writes every
-    checkpoint: to a temporary file that is renamed over the old one (an fsspec transaction), so a
-    kill during the write leaves the previous checkpoint readable. Put it after the monitored
+    training epoch (after its validation when it has one; also in epochs without validation). The file is written by the
+    trainer's checkpoint IO: retinalab's commands give it :class:`retinalab.checkpoints.AtomicCheckpointIO`
+    (a temporary file beside it, renamed over it), so a kill during the write leaves the previous
+    checkpoint readable. Put it after the monitored
     ``ModelCheckpoint`` in ``callbacks`` (``trainer.checkpoint_callback`` is the first one).
 
     ``last.ckpt`` also holds what an exact resume needs (:mod:`retinalab.resume`): a run resumed from

@@ -24,6 +24,29 @@ def _write_bytes(f: Any, data: memoryview) -> None:
     f.write(data)
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)``, atomically: to a hidden temporary file beside ``path``, flushed to
+    disk and renamed over it (``os.replace``), so a kill at any point leaves the previous file whole;
+    strays of writes killed earlier are removed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            _write_bytes(f, buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for stray in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed while writing
+        stray.unlink(missing_ok=True)
+    return target
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO``, with a write that is atomic on any local file system.
 
@@ -40,22 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                _write_bytes(f, buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        for stray in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed while writing
-            stray.unlink(missing_ok=True)
+        atomic_torch_save(checkpoint, path)
         return None
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints import atomic_torch_save
 from ..datamodules.splits import write_json_atomic
 from .oracle import LabelFileError, write_csv_atomic
 
@@ -88,9 +88,7 @@ def save_checkpoint(out: Path, state: LoopState, model: torch.nn.Module, optimiz
     """``model-roundNNN.pt`` (atomically), then ``state.json`` naming it; the previous checkpoint is
     deleted afterwards unless ``keep_old``."""
     name = f"model-round{state.round:03d}.pt"
-    tmp = out / f".{name}.tmp-{os.getpid()}"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": state.round}, tmp)
-    os.replace(tmp, out / name)
+    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": state.round}, out / name)
     old, state.checkpoint = state.checkpoint, name
     write_state(out / "state.json", state)
     if old and old != name and not keep_old:
