@@ -26,6 +26,7 @@ from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
 from .splits import SplitMode, choose_labeled, split_indices, target_count
 from .transforms import (
+    default_seed,
     image_train_transform,
     patch_table5_transform,
     patch_train_transform,
@@ -430,7 +431,7 @@ class PatchDataModule(FundusDataModule):
         tf = None
         # the unlabelled loader's augmentations draw a stream of their own (with one seed for both, the
         # labelled and unlabelled batches were augmented alike, draw for draw)
-        seed = (int(torch.initial_seed()) + (1 if hide else 0)) % 2**32
+        seed = default_seed(stream=1 if hide else 0)
         if self.serve == "images":
             tf = image_train_transform(self.cache_config.thumb_size, seed=seed) if (train and self.augment) else None
             ds: Dataset = CachedImages(self.cache, rows, tf, hide_labels=hide)

@@ -33,8 +33,14 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 
+def default_seed(stream: int = 0) -> int:
+    """The pipelines' seed when none is given: torch's initial seed (set by ``seed_everything``), plus
+    ``stream`` for a pipeline that must draw apart from the others (the unlabelled loader's)."""
+    return int((torch.initial_seed() + stream) % 2**32)
+
+
 def _seed(seed: int | None) -> int:
-    return int(torch.initial_seed() % 2**32) if seed is None else seed
+    return default_seed() if seed is None else seed
 
 
 def share_stream(tf: A.BaseCompose, seed: int | list[int]) -> A.BaseCompose:
