@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from retinalab.datamodules.images import EpochWeightedSampler
+from tests.fit_args import tiny_patch_fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,22 +41,18 @@ EPOCHS = {"ssl_gan": 3, "stage2": 3, "convnet": 4}
 
 
 def _fit_args(kind: str, data: Path, out: Path) -> list[str]:
-    common = [f"--trainer.max_epochs={EPOCHS[kind]}", "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-              f"--trainer.default_root_dir={out}", "--trainer.callbacks+=tests.ddp_helpers.KillAtEpochStart"]
+    common = [f"--trainer.max_epochs={EPOCHS[kind]}", "--trainer.logger=false", "--trainer.callbacks+=tests.ddp_helpers.KillAtEpochStart"]
     if kind == "stage2":  # paper 001's joint stage, from scratch, on the fake IDRiD layout
         return ["fit", "--config", str(REPO / "conf/collaborative/idrid_stage2.yaml"), f"--data.root={data}", f"--data.image_level_root={data}",
                 "--data.val_size=1", "--data.image_level_val_size=1", "--model.pseudo_warmup_steps=0", "--data.image_size=64",
                 "--data.num_workers=0", "--data.batch_size=2", "--model.generator_width=0.0625", "--model.discriminator_width=0.0625",
-                "--model.num_overlays=1", "--trainer.accelerator=cpu", *common]
-    patch = ["--data.image_size=128", "--data.patch_size=32", "--data.stride=32", "--data.val_size=4", "--data.test_size=4",
-             "--data.cache_workers=0", "--data.num_labeled_images=6", "--data.batch_size=32", "--model.width=0.1"]
+                "--model.num_overlays=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                f"--trainer.default_root_dir={out}", *common]
     if kind == "ssl_gan":  # the learning-rate decay starts after epoch 1, so the resumed epochs decay it
-        return ["fit", "--config", str(REPO / "conf/ssl_gan/synthetic.yaml"), f"--data.root={data}", *patch, "--model.gen_width=0.05",
-                "--model.lr_decay_start=1", *common]
+        return tiny_patch_fit("conf/ssl_gan/synthetic.yaml", data, out, "--model.gen_width=0.05", "--model.lr_decay_start=1", *common)
     # the ConvNet with a plateau scheduler that halves the rate whenever val/loss does not improve:
     # Lightning steps it after writing the epoch's checkpoint, so the resumed run must step it again
-    return ["fit", "--config", str(REPO / "conf/convnet/synthetic.yaml"), f"--data.root={data}", *patch, "--model.lr_plateau_patience=0",
-            "--model.lr_plateau_factor=0.5", *common]
+    return tiny_patch_fit("conf/convnet/synthetic.yaml", data, out, "--model.lr_plateau_patience=0", "--model.lr_plateau_factor=0.5", *common)
 
 
 @pytest.mark.parametrize("kind", ["ssl_gan", pytest.param("convnet", marks=pytest.mark.slow), pytest.param("stage2", marks=pytest.mark.slow)])

@@ -13,6 +13,7 @@ import pytest
 
 from retinalab.cli import cli
 from retinalab.main import main
+from tests.fit_args import tiny_patch_fit
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
@@ -119,12 +120,9 @@ def test_kill_9_while_writing_last_keeps_the_previous_epoch_readable(tmp_path):
     from retinalab.synthetic import write_synthetic
 
     write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
-    args = ["fit", "--config", str(REPO / "conf/convnet/synthetic.yaml"), f"--data.root={tmp_path / 'syn'}", "--data.image_size=128",
-            "--data.patch_size=32", "--data.stride=32", "--data.val_size=4", "--data.test_size=4", "--data.cache_workers=0",
-            "--data.num_labeled_images=null", "--model.lr=0.0", "--trainer.max_epochs=6", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=tests.ddp_helpers.KillWhileWritingLast"]
+    args = tiny_patch_fit("conf/convnet/synthetic.yaml", tmp_path / "syn", tmp_path, "--data.num_labeled_images=null", "--data.batch_size=100",
+                          "--model.width=0.125", "--model.lr=0.0", "--trainer.max_epochs=6", "--trainer.logger=false",
+                          "--trainer.callbacks+=tests.ddp_helpers.KillWhileWritingLast")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_KILL_WRITE_EPOCH": "3"}
     res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
@@ -148,11 +146,8 @@ def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(
     from retinalab.synthetic import write_synthetic
 
     write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
-    args = ["fit", "--config", str(REPO / "conf/convnet/synthetic.yaml"), f"--data.root={tmp_path / 'syn'}", "--data.image_size=128",
-            "--data.patch_size=32", "--data.stride=32", "--data.val_size=4", "--data.test_size=4", "--data.cache_workers=0",
-            "--data.num_labeled_images=6", "--data.batch_size=32", "--model.width=0.1", "--trainer.max_epochs=2", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch"]
+    args = tiny_patch_fit("conf/convnet/synthetic.yaml", tmp_path / "syn", tmp_path, "--trainer.max_epochs=2", "--trainer.logger=false",
+                          "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_SIGTERM_EPOCH": "1",
            "RETINALAB_TEST_SIGTERM_BATCH": "1"}
     res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -201,3 +196,4 @@ def test_ckpt_path_last_finds_earlier_runs_and_the_slurm_checkpoint(syn, tmp_pat
     third = fit("--ckpt_path=last", "--trainer.max_epochs=3")
     assert f"--ckpt_path last: {hpc}" in caplog.text
     assert torch.load(third / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3 * steps
+
