@@ -373,7 +373,8 @@ class LatestCheckpoint(ModelCheckpoint):
     ``ModelCheckpoint`` in ``callbacks`` (``trainer.checkpoint_callback`` is the first one).
 
     ``last.ckpt`` also holds what an exact resume needs (:mod:`retinalab.resume`): a run resumed from
-    it with ``--ckpt_path last`` ends as the uninterrupted run would have.
+    it with ``--ckpt_path last`` ends as the uninterrupted run would have, and, with retinalab's
+    ``WandbLogger``, logs on into the same run folder and W&B run.
 
     On SIGTERM (a cluster's preemption or time limit; Lightning stops after the batch under way) it
     writes the moment's state to ``<dirpath>/last-sigterm.ckpt``, which ``--ckpt_path last`` takes
@@ -401,11 +402,12 @@ class LatestCheckpoint(ModelCheckpoint):
     def state_dict(self) -> dict[str, Any]:
         """Lightning's, plus the random states and scheduler metrics of :mod:`retinalab.resume`
         (in every checkpoint of a fit, this one's and the monitored one's)."""
-        from .resume import collect
+        from .resume import collect, run_of
 
         state = super().state_dict()
         if self._trainer is not None and self._trainer.state.fn == "fit":
             state["resume"] = collect(self._trainer)
+            state["run"] = run_of(self._trainer)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -134,8 +134,14 @@ def cli(argv: Sequence[str], run: bool = True):
                     path = self.config_init[self.subcommand]["ckpt_path"] = found
             if path and str(path) not in ("last", "best", "hpc", "registry"):
                 cached = getattr(self, "_ckpt", None)
-                check_checkpoint(str(path), self.model, cached[1] if cached and cached[0] == str(path) else None)
+                ckpt = check_checkpoint(str(path), self.model, cached[1] if cached and cached[0] == str(path) else None)
                 self._ckpt = None
+                if self.subcommand == "fit":  # log on into the run that wrote it (retinalab.resume.continue_run)
+                    from .resume import continue_run
+
+                    run = continue_run(self.trainer, ckpt)
+                    if run:
+                        log.info("--ckpt_path: continuing the run in %s", run)
 
         before_fit = before_validate = before_test = before_predict = _check_ckpt
 

@@ -67,7 +67,10 @@ def write_manifest(path: str | Path, payload: dict[str, Any]) -> Path:
 
 class RunManifest(pl.Callback):
     """Writes ``<log_dir>/manifest.json`` when fitting or testing starts (rank 0). ``retinalab fit``
-    adds it to every run; ``config`` is the resolved CLI configuration."""
+    adds it to every run; ``config`` is the resolved CLI configuration; ``ckpt_path`` the checkpoint
+    a fit resumed from or a test loaded. A fit resumed in the run folder of an earlier one
+    (:func:`retinalab.resume.continue_run`) keeps that fit's manifest, and those before it, under
+    ``"earlier"`` (oldest first)."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config = config
@@ -78,8 +81,17 @@ class RunManifest(pl.Callback):
             return
         dm = getattr(trainer, "datamodule", None)
         seed = (self.config or {}).get("seed_everything")
-        payload = manifest(self.config, seed, getattr(dm, "split_hash", None), stage=stage, world_size=trainer.world_size)
-        write_manifest(Path(base) / "manifest.json", payload)
+        payload = manifest(self.config, seed, getattr(dm, "split_hash", None), stage=stage, world_size=trainer.world_size,
+                           ckpt_path=str(trainer.ckpt_path) if trainer.ckpt_path else None)
+        path = Path(base) / "manifest.json"
+        if stage == "fit" and trainer.ckpt_path and path.is_file():  # a resumed run's earlier pieces stay on record
+            try:
+                before = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                before = None
+            if isinstance(before, dict) and before.get("stage") == "fit":
+                payload["earlier"] = [*before.pop("earlier", []), before]
+        write_manifest(path, payload)
         if stage == "fit":  # the resolved config and provenance in the run's config (W&B, hparams.yaml)
             for lg in trainer.loggers:
                 lg.log_hyperparams({"config": self.config, "run/git_commit": payload["git_commit"], "run/seed": seed})

@@ -12,6 +12,10 @@ resumed run calls :func:`restore` as its first epoch starts:
 * the monitored values of the epoch-interval schedulers, so that the step Lightning takes after the
   checkpoint is taken again on resume (``ReduceLROnPlateau`` steps on ``val/loss``).
 
+It also names the run that wrote it (:func:`run_of`), so that a fit resumed from it with the same
+config logs on into that run (:func:`continue_run`): its folder, where the monitored checkpoint keeps
+its best score, and its W&B run.
+
 What stays different after a resume, and why: with ``num_workers > 0`` the augmentations are drawn in
 the (persistent) worker processes, whose streams die with them, so only the sample order is the same;
 under DDP the saved random state is rank 0's (every rank resumes with it; the distributed sampler's
@@ -144,3 +148,33 @@ def find_last(trainer: pl.Trainer) -> str | None:
         found.add(str(hpc))
     files = [Path(p) for p in found if Path(p).is_file()]
     return str(max(files, key=lambda p: p.stat().st_mtime)) if files else None
+
+
+def run_of(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The run this fit logs into, as ``last.ckpt`` keeps it: ``{"dir": its version_<k> folder,
+    "wandb_id": its W&B run id}``; ``None`` unless its first logger is :class:`retinalab.loggers.WandbLogger`."""
+    from .loggers import WandbLogger
+
+    lg = trainer.loggers[0] if trainer.loggers else None
+    if not isinstance(lg, WandbLogger) or lg.save_dir is None:
+        return None
+    experiment = lg._experiment  # started on rank 0, which writes the checkpoint; None elsewhere
+    return {"dir": str(Path(lg.save_dir).resolve()), "wandb_id": experiment.id if experiment is not None else lg._id}
+
+
+def continue_run(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> str | None:
+    """Before ``trainer.fit(ckpt_path=...)``: point its logger at the run that wrote ``checkpoint``
+    (see :meth:`retinalab.loggers.WandbLogger.continue_run` for when it does), so that the resumed fit
+    writes into that run's folder, where Lightning reloads the monitored checkpoint's best score only
+    (it compares the folder), and goes on with its W&B run. Returns the run folder, or ``None`` when
+    the fit starts a run of its own."""
+    from .loggers import WandbLogger
+
+    lg = trainer.loggers[0] if trainer.loggers else None
+    states = (checkpoint.get("callbacks") or {}).values()
+    run = next((s["run"] for s in states if isinstance(s, dict) and isinstance(s.get("run"), dict)), None)
+    if not isinstance(lg, WandbLogger) or run is None:
+        return None
+    # the step W&B logs as trainer/global_step: batches with an optimiser step (global_step counts every optimiser's)
+    step = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0)
+    return run["dir"] if lg.continue_run(run["dir"], run.get("wandb_id"), step) else None

@@ -197,3 +197,55 @@ def test_ckpt_path_last_finds_earlier_runs_and_the_slurm_checkpoint(syn, tmp_pat
     assert f"--ckpt_path last: {hpc}" in caplog.text
     assert torch.load(third / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3 * steps
 
+
+def test_a_resumed_fit_goes_on_in_its_run_folder_and_wandb_run(tmp_path, caplog):
+    """`--ckpt_path` of a checkpoint that a run of the same config wrote (W&B logger, checkpoints without
+    a `dirpath`, as in every shipped real-data config) goes on in that run: the same `version_<k>`
+    folder, where the monitored `best.ckpt` keeps its best score (before, the resumed run wrote a new
+    folder and saved its first epoch as `best.ckpt` whatever its score), and the same W&B run id. The
+    offline history, read back, holds every epoch once, also after a resume that went back an epoch;
+    `resume_in_place=false` starts a new folder and run."""
+    import logging
+    import shutil
+
+    import torch
+
+    from retinalab.loggers import read_run_metrics
+    from retinalab.synthetic import write_synthetic
+
+    data = write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
+    logs = tmp_path / "run" / "logs"
+
+    def fit(epochs: int, *extra: str) -> None:
+        # learning rate 0: val/image_auroc is the same in every epoch, so epoch 0 stays the best
+        assert main(tiny_patch_fit("conf/convnet/idrid.yaml", data, tmp_path, "--model.lr=0.0", f"--trainer.max_epochs={epochs}",
+                                   f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}", "--trainer.log_every_n_steps=1",
+                                   f"--data.cache_dir={tmp_path / 'cache'}", *extra)) == 0
+
+    fit(1)
+    (run,) = logs.glob("version_*")
+    ckpts = run / "checkpoints"
+    shutil.copy(ckpts / "last.ckpt", ckpts / "epoch0.ckpt")
+    first = torch.load(ckpts / "last.ckpt", weights_only=True)
+    (state,) = [s for s in first["callbacks"].values() if "run" in s]
+    run_id = state["run"]["wandb_id"]
+    assert Path(state["run"]["dir"]) == run.resolve() and run_id
+    caplog.set_level(logging.INFO, logger="retinalab")
+    fit(3, "--ckpt_path=last")
+    assert f"continuing the run in {run.resolve()}" in caplog.text
+    assert list(logs.glob("version_*")) == [run]  # no new folder
+    last, best = torch.load(ckpts / "last.ckpt", weights_only=True), torch.load(ckpts / "best.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * first["global_step"]
+    assert best["epoch"] == 0  # tracked on from epoch 0's score; a new folder's best.ckpt would be epoch 1's
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["ckpt_path"] == str(ckpts / "last.ckpt") and [e["ckpt_path"] for e in m["earlier"]] == [None]  # each piece on record
+    pieces = sorted(run.glob("wandb/offline-run-*"))
+    assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
+    # back to the end of epoch 0 (epochs 1-2 trained again): the history keeps the new epochs 1-2 only
+    fit(3, f"--ckpt_path={ckpts / 'epoch0.ckpt'}")
+    history = read_run_metrics(run)
+    val = history.dropna(subset=["val/image_auroc"])
+    assert len(sorted(run.glob("wandb/offline-run-*"))) == 3 and val["epoch"].tolist() == [0, 1, 2]
+    assert history["trainer/global_step"].is_monotonic_increasing
+    fit(4, "--ckpt_path=last", "--trainer.logger.init_args.resume_in_place=false")
+    assert len(list(logs.glob("version_*"))) == 2

@@ -21,6 +21,11 @@ def read_run_metrics(run_dir: str | Path):
     """The logged metrics of one local run folder (``.../logs/version_<k>``) as a pandas DataFrame,
     one row per logging call: its ``metrics.csv`` (CSVLogger) or its offline W&B run's history.
 
+    A run resumed in place (``retinalab fit --ckpt_path ...``) has one ``offline-run-*`` folder per
+    piece, all with the run's id: they are joined in order, each piece's rows from the optimiser step
+    where the next piece resumed (its ``run/resumed_at_step``) on dropped: those steps were trained
+    again after the resume.
+
     Raises:
         FileNotFoundError: the folder holds neither.
     """
@@ -29,10 +34,16 @@ def read_run_metrics(run_dir: str | Path):
     run_dir = Path(run_dir)
     if (run_dir / "metrics.csv").is_file():
         return pd.read_csv(run_dir / "metrics.csv")
-    runs = sorted(run_dir.glob("wandb/offline-run-*"))
+    runs = sorted(run_dir.glob("wandb/offline-run-*"))  # offline-run-<YYYYMMDD_HHMMSS>-<id>: start order
     if not runs:
         raise FileNotFoundError(f"{run_dir}: no metrics.csv and no wandb/offline-run-* folder (an online run: see its W&B page)")
-    return pd.DataFrame(read_offline_run(runs[-1])["history"])
+    run_id = runs[-1].name.rsplit("-", 1)[-1]
+    pieces = [read_offline_run(r) for r in runs if r.name.rsplit("-", 1)[-1] == run_id]
+    rows: list[dict[str, Any]] = []
+    for piece, after in zip(pieces, [*pieces[1:], None], strict=True):
+        resumed_at = after["config"].get("run/resumed_at_step") if after else None
+        rows += [r for r in piece["history"] if resumed_at is None or r.get("trainer/global_step", -1) < resumed_at]
+    return pd.DataFrame(rows)
 
 
 def has_wandb_credentials() -> bool:
@@ -67,6 +78,11 @@ class WandbLogger(_LightningWandbLogger):
         local_name: the folder between ``save_dir`` and ``version_<k>`` (default ``logs``); ``None``
             puts everything straight into ``save_dir``.
         offline: ``None`` (default) = online with credentials, offline without; ``True``/``False`` force it.
+        resume_in_place: ``retinalab fit --ckpt_path <checkpoint>`` (``last`` included) of a checkpoint
+            that a run of this config wrote continues that run: its ``version_<k>`` folder, where the
+            monitored ``best.ckpt`` is tracked on from its best score, and its W&B run (same run id,
+            so its charts go on; offline, ``wandb sync`` uploads the pieces in order). ``False``: a new
+            folder and a new W&B run, as Lightning does. An ``id`` given here always wins.
         log_model: upload checkpoints as artifacts (``"all"``, ``True`` = at the end, ``False``); ignored,
             with a warning, when offline (W&B cannot store artifacts offline).
         **kwargs: everything Lightning's ``WandbLogger`` takes (``project``, ``group``, ``tags``, ``name``, ...).
@@ -77,9 +93,11 @@ class WandbLogger(_LightningWandbLogger):
     """
 
     def __init__(self, *args: Any, save_dir: str | Path = ".", local_name: str | None = "logs", offline: bool | None = None,
-                 log_model: bool | str = False, **kwargs: Any) -> None:
-        if local_name:
-            save_dir = next_version_dir(Path(save_dir) / local_name)
+                 log_model: bool | str = False, resume_in_place: bool = True, **kwargs: Any) -> None:
+        self.runs_dir = Path(save_dir) / local_name if local_name else None  # where this config's version_<k> folders are
+        self.resume_in_place = resume_in_place
+        if self.runs_dir is not None:
+            save_dir = next_version_dir(self.runs_dir)
         if offline is None:
             offline = not has_wandb_credentials()
             if offline:
@@ -90,6 +108,7 @@ class WandbLogger(_LightningWandbLogger):
         super().__init__(*args, save_dir=str(save_dir), offline=offline, log_model=log_model, **kwargs)
         self._offline_run = offline
         self._sync_hint_shown = False
+        self._resumed_at_step: int | None = None
 
     # Lightning puts a ModelCheckpoint without a dirpath under <save_dir>/<name>/<version>/checkpoints;
     # the run's own folder already is <save_dir>, so its checkpoints go to <save_dir>/checkpoints (the
@@ -106,7 +125,27 @@ class WandbLogger(_LightningWandbLogger):
     def experiment(self) -> Any:
         if self._experiment is None and self._save_dir:
             Path(self._save_dir).mkdir(parents=True, exist_ok=True)  # else wandb falls back to a temporary folder
-        return _LightningWandbLogger.experiment.fget(self)
+        started = self._experiment is None
+        experiment = _LightningWandbLogger.experiment.fget(self)
+        if started and self._experiment is not None and self._resumed_at_step is not None:
+            # where this piece of the run takes over: the steps after it in the earlier piece were trained again
+            self._experiment.config.update({"run/resumed_at_step": self._resumed_at_step}, allow_val_change=True)
+        return experiment
+
+    def continue_run(self, run_dir: str | Path, run_id: str | None, step: int) -> bool:
+        """Log into the earlier run ``run_dir`` (one of this config's ``version_<k>`` folders) and W&B
+        run ``run_id`` from optimiser step ``step`` on, instead of a new run; ``False`` (nothing changed)
+        when that is not this config's run folder, ``resume_in_place`` is off, an ``id`` was given or
+        the run has already started. The step goes into the run's config as ``run/resumed_at_step``."""
+        run_dir = Path(run_dir)
+        if (not self.resume_in_place or self.runs_dir is None or self._experiment is not None or self._wandb_init.get("id")
+                or not run_dir.is_dir() or run_dir.resolve().parent != self.runs_dir.resolve()):
+            return False
+        self._save_dir = self._wandb_init["dir"] = str(run_dir)
+        if run_id:
+            self._id = self._wandb_init["id"] = run_id  # Lightning's WandbLogger passes resume="allow"
+        self._resumed_at_step = int(step)
+        return True
 
     def finish(self) -> None:
         """End the W&B run (the next fit in this process then starts its own); offline, return once
@@ -123,4 +162,6 @@ class WandbLogger(_LightningWandbLogger):
         if self._offline_run and self._experiment is not None and not self._sync_hint_shown:
             self._sync_hint_shown = True
             run_dir = Path(getattr(self._experiment, "dir", "") or ".").parent
-            print(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {run_dir}")
+            # a resumed run's earlier pieces: wandb sync uploads the folders of one run id in start order
+            pieces = sorted(run_dir.parent.glob(f"offline-run-*-{self._experiment.id}")) or [run_dir]
+            print(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {' '.join(map(str, pieces))}")
