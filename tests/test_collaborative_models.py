@@ -246,10 +246,12 @@ def test_branch_batchnorm_converts_updates_and_resets_each_branch_apart():
     y = new(x)
     by_hand = (x - base_mean[None, :, None, None]) / torch.sqrt(torch.tensor(1e-3 + 1e-2)) * new.weight[None, :, None, None] + new.bias[None, :, None, None]
     assert torch.allclose(y, by_hand, rtol=1e-5, atol=1e-5)
-    new.reset_running_stats()
-    for b in ("", "_1", "_2"):
-        assert torch.equal(getattr(new, f"running_mean{b}"), torch.zeros(3)) and torch.equal(getattr(new, f"running_var{b}"), torch.ones(3))
-        assert int(getattr(new, f"num_batches_tracked{b}")) == 0
+    two = BranchBatchNorm2d.from_batchnorm(bn, branches=2)  # the smallest layer with a second branch
+    for layer, names in ((new, ("", "_1", "_2")), (two, ("", "_1"))):
+        layer.reset_running_stats()
+        for b in names:
+            assert torch.equal(getattr(layer, f"running_mean{b}"), torch.zeros(3)) and torch.equal(getattr(layer, f"running_var{b}"), torch.ones(3))
+            assert int(getattr(layer, f"num_batches_tracked{b}")) == 0
 
 
 def test_grader_options_input_norm_pretrained_path_and_lesion_count(tmp_path):

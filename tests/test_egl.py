@@ -58,6 +58,22 @@ def test_fast_egl_through_leaky_relu_and_identity_equals_naive_loop(act):
         egl(m, x, "fc")
 
 
+def test_fast_egl_at_a_relu_pre_activation_of_exactly_zero_equals_autograd():
+    """A hidden unit whose incoming weights and bias are zero has a pre-activation of exactly 0 for
+    every input; autograd takes ReLU's derivative there as 0, so no gradient reaches that unit's
+    weights, and the closed form must do the same (with a derivative of 1 at 0 it would not)."""
+    torch.manual_seed(3)
+    m = LeNet(num_classes=3, conv_channels=(4, 8), hidden=16)
+    with torch.no_grad():
+        m.fc1.weight[:5] = 0
+        m.fc1.bias[:5] = 0
+    x = torch.randn(6, 3, 48, 48)
+    assert (m.fc1(m.features(x))[:, :5] == 0).all()
+    fast, _ = egl(m, x, "fc")
+    ref = egl_naive(m, x, "fc")
+    assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-7)
+
+
 #: each scope's parameters, named here by hand (egl_naive and the fast paths share egl._scope_params)
 SCOPE_PARAMS = {"fc": ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], "last": ["fc2.weight", "fc2.bias"]}
 
