@@ -31,7 +31,8 @@ class KillAtEpochStart(pl.Callback):
 
 class KillOnNthFit(pl.Callback):
     """``kill -9`` of this process when the ``$RETINALAB_TEST_KILL_FIT``-th fit of the process (1-based)
-    starts its first training epoch: a study killed in the middle of one of its cells."""
+    starts training epoch ``$RETINALAB_TEST_KILL_FIT_EPOCH`` (default 0, its first): a study killed in
+    the middle of one of its cells."""
 
     fits = 0
 
@@ -39,7 +40,8 @@ class KillOnNthFit(pl.Callback):
         KillOnNthFit.fits += 1
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if KillOnNthFit.fits == int(os.environ.get("RETINALAB_TEST_KILL_FIT", "0")):
+        if (KillOnNthFit.fits == int(os.environ.get("RETINALAB_TEST_KILL_FIT", "0"))
+                and trainer.current_epoch == int(os.environ.get("RETINALAB_TEST_KILL_FIT_EPOCH", "0"))):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)

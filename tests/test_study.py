@@ -237,28 +237,45 @@ def test_a_parallel_cell_that_dies_is_recorded_and_the_rest_go_on(syn, tmp_path,
     assert plan_slots(1, "cpu", cores=1)[0].env()["OMP_NUM_THREADS"] == "1"
 
 
-def test_a_study_killed_mid_cell_keeps_finished_cells_and_reruns_only_the_rest(syn, tmp_path):
-    """`retinalab study` killed with SIGKILL while its second cell trains: the first cell's result is
-    kept; the rerun does only the second cell."""
+def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one(syn, tmp_path):
+    """`retinalab study` killed with SIGKILL as its second cell starts epoch 2 of 3: the first cell's
+    result is kept; the rerun does only the second cell, from the `last.ckpt` of its epoch 1 (before,
+    it started that cell over), and ends with the metrics of the same cell run without a kill."""
     import os
     import signal
     import subprocess
     import sys
 
-    cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4],
-                  method_overrides={"convnet": ["--trainer.callbacks+=tests.ddp_helpers.KillOnNthFit"]})
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "RETINALAB_TEST_KILL_FIT": "2"}
+    import torch
+
+    convnet = {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}
+    every = ["--trainer.max_epochs=3", "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint"]
+    (tmp_path / "ref").mkdir()
+    assert main(["study", "--config", str(_config(tmp_path / "ref", syn, methods=convnet, labelled=[4], method_overrides={"convnet": every}))]) == 0
+    reference = json.loads((tmp_path / "ref/study/cells/convnet/n4_s0/cell.json").read_text())["metrics"]
+    cfg = _config(tmp_path, syn, methods=convnet, labelled=[2, 4],
+                  method_overrides={"convnet": [*every, "--trainer.callbacks+=tests.ddp_helpers.KillOnNthFit"]})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "RETINALAB_TEST_KILL_FIT": "2", "RETINALAB_TEST_KILL_FIT_EPOCH": "2"}
     cmd = [sys.executable, "-m", "retinalab", "study", "--config", str(cfg)]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     cells = tmp_path / "study" / "cells" / "convnet"
     first = (cells / "n2_s0" / "cell.json").read_text()
     assert not (cells / "n4_s0" / "cell.json").exists() and not (cells / "n4_s0" / "failed.json").exists()
+    last = cells / "n4_s0" / "checkpoints" / "last.ckpt"
+    steps = torch.load(last, weights_only=True)["global_step"]  # epochs 0-1
     env["RETINALAB_TEST_KILL_FIT"] = "0"
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "1 cell(s) run, 0 failed, 1 already done or failed" in res.stdout
-    assert (cells / "n2_s0" / "cell.json").read_text() == first and (cells / "n4_s0" / "cell.json").is_file()
+    assert f"cell convnet/n4_s0: resuming from {last} (after {steps} optimiser steps)" in res.stdout
+    assert f"Restored all states from the checkpoint at {last}" in res.stdout + res.stderr  # Lightning's own word
+    assert (cells / "n2_s0" / "cell.json").read_text() == first
+    cell = json.loads((cells / "n4_s0" / "cell.json").read_text())
+    assert cell["resumed_from"] == str(last) and torch.load(last, weights_only=True)["global_step"] == steps * 3 // 2
+    assert cell["metrics"].keys() == reference.keys()
+    for k, v in reference.items():
+        assert cell["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
 def test_waiting_for_an_offline_run_ends_at_its_exit_record(tmp_path):
