@@ -13,8 +13,14 @@
 Locally, ``${env}`` is dropped, ``${interpreter}`` is this Python, ``${args}`` becomes
 ``--<name>=<value>`` per parameter (what W&B's ``${args}`` gives, and what LightningCLI reads), and each
 run gets its own ``--trainer.default_root_dir``. Runs go one after another; ``sweep_runs.csv`` lists
-each run's parameters, exit status and best value of the metric (from its ``metrics.csv``), and is
-rewritten after every run. This avoids the PyPI ``sweeps`` package, which pins numpy < 2.
+each run's parameters, exit status and best value of the metric (from what its logger wrote: the W&B
+run's local history, or ``metrics.csv``), and is rewritten after every run. This avoids the PyPI
+``sweeps`` package, which pins numpy < 2.
+
+A killed sweep resumes when run again with the same file, ``--count`` and ``--seed``: runs that
+finished (``ok`` in ``sweep_runs.csv`` with the same parameters) are kept, and a ``fit`` run that did
+not finish goes on from its newest ``last*.ckpt`` (``--ckpt_path last``, in the same run folder and
+W&B run) instead of starting over. Delete the output folder to run everything again.
 """
 
 from __future__ import annotations
@@ -108,16 +114,27 @@ def command(cfg: dict[str, Any], params: dict[str, Any], run_dir: Path) -> list[
     return out
 
 
+def _logged_runs(run_dir: Path) -> list[Path]:
+    """The folders under ``run_dir`` that hold a logger's record: ``metrics.csv`` or a ``wandb/`` run."""
+    found = {f.parent for f in run_dir.rglob("metrics.csv")}
+    found |= {f.parent.parent for pattern in ("offline-run-*", "run-*") for f in run_dir.rglob(f"wandb/{pattern}") if f.is_dir()}
+    return sorted(found)
+
+
 def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
+    """The best value of ``metric`` that the run logged (W&B, offline or online, or CSV)."""
+    from .loggers import read_run_metrics
+
     if not metric:
         return None
-    values = []
-    for f in run_dir.rglob("metrics.csv"):
-        with f.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                v = row.get(metric)
-                if v not in (None, ""):
-                    values.append(float(v))
+    values: list[float] = []
+    for folder in _logged_runs(run_dir):
+        try:
+            history = read_run_metrics(folder)
+        except (FileNotFoundError, ValueError):  # a run file cut short by a kill: its other pieces still count
+            continue
+        if metric in history:
+            values += [float(v) for v in history[metric].dropna()]
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return None
@@ -131,10 +148,20 @@ def run_sweep(path: str | Path, out_dir: str | Path, count: int | None = None, s
     metric = (cfg.get("metric") or {}).get("name")
     goal = (cfg.get("metric") or {}).get("goal", "maximize")
     rows: list[dict[str, Any]] = []
+    before = {} if dry_run else _finished(out, cfg["parameters"])
     for i, params in enumerate(assignments(cfg, count, seed)):
         run_dir = out / f"run_{i:03d}"
         cmd = command(cfg, params, run_dir)
-        print(f"[sweep] run {i}: {' '.join(f'{k}={v}' for k, v in params.items())}", flush=True)
+        said = " ".join(f"{k}={v}" for k, v in params.items())
+        row = before.get(i)
+        if row is not None and all(row.get(k) == str(v) for k, v in params.items()):
+            print(f"[sweep] run {i}: {said}: finished before, kept", flush=True)
+            rows.append(row)
+            continue
+        if "fit" in cmd and not any(c.startswith("--ckpt_path") for c in cmd) and any(run_dir.rglob("last*.ckpt")):
+            cmd.append("--ckpt_path=last")  # killed before it finished: go on from its latest state
+            said += " (resuming from its last checkpoint)"
+        print(f"[sweep] run {i}: {said}", flush=True)
         if dry_run:
             print("  " + " ".join(cmd))
             rows.append({"run": i, **params, "status": "dry-run", metric or "metric": ""})
@@ -145,11 +172,23 @@ def run_sweep(path: str | Path, out_dir: str | Path, count: int | None = None, s
         rows.append({"run": i, **params, "status": "ok" if res.returncode == 0 else f"exit {res.returncode}", metric or "metric": "" if best is None else best})
         _write(out, rows)
     if rows and not dry_run:
+        _write(out, rows)
         scored = [r for r in rows if r.get(metric) not in ("", None)]
         if scored:
-            top = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric])
-            print(f"[sweep] best {metric} = {top[metric]:.4f}: run {top['run']} " + " ".join(f"{k}={top[k]}" for k in cfg["parameters"]))
+            top = (max if goal == "maximize" else min)(scored, key=lambda r: float(r[metric]))
+            print(f"[sweep] best {metric} = {float(top[metric]):.4f}: run {top['run']} " + " ".join(f"{k}={top[k]}" for k in cfg["parameters"]))
     return rows
+
+
+def _finished(out: Path, parameters: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The rows of an earlier ``sweep_runs.csv`` in ``out`` whose run finished (``ok``), by run number,
+    values as text (a row is kept only if its parameters are those the run gets now)."""
+    path = out / "sweep_runs.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {int(r["run"]): {**r, "run": int(r["run"])} for r in rows if r.get("status") == "ok" and set(parameters) <= set(r)}
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:

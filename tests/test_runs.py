@@ -133,7 +133,7 @@ def test_kill_9_while_writing_last_keeps_the_previous_epoch_readable(tmp_path):
     assert last["epoch"] == 2 and best["epoch"] == 0  # saved at the end of epoch 2 / of epoch 0, the only improvement
 
 
-def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(tmp_path):
+def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(tmp_path, caplog, monkeypatch):
     """A SIGTERM (a cluster's preemption notice) after batch 1 of epoch 1: Lightning stops after that
     batch and LatestCheckpoint writes `last-sigterm.ckpt` with every optimiser step taken so far;
     `--ckpt_path last` takes it (the newest), the run continues inside epoch 1 and ends with as many
@@ -156,11 +156,12 @@ def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(
     last, moment = torch.load(ckpts / "last.ckpt", weights_only=True), torch.load(ckpts / "last-sigterm.ckpt", weights_only=True)
     per_epoch = last["global_step"]  # last.ckpt: the end of epoch 0
     assert last["epoch"] == 0 and moment["epoch"] == 1 and moment["global_step"] == per_epoch + 2 and per_epoch > 2
-    env["RETINALAB_TEST_SIGTERM_EPOCH"] = "-1"
-    res = subprocess.run([sys.executable, "-m", "retinalab", *args, "--ckpt_path", "last"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "last-sigterm.ckpt" in res.stderr + res.stdout  # restored from it
+    monkeypatch.setenv("RETINALAB_TEST_SIGTERM_EPOCH", "-1")  # the resumed run, in this process
+    monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO", logger="retinalab")
+    assert main([*args, "--ckpt_path", "last"]) == 0
+    assert f"--ckpt_path last: {ckpts / 'last-sigterm.ckpt'}" in caplog.text  # restored from it
     assert not (ckpts / "last-sigterm.ckpt").exists()
     end = torch.load(ckpts / "last.ckpt", weights_only=True)
     assert end["epoch"] == 1 and end["global_step"] == 2 * per_epoch

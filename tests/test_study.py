@@ -237,7 +237,7 @@ def test_a_parallel_cell_that_dies_is_recorded_and_the_rest_go_on(syn, tmp_path,
     assert plan_slots(1, "cpu", cores=1)[0].env()["OMP_NUM_THREADS"] == "1"
 
 
-def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one(syn, tmp_path):
+def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one(syn, tmp_path, capsys, caplog, monkeypatch):
     """`retinalab study` killed with SIGKILL as its second cell starts epoch 2 of 3: the first cell's
     result is kept; the rerun does only the second cell, from the `last.ckpt` of its epoch 1 (before,
     it started that cell over), and ends with the metrics of the same cell run without a kill."""
@@ -264,12 +264,15 @@ def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one
     assert not (cells / "n4_s0" / "cell.json").exists() and not (cells / "n4_s0" / "failed.json").exists()
     last = cells / "n4_s0" / "checkpoints" / "last.ckpt"
     steps = torch.load(last, weights_only=True)["global_step"]  # epochs 0-1
-    env["RETINALAB_TEST_KILL_FIT"] = "0"
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "1 cell(s) run, 0 failed, 1 already done or failed" in res.stdout
-    assert f"cell convnet/n4_s0: resuming from {last} (after {steps} optimiser steps)" in res.stdout
-    assert f"Restored all states from the checkpoint at {last}" in res.stdout + res.stderr  # Lightning's own word
+    monkeypatch.setenv("RETINALAB_TEST_KILL_FIT", "0")  # the rerun, in this process
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO")
+    capsys.readouterr()
+    assert main(["study", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "1 cell(s) run, 0 failed, 1 already done or failed" in out
+    assert f"cell convnet/n4_s0: resuming from {last} (after {steps} optimiser steps)" in out
+    assert f"Restored all states from the checkpoint at {last}" in caplog.text  # Lightning's own word
     assert (cells / "n2_s0" / "cell.json").read_text() == first
     cell = json.loads((cells / "n4_s0" / "cell.json").read_text())
     assert cell["resumed_from"] == str(last) and torch.load(last, weights_only=True)["global_step"] == steps * 3 // 2

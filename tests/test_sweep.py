@@ -48,7 +48,13 @@ def test_bad_sweeps_are_named(tmp_path):
         load_sweep(p)
 
 
-def test_local_grid_sweep_runs_and_ranks(tmp_path, capsys):
+def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
+    """Runs that log to W&B (offline), as the shipped configs' do: each row holds the best value its run
+    logged, and the winner is printed (before, only a CSVLogger's metrics.csv was read, so the shipped
+    sweeps ranked nothing). A run stopped by SIGTERM inside epoch 1 (a preemption) is reported; the
+    sweep run again resumes it from its last checkpoint in the same folder and W&B run, and its row's
+    best value covers both pieces; a third call keeps the finished rows and trains nothing."""
+    from retinalab.loggers import read_run_metrics
     from retinalab.synthetic import write_synthetic
 
     syn = write_synthetic("idrid", tmp_path / "syn", 20, 2, (128, 96), 1.0, 1.0, 1)
@@ -56,20 +62,37 @@ def test_local_grid_sweep_runs_and_ranks(tmp_path, capsys):
         "method": "grid", "metric": {"name": "val/patch_auroc", "goal": "maximize"},
         "parameters": {"model.width": {"values": [0.1, 0.15]}},
         "command": ["${env}", "${interpreter}", "-m", "retinalab", "fit", "--config", str(REPO / "tests/conf/convnet_tiny.yaml"),
-                    f"--data.root={syn}", f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.enable_progress_bar=false", "${args}"],
+                    f"--data.root={syn}", f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.enable_progress_bar=false",
+                    "--trainer.logger=retinalab.loggers.WandbLogger", "--trainer.max_epochs=2",
+                    "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint", "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch", "${args}"],
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 0
+    args = ["sweep", str(path), "--out", str(tmp_path / "out")]
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("RETINALAB_TEST_SIGTERM_EPOCH", "1")
+    monkeypatch.setenv("RETINALAB_TEST_SIGTERM_BATCH", "0")
+    assert main([*args, "--count", "1"]) == 1  # the first run only, stopped inside epoch 1
+    assert list(pd.read_csv(tmp_path / "out" / "sweep_runs.csv")["status"]) == ["exit 143"]
+    monkeypatch.setenv("RETINALAB_TEST_SIGTERM_EPOCH", "-1")
+    capsys.readouterr()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "run 0: model.width=0.1 (resuming from its last checkpoint)" in text and text.count("resuming") == 1
     runs = pd.read_csv(tmp_path / "out" / "sweep_runs.csv")
     assert list(runs["model.width"]) == [0.1, 0.15] and list(runs["status"]) == ["ok", "ok"]
-    # each row holds the best value its run logged (read back here through the logger reader), and the
-    # printed winner is the row with the larger one
-    from retinalab.loggers import read_run_metrics
-
-    logged = [read_run_metrics(next((tmp_path / "out" / f"run_{i:03d}").glob("logs/version_*")))["val/patch_auroc"].max() for i in range(2)]
+    logged = []
+    for i in range(2):
+        (version,) = (tmp_path / "out" / f"run_{i:03d}").glob("logs/version_*")  # one run folder each
+        assert len(list(version.glob("wandb/offline-run-*"))) == 2 - i  # run 0: the stopped piece and the resumed one
+        history = read_run_metrics(version).dropna(subset=["val/patch_auroc"])
+        assert history["epoch"].tolist() == [0, 1]  # run 0: epoch 0 from the stopped piece, epoch 1 from the resumed one
+        logged.append(history["val/patch_auroc"].max())
     assert list(runs["val/patch_auroc"]) == pytest.approx(logged)
     best = int(np.argmax(logged))
-    assert f"[sweep] best val/patch_auroc = {logged[best]:.4f}: run {runs['run'][best]} model.width={runs['model.width'][best]}" in capsys.readouterr().out
-    hp = yaml.safe_load(next((tmp_path / "out" / "run_001").glob("logs/version_*/hparams.yaml")).read_text())
-    assert hp["width"] == 0.15
+    assert f"[sweep] best val/patch_auroc = {logged[best]:.4f}: run {runs['run'][best]} model.width={runs['model.width'][best]}" in text
+    manifest = yaml.safe_load(next((tmp_path / "out" / "run_001").glob("logs/version_*/manifest.json")).read_text())
+    assert manifest["config"]["model"]["init_args"]["width"] == 0.15
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count("finished before, kept") == 2 and f"best val/patch_auroc = {logged[best]:.4f}" in text
