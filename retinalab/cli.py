@@ -145,6 +145,15 @@ def cli(argv: Sequence[str], run: bool = True):
 
         before_fit = before_validate = before_test = before_predict = _check_ckpt
 
+        def _run_subcommand(self, subcommand: str) -> None:
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+            try:
+                super()._run_subcommand(subcommand)
+            except SIGTERMException:  # preempted: close the W&B run as such, so a resumed run can take its id
+                finish_wandb(self.trainer, exit_code=128 + 15, preempted=True)
+                raise
+
         def instantiate_trainer(self, **kwargs):
             import json
 
@@ -180,15 +189,20 @@ def cli(argv: Sequence[str], run: bool = True):
     )
 
 
-def finish_wandb(trainer: Any) -> None:
+def finish_wandb(trainer: Any, exit_code: int | None = None, preempted: bool = False) -> None:
     """Close the W&B runs of ``trainer``'s loggers, so that the next fit in this process starts its
-    own run (Lightning's logger would otherwise attach to the open one)."""
+    own run (Lightning's logger would otherwise attach to the open one). ``preempted`` (a SIGTERM)
+    marks the run as preempted first; ``exit_code`` is what W&B records as the run's exit code."""
     from pytorch_lightning.loggers import WandbLogger
 
     from .loggers import WandbLogger as RetinalabWandbLogger
 
     for lg in trainer.loggers:
+        if not isinstance(lg, WandbLogger) or lg._experiment is None:
+            continue
+        if preempted:
+            lg._experiment.mark_preempting()
         if isinstance(lg, RetinalabWandbLogger):
-            lg.finish()  # offline: returns once the run file is complete
-        elif isinstance(lg, WandbLogger) and lg._experiment is not None:
-            lg.experiment.finish()
+            lg.finish(exit_code)  # offline: returns once the run file is complete
+        else:
+            lg._experiment.finish(exit_code=exit_code)

@@ -166,7 +166,9 @@ def run_sweep(path: str | Path, out_dir: str | Path, count: int | None = None, s
             print("  " + " ".join(cmd))
             rows.append({"run": i, **params, "status": "dry-run", metric or "metric": ""})
             continue
-        env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", out.name)}
+        # each run its own W&B service: one inherited from this process would outlive a killed run
+        # and keep its id "in use", so that the run could not resume
+        env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", out.name)}
         res = subprocess.run(cmd, env=env)
         best = _best(run_dir, metric, goal)
         rows.append({"run": i, **params, "status": "ok" if res.returncode == 0 else f"exit {res.returncode}", metric or "metric": "" if best is None else best})

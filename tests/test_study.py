@@ -300,3 +300,6 @@ def test_waiting_for_an_offline_run_ends_at_its_exit_record(tmp_path):
     data = next(run_dir.glob("run-*.wandb")).read_bytes()
     (cut / "run-x.wandb").write_bytes(data[:200])  # the header and a first record or part of one
     assert not wait_for_offline_run(cut, timeout=0.3)
+    # a process killed while W&B wrote: the records before the cut are read, the one cut short is left out
+    (cut / "run-x.wandb").write_bytes(data[:-3])
+    assert read_offline_run(cut)["history"][0]["x"] == 1.0

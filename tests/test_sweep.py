@@ -55,6 +55,7 @@ def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
     sweep run again resumes it from its last checkpoint in the same folder and W&B run, and its row's
     best value covers both pieces; a third call keeps the finished rows and trains nothing."""
     from retinalab.loggers import read_run_metrics
+    from retinalab.loggers.wandb_offline import iter_records
     from retinalab.synthetic import write_synthetic
 
     syn = write_synthetic("idrid", tmp_path / "syn", 20, 2, (128, 96), 1.0, 1.0, 1)
@@ -84,7 +85,11 @@ def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
     logged = []
     for i in range(2):
         (version,) = (tmp_path / "out" / f"run_{i:03d}").glob("logs/version_*")  # one run folder each
-        assert len(list(version.glob("wandb/offline-run-*"))) == 2 - i  # run 0: the stopped piece and the resumed one
+        pieces = sorted(version.glob("wandb/offline-run-*"))
+        assert len(pieces) == 2 - i  # run 0: the stopped piece and the resumed one
+        if i == 0:  # the stopped piece was closed as preempted, with the command's exit code
+            records = {r.WhichOneof("record_type"): r for r in iter_records(next(pieces[0].glob("run-*.wandb")))}
+            assert "preempting" in records and records["exit"].exit.exit_code == 143
         history = read_run_metrics(version).dropna(subset=["val/patch_auroc"])
         assert history["epoch"].tolist() == [0, 1]  # run 0: epoch 0 from the stopped piece, epoch 1 from the resumed one
         logged.append(history["val/patch_auroc"].max())

@@ -19,7 +19,8 @@ __all__ = ["WandbLogger", "has_wandb_credentials", "next_version_dir", "read_off
 
 def read_run_metrics(run_dir: str | Path):
     """The logged metrics of one local run folder (``.../logs/version_<k>``) as a pandas DataFrame,
-    one row per logging call: its ``metrics.csv`` (CSVLogger) or its offline W&B run's history.
+    one row per logging call: its ``metrics.csv`` (CSVLogger) or its W&B run's history, from the run's
+    local ``.wandb`` file (``offline-run-*``; an online run writes the same file in ``run-*``).
 
     A run resumed in place (``retinalab fit --ckpt_path ...``) has one ``offline-run-*`` folder per
     piece, all with the run's id: they are joined in order, each piece's rows from the optimiser step
@@ -34,9 +35,11 @@ def read_run_metrics(run_dir: str | Path):
     run_dir = Path(run_dir)
     if (run_dir / "metrics.csv").is_file():
         return pd.read_csv(run_dir / "metrics.csv")
-    runs = sorted(run_dir.glob("wandb/offline-run-*"))  # offline-run-<YYYYMMDD_HHMMSS>-<id>: start order
+    # [offline-]run-<YYYYMMDD_HHMMSS>-<id>: an online run keeps the same local record as an offline one
+    runs = sorted((p for pattern in ("offline-run-*", "run-*") for p in run_dir.glob(f"wandb/{pattern}") if p.is_dir()),
+                  key=lambda p: p.name.rsplit("-", 2)[-2])  # start order
     if not runs:
-        raise FileNotFoundError(f"{run_dir}: no metrics.csv and no wandb/offline-run-* folder (an online run: see its W&B page)")
+        raise FileNotFoundError(f"{run_dir}: no metrics.csv and no wandb/offline-run-* or wandb/run-* folder")
     run_id = runs[-1].name.rsplit("-", 1)[-1]
     pieces = [read_offline_run(r) for r in runs if r.name.rsplit("-", 1)[-1] == run_id]
     rows: list[dict[str, Any]] = []
@@ -147,13 +150,14 @@ class WandbLogger(_LightningWandbLogger):
         self._resumed_at_step = int(step)
         return True
 
-    def finish(self) -> None:
-        """End the W&B run (the next fit in this process then starts its own); offline, return once
-        its file is complete, so that it can be read back at once."""
+    def finish(self, exit_code: int | None = None) -> None:
+        """End the W&B run (the next fit in this process then starts its own), with ``exit_code``
+        when it did not succeed; offline, return once its file is complete, so that it can be read
+        back at once."""
         if self._experiment is None:
             return
         run_dir = Path(getattr(self._experiment, "dir", "") or ".").parent
-        self._experiment.finish()
+        self._experiment.finish(exit_code=exit_code)
         if self._offline_run:
             wait_for_offline_run(run_dir)
 

@@ -34,6 +34,8 @@ def iter_records(path: str | Path):
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         pos += HEADER
+        if pos + length > len(data):  # the file ends inside this record (a process killed while writing): what came before is whole
+            return
         chunk = data[pos : pos + length]
         pos += length
         if kind == 0 and length == 0:  # zero padding up to the next block
