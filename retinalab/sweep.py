@@ -123,6 +123,8 @@ def _logged_runs(run_dir: Path) -> list[Path]:
 
 def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
     """The best value of ``metric`` that the run logged (W&B, offline or online, or CSV)."""
+    from google.protobuf.message import DecodeError
+
     from .loggers import read_run_metrics
 
     if not metric:
@@ -131,7 +133,7 @@ def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
     for folder in _logged_runs(run_dir):
         try:
             history = read_run_metrics(folder)
-        except (FileNotFoundError, ValueError):  # a run file cut short by a kill: its other pieces still count
+        except (FileNotFoundError, ValueError, DecodeError):  # an unreadable record: the row gets no value from it
             continue
         if metric in history:
             values += [float(v) for v in history[metric].dropna()]
