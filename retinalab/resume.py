@@ -150,16 +150,20 @@ def find_last(trainer: pl.Trainer) -> str | None:
     return str(max(files, key=lambda p: p.stat().st_mtime)) if files else None
 
 
-def run_of(trainer: pl.Trainer) -> dict[str, Any] | None:
-    """The run this fit logs into, as ``last.ckpt`` keeps it: ``{"dir": its version_<k> folder,
-    "wandb_id": its W&B run id}``; ``None`` unless its first logger is :class:`retinalab.loggers.WandbLogger`."""
+def run_record(logger: Any) -> dict[str, Any] | None:
+    """The run ``logger`` logs into: ``{"dir": its version_<k> folder, "wandb_id": its W&B run id}``
+    (the id is ``None`` until the run has started); ``None`` unless it is :class:`retinalab.loggers.WandbLogger`."""
     from .loggers import WandbLogger
 
-    lg = trainer.loggers[0] if trainer.loggers else None
-    if not isinstance(lg, WandbLogger) or lg.save_dir is None:
+    if not isinstance(logger, WandbLogger) or logger.save_dir is None:
         return None
-    experiment = lg._experiment  # started on rank 0, which writes the checkpoint; None elsewhere
-    return {"dir": str(Path(lg.save_dir).resolve()), "wandb_id": experiment.id if experiment is not None else lg._id}
+    experiment = logger._experiment  # started on rank 0, which writes checkpoints and state; None elsewhere
+    return {"dir": str(Path(logger.save_dir).resolve()), "wandb_id": experiment.id if experiment is not None else logger._id}
+
+
+def run_of(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The run this fit logs into (:func:`run_record` of its first logger), as ``last.ckpt`` keeps it."""
+    return run_record(trainer.loggers[0]) if trainer.loggers else None
 
 
 def continue_run(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> str | None:

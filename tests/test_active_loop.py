@@ -430,6 +430,15 @@ def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, c
     state = json.loads((out / "state.json").read_text())
     assert state["stopped"] == "max_rounds (1) reached" and len(state["labelled"]) == 12
     assert (out / "metrics.csv").is_file() and (out / "queries.csv").is_file()
+    # one run folder and one W&B run for the whole loop, though it stopped for labels after round 0
+    # (before, every --resume started a W&B run of its own)
+    from retinalab.loggers import read_run_metrics
+
+    (version,) = (out / "logs").glob("version_*")
+    pieces = sorted(version.glob("wandb/offline-run-*"))
+    assert len(pieces) == 2 and len({p.name.rsplit("-", 1)[-1] for p in pieces}) == 1
+    assert state["run"]["dir"] == str(version.resolve()) and pieces[0].name.endswith(state["run"]["wandb_id"])
+    assert read_run_metrics(version).dropna(subset=["active/labels"])["active/labels"].tolist() == [8, 12]
 
 
 def test_read_labels_rejects_conflicts_and_a_changed_queries_file(synth_eophtha, tmp_path):

@@ -260,7 +260,22 @@ class ActiveLearning(RunOutputs):
         load_checkpoint(self.out, state, self.net, self.optimizer)
         return state
 
+    def _remember_run(self, state: LoopState) -> None:
+        """Keep the W&B run this loop logs into in ``state.json``, once it has started."""
+        from ..resume import run_record
+
+        record = run_record(self.logger) if getattr(self, "_own_logger", False) else None
+        if record is not None and (record["wandb_id"] or state.run is None):
+            state.run = record
+
+    def _continue_run(self, state: LoopState) -> None:
+        """``--resume``: log on into the run folder and W&B run of the rounds before (one run for the
+        whole loop, also when a human oracle stops it after every round)."""
+        if state.run and getattr(self, "_own_logger", False) and self.logger.continue_run(state.run["dir"], state.run.get("wandb_id"), state.round + 1):
+            log.info("%s: continuing the W&B run in %s", self.out, state.run["dir"])
+
     def _save(self, state: LoopState) -> None:
+        self._remember_run(state)
         plots = state.stopped is not None or (self.plot_every > 0 and state.round % self.plot_every == 0)
         heat = self._heatmap_data(state) if plots else None  # scoring is collective under DDP: every rank takes part
         if self.rank0:
@@ -358,6 +373,7 @@ class ActiveLearning(RunOutputs):
             self.out.mkdir(parents=True, exist_ok=True)
         self.fabric.barrier()
         state = self._load_state(resume)
+        self._continue_run(state)
         if state.stopped:
             if self.rank0:
                 self._write_outputs(state)
@@ -381,6 +397,7 @@ class ActiveLearning(RunOutputs):
                     new = self._ask(items, scores, r, answers)
                 except LabelsPending as wait:
                     state.pending = {"round": r, "items": items, "scores": nan_to_none(scores), "images": images}
+                    self._remember_run(state)
                     if self.rank0:
                         write_state(self._state_path(), state)
                     log.warning("%s", wait)
