@@ -17,7 +17,8 @@ Every run tests both its best-on-validation checkpoint and its last one (the pap
 number of epochs and selects nothing). Printed: test image and patch AUROC as mean +- std over seeds
 with a 95% bootstrap interval over test photographs (each seed's test set resampled), then the
 verdicts on the targets of issue 16: ceiling >= 0.85; both methods > 0.5 at 10 labels; SSL-GAN >=
-ConvNet + 0.05 image AUROC at 10 labels.
+ConvNet + 0.05 image AUROC at 10 labels, with the paired difference (each seed's two runs scored on
+the same test photographs, resampled together) and its per-seed values.
 
     python benchmarks/label_efficiency.py [--images 541] [--seeds 0 1 2] [--labels 10 40] [--epochs 3]
                                           [--only ceiling] [--lesion-contrast 1] [--work DIR]
@@ -55,6 +56,7 @@ from _common import append_jsonl, machine, read_jsonl  # noqa: E402
 from retinalab.cli import cli  # noqa: E402
 from retinalab.metrics.bootstrap import (  # noqa: E402
     bootstrap_interval,
+    difference_statistic,
     image_auroc_statistic,
     patch_auroc_statistic,
 )
@@ -156,6 +158,24 @@ def cell(lines: list[dict], ckpt: str, metric: str, work: Path) -> str:
     low, high = bootstrap_interval(stats)
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return f"{statistics.mean(vals):.3f} +- {sd:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def paired(a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best") -> str:
+    """Image AUROC of A minus B, seed by seed on the same test photographs: the mean difference
+    [95% bootstrap interval over test photographs, each seed's two runs resampled together] and
+    the per-seed differences; "not paired" when a seed's two runs did not score the same photographs."""
+    stats, diffs = [], []
+    for la, lb in zip(a_lines, b_lines, strict=True):
+        za, zb = np.load(work / la["predictions"]), np.load(work / lb["predictions"])
+        ta, tb = za[f"{ckpt}_targets"], zb[f"{ckpt}_targets"]
+        if ta.shape != tb.shape or not np.array_equal(ta, tb):
+            return "not paired (the runs' test photographs differ)"
+        sa = image_auroc_statistic(za[f"{ckpt}_probs"].sum(1), ta.max(1))
+        sb = image_auroc_statistic(zb[f"{ckpt}_probs"].sum(1), tb.max(1))
+        stats.append(difference_statistic(sa, sb))
+        diffs.append(la[ckpt]["image_auroc"] - lb[ckpt]["image_auroc"])
+    low, high = bootstrap_interval(stats)
+    return f"{statistics.mean(diffs):+.3f} [{low:+.2f}, {high:+.2f}] (per seed: {', '.join(f'{d:+.3f}' for d in diffs)})"
 
 
 def main() -> None:
@@ -285,6 +305,8 @@ def main() -> None:
             cn = mean(arm, n)
             print(f"- at {n} labels, SSL-GAN {gan:.3f} and {arm} {cn:.3f} both > 0.5 -> {'met' if min(gan, cn) > 0.5 else 'MISSED'}")
             print(f"- at {n} labels, SSL-GAN >= {arm} + 0.05: {gan:.3f} vs {cn + 0.05:.3f} -> {'met' if gan >= cn + 0.05 else 'MISSED'}")
+            print(f"    paired difference SSL-GAN - {arm}: "
+                  f"{paired([finished[key('SSL-GAN', n, s)] for s in a.seeds], [finished[key(arm, n, s)] for s in a.seeds], work)}")
     print(f"\ntotal time {time.perf_counter() - t0:.0f} s")
 
 

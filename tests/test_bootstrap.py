@@ -14,6 +14,7 @@ from retinalab.datamodules import PatchDataModule
 from retinalab.metrics import ImageLevelScores
 from retinalab.metrics.bootstrap import (
     bootstrap_interval,
+    difference_statistic,
     exact_auroc,
     image_auroc_statistic,
     patch_auroc_statistic,
@@ -35,6 +36,25 @@ def test_exact_auroc_by_hand_and_against_torchmetrics():
     label = (rng.random(500) < score).astype(int)
     expected = float(binary_auroc(torch.from_numpy(score), torch.from_numpy(label), thresholds=None))
     assert exact_auroc(score, label) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_paired_difference_resamples_both_runs_together():
+    """Two methods scored on the same photographs: their difference is resampled photograph by
+    photograph, so what they share (which photographs are hard) stays out of its interval. A method
+    against itself differs by exactly 0 on every resample; a method against a slightly worse copy has
+    a paired interval under half as wide as either method's own, and above 0."""
+    rng = np.random.default_rng(2)
+    label = np.arange(100) % 2
+    hard = rng.normal(0, 1.5, 100)  # what both methods get wrong alike
+    a = label + hard
+    b = a + rng.normal(0, 0.3, 100) - 0.3 * label  # a, a little worse on the positives
+    same = difference_statistic(image_auroc_statistic(a, label), image_auroc_statistic(a, label))
+    assert bootstrap_interval([same]) == (0.0, 0.0)
+    lo, hi = bootstrap_interval([difference_statistic(image_auroc_statistic(a, label), image_auroc_statistic(b, label))])
+    one_lo, one_hi = bootstrap_interval([image_auroc_statistic(a, label)])
+    assert 0 < lo <= exact_auroc(a, label) - exact_auroc(b, label) <= hi and hi - lo < (one_hi - one_lo) / 2
+    with pytest.raises(ValueError, match="same test items"):
+        difference_statistic(image_auroc_statistic(a, label), image_auroc_statistic(a[:50], label[:50]))
 
 
 def test_bootstrap_interval_covers_the_estimate_and_shrinks_with_more_photographs():

@@ -77,3 +77,13 @@ def patch_auroc_statistic(probs: np.ndarray, labels: np.ndarray) -> tuple[Statis
     """``(statistic, n)``: patch AUROC over resampled photographs (``probs``, ``labels``: images x patches)."""
     probs, labels = np.asarray(probs), np.asarray(labels)
     return (lambda idx: exact_auroc(probs[idx].ravel(), labels[idx].ravel())), len(probs)
+
+
+def difference_statistic(a: tuple[Statistic, int], b: tuple[Statistic, int]) -> tuple[Statistic, int]:
+    """``(statistic, n)``: run ``a``'s figure minus run ``b``'s on the same resampled items, for two
+    runs that scored the same test items in the same order (two methods at one seed). Pairing keeps
+    what the two share (which photographs are hard) out of the interval of their difference."""
+    (stat_a, n_a), (stat_b, n_b) = a, b
+    if n_a != n_b:
+        raise ValueError(f"a paired difference needs the same test items: {n_a} against {n_b}")
+    return (lambda idx: stat_a(idx) - stat_b(idx)), n_a
