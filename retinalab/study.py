@@ -22,7 +22,8 @@ weights when the config has no monitored checkpoint) and on the final weights (`
 paper trains a fixed number of epochs and selects nothing). A finished cell leaves ``cell.json``, written atomically: a
 rerun skips it, so a killed study resumes; the cell that was training when it was killed resumes from
 its newest ``checkpoints/last*.ckpt`` (``LatestCheckpoint``: the end of its last epoch, or the moment
-of a SIGTERM) instead of starting over, in the same run folder. A failing cell writes ``failed.json`` and the study goes
+of a SIGTERM) or SLURM's ``hpc_ckpt`` (:func:`retinalab.resume.find_last`) instead of starting over,
+in the same run folder. A failing cell writes ``failed.json`` and the study goes
 on. ``results.csv``, ``results.md`` (mean +- std per method and count) and ``<metric>.png`` (metric
 against labelled images, error bars) are rewritten after every cell. ``--cell i`` runs one cell (a
 SLURM array task), ``--collect`` only aggregates.
@@ -200,19 +201,22 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
             # a config's dirpath (runs/<name>/checkpoints) would be shared by every cell, and cells that
             # run at the same time (--parallel) would overwrite each other's best.ckpt
             cb.dirpath = str(d / "checkpoints")
-    resumed = _resume_point(d / "checkpoints")
-    if resumed is not None:  # the cell was killed while it trained: go on from its latest state
+    from .resume import continue_run, find_last
+
+    # the cell was killed while it trained: go on from its latest state (last*.ckpt in its checkpoint
+    # folder, or SLURM's hpc_ckpt in the cell's folder, whichever is newest)
+    resumed = find_last(c.trainer)
+    if resumed is not None:
         from .checkpoints import CheckpointError, check_checkpoint
-        from .resume import continue_run
 
         try:
             ckpt = check_checkpoint(resumed, c.model)
         except CheckpointError as e:
-            raise CheckpointError(f"{e}; delete {d / 'checkpoints'} to start this cell afresh") from None
+            raise CheckpointError(f"{e}; delete it to start this cell afresh") from None
         continue_run(c.trainer, ckpt)  # the same run folder and W&B run
         print(f"[study {study.name}] cell {cell.name}: resuming from {resumed} (after {ckpt.get('global_step')} optimiser steps)", flush=True)
         del ckpt
-    c.trainer.fit(c.model, c.datamodule, ckpt_path=str(resumed) if resumed is not None else None)
+    c.trainer.fit(c.model, c.datamodule, ckpt_path=resumed)
     ckpt = c.trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and getattr(ckpt, "monitor", None) and ckpt.best_model_path else None
     # the final weights (the paper trains a fixed number of epochs and selects nothing), then the best
@@ -228,18 +232,12 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
     import torch
 
     payload = {"method": cell.method, "labelled": cell.labelled, "seed": cell.seed, "checkpoint": best, "metrics": metrics,
-               "resumed_from": str(resumed) if resumed is not None else None,
+               "resumed_from": resumed,
                "split_hash": getattr(c.datamodule, "split_hash", None), "args": args,
                "started": started, "finished": time.time(), "seconds": round(time.time() - started, 2),
                "device": str(c.trainer.strategy.root_device), "torch_threads": torch.get_num_threads()}
     _atomic_json(d / "cell.json", payload)
     return payload
-
-
-def _resume_point(folder: Path) -> Path | None:
-    """The newest ``last*.ckpt`` in a cell's checkpoint folder (``last.ckpt``, ``last-sigterm.ckpt``), if any."""
-    found = [p for p in folder.glob("last*.ckpt") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _todo(study: Study, cells: list[Cell], rerun_failed: bool) -> tuple[list[Cell], int]:
