@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -132,6 +134,10 @@ def test_overlays_are_logged_to_wandb_offline(gan_setup, tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(images[0]).size == (2 * 256, 256)
+    # the GAN's samples: 8 x 8 generated | 8 x 8 real patches of 32 px, 2 px apart, shown twice as large
+    (samples,) = tmp_path.glob("wandb/offline-run-*/files/media/images/gan/samples_*.png")
+    side = 2 * (8 * 34 + 2)
+    assert Image.open(samples).size == (2 * side + 16, side)
 
 
 def test_testing_the_best_checkpoint_restores_its_ema_weights_and_threshold(gan_setup, tmp_path):
@@ -156,3 +162,46 @@ def test_testing_the_best_checkpoint_restores_its_ema_weights_and_threshold(gan_
     for name, p in task.ema.module.named_parameters():
         assert torch.equal(p, stored[f"ema.module.{name}"]), name
     assert float(task.image_threshold) == threshold and res["test/image_threshold"] == pytest.approx(threshold)
+
+
+def test_gan_diagnostics_are_logged_per_epoch_and_the_sample_picture_changes_nothing(gan_setup, tmp_path):
+    """Issue 29 item 2: every epoch the CSV logger gets D's real-vs-fake accuracy, the mean p(fake) on
+    real and generated patches and the three loss terms, and the run folder a picture of 64 generated
+    beside 64 real patches. Drawing the picture leaves G's batch-norm statistics and the global random
+    state as they were (an exact resume depends on both)."""
+    import pandas as pd
+    from PIL import Image
+    from pytorch_lightning.loggers import CSVLogger
+
+    dm, task = gan_setup
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="logs"), enable_checkpointing=False, log_every_n_steps=1,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    rows = pd.read_csv(Path(trainer.log_dir) / "metrics.csv")
+    keys = ["gan/d_accuracy", "gan/p_fake_real", "gan/p_fake_generated", "gan/loss_sup", "gan/loss_unsup", "gan/loss_g"]
+    per_epoch = rows.dropna(subset=keys)
+    assert per_epoch["epoch"].tolist() == [0, 1]
+    assert ((per_epoch[keys[:3]] >= 0) & (per_epoch[keys[:3]] <= 1)).all().all()
+    # the epoch's loss terms are the means of what the steps logged
+    steps = rows.dropna(subset=["train/loss_sup"])
+    assert per_epoch["gan/loss_sup"].iloc[0] == pytest.approx(steps[steps["epoch"] == 0]["train/loss_sup"].mean(), rel=1e-4)
+    pictures = sorted((Path(trainer.log_dir) / "overlays").glob("gan_samples_epoch*.png"))
+    assert [p.name for p in pictures] == ["gan_samples_epoch0000.png", "gan_samples_epoch0001.png"]
+    side = 2 * (8 * 34 + 2)
+    assert Image.open(pictures[0]).size == (2 * side + 16, side)
+
+    # p(fake) = 1 / (1 + sum_k exp(l_k)), the fake logit being 0
+    logits = torch.tensor([[0.0, 0.0], [2.0, -1.0], [-30.0, -30.0]])
+    direct = [1 / (1 + sum(math.exp(v) for v in row)) for row in logits.tolist()]
+    assert task.p_fake(logits).tolist() == pytest.approx(direct, rel=1e-6)
+
+    real = torch.rand(64, 3, 32, 32)
+    buffers = {k: v.clone() for k, v in task.generator.named_buffers()}
+    rng = torch.get_rng_state()
+    a = task.sample_picture(real)
+    b = task.sample_picture(None)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, buffers[k]) for k, v in task.generator.named_buffers())
+    assert np.array_equal(a[:, : b.shape[1]], b)  # the same noise every time: the same generated patches
+    assert not np.array_equal(a[:, : b.shape[1]], task.sample_picture(None, seed=1))

@@ -42,6 +42,17 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
             torch.distributed.broadcast(t, src=0)
 
 
+def warm_ema(avg: torch.Tensor, new: torch.Tensor, num_averaged: torch.Tensor, decay: float, warmup: bool) -> torch.Tensor:
+    """One step of an exponential moving average of weights: ``decay * avg + (1 - decay) * new``, with
+    the decay capped at (1 + t) / (10 + t) after t updates when ``warmup`` (so a short run is not
+    evaluated with an average dominated by its initial weights). The ``avg_fn`` of the SSL-GAN's and
+    FixMatch's :class:`torch.optim.swa_utils.AveragedModel`."""
+    if warmup:
+        t = float(num_averaged)
+        decay = min(decay, (1 + t) / (10 + t))
+    return decay * avg + (1 - decay) * new
+
+
 def sensitivity_specificity(score: torch.Tensor, label: torch.Tensor, threshold: float) -> tuple[float, float]:
     pred = score >= threshold
     pos, neg = label == 1, label == 0

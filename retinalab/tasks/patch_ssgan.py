@@ -13,19 +13,29 @@ with h the pooled features after D's NiN layers. Training follows Table 6: Adam 
 batches of labelled patches cycled alongside unlabelled ones, learning rate decayed linearly to 0
 after epoch 1000 of 1200, and an exponential moving average (0.999) of D's parameters used for
 validation, test and prediction.
+
+Diagnostics, logged once per epoch (means over the epoch's steps) under ``gan/``: the three loss
+terms (``gan/loss_sup``, ``gan/loss_unsup``, ``gan/loss_g``), the mean of p(fake) on unlabelled real
+patches and on generated ones (``gan/p_fake_real``, ``gan/p_fake_generated``), and D's accuracy at
+telling the two apart (``gan/d_accuracy``: real counted right when p(fake) < 0.5, generated when
+p(fake) > 0.5, the two halves averaged). At each epoch's end, 64 generated patches (always from the
+same noise) beside 64 real unlabelled ones (``gan/samples``: a W&B image, or
+``<log_dir>/overlays/gan_samples_epochNNNN.png`` without W&B).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch.optim.swa_utils import AveragedModel
 
 from ..models import ConvLarge
 from ..models.generator import PatchGenerator
-from .base import PatchTask, broadcast_from_rank0
+from ..viz import log_overlays
+from .base import PatchTask, broadcast_from_rank0, warm_ema
 from .ssgan_losses import feature_matching_loss, supervised_loss, unsupervised_loss
 
 __all__ = ["PatchSSGANTask", "feature_matching_loss", "supervised_loss", "unsupervised_loss"]
@@ -93,14 +103,11 @@ class PatchSSGANTask(PatchTask):
         self.ema = AveragedModel(self.discriminator, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=False)
         self.ema.requires_grad_(False)  # updated by averaging, never by gradients
         self.register_buffer("initialized", torch.tensor(not data_init))
+        self._last_real: torch.Tensor | None = None  # the latest unlabelled patches, for the sample picture
 
     # ---------------------------------------------------------------- helpers
     def _ema_avg(self, avg: torch.Tensor, new: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        d = self.hparams.ema_decay
-        if self.hparams.ema_warmup:
-            t = float(num_averaged)
-            d = min(d, (1 + t) / (10 + t))
-        return d * avg + (1 - d) * new
+        return warm_ema(avg, new, num_averaged, self.hparams.ema_decay, self.hparams.ema_warmup)
 
     @staticmethod
     def _prepare(x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +167,10 @@ class PatchSSGANTask(PatchTask):
         self.untoggle_optimizer(opt_g)
 
         acc = (l_lab.argmax(1) == y).float().mean()
+        self._log_diagnostics(loss_sup, loss_unsup, loss_g, l_unl, l_fake)
+        real = batch["unlabeled"]["image"]
+        if self._last_real is None or len(real) >= self.num_samples:  # a full picture: an epoch's last batch can be short
+            self._last_real = real[: self.num_samples].detach()
         self.log_dict(
             {"train/loss_d": loss_d, "train/loss_sup": loss_sup, "train/loss_unsup": loss_unsup, "train/loss_g": loss_g, "train/acc": acc},
             prog_bar=False,
@@ -167,7 +178,60 @@ class PatchSSGANTask(PatchTask):
         )
         self.log("train/loss", loss_d, prog_bar=True, batch_size=n_l)
 
+    # ---------------------------------------------------------------- diagnostics
+    #: generated and real patches in the sample picture (8 x 8 each)
+    num_samples: int = 64
+
+    @staticmethod
+    def p_fake(logits: torch.Tensor) -> torch.Tensor:
+        """p(fake | x) = 1 / (1 + sum_k exp(l_k)) = sigmoid(-LSE), from the K real-class logits."""
+        return torch.sigmoid(-torch.logsumexp(logits, dim=1))
+
+    def _log_diagnostics(self, loss_sup: torch.Tensor, loss_unsup: torch.Tensor, loss_g: torch.Tensor, l_unl: torch.Tensor,
+                         l_fake: torch.Tensor) -> None:
+        """What the GAN game is doing, as epoch means (see the module docstring)."""
+        with torch.no_grad():
+            p_real, p_gen = self.p_fake(l_unl.float()), self.p_fake(l_fake.float())
+            d_acc = 0.5 * ((p_real < 0.5).float().mean() + (p_gen > 0.5).float().mean())
+        values = {"gan/loss_sup": loss_sup.detach(), "gan/loss_unsup": loss_unsup.detach(), "gan/loss_g": loss_g.detach(),
+                  "gan/p_fake_real": p_real.mean(), "gan/p_fake_generated": p_gen.mean(), "gan/d_accuracy": d_acc}
+        self.log_dict(values, on_step=False, on_epoch=True, batch_size=len(l_unl))
+
+    @torch.no_grad()
+    def sample_picture(self, real: torch.Tensor | None = None, seed: int = 0) -> np.ndarray:
+        """64 generated patches (noise from a generator of its own, seeded with ``seed``: the same
+        patches' evolution across epochs, and the global random state untouched) in an 8 x 8 grid,
+        beside up to 64 ``real`` patches (``B x 3 x s x s`` in [0, 1]), as an RGB uint8 image.
+
+        G runs in training mode, as D sees it during training (batch statistics); its batch-norm
+        running statistics are put back afterwards, so the picture changes no state of the run.
+        """
+        from torchvision.utils import make_grid
+
+        g = self.generator
+        saved = {k: v.clone() for k, v in g.named_buffers()}
+        was_training = g.training
+        g.train()
+        z = torch.rand(self.num_samples, g.latent_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        fake = (g(z).float() + 1) / 2
+        g.train(was_training)
+        for k, v in g.named_buffers():
+            v.copy_(saved[k])
+        tiles = [make_grid(fake.clamp(0, 1).cpu(), nrow=8, padding=2, pad_value=1.0)]
+        if real is not None and len(real):
+            tiles.append(make_grid(real[: self.num_samples].float().clamp(0, 1).cpu(), nrow=8, padding=2, pad_value=1.0))
+        h = max(t.shape[1] for t in tiles)
+        tiles = [torch.nn.functional.pad(t, (0, 0, 0, h - t.shape[1]), value=1.0) for t in tiles]
+        gap = torch.ones(3, h, 8)
+        picture = torch.cat([tiles[0], gap, tiles[1]], dim=2) if len(tiles) == 2 else tiles[0]
+        # nearest-neighbour x2: 32 px patches are small on a screen
+        picture = picture.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+        return (picture.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
     def on_train_epoch_end(self) -> None:
+        if self._trainer is not None and not self.trainer.sanity_checking:
+            log_overlays(self, "gan/samples", [(f"generated (left) | real unlabelled (right), epoch {self.current_epoch}",
+                                                self.sample_picture(self._last_real))], png_name="gan_samples")
         schedulers = self.lr_schedulers()
         for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
             if sch is not None:
