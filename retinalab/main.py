@@ -60,8 +60,10 @@ def synth_main(argv: Sequence[str]) -> int:
                    help="generator settings: classic (default; lesions only in the central 0.88 of the field of view, "
                         "so position and brightness hint at them), benchmark (no such shortcut, lesion opacity calibrated "
                         "on the supervised ceiling: for comparing methods), collaborative (benchmark in IDRiD's proportions, "
-                        "pixel-annotated photographs of the graded ones' grade mix: paper 001's benchmark), easy (large, "
-                        "high-contrast lesions: learning tests); see docs/synthetic.md")
+                        "pixel-annotated photographs of the graded ones' grade mix: paper 001's benchmark), scarce (benchmark "
+                        "with several looks per lesion type, look-alikes that are not lesions and varied backgrounds: "
+                        "the regime where 10 labelled photographs are scarce), easy (large, high-contrast lesions: "
+                        "learning tests); see docs/synthetic.md")
     p.add_argument("--lesion-scale", type=float, default=1.0, help="multiplies the preset's lesion sizes (default 1)")
     p.add_argument("--lesion-contrast", type=float, default=1.0, help="multiplies the preset's lesion opacity (default 1)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (output does not depend on it)")

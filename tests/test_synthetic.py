@@ -128,7 +128,7 @@ def test_presets_are_named_recorded_and_classic_is_the_default(tmp_path):
     b = write_synthetic("idrid", tmp_path / "c2", num_images=4, seed=2, size=(96, 64), preset="classic")
     e = write_synthetic("idrid", tmp_path / "e", num_images=4, seed=2, size=(96, 64), preset="easy")
     assert digest(a) == digest(b) != digest(e) and read_settings(a)["preset"] == read_settings(b)["preset"]
-    assert set(PRESETS) == {"classic", "benchmark", "collaborative", "easy"}
+    assert set(PRESETS) == {"classic", "benchmark", "collaborative", "easy", "scarce"}
     with pytest.raises(ValueError, match="unknown synthetic preset 'hard'.*benchmark"):
         synth_fundus(np.random.default_rng(0), (64, 64), preset="hard")
 
@@ -164,3 +164,50 @@ def test_collaborative_preset_has_idrids_proportions_and_one_grade_mix(tmp_path)
     with_masks = [any(r.masks.get(les) is not None for les in ("MA", "HE", "EX", "SE")) for r in sorted(recs, key=lambda r: (r.split != "train", r.image_id))]
     assert with_masks == [g > 0 for g in plan["segmentation/train"] + plan["segmentation/test"]]
     assert 0 in plan["segmentation/train"] + plan["segmentation/test"]
+
+
+def test_scarce_preset_keeps_the_benchmarks_shortcut_checks():
+    """``scarce`` adds variety, not shortcuts: the same audit and bounds as ``benchmark`` above
+    (docs/synthetic.md has the 200-photograph figures)."""
+    from retinalab.synthetic.audit import shortcut_audit
+
+    scarce = shortcut_audit("scarce", num_images=60, size=(512, 340))
+    assert 0.12 < scarce["lesion_share_outside_088"] < 0.35
+    assert abs(scarce["patch_brightness_auroc"] - 0.5) < 0.05
+    assert abs(scarce["image_brightness_auroc"] - 0.5) < 0.15
+    assert scarce["grade1_visible"] == 1.0 and scarce["ma_diameter_px"] > 2.5
+
+
+def test_scarce_preset_draws_looks_lookalikes_and_backgrounds_per_photograph():
+    """What makes 10 labelled photographs scarce: each lesion type takes one of several looks per
+    photograph, look-alikes that are never in a mask appear whatever the grade (the same seed draws
+    the same ones for a healthy and a diseased photograph), and the fundus colour and the field of
+    view's shape vary from photograph to photograph far more than under ``benchmark``."""
+    from retinalab.synthetic.variety import FAMILIES
+
+    seen = {k: set() for k in FAMILIES}
+    colours = {"benchmark": [], "scarce": []}
+    cut = 0
+    for i in range(24):
+        sick = synth_fundus(np.random.default_rng(i), (256, 170), grade=4, preset="scarce")
+        healthy = synth_fundus(np.random.default_rng(i), (256, 170), grade=0, preset="scarce")
+        for kind, name in sick.families.items():
+            seen[kind].add(name)
+        assert healthy.distractors == sick.distractors  # drawn before, and independently of, the lesions
+        assert not any(healthy.masks[k].any() for k in ("MA", "HE", "EX", "SE"))
+        fov = healthy.image.max(2) > 0
+        rows = np.flatnonzero(fov.any(1))
+        cut += int(fov[rows[0]].sum() > 40)  # a flat top edge, not the tip of a circle
+        for preset in colours:
+            f = synth_fundus(np.random.default_rng(100 + i), (128, 85), grade=0, preset=preset)
+            colours[preset].append(f.image[f.image.max(2) > 0].mean(0))
+    assert all(len(seen[k]) >= min(3, len(FAMILIES[k])) for k in FAMILIES), seen
+    assert synth_fundus(np.random.default_rng(0), (128, 85), grade=2, preset="benchmark").families is None
+    total = {k: sum(synth_fundus(np.random.default_rng(i), (128, 85), grade=0, preset="scarce").distractors[k] for i in range(24))
+             for k in ("drusen", "reflex", "crossing", "pigment")}
+    assert all(v > 0 for v in total.values()), total
+    assert 4 <= cut <= 20
+    # pigmentation and colour cast: brightness and hue (green over red) of the fundus vary more
+    brightness = {p: float(np.std(np.array(c).mean(1))) for p, c in colours.items()}
+    hue = {p: float(np.std(np.array(c)[:, 1] / np.array(c)[:, 0])) for p, c in colours.items()}
+    assert brightness["scarce"] > 1.4 * brightness["benchmark"] and hue["scarce"] > 1.4 * hue["benchmark"], (brightness, hue)

@@ -12,13 +12,21 @@ statistics of real fundus images are far richer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from ..datasets.base import STRUCTURES
 from .presets import SynthPreset, get_preset
+from .variety import (
+    choose_families,
+    draw_background,
+    draw_distractors,
+    draw_lesion,
+    paint_lesions,
+    tessellation_pattern,
+)
 
 # How many lesions of each kind a grade draws (ICDR-like: 1 = MA only, 2 = moderate, 3/4 = severe).
 LESION_COUNTS: dict[int, dict[str, tuple[int, int]]] = {
@@ -50,6 +58,9 @@ class SyntheticFundus:
         grade: DR grade 0-4 the lesions were drawn for.
         dme_risk: 0 no exudate, 1 exudates farther than one disc diameter from the fovea, 2 closer.
         eye: ``"left"`` or ``"right"``.
+        families: the look each lesion type took (``scarce``: one of
+            :data:`~retinalab.synthetic.variety.FAMILIES`), ``None`` for the presets with one look.
+        distractors: how many look-alikes of each kind were painted (none of them in ``masks``).
     """
 
     image: np.ndarray
@@ -57,6 +68,8 @@ class SyntheticFundus:
     grade: int
     dme_risk: int
     eye: str
+    families: dict[str, str] | None = None
+    distractors: dict[str, int] = field(default_factory=dict)
 
 
 def _lowfreq_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -123,12 +136,20 @@ def synth_fundus(
     eye = eye or ("left" if rng.random() < 0.5 else "right")
     cx, cy = w / 2 + rng.normal(0, 0.01 * w), h / 2 + rng.normal(0, 0.01 * h)
     R = 0.485 * min(w, h) * rng.uniform(0.97, 1.03)
+    # scarce: pigmentation, colour cast, tessellation and field-of-view shape vary per photograph
+    backdrop = draw_background(rng) if style.background == "varied" else None
+    if backdrop is not None:
+        R = 0.5 * min(w, h) * backdrop.radius
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / R
     fov = r <= 1.0
+    if backdrop is not None and backdrop.cut < 1.0:
+        fov &= np.abs(yy - cy) <= backdrop.cut * R  # the top and bottom cut off, as many cameras do
 
     # background fundus: colour, vignetting, low-frequency choroidal texture
     tint = np.array(COLOURS["fundus"], np.float32) * rng.uniform(0.88, 1.08, 3).astype(np.float32)
+    if backdrop is not None:
+        tint = backdrop.tint
     # per-photograph vignetting and exposure (drawn only when the preset varies them, so the classic
     # preset's random stream, and its photographs, are unchanged)
     v_lo, v_hi = style.vignetting
@@ -137,6 +158,8 @@ def synth_fundus(
     exposure = e_lo if e_lo == e_hi else rng.uniform(e_lo, e_hi)
     vignette = exposure * (1.0 - strength * np.clip(r, 0, 1) ** 2.4)
     texture = 1.0 + 0.05 * _lowfreq_noise(rng, h, w, 6) + 0.02 * _lowfreq_noise(rng, h, w, 40)
+    if backdrop is not None and backdrop.tessellation > 0:
+        texture = texture * (1.0 - 0.22 * backdrop.tessellation * tessellation_pattern(rng, h, w, R))
     img = tint[None, None, :] * (vignette * texture)[..., None]
 
     side = 1 if eye == "left" else -1
@@ -165,6 +188,9 @@ def synth_fundus(
     img = img * (1 - 0.85 * da) + np.array(COLOURS["disc"], np.float32) * 0.85 * da
     img += 0.12 * np.exp(-(dd / 0.45) ** 2)[..., None]
     masks: dict[str, np.ndarray] = {"OD": (dd <= 1.0) & fov}
+    drawn_distractors: dict[str, int] = {}
+    if style.distractors > 0:  # look-alikes, never in a mask, as many in healthy as in diseased photographs
+        drawn_distractors = draw_distractors(rng, img, fov, vessels, (cx, cy), R, macula, style.distractors, style.ma_radius)
 
     # lesions
     counts = LESION_COUNTS[grade]
@@ -180,12 +206,31 @@ def synth_fundus(
             rad = reach * np.sqrt(rng.random())
             th = rng.uniform(0, 2 * np.pi)
             p = np.array([cx + rad * R * np.cos(th), cy + rad * R * np.sin(th)])
+            if backdrop is not None and not fov[int(np.clip(p[1], 0, h - 1)), int(np.clip(p[0], 0, w - 1))]:
+                continue  # outside a cut field of view
             if np.linalg.norm(p - disc) > disc_r * disc_gap + (margin if use_margin else 0.0):
                 return p
         return None
 
     ex_centres = []
-    for kind in ("MA", "HE", "EX", "SE"):
+    families = None
+    if style.lesion_families:  # scarce: each lesion type takes one of several looks in this photograph
+        families = choose_families(rng)
+        centre_layer = np.zeros((h, w), np.float32)
+        for kind in ("MA", "HE", "EX", "SE"):
+            lo, hi = counts[kind]
+            for _ in range(int(rng.integers(lo, hi + 1))):
+                p = place(0.05 * R)
+                if p is None:
+                    continue
+                if kind == "EX":
+                    ex_centres.append(p)
+                draw_lesion(rng, kind, families[kind], mask_layers[kind], centre_layer if kind == "HE" else layers[kind], p, s,
+                            style.ma_radius)
+        for kind in ("SE", "HE", "MA", "EX"):
+            masks[kind] = paint_lesions(rng, img, kind, families[kind], mask_layers[kind], centre_layer if kind == "HE" else layers[kind],
+                                        fov, R, style.lesion_contrast)
+    for kind in ("MA", "HE", "EX", "SE") if not style.lesion_families else ():  # the other presets' lesions
         lo, hi = counts[kind]
         for _ in range(int(rng.integers(lo, hi + 1))):
             p = place(0.05 * R)
@@ -211,7 +256,7 @@ def synth_fundus(
                 layers[kind] = np.maximum(layers[kind], blob / max(blob.max(), 1e-6))
                 mask_layers[kind] |= (layers[kind] > 0.3).astype(np.uint8)
     opacity = {"MA": 0.9, "HE": 0.85, "EX": 0.9, "SE": 0.65}
-    for kind in ("SE", "HE", "MA", "EX"):
+    for kind in ("SE", "HE", "MA", "EX") if not style.lesion_families else ():
         m = mask_layers[kind].astype(bool) & fov
         masks[kind] = m
         if kind != "SE":
@@ -230,4 +275,5 @@ def synth_fundus(
         dist = min(np.linalg.norm(p - macula) for p in ex_centres)
         dme = 2 if dist < 2 * disc_r else 1
     masks = {k: masks[k] for k in STRUCTURES}
-    return SyntheticFundus(image=image, masks=masks, grade=grade, dme_risk=dme, eye=eye)
+    names = {k: f.name for k, f in families.items()} if families is not None else None
+    return SyntheticFundus(image=image, masks=masks, grade=grade, dme_risk=dme, eye=eye, families=names, distractors=drawn_distractors)
