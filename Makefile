@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## create .venv and install retinalab (editable) with its dev tools
 
-demo: install ## synthesise a small IDRiD-layout set, train the ConvNet and the SSL-GAN on one split, print both
+demo: install ## synthesise a small IDRiD-layout set, train the ConvNet, the SSL-GAN and FixMatch on one split, print all three
 	$(BIN)/python -m retinalab.demo --data $(DEMO_DATA)
 
 test: install ## run the fast test suite (< 10 min on 2 cores)

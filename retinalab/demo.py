@@ -1,12 +1,12 @@
 """``make demo``: synthesise an IDRiD-layout set with the ``benchmark`` preset, train the ConvNet
-baseline and the patch SSL-GAN on the same split (10 labelled images, the ConvNet with as many
-optimiser steps as the SSL-GAN's discriminator), test both on 100 photographs and print their
-metrics side by side, with 95% bootstrap intervals, for the final weights and the best-on-validation
-checkpoint.
+baseline, the patch SSL-GAN and FixMatch (the semi-supervised control) on the same split (10 labelled
+images, each with as many optimiser steps as the SSL-GAN's discriminator), test them on 100
+photographs and print their metrics side by side, with 95% bootstrap intervals, for the final
+weights and the best-on-validation checkpoint.
 
     python -m retinalab.demo [--data data/demo_idrid] [--num-images 541] [--size 768x510] [--conf conf] [--trainer.max_epochs=2 ...]
 
-Any other ``--section.key=value`` flag is passed to both ``retinalab fit`` runs.
+Any other ``--section.key=value`` flag is passed to every ``retinalab fit`` run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 from .cli import cli, finish_wandb, parse_size
 from .synthetic import read_settings, write_synthetic
 
-METHODS = (("ConvNet (supervised)", "convnet/synthetic.yaml"), ("SSL-GAN (semi-supervised)", "ssl_gan/synthetic.yaml"))
+METHODS = (("ConvNet (supervised)", "convnet/synthetic.yaml"), ("SSL-GAN (semi-supervised)", "ssl_gan/synthetic.yaml"),
+           ("FixMatch (semi-supervised)", "fixmatch/synthetic.yaml"))
 METRICS = ("test/image_auroc", "test/patch_auroc", "test/sensitivity", "test/specificity")
 PRESET = "benchmark"
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     p.add_argument("--data", default="data/demo_idrid", help="synthetic dataset folder (created if missing)")
     p.add_argument("--num-images", type=int, default=541, help="photographs to draw (about 55%% carry patch labels)")
     p.add_argument("--size", type=parse_size, default=(768, 510), help="WxH of each photograph (default 768x510)")
-    p.add_argument("--conf", default="conf", help="folder holding convnet/ and ssl_gan/ configs")
+    p.add_argument("--conf", default="conf", help="folder holding the convnet/, ssl_gan/ and fixmatch/ configs")
     a, extra = p.parse_known_args(argv)
     bad = [x for x in extra if not x.startswith("--") or "=" not in x]
     if bad:

@@ -192,7 +192,7 @@ def test_every_shipped_config_instantiates_with_the_wandb_logger_offline(config,
 
 def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
     """Smoke test of `make demo` at a tiny size (the learning itself is tests/test_learning.py's):
-    it draws the benchmark preset, trains both methods on one split, tests the final weights and
+    it draws the benchmark preset, trains the three methods on one split, tests the final weights and
     the best checkpoint, and prints both with their bootstrap intervals. (Without W&B here: the
     shipped configs' W&B logging is tested by test_every_shipped_config_instantiates_with_the_wandb_logger_offline.)"""
     from retinalab.demo import main as demo
@@ -205,16 +205,17 @@ def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
             "--data.test_size=6", "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
     results = demo(["--data", str(tmp_path / "syn"), "--num-images", "45", "--size", "128x96", "--conf", str(REPO / "conf"), *tiny])
     assert read_settings(tmp_path / "syn")["preset"]["name"] == "benchmark"
-    assert set(results) == {"ConvNet (supervised)", "SSL-GAN (semi-supervised)"}
+    assert set(results) == {"ConvNet (supervised)", "SSL-GAN (semi-supervised)", "FixMatch (semi-supervised)"}
     for by_weights in results.values():
         assert set(by_weights) == {"final weights", "best on validation"}
         for r in by_weights.values():
             assert r["test/image_auroc_low"] <= r["test/image_auroc"] <= r["test/image_auroc_high"]
     out = capsys.readouterr().out
-    assert out.count("| SSL-GAN (semi-supervised) |") == 2 and "4 labelled images" in out and "on 6 photographs" in out
-    # the same split for both: one split hash in both runs' split.json
+    assert out.count("| SSL-GAN (semi-supervised) |") == 2 and out.count("| FixMatch (semi-supervised) |") == 2
+    assert "4 labelled images" in out and "on 6 photographs" in out
+    # the same split for all three: one split hash in the runs' split.json
     splits = sorted(tmp_path.glob("runs/**/split.json"))
-    assert len(splits) == 2 and len({json.loads(p.read_text())["hash"] for p in splits}) == 1
+    assert len(splits) == 3 and len({json.loads(p.read_text())["hash"] for p in splits}) == 1
     # a folder that retinalab did not draw is never overwritten
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "photo.jpg").write_bytes(b"mine")

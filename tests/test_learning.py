@@ -62,6 +62,18 @@ def test_ssl_gan_learns_from_ten_labelled_images(easy_idrid, monkeypatch):
     assert res["test/image_auroc"] >= 0.8, res
 
 
+def test_fixmatch_learns_from_ten_labelled_images(easy_idrid, monkeypatch):
+    """FixMatch (conf/fixmatch/synthetic.yaml) with 10 labelled photographs for 3 epochs (36 steps):
+    measured when written, test image AUROC 1.0 (patch 0.79), with 11% of the unlabelled patches
+    pseudo-labelled by the last epoch; with the training labels permuted by hand, 0.31 (patch 0.45)."""
+    monkeypatch.chdir(easy_idrid)
+    monkeypatch.setenv("RETINALAB_CACHE", str(easy_idrid / "cache"))
+    res, run = fit_and_test(easy_idrid, "conf/fixmatch/synthetic.yaml", "--data.num_labeled_images=10", "--trainer.max_epochs=3")
+    assert run.datamodule.summary()["labeled"]["images"] == 10
+    assert res["test/image_auroc"] >= 0.9, res
+    assert res["test/patch_auroc"] >= 0.7, res
+
+
 @pytest.fixture(scope="module")
 def easy_eyepacs(tmp_path_factory):
     # 120 graded photographs (EyePACS layout, easy preset): 96 train / 4 val / 20 test below

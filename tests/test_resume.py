@@ -37,7 +37,7 @@ def test_the_balanced_sampler_draws_by_epoch():
 
 # ---------------------------------------------------------------- kill -9, then --ckpt_path last
 #: the ConvNet runs one epoch more: its plateau scheduler has to act after the resume (val/loss improved in each of 3)
-EPOCHS = {"ssl_gan": 3, "stage2": 3, "convnet": 4}
+EPOCHS = {"ssl_gan": 3, "stage2": 3, "convnet": 4, "fixmatch": 3}
 
 
 def _fit_args(kind: str, data: Path, out: Path) -> list[str]:
@@ -50,12 +50,15 @@ def _fit_args(kind: str, data: Path, out: Path) -> list[str]:
                 f"--trainer.default_root_dir={out}", *common]
     if kind == "ssl_gan":  # the learning-rate decay starts after epoch 1, so the resumed epochs decay it
         return tiny_patch_fit("conf/ssl_gan/synthetic.yaml", data, out, "--model.gen_width=0.05", "--model.lr_decay_start=1", *common)
+    if kind == "fixmatch":  # the strong views' stream, the EMA and p_model (distribution alignment) must resume too
+        return tiny_patch_fit("conf/fixmatch/synthetic.yaml", data, out, *common)
     # the ConvNet with a plateau scheduler that halves the rate whenever val/loss does not improve:
     # Lightning steps it after writing the epoch's checkpoint, so the resumed run must step it again
     return tiny_patch_fit("conf/convnet/synthetic.yaml", data, out, "--model.lr_plateau_patience=0", "--model.lr_plateau_factor=0.5", *common)
 
 
-@pytest.mark.parametrize("kind", ["ssl_gan", pytest.param("convnet", marks=pytest.mark.slow), pytest.param("stage2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["ssl_gan", pytest.param("convnet", marks=pytest.mark.slow), pytest.param("stage2", marks=pytest.mark.slow),
+                                  pytest.param("fixmatch", marks=pytest.mark.slow)])
 def test_kill_9_then_resume_equals_the_uninterrupted_run(kind, tmp_path):
     """`retinalab fit` killed with SIGKILL as epoch 2 of 3 (4) starts, then run again with `--ckpt_path last`,
     ends with exactly the weights (the SSL-GAN's EMA weights and stored threshold included), optimiser

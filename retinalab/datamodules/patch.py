@@ -10,167 +10,28 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
-import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..datasets import DataFormatError, DatasetName, FundusRecord, OnError
-from ..datasets.base import IMAGE_SUFFIXES
-from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid, load_fundus
+from ..datasets import DatasetName, OnError
+from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
 from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
+from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset
 from .splits import SplitMode, choose_labeled, split_indices, target_count
 from .transforms import (
     default_seed,
     image_train_transform,
+    patch_strong_transform,
     patch_table5_transform,
     patch_train_transform,
     seed_worker_transforms,
 )
 
 log = logging.getLogger(__name__)
-
-
-class PatchDataset(Dataset):
-    """All patches of the given cache rows.
-
-    Each sample is a dict: ``image`` (3 x s x s float in [0, 1]), ``label`` (int64; -1 when hidden
-    or unknown), ``image_index`` (row in the cache), ``patch_index`` (position in the grid),
-    ``fraction`` (lesion-pixel fraction; 0 when hidden).
-
-    Args:
-        cache: the patch cache.
-        rows: cache rows (images) to serve.
-        transform: albumentations transform applied to the HxWx3 uint8 patch.
-        hide_labels: serve ``label = -1`` (unlabelled training data).
-    """
-
-    def __init__(self, cache: PatchCache, rows: np.ndarray, transform: Any = None, hide_labels: bool = False) -> None:
-        self.cache = cache
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.g = cache.patches_per_image
-        self.transform = transform
-        self.hide_labels = hide_labels
-
-    def __len__(self) -> int:
-        return len(self.rows) * self.g
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        i, j = int(self.rows[k // self.g]), k % self.g
-        patch = np.array(self.cache.patches[i, j])  # copy: memmaps are read-only
-        if self.transform is not None:
-            patch = self.transform(image=patch)["image"]
-        image = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255.0)
-        label = -1 if self.hide_labels else int(self.cache.labels[i, j])
-        fraction = 0.0 if self.hide_labels else float(self.cache.fractions[i, j])
-        return {"image": image, "label": label, "image_index": i, "patch_index": j, "fraction": fraction}
-
-
-class CachedImages(Dataset):
-    """Whole preprocessed images from the cache (``thumb_size`` px) with their image-level label.
-
-    Each sample looks like a one-patch image to the patch tasks: ``image`` (3 x t x t float),
-    ``label`` (1 any lesion, 0 none; -1 when hidden), ``image_index``, ``patch_index`` = 0.
-    """
-
-    def __init__(self, cache: PatchCache, rows: np.ndarray, transform: Any = None, hide_labels: bool = False) -> None:
-        self.cache, self.rows, self.transform, self.hide_labels = cache, np.asarray(rows, dtype=np.int64), transform, hide_labels
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        i = int(self.rows[k])
-        img = np.array(self.cache.thumbs[i])
-        if self.transform is not None:
-            img = self.transform(image=img)["image"]
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0),
-            "label": -1 if self.hide_labels else int(self.cache.image_labels[i]),
-            "image_index": i,
-            "patch_index": 0,
-            "fraction": 0.0,
-        }
-
-
-class CachedImagePatches(Dataset):
-    """One item per cached image: all its patches, for prediction and heatmaps.
-
-    Item: ``image`` (G x 3 x s x s float), ``image_id``, ``thumb`` (t x t x 3 uint8), ``mask``
-    (t x t bool union lesion mask, or ``None`` when the image has no pixel annotation).
-    """
-
-    def __init__(self, cache: PatchCache, rows: np.ndarray, whole_image: bool = False, skip: set[str] | None = None) -> None:
-        if skip:
-            rows = [i for i in rows if cache.images[int(i)]["image_id"] not in skip]
-        self.cache, self.rows, self.whole_image = cache, np.asarray(rows, dtype=np.int64), whole_image
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        i = int(self.rows[k])
-        source = self.cache.thumbs[i][None] if self.whole_image else self.cache.patches[i]
-        patches = torch.from_numpy(np.array(source)).permute(0, 3, 1, 2).float().div_(255.0)
-        known = self.cache.image_labels[i] != UNKNOWN and bool(self.cache.images[i]["annotated"])
-        return {
-            "image": patches,
-            "image_id": self.cache.images[i]["image_id"],
-            "thumb": np.array(self.cache.thumbs[i]),
-            "mask": np.array(self.cache.mask_thumbs[i]).astype(bool) if known else None,
-        }
-
-
-class FolderImagePatches(Dataset):
-    """One item per photograph of a plain folder (recursive; jpg/jpeg/png/tif/tiff/bmp, any size).
-
-    Preprocessed and patched like the cache, on the fly. A file that fails to decode, or shows no
-    field of view, yields ``{"image_id": ..., "error": message}`` instead of stopping the run. Files
-    whose id (path relative to ``folder``) is in ``skip`` are left out (a resumed prediction).
-    """
-
-    def __init__(self, folder: str | Path, config: PatchCacheConfig, whole_image: bool = False, skip: set[str] | None = None) -> None:
-        self.whole_image = whole_image
-        self.folder = Path(folder).expanduser()
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"predict_folder={str(self.folder)!r} is not a folder")
-        self.files = sorted(
-            p for p in self.folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        others = [p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
-        if others:
-            log.warning("predict_folder: ignoring %d non-image file(s), e.g. %s", len(others), others[0])
-        if not self.files:
-            raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under predict_folder={str(self.folder)!r}")
-        if skip:
-            self.files = [p for p in self.files if p.relative_to(self.folder).as_posix() not in skip]
-        self.config = config
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        path = self.files[k]
-        image_id = path.relative_to(self.folder).as_posix()
-        cfg = self.config
-        try:
-            pre = load_fundus(FundusRecord(image_id, path), cfg.grid.image_size, cfg.crop_fov, cfg.normalize, None, cfg.fast_decode)
-        except DataFormatError as e:
-            return {"image_id": image_id, "error": str(e)}
-        t = cfg.thumb_size
-        thumb = cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA)
-        patches = thumb[None] if self.whole_image else cfg.grid.extract(pre.image)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div_(255.0),
-            "image_id": image_id,
-            "thumb": thumb,
-            "mask": None,
-        }
 
 
 class PatchDataModule(FundusDataModule):
@@ -206,6 +67,14 @@ class PatchDataModule(FundusDataModule):
             training epochs per round.
         unlabeled: also serve unlabelled training patches (semi-supervised methods): the training
             loader then yields ``{"labeled": batch, "unlabeled": batch}``, labelled batches cycled.
+        unlabeled_ratio: unlabelled patches per labelled patch in a training batch (FixMatch's mu;
+            the unlabelled batches hold ``unlabeled_ratio * batch_size`` patches).
+        unlabeled_strong: also serve a strongly augmented view of every unlabelled patch
+            (``image_strong``, :func:`~retinalab.datamodules.transforms.patch_strong_transform`), the
+            weak view being ``image`` (FixMatch).
+        strong_ops: RandAugment-like operations per strong view (FixMatch: 2).
+        strong_cutout: largest side of the strong view's Cutout hole, as a fraction of the patch
+            (FixMatch: 0.5; 0: none).
         unlabeled_pool: which training images feed the unlabelled stream: ``all`` (default; every
             training image, the labelled ones included with their labels hidden, as Salimans et al.'s
             code does, so the 149/149 column of paper 000's Tables 1-2 runs) or ``rest`` (only the
@@ -258,6 +127,10 @@ class PatchDataModule(FundusDataModule):
         egl_step: int = 1,
         egl_epochs: int = 3,
         unlabeled: bool = False,
+        unlabeled_ratio: int = 1,
+        unlabeled_strong: bool = False,
+        strong_ops: int = 2,
+        strong_cutout: float = 0.5,
         unlabeled_pool: Literal["all", "rest"] = "all",
         batches_per_epoch: int | Literal["unlabeled"] | None = None,
         seed: int = 0,
@@ -294,6 +167,12 @@ class PatchDataModule(FundusDataModule):
         if unlabeled_pool not in ("all", "rest"):
             raise ValueError(f"unlabeled_pool must be 'all' or 'rest', got {unlabeled_pool!r}")
         self.unlabeled_pool = unlabeled_pool
+        if isinstance(unlabeled_ratio, bool) or not isinstance(unlabeled_ratio, int) or unlabeled_ratio < 1:
+            raise ValueError(f"unlabeled_ratio must be a positive int (FixMatch's mu), got {unlabeled_ratio!r}")
+        if not 0 <= strong_cutout <= 1 or strong_ops < 0:
+            raise ValueError(f"strong_cutout must lie in [0, 1] and strong_ops be >= 0, got {strong_cutout!r} and {strong_ops!r}")
+        self.unlabeled_ratio, self.unlabeled_strong = unlabeled_ratio, unlabeled_strong
+        self.strong_ops, self.strong_cutout = strong_ops, strong_cutout
         if batches_per_epoch is not None and batches_per_epoch != "unlabeled" and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
             raise ValueError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")
         self.batches_per_epoch = batches_per_epoch
@@ -424,10 +303,13 @@ class PatchDataModule(FundusDataModule):
         return np.array([(lab == 0).sum(), (lab == 1).sum()], dtype=np.int64)
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, num_batches: int | None = None) -> DataLoader:
+    def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, num_batches: int | None = None, batch_size: int | None = None,
+                strong: bool = False) -> DataLoader:
         """A loader over ``rows``; ``num_batches`` makes an epoch that many batches, drawn from
-        successive random permutations of the data (so a small labelled set is cycled)."""
+        successive random permutations of the data (so a small labelled set is cycled); ``strong``
+        adds FixMatch's strongly augmented view (``image_strong``)."""
         assert self.cache is not None
+        batch_size = batch_size or self.batch_size
         tf = None
         # the unlabelled loader's augmentations draw a stream of their own (with one seed for both, the
         # labelled and unlabelled batches were augmented alike, draw for draw)
@@ -439,11 +321,14 @@ class PatchDataModule(FundusDataModule):
             if train and self.augment:
                 make = patch_table5_transform if self.augment_policy == "table5" else patch_train_transform
                 tf = make(self.cache_config.grid.out_size, seed=seed)
-            ds = PatchDataset(self.cache, rows, tf, hide_labels=hide)
-        sampler = RandomSampler(ds, num_samples=num_batches * self.batch_size) if num_batches is not None else None
+            # the strong view draws a stream of its own (stream 2), apart from the weak view's
+            strong_tf = patch_strong_transform(self.cache_config.grid.out_size, ops=self.strong_ops, cutout=self.strong_cutout,
+                                               seed=default_seed(stream=2)) if strong else None
+            ds = PatchDataset(self.cache, rows, tf, hide_labels=hide, strong_transform=strong_tf)
+        sampler = RandomSampler(ds, num_samples=num_batches * batch_size) if num_batches is not None else None
         return DataLoader(
             ds,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=train if sampler is None else None,
             sampler=sampler,
             drop_last=False,
@@ -471,7 +356,10 @@ class PatchDataModule(FundusDataModule):
         if len(self.rows["unlabeled"]) == 0:
             raise ValueError("unlabeled=True but the unlabelled pool is empty: every training image is labelled and "
                              "unlabeled_pool='rest'; use unlabeled_pool: all or lower num_labeled_images")
-        unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True, num_batches=n)
+        if self.unlabeled_strong and self.serve == "images":
+            raise ValueError("unlabeled_strong (FixMatch's strong view) is for patches; set serve: patches")
+        unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True, num_batches=n,
+                                 batch_size=self.batch_size * self.unlabeled_ratio, strong=self.unlabeled_strong)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:

@@ -63,8 +63,10 @@ def transforms_of(dataset: Any) -> Iterator[A.BaseCompose]:
     elif isinstance(dataset, ConcatDataset):
         for d in dataset.datasets:
             yield from transforms_of(d)
-    elif isinstance(getattr(dataset, "transform", None), A.BaseCompose):
-        yield dataset.transform
+    else:
+        for name in ("transform", "strong_transform"):  # FixMatch's unlabelled patches carry a second pipeline
+            if isinstance(getattr(dataset, name, None), A.BaseCompose):
+                yield getattr(dataset, name)
 
 
 def loader_transforms(loaders: Any) -> list[A.BaseCompose]:
@@ -132,6 +134,47 @@ def patch_train_transform(size: int, pad: int = 2, seed: int | None = None) -> A
         ],
         seed,
     )
+
+
+def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float = 0.5, seed: int | None = None) -> A.Compose:
+    """FixMatch's strong augmentation (Sohn et al. 2020, section 2.3 and appendix D), built from
+    albumentations: the weak view's random crop and flips, then ``ops`` operations drawn at random
+    (without replacement) from a RandAugment-like list, each at a random magnitude within
+    RandAugment's ranges (autocontrast, brightness, colour, contrast, equalise, identity, posterise,
+    rotate, sharpness, shear x/y, solarise, translate x/y), then Cutout: one grey square hole with
+    sides up to ``cutout`` of the patch (0 turns it off).
+
+    On lesion patches a large hole can cover the lesion that makes the patch's label; ``cutout`` is a
+    config value (``data.strong_cutout``) for that reason.
+    """
+    reflect = cv2.BORDER_REFLECT_101
+    candidates = [
+        A.AutoContrast(p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=(-0.45, 0.45), contrast_limit=0.0, p=1.0),
+        A.ColorJitter(brightness=0.0, contrast=0.0, saturation=(0.05, 1.95), hue=0.0, p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=(-0.45, 0.45), p=1.0),
+        A.Equalize(p=1.0),
+        A.NoOp(p=1.0),
+        A.Posterize(num_bits=(4, 8), p=1.0),
+        A.Affine(rotate=(-30, 30), border_mode=reflect, p=1.0),
+        A.Sharpen(alpha=(0.05, 0.95), lightness=(1.0, 1.0), p=1.0),
+        A.Affine(shear={"x": (-17, 17), "y": (0, 0)}, border_mode=reflect, p=1.0),
+        A.Affine(shear={"x": (0, 0), "y": (-17, 17)}, border_mode=reflect, p=1.0),
+        A.Solarize(threshold_range=(0.0, 1.0), p=1.0),
+        A.Affine(translate_percent={"x": (-0.3, 0.3), "y": (0, 0)}, border_mode=reflect, p=1.0),
+        A.Affine(translate_percent={"x": (0, 0), "y": (-0.3, 0.3)}, border_mode=reflect, p=1.0),
+    ]
+    transforms: list[Any] = [
+        A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad, border_mode=reflect),
+        A.RandomCrop(height=size, width=size),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.SomeOf(candidates, n=ops, replace=False, p=1.0),
+    ]
+    if cutout > 0:
+        transforms.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.0, cutout), hole_width_range=(0.0, cutout),
+                                          fill=127, p=1.0))
+    return _compose(transforms, seed)
 
 
 def patch_table5_transform(size: int, seed: int | None = None) -> A.Compose:
