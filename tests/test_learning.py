@@ -68,7 +68,12 @@ def test_fixmatch_learns_from_ten_labelled_images(easy_idrid, monkeypatch):
     pseudo-labelled by the last epoch; with the training labels permuted by hand, 0.31 (patch 0.45)."""
     monkeypatch.chdir(easy_idrid)
     monkeypatch.setenv("RETINALAB_CACHE", str(easy_idrid / "cache"))
-    res, run = fit_and_test(easy_idrid, "conf/fixmatch/synthetic.yaml", "--data.num_labeled_images=10", "--trainer.max_epochs=3")
+    from tests.test_fixmatch import check_fixmatch_run
+
+    run = cli(["fit", "--config", str(REPO / "conf/fixmatch/synthetic.yaml"), "--data.root", str(easy_idrid / "idrid"),
+               f"--trainer.default_root_dir={easy_idrid / 'runs'}", *SMALL, "--data.num_labeled_images=10", "--trainer.max_epochs=3"])
+    check_fixmatch_run(run)  # diagnostics, p_labelled / p_model, EMA evaluation
+    res = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
     assert run.datamodule.summary()["labeled"]["images"] == 10
     assert res["test/image_auroc"] >= 0.9, res
     assert res["test/patch_auroc"] >= 0.7, res

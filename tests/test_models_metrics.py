@@ -128,3 +128,22 @@ def test_image_level_scores_by_hand():
     assert uniq.tolist() == [3, 5, 7] and first.tolist() == [1, 0, 4]
     empty = ImageLevelScores()  # a rank that saw no image: empty tables and an undefined AUROC, not a crash
     assert [tuple(t.shape) for t in empty.per_image()] == [(0,), (0, 0), (0, 0)] and torch.isnan(empty.compute())
+
+
+def test_localisation_auroc_is_exact_even_for_faint_heatmaps():
+    """The pixel AUROC of a heatmap equals the rank-based AUROC, also when every heat value is tiny
+    (a patch classifier that is sure nothing is a lesion still ranks the pixels): with torchmetrics'
+    200 linear bins those all fall in the first bin and score 0.5."""
+    import numpy as np
+
+    from retinalab.metrics.bootstrap import exact_auroc
+    from retinalab.viz import localisation_auroc
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((32, 32)) < 0.1
+    heat = (rng.random((32, 32)) + mask) / 2
+    assert localisation_auroc(heat.astype(np.float32), mask) == pytest.approx(exact_auroc(heat.ravel(), mask.ravel()), abs=1e-6)
+    faint = (0.001 + 0.002 * mask).astype(np.float32)  # all below 0.005, perfectly separated
+    assert localisation_auroc(faint, mask) == pytest.approx(1.0)
+    assert localisation_auroc(faint, mask, thresholds=200) == pytest.approx(0.5)  # the binned failure, kept reachable
+    assert np.isnan(localisation_auroc(heat, np.zeros_like(mask)))

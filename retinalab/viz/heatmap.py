@@ -58,10 +58,14 @@ def side_by_side(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np
     return np.concatenate([image, overlay(image, heat, alpha)], axis=1)
 
 
-def localisation_auroc(heat: np.ndarray, mask: np.ndarray, thresholds: int = 200) -> float:
-    """Pixel-level AUROC of a heatmap against a boolean lesion mask (binned: bounded memory).
+def localisation_auroc(heat: np.ndarray, mask: np.ndarray, thresholds: int | None = None) -> float:
+    """Pixel-level AUROC of a heatmap against a boolean lesion mask.
 
-    Returns NaN when the mask is all-positive or all-negative.
+    Exact by default (``thresholds=None``): the maps are thumbnails (256 x 256 px in the shipped
+    configs), so sorting their pixels costs little, and it was 2.8x faster than torchmetrics' 200
+    linear bins, which score 0.5 when every heat value lies below 0.005 however well they separate
+    the lesions (FIELD-NOTES). ``thresholds`` (an int) bins as torchmetrics does, for bounded memory
+    on large maps. Returns NaN when the mask is all-positive or all-negative.
     """
     if heat.shape != mask.shape:
         heat = cv2.resize(heat, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
