@@ -154,3 +154,32 @@ PatchCache.build(read_idrid({str(idrid_root)!r}), {str(tmp_path / 'cache')!r}, P
     assert len(c) == 11 and json.loads((c.path / "index.json").read_text())["images"][-1]["image_id"] == recs[-1].image_id
     fresh = build(recs, tmp_path / "fresh")
     assert np.array_equal(np.asarray(c.patches), np.asarray(fresh.patches)) and np.array_equal(c.labels, fresh.labels)
+
+
+def test_pools_never_fork_a_process_that_runs_other_threads(idrid_root, tmp_path):
+    """A forked child keeps only the forking thread, and any lock another thread held stays locked in it:
+    after training in the same process (torch's and OpenCV's thread pools running) the cache builder's
+    workers hung for good in cv2.setNumThreads (seen in benchmarks/label_efficiency.py, building its
+    second preset's cache). With another thread alive the pools start from a fork server instead, and
+    build the same cache, as do the synthetic writer's."""
+    import threading
+
+    from retinalab.preprocessing.cache import pool_context
+    from retinalab.synthetic import write_synthetic
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        assert pool_context().get_start_method() in ("forkserver", "spawn")
+        cfg = PatchCacheConfig(grid=PatchGrid(128, 32, 32, 32), thumb_size=32)
+        recs = read_idrid(idrid_root)
+        pooled = PatchCache.build(recs, tmp_path / "pooled", cfg, num_workers=2, progress=False)
+        a = write_synthetic("eyepacs", tmp_path / "a", num_images=4, seed=1, size=(96, 64), workers=2)
+    finally:
+        stop.set()
+        other.join()
+    serial = PatchCache.build(recs, tmp_path / "serial", cfg, num_workers=0, progress=False)
+    assert np.array_equal(np.asarray(pooled.patches), np.asarray(serial.patches))
+    b = write_synthetic("eyepacs", tmp_path / "b", num_images=4, seed=1, size=(96, 64), workers=1)
+    assert sorted(p.read_bytes() for p in a.rglob("*.jpeg")) == sorted(p.read_bytes() for p in b.rglob("*.jpeg"))

@@ -123,6 +123,27 @@ def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     return final
 
 
+def pool_context() -> mp.context.BaseContext:
+    """The multiprocessing context for a worker pool started from this process.
+
+    ``fork`` (fast: nothing is imported again) while this process has a single thread; ``forkserver``
+    (else ``spawn``) once it has more. A forked child gets only the forking thread, and every lock
+    another thread held at that moment stays locked in it: after a training run in the same process
+    (torch's and OpenCV's thread pools running), the cache builder's workers hung for good in
+    ``cv2.setNumThreads`` (seen: benchmarks/label_efficiency.py building its second preset's cache).
+    """
+    methods = mp.get_all_start_methods()
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux: count what Python knows of
+        import threading
+
+        threads = threading.active_count()
+    if "fork" in methods and threads == 1:
+        return mp.get_context("fork")
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 @contextmanager
 def parallel_map(
     fn: Callable[[Any], Any], jobs: Sequence[Any], num_workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
@@ -136,8 +157,7 @@ def parallel_map(
             initializer(*initargs)
         yield map(fn, jobs)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = ctx.Pool(num_workers, initializer=initializer, initargs=initargs)
+    pool = pool_context().Pool(num_workers, initializer=initializer, initargs=initargs)
     try:
         yield pool.imap_unordered(fn, jobs, chunksize=max(1, min(16, len(jobs) // (4 * num_workers) or 1)))
     finally:

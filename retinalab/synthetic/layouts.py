@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import uuid
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..datasets import eophtha as eo
 from ..datasets import idrid
+from ..preprocessing.cache import pool_context
 from .fundus import synth_fundus
 from .presets import IDRID_GRADE_MIX, SynthPreset, get_preset
 
@@ -113,8 +113,7 @@ def _run(jobs: list[Job], opt: Options, workers: int, desc: str) -> dict[int, di
         it = map(_draw, args)
         pool = None
     else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers)
+        pool = pool_context().Pool(workers)  # fork only while this process has one thread
         it = pool.imap_unordered(_draw, args)
     try:
         for res in tqdm(it, total=len(jobs), desc=desc, unit="img"):
