@@ -211,7 +211,7 @@ def test_a_resumed_fit_goes_on_in_its_run_folder_and_wandb_run(tmp_path, caplog)
 
     import torch
 
-    from retinalab.loggers import read_run_metrics
+    from retinalab.loggers import read_run_metrics, run_piece_id
     from retinalab.synthetic import write_synthetic
 
     data = write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
@@ -241,7 +241,7 @@ def test_a_resumed_fit_goes_on_in_its_run_folder_and_wandb_run(tmp_path, caplog)
     m = json.loads((run / "manifest.json").read_text())
     assert m["ckpt_path"] == str(ckpts / "last.ckpt") and [e["ckpt_path"] for e in m["earlier"]] == [None]  # each piece on record
     pieces = sorted(run.glob("wandb/offline-run-*"))
-    assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
+    assert len(pieces) == 2 and all(run_piece_id(p) == run_id for p in pieces)  # -<n> appended when both start in one second
     # back to the end of epoch 0 (epochs 1-2 trained again): the history keeps the new epochs 1-2 only
     fit(3, f"--ckpt_path={ckpts / 'epoch0.ckpt'}")
     history = read_run_metrics(run)
@@ -250,3 +250,20 @@ def test_a_resumed_fit_goes_on_in_its_run_folder_and_wandb_run(tmp_path, caplog)
     assert history["trainer/global_step"].is_monotonic_increasing
     fit(4, "--ckpt_path=last", "--trainer.logger.init_args.resume_in_place=false")
     assert len(list(logs.glob("version_*"))) == 2
+
+
+def test_run_pieces_started_in_one_second_keep_their_id_and_order(tmp_path):
+    """W&B names a piece that starts in the same second as the one before ``...-<id>-1``: the id comes
+    from its ``run-<id>.wandb`` file, and the suffix orders it after the first piece (CI once read
+    ``1`` as the run id)."""
+    from retinalab.loggers import run_piece_id, run_piece_order
+
+    names = ["offline-run-20261202_161706-648t14z9-1", "offline-run-20261202_161706-648t14z9", "offline-run-20261202_161705-zzz"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"run-{name.split('-')[3]}.wandb").touch()
+    ordered = sorted((tmp_path / n for n in names), key=run_piece_order)
+    assert [p.name for p in ordered] == [names[2], names[1], names[0]]
+    assert [run_piece_id(p) for p in ordered] == ["zzz", "648t14z9", "648t14z9"]
+    (tmp_path / "run-20261202_161707-abc-2").mkdir()  # no .wandb file yet: the name decides
+    assert run_piece_id(tmp_path / "run-20261202_161707-abc-2") == "abc"

@@ -37,16 +37,35 @@ def read_run_metrics(run_dir: str | Path):
         return pd.read_csv(run_dir / "metrics.csv")
     # [offline-]run-<YYYYMMDD_HHMMSS>-<id>: an online run keeps the same local record as an offline one
     runs = sorted((p for pattern in ("offline-run-*", "run-*") for p in run_dir.glob(f"wandb/{pattern}") if p.is_dir()),
-                  key=lambda p: p.name.rsplit("-", 2)[-2])  # start order
+                  key=run_piece_order)
     if not runs:
         raise FileNotFoundError(f"{run_dir}: no metrics.csv and no wandb/offline-run-* or wandb/run-* folder")
-    run_id = runs[-1].name.rsplit("-", 1)[-1]
-    pieces = [read_offline_run(r) for r in runs if r.name.rsplit("-", 1)[-1] == run_id]
+    run_id = run_piece_id(runs[-1])
+    pieces = [read_offline_run(r) for r in runs if run_piece_id(r) == run_id]
     rows: list[dict[str, Any]] = []
     for piece, after in zip(pieces, [*pieces[1:], None], strict=True):
         resumed_at = after["config"].get("run/resumed_at_step") if after else None
         rows += [r for r in piece["history"] if resumed_at is None or r.get("trainer/global_step", -1) < resumed_at]
     return pd.DataFrame(rows)
+
+
+def run_piece_id(folder: Path) -> str:
+    """The W&B run id of a local run folder ``[offline-]run-<YYYYMMDD_HHMMSS>-<id>[-<n>]``: the name of
+    its ``run-<id>.wandb`` file. W&B appends ``-<n>`` to the folder when a piece of the same run starts
+    within the same second as the one before (a quick resume), so the folder name alone can mislead."""
+    files = sorted(Path(folder).glob("run-*.wandb"))
+    if files:
+        return files[0].stem.removeprefix("run-")
+    _, _, rest = Path(folder).name.partition("run-")
+    return rest.split("-")[1] if rest.count("-") >= 1 else rest
+
+
+def run_piece_order(folder: Path) -> tuple[str, int]:
+    """Start order of a run folder: its time stamp, then W&B's ``-<n>`` collision suffix (none is 0)."""
+    _, _, rest = Path(folder).name.partition("run-")
+    stamp, _, tail = rest.partition("-")
+    suffix = tail.rsplit("-", 1)[-1] if tail.count("-") else ""
+    return stamp, int(suffix) if suffix.isdigit() else 0
 
 
 def has_wandb_credentials() -> bool:
@@ -167,5 +186,6 @@ class WandbLogger(_LightningWandbLogger):
             self._sync_hint_shown = True
             run_dir = Path(getattr(self._experiment, "dir", "") or ".").parent
             # a resumed run's earlier pieces: wandb sync uploads the folders of one run id in start order
-            pieces = sorted(run_dir.parent.glob(f"offline-run-*-{self._experiment.id}")) or [run_dir]
+            pieces = sorted((p for p in run_dir.parent.glob("offline-run-*") if p.is_dir() and run_piece_id(p) == self._experiment.id),
+                            key=run_piece_order) or [run_dir]
             print(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {' '.join(map(str, pieces))}")
