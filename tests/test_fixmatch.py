@@ -107,6 +107,11 @@ def check_fixmatch_run(run) -> None:
     metrics = run.trainer.callback_metrics
     assert {"fixmatch/mask_rate", "fixmatch/pseudo_lesion_share", "fixmatch/loss_unsup", "fixmatch/p_model_lesion"} <= set(metrics)
     assert 0.0 < float(metrics["fixmatch/mask_rate"]) <= 1.0  # some unlabelled patches were pseudo-labelled
+    # the pseudo-labels against the synthetic set's hidden patch labels: a model that learned (AUROC 1 on
+    # easy) pseudo-labels mostly right, and lesions are a minority of the unlabelled patches
+    print({k: round(float(v), 3) for k, v in metrics.items() if k.startswith("fixmatch/")})
+    assert float(metrics["fixmatch/pseudo_accuracy"]) > 0.8
+    assert 0.0 < float(metrics["fixmatch/true_lesion_share"]) < 0.5
     assert int(task.p_model_updates) == run.trainer.global_step == int(task.ema.n_averaged)
     counts = run.datamodule.class_counts()
     assert torch.allclose(task.p_labelled, torch.tensor(counts / counts.sum(), dtype=torch.float32))
@@ -115,3 +120,78 @@ def check_fixmatch_run(run) -> None:
     with torch.no_grad():
         assert torch.equal(task.eval_logits(x), task.ema.module(x * 2 - 1))
         assert not torch.allclose(task.ema.module(x * 2 - 1), task(x))
+
+
+def test_flexmatch_thresholds_by_hand_and_the_record_they_come_from():
+    """FlexMatch (Zhang et al. 2021): beta_c = sigma_c / max(max sigma, never confident), T_c =
+    beta_c / (2 - beta_c) tau; the record keeps each unlabelled patch's latest confident class."""
+    from retinalab.tasks.fixmatch import flexmatch_thresholds
+
+    tau = 0.9
+    assert flexmatch_thresholds(torch.full((10,), -1, dtype=torch.int8), 2, tau).tolist() == [0.0, 0.0]  # warm-up: nothing confident
+    seen = torch.tensor([0, 0, 0, 0, 1, -1, -1, -1, -1, -1, -1, -1], dtype=torch.int8)  # sigma = (4, 1), 7 never confident
+    beta = [4 / 7, 1 / 7]
+    assert flexmatch_thresholds(seen, 2, tau).tolist() == pytest.approx([b / (2 - b) * tau for b in beta])
+    seen = torch.tensor([0] * 8 + [1] * 2 + [-1], dtype=torch.int8)  # sigma = (8, 2), 1 unused: the majority class sets the scale
+    assert flexmatch_thresholds(seen, 2, tau).tolist() == pytest.approx([tau, (0.25 / 1.75) * tau])
+
+    # a class threshold per prediction: the lesion patch at 0.7 passes its lowered threshold, the healthy one at 0.8 does not
+    weak = torch.log(torch.tensor([[0.8, 0.2], [0.3, 0.7]]))
+    _, mask, pseudo = fixmatch_unsup_loss(weak, torch.zeros(2, 2), torch.tensor([0.9, 0.5]))
+    assert mask.tolist() == [False, True] and pseudo.tolist() == [0, 1]
+
+    # the record: positions from (cache row, patch), only confident predictions written, others kept
+    task = FixMatchTask(width=0.1, thresholding="flexmatch", threshold=tau)
+    task.flex_offset = torch.tensor([-1, 0, 4])  # cache row 0 is not unlabelled; rows 1 and 2 have 4 patches each
+    task.flex_seen = torch.full((8,), -1, dtype=torch.int8)
+    task.flex_seen[2] = 1
+    batch = {"image_index": torch.tensor([1, 2, 1]), "patch_index": torch.tensor([3, 0, 2])}
+    logits = torch.log(torch.tensor([[0.95, 0.05], [0.02, 0.98], [0.6, 0.4]]))
+    task._update_flex_seen(batch, logits)
+    assert task.flex_seen.tolist() == [-1, -1, 1, 0, 1, -1, -1, -1]  # row 1 patch 2 was not confident: its earlier record stays
+    assert task.class_thresholds().tolist() == pytest.approx(flexmatch_thresholds(task.flex_seen, 2, tau).tolist())
+
+
+def test_the_lesion_safe_strong_view_keeps_colours_that_randaugment_changes():
+    """`strong_policy: lesion_safe` leaves out the RandAugment operations that change what tells an
+    exudate from a druse or a haemorrhage from pigment (solarise, posterise, equalise, autocontrast,
+    saturation): a patch's hue (mean green over mean red) stays within a few percent, where
+    FixMatch's RandAugment list moves it far in some views."""
+    import numpy as np
+
+    from retinalab.datamodules.transforms import patch_strong_transform
+
+    rng = np.random.default_rng(0)
+    patch = np.zeros((32, 32, 3), np.uint8)
+    patch[...] = (200, 90, 40)  # fundus orange
+    patch[12:18, 12:18] = (110, 15, 12)  # a haemorrhage
+    patch = np.clip(patch + rng.normal(0, 3, patch.shape), 0, 255).astype(np.uint8)
+
+    def hue_shifts(policy: str) -> np.ndarray:
+        tf = patch_strong_transform(32, cutout=0.0, policy=policy, seed=3)
+        views = [tf(image=patch)["image"].astype(float) for _ in range(60)]
+        hue = patch[..., 1].mean() / patch[..., 0].mean()
+        return np.array([abs(v[..., 1].mean() / max(v[..., 0].mean(), 1) - hue) / hue for v in views])
+
+    assert hue_shifts("lesion_safe").max() < 0.12
+    assert hue_shifts("randaugment").max() > 0.3
+    with pytest.raises(ValueError, match="lesion_safe"):
+        patch_strong_transform(32, policy="cifar")
+
+
+def test_pseudo_label_quality_against_hidden_truth_by_hand():
+    """The diagnostics of how good the pseudo-labels are, against labels the loss never sees: unknown
+    patches (-1) are left out, precision and recall are about the lesion class, recall counts the
+    lesions the threshold dropped."""
+    from retinalab.tasks.fixmatch import pseudo_label_counts, pseudo_label_quality
+
+    pseudo = torch.tensor([1, 1, 0, 0, 1, 0, 1])
+    mask = torch.tensor([True, True, True, False, False, True, True])
+    truth = torch.tensor([1, 0, 0, 1, 1, -1, -1])
+    counts = pseudo_label_counts(pseudo, mask, truth)
+    # confident and known: patches 0-2 (right: 0 and 2); lesion pseudo-labels 0, 1 (right: 0); true lesions 0, 3, 4 of 5 known
+    assert counts.tolist() == [3, 2, 2, 1, 3, 5]
+    q = pseudo_label_quality(counts + pseudo_label_counts(pseudo[:1], mask[:1], truth[:1]))  # summed over two batches
+    assert q == pytest.approx({"pseudo_accuracy": 3 / 4, "pseudo_lesion_precision": 2 / 3, "pseudo_lesion_recall": 2 / 4,
+                               "true_lesion_share": 4 / 6})
+    assert pseudo_label_quality(pseudo_label_counts(pseudo, torch.zeros(7, dtype=torch.bool), torch.full((7,), -1))) == {}

@@ -23,6 +23,7 @@ from .base import FundusDataModule
 from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset
 from .splits import SplitMode, choose_labeled, split_indices, target_count
 from .transforms import (
+    StrongPolicy,
     default_seed,
     image_train_transform,
     patch_strong_transform,
@@ -75,6 +76,9 @@ class PatchDataModule(FundusDataModule):
         strong_ops: RandAugment-like operations per strong view (FixMatch: 2).
         strong_cutout: largest side of the strong view's Cutout hole, as a fraction of the patch
             (FixMatch: 0.5; 0: none).
+        strong_policy: the strong view's operations: ``randaugment`` (FixMatch's) or ``lesion_safe``
+            (those that keep a lesion's colour and keep it inside its patch; see
+            :func:`~retinalab.datamodules.transforms.patch_strong_transform`).
         unlabeled_pool: which training images feed the unlabelled stream: ``all`` (default; every
             training image, the labelled ones included with their labels hidden, as Salimans et al.'s
             code does, so the 149/149 column of paper 000's Tables 1-2 runs) or ``rest`` (only the
@@ -131,6 +135,7 @@ class PatchDataModule(FundusDataModule):
         unlabeled_strong: bool = False,
         strong_ops: int = 2,
         strong_cutout: float = 0.5,
+        strong_policy: StrongPolicy = "randaugment",
         unlabeled_pool: Literal["all", "rest"] = "all",
         batches_per_epoch: int | Literal["unlabeled"] | None = None,
         seed: int = 0,
@@ -172,7 +177,9 @@ class PatchDataModule(FundusDataModule):
         if not 0 <= strong_cutout <= 1 or strong_ops < 0:
             raise ValueError(f"strong_cutout must lie in [0, 1] and strong_ops be >= 0, got {strong_cutout!r} and {strong_ops!r}")
         self.unlabeled_ratio, self.unlabeled_strong = unlabeled_ratio, unlabeled_strong
-        self.strong_ops, self.strong_cutout = strong_ops, strong_cutout
+        if strong_policy not in ("randaugment", "lesion_safe"):
+            raise ValueError(f"strong_policy must be 'randaugment' or 'lesion_safe', got {strong_policy!r}")
+        self.strong_ops, self.strong_cutout, self.strong_policy = strong_ops, strong_cutout, strong_policy
         if batches_per_epoch is not None and batches_per_epoch != "unlabeled" and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
             raise ValueError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")
         self.batches_per_epoch = batches_per_epoch
@@ -323,7 +330,7 @@ class PatchDataModule(FundusDataModule):
                 tf = make(self.cache_config.grid.out_size, seed=seed)
             # the strong view draws a stream of its own (stream 2), apart from the weak view's
             strong_tf = patch_strong_transform(self.cache_config.grid.out_size, ops=self.strong_ops, cutout=self.strong_cutout,
-                                               seed=default_seed(stream=2)) if strong else None
+                                               policy=self.strong_policy, seed=default_seed(stream=2)) if strong else None
             ds = PatchDataset(self.cache, rows, tf, hide_labels=hide, strong_transform=strong_tf)
         sampler = RandomSampler(ds, num_samples=num_batches * batch_size) if num_batches is not None else None
         return DataLoader(

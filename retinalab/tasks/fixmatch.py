@@ -22,15 +22,30 @@ p_labelled is the class share of the labelled patches and p_model a running mean
 predictions on unlabelled patches, and renormalises: a model that predicts lesions less often than
 the labels say gets its lesion probabilities raised.
 
+``thresholding: flexmatch`` (FlexMatch, Zhang et al. 2021) replaces the one threshold by one per
+class that follows how often the model is already confident about that class: with sigma_c the
+number of unlabelled patches whose latest confident (>= tau) prediction was class c and u the number
+never confidently predicted, beta_c = sigma_c / max(max_c sigma_c, u) and T_c = beta_c / (2 - beta_c)
+tau. A class the model rarely predicts confidently (the lesions) gets a lower threshold; early on,
+while most patches were never confident, every threshold is low (FlexMatch's warm-up).
+
 Diagnostics, epoch means under ``fixmatch/``: ``mask_rate`` (share of unlabelled patches above the
 threshold), ``pseudo_lesion_share`` (share of those pseudo-labelled as lesions), ``loss_sup``,
-``loss_unsup``, and ``p_model_lesion`` (the running mean p_model of the lesion class).
+``loss_unsup``, ``p_model_lesion`` (the running mean p_model of the lesion class) and, with FlexMatch,
+``threshold_lesion`` / ``threshold_healthy`` (the class thresholds). Where the unlabelled patches'
+labels are known but hidden (synthetic data; the pixel-annotated and grade-0 photographs of a real
+set), also how good the pseudo-labels are against them, from counts summed over the epoch (never used
+by the loss): ``pseudo_accuracy`` (confident pseudo-labels that are right), ``pseudo_lesion_precision``
+and ``pseudo_lesion_recall`` (of the lesion pseudo-labels; recall over every true lesion patch, so it
+includes the threshold's misses) and ``true_lesion_share`` (the lesion share the pseudo-labels should
+show).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
@@ -40,14 +55,68 @@ from ..models import PatchBackbone, build_patch_model
 from .base import PatchTask, broadcast_from_rank0, warm_ema
 
 
-def fixmatch_unsup_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float,
+def flexmatch_thresholds(seen: torch.Tensor, num_classes: int, tau: float) -> torch.Tensor:
+    """FlexMatch's class thresholds (Zhang et al. 2021, Eq. 6-7, with the threshold warm-up).
+
+    Args:
+        seen: per unlabelled sample, the class of its latest prediction that reached ``tau``, or -1
+            if none has yet.
+        num_classes: K.
+        tau: the fixed threshold (FixMatch's 0.95).
+
+    Returns:
+        ``K`` thresholds T_c = M(beta_c) tau, with beta_c = sigma_c / max(max_c sigma_c, u), sigma_c
+        the samples last confidently predicted as c, u those never, and M(x) = x / (2 - x). Until some
+        sample is confident, every beta is 0 (so is every threshold).
+    """
+    sigma = torch.bincount(seen[seen >= 0].long(), minlength=num_classes).float()
+    unused = (seen < 0).sum().float()
+    if unused >= len(seen):
+        return torch.zeros(num_classes, device=seen.device)
+    beta = sigma / torch.maximum(sigma.max(), unused)
+    return beta / (2 - beta) * tau
+
+
+def pseudo_label_counts(pseudo: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Counts for the quality of pseudo-labels against hidden truth, to be summed over batches.
+
+    Args:
+        pseudo: ``B`` pseudo-labels (argmax of the weak predictions).
+        mask: ``B`` bools, where the pseudo-label passed the threshold.
+        truth: ``B`` true labels, -1 where unknown (those patches are left out).
+
+    Returns:
+        ``[confident known, confident right, lesion pseudo-labels, right lesion pseudo-labels, true
+        lesions, known]`` as a float tensor (see :func:`pseudo_label_quality`).
+    """
+    known = truth >= 0
+    conf = mask & known
+    lesion_pred, lesion_true = conf & (pseudo > 0), known & (truth > 0)
+    return torch.stack([conf.sum(), (conf & (pseudo == truth)).sum(), lesion_pred.sum(), (lesion_pred & (pseudo == truth)).sum(),
+                        lesion_true.sum(), known.sum()]).float()
+
+
+def pseudo_label_quality(counts: torch.Tensor) -> dict[str, float]:
+    """``pseudo_accuracy``, ``pseudo_lesion_precision``, ``pseudo_lesion_recall`` and ``true_lesion_share``
+    from summed :func:`pseudo_label_counts`; a ratio without a denominator is left out."""
+    conf, right, lesion_pred, lesion_right, lesion_true, known = counts.tolist()
+    out = {}
+    for name, num, den in (("pseudo_accuracy", right, conf), ("pseudo_lesion_precision", lesion_right, lesion_pred),
+                           ("pseudo_lesion_recall", lesion_right, lesion_true), ("true_lesion_share", lesion_true, known)):
+        if den > 0:
+            out[name] = num / den
+    return out
+
+
+def fixmatch_unsup_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float | torch.Tensor,
                         align: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FixMatch's unlabelled loss (Eq. 4 of Sohn et al. 2020).
 
     Args:
         logits_weak: ``B x K`` logits of the weak views (detached inside).
         logits_strong: ``B x K`` logits of the strong views of the same patches.
-        threshold: tau, the confidence above which a weak prediction becomes a pseudo-label.
+        threshold: tau, the confidence above which a weak prediction becomes a pseudo-label, or ``K``
+            thresholds, one per predicted class (FlexMatch).
         align: ``K`` factors p_labelled / p_model multiplying the weak probabilities before they are
             renormalised (distribution alignment), or ``None``.
 
@@ -61,7 +130,7 @@ def fixmatch_unsup_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, 
             q = q * align
             q = q / q.sum(1, keepdim=True)
         conf, pseudo = q.max(1)
-        mask = conf >= threshold
+        mask = conf >= (threshold[pseudo] if isinstance(threshold, torch.Tensor) else threshold)
     loss = (F.cross_entropy(logits_strong, pseudo, reduction="none") * mask).mean()
     return loss, mask, pseudo
 
@@ -82,6 +151,8 @@ class FixMatchTask(PatchTask):
             ``lr: 0.03``, ``momentum: 0.9``, ``nesterov: true``, ``weight_decay: 5e-4``); ``None``: Adam
             as above, so that FixMatch differs from the ConvNet only in what it adds.
         threshold: tau, the pseudo-label confidence threshold (0.95).
+        thresholding: ``fixed`` (FixMatch: tau for every class) or ``flexmatch`` (class thresholds
+            that follow how often each class is confidently predicted, for the minority lesion class).
         unsup_weight: lambda_u, the weight of the unlabelled loss (1).
         distribution_alignment: rescale the weak predictions by p_labelled / p_model (ReMixMatch)
             before the threshold, for the minority lesion class.
@@ -106,6 +177,7 @@ class FixMatchTask(PatchTask):
         weight_decay: float = 0.0,
         optimizer: OptimizerCallable | None = None,
         threshold: float = 0.95,
+        thresholding: Literal["fixed", "flexmatch"] = "fixed",
         unsup_weight: float = 1.0,
         distribution_alignment: bool = False,
         alignment_momentum: float = 0.999,
@@ -120,6 +192,8 @@ class FixMatchTask(PatchTask):
         super().__init__()
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold!r}")
+        if thresholding not in ("fixed", "flexmatch"):
+            raise ValueError(f"thresholding must be 'fixed' or 'flexmatch', got {thresholding!r}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         extra = {"dropout_in": dropout_in, "dropout": dropout} if backbone == "convnet" else {}
@@ -127,11 +201,20 @@ class FixMatchTask(PatchTask):
         self.ema = AveragedModel(self.model, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=True)
         self.ema.requires_grad_(False)
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))
+        self._batch_norm = any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in self.model.modules())
         # distribution alignment: the labelled class shares (set at fit start) and the running mean of
         # the model's unlabelled predictions; both in checkpoints, so a resumed run aligns alike
         self.register_buffer("p_labelled", torch.full((num_classes,), 1.0 / num_classes))
         self.register_buffer("p_model", torch.full((num_classes,), 1.0 / num_classes))
         self.register_buffer("p_model_updates", torch.tensor(0, dtype=torch.long))
+        # FlexMatch: per unlabelled patch, the class of its latest confident prediction (-1: none yet),
+        # and where a cache row's patches start in it (-1: not unlabelled); sized in setup, saved in checkpoints
+        self.register_buffer("flex_seen", torch.zeros(0, dtype=torch.int8))
+        self.register_buffer("flex_offset", torch.zeros(0, dtype=torch.long))
+        # the unlabelled patches' hidden labels (cache rows x patches, -1 unknown) for the pseudo-label
+        # diagnostics only, and the epoch's counts; neither is saved
+        self._hidden_labels: torch.Tensor | None = None
+        self._pseudo_counts = torch.zeros(6)
 
     # ---------------------------------------------------------------- helpers
     def _ema_avg(self, avg: torch.Tensor, new: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
@@ -153,6 +236,43 @@ class FixMatchTask(PatchTask):
             counts = torch.as_tensor(dm.class_counts(), dtype=torch.float32).clamp_min(1)
             if len(counts) == self.hparams.num_classes:
                 self.p_labelled.copy_(counts / counts.sum())
+        if stage == "fit" and getattr(dm, "cache", None) is not None:
+            labels = getattr(dm.cache, "labels", None)
+            self._hidden_labels = torch.from_numpy(np.array(labels, dtype=np.int8)) if labels is not None else None
+        if self.hparams.thresholding == "flexmatch" and getattr(dm, "cache", None) is not None and "unlabeled" in getattr(dm, "rows", {}):
+            # before a checkpoint is restored (fit, test, ...), so that its FlexMatch state loads into buffers of its size
+            rows, g = dm.rows["unlabeled"], dm.cache.patches_per_image
+            offset = torch.full((len(dm.cache),), -1, dtype=torch.long)
+            offset[torch.as_tensor(rows, dtype=torch.long)] = torch.arange(len(rows)) * g
+            if not torch.equal(self.flex_offset.cpu(), offset):
+                self.flex_offset = offset.to(self.device)
+                self.flex_seen = torch.full((len(rows) * g,), -1, dtype=torch.int8, device=self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint's FlexMatch record keeps its size where setup could not size it (e.g. predicting a folder)
+        state = checkpoint.get("state_dict", {})
+        for name in ("flex_seen", "flex_offset"):
+            if name in state and state[name].shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(state[name], device=self.device))
+
+    def class_thresholds(self) -> torch.Tensor | float:
+        """The pseudo-label thresholds: tau, or FlexMatch's one per class."""
+        if self.hparams.thresholding != "flexmatch":
+            return self.hparams.threshold
+        if self.flex_seen.numel() == 0:
+            raise RuntimeError("thresholding: flexmatch needs the patch datamodule's unlabelled pool (set up in FixMatchTask.setup)")
+        return flexmatch_thresholds(self.flex_seen, self.hparams.num_classes, self.hparams.threshold)
+
+    @torch.no_grad()
+    def _update_flex_seen(self, batch: dict[str, Any], logits_weak: torch.Tensor) -> None:
+        """Record each unlabelled patch's prediction where it reached tau (FlexMatch's sigma counts)."""
+        pos = self.flex_offset[batch["image_index"].long()] + batch["patch_index"].long()
+        conf, pred = torch.softmax(logits_weak.detach().float(), dim=1).max(1)
+        pred = torch.where(conf >= self.hparams.threshold, pred, torch.full_like(pred, -2))  # -2: not confident, leave as is
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank keeps the whole record
+            pos, pred = self.all_gather(pos).flatten(), self.all_gather(pred).flatten()
+        keep = (pred >= 0) & (pos >= 0)
+        self.flex_seen[pos[keep]] = pred[keep].to(torch.int8)
 
     def _maybe_data_init(self, x: torch.Tensor) -> None:
         if bool(self.initialized):
@@ -188,26 +308,52 @@ class FixMatchTask(PatchTask):
         u_w, u_s = batch["unlabeled"]["image"], batch["unlabeled"]["image_strong"]
         n, m = len(x), len(u_w)
         self._maybe_data_init(torch.cat([x, u_w]))
-        # one pass over all three, so batch-norm backbones normalise them together
-        logits = self(torch.cat([x, u_w, u_s]))
-        l_x, l_w, l_s = logits[:n], logits[n : n + m], logits[n + m :]
+        if self._batch_norm:  # one pass over all three, so that batch norm normalises them together (as FixMatch's code)
+            logits = self(torch.cat([x, u_w, u_s]))
+            l_x, l_w, l_s = logits[:n], logits[n : n + m], logits[n + m :]
+        else:  # no batch norm (conv-large): the same logits, without back-propagating through the weak views
+            with torch.no_grad():
+                l_w = self(u_w)
+            logits = self(torch.cat([x, u_s]))
+            l_x, l_s = logits[:n], logits[n:]
         loss_sup = F.cross_entropy(l_x, y)
-        loss_unsup, mask, pseudo = fixmatch_unsup_loss(l_w, l_s, self.hparams.threshold, self.alignment())
+        thresholds = self.class_thresholds()
+        loss_unsup, mask, pseudo = fixmatch_unsup_loss(l_w, l_s, thresholds, self.alignment())
         if self.hparams.distribution_alignment:
             self._update_p_model(l_w)
+        if self.hparams.thresholding == "flexmatch":
+            self._update_flex_seen(batch["unlabeled"], l_w)
         loss = loss_sup + self.hparams.unsup_weight * loss_unsup
         with torch.no_grad():
             confident = mask.float().mean()
             lesion_share = (pseudo[mask] > 0).float().mean() if mask.any() else torch.zeros((), device=self.device)
+            if self._hidden_labels is not None:
+                i, j = batch["unlabeled"]["image_index"].long().cpu(), batch["unlabeled"]["patch_index"].long().cpu()
+                self._pseudo_counts += pseudo_label_counts(pseudo.cpu(), mask.cpu(), self._hidden_labels[i, j])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", (l_x.argmax(1) == y).float().mean(), batch_size=n)
         self.log_dict({"fixmatch/loss_sup": loss_sup.detach(), "fixmatch/loss_unsup": loss_unsup.detach(), "fixmatch/mask_rate": confident,
                        "fixmatch/pseudo_lesion_share": lesion_share, "fixmatch/p_model_lesion": self.p_model[1:].sum()},
                       on_step=False, on_epoch=True, batch_size=m)
+        if isinstance(thresholds, torch.Tensor):
+            self.log_dict({"fixmatch/threshold_healthy": thresholds[0], "fixmatch/threshold_lesion": thresholds[1:].min()},
+                          on_step=False, on_epoch=True, batch_size=m)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update_parameters(self.model)
+
+    def on_train_epoch_start(self) -> None:
+        self._pseudo_counts = torch.zeros(6)
+
+    def on_train_epoch_end(self) -> None:
+        if self._hidden_labels is None:
+            return
+        counts = self._pseudo_counts.to(self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank's patches
+            torch.distributed.all_reduce(counts)
+        for name, value in pseudo_label_quality(counts.cpu()).items():
+            self.log(f"fixmatch/{name}", value)
 
     def configure_optimizers(self):
         h = self.hparams

@@ -1,0 +1,82 @@
+"""The fast parts of paper 000's two benchmarks (issue 29): the verdicts of benchmarks/label_efficiency.py
+read from result lines and test predictions (here made up, so that the right answer is known), and
+the run plan of benchmarks/ssl_gan_factors.py. The fits themselves are the benchmarks' business."""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def _lines(work: Path, preset: str, arm: str, n, seeds, quality: float, rng: np.random.Generator) -> dict:
+    """Result lines whose saved test predictions separate 40 diseased from 40 healthy photographs
+    with the given quality (0.5: chance), on the same photographs for every arm of a seed."""
+    out = {}
+    for s in seeds:
+        targets = np.zeros((80, 4), np.int64)
+        targets[:40, 0] = 1
+        noise = np.random.default_rng(100 + s).random((80, 4))  # shared by the arms of a seed: paired
+        signal = np.r_[np.ones(40), np.zeros(40)][:, None] * (quality - 0.5) * 1.2
+        probs = 1 / (1 + np.exp(-(signal + rng.normal(0, 0.05, (80, 4)) + (noise - 0.5) * 2)))
+        tag = f"{preset}-{arm}-{n}-{s}".replace(" ", "_").replace(",", "")
+        (work / "predictions").mkdir(exist_ok=True)
+        np.savez(work / "predictions" / f"{tag}.npz", best_probs=probs, best_targets=targets, last_probs=probs, last_targets=targets)
+        from retinalab.metrics.bootstrap import exact_auroc
+
+        auc = exact_auroc(probs.sum(1), targets.max(1))
+        out[(preset, arm, n, s)] = {"best": {"image_auroc": auc, "patch_auroc": auc}, "predictions": f"predictions/{tag}.npz"}
+    return out
+
+
+def test_label_efficiency_verdicts_name_the_winner_or_the_miss(tmp_path, capsys):
+    le = runpy.run_path(str(REPO / "benchmarks" / "label_efficiency.py"), run_name="bench_reports")
+    seeds = [0, 1]
+    a = argparse.Namespace(presets=["scarce", "benchmark"], labels=[10], seeds=seeds, only=None,
+                           arms=["SSL-GAN", "FixMatch", "ConvNet, equal epochs", "ConvNet, equal steps"])
+    rng = np.random.default_rng(0)
+
+    def finished(fixmatch_quality: float) -> dict:
+        f = {}
+        for preset in a.presets:
+            f |= _lines(tmp_path, preset, le["CEILING"], None, seeds, 1.2, rng)
+            f |= _lines(tmp_path, preset, "ConvNet, equal steps", 10, seeds, 0.7, rng)
+            f |= _lines(tmp_path, preset, "ConvNet, equal epochs", 10, seeds, 0.6, rng)
+            f |= _lines(tmp_path, preset, "SSL-GAN", 10, seeds, 0.6, rng)
+            f |= _lines(tmp_path, preset, "FixMatch", 10, seeds, fixmatch_quality, rng)
+        return f
+
+    le["verdicts"](a, finished(0.85), tmp_path)
+    out = capsys.readouterr().out
+    assert "- scarce: supervised ceiling >= 0.92" in out and "-> met" in out
+    assert "ConvNet, equal steps at 10 labels in [0.65, 0.78]" in out
+    assert "by >= 0.03 at 10 labels with a paired interval above 0: met (FixMatch)" in out
+    assert "- benchmark: at 10 labels, SSL-GAN >= ConvNet, equal epochs + 0.05" in out
+
+    le["verdicts"](a, finished(0.7), tmp_path)  # FixMatch no better than the ConvNet now
+    out = capsys.readouterr().out
+    assert "MISSED: neither does" in out and "ssl_gan_factors.py" in out
+
+    # the calibration runs nothing semi-supervised, and says only what it measured
+    a.only, a.arms = "calibration", ["ConvNet, equal steps"]
+    le["verdicts"](a, finished(0.85), tmp_path)
+    out = capsys.readouterr().out
+    assert "semi-supervised" not in out and "in [0.65, 0.78]" in out
+
+
+def test_ssl_gan_factors_plan_moves_one_factor_at_a_time():
+    f = runpy.run_path(str(REPO / "benchmarks" / "ssl_gan_factors.py"), run_name="bench_reports")
+    settings = f["settings"]()
+    base = f["BASE"]
+    assert len(settings) == 7 and settings.count(base) == 1  # 4 weights + 3 widths + 2 step counts, the base shared
+    assert all(sum(s[k] != base[k] for k in base) <= 1 for s in settings)
+    assert settings[0]["width"] == 0.125 and settings[-1]["width"] == 0.5  # cheapest first
+    # the ConvNet counterpart depends on width and steps only: 4 runs per seed, not 7
+    assert len({f["tag"]("ConvNet", s, 0) for s in settings}) == 4
+    assert len({f["tag"]("SSL-GAN", s, 0) for s in settings}) == 7
