@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark script in this folder and write ``benchmarks/RESULTS.md``.
 
 Each ``benchmarks/<name>.py`` (files starting with ``_`` are helpers) runs in its own process with the
-arguments below, sized so the whole run fits in about 55 minutes on a 2-core CPU; a script not listed runs
+arguments below, sized so the whole run fits in about two and a half hours on a 2-core CPU; a script not listed runs
 with its defaults. Its output streams to the console as it runs; its standard output (the figures) goes
 verbatim into its section of RESULTS.md, with the command, the machine and the wall time. RESULTS.md is replaced atomically at the
 end, also when a script failed (its section then holds the error), and the exit status is non-zero.
@@ -35,7 +35,8 @@ BENCH_ARGS: dict[str, list[str]] = {
     "active_learning.py": [],  # its defaults: 5 seeds, 3 settings, ~5 min
     "collaborative.py": [],  # its defaults: 3 seeds, ~18 min
     "memory.py": [],  # its defaults: 5 configs x 3 small batches at 512 px
-    "label_efficiency.py": [],  # its defaults: 3 seeds, ~14.5 min
+    "label_efficiency.py": [],  # its defaults: scarce and benchmark presets, 3 seeds, 4 arms, ~40 min
+    "ssl_gan_factors.py": [],  # its defaults: scarce, 10 labels, 3 seeds, 7 SSL-GAN settings, ~60 min
     "scale.py": [],
 }
 

@@ -101,7 +101,7 @@ step() {
 }
 
 P000=(benchmarks/label_efficiency.py --device "$DEVICE" --width "$P000_WIDTH" --epochs "$P000_EPOCHS" --images "$P000_IMAGES"
-      --arms SSL-GAN "ConvNet, equal steps")
+      --presets scarce --arms SSL-GAN "ConvNet, equal steps")
 [ "$DEVICE" = cuda ] && P000+=(--precision bf16-mixed)
 for s in $STEPS; do
     case $s in

@@ -63,6 +63,15 @@ def test_label_efficiency_verdicts_name_the_winner_or_the_miss(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "MISSED: neither does" in out and "ssl_gan_factors.py" in out
 
+    # the mechanism table: each method's own diagnostics, mean over seeds; "-" where a run logged none
+    f = finished(0.7)
+    for s, acc in zip(seeds, (0.9, 0.8), strict=True):
+        f[("scarce", "FixMatch", 10, s)]["diagnostics"] = {"fixmatch/pseudo_accuracy": acc, "fixmatch/pseudo_lesion_recall": 0.1}
+    le["mechanism"]("scarce", a, f)
+    out = capsys.readouterr().out
+    assert "| labelled | mask rate | pseudo-label accuracy | lesion precision | lesion recall |" in out
+    assert "| 10 | - | 0.850 | - | 0.100 | - | - |" in out and "| 10 | - | - | - | - |" in out  # FixMatch's row, SSL-GAN's
+
     # the calibration runs nothing semi-supervised, and says only what it measured
     a.only, a.arms = "calibration", ["ConvNet, equal steps"]
     le["verdicts"](a, finished(0.85), tmp_path)

@@ -1,0 +1,69 @@
+"""One benchmark fit, shared by label_efficiency.py and ssl_gan_factors.py (not a benchmark: ``make
+bench`` skips files starting with _): ``retinalab fit`` of a shipped config on a synthetic set, then
+tests of its last and its best-on-validation weights, the per-photograph predictions saved for paired
+bootstrap intervals, and the task's own diagnostics (``gan/...``, ``fixmatch/...``) at the end of the fit."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("image_auroc", "patch_auroc")
+
+
+def fit_and_test(config: str, root: Path, n_labeled: int | None, seed: int, work: Path, tag: str, epochs: int, val: int, test: int,
+                 extra: list[str], device: str | None = None, precision: str | None = None) -> dict:
+    """Fit ``config`` (relative to the repository) on ``root`` with ``n_labeled`` labelled photographs
+    (``None``: all) and ``seed`` (split, labelled subset and training), in ``<work>/runs/<tag>``; test
+    the last and the best checkpoints. Returns the result line: ``best`` / ``last`` test AUROCs,
+    ``val_best`` (the monitored validation metric of the best checkpoint), ``steps`` (optimiser steps
+    of the classifier), ``fit_s``, ``diagnostics`` and where the test predictions went
+    (``<work>/predictions/<tag>.npz``)."""
+    from retinalab.cli import cli
+    from retinalab.launch import cap_workers, limit_threads
+
+    threads = limit_threads()  # $RETINALAB_THREADS under --parallel
+    out = work / "runs" / tag
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)  # the configs' relative checkpoint folder (runs/<name>/checkpoints) lands in the run's folder
+    args = [
+        "--config", str(REPO / config), "--data.root", str(root),
+        f"--data.num_labeled_images={'null' if n_labeled is None else n_labeled}", f"--data.seed={seed}",
+        f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--data.val_size={val}", f"--data.test_size={test}", f"--data.split_file={out / 'split.json'}",
+        *extra,
+    ]
+    if device:
+        args += [f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "--trainer.devices=1"]
+    if precision:
+        args.append(f"--trainer.precision={precision}")
+    t0 = time.perf_counter()
+    c = cli(args, run=False)
+    cap_workers(c.datamodule, threads)
+    c.trainer.fit(c.model, c.datamodule)
+    fit_s = time.perf_counter() - t0
+    gan = hasattr(c.model, "generator")
+    line: dict = {"labels": n_labeled, "seed": seed, "fit_s": round(fit_s, 1), "steps": c.trainer.global_step // (2 if gan else 1),
+                  "train_images": c.datamodule.summary()["train"]["images"], "test_images": len(c.datamodule.rows["test"]),
+                  "device": str(c.trainer.strategy.root_device),
+                  "diagnostics": {k: round(float(v), 4) for k, v in c.trainer.callback_metrics.items() if k.startswith(("gan/", "fixmatch/"))}}
+    ckpt = c.trainer.checkpoint_callback  # the monitored one (val/image_auroc in the synthetic configs)
+    line["val_best"] = float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None
+    preds = {}
+    # "last": the weights in memory at the end of training (first, before "best" replaces them; with
+    # a monitored ModelCheckpoint, Lightning 2.6 rewrites last.ckpt only when "best" improves)
+    for ckpt in ("last", "best"):
+        res = c.trainer.test(c.model, datamodule=c.datamodule, ckpt_path=None if ckpt == "last" else "best", verbose=False)[0]
+        line[ckpt] = {m: float(res[f"test/{m}"]) for m in METRICS}
+        rec = c.model.eval_records["test"]
+        preds[f"{ckpt}_probs"], preds[f"{ckpt}_targets"] = rec["probs"], rec["targets"]
+    (work / "predictions").mkdir(exist_ok=True)
+    np.savez_compressed(work / "predictions" / f"{tag}.npz", **preds)
+    line["predictions"] = f"predictions/{tag}.npz"
+    line["run_s"] = round(time.perf_counter() - t0, 1)
+    return line
