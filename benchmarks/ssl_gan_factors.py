@@ -19,16 +19,23 @@ same test photographs with its 95% bootstrap interval; the summary says by how m
 that gap (the largest minus the smallest gap over its settings).
 
     python benchmarks/ssl_gan_factors.py [--seeds 0 1 2] [--work DIR] [--images 541] [--device cpu|cuda]
+                                         [--parallel N] [--reuse LABEL_EFFICIENCY_WORK]
 
 The data are benchmarks/label_efficiency.py's (``scarce``, seed 1234, 541 photographs of 768x510,
 143 train / 50 val / 100 test). Each finished run appends a line to ``<work>/results.jsonl`` at
-once; rerunning with the same ``--work`` skips finished runs.
+once; rerunning with the same ``--work`` skips finished runs. ``--reuse DIR`` takes the base setting's
+runs (SSL-GAN as shipped, ConvNet at equal steps, 10 labels, 3 epochs, the configs' width) from a
+finished ``benchmarks/label_efficiency.py --work DIR`` instead of fitting them again (the same
+command lines), and its ``idrid-scarce-1`` data. ``--parallel N`` runs N fits at a time, each its own
+process with its share of the CPU threads (as label_efficiency.py's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -88,6 +95,27 @@ def run(method: str, s: dict, seed: int, root: Path, work: Path, a: argparse.Nam
     return line
 
 
+def reuse(src: Path, work: Path, seeds: list[int], done: dict, results: Path) -> None:
+    """Copy the base setting's runs of a finished label_efficiency.py work folder (same data, same
+    command lines) into this one's results."""
+    base = BASE
+    arms = {"SSL-GAN": "SSL-GAN", "ConvNet, equal steps": "ConvNet"}
+    for line in read_jsonl(src / "results.jsonl"):
+        method = arms.get(line.get("arm"))
+        if (method is None or line.get("data") != "idrid-scarce-1" or line.get("labels") != LABELS or line.get("epochs") != base["epochs"]
+                or line.get("width") is not None or line.get("seed") not in seeds):
+            continue
+        name = tag(method, base, line["seed"])
+        if name in done:
+            continue
+        (work / "predictions").mkdir(exist_ok=True)
+        shutil.copyfile(src / line["predictions"], work / "predictions" / f"{name}.npz")
+        new = {**line, "predictions": f"predictions/{name}.npz", "method": method, "setting": base, "tag": name, "reused_from": str(src)}
+        append_jsonl(results, new)
+        done[name] = new
+        print(f"{name}: reused from {src}", flush=True)
+
+
 def paired(gan: list[dict], conv: list[dict], work: Path) -> tuple[float, float, float]:
     """Mean image-AUROC difference SSL-GAN - ConvNet and its 95% paired bootstrap interval."""
     stats, diffs = [], []
@@ -108,6 +136,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=541, help="photographs drawn (as benchmarks/label_efficiency.py)")
     ap.add_argument("--work", help="keep data, runs and results here (default: a temporary folder); reruns skip finished runs")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="one CPU or one GPU per fit (default: the configs' accelerator)")
+    ap.add_argument("--parallel", type=int, default=None, metavar="N", help="N fits at a time, each its own process with cores/N threads")
+    ap.add_argument("--reuse", default=None, metavar="DIR", help="a finished label_efficiency.py --work folder: take its base-setting runs and data")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # method:tag, one fit in this process (--parallel's children)
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="retinalab-factors-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -115,6 +146,18 @@ def main() -> None:
     print(f"machine: {machine()}")
     t0 = time.perf_counter()
     root = work / "idrid-scarce-1"  # benchmarks/label_efficiency.py's data folder name for this preset
+    if a.one:  # a child of --parallel: one fit, its line written for the parent to collect
+        method, name = a.one.split(":", 1)
+        s, seed = next((s, seed) for s in settings() for seed in a.seeds if tag(method, s, seed) == name)
+        line = run(method, s, seed, root, work, a)
+        path = work / "lines" / f"{name}.json"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(line))
+        os.replace(tmp, path)
+        return
+    if a.reuse and not root.exists() and (Path(a.reuse) / "idrid-scarce-1").is_dir():
+        root.symlink_to((Path(a.reuse) / "idrid-scarce-1").resolve(), target_is_directory=True)
     if not root.exists():
         write_synthetic("idrid", root, num_images=a.images, seed=1234, size=(768, 510), workers=os.cpu_count() or 1, preset="scarce")
     results = work / "results.jsonl"
@@ -125,17 +168,46 @@ def main() -> None:
             for method in ("ConvNet", "SSL-GAN"):
                 if tag(method, s, seed) not in [t for _, t, *_ in plan]:
                     plan.append((method, tag(method, s, seed), s, seed))
-    for method, name, s, seed in plan:
-        if name in done:
-            continue
-        line = run(method, s, seed, root, work, a)
-        append_jsonl(results, line)
+    if a.reuse:
+        reuse(Path(a.reuse).resolve(), work, a.seeds, done, results)
+
+    def record(method: str, name: str, line: dict) -> None:
+        append_jsonl(results, line)  # one line per finished run, at once
         done[name] = line
         d = line["diagnostics"]
         diag = (f", D acc {d.get('gan/d_accuracy', float('nan')):.2f}, p(fake) real {d.get('gan/p_fake_real', float('nan')):.2f} "
                 f"generated {d.get('gan/p_fake_generated', float('nan')):.2f}") if method == "SSL-GAN" else ""
         print(f"[{time.perf_counter() - t0:6.0f}s] {name}: {line['steps']} steps in {line['fit_s']:.0f} s, image AUROC "
               f"{line['best']['image_auroc']:.3f}, patch AUROC {line['best']['patch_auroc']:.3f}{diag}", flush=True)
+
+    todo = [(method, name, s, seed) for method, name, s, seed in plan if name not in done]
+    if a.parallel is None:
+        for method, name, s, seed in todo:
+            record(method, name, run(method, s, seed, root, work, a))
+    elif todo:
+        from retinalab.launch import Job, plan_slots, run_jobs
+
+        slots = plan_slots(a.parallel, a.device or "cpu")
+        jobs, methods = [], {}
+        for method, name, _s, _seed in todo:
+            (work / "lines" / f"{name}.json").unlink(missing_ok=True)
+            argv = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--images", str(a.images),
+                    "--seeds", *map(str, a.seeds), "--one", f"{method}:{name}"] + (["--device", a.device] if a.device else [])
+            jobs.append(Job(name, argv, work / "runs" / name / "run.log"))
+            methods[name] = method
+
+        def collected(job, rc: int, seconds: float) -> None:
+            path = work / "lines" / f"{job.name}.json"
+            if rc == 0 and path.is_file():
+                line = json.loads(path.read_text())
+                line["process_s"] = round(seconds, 1)
+                record(methods[job.name], job.name, line)
+
+        print(f"{len(todo)} fits as {len(slots)} concurrent processes ({slots[0].label}, {slots[0].threads} CPU threads each)", flush=True)
+        run_jobs(jobs, slots, collected, prefix="  ")
+    missing = [name for _m, name, _s, _seed in plan if name not in done]
+    if missing:
+        raise SystemExit(f"{len(missing)} run(s) did not finish (see {work / 'runs'}/*/run.log): {missing[:5]}")
 
     print(f"\nscarce preset, {LABELS} labelled photographs, seeds {a.seeds}; best-on-validation checkpoints; mean over seeds; "
           "gap = SSL-GAN - ConvNet image AUROC on the same test photographs [95% paired bootstrap interval]; "

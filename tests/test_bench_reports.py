@@ -89,3 +89,33 @@ def test_ssl_gan_factors_plan_moves_one_factor_at_a_time():
     # the ConvNet counterpart depends on width and steps only: 4 runs per seed, not 7
     assert len({f["tag"]("ConvNet", s, 0) for s in settings}) == 4
     assert len({f["tag"]("SSL-GAN", s, 0) for s in settings}) == 7
+
+
+def test_ssl_gan_factors_reuses_only_label_efficiencys_base_setting_runs(tmp_path, capsys):
+    """--reuse takes label_efficiency.py's SSL-GAN and ConvNet-at-equal-steps runs of the base setting
+    (scarce data, 10 labels, 3 epochs, the configs' width) and nothing else, predictions copied."""
+    import json
+
+    f = runpy.run_path(str(REPO / "benchmarks" / "ssl_gan_factors.py"), run_name="bench_reports")
+    src, work = tmp_path / "le", tmp_path / "factors"
+    (src / "predictions").mkdir(parents=True)
+    work.mkdir()
+    lines = []
+    for i, (arm, data, labels, width, seed) in enumerate([
+        ("SSL-GAN", "idrid-scarce-1", 10, None, 0), ("ConvNet, equal steps", "idrid-scarce-1", 10, None, 0),
+        ("ConvNet, equal epochs", "idrid-scarce-1", 10, None, 0), ("SSL-GAN", "idrid-benchmark-1", 10, None, 0),
+        ("SSL-GAN", "idrid-scarce-1", 40, None, 0), ("SSL-GAN", "idrid-scarce-1", 10, 0.25, 0), ("SSL-GAN", "idrid-scarce-1", 10, None, 5),
+    ]):
+        np.savez(src / "predictions" / f"p{i}.npz", best_probs=np.full((2, 4), i, float))
+        lines.append({"arm": arm, "data": data, "labels": labels, "width": width, "seed": seed, "epochs": 3, "predictions": f"predictions/p{i}.npz"})
+    (src / "results.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    done: dict = {}
+    f["reuse"](src, work, [0, 1, 2], done, work / "results.jsonl")
+    base = f["BASE"]
+    assert sorted(done) == sorted([f["tag"]("SSL-GAN", base, 0), f["tag"]("ConvNet", base, 0)])
+    gan = done[f["tag"]("SSL-GAN", base, 0)]
+    assert gan["method"] == "SSL-GAN" and gan["setting"] == base
+    assert np.load(work / gan["predictions"])["best_probs"][0, 0] == 0  # the first line's predictions, copied
+    assert len((work / "results.jsonl").read_text().splitlines()) == 2
+    f["reuse"](src, work, [0, 1, 2], done, work / "results.jsonl")  # a rerun adds nothing
+    assert len((work / "results.jsonl").read_text().splitlines()) == 2
