@@ -19,7 +19,7 @@ same test photographs with its 95% bootstrap interval; the summary says by how m
 that gap (the largest minus the smallest gap over its settings).
 
     python benchmarks/ssl_gan_factors.py [--seeds 0 1 2] [--work DIR] [--images 541] [--device cpu|cuda]
-                                         [--parallel N] [--reuse LABEL_EFFICIENCY_WORK]
+                                         [--parallel N] [--reuse LABEL_EFFICIENCY_WORK] [--report]
 
 The data are benchmarks/label_efficiency.py's (``scarce``, seed 1234, 541 photographs of 768x510,
 143 train / 50 val / 100 test). Each finished run appends a line to ``<work>/results.jsonl`` at
@@ -27,7 +27,8 @@ once; rerunning with the same ``--work`` skips finished runs. ``--reuse DIR`` ta
 runs (SSL-GAN as shipped, ConvNet at equal steps, 10 labels, 3 epochs, the configs' width) from a
 finished ``benchmarks/label_efficiency.py --work DIR`` instead of fitting them again (the same
 command lines), and its ``idrid-scarce-1`` data. ``--parallel N`` runs N fits at a time, each its own
-process with its share of the CPU threads (as label_efficiency.py's).
+process with its share of the CPU threads (as label_efficiency.py's). ``--report`` prints the table
+of what has finished in ``--work`` so far (settings with a run missing say so) and fits nothing.
 """
 
 from __future__ import annotations
@@ -130,6 +131,44 @@ def paired(gan: list[dict], conv: list[dict], work: Path) -> tuple[float, float,
     return statistics.mean(diffs), low, high
 
 
+def table(done: dict, seeds: list[int], work: Path) -> None:
+    """The factor table and which factor moves the gap, from the finished runs in ``done``; a setting
+    with a run missing (``--report`` while the benchmark runs, or a run stopped early) says so."""
+    print(f"\nscarce preset, {LABELS} labelled photographs, seeds {seeds}; best-on-validation checkpoints; mean over seeds; "
+          "gap = SSL-GAN - ConvNet image AUROC on the same test photographs [95% paired bootstrap interval]; "
+          "diagnostics at the end of training\n")
+    print("| factor | setting | steps | SSL-GAN image / patch AUROC | ConvNet image / patch AUROC | gap [95%] | D accuracy | p(fake) real / generated | loss_g |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    gaps: dict[str, dict] = {}
+
+    def m(lines: list[dict], metric: str) -> float:
+        return statistics.mean(ln["best"][metric] for ln in lines)
+
+    def dg(lines: list[dict], key: str) -> float:
+        return statistics.mean(ln["diagnostics"].get(f"gan/{key}", float("nan")) for ln in lines)
+
+    for factor, values in FACTORS.items():
+        for v in values:
+            s = {**BASE, factor: v}
+            names = [tag(method, s, seed) for seed in seeds for method in ("SSL-GAN", "ConvNet")]
+            if any(n not in done for n in names):
+                print(f"| {factor} | {v:g} | not run: {sum(n in done for n in names)} of {len(names)} fits finished |||||||")
+                continue
+            gan = [done[tag("SSL-GAN", s, seed)] for seed in seeds]
+            conv = [done[tag("ConvNet", s, seed)] for seed in seeds]
+            gap, low, high = paired(gan, conv, work)
+            gaps.setdefault(factor, {})[v] = gap
+            print(f"| {factor} | {v:g} | {gan[0]['steps']} | {m(gan, 'image_auroc'):.3f} / {m(gan, 'patch_auroc'):.3f} | "
+                  f"{m(conv, 'image_auroc'):.3f} / {m(conv, 'patch_auroc'):.3f} | {gap:+.3f} [{low:+.2f}, {high:+.2f}] | "
+                  f"{dg(gan, 'd_accuracy'):.2f} | {dg(gan, 'p_fake_real'):.2f} / {dg(gan, 'p_fake_generated'):.2f} | {dg(gan, 'loss_g'):.2f} |")
+    print("\nWhich factor moves the gap (largest minus smallest gap over its finished settings):")
+    for factor, by in sorted(gaps.items(), key=lambda kv: -(max(kv[1].values()) - min(kv[1].values()))):
+        best = max(by, key=by.get)
+        missing = [v for v in FACTORS[factor] if v not in by]
+        print(f"- {factor}: {max(by.values()) - min(by.values()):.3f} (gap from {min(by.values()):+.3f} to {max(by.values()):+.3f}; "
+              f"smallest deficit at {factor} = {best:g})" + (f"; not run: {', '.join(f'{v:g}' for v in missing)}" if missing else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -138,6 +177,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="one CPU or one GPU per fit (default: the configs' accelerator)")
     ap.add_argument("--parallel", type=int, default=None, metavar="N", help="N fits at a time, each its own process with cores/N threads")
     ap.add_argument("--reuse", default=None, metavar="DIR", help="a finished label_efficiency.py --work folder: take its base-setting runs and data")
+    ap.add_argument("--report", action="store_true", help="print the table of the runs finished in --work so far, fit nothing")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # method:tag, one fit in this process (--parallel's children)
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="retinalab-factors-")).resolve()
@@ -168,6 +208,9 @@ def main() -> None:
             for method in ("ConvNet", "SSL-GAN"):
                 if tag(method, s, seed) not in [t for _, t, *_ in plan]:
                     plan.append((method, tag(method, s, seed), s, seed))
+    if a.report:
+        table(done, a.seeds, work)
+        return
     if a.reuse:
         reuse(Path(a.reuse).resolve(), work, a.seeds, done, results)
 
@@ -209,34 +252,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"{len(missing)} run(s) did not finish (see {work / 'runs'}/*/run.log): {missing[:5]}")
 
-    print(f"\nscarce preset, {LABELS} labelled photographs, seeds {a.seeds}; best-on-validation checkpoints; mean over seeds; "
-          "gap = SSL-GAN - ConvNet image AUROC on the same test photographs [95% paired bootstrap interval]; "
-          "diagnostics at the end of training\n")
-    print("| factor | setting | steps | SSL-GAN image / patch AUROC | ConvNet image / patch AUROC | gap [95%] | D accuracy | p(fake) real / generated | loss_g |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    gaps: dict[str, dict] = {}
-    for factor, values in FACTORS.items():
-        for v in values:
-            s = {**BASE, factor: v}
-            gan = [done[tag("SSL-GAN", s, seed)] for seed in a.seeds]
-            conv = [done[tag("ConvNet", s, seed)] for seed in a.seeds]
-            gap, low, high = paired(gan, conv, work)
-            gaps.setdefault(factor, {})[v] = gap
-
-            def m(lines: list[dict], metric: str) -> float:
-                return statistics.mean(ln["best"][metric] for ln in lines)
-
-            def dg(lines: list[dict], key: str) -> float:
-                return statistics.mean(ln["diagnostics"].get(f"gan/{key}", float("nan")) for ln in lines)
-
-            print(f"| {factor} | {v:g} | {gan[0]['steps']} | {m(gan, 'image_auroc'):.3f} / {m(gan, 'patch_auroc'):.3f} | "
-                  f"{m(conv, 'image_auroc'):.3f} / {m(conv, 'patch_auroc'):.3f} | {gap:+.3f} [{low:+.2f}, {high:+.2f}] | "
-                  f"{dg(gan, 'd_accuracy'):.2f} | {dg(gan, 'p_fake_real'):.2f} / {dg(gan, 'p_fake_generated'):.2f} | {dg(gan, 'loss_g'):.2f} |")
-    print("\nWhich factor moves the gap (largest minus smallest gap over its settings):")
-    for factor, by in sorted(gaps.items(), key=lambda kv: -(max(kv[1].values()) - min(kv[1].values()))):
-        best = max(by, key=by.get)
-        print(f"- {factor}: {max(by.values()) - min(by.values()):.3f} (gap from {min(by.values()):+.3f} to {max(by.values()):+.3f}; "
-              f"smallest deficit at {factor} = {best:g})")
+    table(done, a.seeds, work)
     print(f"\ntotal time {time.perf_counter() - t0:.0f} s")
 
 

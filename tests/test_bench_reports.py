@@ -119,3 +119,26 @@ def test_ssl_gan_factors_reuses_only_label_efficiencys_base_setting_runs(tmp_pat
     assert len((work / "results.jsonl").read_text().splitlines()) == 2
     f["reuse"](src, work, [0, 1, 2], done, work / "results.jsonl")  # a rerun adds nothing
     assert len((work / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_ssl_gan_factors_table_reports_finished_settings_and_names_the_missing(tmp_path, capsys):
+    f = runpy.run_path(str(REPO / "benchmarks" / "ssl_gan_factors.py"), run_name="bench_reports")
+    rng = np.random.default_rng(1)
+    (tmp_path / "predictions").mkdir()
+    targets = (rng.random((30, 4)) < 0.3).astype(np.int64)
+    targets[:2] = [[1, 0, 0, 0], [0, 0, 0, 0]]
+    done = {}
+    base = f["BASE"]
+    for s, quality in ((base, 0.5), ({**base, "unsup_weight": 0.0}, 2.0)):
+        for seed in (0, 1):
+            for method, q in (("SSL-GAN", quality), ("ConvNet", 1.0)):
+                probs = 1 / (1 + np.exp(-(q * (targets - 0.5) + rng.normal(0, 0.5, targets.shape))))
+                name = f["tag"](method, s, seed)
+                np.savez(tmp_path / "predictions" / f"{name}.npz", best_probs=probs, best_targets=targets)
+                done[name] = {"best": {"image_auroc": q / 3, "patch_auroc": q / 4}, "steps": 276, "predictions": f"predictions/{name}.npz",
+                              "diagnostics": {"gan/d_accuracy": 0.9} if method == "SSL-GAN" else {}}
+    f["table"](done, [0, 1], tmp_path)
+    out = capsys.readouterr().out
+    assert "| unsup_weight | 0 | 276 | 0.667 / 0.500 | 0.333 / 0.250 | +0.333 [" in out  # finished: mean over seeds, gap, diagnostics
+    assert "| width | 0.5 | not run: 0 of 4 fits finished |" in out
+    assert "- unsup_weight: 0.500 (gap from -0.167 to +0.333; smallest deficit at unsup_weight = 0); not run: 0.1, 0.3" in out
