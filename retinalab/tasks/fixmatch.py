@@ -327,9 +327,11 @@ class FixMatchTask(PatchTask):
         with torch.no_grad():
             confident = mask.float().mean()
             lesion_share = (pseudo[mask] > 0).float().mean() if mask.any() else torch.zeros((), device=self.device)
-            if self._hidden_labels is not None:
-                i, j = batch["unlabeled"]["image_index"].long().cpu(), batch["unlabeled"]["patch_index"].long().cpu()
-                self._pseudo_counts += pseudo_label_counts(pseudo.cpu(), mask.cpu(), self._hidden_labels[i, j])
+            if self._hidden_labels is not None:  # on the step's device: no host sync per step
+                if self._hidden_labels.device != pseudo.device:
+                    self._hidden_labels = self._hidden_labels.to(pseudo.device)
+                i, j = batch["unlabeled"]["image_index"].long(), batch["unlabeled"]["patch_index"].long()
+                self._pseudo_counts = self._pseudo_counts.to(pseudo.device) + pseudo_label_counts(pseudo, mask, self._hidden_labels[i, j])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", (l_x.argmax(1) == y).float().mean(), batch_size=n)
         self.log_dict({"fixmatch/loss_sup": loss_sup.detach(), "fixmatch/loss_unsup": loss_unsup.detach(), "fixmatch/mask_rate": confident,
@@ -349,7 +351,7 @@ class FixMatchTask(PatchTask):
     def on_train_epoch_end(self) -> None:
         if self._hidden_labels is None:
             return
-        counts = self._pseudo_counts.to(self.device)
+        counts = self._pseudo_counts.to(self.device)  # once per epoch
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank's patches
             torch.distributed.all_reduce(counts)
         for name, value in pseudo_label_quality(counts.cpu()).items():
