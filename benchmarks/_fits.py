@@ -67,3 +67,70 @@ def fit_and_test(config: str, root: Path, n_labeled: int | None, seed: int, work
     line["predictions"] = f"predictions/{tag}.npz"
     line["run_s"] = round(time.perf_counter() - t0, 1)
     return line
+
+
+def paired_image_auroc(a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best") -> tuple[float, float, float, list[float]] | None:
+    """Image AUROC of run A minus run B, seed by seed on the same test photographs (each pair of result
+    lines from :func:`fit_and_test`): the mean difference, its 95% bootstrap interval over test
+    photographs (each seed's two runs resampled together) and the per-seed differences; ``None`` when a
+    seed's two runs did not score the same photographs."""
+    import statistics
+
+    from retinalab.metrics.bootstrap import (
+        bootstrap_interval,
+        difference_statistic,
+        image_auroc_statistic,
+    )
+
+    stats, diffs = [], []
+    for la, lb in zip(a_lines, b_lines, strict=True):
+        za, zb = np.load(work / la["predictions"]), np.load(work / lb["predictions"])
+        ta, tb = za[f"{ckpt}_targets"], zb[f"{ckpt}_targets"]
+        if ta.shape != tb.shape or not np.array_equal(ta, tb):
+            return None
+        stats.append(difference_statistic(image_auroc_statistic(za[f"{ckpt}_probs"].sum(1), ta.max(1)),
+                                          image_auroc_statistic(zb[f"{ckpt}_probs"].sum(1), tb.max(1))))
+        diffs.append(la[ckpt]["image_auroc"] - lb[ckpt]["image_auroc"])
+    low, high = bootstrap_interval(stats)
+    return statistics.mean(diffs), low, high, diffs
+
+
+def write_child_line(work: Path, name: str, line: dict) -> None:
+    """A ``--parallel`` child's result line, written atomically to ``<work>/lines/<name>.json`` for
+    :func:`run_children` to collect."""
+    import json
+
+    path = work / "lines" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(line))
+    os.replace(tmp, path)
+
+
+def run_children(children: dict[str, list[str]], work: Path, parallel: int, device: str | None, on_line) -> dict:
+    """Run each child command (name -> argv of a script's ``--one`` mode) as its own process,
+    ``parallel`` at a time per GPU or on the CPU (:mod:`retinalab.launch`), each logging to
+    ``<work>/runs/<name>/run.log``; ``on_line(name, line)`` gets each child's result line (from
+    :func:`write_child_line`, with ``process_s``) as it ends. Returns ``codes`` (exit status per
+    name), ``wall_s``, ``start`` (unix seconds) and ``slots``."""
+    import json
+
+    from retinalab.launch import Job, plan_slots, run_jobs
+
+    slots = plan_slots(parallel, device or "cpu")
+    jobs = []
+    for name, argv in children.items():
+        (work / "lines" / f"{name}.json").unlink(missing_ok=True)
+        jobs.append(Job(name, argv, work / "runs" / name / "run.log"))
+
+    def collected(job, rc: int, seconds: float) -> None:
+        path = work / "lines" / f"{job.name}.json"
+        if rc == 0 and path.is_file():
+            line = json.loads(path.read_text())
+            line["process_s"] = round(seconds, 1)
+            on_line(job.name, line)
+
+    print(f"{len(jobs)} fits as {len(slots)} concurrent processes ({slots[0].label}, {slots[0].threads} CPU threads each)", flush=True)
+    wall, start = time.perf_counter(), time.time()
+    codes = run_jobs(jobs, slots, collected, prefix="  ")
+    return {"codes": codes, "wall_s": time.perf_counter() - wall, "start": start, "slots": slots}

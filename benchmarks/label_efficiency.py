@@ -59,11 +59,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import append_jsonl, machine, read_jsonl  # noqa: E402
-from _fits import METRICS, fit_and_test  # noqa: E402
+from _fits import METRICS, fit_and_test, paired_image_auroc, run_children, write_child_line  # noqa: E402
 
 from retinalab.metrics.bootstrap import (  # noqa: E402
     bootstrap_interval,
-    difference_statistic,
     image_auroc_statistic,
     patch_auroc_statistic,
 )
@@ -158,18 +157,11 @@ def paired(a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "be
     """Image AUROC of A minus B, seed by seed on the same test photographs: the mean difference
     [95% bootstrap interval over test photographs, each seed's two runs resampled together] and
     the per-seed differences; "not paired" when a seed's two runs did not score the same photographs."""
-    stats, diffs = [], []
-    for la, lb in zip(a_lines, b_lines, strict=True):
-        za, zb = np.load(work / la["predictions"]), np.load(work / lb["predictions"])
-        ta, tb = za[f"{ckpt}_targets"], zb[f"{ckpt}_targets"]
-        if ta.shape != tb.shape or not np.array_equal(ta, tb):
-            return "not paired (the runs' test photographs differ)"
-        sa = image_auroc_statistic(za[f"{ckpt}_probs"].sum(1), ta.max(1))
-        sb = image_auroc_statistic(zb[f"{ckpt}_probs"].sum(1), tb.max(1))
-        stats.append(difference_statistic(sa, sb))
-        diffs.append(la[ckpt]["image_auroc"] - lb[ckpt]["image_auroc"])
-    low, high = bootstrap_interval(stats)
-    return f"{statistics.mean(diffs):+.3f} [{low:+.2f}, {high:+.2f}] (per seed: {', '.join(f'{d:+.3f}' for d in diffs)})"
+    d = paired_image_auroc(a_lines, b_lines, work, ckpt)
+    if d is None:
+        return "not paired (the runs' test photographs differ)"
+    gap, low, high, diffs = d
+    return f"{gap:+.3f} [{low:+.2f}, {high:+.2f}] (per seed: {', '.join(f'{x:+.3f}' for x in diffs)})"
 
 
 def main() -> None:
@@ -207,11 +199,7 @@ def main() -> None:
         preset, slug, n, seed = a.one.split(":")
         line = run_one(SLUGS[slug], _label_count(n), int(seed), a, work / data_name(preset, a), work)
         line["preset"] = preset
-        path = work / "lines" / f"{preset}-{slug}-{n}-{seed}.json"
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(line))
-        os.replace(tmp, path)
+        write_child_line(work, f"{preset}-{slug}-{n}-{seed}", line)
         return
     print(f"machine: {machine()}")
     t0 = time.perf_counter()
@@ -247,31 +235,15 @@ def main() -> None:
             line["preset"] = preset
             record(line)
     elif todo:
-        from retinalab.launch import Job, plan_slots, run_jobs
-
-        slots = plan_slots(a.parallel, a.device or "cpu")
-        jobs = {}
-        for preset, arm, n, seed in todo:
-            tag = f"{preset}-{RUNS[arm][0]}-{'all' if n is None else n}-{seed}"
-            (work / "lines" / f"{tag}.json").unlink(missing_ok=True)
-            jobs[tag] = Job(tag, child_argv(a, work, preset, arm, n, seed), work / "runs" / tag / "run.log")
-
-        def collected(job, rc: int, seconds: float) -> None:
-            path = work / "lines" / f"{job.name}.json"
-            if rc == 0 and path.is_file():
-                line = json.loads(path.read_text())
-                line["process_s"] = round(seconds, 1)
-                record(line)
-
-        print(f"{len(todo)} fits as {len(slots)} concurrent processes ({slots[0].label}, {slots[0].threads} CPU threads each)", flush=True)
-        wall, started = time.perf_counter(), time.time()
-        codes = run_jobs(list(jobs.values()), slots, collected, prefix="  ")
-        wall = time.perf_counter() - wall
+        children = {f"{preset}-{RUNS[arm][0]}-{'all' if n is None else n}-{seed}": child_argv(a, work, preset, arm, n, seed)
+                    for preset, arm, n, seed in todo}
+        ran = run_children(children, work, a.parallel, a.device, lambda _name, line: record(line))
+        slots = ran["slots"]
         with (work / "parallel.jsonl").open("a") as f:  # start / end: unix seconds, to match GPU samples against
-            f.write(json.dumps({"fits": len(todo), "processes": len(slots), "threads": slots[0].threads, "wall_s": round(wall, 1),
-                                "start": started, "end": time.time(),
-                                "failed": sorted(k for k, v in codes.items() if v != 0), "device": a.device}) + "\n")
-        print(f"{len(todo)} fits in {wall:.0f} s wall clock with {len(slots)} processes", flush=True)
+            f.write(json.dumps({"fits": len(todo), "processes": len(slots), "threads": slots[0].threads, "wall_s": round(ran["wall_s"], 1),
+                                "start": ran["start"], "end": time.time(),
+                                "failed": sorted(k for k, v in ran["codes"].items() if v != 0), "device": a.device}) + "\n")
+        print(f"{len(todo)} fits in {ran['wall_s']:.0f} s wall clock with {len(slots)} processes", flush=True)
     missing = [k for k in plan if k not in finished]
     if missing:
         raise SystemExit(f"{len(missing)} run(s) did not finish (see {work / 'runs'}/*/run.log): {missing[:5]}")
@@ -388,15 +360,8 @@ def verdicts(a: argparse.Namespace, finished: dict, work: Path) -> None:
 
 def paired_low(a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best") -> float:
     """The lower end of the 95% paired bootstrap interval of image AUROC A - B (NaN when not paired)."""
-    stats = []
-    for la, lb in zip(a_lines, b_lines, strict=True):
-        za, zb = np.load(work / la["predictions"]), np.load(work / lb["predictions"])
-        ta, tb = za[f"{ckpt}_targets"], zb[f"{ckpt}_targets"]
-        if ta.shape != tb.shape or not np.array_equal(ta, tb):
-            return float("nan")
-        stats.append(difference_statistic(image_auroc_statistic(za[f"{ckpt}_probs"].sum(1), ta.max(1)),
-                                          image_auroc_statistic(zb[f"{ckpt}_probs"].sum(1), tb.max(1))))
-    return bootstrap_interval(stats)[0]
+    d = paired_image_auroc(a_lines, b_lines, work, ckpt)
+    return float("nan") if d is None else d[1]
 
 
 if __name__ == "__main__":

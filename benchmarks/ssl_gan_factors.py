@@ -34,7 +34,6 @@ of what has finished in ``--work`` so far (settings with a run missing say so) a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -43,20 +42,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import append_jsonl, machine, read_jsonl  # noqa: E402
-from _fits import fit_and_test  # noqa: E402
+from _fits import fit_and_test, paired_image_auroc, run_children, write_child_line  # noqa: E402
 
-from retinalab.metrics.bootstrap import (  # noqa: E402
-    bootstrap_interval,
-    difference_statistic,
-    image_auroc_statistic,
-)
 from retinalab.synthetic import write_synthetic  # noqa: E402
 
 BASE = {"unsup_weight": 1.0, "width": 0.125, "epochs": 3}
@@ -119,16 +111,9 @@ def reuse(src: Path, work: Path, seeds: list[int], done: dict, results: Path) ->
 
 def paired(gan: list[dict], conv: list[dict], work: Path) -> tuple[float, float, float]:
     """Mean image-AUROC difference SSL-GAN - ConvNet and its 95% paired bootstrap interval."""
-    stats, diffs = [], []
-    for g, c in zip(gan, conv, strict=True):
-        zg, zc = np.load(work / g["predictions"]), np.load(work / c["predictions"])
-        t = zg["best_targets"]
-        assert np.array_equal(t, zc["best_targets"]), "the two runs scored other photographs"
-        stats.append(difference_statistic(image_auroc_statistic(zg["best_probs"].sum(1), t.max(1)),
-                                          image_auroc_statistic(zc["best_probs"].sum(1), t.max(1))))
-        diffs.append(g["best"]["image_auroc"] - c["best"]["image_auroc"])
-    low, high = bootstrap_interval(stats)
-    return statistics.mean(diffs), low, high
+    d = paired_image_auroc(gan, conv, work)
+    assert d is not None, "the two runs scored other photographs"
+    return d[:3]
 
 
 def table(done: dict, seeds: list[int], work: Path) -> None:
@@ -190,11 +175,7 @@ def main() -> None:
         method, name = a.one.split(":", 1)
         s, seed = next((s, seed) for s in settings() for seed in a.seeds if tag(method, s, seed) == name)
         line = run(method, s, seed, root, work, a)
-        path = work / "lines" / f"{name}.json"
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(line))
-        os.replace(tmp, path)
+        write_child_line(work, name, line)
         return
     if a.reuse and not root.exists() and (Path(a.reuse) / "idrid-scarce-1").is_dir():
         root.symlink_to((Path(a.reuse) / "idrid-scarce-1").resolve(), target_is_directory=True)
@@ -228,26 +209,11 @@ def main() -> None:
         for method, name, s, seed in todo:
             record(method, name, run(method, s, seed, root, work, a))
     elif todo:
-        from retinalab.launch import Job, plan_slots, run_jobs
-
-        slots = plan_slots(a.parallel, a.device or "cpu")
-        jobs, methods = [], {}
-        for method, name, _s, _seed in todo:
-            (work / "lines" / f"{name}.json").unlink(missing_ok=True)
-            argv = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--images", str(a.images),
-                    "--seeds", *map(str, a.seeds), "--one", f"{method}:{name}"] + (["--device", a.device] if a.device else [])
-            jobs.append(Job(name, argv, work / "runs" / name / "run.log"))
-            methods[name] = method
-
-        def collected(job, rc: int, seconds: float) -> None:
-            path = work / "lines" / f"{job.name}.json"
-            if rc == 0 and path.is_file():
-                line = json.loads(path.read_text())
-                line["process_s"] = round(seconds, 1)
-                record(methods[job.name], job.name, line)
-
-        print(f"{len(todo)} fits as {len(slots)} concurrent processes ({slots[0].label}, {slots[0].threads} CPU threads each)", flush=True)
-        run_jobs(jobs, slots, collected, prefix="  ")
+        children = {name: [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--images", str(a.images),
+                           "--seeds", *map(str, a.seeds), "--one", f"{method}:{name}"] + (["--device", a.device] if a.device else [])
+                    for method, name, _s, _seed in todo}
+        methods = {name: method for method, name, _s, _seed in todo}
+        run_children(children, work, a.parallel, a.device, lambda name, line: record(methods[name], name, line))
     missing = [name for _m, name, _s, _seed in plan if name not in done]
     if missing:
         raise SystemExit(f"{len(missing)} run(s) did not finish (see {work / 'runs'}/*/run.log): {missing[:5]}")

@@ -142,3 +142,20 @@ def test_ssl_gan_factors_table_reports_finished_settings_and_names_the_missing(t
     assert "| unsup_weight | 0 | 276 | 0.667 / 0.500 | 0.333 / 0.250 | +0.333 [" in out  # finished: mean over seeds, gap, diagnostics
     assert "| width | 0.5 | not run: 0 of 4 fits finished |" in out
     assert "- unsup_weight: 0.500 (gap from -0.167 to +0.333; smallest deficit at unsup_weight = 0); not run: 0.1, 0.3" in out
+
+
+def test_parallel_children_hand_back_their_lines_and_a_failed_one_is_left_out(tmp_path, capsys):
+    """The --parallel protocol both benchmarks share (benchmarks/_fits.py): each child writes its line
+    atomically, the parent collects it as the child ends; a child that fails hands back nothing."""
+    import sys
+
+    bench = str(REPO / "benchmarks")
+    child = "import sys; sys.path.insert(0, {b!r}); from pathlib import Path; from _fits import write_child_line; write_child_line(Path({w!r}), {n!r}, {{'v': {v}}})"
+    children = {f"c{i}": [sys.executable, "-c", child.format(b=bench, w=str(tmp_path), n=f"c{i}", v=i)] for i in range(3)}
+    children["bad"] = [sys.executable, "-c", "raise SystemExit(3)"]
+    fits = runpy.run_path(str(REPO / "benchmarks" / "_fits.py"))
+    got = {}
+    ran = fits["run_children"](children, tmp_path, 2, "cpu", lambda name, line: got.update({name: line}))
+    assert {k: v["v"] for k, v in got.items()} == {"c0": 0, "c1": 1, "c2": 2} and all("process_s" in v for v in got.values())
+    assert ran["codes"]["bad"] == 3 and len(ran["slots"]) == 2
+    assert (tmp_path / "runs" / "c1" / "run.log").exists() and not list((tmp_path / "lines").glob(".*tmp*"))
