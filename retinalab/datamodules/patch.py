@@ -24,6 +24,7 @@ from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches
 from .splits import SplitMode, choose_labeled, split_indices, target_count
 from .transforms import (
     StrongPolicy,
+    check_strong_policy,
     default_seed,
     image_train_transform,
     patch_strong_transform,
@@ -177,8 +178,7 @@ class PatchDataModule(FundusDataModule):
         if not 0 <= strong_cutout <= 1 or strong_ops < 0:
             raise ValueError(f"strong_cutout must lie in [0, 1] and strong_ops be >= 0, got {strong_cutout!r} and {strong_ops!r}")
         self.unlabeled_ratio, self.unlabeled_strong = unlabeled_ratio, unlabeled_strong
-        if strong_policy not in ("randaugment", "lesion_safe"):
-            raise ValueError(f"strong_policy must be 'randaugment' or 'lesion_safe', got {strong_policy!r}")
+        check_strong_policy(strong_policy)
         self.strong_ops, self.strong_cutout, self.strong_policy = strong_ops, strong_cutout, strong_policy
         if batches_per_epoch is not None and batches_per_epoch != "unlabeled" and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
             raise ValueError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")

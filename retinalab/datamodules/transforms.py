@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import albumentations as A
 import cv2
@@ -139,6 +139,12 @@ def patch_train_transform(size: int, pad: int = 2, seed: int | None = None) -> A
 StrongPolicy = Literal["randaugment", "lesion_safe"]
 
 
+def check_strong_policy(policy: str) -> None:
+    """Raise ValueError unless ``policy`` is one of :data:`StrongPolicy`."""
+    if policy not in get_args(StrongPolicy):
+        raise ValueError(f"strong_policy must be one of {', '.join(map(repr, get_args(StrongPolicy)))}, got {policy!r}")
+
+
 def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float = 0.5, policy: StrongPolicy = "randaugment",
                            seed: int | None = None) -> A.Compose:
     """FixMatch's strong augmentation (Sohn et al. 2020, section 2.3 and appendix D), built from
@@ -160,6 +166,7 @@ def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float 
     On lesion patches a large hole can also cover the lesion that makes the patch's label; ``cutout`` is
     a config value (``data.strong_cutout``) for that reason.
     """
+    check_strong_policy(policy)
     reflect = cv2.BORDER_REFLECT_101
     if policy == "randaugment":
         candidates = [
@@ -178,7 +185,7 @@ def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float 
             A.Affine(translate_percent={"x": (-0.3, 0.3), "y": (0, 0)}, border_mode=reflect, p=1.0),
             A.Affine(translate_percent={"x": (0, 0), "y": (-0.3, 0.3)}, border_mode=reflect, p=1.0),
         ]
-    elif policy == "lesion_safe":
+    else:  # lesion_safe
         candidates = [
             A.NoOp(p=1.0),
             A.Affine(rotate=(-30, 30), border_mode=reflect, p=1.0),
@@ -191,8 +198,6 @@ def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float 
             # would shift the hue)
             A.MultiplicativeNoise(multiplier=(0.8, 1.2), per_channel=False, elementwise=False, p=1.0),
         ]
-    else:
-        raise ValueError(f"strong augmentation policy must be 'randaugment' or 'lesion_safe', got {policy!r}")
     transforms: list[Any] = [
         A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad, border_mode=reflect),
         A.RandomCrop(height=size, width=size),
