@@ -1,6 +1,8 @@
-"""Active learning (paper 002): expected gradient length, selection rules, exudate patches, oracles
+"""Active learning (paper 002): expected gradient length and the strategies compared with it (entropy,
+margin, BALD), selection rules, exudate patches, oracles
 and the resumable loop behind ``retinalab active``."""
 
+from .acquisition import ACQUISITIONS, acquisition_scores, bald, entropy, margin, mc_dropout_probs
 from .egl import egl, egl_fc, egl_func, egl_naive, score_pool
 from .loop import ActiveLearning
 from .oracle import HumanOracle, LabelFileError, LabelsPending, SimulatedOracle
@@ -9,6 +11,7 @@ from .selection import image_interestingness, select_images, select_random, sele
 from .state import LoopState
 
 __all__ = [
+    "ACQUISITIONS",
     "ActiveLearning",
     "ExudatePatchConfig",
     "ExudatePatches",
@@ -17,12 +20,17 @@ __all__ = [
     "LabelsPending",
     "LoopState",
     "SimulatedOracle",
+    "acquisition_scores",
+    "bald",
     "dihedral",
     "egl",
     "egl_fc",
     "egl_func",
     "egl_naive",
+    "entropy",
     "image_interestingness",
+    "margin",
+    "mc_dropout_probs",
     "score_pool",
     "select_images",
     "select_random",

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from ..datasets import read_dataset
 from ..datasets.base import OnError
 from ..models.lenet import LeNet
-from . import rounds
+from .acquisition import Acquisition
+from .choose import Choosing
 from .egl import Scope
 from .oracle import HumanOracle, LabelsPending, SimulatedOracle
 from .outputs import RunOutputs
@@ -37,14 +38,12 @@ from .pool import (
     ExudatePatches,
 )
 from .rounds import Query
-from .selection import image_interestingness
 from .split import split_pool
 from .state import (
     LoopState,
     area_under,
     ask_oracle,
     load_checkpoint,
-    matched_counts,
     nan_to_none,
     read_answers,
     read_state,
@@ -53,11 +52,11 @@ from .state import (
     stop_reason,
     write_state,
 )
-from .train import evaluate_patches, score_items, sgd_epochs
+from .train import evaluate_patches, sgd_epochs
 
 log = logging.getLogger(__name__)
 
-class ActiveLearning(RunOutputs):
+class ActiveLearning(Choosing, RunOutputs):
     """``retinalab active``: EGL (or random) active learning of a LeNet exudate patch classifier.
 
     Args:
@@ -67,7 +66,11 @@ class ActiveLearning(RunOutputs):
         patches: how patches are cut (paper 002: 48x48).
         out_dir: run folder (state, checkpoints, CSVs, plots). Runs of the same study should be
             siblings: ``figure2.png`` in the parent compares all of them.
-        acquisition: ``egl`` (Eq. 1 of paper 002) or ``random`` (the baseline).
+        acquisition: ``egl`` (Eq. 1 of paper 002), the strategies papers compare it with, ``entropy``
+            (predictive entropy), ``margin`` (one minus the gap between the two class probabilities) and
+            ``bald`` (mutual information under Monte-Carlo dropout, ``mc_samples`` passes), or ``random``
+            (the baseline). Every scored strategy runs through Algorithms 1 and 2 exactly as EGL does
+            (:mod:`retinalab.active.acquisition`).
         select: ``patches`` (Algorithm 1) or ``images`` (Algorithm 2).
         k: patches chosen by Algorithm 1 per round (with ``select: images``: among the chosen images'
             patches, or from the whole pool after them; see ``image_patches``).
@@ -100,6 +103,10 @@ class ActiveLearning(RunOutputs):
         initial_augment: the initial model too (default no: paper 002's M is "initially trained with 5
             batches of 32 samples", i.e. ``initial_batches`` SGD steps with ``initial_epochs: 1``).
         conv_channels / hidden: LeNet widths (Caffe: 20, 50 and 500).
+        dropout: LeNet's dropout rate before each fully connected layer, in training and in BALD's
+            passes (evaluation and the other scores run without it). Default (``None``): 0.5 for
+            ``bald``, which needs it, and 0 (Caffe's LeNet, the paper's) for the others.
+        mc_samples: BALD's stochastic forward passes T per patch (scoring costs about T inference passes).
         val_size / test_size: patients' share for validation / test (by patient, stratified).
         seed: split, initial set, random selections and training order.
         oracle: ``simulated`` (ground-truth masks) or ``human`` (queries to ``out_dir/queries``).
@@ -128,13 +135,14 @@ class ActiveLearning(RunOutputs):
         reader_args: dict[str, Any] | None = None,
         patches: ExudatePatchConfig = ExudatePatchConfig(),
         out_dir: str = "runs/active/egl",
-        acquisition: Literal["egl", "random"] = "egl",
+        acquisition: Acquisition = "egl",
         select: Literal["patches", "images"] = "images",
         k: int = 32,
         images_per_round: int = 1,
         image_patches: Literal["selected_images", "pool"] = "selected_images",
         match_labels: str | None = None,
         initial_batches: int = 5,
+        initial_draw: Literal["stratified", "random"] = "stratified",
         initial_images: int = 4,
         pool_kind: Literal["centred", "grid"] = "centred",
         scope: Scope = "fc",
@@ -153,6 +161,8 @@ class ActiveLearning(RunOutputs):
         initial_augment: bool = False,
         conv_channels: tuple[int, int] = (20, 50),
         hidden: int = 500,
+        dropout: float | None = None,
+        mc_samples: int = 20,
         val_size: float = 0.2,
         test_size: float = 0.2,
         seed: int = 0,
@@ -185,6 +195,20 @@ class ActiveLearning(RunOutputs):
             raise ValueError("select: images with images_per_round 0 and k 0 would never label anything")
         if select == "images" and image_patches == "selected_images" and k == 0:
             raise ValueError("image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or image_patches: pool)")
+        from .acquisition import ACQUISITIONS
+
+        if acquisition not in ACQUISITIONS:
+            raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {acquisition!r}")
+        if initial_draw not in ("stratified", "random"):
+            raise ValueError(f"initial_draw must be stratified or random, not {initial_draw!r}")
+        if dropout is None:
+            dropout = 0.5 if acquisition == "bald" else 0.0
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if acquisition == "bald" and dropout == 0:
+            raise ValueError("acquisition: bald draws Monte-Carlo dropout passes; set dropout > 0 (e.g. 0.5) or leave it unset")
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         if match_labels is not None and acquisition != "random":
             raise ValueError(f"match_labels copies another run's label counts into a random arm; it needs acquisition: random, not {acquisition}")
         args = {name: value for name, value in locals().items() if name in inspect.signature(ActiveLearning.__init__).parameters and name != "self"}
@@ -227,7 +251,7 @@ class ActiveLearning(RunOutputs):
         self.oracle_fn = SimulatedOracle(pool) if self.oracle == "simulated" else HumanOracle(pool, self.out / "queries")
         torch.manual_seed(self.seed)
         # channels-last: the cached patches are NHWC already, and LeNet's convolutions run ~2x faster so
-        model = LeNet(2, self.patches.patch_size, 3, tuple(self.conv_channels), self.hidden).to(memory_format=torch.channels_last)
+        model = LeNet(2, self.patches.patch_size, 3, tuple(self.conv_channels), self.hidden, self.dropout).to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         self.model, self.optimizer = self.fabric.setup(model, opt)
         if self.rank0:
@@ -283,63 +307,6 @@ class ActiveLearning(RunOutputs):
             self._write_outputs(state, heat, plots)
         self.fabric.barrier()
 
-    # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
-    def score(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """EGL and p(exudate) of pool ``items``; each rank scores a shard and the results are gathered."""
-        return score_items(self.net, self.pool, items, self.scope, self.score_batch_size, self.fabric)
-
-    def _sigma(self, images: list[int]) -> dict[int, float]:
-        """Algorithm 2, line 5: interestingness = sum of EGL over each image's grid patches."""
-        if not images:
-            return {}
-        items = np.concatenate([self.grid_of_image[i] for i in images])
-        phi, _ = self.score(items)
-        return image_interestingness(phi, torch.from_numpy(np.asarray(self.pool.image)[items]))
-
-    # ------------------------------------------------------------------ selection (rounds.py)
-    def _remaining(self, state: LoopState) -> np.ndarray:
-        labelled = np.fromiter(state.labelled, np.int64, len(state.labelled))
-        return self.pool_items[~np.isin(self.pool_items, labelled)]
-
-    def _budget(self, state: LoopState, wanted: int) -> int:
-        if self.max_labels is None:
-            return wanted
-        return max(0, min(wanted, self.max_labels - len(state.labelled)))
-
-    def _initial(self, state: LoopState) -> Query:
-        if self.select == "patches":
-            return rounds.initial_patches(self.pool_items, self._budget(state, self.initial_batches * self.batch_size), self.seed)
-        limit = self._budget(state, len(self.pool_items))
-        return rounds.initial_images(self.split["train"], self.has_exudate, self.items_of_image, self.initial_images, limit, self.seed)
-
-    def _choose(self, state: LoopState, r: int) -> Query:
-        """Round ``r``'s queries (:mod:`retinalab.active.rounds`)."""
-        remaining = self._remaining(state)
-        seed = self.seed * 1_000 + r
-        limit = self._budget(state, len(remaining))
-
-        def phi_of(items: np.ndarray) -> torch.Tensor:
-            return self.score(items)[0]
-
-        candidates: list[int] = []
-        if self.select == "images":
-            free = np.zeros(len(self.pool.labels), dtype=bool)  # unlabelled pool items: O(1) per lookup
-            free[remaining] = True
-            done = set(state.labelled_images)
-            candidates = [i for i in self.split["train"] if i not in done and free[self.items_of_image[i]].any()]
-        if self.match_labels is not None:
-            n_labels, n_images = matched_counts(Path(self.match_labels), self.config, state, r)
-            return rounds.matched_random(
-                self.select, self.image_patches, remaining, candidates, self.items_of_image, n_images, min(n_labels, limit), seed,
-            )
-        if self.select == "images" and self.images_per_round:
-            return rounds.algorithm2(
-                self.acquisition, self.image_patches, remaining, candidates, self.items_of_image, self.images_per_round, self.k, limit,
-                seed, phi_of, self._sigma,
-            )
-        return rounds.patches_round(self.acquisition, remaining, min(self.k, limit), seed, phi_of)
-
     # ------------------------------------------------------------------ training / evaluation (train.py)
     def _train(self, state: LoopState, epochs: int, r: int) -> float:
         items = np.array(sorted(state.labelled), dtype=np.int64)
@@ -384,6 +351,7 @@ class ActiveLearning(RunOutputs):
         try:
             while state.stopped is None:
                 r = state.round + 1
+                self.select_seconds = math.nan  # a query kept from before a restart was chosen then
                 if state.pending and state.pending["round"] == r:
                     query = Query(state.pending["items"], state.pending["scores"], state.pending["images"])
                 else:
@@ -406,9 +374,10 @@ class ActiveLearning(RunOutputs):
                 train_loss = self._train(state, self.initial_epochs if r == 0 else self.epochs_per_round, r)
                 metrics = {"round": r, "labels": len(state.labelled), "images": len(state.labelled_images), "train/loss": train_loss, **self.evaluate()}
                 metrics["exudate_labels"] = int(sum(state.labelled.values()))
+                metrics["select_seconds"] = self.select_seconds if r > 0 else 0.0
                 state.metrics.append(metrics)
                 metrics["test/f1_area"] = area_under(state.metrics, "test/f1")  # over the labels used so far
-                if self.acquisition == "egl" or self.track_images:
+                if self.acquisition != "random" or self.track_images:
                     tracked = self._sigma(self.tracked)
                     state.interestingness += [{"round": r, "labels": len(state.labelled), "image_id": self.pool.images[i]["image_id"], "sigma": s} for i, s in tracked.items()]
                     self._round_sigma = sigma

@@ -35,9 +35,10 @@ class RunOutputs:
                     self.logger.log_image(f"active/{name}", images=[str(png)], step=state.round, caption=[png.stem])
 
     def _heatmap_data(self, state: LoopState) -> tuple[int, np.ndarray, np.ndarray] | None:
-        """EGL over the grid of the image to annotate next: the unlabelled training image with the
-        highest interestingness this round (Algorithm 2), else the first tracked unlabelled one."""
-        if self.acquisition != "egl" or state.round < 0:
+        """The acquisition's scores over the grid of the image to annotate next: the unlabelled training
+        image with the highest interestingness this round (Algorithm 2), else the first tracked
+        unlabelled one. None for random selection."""
+        if self.acquisition == "random" or state.round < 0:
             return None
         done = set(state.labelled_images)
         unlabelled = [i for i in self.split["train"] if i not in done]
@@ -56,5 +57,5 @@ class RunOutputs:
 
         write_tables(self.out, state, {k_: [self.pool.images[i]["image_id"] for i in v] for k_, v in self.split.items()})
         if plots:
-            write_run_plots(self.out, state, self.pool, heat)
+            write_run_plots(self.out, state, self.pool, heat, self.acquisition)
             self._plotted = state.round

@@ -20,7 +20,9 @@ import numpy as np  # noqa: E402
 from .pool import ExudatePatches  # noqa: E402
 
 PANELS = (("test/f1", "F-measure"), ("test/sensitivity", "sensitivity"), ("test/specificity", "specificity"))
-COLOURS = {"random": "tab:blue", "egl": "tab:green"}
+COLOURS = {"random": "tab:blue", "egl": "tab:green", "entropy": "tab:red", "margin": "tab:purple", "bald": "tab:brown"}
+#: how each acquisition's score is named on a heatmap's colour bar
+SCORE_NAMES = {"egl": ("expected gradient length", "Phi"), "entropy": ("predictive entropy", "nats"), "margin": ("1 - margin", "1 - (p1 - p2)"), "bald": ("BALD", "nats")}
 
 
 def _save_fig(fig: plt.Figure, path: Path) -> Path:
@@ -94,8 +96,9 @@ def plot_comparison(study: str | Path) -> Path | None:
     return plot_curves(runs, study / "figure2.png", initial)
 
 
-def plot_interestingness(rows: list[dict], path: str | Path) -> Path:
-    """Figure 3: each tracked image's interestingness (sum of EGL over its patches) against labels used."""
+def plot_interestingness(rows: list[dict], path: str | Path, acquisition: str = "egl") -> Path:
+    """Figure 3: each tracked image's interestingness (sum of the acquisition's scores over its patches;
+    EGL in the paper) against labels used."""
     by_image: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         by_image[row["image_id"]].append((float(row["labels"]), float(row["sigma"])))
@@ -104,7 +107,7 @@ def plot_interestingness(rows: list[dict], path: str | Path) -> Path:
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=image_id)
     ax.set_xlabel("labelled patches")
-    ax.set_ylabel("interestingness (sum of EGL)")
+    ax.set_ylabel(f"interestingness (sum of {acquisition if acquisition != 'random' else 'egl'})")
     ax.set_title("Interestingness over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -139,6 +142,7 @@ def write_heatmap(
     path: str | Path,
     title: str | None = None,
     top: int = 5,
+    acquisition: str = "egl",
 ) -> Path:
     """The photograph with its ``top`` highest-EGL patches boxed and ranked, next to its EGL heatmap
     in units of Phi (colour bar): where a label would change the model most."""
@@ -160,23 +164,25 @@ def write_heatmap(
     axes[0].set_title(f"top {min(top, len(phi))} patches to label", fontsize=10)
     vmax = max(float(heat.max()), 1e-12)
     im = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=vmax)
-    axes[1].set_title("expected gradient length", fontsize=10)
+    name, unit = SCORE_NAMES.get(acquisition, SCORE_NAMES["egl"])
+    axes[1].set_title(name, fontsize=10)
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=im.norm, cmap=im.cmap), ax=axes[1], fraction=0.046, pad=0.02)
-    bar.set_label("Phi (blurred mean over patches)")
+    bar.set_label(f"{unit} (blurred mean over patches)")
     if title:
         fig.suptitle(title, fontsize=11)
     return _save_fig(fig, Path(path))
 
 
-def write_run_plots(out: Path, state, pool: ExudatePatches, heat: tuple[int, np.ndarray, np.ndarray] | None = None) -> None:
+def write_run_plots(out: Path, state, pool: ExudatePatches, heat: tuple[int, np.ndarray, np.ndarray] | None = None, acquisition: str = "egl") -> None:
     """A run's ``curves.png``, ``interestingness.png`` and ``heatmaps/round_NNN.png`` (``heat``: the image,
-    its grid items and their EGL), and ``figure2.png`` in its parent folder."""
+    its grid items and their ``acquisition`` scores), and ``figure2.png`` in its parent folder."""
     if state.metrics:
         plot_curves({out.name: state.metrics}, out / "curves.png", state.metrics[0]["labels"])
         plot_comparison(out.parent)
     if state.interestingness:
-        plot_interestingness(state.interestingness, out / "interestingness.png")
+        plot_interestingness(state.interestingness, out / "interestingness.png", acquisition)
     if heat is not None:
         image_id = pool.images[heat[0]]["image_id"]
-        title = f"{image_id}: EGL after round {state.round} ({len(state.labelled)} labelled patches)"
-        write_heatmap(pool, heat[0], heat[1], heat[2], out / "heatmaps" / f"round_{state.round:03d}.png", title)
+        name = "EGL" if acquisition == "egl" else acquisition
+        title = f"{image_id}: {name} after round {state.round} ({len(state.labelled)} labelled patches)"
+        write_heatmap(pool, heat[0], heat[1], heat[2], out / "heatmaps" / f"round_{state.round:03d}.png", title, acquisition=acquisition)

@@ -1,7 +1,8 @@
 """Paper 002's rounds as the paper writes them: what the oracle is asked to label in each round.
 
-* the initial labelled set: Algorithm 1's L' (``initial_batches`` batches of random patches) or
-  Algorithm 2's T_mu (mu random images, all their ground-truth patches);
+* the initial labelled set: Algorithm 1's L' (``initial_batches`` batches of random patches, half of
+  each class where the pool's labels are known) or Algorithm 2's T_mu (mu random images, half with
+  exudates, all their ground-truth patches);
 * **Algorithm 1** (lines 2-6): Phi of every unlabelled patch under the current model M, the k highest;
 * **Algorithm 2** (lines 4-8): sigma_image = sum of Phi over the image's grid patches for every image not
   yet opened, the image(s) with the largest sigma; then line 10, "update M with k selected patches
@@ -12,8 +13,10 @@
   round) or at another run's label and image counts, round by round (:func:`matched_random`).
 
 These functions know nothing of files, devices or training: the loop (:mod:`retinalab.active.loop`)
-passes the pool items and two scorers, ``phi_of(items)`` (EGL of pool items under M) and
-``sigma_of(images)`` (interestingness of images), and asks the oracle for the :class:`Query` returned.
+passes the pool items and two scorers, ``phi_of(items)`` (the acquisition's score of pool items under M:
+EGL, entropy, margin or BALD, :mod:`retinalab.active.acquisition`) and ``sigma_of(images)``
+(interestingness of images: the sum of those scores), and asks the oracle for the :class:`Query`
+returned. Every scored acquisition goes through the same two algorithms; ``random`` draws instead.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class Query:
     """One round's questions to the oracle."""
 
     items: list[int]  # pool items to label
-    scores: list[float]  # EGL of each patch, its image's sigma when it came with its image, NaN for random/initial
+    scores: list[float]  # acquisition score of each patch, its image's sigma when it came with its image, NaN for random/initial
     images: list[int] = field(default_factory=list)  # images opened this round (Algorithm 2)
     sigma: dict[int, float] = field(default_factory=dict)  # Algorithm 2: sigma of every candidate image
 
@@ -44,11 +47,30 @@ class Query:
         return iter((self.items, self.scores, self.images, self.sigma))
 
 
-def initial_patches(pool_items: np.ndarray, n: int, seed: int) -> Query:
-    """Algorithm 1's L': ``n`` random pool patches (paper 002: "5 batches of 32 samples")."""
+def initial_patches(pool_items: np.ndarray, n: int, seed: int, labels: np.ndarray | None = None) -> Query:
+    """Algorithm 1's L': ``n`` random pool patches (paper 002: "5 batches of 32 samples").
+
+    With ``labels`` (the pool's labels, indexed by item; -1 unknown), the draw is stratified: half the
+    patches drawn uniformly among the exudate patches and half among the healthy ones (fewer where a
+    class has fewer), the rest uniformly among what is left. Paper 002's patch sets are balanced per
+    class; an initial set drawn uniformly from a pool where exudates are rare may hold none, and the
+    initial model then predicts one class. Without labels (a human oracle's grid pool) the draw is uniform.
+    """
     rng = np.random.default_rng(seed + 10)
-    items = rng.choice(pool_items, size=min(n, len(pool_items)), replace=False)
-    return Query(sorted(int(i) for i in items), [math.nan] * len(items))
+    pool_items = np.asarray(pool_items, dtype=np.int64)
+    n = min(n, len(pool_items))
+    if labels is None or not (np.asarray(labels)[pool_items] >= 0).all():
+        items = rng.choice(pool_items, size=n, replace=False)
+        return Query(sorted(int(i) for i in items), [math.nan] * len(items))
+    y = np.asarray(labels)[pool_items]
+    pos, neg = pool_items[y == 1], pool_items[y == 0]
+    n_pos = min(len(pos), n // 2)
+    n_neg = min(len(neg), n - n_pos)
+    picked = np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
+    if len(picked) < n:  # one class ran short: fill up from the rest of the pool
+        rest = np.setdiff1d(pool_items, picked)
+        picked = np.concatenate([picked, rng.choice(rest, n - len(picked), replace=False)])
+    return Query(sorted(int(i) for i in picked), [math.nan] * len(picked))
 
 
 def initial_images(train: Sequence[int], has_exudate: np.ndarray, items_of_image: dict[int, np.ndarray], mu: int, limit: int, seed: int) -> Query:
@@ -65,7 +87,8 @@ def initial_images(train: Sequence[int], has_exudate: np.ndarray, items_of_image
 
 
 def algorithm1(remaining: np.ndarray, k: int, phi_of: PhiFn) -> Query:
-    """Algorithm 1, lines 2-6: Phi of every unlabelled patch under M, the ``k`` highest (ties: lower item)."""
+    """Algorithm 1, lines 2-6: the score (Phi for EGL) of every unlabelled patch under M, the ``k``
+    highest (ties: lower item)."""
     if k <= 0 or not len(remaining):
         return Query([], [])
     phi = phi_of(remaining)
@@ -116,16 +139,18 @@ def algorithm2(
     n_images: int, k: int, limit: int, seed: int, phi_of: PhiFn, sigma_of: SigmaFn,
 ) -> Query:
     """One round of Algorithm 2 (or its random baseline): the image(s) (lines 4-8), then line 10 as
-    ``reading`` says, ``limit`` labels at most:
+    ``reading`` says, ``limit`` labels at most. ``acquisition`` is ``random`` or a scored strategy (EGL
+    as in the paper, or entropy, margin, BALD: the same rule with their score in place of Phi):
 
-    * ``selected_images``: the ``k`` patches of highest EGL among the chosen images' unlabelled patches
+    * ``selected_images``: the ``k`` patches of highest score among the chosen images' unlabelled patches
       (random: ``k`` of them drawn uniformly);
     * ``pool``: all the chosen images' unlabelled patches, then ``k`` patches by Algorithm 1 from the
       rest of the pool.
 
     ``seed`` is the round's seed: random images use it, random patches ``seed + 500``.
     """
-    if acquisition == "egl":
+    scored = acquisition != "random"
+    if scored:
         images, sigma = algorithm2_images(candidates, n_images, sigma_of)
     else:
         images, sigma = random_images(candidates, n_images, seed), {}
@@ -134,7 +159,7 @@ def algorithm2(
     if reading == "selected_images":
         own = np.asarray(own, dtype=np.int64)
         k = min(k, limit)
-        q = algorithm1(own, k, phi_of) if acquisition == "egl" else random_patches(own, k, seed + 500)
+        q = algorithm1(own, k, phi_of) if scored else random_patches(own, k, seed + 500)
         return Query(q.items, q.scores, images, sigma)
     if reading != "pool":
         raise ValueError(f"image_patches must be selected_images or pool, not {reading!r}")
@@ -143,7 +168,7 @@ def algorithm2(
         return Query(own[:limit], scores[:limit], images, sigma)
     rest = remaining[~np.isin(remaining, own)]
     k = min(k, limit - len(own))
-    more = algorithm1(rest, k, phi_of) if acquisition == "egl" else random_patches(rest, k, seed + 500)
+    more = algorithm1(rest, k, phi_of) if scored else random_patches(rest, k, seed + 500)
     return Query(own + more.items, scores + more.scores, images, sigma)
 
 
@@ -185,5 +210,5 @@ def matched_random(
 
 
 def patches_round(acquisition: str, remaining: np.ndarray, k: int, seed: int, phi_of: PhiFn) -> Query:
-    """One round of Algorithm 1 (or its random baseline, seeded with ``seed + 500``)."""
-    return algorithm1(remaining, k, phi_of) if acquisition == "egl" else random_patches(remaining, k, seed + 500)
+    """One round of Algorithm 1 with a scored ``acquisition`` (or its random baseline, seeded with ``seed + 500``)."""
+    return random_patches(remaining, k, seed + 500) if acquisition == "random" else algorithm1(remaining, k, phi_of)

@@ -31,9 +31,12 @@ STATE_VERSION = 1
 FROZEN = (
     "dataset", "root", "reader_args", "patches", "acquisition", "select", "pool_kind", "seed", "val_size", "test_size",
     "scope", "initial_batches", "initial_images", "conv_channels", "hidden", "image_patches", "match_labels",
+    "initial_draw", "dropout", "mc_samples",
 )
 #: what a frozen field meant in runs saved before it existed
-LEGACY = {"image_patches": "pool", "match_labels": None}
+LEGACY = {"image_patches": "pool", "match_labels": None, "initial_draw": "random", "dropout": 0.0, "mc_samples": 20}
+#: fields a random arm may hold differently from the run whose label counts it copies (match_labels)
+MATCH_FREE = ("acquisition", "match_labels", "dropout", "mc_samples")
 QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")
 
 
@@ -188,12 +191,13 @@ def ask_oracle(oracle, items: list[int], scores: list[float], r: int, answers: d
 
 def matched_counts(folder: Path, config: dict, state: LoopState, r: int) -> tuple[int, int]:
     """New labels and new images of round ``r`` in the run at ``folder`` (``match_labels``), for a run with
-    ``config`` at ``state``; that run must share every frozen field but the acquisition."""
+    ``config`` at ``state``; that run must share every frozen field but the acquisition and the
+    network's dropout (a BALD arm's dropout layers need not be in the random arm matched to it)."""
     path = folder / "state.json"
     if not path.is_file():
         raise FileNotFoundError(f"match_labels: {path} does not exist; run the arm to match (e.g. EGL) first")
     try:
-        ref = read_state(path, config, tuple(k for k in FROZEN if k not in ("acquisition", "match_labels")))
+        ref = read_state(path, config, tuple(k for k in FROZEN if k not in MATCH_FREE))
     except ValueError as e:
         raise ValueError(f"match_labels: {e}") from None
     rows = {int(m["round"]): m for m in ref.metrics}

@@ -1,4 +1,4 @@
-"""The active learner's LeNet: scoring pool patches by EGL (sharded over DDP ranks), updating it with
+"""The active learner's LeNet: scoring pool patches by EGL or another acquisition (sharded over DDP ranks), updating it with
 SGD (paper 002: lr 0.01, batch 32, the 8 dihedral variants of every labelled patch; Algorithm 1's line 7)
 and the per-round validation and test metrics."""
 
@@ -17,7 +17,8 @@ from torchmetrics.functional.classification import (
     binary_specificity,
 )
 
-from .egl import Scope, egl
+from .acquisition import acquisition_scores
+from .egl import Scope
 from .pool import ExudatePatches, dihedral
 
 
@@ -81,15 +82,21 @@ def evaluate_patches(net: torch.nn.Module, pool: ExudatePatches, eval_items: dic
 
 
 @torch.no_grad()
-def score_items(net: torch.nn.Module, pool: ExudatePatches, items: np.ndarray, scope: Scope, batch_size: int, fabric) -> tuple[torch.Tensor, torch.Tensor]:
-    """EGL and p(exudate) of pool ``items`` in batches of ``batch_size`` (on the CPU, in ``items``' order);
-    under DDP each rank of ``fabric`` scores a shard and the results are gathered."""
+def score_items(
+    net: torch.nn.Module, pool: ExudatePatches, items: np.ndarray, scope: Scope, batch_size: int, fabric,
+    acquisition: str = "egl", mc_samples: int = 20, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Acquisition scores (EGL by default; :mod:`retinalab.active.acquisition`) and p(exudate) of pool
+    ``items`` in batches of ``batch_size`` (on the CPU, in ``items``' order); under DDP each rank of
+    ``fabric`` scores a shard and the results are gathered. BALD's dropout masks are seeded with ``seed``,
+    the batch's position and the rank."""
     items = np.asarray(items)
     world, rank, dev = fabric.world_size, fabric.global_rank, fabric.device
     shard = items[rank::world]
     phis, probs = [], []
     for start in range(0, len(shard), batch_size):
-        phi, p = egl(net, pool.tensor(shard[start : start + batch_size]).to(dev), scope)
+        x = pool.tensor(shard[start : start + batch_size]).to(dev)
+        phi, p = acquisition_scores(net, x, acquisition, scope, mc_samples, seed * 1_000_003 + rank * 10_007 + start)
         phis.append(phi.float())
         probs.append(p[:, 1].float())
     phi = torch.cat(phis) if phis else torch.zeros(0, device=dev)

@@ -21,12 +21,14 @@ class LeNet(nn.Module):
         in_channels: input channels.
         conv_channels: the two convolutions' widths (Caffe: 20, 50).
         hidden: width of the first fully connected layer (Caffe: 500).
+        dropout: rate of a dropout layer before each fully connected layer (0: none, Caffe's LeNet).
+            BALD's Monte-Carlo passes need it (active learning's ``acquisition: bald``).
 
     Shapes:
         ``forward``: ``B x C x S x S`` -> ``B x K`` logits. ``features``: -> ``B x F`` (flattened conv output).
     """
 
-    def __init__(self, num_classes: int = 2, in_size: int = 48, in_channels: int = 3, conv_channels: tuple[int, int] = (20, 50), hidden: int = 500) -> None:
+    def __init__(self, num_classes: int = 2, in_size: int = 48, in_channels: int = 3, conv_channels: tuple[int, int] = (20, 50), hidden: int = 500, dropout: float = 0.0) -> None:
         super().__init__()
         c1, c2 = conv_channels
         self.conv = nn.Sequential(
@@ -36,6 +38,10 @@ class LeNet(nn.Module):
         if side < 1:
             raise ValueError(f"in_size={in_size} is too small for LeNet (min 16)")
         self.num_features = c2 * side * side
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # no parameters: checkpoints of networks with and without dropout have the same keys
+        self.drop1, self.drop2 = (nn.Dropout(dropout), nn.Dropout(dropout)) if dropout else (nn.Identity(), nn.Identity())
         self.fc1 = nn.Linear(self.num_features, hidden)
         self.act = nn.ReLU()
         self.fc2 = nn.Linear(hidden, num_classes)
@@ -51,4 +57,4 @@ class LeNet(nn.Module):
         return [(self.fc1, self.act), (self.fc2, None)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.features(x))))
+        return self.fc2(self.drop2(self.act(self.fc1(self.drop1(self.features(x))))))

@@ -1,0 +1,110 @@
+"""Acquisition scores beside EGL: the strategies every active-learning paper compares with.
+
+Each maps a batch of pool patches to one score per patch, larger = more worth labelling, so that
+Algorithm 1 (the top-k patches) and Algorithm 2 (the image with the largest summed score, then its
+top-k patches) use them exactly as they use EGL:
+
+* ``egl``: expected gradient length (paper 002, Eq. 1; :mod:`retinalab.active.egl`);
+* ``entropy``: the entropy of the predicted class distribution, ``-sum_j p_j log p_j`` (nats);
+* ``margin``: ``1 - (p_(1) - p_(2))``, one minus the gap between the two largest class probabilities
+  (the smallest gaps first; with two classes ``1 - |p_1 - p_0|``);
+* ``bald``: the mutual information between the label and the weights under Monte-Carlo dropout
+  (Houlsby et al. 2011; Gal et al. 2017), from ``T`` stochastic forward passes:
+  ``H(mean_t p_t) - mean_t H(p_t)``. The network needs dropout (LeNet's ``dropout``); the passes are
+  seeded, so a resumed round draws the same masks.
+
+baal 2.x computes the last three from Monte-Carlo predictions, but it requires Jupyter, scikit-learn and
+structlog < 23 (86 packages on top of retinalab's); the formulas are a few lines, tested against hand
+computations in ``tests/test_acquisition.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .egl import Scope, egl
+
+Acquisition = Literal["egl", "entropy", "margin", "bald", "random"]
+ACQUISITIONS: tuple[str, ...] = ("egl", "entropy", "margin", "bald", "random")
+#: strategies that score patches (random draws them instead)
+SCORED: tuple[str, ...] = ("egl", "entropy", "margin", "bald")
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy (nats) of class probabilities ``p`` (B x K) -> B; ``0 log 0 = 0``."""
+    p = p.double()
+    return -(torch.special.xlogy(p, p)).sum(-1)
+
+
+def margin(p: torch.Tensor) -> torch.Tensor:
+    """``1 - (p_(1) - p_(2))`` of class probabilities ``p`` (B x K, K >= 2) -> B, in [0, 1]."""
+    top = torch.topk(p.double(), 2, dim=-1).values
+    return 1.0 - (top[..., 0] - top[..., 1])
+
+
+def bald(p_samples: torch.Tensor) -> torch.Tensor:
+    """BALD from ``T x B x K`` Monte-Carlo class probabilities -> B (nats, >= 0)."""
+    p_samples = p_samples.double()
+    return (entropy(p_samples.mean(0)) - entropy(p_samples).mean(0)).clamp_min(0.0)
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` holds a dropout layer with a positive rate (what BALD needs)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+@torch.no_grad()
+def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
+    """``samples`` forward passes of ``x`` with only the dropout layers in training mode -> T x B x K
+    softmax probabilities. The dropout masks come from a generator seeded with ``seed`` (the global
+    random state is restored afterwards), so the same call gives the same masks."""
+    if samples < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {samples}")
+    if not has_dropout(model):
+        raise ValueError(f"BALD needs a network with dropout; {type(model).__name__} has none (set dropout > 0)")
+    was = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.train()
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return torch.stack([torch.softmax(model(x).float(), -1) for _ in range(samples)])
+    finally:
+        for m, t in was.items():
+            m.train(t)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of ``x`` in eval mode (dropout off); the mode is restored afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        return torch.softmax(model(x).float(), -1)
+    finally:
+        model.train(was)
+
+
+def acquisition_scores(
+    model: nn.Module, x: torch.Tensor, acquisition: str, scope: Scope = "fc", mc_samples: int = 20, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of a batch ``x`` under ``acquisition`` and the model's class probabilities (eval mode).
+
+    Shapes: ``x`` B x C x H x W -> ``(scores B, probs B x K)``.
+    """
+    if acquisition == "egl":
+        return egl(model, x, scope)
+    if acquisition not in SCORED:
+        raise ValueError(f"acquisition {acquisition!r} does not score patches; choose one of {', '.join(SCORED)}")
+    p = predict_probs(model, x)
+    if acquisition == "entropy":
+        return entropy(p).float(), p
+    if acquisition == "margin":
+        return margin(p).float(), p
+    return bald(mc_dropout_probs(model, x, mc_samples, seed)).float(), p

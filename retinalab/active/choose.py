@@ -1,0 +1,89 @@
+"""What a round asks the oracle: scoring pool patches under the run's acquisition and choosing with
+:mod:`retinalab.active.rounds` (a mixin of :class:`~retinalab.active.ActiveLearning`: it reads the
+loop's pool, split, model and options)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import rounds
+from .rounds import Query
+from .selection import image_interestingness
+from .state import LoopState, matched_counts
+from .train import score_items
+
+
+class Choosing:
+    """Scoring and selection of :class:`~retinalab.active.ActiveLearning`."""
+
+    _score_seed = 0  # BALD's dropout masks: set per round by _choose, so a redone round draws the same
+
+    def score(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The acquisition's scores (EGL, entropy, margin, BALD; random runs score by EGL, for heatmaps
+        and interestingness) and p(exudate) of pool ``items``; each rank scores a shard under DDP."""
+        acquisition = "egl" if self.acquisition == "random" else self.acquisition
+        return score_items(self.net, self.pool, items, self.scope, self.score_batch_size, self.fabric, acquisition, self.mc_samples, self._score_seed)
+
+    def _sigma(self, images: list[int]) -> dict[int, float]:
+        """Algorithm 2, line 5: interestingness = sum of the scores over each image's grid patches."""
+        if not images:
+            return {}
+        items = np.concatenate([self.grid_of_image[i] for i in images])
+        phi, _ = self.score(items)
+        return image_interestingness(phi, torch.from_numpy(np.asarray(self.pool.image)[items]))
+
+    def _remaining(self, state: LoopState) -> np.ndarray:
+        labelled = np.fromiter(state.labelled, np.int64, len(state.labelled))
+        return self.pool_items[~np.isin(self.pool_items, labelled)]
+
+    def _budget(self, state: LoopState, wanted: int) -> int:
+        if self.max_labels is None:
+            return wanted
+        return max(0, min(wanted, self.max_labels - len(state.labelled)))
+
+    def _initial(self, state: LoopState) -> Query:
+        if self.select == "patches":
+            labels = np.asarray(self.pool.labels) if self.initial_draw == "stratified" else None
+            return rounds.initial_patches(self.pool_items, self._budget(state, self.initial_batches * self.batch_size), self.seed, labels)
+        limit = self._budget(state, len(self.pool_items))
+        return rounds.initial_images(self.split["train"], self.has_exudate, self.items_of_image, self.initial_images, limit, self.seed)
+
+    def _choose(self, state: LoopState, r: int) -> Query:
+        """Round ``r``'s queries (:mod:`retinalab.active.rounds`); the time it took is kept in
+        ``self.select_seconds`` (scoring included)."""
+        start = time.perf_counter()
+        try:
+            return self._choose_now(state, r)
+        finally:
+            self.select_seconds = time.perf_counter() - start
+
+    def _choose_now(self, state: LoopState, r: int) -> Query:
+        remaining = self._remaining(state)
+        seed = self.seed * 1_000 + r
+        self._score_seed = seed
+        limit = self._budget(state, len(remaining))
+
+        def phi_of(items: np.ndarray) -> torch.Tensor:
+            return self.score(items)[0]
+
+        candidates: list[int] = []
+        if self.select == "images":
+            free = np.zeros(len(self.pool.labels), dtype=bool)  # unlabelled pool items: O(1) per lookup
+            free[remaining] = True
+            done = set(state.labelled_images)
+            candidates = [i for i in self.split["train"] if i not in done and free[self.items_of_image[i]].any()]
+        if self.match_labels is not None:
+            n_labels, n_images = matched_counts(Path(self.match_labels), self.config, state, r)
+            return rounds.matched_random(
+                self.select, self.image_patches, remaining, candidates, self.items_of_image, n_images, min(n_labels, limit), seed,
+            )
+        if self.select == "images" and self.images_per_round:
+            return rounds.algorithm2(
+                self.acquisition, self.image_patches, remaining, candidates, self.items_of_image, self.images_per_round, self.k, limit,
+                seed, phi_of, self._sigma,
+            )
+        return rounds.patches_round(self.acquisition, remaining, min(self.k, limit), seed, phi_of)
