@@ -32,7 +32,7 @@ BENCH_ARGS: dict[str, list[str]] = {
     "lightning_overhead.py": ["--steps", "12", "--repeats", "2"],
     "egl.py": [],
     "inference.py": ["--seconds", "1.5"],
-    "active_learning.py": [],  # its defaults: 5 seeds, 3 settings, ~5 min
+    "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, balanced (2 settings) and grid pools, ~30 min
     "collaborative.py": [],  # its defaults: 3 seeds, ~18 min
     "memory.py": [],  # its defaults: 5 configs x 3 small batches at 512 px
     "label_efficiency.py": [],  # its defaults: scarce and benchmark presets, 3 seeds, 4 arms, ~40 min

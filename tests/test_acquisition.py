@@ -170,3 +170,45 @@ def test_a_random_arm_matches_a_bald_run_without_dropout_of_its_own(synth_eophth
     # a resumed run with another strategy is refused (the acquisition is frozen)
     with pytest.raises(ValueError, match="acquisition"):
         loop(synth_eophtha, tmp_path / "bald", acquisition="margin", **kw).run(resume=True)
+
+
+def test_a_grid_pool_tests_on_every_grid_patch_of_the_test_photographs(synth_eophtha, tmp_path):  # noqa: F811
+    from retinalab.active.pool import GRID
+
+    al = loop(synth_eophtha, tmp_path / "grid", pool_kind="grid", eval_kind="grid", select="patches", max_rounds=0, track_images=0)
+    assert al.run() == "finished"
+    labels, kind, image = (np.asarray(getattr(al.pool, n)) for n in ("labels", "kind", "image"))
+    for name in ("val", "test"):
+        expected = np.flatnonzero(np.isin(image, al.split[name]) & (kind == GRID) & (labels >= 0))
+        assert np.array_equal(np.sort(al.eval_items[name]), expected)
+    test = al.eval_items["test"]
+    assert 0 < labels[test].mean() < 0.5  # exudates a minority, as in the photographs
+    assert set(al.pool_items.tolist()) <= set(np.flatnonzero(np.isin(image, al.split["train"]) & (kind == GRID)).tolist())
+    state = json.loads((tmp_path / "grid" / "state.json").read_text())
+    first = state["history"]
+    assert sum(r["label"] for r in first) == len(first) // 2  # the initial draw: half exudate patches
+    # the paper's balanced centred test patches stay the default
+    centred = loop(synth_eophtha, tmp_path / "centred", pool_kind="grid", select="patches", max_rounds=0, track_images=0)
+    centred.run()
+    assert labels[centred.eval_items["test"]].mean() == 0.5 and (kind[centred.eval_items["test"]] != GRID).all()
+
+
+def test_the_benchmark_compares_strategies_by_labels_to_the_target_then_by_area():
+    import runpy
+    import sys
+
+    from tests.test_active_loop import REPO
+
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))  # as when the script runs
+    bench = runpy.run_path(str(REPO / "benchmarks" / "active_learning.py"), run_name="bench_al")
+    rows = [{"labels": 64.0, "test/f1": 0.5}, {"labels": 96.0, "test/f1": 0.82}, {"labels": 128.0, "test/f1": 0.95}]
+    assert bench["labels_to_reach"](rows, 0.8) == 96.0 and bench["labels_to_reach"](rows, 0.9) == 128.0
+    assert math.isnan(bench["labels_to_reach"](rows, 0.99))
+    ahead = bench["compare"]("egl", [96.0, 100.0], [160.0, 170.0], [0.8, 0.8], [0.7, 0.7])
+    assert ahead == "ahead of random: 98 vs 165 labels (+41% fewer), seed spread 5"
+    assert bench["compare"]("egl", [96.0, 160.0], [128.0, 128.0], [0.8] * 2, [0.7] * 2).startswith("level with random")  # within the spread
+    assert bench["compare"]("egl", [200.0, 210.0], [100.0, 110.0], [0.6] * 2, [0.7] * 2).startswith("behind random")
+    # a seed that never reaches the target: compared by the area under the curve instead, and said so
+    by_area = bench["compare"]("bald", [96.0, math.nan], [160.0, 170.0], [0.70, 0.72], [0.60, 0.61])
+    assert by_area.startswith("ahead of random by area: +0.105") and "target reached on 1/2 seeds (random 2/2)" in by_area

@@ -29,7 +29,7 @@ from ..datasets import read_dataset
 from ..datasets.base import OnError
 from ..models.lenet import LeNet
 from .acquisition import Acquisition
-from .choose import Choosing
+from .choose import Choosing, check_options
 from .egl import Scope
 from .oracle import HumanOracle, LabelsPending, SimulatedOracle
 from .outputs import RunOutputs
@@ -88,10 +88,18 @@ class ActiveLearning(Choosing, RunOutputs):
             the same label count (``pool``: their patches, then random pool patches; ``selected_images``:
             among their patches, opening one more random image where they hold too few).
         initial_batches: the initial model's labelled patches, in batches (Algorithm 1; paper: 5).
+        initial_draw: how Algorithm 1's initial patches are drawn: ``stratified`` (default; half among
+            the exudate patches and half among the healthy ones, uniformly within each, where the pool's
+            labels are known: a uniform draw from a grid pool where exudates are rare may hold none, and
+            the initial model then predicts one class) or ``random`` (uniform over the pool).
         initial_images: mu, the initial images (Algorithm 2; paper Figure 2: 4). Drawn half from images
             with exudates, half without, so that the initial model has seen both classes.
         pool_kind: which patches the oracle labels: ``centred`` (sampled from the ground-truth masks:
-            the paper's setting, simulated oracle only) or ``grid`` (the image grid; no mask needed).
+            the paper's setting, simulated oracle only) or ``grid`` (the image grid; no mask needed;
+            exudate patches are as rare as exudates are in the photographs).
+        eval_kind: the validation and test patches: ``centred`` (the paper's, balanced per class) or
+            ``grid`` (every grid patch of the validation / test images: the F-measure of a detector
+            run over whole photographs, exudates a minority).
         scope: EGL parameter scope (``fc``: down to the first fully connected layer, as in the paper).
         max_rounds / max_labels: budget (rounds after the initial one / labelled patches).
         patience / min_delta / monitor: stop when ``monitor`` has not improved by ``min_delta`` for
@@ -145,6 +153,7 @@ class ActiveLearning(Choosing, RunOutputs):
         initial_draw: Literal["stratified", "random"] = "stratified",
         initial_images: int = 4,
         pool_kind: Literal["centred", "grid"] = "centred",
+        eval_kind: Literal["centred", "grid"] = "centred",
         scope: Scope = "fc",
         max_rounds: int = 30,
         max_labels: int | None = None,
@@ -181,37 +190,8 @@ class ActiveLearning(Choosing, RunOutputs):
         keep_checkpoints: bool = False,
         plot_every: int = 1,
     ) -> None:
-        if oracle == "human" and pool_kind == "centred":
-            raise ValueError(
-                "pool_kind: centred samples patches from the ground-truth masks, which a human-oracle run "
-                "does not use; set pool_kind: grid"
-            )
-        for name, v in (("k", k), ("images_per_round", images_per_round), ("initial_batches", initial_batches), ("initial_images", initial_images), ("max_rounds", max_rounds), ("patience", patience), ("plot_every", plot_every)):
-            if v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
-        if score_batch_size is not None and score_batch_size < 1:
-            raise ValueError(f"score_batch_size must be a positive number of patches, got {score_batch_size}")
-        if select == "images" and images_per_round == 0 and k == 0:
-            raise ValueError("select: images with images_per_round 0 and k 0 would never label anything")
-        if select == "images" and image_patches == "selected_images" and k == 0:
-            raise ValueError("image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or image_patches: pool)")
-        from .acquisition import ACQUISITIONS
-
-        if acquisition not in ACQUISITIONS:
-            raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {acquisition!r}")
-        if initial_draw not in ("stratified", "random"):
-            raise ValueError(f"initial_draw must be stratified or random, not {initial_draw!r}")
-        if dropout is None:
-            dropout = 0.5 if acquisition == "bald" else 0.0
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if acquisition == "bald" and dropout == 0:
-            raise ValueError("acquisition: bald draws Monte-Carlo dropout passes; set dropout > 0 (e.g. 0.5) or leave it unset")
-        if mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        if match_labels is not None and acquisition != "random":
-            raise ValueError(f"match_labels copies another run's label counts into a random arm; it needs acquisition: random, not {acquisition}")
         args = {name: value for name, value in locals().items() if name in inspect.signature(ActiveLearning.__init__).parameters and name != "self"}
+        args["dropout"] = check_options(args)
         self.__dict__.update(args)
         self.config = {name: value for name, value in args.items() if name != "logger"}
         self.config["patches"] = asdict(patches)
@@ -247,7 +227,7 @@ class ActiveLearning(Choosing, RunOutputs):
             ExudatePatches.build(records, progress=self.progress, **build)
         self.fabric.barrier()
         self.pool = pool = ExudatePatches.build(records, progress=False, **build)
-        self.__dict__.update(split_pool(pool, self.val_size, self.test_size, self.seed, self.pool_kind, self.track_images).as_dict())
+        self.__dict__.update(split_pool(pool, self.val_size, self.test_size, self.seed, self.pool_kind, self.track_images, self.eval_kind).as_dict())
         self.oracle_fn = SimulatedOracle(pool) if self.oracle == "simulated" else HumanOracle(pool, self.out / "queries")
         torch.manual_seed(self.seed)
         # channels-last: the cached patches are NHWC already, and LeNet's convolutions run ~2x faster so

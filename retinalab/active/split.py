@@ -20,7 +20,8 @@ class PoolSplit:
     Attributes:
         split: image indices of the ``train`` / ``val`` / ``test`` patients.
         has_exudate: per image, whether any of its patches is an exudate patch.
-        eval_items: ``val`` / ``test`` centred patches of those patients, balanced per class.
+        eval_items: ``val`` / ``test`` patches of those patients: centred ones balanced per class (the
+            paper's), or every labelled grid patch (``eval_kind: grid``: exudates as rare as in the photographs).
         pool_items: the training patches the oracle may label (centred ones balanced per class, or grid ones).
         items_of_image: training image -> its pool items.
         grid_of_image: every image -> its grid patches (Algorithm 2's "patchify", heatmaps).
@@ -42,6 +43,7 @@ class PoolSplit:
 
 def split_pool(
     pool: ExudatePatches, val_size: float, test_size: float, seed: int, pool_kind: Literal["centred", "grid"], track_images: int,
+    eval_kind: Literal["centred", "grid"] = "centred",
 ) -> PoolSplit:
     """Split ``pool``'s images by patient (stratified by whether they hold exudates) with ``seed``."""
     labels, kind, image = np.asarray(pool.labels), np.asarray(pool.kind), np.asarray(pool.image)
@@ -53,10 +55,13 @@ def split_pool(
     has_exudate = has_ex.astype(bool)
     in_split = {name: np.isin(image, ids) for name, ids in split.items()}
     centred = kind == CENTRED
-    eval_items = {
-        name: balance(np.flatnonzero(in_split[name] & centred & (labels >= 0)), labels, seed + i)
-        for i, name in enumerate(("val", "test"))
-    }
+    if eval_kind == "grid":
+        eval_items = {name: np.flatnonzero(in_split[name] & (kind == GRID) & (labels >= 0)) for name in ("val", "test")}
+    else:
+        eval_items = {
+            name: balance(np.flatnonzero(in_split[name] & centred & (labels >= 0)), labels, seed + i)
+            for i, name in enumerate(("val", "test"))
+        }
     pool_items = np.flatnonzero(in_split["train"] & (kind == (CENTRED if pool_kind == "centred" else GRID)))
     if pool_kind == "centred":
         pool_items = balance(pool_items, labels, seed + 2)
