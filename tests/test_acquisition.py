@@ -212,3 +212,25 @@ def test_the_benchmark_compares_strategies_by_labels_to_the_target_then_by_area(
     # a seed that never reaches the target: compared by the area under the curve instead, and said so
     by_area = bench["compare"]("bald", [96.0, math.nan], [160.0, 170.0], [0.70, 0.72], [0.60, 0.61])
     assert by_area.startswith("ahead of random by area: +0.105") and "target reached on 1/2 seeds (random 2/2)" in by_area
+
+
+def test_balanced_class_weights_give_each_class_the_same_total_weight():
+    from torch.nn import functional as F
+
+    from retinalab.active.train import balanced_weights, sgd_epochs
+
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    w = balanced_weights(y)
+    assert w.tolist() == pytest.approx([8 / 12, 8 / 4])
+    assert float((w[y]).sum()) == pytest.approx(len(y)) and float(w[0] * 6) == pytest.approx(float(w[1] * 2))
+    assert balanced_weights(torch.tensor([0, 0, 1, 1])).tolist() == pytest.approx([1.0, 1.0])
+    assert balanced_weights(torch.tensor([0, 0, 0])).tolist() == pytest.approx([1.0, 0.0])
+    # sgd_epochs minimises the weighted cross-entropy: one batch of everything, the loss it reports
+    net = tiny_net(0.0)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = float(F.cross_entropy(net(x), y, weight=w))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    loss = sgd_epochs(net, opt, lambda t: t.backward(), x, y, epochs=1, batch_size=8, variants=1, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), class_weight=w)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert loss != pytest.approx(float(F.cross_entropy(net(x), y)), rel=1e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -211,3 +212,39 @@ def test_scarce_preset_draws_looks_lookalikes_and_backgrounds_per_photograph():
     brightness = {p: float(np.std(np.array(c).mean(1))) for p, c in colours.items()}
     hue = {p: float(np.std(np.array(c)[:, 1] / np.array(c)[:, 0])) for p, c in colours.items()}
     assert brightness["scarce"] > 1.4 * brightness["benchmark"] and hue["scarce"] > 1.4 * hue["benchmark"], (brightness, hue)
+
+
+@pytest.mark.parametrize("dataset", ["idrid", "eophtha", "eyepacs", "messidor", "folder"])
+def test_the_truth_of_image_level_photographs_is_kept_where_no_reader_looks(tmp_path, dataset):
+    """Issue 31: the drawn lesion masks of the photographs a layout labels per image only are written
+    under <root>/_truth (named in synthetic.json); readers return exactly what they return without it."""
+    from PIL import Image
+
+    from retinalab.check import check_dataset
+    from retinalab.synthetic import TRUTH_DIR, read_settings, truth_masks
+
+    root = write_synthetic(dataset, tmp_path / dataset, num_images=12, seed=1, size=(96, 64))
+    assert read_settings(root)["truth"]["folder"] == TRUTH_DIR
+    recs = read_dataset(dataset, root)
+    seen = {str(p) for r in recs for p in [r.image_path, *r.masks.values()]}
+    assert not any(f"/{TRUTH_DIR}/" in p for p in seen)  # no reader sees the truth
+    image_level = [r for r in recs if not r.masks or not any(r.masks.values())]
+    assert image_level
+    with_truth = [r for r in image_level if truth_masks(root, r.image_path)]
+    assert with_truth  # lesions drawn on some of them, and kept
+    for r in recs:
+        if r.masks and any(r.masks.values()):
+            assert not truth_masks(root, r.image_path)  # published masks: nothing hidden beside them
+    r = with_truth[0]
+    shutil.move(str(root / TRUTH_DIR), str(tmp_path / "kept"))
+    assert read_dataset(dataset, root) == recs  # with or without the folder, the same records
+    shutil.move(str(tmp_path / "kept"), str(root / TRUTH_DIR))
+    for name, path in truth_masks(root, r.image_path).items():
+        m = np.asarray(Image.open(path)) > 0
+        assert m.any() and m.shape == (64, 96) and name in ("MA", "HE", "EX", "SE", "OD")
+    if dataset == "idrid":  # the truth follows the grade: no lesion on grade 0, some on grades >= 2
+        lesions = {r.image_id: set(truth_masks(root, r.image_path)) - {"OD"} for r in image_level}
+        assert all(not lesions[r.image_id] for r in image_level if r.grade == 0)
+        assert all(lesions[r.image_id] for r in image_level if r.grade is not None and r.grade >= 2)
+    report = check_dataset(dataset, root, progress=False)
+    assert report.ok and report.images == len(recs), report.problems

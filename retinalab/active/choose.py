@@ -35,8 +35,8 @@ def check_options(o: dict) -> float:
     acquisition = o["acquisition"]
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {acquisition!r}")
-    for name in ("initial_draw", "pool_kind", "eval_kind"):
-        allowed = ("stratified", "random") if name == "initial_draw" else ("centred", "grid")
+    choices = {"initial_draw": ("stratified", "random"), "pool_kind": ("centred", "grid"), "eval_kind": ("centred", "grid"), "class_weight": ("none", "balanced")}
+    for name, allowed in choices.items():
         if o[name] not in allowed:
             raise ValueError(f"{name} must be {' or '.join(allowed)}, not {o[name]!r}")
     dropout = o["dropout"]

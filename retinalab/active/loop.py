@@ -52,7 +52,7 @@ from .state import (
     stop_reason,
     write_state,
 )
-from .train import evaluate_patches, sgd_epochs
+from .train import balanced_weights, evaluate_patches, sgd_epochs
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class ActiveLearning(Choosing, RunOutputs):
         lr / momentum / weight_decay / batch_size: SGD (paper: lr 0.01, batch 32; momentum 0.9 and
             weight decay 5e-4 are Caffe's LeNet solver defaults, which the paper used).
         epochs_per_round / initial_epochs: passes over the labelled set per update.
+        class_weight: ``none`` (the paper's plain cross-entropy) or ``balanced`` (each class weighted by
+            the inverse of its share of the labelled set: for grid pools, where a model trained on a few
+            percent exudate patches otherwise calls every patch healthy).
         augment: train on the 8 dihedral variants of every labelled patch.
         initial_augment: the initial model too (default no: paper 002's M is "initially trained with 5
             batches of 32 samples", i.e. ``initial_batches`` SGD steps with ``initial_epochs: 1``).
@@ -165,6 +168,7 @@ class ActiveLearning(Choosing, RunOutputs):
         weight_decay: float = 5e-4,
         batch_size: int = 32,
         epochs_per_round: int = 1,
+        class_weight: Literal["none", "balanced"] = "none",
         initial_epochs: int = 1,
         augment: bool = True,
         initial_augment: bool = False,
@@ -298,6 +302,7 @@ class ActiveLearning(Choosing, RunOutputs):
             self.model, self.optimizer, self.fabric.backward, x, y, epochs=epochs, batch_size=self.batch_size,
             variants=8 if self.augment and (r > 0 or self.initial_augment) else 1, generator=torch.Generator().manual_seed(self.seed * 100_003 + r),
             device=self.fabric.device, rank=self.fabric.global_rank, world=self.fabric.world_size,
+            class_weight=balanced_weights(y) if self.class_weight == "balanced" else None,
         )
 
     def evaluate(self) -> dict[str, float]:

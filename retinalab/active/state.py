@@ -31,10 +31,10 @@ STATE_VERSION = 1
 FROZEN = (
     "dataset", "root", "reader_args", "patches", "acquisition", "select", "pool_kind", "seed", "val_size", "test_size",
     "scope", "initial_batches", "initial_images", "conv_channels", "hidden", "image_patches", "match_labels",
-    "initial_draw", "dropout", "mc_samples", "eval_kind",
+    "initial_draw", "dropout", "mc_samples", "eval_kind", "class_weight",
 )
 #: what a frozen field meant in runs saved before it existed
-LEGACY = {"image_patches": "pool", "match_labels": None, "initial_draw": "random", "dropout": 0.0, "mc_samples": 20, "eval_kind": "centred"}
+LEGACY = {"image_patches": "pool", "match_labels": None, "initial_draw": "random", "dropout": 0.0, "mc_samples": 20, "eval_kind": "centred", "class_weight": "none"}
 #: fields a random arm may hold differently from the run whose label counts it copies (match_labels)
 MATCH_FREE = ("acquisition", "match_labels", "dropout", "mc_samples")
 QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")

@@ -34,10 +34,13 @@ def apply_dihedral(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
 def sgd_epochs(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, backward, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
     batch_size: int, variants: int, generator: torch.Generator, device: torch.device, rank: int = 0, world: int = 1,
+    class_weight: torch.Tensor | None = None,
 ) -> float:
     """``epochs`` shuffled passes over ``x`` (each sample in ``variants`` dihedral versions: 8 or 1),
     one SGD step per batch of ``batch_size``; under DDP each rank trains on a shard of every batch.
-    Returns the mean training loss (NaN when nothing was trained)."""
+    ``class_weight`` (K) weights the cross-entropy per class. Returns the mean training loss (NaN when
+    nothing was trained)."""
+    weight = None if class_weight is None else class_weight.to(device)
     model.train()
     losses = []
     for _ in range(epochs):
@@ -48,12 +51,22 @@ def sgd_epochs(
                 continue
             xi, vi = batch // variants, batch % variants
             xb = apply_dihedral(x[xi], vi).to(device)
-            loss = F.cross_entropy(model(xb), y[xi].to(device))
+            loss = F.cross_entropy(model(xb), y[xi].to(device), weight=weight)
             optimizer.zero_grad(set_to_none=True)
             backward(loss)
             optimizer.step()
             losses.append(float(loss.detach()))
     return float(np.mean(losses)) if losses else math.nan
+
+
+def balanced_weights(y: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
+    """Per-class weights ``n / (K_present n_c)`` of labels ``y`` (a class absent from ``y`` gets 0): each
+    present class carries the same total weight, and a balanced set gets weights 1."""
+    counts = torch.bincount(y.long(), minlength=num_classes).double()
+    present = counts > 0
+    w = torch.zeros(num_classes, dtype=torch.float64)
+    w[present] = len(y) / (int(present.sum()) * counts[present])
+    return w.float()
 
 
 @torch.no_grad()

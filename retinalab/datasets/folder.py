@@ -49,7 +49,7 @@ def _images(root: Path) -> list[Path]:
     return sorted(
         p for p in root.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        and p.relative_to(root).parts[0] != "masks"
+        and p.relative_to(root).parts[0] not in ("masks", "_truth")  # _truth: the synthetic generator's hidden masks
     )
 
 

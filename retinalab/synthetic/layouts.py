@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 SynthDataset = Literal["idrid", "eophtha", "eyepacs", "messidor", "folder"]
 #: written at the root of every synthetic dataset: the arguments and preset it was drawn with
 SETTINGS_FILE = "synthetic.json"
+#: where ``write_synthetic`` keeps the lesion masks of the photographs the layout labels per image only
+#: (IDRiD's grading part, e-ophtha's healthy folders, EyePACS, Messidor, the folder layout's unmasked
+#: images): the truth no real dataset has, for measuring pseudo masks. No reader looks inside it.
+TRUTH_DIR = "_truth"
 
 
 def read_settings(root: str | Path) -> dict | None:
@@ -53,6 +57,15 @@ class Job:
     write_empty_masks: bool = False
     mask_style: Literal["red_rgb", "gray"] = "red_rgb"
     eye: str | None = None
+    truth_stem: Path | None = None  # image-level photographs: <root>/_truth/<image path without suffix>
+
+
+def truth_masks(root: str | Path, image: str | Path) -> dict[str, Path]:
+    """The drawn masks of photograph ``image`` of the synthetic dataset at ``root`` kept under
+    :data:`TRUTH_DIR` (structure -> PNG; empty when the photograph has none or has published masks)."""
+    root, image = Path(root), Path(image)
+    stem = root / TRUTH_DIR / image.relative_to(root).with_suffix("")
+    return {p.stem[len(stem.name) + 1 :]: p for p in sorted(stem.parent.glob(f"{stem.name}_*.png"))}
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,12 @@ def _draw(args: tuple[Job, Options]) -> dict:
         else:
             Image.fromarray(m.astype(np.uint8) * 255).save(path, **kw)
         written[name] = True
+    if job.truth_stem is not None:  # grey PNGs, one per structure drawn (absent ones: no file, as IDRiD)
+        for name, m in f.masks.items():
+            if m.any():
+                path = job.truth_stem.parent / f"{job.truth_stem.name}_{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(m.astype(np.uint8) * 255).save(path)
     return {"index": job.index, "grade": f.grade, "dme": f.dme_risk, "eye": f.eye, "masks": written}
 
 
@@ -106,7 +125,11 @@ def _grades(rng: np.random.Generator, n: int, probs: list[float], minimum: tuple
     return [int(x) for x in g]
 
 
-def _run(jobs: list[Job], opt: Options, workers: int, desc: str) -> dict[int, dict]:
+def _run(jobs: list[Job], opt: Options, workers: int, desc: str, root: Path | None = None) -> dict[int, dict]:
+    """Draw ``jobs``; with ``root`` (the dataset folder), every photograph without a published mask
+    gets its drawn masks under ``root/_truth`` (:data:`TRUTH_DIR`)."""
+    if root is not None:
+        jobs = [j if j.mask_paths else replace(j, truth_stem=root / TRUTH_DIR / j.image_path.relative_to(root).with_suffix("")) for j in jobs]
     args = [(j, opt) for j in jobs]
     out: dict[int, dict] = {}
     if workers <= 1:
@@ -170,7 +193,7 @@ def _idrid(out: Path, n: int, opt: Options, workers: int) -> None:
     for split in idrid.SPLITS.values():
         for folder in idrid.MASK_FOLDERS.values():
             (seg / "2. All Segmentation Groundtruths" / split / folder).mkdir(parents=True, exist_ok=True)
-    res = _run(jobs, opt, workers, "synth idrid")
+    res = _run(jobs, opt, workers, "synth idrid", out)
     for split in ("train", "test"):
         rows = [
             {"Image name": stem, "Retinopathy grade": res[i]["grade"], "Risk of macular edema ": res[i]["dme"]}
@@ -212,7 +235,7 @@ def _eophtha(out: Path, n: int, opt: Options, workers: int) -> None:
                 k += 1
             (top / kind / pid).mkdir(parents=True, exist_ok=True)
             (top / kind / pid / "Thumbs.db").write_bytes(b"\x00" * 16)
-    res = _run(jobs, opt, workers, "synth e-ophtha")
+    res = _run(jobs, opt, workers, "synth e-ophtha", out)
     del res
 
 
@@ -237,7 +260,7 @@ def _eyepacs(out: Path, n: int, opt: Options, workers: int) -> None:
             jobs.append(Job(len(jobs), g, out / split / f"{stem}.jpeg", {}, eye=eye))
             rows[split].append((stem, len(jobs) - 1))
             count += 1
-    res = _run(jobs, opt, workers, "synth eyepacs")
+    res = _run(jobs, opt, workers, "synth eyepacs", out)
     pd.DataFrame({"image": [s for s, _ in rows["train"]], "level": [res[i]["grade"] for _, i in rows["train"]]}).to_csv(
         out / "trainLabels.csv", index=False
     )
@@ -262,7 +285,7 @@ def _messidor(out: Path, n: int, opt: Options, workers: int) -> None:
         name = f"2005{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}_{rng.integers(10000, 99999)}_{k:04d}_PP.tif"
         jobs.append(Job(len(jobs), grades[k], out / base / name, {}))
         per_base.setdefault(base, []).append((name, len(jobs) - 1))
-    res = _run(jobs, opt, workers, "synth messidor")
+    res = _run(jobs, opt, workers, "synth messidor", out)
     for base, items in per_base.items():
         df = pd.DataFrame(
             {
@@ -315,7 +338,7 @@ def _folder(out: Path, n: int, opt: Options, workers: int) -> None:
         jobs.append(Job(i, grades[i], path, masks, write_empty_masks=True, mask_style="gray", eye="left" if i % 2 == 0 else "right"))
         label_kind = "grade" if i % 10 < 7 else ("referable" if i % 10 == 7 else "none")
         rows.append((path.relative_to(out).as_posix(), label_kind, f"P{pat:04d}", "test" if pat >= n_pat - n_test_pat else "train"))
-    res = _run(jobs, opt, workers, "synth folder")
+    res = _run(jobs, opt, workers, "synth folder", out)
     table = {"image": [], "grade": [], "referable": [], "patient": [], "split": []}
     for i, (rel, kind, patient, split) in enumerate(rows):
         g = res[i]["grade"]
@@ -382,7 +405,9 @@ def write_synthetic(
         WRITERS[dataset](tmp, num_images, Options(seed, tuple(size), lesion_scale, lesion_contrast, preset=style), workers)
         # how the set was drawn (readers ignore it): a later run can tell whether it may reuse the folder
         settings = {"layout": dataset, "num_images": num_images, "seed": seed, "size": list(size), "lesion_scale": lesion_scale,
-                    "lesion_contrast": lesion_contrast, "preset": asdict(style)}
+                    "lesion_contrast": lesion_contrast, "preset": asdict(style),
+                    "truth": {"folder": TRUTH_DIR, "what": "drawn lesion masks of the photographs the layout labels per image only: "
+                              "<folder>/<image path without suffix>_<structure>.png, grey, absent structures without a file; no reader looks here"}}
         (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
         if out.exists():
             shutil.rmtree(out)
