@@ -234,3 +234,12 @@ def test_balanced_class_weights_give_each_class_the_same_total_weight():
     loss = sgd_epochs(net, opt, lambda t: t.backward(), x, y, epochs=1, batch_size=8, variants=1, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), class_weight=w)
     assert loss == pytest.approx(expected, rel=1e-5)
     assert loss != pytest.approx(float(F.cross_entropy(net(x), y)), rel=1e-3)
+
+
+def test_entropy_and_margin_rank_a_two_class_pool_identically_even_near_one_half():
+    """Both are decreasing in |p - 0.5|; in float32 entropy (ln 2 - 2e^2) ties where margin does not."""
+    e = torch.tensor([1e-5, 3e-5, 5e-5, 8e-5, 2e-4, 0.3, 0.49999])
+    p = torch.stack([0.5 - e, 0.5 + e], 1).float()
+    order = lambda s: torch.argsort(-s, stable=True).tolist()  # noqa: E731
+    assert order(entropy(p)) == order(margin(p)) == list(range(7))
+    assert len(set(entropy(p).tolist())) == 7  # no ties

@@ -33,21 +33,28 @@ ACQUISITIONS: tuple[str, ...] = ("egl", "entropy", "margin", "bald", "random")
 SCORED: tuple[str, ...] = ("egl", "entropy", "margin", "bald")
 
 
+def _normalised(p: torch.Tensor) -> torch.Tensor:
+    """``p`` in float64, rows renormalised: a float32 softmax sums to 1 only within ~1e-7, which near
+    p = 0.5 outweighs the differences between patches' entropies (ln 2 - 2e^2)."""
+    p = p.double()
+    return p / p.sum(-1, keepdim=True).clamp_min(1e-300)
+
+
 def entropy(p: torch.Tensor) -> torch.Tensor:
     """Predictive entropy (nats) of class probabilities ``p`` (B x K) -> B; ``0 log 0 = 0``."""
-    p = p.double()
+    p = _normalised(p)
     return -(torch.special.xlogy(p, p)).sum(-1)
 
 
 def margin(p: torch.Tensor) -> torch.Tensor:
     """``1 - (p_(1) - p_(2))`` of class probabilities ``p`` (B x K, K >= 2) -> B, in [0, 1]."""
-    top = torch.topk(p.double(), 2, dim=-1).values
+    top = torch.topk(_normalised(p), 2, dim=-1).values
     return 1.0 - (top[..., 0] - top[..., 1])
 
 
 def bald(p_samples: torch.Tensor) -> torch.Tensor:
     """BALD from ``T x B x K`` Monte-Carlo class probabilities -> B (nats, >= 0)."""
-    p_samples = p_samples.double()
+    p_samples = _normalised(p_samples)
     return (entropy(p_samples.mean(0)) - entropy(p_samples).mean(0)).clamp_min(0.0)
 
 
@@ -96,15 +103,17 @@ def acquisition_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of a batch ``x`` under ``acquisition`` and the model's class probabilities (eval mode).
 
-    Shapes: ``x`` B x C x H x W -> ``(scores B, probs B x K)``.
+    Shapes: ``x`` B x C x H x W -> ``(scores B, probs B x K)``; entropy, margin and BALD in float64.
     """
     if acquisition == "egl":
         return egl(model, x, scope)
     if acquisition not in SCORED:
         raise ValueError(f"acquisition {acquisition!r} does not score patches; choose one of {', '.join(SCORED)}")
     p = predict_probs(model, x)
+    # float64 scores: entropy near p = 0.5 (ln 2 - 2 e^2) would tie in float32 where margin (1 - 2e) does
+    # not, and the two, which rank a two-class pool identically, would then choose differently
     if acquisition == "entropy":
-        return entropy(p).float(), p
+        return entropy(p), p
     if acquisition == "margin":
-        return margin(p).float(), p
-    return bald(mc_dropout_probs(model, x, mc_samples, seed)).float(), p
+        return margin(p), p
+    return bald(mc_dropout_probs(model, x, mc_samples, seed)), p

@@ -110,17 +110,17 @@ def score_items(
     for start in range(0, len(shard), batch_size):
         x = pool.tensor(shard[start : start + batch_size]).to(dev)
         phi, p = acquisition_scores(net, x, acquisition, scope, mc_samples, seed * 1_000_003 + rank * 10_007 + start)
-        phis.append(phi.float())
+        phis.append(phi.double())
         probs.append(p[:, 1].float())
-    phi = torch.cat(phis) if phis else torch.zeros(0, device=dev)
+    phi = torch.cat(phis) if phis else torch.zeros(0, device=dev, dtype=torch.float64)
     prob = torch.cat(probs) if probs else torch.zeros(0, device=dev)
     if world == 1:
         return phi.cpu(), prob.cpu()
     width = math.ceil(len(items) / world)
-    pad = torch.zeros(2, width, device=dev)
+    pad = torch.zeros(2, width, device=dev, dtype=torch.float64)
     pad[0, : len(phi)], pad[1, : len(prob)] = phi, prob
     gathered = fabric.all_gather(pad)  # world x 2 x width
-    out = torch.zeros(2, len(items))
+    out = torch.zeros(2, len(items), dtype=torch.float64)
     for r in range(world):
         out[:, r::world] = gathered[r, :, : len(items[r::world])].cpu()
-    return out[0], out[1]
+    return out[0], out[1].float()
