@@ -37,7 +37,7 @@ test-gpu: install ## run the CUDA tests (EGL equals the naive loop on the GPU); 
 gpu-check: ## on a GPU machine lent for minutes: GPU tests, EGL/inference/paper-000/paper-001 benchmarks on CUDA, results in OUT (the device machine's) or runs/gpu-check
 	bash benchmarks/gpu_check.sh
 
-bench: install ## run every benchmark in benchmarks/ (about 2.5 hours on 2 cores) and write benchmarks/RESULTS.md
+bench: install ## run every benchmark in benchmarks/ (about 3.5 hours on 2 cores) and write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/_report.py
 
 mutation: install ## mutation testing of the papers' arithmetic (mutmut; not in CI, about an hour): kill rate per module, survivors

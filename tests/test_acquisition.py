@@ -213,3 +213,34 @@ def test_the_benchmark_compares_strategies_by_labels_to_the_target_then_by_area(
     censored = bench["compare"]("egl", [100.0, 110.0], [200.0, math.nan], [0.7, 0.72], [0.60, 0.61], 300.0)
     assert censored.startswith("ahead of random: 105 vs >=250 labels (+58% fewer), seed spread 50")
     assert "not reached on 0 (random 1) of 2 seeds, counted as 300" in censored
+
+
+def test_balanced_class_weights_give_each_class_the_same_total_weight():
+    from torch.nn import functional as F
+
+    from retinalab.active.train import balanced_weights, sgd_epochs
+
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    w = balanced_weights(y)
+    assert w.tolist() == pytest.approx([8 / 12, 8 / 4])
+    assert float((w[y]).sum()) == pytest.approx(len(y)) and float(w[0] * 6) == pytest.approx(float(w[1] * 2))
+    assert balanced_weights(torch.tensor([0, 0, 1, 1])).tolist() == pytest.approx([1.0, 1.0])
+    assert balanced_weights(torch.tensor([0, 0, 0])).tolist() == pytest.approx([1.0, 0.0])
+    # sgd_epochs minimises the weighted cross-entropy: one batch of everything, the loss it reports
+    net = tiny_net(0.0)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = float(F.cross_entropy(net(x), y, weight=w))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    loss = sgd_epochs(net, opt, lambda t: t.backward(), x, y, epochs=1, batch_size=8, variants=1, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), class_weight=w)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert loss != pytest.approx(float(F.cross_entropy(net(x), y)), rel=1e-3)
+
+
+def test_entropy_and_margin_rank_a_two_class_pool_identically_even_near_one_half():
+    """Both are decreasing in |p - 0.5|; in float32 entropy (ln 2 - 2e^2) ties where margin does not."""
+    e = torch.tensor([1e-5, 3e-5, 5e-5, 8e-5, 2e-4, 0.3, 0.49999])
+    p = torch.stack([0.5 - e, 0.5 + e], 1).float()
+    order = lambda s: torch.argsort(-s, stable=True).tolist()  # noqa: E731
+    assert order(entropy(p)) == order(margin(p)) == list(range(7))
+    assert len(set(entropy(p).tolist())) == 7  # no ties
