@@ -144,22 +144,28 @@ def run_group(job: dict) -> list[dict]:
     return out
 
 
+def first_split(work: Path, root: Path, pool: str, a):
+    """The pool's annotated records, its patch cache (built on first use) and the first seed's split."""
+    from retinalab.active import ExudatePatchConfig, ExudatePatches
+    from retinalab.active.split import split_pool
+    from retinalab.datasets import read_dataset
+
+    records = [r for r in read_dataset("eophtha", str(root), parts=["EX"]) if "EX" in r.masks]
+    cache = ExudatePatches.build(records, ExudatePatchConfig(**PATCHES), cache_dir=work / "cache", num_workers=os.cpu_count() or 1, progress=False)
+    return records, cache, split_pool(cache, 0.25, 0.25, a.seeds[0], POOLS[pool]["pool_kind"], 0, POOLS[pool]["eval_kind"])
+
+
 def scoring_seconds(work: Path, root: Path, pool: str, setting: str, a) -> dict[str, float]:
     """Side by side in this process, on the patches a strategy scores in a round (Algorithm 1: the pool of
     the first seed's split; Algorithm 2: the grid of its training photographs), batched as the loop does,
     with the threads one benchmark worker had: one plain inference pass (``inference``) and each
     strategy's scoring (random: its draw), best of 3, on an untrained LeNet (dropout 0.5 for BALD)."""
-    from retinalab.active import ExudatePatchConfig, ExudatePatches
     from retinalab.active.acquisition import acquisition_scores, predict_probs
     from retinalab.active.selection import select_random
-    from retinalab.active.split import split_pool
-    from retinalab.datasets import read_dataset
     from retinalab.models.lenet import LeNet
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // a.parallel))
-    records = [r for r in read_dataset("eophtha", str(root), parts=["EX"]) if "EX" in r.masks]
-    cache = ExudatePatches.build(records, ExudatePatchConfig(**PATCHES), cache_dir=work / "cache", progress=False)
-    split = split_pool(cache, 0.25, 0.25, a.seeds[0], POOLS[pool]["pool_kind"], 0, POOLS[pool]["eval_kind"])
+    _, cache, split = first_split(work, root, pool, a)
     items = split.pool_items if SETTINGS[setting][1]["select"] == "patches" else np.concatenate([split.grid_of_image[i] for i in split.split["train"]])
     batches = [cache.tensor(items[s : s + 256]) for s in range(0, len(items), 256)]  # read once: the timings compare compute
     nets = {d: LeNet(2, PATCHES["patch_size"], 3, dropout=d).to(memory_format=torch.channels_last) for d in (0.0, 0.5)}
@@ -181,13 +187,8 @@ def scoring_seconds(work: Path, root: Path, pool: str, setting: str, a) -> dict[
 
 
 def pool_facts(work: Path, root: Path, pool: str, a) -> str:
-    from retinalab.active import ExudatePatchConfig, ExudatePatches
-    from retinalab.active.split import split_pool
-    from retinalab.datasets import read_dataset
 
-    records = [r for r in read_dataset("eophtha", str(root), parts=["EX"]) if "EX" in r.masks]
-    cache = ExudatePatches.build(records, ExudatePatchConfig(**PATCHES), cache_dir=work / "cache", num_workers=os.cpu_count() or 1, progress=False)
-    split = split_pool(cache, 0.25, 0.25, a.seeds[0], POOLS[pool]["pool_kind"], 0, POOLS[pool]["eval_kind"])
+    records, cache, split = first_split(work, root, pool, a)
     labels = np.asarray(cache.labels)
     share = lambda items: float((labels[items] == 1).mean())  # noqa: E731
     p = POOLS[pool]
@@ -197,6 +198,8 @@ def pool_facts(work: Path, root: Path, pool: str, a) -> str:
 
 
 def report(a, work: Path, results: dict, roots: dict) -> None:
+    from retinalab.active.state import area_under
+
     verdicts = []
     for pool in a.pools:
         print(f"## Pool: {pool}\n\n{pool_facts(work, roots[pool], pool, a)}\n")
@@ -282,12 +285,6 @@ def report(a, work: Path, results: dict, roots: dict) -> None:
 
 def settings_of(a, pool: str) -> list[str]:
     return list(a.settings) if a.settings else list(POOLS[pool]["settings"])
-
-
-def area_under(rows):
-    from retinalab.active.state import area_under as au
-
-    return au(rows)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ computations in ``tests/test_acquisition.py``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch import nn
 from .egl import Scope, egl
 
 Acquisition = Literal["egl", "entropy", "margin", "bald", "random"]
-ACQUISITIONS: tuple[str, ...] = ("egl", "entropy", "margin", "bald", "random")
+ACQUISITIONS: tuple[str, ...] = get_args(Acquisition)
 #: strategies that score patches (random draws them instead)
 SCORED: tuple[str, ...] = ("egl", "entropy", "margin", "bald")
 
