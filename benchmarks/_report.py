@@ -33,7 +33,7 @@ BENCH_ARGS: dict[str, list[str]] = {
     "egl.py": [],
     "inference.py": ["--seconds", "1.5"],
     "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, balanced (2 settings) and grid pools, ~30 min
-    "collaborative.py": [],  # its defaults: 3 seeds, ~18 min
+    "collaborative.py": ["--quick"],  # budget 1, the three arms of Table 1, 3 seeds, ~20 min (full: 3 budgets + the oracle)
     "memory.py": [],  # its defaults: 5 configs x 3 small batches at 512 px
     "label_efficiency.py": [],  # its defaults: scarce and benchmark presets, 3 seeds, 4 arms, ~40 min
     "ssl_gan_factors.py": [],  # its defaults: scarce, 10 labels, 3 seeds, 7 SSL-GAN settings, ~60 min

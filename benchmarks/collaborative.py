@@ -6,13 +6,22 @@ graded photographs' grade mix (so D cannot tell the two sets apart by how diseas
 as the ``benchmark`` preset draws them (no brightness or position shortcut).
 
 For every seed: stage 1a trains G on the pixel-annotated training images, stage 1b the grading CNN on
-the graded ones (``Ori (stage 1b)``); stage 2 then starts three times from those two checkpoints:
-``Lesion(Pretrained)`` (G frozen, its masks weighting the grader's features, no attention module),
-``Lesion(Semi)`` (lesion attention, pseudo masks after a warm-up, no D) and ``Lesion(Semi+Adv)`` (the
-full method). ``Ori`` is the stage-1b grader trained on for as many steps as stage 2 has batches, so
-every grading row has had the same number of grader updates (an attentive step costs about four
-plain ones: the grading network runs once per lesion). Budgets are optimiser steps of batch
-``--batch-size``, not epochs. Batch-norm statistics are recalibrated before each test
+the graded ones (``Ori (stage 1b)``); stage 2 then starts from those two checkpoints once per arm, each
+the stage-2 defaults with an overlay of ``conf/collaborative/overlays/`` (the files users pass with
+``--config``): ``Lesion(Pretrained)`` (G frozen, its masks weighting the grader's features, no
+attention module), ``Lesion(Semi)`` (lesion attention, pseudo masks after a warm-up, no D),
+``Lesion(Semi+Adv)`` (the full method, no overlay) and ``Oracle`` (Lesion(Semi) with the masks the
+generator drew for the graded photographs as pseudo masks: the ceiling of the Semi path; issue 31).
+``Ori`` is the stage-1b grader trained on for as many steps as stage 2 has batches, so every grading
+row has had the same number of grader updates (an attentive step costs about four plain ones: the
+grading network runs once per lesion). Budgets are optimiser steps of batch ``--batch-size``, not
+epochs; ``--budgets 1 4 12`` repeats stage 2 (and Ori) at 1, 4 and 12 times ``--joint-batches`` with
+the attention warm-up ``--pseudo-warmup`` scaled alike (the oracle's true masks need none).
+
+The graded test photographs carry the lesion masks the generator drew (``<root>/_truth``, which no
+reader sees): every stage-2 arm is also scored there, per lesion, by the pixel AUC-PR of G's masks, the
+attention maps and the pseudo masks (:mod:`retinalab.tasks.pseudo_quality`), which says whether the
+pseudo masks are better lesion masks than G's on those photographs, paper 001's premise. Batch-norm statistics are recalibrated before each test
 (RecalibrateBatchNorm), grades are drawn balanced, every model is tested after its last step on the
 official test splits: quadratic-weighted kappa, accuracy and referable AUC on the 104 graded test
 images; exact pixel AUC-PR per lesion on the 27 pixel-annotated ones (masks weighted by lesion area).
@@ -22,8 +31,10 @@ same settings skips what is there (a killed run loses at most the model in train
 prints how large each lesion is at the input size and its share of the pixels (what a G that learned
 nothing scores in AUC-PR), and which lesions the supervised G of stage 1a has learned at that size.
 
-    python benchmarks/collaborative.py [--work /tmp/retinalab-collab-bench] [--seeds 0 1 2] [--size 128]
-                                       [--device cpu|cuda] [--precision bf16-mixed] [--width 0.25]
+    python benchmarks/collaborative.py [--quick] [--budgets 1 4 12] [--arms ...] [--work /tmp/retinalab-collab-bench]
+                                       [--seeds 0 1 2] [--size 128] [--device cpu|cuda] [--precision bf16-mixed] [--width 0.25]
+
+``--quick`` (``make bench``, about 20 minutes on 2 cores): budget 1 and the three arms of Table 1 (no oracle).
 
 GPU-sized (``docs/benchmarks.md``, issue 17 item 6): ``--device cuda --size 512 --width 1 --source-size 1152 765
 --batch-size 16 --workers 8``; each model's result is appended to the results file as soon as it is tested.
@@ -45,6 +56,7 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import yaml
 from _common import (  # benchmarks/ is on sys.path when a script runs
     append_jsonl,
     machine,
@@ -57,13 +69,11 @@ from retinalab.synthetic import read_settings, write_synthetic
 from retinalab.tasks import CollaborativeTask
 
 LESIONS = ("MA", "HE", "EX", "SE")
-VARIANTS = {
-    "Lesion(Pretrained)": dict(semi=False, adversarial=False, lesion_features="masks"),
-    "Lesion(Semi)": dict(semi=True, adversarial=False),
-    "Lesion(Semi+Adv)": dict(semi=True, adversarial=True),
-}
-GRADING_ROWS = ["Ori (stage 1b)", "Ori", *VARIANTS]
-SEG_ROWS = ["G (stage 1a)", *VARIANTS]
+OVERLAYS = Path(__file__).resolve().parents[1] / "conf" / "collaborative" / "overlays"
+#: stage-2 arm -> the overlay users pass (None: the stage-2 defaults, Lesion(Semi+Adv))
+ARMS = {"Lesion(Pretrained)": "lesion_pretrained.yaml", "Lesion(Semi)": "lesion_semi.yaml", "Lesion(Semi+Adv)": None, "Oracle": "oracle.yaml"}
+QUICK_ARMS = ["Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)"]
+SOURCES = ("G", "attention", "pseudo")
 LEARNED = 10.0  # the supervised G has learned a lesion when its AUC-PR is at least this many times the lesion's pixel share
 PRESET = "collaborative"
 
@@ -112,10 +122,23 @@ def lesion_stats(dm: SegmentationDataModule) -> dict[str, dict[str, float]]:
             for les, d in diameters.items()}
 
 
+def overlay(arm: str) -> tuple[dict, dict]:
+    """The model and data arguments of ``arm``'s overlay file."""
+    name = ARMS[arm]
+    conf = yaml.safe_load((OVERLAYS / name).read_text()) if name else {}
+    return (conf.get("model") or {}).get("init_args") or {}, (conf.get("data") or {}).get("init_args") or {}
+
+
 def settings_key(a: argparse.Namespace) -> str:
-    """Everything a result depends on except the seed and where it is written."""
-    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work")}
+    """Everything a result depends on except the seed, the budgets and arms run, and where it is written
+    (a budget's or an arm's rows are the same whichever others run beside them)."""
+    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work", "budgets", "arms", "quick")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def label(method: str, budget: int) -> str:
+    """A row's name: the method, with its stage-2 budget multiplier when it is not 1."""
+    return method if budget == 1 else f"{method} x{budget}"
 
 
 def read_rows(path: Path) -> dict[tuple[int, str], dict]:
@@ -132,8 +155,9 @@ def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: 
                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **extra}
         append_jsonl(results, row)
         done[(seed, method)] = row
-        kappa, pr = metrics.get("test/kappa"), metrics.get("test/mean/auc_pr")
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in (("kappa", kappa), ("mean AUC-PR", pr)) if v is not None)
+        shown = ", ".join(f"{k} {metrics[key]:.3f}" for k, key in (
+            ("kappa", "test/kappa"), ("mean AUC-PR", "test/mean/auc_pr"), ("graded: G", "test/vs_truth/G/mean/auc_pr"),
+            ("attention", "test/vs_truth/attention/mean/auc_pr"), ("pseudo", "test/vs_truth/pseudo/mean/auc_pr")) if key in metrics)
         print(f"  seed {seed} {method}: {shown} ({row['seconds']:.0f} s)", flush=True)
 
     def needed(method: str, ckpt: Path | None = None) -> bool:
@@ -153,26 +177,33 @@ def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: 
         pl.seed_everything(seed, workers=True)
         res, grad_ckpt = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading, out / "grading", a)
         record("Ori (stage 1b)", res, t)
-    if needed("Ori"):
-        # Ori at the stage-2 variants' grader budget: the stage-1b grader trained on for joint_batches more steps
-        t = time.perf_counter()
-        pl.seed_everything(seed, workers=True)
-        res, _ = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading + a.joint_batches, out / "ori", a, resume=grad_ckpt)
-        record("Ori", res, t)
-    for name, kw in VARIANTS.items():
-        if not needed(name):
-            continue
-        t = time.perf_counter()
-        pl.seed_everything(seed, workers=True)
-        dm = SegmentationDataModule(
-            "idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
-            image_level_val_size=2, split_file=str(out / "joint.json"), image_level_sampler="balanced", **common,
-        )
-        task = CollaborativeTask(stage="joint", generator_ckpt=str(seg_ckpt), grader_ckpt=str(grad_ckpt),
-                                 pseudo_warmup_steps=a.pseudo_warmup if kw["semi"] else 0, **net, **kw)
-        # Lightning counts every optimiser's step in manual optimisation: joint_batches batches
-        res, _ = fit_test(task, dm, a.joint_batches * task.optimizer_steps_per_batch, out / name, a)
-        record(name, res, t)
+    for budget in a.budgets:
+        batches = a.joint_batches * budget
+        ori = label("Ori", budget)
+        if needed(ori):
+            # Ori at the stage-2 arms' grader budget: the stage-1b grader trained on for as many more steps
+            t = time.perf_counter()
+            pl.seed_everything(seed, workers=True)
+            res, _ = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading + batches, out / ori, a, resume=grad_ckpt)
+            record(ori, res, t, budget=budget)
+        for arm in a.arms:
+            name = label(arm, budget)
+            if not needed(name):
+                continue
+            t = time.perf_counter()
+            pl.seed_everything(seed, workers=True)
+            model_kw, data_kw = overlay(arm)
+            dm = SegmentationDataModule(
+                "idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
+                image_level_val_size=2, split_file=str(out / "joint.json"), image_level_sampler="balanced", **common, **data_kw,
+            )
+            # the attention warm-up scales with the budget; an overlay that sets it (the oracle: 0) keeps its own
+            warmup = model_kw.pop("pseudo_warmup_steps", a.pseudo_warmup * budget)
+            task = CollaborativeTask(stage="joint", generator_ckpt=str(seg_ckpt), grader_ckpt=str(grad_ckpt),
+                                     pseudo_warmup_steps=warmup if model_kw.get("semi", True) else 0, **net, **model_kw)
+            # Lightning counts every optimiser's step in manual optimisation: `batches` batches
+            res, _ = fit_test(task, dm, batches * task.optimizer_steps_per_batch, out / name, a)
+            record(name, res, t, budget=budget, warmup=warmup)
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -181,8 +212,8 @@ def stats(values: list[float]) -> tuple[float, float]:
 
 def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: dict[str, dict[str, float]], seconds: float) -> None:
     def values(method: str, key: str) -> list[float]:
-        return [rows[(s, method)]["metrics"][key] for s in a.seeds if (s, method) in rows and key in rows[(s, method)]["metrics"]
-                and rows[(s, method)]["metrics"][key] == rows[(s, method)]["metrics"][key]]
+        out = [rows[(s, method)]["metrics"].get(key, float("nan")) for s in a.seeds if (s, method) in rows]
+        return [v for v in out if v == v]
 
     def cell(method: str, key: str) -> str:
         v = values(method, key)
@@ -191,28 +222,35 @@ def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: di
     print(f"\nmachine: {machine()}")
     print(f"data: {a.images} synthetic IDRiD-layout photographs ({PRESET} preset, drawn at {a.source_size[0]}x{a.source_size[1]}), fed at {a.size} px;")
     print(f"networks: G/D width {a.width}, ResNet18 grader from scratch; batch {a.batch_size}; device {a.device}, precision {a.precision}")
-    print(f"budget: stage 1a {a.steps_seg} steps, stage 1b {a.steps_grading} steps, stage 2 {a.joint_batches} batches "
-          f"(pseudo masks after {a.pseudo_warmup}), Ori +{a.joint_batches} steps; seeds {a.seeds}")
+    print(f"budget: stage 1a {a.steps_seg} steps, stage 1b {a.steps_grading} steps, stage 2 {a.joint_batches} batches x {a.budgets} "
+          f"(pseudo masks after {a.pseudo_warmup} x the same; the oracle from the first), Ori + as many steps; seeds {a.seeds}; arms {a.arms}")
     shown = [r for (s, _), r in rows.items() if s in a.seeds]
     peak = max((r.get("peak_rss_gib", 0.0) for r in shown), default=0.0)
     print(f"time: {sum(r['seconds'] for r in shown):.0f} s of training and testing in the results ({seconds:.0f} s in this run); "
           f"peak resident memory {peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB\n")
     print(f"Lesions at {a.size} px on the pixel-annotated test images: median extent (components), share of the pixels")
     print("  " + "; ".join(f"{les} {st['extent']:.1f} px ({st['components']}), {100 * st['share']:.2f}%" for les, st in lesions.items()) + "\n")
+    grading = ["Ori (stage 1b)"] + [label(m, b) for b in a.budgets for m in ("Ori", *a.arms)]
     print("Grading on the graded test images (Table 1), mean +- std over seeds\n")
     print("| method | kappa | accuracy | referable AUC | seconds |")
     print("|---|---|---|---|---|")
-    for name in GRADING_ROWS:
+    for name in grading:
         secs = [rows[(s, name)]["seconds"] for s in a.seeds if (s, name) in rows]
         print(f"| {name} | {cell(name, 'test/kappa')} | {cell(name, 'test/acc')} | {cell(name, 'test/referable_auc')} | "
               f"{np.mean(secs):.0f} |" if secs else f"| {name} | - | - | - | - |")
     print("\nLesion segmentation on the pixel-annotated test images (Table 3): pixel AUC-PR\n")
     print("| method | " + " | ".join(LESIONS) + " | mean |")
     print("|---|" + "---|" * (len(LESIONS) + 1))
-    for name in SEG_ROWS:
+    for name in ["G (stage 1a)"] + [label(m, b) for b in a.budgets for m in a.arms]:
         print(f"| {name} | " + " | ".join(cell(name, f"test/{les}/auc_pr") for les in LESIONS) + f" | {cell(name, 'test/mean/auc_pr')} |")
+    print("\nOn the graded test images, against the masks the generator drew (no real dataset has them): mean pixel AUC-PR over the")
+    print("lesions of G's masks, the attention maps and the pseudo masks as the loss uses them (Lesion(Pretrained)'s G is stage 1a's)\n")
+    print("| method | G | attention | pseudo |")
+    print("|---|---|---|---|")
+    for name in [label(m, b) for b in a.budgets for m in a.arms]:
+        print(f"| {name} | " + " | ".join(cell(name, f"test/vs_truth/{src}/mean/auc_pr") for src in SOURCES) + " |")
 
-    print("\nTargets (issue 17)")
+    print("\nTargets (issues 17 and 31)")
     ceiling = {les: values("G (stage 1a)", f"test/{les}/auc_pr") for les in LESIONS}
     learned = [les for les in LESIONS if ceiling[les] and np.mean(ceiling[les]) >= LEARNED * lesions[les]["share"]]
     print(f"- the supervised G (stage 1a) learned {', '.join(learned) or 'no lesion'} (AUC-PR >= {LEARNED:g}x the pixel share)"
@@ -220,15 +258,66 @@ def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: di
     ori = values("Ori", "test/kappa")
     if ori:
         print(f"- Ori kappa >= 0.4: {'holds' if np.mean(ori) >= 0.4 else 'MISSED'} ({np.mean(ori):.3f})")
-    order(a, rows, "kappa", "test/kappa", ["Ori", *VARIANTS])
-    order(a, rows, "mean AUC-PR", "test/mean/auc_pr", list(VARIANTS))
+    paper = [m for m in ("Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)") if m in a.arms]
+    for b in a.budgets:
+        print(f"- budget x{b} ({a.joint_batches * b} stage-2 batches):")
+        order(a, rows, "kappa", "test/kappa", [label(m, b) for m in ("Ori", *paper)])
+        order(a, rows, "mean AUC-PR", "test/mean/auc_pr", [label(m, b) for m in paper])
+        if "Oracle" in a.arms and "Lesion(Pretrained)" in a.arms:
+            oracle_verdict(a, rows, b)
+        if "Lesion(Semi)" in a.arms and "Lesion(Pretrained)" in a.arms:
+            premise_verdict(a, rows, b)
+
+
+def paired(a: argparse.Namespace, rows: dict[tuple[int, str], dict], m1: str, m0: str, key: str) -> np.ndarray | None:
+    """``m1 - m0`` in ``key`` over the seeds both have (``None`` when a seed lacks one)."""
+    if any((s, m) not in rows for s in a.seeds for m in (m0, m1)):
+        return None
+    return np.asarray([rows[(s, m1)]["metrics"].get(key, np.nan) - rows[(s, m0)]["metrics"].get(key, np.nan) for s in a.seeds])
+
+
+def oracle_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b: int) -> None:
+    """Issue 31: the oracle beats Lesion(Pretrained) in kappa by >= 0.02 in at least 2 of 3 seeds and keeps
+    G's AUC-PR (pixel-annotated test photographs) at or above stage 1a's."""
+    oracle, pre = label("Oracle", b), label("Lesion(Pretrained)", b)
+    dk = paired(a, rows, oracle, pre, "test/kappa")
+    if dk is None:
+        print(f"    oracle: not every seed has {oracle} and {pre}")
+        return
+    need = -(-2 * len(a.seeds) // 3)
+    wins = int((dk >= 0.02).sum())
+    print(f"    oracle kappa >= Lesion(Pretrained) + 0.02 in >= {need} of {len(a.seeds)} seeds: {'met' if wins >= need else 'MISSED'} "
+          f"({oracle} - {pre} = {dk.mean():+.3f} +- {dk.std():.3f}; per seed {', '.join(f'{d:+.3f}' for d in dk)})")
+    dg = np.asarray([rows[(s, oracle)]["metrics"].get("test/mean/auc_pr", np.nan) - rows[(s, "G (stage 1a)")]["metrics"].get("test/mean/auc_pr", np.nan)
+                     for s in a.seeds if (s, "G (stage 1a)") in rows])
+    print(f"    oracle keeps G's AUC-PR at or above stage 1a's: {'met' if dg.mean() >= 0 else 'MISSED'} "
+          f"({dg.mean():+.3f} +- {dg.std():.3f}; at or above in {int((dg >= 0).sum())}/{len(dg)} seeds)")
+
+
+def premise_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b: int) -> None:
+    """Paper 001's premise at budget ``b``: the pseudo masks (Lesion(Semi)'s, as the loss uses them at the
+    end of stage 2) are better lesion masks on the graded photographs than G's before stage 2 (stage 1a's,
+    = Lesion(Pretrained)'s frozen G); and whether Lesion(Semi) grades ahead of Lesion(Pretrained) exactly then."""
+    semi, pre = label("Lesion(Semi)", b), label("Lesion(Pretrained)", b)
+    if any((s, m) not in rows for s in a.seeds for m in (semi, pre)):
+        print(f"    premise: not every seed has {semi} and {pre}")
+        return
+    pseudo = np.asarray([rows[(s, semi)]["metrics"].get("test/vs_truth/pseudo/mean/auc_pr", np.nan) for s in a.seeds])
+    g = np.asarray([rows[(s, pre)]["metrics"].get("test/vs_truth/G/mean/auc_pr", np.nan) for s in a.seeds])
+    dk = paired(a, rows, semi, pre, "test/kappa")
+    better = pseudo.mean() > g.mean() and (pseudo - g).mean() > (pseudo - g).std()
+    ahead = dk.mean() > 0 and dk.mean() > dk.std()
+    print(f"    pseudo masks better than G's on the graded photographs: {'yes' if better else 'no'} "
+          f"(pseudo {pseudo.mean():.3f} +- {pseudo.std():.3f} vs G {g.mean():.3f} +- {g.std():.3f} mean AUC-PR; better in {int((pseudo > g).sum())}/{len(g)} seeds)")
+    print(f"    Lesion(Semi) ahead of Lesion(Pretrained) in kappa: {'yes' if ahead else 'no'} ({dk.mean():+.3f} +- {dk.std():.3f}); "
+          f"{'as the premise predicts' if better == ahead else 'NOT as the premise predicts'}")
 
 
 def order(a: argparse.Namespace, rows: dict[tuple[int, str], dict], label: str, key: str, methods: list[str]) -> None:
     """Whether the means rise along ``methods``, and each step's paired difference over the seeds."""
     per = {m: [rows[(s, m)]["metrics"].get(key, float("nan")) for s in a.seeds if (s, m) in rows] for m in methods}
     if any(len(v) != len(a.seeds) for v in per.values()):
-        print(f"- {label}: not every method has every seed")
+        print(f"    {label}: not every method has every seed")
         return
     means = [float(np.mean(per[m])) for m in methods]
     holds = all(x < y for x, y in zip(means, means[1:], strict=False))
@@ -236,14 +325,17 @@ def order(a: argparse.Namespace, rows: dict[tuple[int, str], dict], label: str, 
     for m0, m1 in zip(methods, methods[1:], strict=False):
         d = np.asarray(per[m1]) - np.asarray(per[m0])
         steps.append(f"{m1} - {m0} = {d.mean():+.3f} +- {d.std():.3f} (higher in {int((d > 0).sum())}/{len(d)} seeds)")
-    print(f"- {label} ordering {' < '.join(methods)}: {'holds' if holds else 'does NOT hold'} (means {', '.join(f'{x:.3f}' for x in means)})")
+    print(f"    {label} ordering {' < '.join(methods)}: {'holds' if holds else 'does NOT hold'} (means {', '.join(f'{x:.3f}' for x in means)})")
     for s in steps:
-        print(f"    {s}")
+        print(f"      {s}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/retinalab-collab-bench")
+    ap.add_argument("--quick", action="store_true", help="budget 1 and the arms of Table 1 only (make bench; about 20 min on 2 cores)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[1, 4, 12], help="stage-2 budgets: multiples of --joint-batches and --pseudo-warmup")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="stage-2 arms")
     ap.add_argument("--images", type=int, default=600, help="synthetic photographs (IDRiD's proportions: 81 of 597 pixel-annotated)")
     ap.add_argument("--source-size", type=int, nargs=2, default=[768, 510], metavar=("W", "H"), help="size the photographs are drawn at")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -260,6 +352,8 @@ def main() -> None:
     ap.add_argument("--precision", default=None, help="Lightning precision (default: bf16-mixed on a GPU, 32 on the CPU)")
     a = ap.parse_args()
     a.precision = a.precision or ("bf16-mixed" if a.device == "cuda" else "32")
+    if a.quick:
+        a.budgets, a.arms = [1], QUICK_ARMS
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -267,7 +361,8 @@ def main() -> None:
     root = work / "IDRiD"
     wanted = (PRESET, a.images, list(a.source_size))
     settings = read_settings(root)
-    if settings is None or (settings["preset"]["name"], settings["num_images"], list(settings["size"])) != wanted:
+    if (settings is None or (settings["preset"]["name"], settings["num_images"], list(settings["size"])) != wanted
+            or "truth" not in settings):  # drawn before the generator kept the graded photographs' masks
         write_synthetic("idrid", root, a.images, 1234, tuple(a.source_size), 1.0, 1.0, os.cpu_count() or 1, True, PRESET)
     results = work / f"results-{settings_key(a)}.jsonl"
     rows = read_rows(results)

@@ -295,6 +295,12 @@ def test_overlays_merge_with_the_stage_configs(overlay, tmp_path):
             assert not h.semi and not h.adversarial and c.model.discriminator is None and not c.model.update_generator
         if overlay == "lesion_semi.yaml":
             assert h.semi and not h.adversarial and c.model.update_generator
+        if overlay == "oracle.yaml":
+            assert h.semi and not h.adversarial and h.pseudo_source == "truth" and h.pseudo_warmup_steps == 0
+            assert c.datamodule.image_level_truth == "all"
+        if overlay.startswith("budget_"):  # the stage-2 budget and the attention warm-up scaled alike
+            k = int(overlay.removeprefix("budget_").removesuffix("x.yaml"))
+            assert (c.trainer.max_epochs, h.pseudo_warmup_steps) == (50 * k, 200 * k) and h.semi and h.adversarial
         if overlay == "ce1.yaml":
             assert h.generator_block == "conv"
         if overlay == "cpu_small.yaml":

@@ -6,142 +6,27 @@ DataLoader workers.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
-from ..datasets import LESIONS, DataFormatError, DatasetName, FundusRecord, OnError, read_dataset
-from ..preprocessing import load_fundus, stack_masks
+from ..datasets import LESIONS, DatasetName, FundusRecord, OnError, read_dataset
 from .base import FundusDataModule
+from .image_datasets import (  # noqa: F401 (re-exported: retinalab.datamodules.images.* as before the split)
+    NUM_GRADES,
+    EpochWeightedSampler,
+    FundusImageDataset,
+    GradeTarget,
+    grade_target,
+    record_target,
+    skip_none_collate,
+)
 from .splits import SplitMode, split_indices
 from .transforms import image_train_transform, seed_worker_transforms
-
-log = logging.getLogger(__name__)
-
-GradeTarget = Literal["grade", "referable", "normal"]
-#: Grade scale per dataset: ICDR 0-4, Messidor 0-3.
-NUM_GRADES = {"idrid": 5, "eyepacs": 5, "eophtha": 5, "messidor": 4}
-
-
-def grade_target(grade: int, target: GradeTarget) -> int:
-    """Map a grade to the requested label: the grade itself, referable (grade >= 2) or normal (grade == 0)."""
-    if target == "grade":
-        return grade
-    if target == "referable":
-        return int(grade >= 2)
-    if target == "normal":
-        return int(grade == 0)
-    raise ValueError(f"target must be one of grade/referable/normal, got {target!r}")
-
-
-def record_target(record: FundusRecord, target: GradeTarget) -> int | None:
-    """The record's label for ``target``: from its grade, or (``referable`` only) from a referable-only
-    label (the generic folder layout's ``referable`` column); ``None`` when unlabelled."""
-    if record.grade is not None:
-        return grade_target(record.grade, target)
-    if target == "referable" and "referable" in record.meta:
-        return int(record.meta["referable"])
-    return None
-
-
-class FundusImageDataset(Dataset):
-    """Preprocessed whole fundus images, optionally with stacked lesion masks and grades.
-
-    Each sample: ``image`` (3 x S x S float in [0, 1]), ``image_id``, ``label`` (int64, -1 when
-    unknown) and, with ``with_masks``, ``mask`` (L x S x S float 0/1: a pixel is lesion when any of its
-    source pixels is) and ``mask_known`` (L bool); with ``mask_fraction`` (evaluation: no transform)
-    also ``mask_fraction`` (L x S x S float: the lesion share of each pixel, which pixel metrics weigh).
-    With ``on_error="skip"`` a photograph or mask that fails to decode yields ``None`` (logged),
-    which :func:`skip_none_collate` drops from the batch.
-    """
-
-    def __init__(
-        self,
-        records: Sequence[FundusRecord],
-        size: int,
-        target: GradeTarget = "grade",
-        with_masks: bool = False,
-        lesions: tuple[str, ...] = LESIONS,
-        transform: Any = None,
-        crop_fov: bool = True,
-        normalize: bool = True,
-        on_error: OnError = "raise",
-        mask_fraction: bool = False,
-    ) -> None:
-        if mask_fraction and transform is not None:
-            raise ValueError("mask_fraction is for evaluation images: it cannot go with a (training) transform")
-        self.records = list(records)
-        self.size, self.target, self.with_masks, self.lesions = size, target, with_masks, tuple(lesions)
-        self.transform, self.crop_fov, self.normalize, self.on_error = transform, crop_fov, normalize, on_error
-        self.mask_fraction = mask_fraction and with_masks
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, k: int) -> dict[str, Any] | None:
-        r = self.records[k]
-        try:
-            pre = load_fundus(r, self.size, self.crop_fov, self.normalize, self.lesions if self.with_masks else None,
-                              mask_mode="fraction" if self.mask_fraction else "any")
-        except DataFormatError as e:
-            if self.on_error == "raise":
-                raise
-            log.warning("skipping: %s", e)
-            return None
-        image = pre.image
-        fraction = None
-        if self.mask_fraction:
-            fraction, known = stack_masks(pre.masks, self.size, self.lesions, np.float32)
-            masks = (fraction > 0).astype(np.uint8)  # the same 0/1 mask as without mask_fraction
-        else:
-            masks, known = stack_masks(pre.masks, self.size, self.lesions)
-        if self.transform is not None:
-            if self.with_masks:
-                res = self.transform(image=image, mask=np.ascontiguousarray(masks.transpose(1, 2, 0)))
-                image, masks = res["image"], np.ascontiguousarray(res["mask"]).transpose(2, 0, 1)
-            else:
-                image = self.transform(image=image)["image"]
-        out = {
-            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
-            "image_id": r.image_id,
-            "label": -1 if (y := record_target(r, self.target)) is None else y,
-        }
-        if self.with_masks:
-            out["mask"] = torch.from_numpy(np.ascontiguousarray(masks)).float()
-            out["mask_known"] = torch.from_numpy(known)
-            if fraction is not None:
-                out["mask_fraction"] = torch.from_numpy(fraction)
-        return out
-
-
-def skip_none_collate(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Collate the samples that decoded; ``None`` when none did (Lightning then skips the step)."""
-    kept = [b for b in batch if b is not None]
-    return default_collate(kept) if kept else None
-
-
-class EpochWeightedSampler(torch.utils.data.WeightedRandomSampler):
-    """``WeightedRandomSampler`` whose draws are a function of ``(seed, epoch)``: Lightning calls
-    ``set_epoch`` before every training epoch, so a run resumed at epoch ``e`` draws what the
-    uninterrupted run drew there (a generator seeded once would start over at its first draws)."""
-
-    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
-        super().__init__(weights, num_samples, replacement=True, generator=torch.Generator())
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):  # noqa: ANN204 (the base's signature)
-        assert self.generator is not None
-        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        return super().__iter__()
 
 
 class _ImageDataModule(FundusDataModule):
@@ -338,6 +223,12 @@ class SegmentationDataModule(_ImageDataModule):
         split_file: where to write the split JSON.
         image_level_sampler: ``shuffle`` or ``balanced`` (every grade drawn equally often) for the
             image-level training loader.
+        image_level_truth: where the image-level photographs carry the lesion masks ``retinalab synth``
+            drew for them (kept under ``<image_level_root>/_truth``, which no reader looks at; real data
+            has none): ``eval`` (default) their validation and test batches carry ``truth_fraction``
+            when the root is a synthetic dataset with that folder (paper 001's pseudo-mask quality),
+            nothing otherwise; ``all`` the training batches too (``truth``: the ``oracle`` arm), and
+            a root without it is an error; ``off`` never.
         eval_masks: ``fraction`` (default): validation and test images also carry each pixel's lesion
             share (``mask_fraction``), which the pixel AUCs weigh, so a mask shrunk from 4288 px keeps its
             lesion area; ``any``: they are scored on the training masks (a pixel is lesion when any of its
@@ -370,9 +261,13 @@ class SegmentationDataModule(_ImageDataModule):
         split_file: str | None = None,
         eval_masks: Literal["fraction", "any"] = "fraction",
         image_level_sampler: Literal["shuffle", "balanced"] = "shuffle",
+        image_level_truth: Literal["eval", "all", "off"] = "eval",
     ) -> None:
         super().__init__()
-        self.eval_masks, self.image_level_sampler = eval_masks, image_level_sampler
+        if image_level_truth not in ("eval", "all", "off"):
+            raise ValueError(f"image_level_truth must be 'eval', 'all' or 'off', got {image_level_truth!r}")
+        self.eval_masks, self.image_level_sampler, self.image_level_truth = eval_masks, image_level_sampler, image_level_truth
+        self.truth_root: Path | None = None  # the image-level root when its photographs carry drawn masks (setup)
         self._init_common(
             dataset, root, reader_args, "segmentation", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
             split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
@@ -397,6 +292,7 @@ class SegmentationDataModule(_ImageDataModule):
             raise ValueError(f"{self.dataset} at {self.root}: no image with lesion masks found")
         self.parts = self._split(records, None)
         if self.image_level_dataset is not None:
+            self.truth_root = self._truth_root()
             args = {"on_error": self.on_error, **self.image_level_reader_args}
             if self.image_level_dataset == "idrid" and "subsets" not in args:
                 args["subsets"] = ["grading"]
@@ -417,14 +313,32 @@ class SegmentationDataModule(_ImageDataModule):
             {"dataset": self.dataset, "root": str(self.root), "seed": self.seed, "counts": self.summary()},
         )
 
+    def _truth_root(self) -> Path | None:
+        """The image-level root when ``image_level_truth`` wants its drawn masks and it has them."""
+        from ..synthetic import TRUTH_DIR, truth_folder
+
+        if self.image_level_truth == "off":
+            return None
+        root = Path(str(self.image_level_root)).expanduser()
+        if truth_folder(root) is None:
+            if self.image_level_truth == "all":
+                raise ValueError(f"data.image_level_truth: all (the oracle arm) needs the lesion masks retinalab synth keeps under "
+                                 f"{root / TRUTH_DIR}; {root} has none (not a synthetic dataset, or drawn by an older retinalab): "
+                                 f"draw it again with retinalab synth, or use image_level_truth: eval")
+            return None
+        return root
+
     def summary(self) -> dict[str, dict[str, int]]:
         return {k: {"images": len(v)} for k, v in self.parts.items()}
 
     def _ds(self, part: str, train: bool, with_masks: bool = True) -> FundusImageDataset:
         tf = image_train_transform(self.image_size) if (train and self.augment) else None
+        truth = None
+        if part.startswith("image_level") and self.truth_root is not None and (not train or self.image_level_truth == "all"):
+            truth = self.truth_root
         return FundusImageDataset(
             self.parts[part], self.image_size, "grade", with_masks, self.lesions, tf, self.crop_fov, self.normalize, self.on_error,
-            mask_fraction=not train and self.eval_masks == "fraction",
+            mask_fraction=not train and self.eval_masks == "fraction", truth_dataset_root=truth,
         )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:

@@ -68,6 +68,15 @@ def truth_masks(root: str | Path, image: str | Path) -> dict[str, Path]:
     return {p.stem[len(stem.name) + 1 :]: p for p in sorted(stem.parent.glob(f"{stem.name}_*.png"))}
 
 
+def truth_folder(root: str | Path) -> Path | None:
+    """The folder of drawn masks of the synthetic dataset at ``root`` (``None`` when ``root`` is not a
+    synthetic dataset, or was drawn before the generator kept them)."""
+    settings = read_settings(root)
+    folder = (settings or {}).get("truth", {}).get("folder")
+    path = Path(root) / folder if folder else None
+    return path if path is not None and path.is_dir() else None
+
+
 @dataclass(frozen=True)
 class Options:
     seed: int

@@ -22,13 +22,11 @@ lambda L_CE - E log D(X^I, G(X^I)) (the usual non-saturating form of its side of
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from ..datasets import LESIONS
 from ..metrics.lesions import BinaryDRMetrics, LesionPixelMetrics, grading_metrics
@@ -36,54 +34,22 @@ from ..models.lesion_attention import LesionAttentionGrader, focal_loss
 from ..models.lesion_discriminator import LesionDiscriminator
 from ..models.xception_unet import Block, build_generator
 from ..viz import lesion_overlay, log_overlays
+from .collaborative_losses import (  # noqa: F401 (masked_bce, l_seg: importable from here as before)
+    discriminator_loss,
+    generator_adversarial_loss,
+    l_seg,
+    load_part,
+    masked_bce,
+)
+from .pseudo_quality import (
+    PseudoMaskQuality,
+    batch_truth,
+    pseudo_targets,
+    quality_maps,
+    quality_sheet,
+)
 
 Stage = Literal["segmentation", "grading", "joint"]
-
-
-def masked_bce(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
-    """L_CE of Eq. 3: pixel binary cross-entropy, averaged over the lesion channels each image is
-    annotated for (``known`` B x L; all when ``None``). Shapes: logits/target ``B x L x H x W``."""
-    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3))  # B x L
-    if known is None:
-        return per.mean()
-    w = known.to(per.dtype)
-    return (per * w).sum() / w.sum().clamp_min(1.0)
-
-
-def l_seg(d_real: torch.Tensor, d_fake: torch.Tensor, l_ce: torch.Tensor, lam: float = 10.0) -> torch.Tensor:
-    """Eq. 3 as written: E log D(X^P, G(X^P)) + E log(1 - D(X^I, G(X^I))) + lambda L_CE (D logits in)."""
-    return F.logsigmoid(d_real).mean() + F.logsigmoid(-d_fake).mean() + lam * l_ce
-
-
-def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-    """-L_Adv: binary cross-entropy with real = pixel-annotated, fake = image-level."""
-    return F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-
-
-def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
-    """G's side of L_Adv, non-saturating: -E log D(X^I, G(X^I))."""
-    return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
-
-
-def _load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool, ignore: tuple[str, ...] = ()) -> None:
-    """Load the ``prefix.*`` weights of a Lightning checkpoint into ``module`` (leaving out the weights
-    whose names start with one of ``ignore``: parts this model does not have)."""
-    from ..checkpoints import read_checkpoint, shape_mismatches
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
-    state = read_checkpoint(p)  # a truncated or foreign file is named
-    weights = {k[len(prefix) + 1 :]: v for k, v in state.get("state_dict", state).items() if k.startswith(prefix + ".")}
-    weights = {k: v for k, v in weights.items() if not k.startswith(ignore)} if ignore else weights
-    if not weights:
-        raise ValueError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
-    shapes, listed = shape_mismatches(weights, module)
-    if shapes:
-        raise ValueError(f"{p}: {len(shapes)} '{prefix}' weight(s) of another shape ({listed}); same widths/backbone as the checkpoint?")
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    if unexpected or (strict and missing):
-        raise ValueError(f"{p}: '{prefix}' weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); same widths/backbone as the checkpoint?")
 
 
 class CollaborativeTask(pl.LightningModule):
@@ -112,6 +78,13 @@ class CollaborativeTask(pl.LightningModule):
             pseudo masks (the attention branches are new at stage 2: untrained maps would teach G noise).
         pseudo_threshold: ``None`` (default): the attention maps are soft targets of L_CE; a number:
             maps >= it are lesion, the rest background (paper 001 does not say which it used).
+        pseudo_source: ``attention`` (paper 001: the attention maps are the pseudo masks) or ``truth``
+            (the ``oracle`` arm, ``conf/collaborative/overlays/oracle.yaml``: the lesion masks
+            ``retinalab synth`` drew for the graded photographs, ``data.image_level_truth: all``; the
+            ceiling of the Semi path). On synthetic data every joint-stage validation and test also
+            scores G's masks, the attention maps and the pseudo masks against those drawn masks
+            (``<split>/vs_truth/<G|attention|pseudo>/<lesion>/auc_pr``; :mod:`retinalab.tasks.pseudo_quality`)
+            and draws them side by side (``<split>/pseudo_masks``).
         pretrained_path: local weights for the grading backbone.
         grader_input_norm: ``imagenet`` / ``none``; default ``imagenet`` with ``pretrained_path`` (the
             mean and std ImageNet weights expect), ``none`` without.
@@ -150,6 +123,7 @@ class CollaborativeTask(pl.LightningModule):
         lesion_features: Literal["attention", "masks"] = "attention",
         pseudo_warmup_steps: int = 0,
         pseudo_threshold: float | None = None,
+        pseudo_source: Literal["attention", "truth"] = "attention",
         pretrained_path: str | None = None,
         grader_input_norm: Literal["imagenet", "none"] | None = None,
         lam: float = 10.0,
@@ -169,7 +143,11 @@ class CollaborativeTask(pl.LightningModule):
         super().__init__()
         if stage not in ("segmentation", "grading", "joint"):
             raise ValueError(f"stage must be 'segmentation', 'grading' or 'joint', got {stage!r}")
-        if lesion_features == "masks" and semi and attention:
+        if pseudo_source not in ("attention", "truth"):
+            raise ValueError(f"pseudo_source must be 'attention' or 'truth', got {pseudo_source!r}")
+        if pseudo_source == "truth" and not semi:
+            raise ValueError("pseudo_source='truth' (the oracle arm) gives G pseudo masks on the graded photographs: it needs semi: true")
+        if lesion_features == "masks" and semi and attention and pseudo_source == "attention":
             raise ValueError("lesion_features='masks' (Lesion(Pretrained)) has no attention maps to use as pseudo masks: set semi: false")
         if pseudo_warmup_steps < 0 or (pseudo_threshold is not None and not 0 < pseudo_threshold < 1):
             raise ValueError(f"pseudo_warmup_steps must be >= 0 and pseudo_threshold in (0, 1), got {pseudo_warmup_steps}, {pseudo_threshold}")
@@ -190,14 +168,16 @@ class CollaborativeTask(pl.LightningModule):
         if stage == "joint":
             self.automatic_optimization = False
             if generator_ckpt:
-                _load_part(generator_ckpt, "generator", self.generator, strict=True)
+                load_part(generator_ckpt, "generator", self.generator, strict=True)
             if grader_ckpt:
                 # Lesion(Pretrained) has no attention module: the stage-1b checkpoint's untrained one is left out
-                _load_part(grader_ckpt, "grader", self.grader, strict=False,
+                load_part(grader_ckpt, "grader", self.grader, strict=False,
                            ignore=("w_low.", "w_high.", "to_context.") if lesion_features == "masks" else ())
         self.pixel_metrics = torch.nn.ModuleDict({s: LesionPixelMetrics(self.lesions, pixel_thresholds) for s in ("val", "test")})
         self.grade_metrics = torch.nn.ModuleDict({s: grading_metrics(num_classes) for s in ("val", "test")})
         self.binary_metrics = torch.nn.ModuleDict({s: BinaryDRMetrics() for s in ("val", "test")})
+        self.pseudo_quality = torch.nn.ModuleDict({s: PseudoMaskQuality(self.lesions, pixel_thresholds) for s in ("val", "test")})
+        self._quality_sheets: list[tuple[str, np.ndarray]] = []
         self._overlays: list[tuple[str, np.ndarray]] = []
 
     # ------------------------------------------------------------------ forward
@@ -280,10 +260,9 @@ class CollaborativeTask(pl.LightningModule):
         loss_cls = focal_loss(out["logits"], yi, h.focal_gamma)
         loss_ce = masked_bce(gp, sp, kp)
         logs = {"train/loss_cls": loss_cls, "train/loss_ce_pixel": loss_ce}
-        if h.semi and "alpha" in out and self.trainer.fit_loop.total_batch_idx >= h.pseudo_warmup_steps:
-            pseudo = self.grader.pseudo_masks(out["alpha"], gi.shape[-2:]).detach()
-            if h.pseudo_threshold is not None:
-                pseudo = (pseudo >= h.pseudo_threshold).to(pseudo.dtype)
+        if (h.semi and ("alpha" in out or h.pseudo_source == "truth")
+                and self.trainer.fit_loop.total_batch_idx >= h.pseudo_warmup_steps):
+            pseudo = pseudo_targets(self, out.get("alpha"), ib, gi.shape[-2:]).detach()
             loss_pseudo = masked_bce(gi, pseudo)
             loss_ce = loss_ce + loss_pseudo
             logs["train/loss_ce_pseudo"] = loss_pseudo
@@ -346,7 +325,8 @@ class CollaborativeTask(pl.LightningModule):
             return
         if "mask" in batch:  # the grading stage has no pixel loader; a pixel batch here has no grades
             return
-        masks = self.masks(x) if self.use_attention else None
+        truth = batch_truth(batch) if self.stage == "joint" else None
+        masks = self.masks(x) if self.use_attention or truth is not None else None
         out = self.grade(x, masks)
         probs = torch.softmax(out["logits"].float(), 1)
         y = batch["label"]
@@ -354,6 +334,14 @@ class CollaborativeTask(pl.LightningModule):
         self.binary_metrics[split].update(probs, y)
         if "alpha" in out:
             self._keep_overlays(batch, self.grader.pseudo_masks(out["alpha"], x.shape[-2:]), "attention")
+        if truth is not None:  # synthetic data: how good each map is as a lesion mask on these photographs
+            maps = quality_maps(self, batch, masks, out)
+            self.pseudo_quality[split].update(maps, truth)
+            for i in range(len(x)):
+                if len(self._quality_sheets) >= self.hparams.num_overlays or self.trainer.sanity_checking:
+                    break
+                self._quality_sheets.append((f"{batch['image_id'][i]}: photograph | truth | " + " | ".join(maps),
+                                             quality_sheet(x[i], truth[i], {k: v[i] for k, v in maps.items()}, self.lesions)))
 
     def _keep_overlays(self, batch: dict[str, Any], maps: torch.Tensor, kind: str) -> None:
         if self.trainer.sanity_checking:
@@ -393,8 +381,13 @@ class CollaborativeTask(pl.LightningModule):
         if self.grade_metrics[split]["acc"].update_count:
             logs |= {f"{split}/{k}": v for k, v in self.grade_metrics[split].compute().items()}
             logs |= {f"{split}/{k}": v for k, v in self.binary_metrics[split].compute().items()}
+        if self.pseudo_quality[split].updated:
+            logs |= {f"{split}/vs_truth/{k}": v for k, v in self.pseudo_quality[split].compute().items()}
         if logs:
             self.log_dict(logs, add_dataloader_idx=False, sync_dist=False)
+        self.pseudo_quality[split].reset()
+        log_overlays(self, f"{split}/pseudo_masks", self._quality_sheets)
+        self._quality_sheets = []
         self.pixel_metrics[split].reset()
         self.grade_metrics[split].reset()
         self.binary_metrics[split].reset()
