@@ -67,11 +67,17 @@ from retinalab.callbacks import RecalibrateBatchNorm
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
 from retinalab.synthetic import read_settings, write_synthetic
 from retinalab.tasks import CollaborativeTask
+from retinalab.tasks.pseudo_quality import mask_dependence
 
 LESIONS = ("MA", "HE", "EX", "SE")
 OVERLAYS = Path(__file__).resolve().parents[1] / "conf" / "collaborative" / "overlays"
-#: stage-2 arm -> the overlay users pass (None: the stage-2 defaults, Lesion(Semi+Adv))
-ARMS = {"Lesion(Pretrained)": "lesion_pretrained.yaml", "Lesion(Semi)": "lesion_semi.yaml", "Lesion(Semi+Adv)": None, "Oracle": "oracle.yaml"}
+#: stage-2 arm -> the overlays users pass after the stage-2 config (none: its defaults, Lesion(Semi+Adv))
+ARMS: dict[str, tuple[str, ...]] = {
+    "Lesion(Pretrained)": ("lesion_pretrained.yaml",), "Lesion(Semi)": ("lesion_semi.yaml",), "Lesion(Semi+Adv)": (),
+    "Oracle": ("oracle.yaml",), "Oracle(masks)": ("oracle_masks.yaml",),
+    "Semi, attention from masks": ("lesion_semi.yaml", "attention_from_masks.yaml"),
+    "Oracle, attention from masks": ("oracle.yaml", "attention_from_masks.yaml"),
+}
 QUICK_ARMS = ["Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)"]
 SOURCES = ("G", "attention", "pseudo")
 LEARNED = 10.0  # the supervised G has learned a lesion when its AUC-PR is at least this many times the lesion's pixel share
@@ -81,7 +87,8 @@ PRESET = "collaborative"
 def fit_test(task: CollaborativeTask, dm: pl.LightningDataModule, steps: int, out: Path, a: argparse.Namespace,
              resume: Path | None = None) -> tuple[dict[str, float], Path]:
     """Train ``steps`` optimiser steps (from ``resume`` when given), recalibrate the batch-norm
-    statistics, save ``out/last.ckpt`` (so the next stage starts from the statistics tested here) and test."""
+    statistics, save ``out/last.ckpt`` (so the next stage starts from the statistics tested here) and test;
+    a stage-2 model is also asked how much its grades depend on G's masks (``diag/*``: :func:`mask_dependence`)."""
     recalibrate = RecalibrateBatchNorm(batches=a.recalibration_batches, on_test=False)
     trainer = pl.Trainer(
         max_steps=steps, max_epochs=-1, accelerator="gpu" if a.device == "cuda" else "cpu", devices=1, precision=a.precision,
@@ -95,6 +102,8 @@ def fit_test(task: CollaborativeTask, dm: pl.LightningDataModule, steps: int, ou
     merged: dict[str, float] = {}
     for d in trainer.test(task, dm, verbose=False):
         merged |= {k.split("/dataloader_idx")[0]: float(v) for k, v in d.items()}
+    if task.stage == "joint":
+        merged |= {f"diag/{k}": v for k, v in mask_dependence(task, dm.test_dataloader()[1]).items()}
     return merged, ckpt
 
 
@@ -123,10 +132,13 @@ def lesion_stats(dm: SegmentationDataModule) -> dict[str, dict[str, float]]:
 
 
 def overlay(arm: str) -> tuple[dict, dict]:
-    """The model and data arguments of ``arm``'s overlay file."""
-    name = ARMS[arm]
-    conf = yaml.safe_load((OVERLAYS / name).read_text()) if name else {}
-    return (conf.get("model") or {}).get("init_args") or {}, (conf.get("data") or {}).get("init_args") or {}
+    """The model and data arguments of ``arm``'s overlay files, later files winning."""
+    model, data = {}, {}
+    for name in ARMS[arm]:
+        conf = yaml.safe_load((OVERLAYS / name).read_text())
+        model |= (conf.get("model") or {}).get("init_args") or {}
+        data |= (conf.get("data") or {}).get("init_args") or {}
+    return model, data
 
 
 def settings_key(a: argparse.Namespace) -> str:
@@ -189,6 +201,8 @@ def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: 
         for arm in a.arms:
             name = label(arm, budget)
             if not needed(name):
+                if "diag/grade_change" not in done[(seed, name)]["metrics"] and (out / name / "last.ckpt").is_file():
+                    backfill(seed, name, done, results, out / name / "last.ckpt", root, common)
                 continue
             t = time.perf_counter()
             pl.seed_everything(seed, workers=True)
@@ -204,6 +218,23 @@ def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: 
             # Lightning counts every optimiser's step in manual optimisation: `batches` batches
             res, _ = fit_test(task, dm, batches * task.optimizer_steps_per_batch, out / name, a)
             record(name, res, t, budget=budget, warmup=warmup)
+
+
+def backfill(seed: int, name: str, done: dict[tuple[int, str], dict], results: Path, ckpt: Path, root: Path, common: dict) -> None:
+    """Add the mask-dependence diagnostic to a stage-2 row recorded before it existed, from the model the
+    row was tested with (its ``last.ckpt``); the updated row is appended (a later line wins)."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    hp = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")} | {"generator_ckpt": None, "grader_ckpt": None}
+    task = CollaborativeTask(**hp)
+    task.load_state_dict(saved["state_dict"])
+    dm = SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
+                                image_level_val_size=2, split_file=str(ckpt.parents[1] / "joint.json"), image_level_truth="off", **common)
+    dm.setup("test")
+    row = dict(done[(seed, name)])
+    row["metrics"] = row["metrics"] | {f"diag/{k}": v for k, v in mask_dependence(task, dm.test_dataloader()[1]).items()}
+    append_jsonl(results, row)
+    done[(seed, name)] = row
+    print(f"  seed {seed} {name}: mask dependence added ({row['metrics']['diag/grade_change']:.2f} of grades change without G's masks)", flush=True)
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -250,6 +281,13 @@ def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: di
     for name in [label(m, b) for b in a.budgets for m in a.arms]:
         print(f"| {name} | " + " | ".join(cell(name, f"test/vs_truth/{src}/mean/auc_pr") for src in SOURCES) + " |")
 
+    print("\nWhat each stage-2 grader does with G's masks, on the graded test images (G's masks replaced by zeros): share of")
+    print("grades that change, mean change of the attention maps, and their spread (a constant attention has spread 0)\n")
+    print("| method | grades changed | attention change | attention spread |")
+    print("|---|---|---|---|")
+    for name in [label(m, b) for b in a.budgets for m in a.arms]:
+        print(f"| {name} | " + " | ".join(cell(name, f"diag/{k}") for k in ("grade_change", "alpha_change", "alpha_std")) + " |")
+
     print("\nTargets (issues 17 and 31)")
     ceiling = {les: values("G (stage 1a)", f"test/{les}/auc_pr") for les in LESIONS}
     learned = [les for les in LESIONS if ceiling[les] and np.mean(ceiling[les]) >= LEARNED * lesions[les]["share"]]
@@ -263,8 +301,9 @@ def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: di
         print(f"- budget x{b} ({a.joint_batches * b} stage-2 batches):")
         order(a, rows, "kappa", "test/kappa", [label(m, b) for m in ("Ori", *paper)])
         order(a, rows, "mean AUC-PR", "test/mean/auc_pr", [label(m, b) for m in paper])
-        if "Oracle" in a.arms and "Lesion(Pretrained)" in a.arms:
-            oracle_verdict(a, rows, b)
+        for oracle in ("Oracle", "Oracle(masks)"):
+            if oracle in a.arms and "Lesion(Pretrained)" in a.arms:
+                oracle_verdict(a, rows, b, oracle)
         if "Lesion(Semi)" in a.arms and "Lesion(Pretrained)" in a.arms:
             premise_verdict(a, rows, b)
 
@@ -276,21 +315,21 @@ def paired(a: argparse.Namespace, rows: dict[tuple[int, str], dict], m1: str, m0
     return np.asarray([rows[(s, m1)]["metrics"].get(key, np.nan) - rows[(s, m0)]["metrics"].get(key, np.nan) for s in a.seeds])
 
 
-def oracle_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b: int) -> None:
-    """Issue 31: the oracle beats Lesion(Pretrained) in kappa by >= 0.02 in at least 2 of 3 seeds and keeps
-    G's AUC-PR (pixel-annotated test photographs) at or above stage 1a's."""
-    oracle, pre = label("Oracle", b), label("Lesion(Pretrained)", b)
+def oracle_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b: int, arm: str = "Oracle") -> None:
+    """Issue 31: the oracle (``arm``) beats Lesion(Pretrained) in kappa by >= 0.02 in at least 2 of 3 seeds
+    and keeps G's AUC-PR (pixel-annotated test photographs) at or above stage 1a's."""
+    oracle, pre = label(arm, b), label("Lesion(Pretrained)", b)
     dk = paired(a, rows, oracle, pre, "test/kappa")
     if dk is None:
-        print(f"    oracle: not every seed has {oracle} and {pre}")
+        print(f"    {arm}: not every seed has {oracle} and {pre}")
         return
     need = -(-2 * len(a.seeds) // 3)
     wins = int((dk >= 0.02).sum())
-    print(f"    oracle kappa >= Lesion(Pretrained) + 0.02 in >= {need} of {len(a.seeds)} seeds: {'met' if wins >= need else 'MISSED'} "
+    print(f"    {arm} kappa >= Lesion(Pretrained) + 0.02 in >= {need} of {len(a.seeds)} seeds: {'met' if wins >= need else 'MISSED'} "
           f"({oracle} - {pre} = {dk.mean():+.3f} +- {dk.std():.3f}; per seed {', '.join(f'{d:+.3f}' for d in dk)})")
     dg = np.asarray([rows[(s, oracle)]["metrics"].get("test/mean/auc_pr", np.nan) - rows[(s, "G (stage 1a)")]["metrics"].get("test/mean/auc_pr", np.nan)
                      for s in a.seeds if (s, "G (stage 1a)") in rows])
-    print(f"    oracle keeps G's AUC-PR at or above stage 1a's: {'met' if dg.mean() >= 0 else 'MISSED'} "
+    print(f"    {arm} keeps G's AUC-PR at or above stage 1a's: {'met' if dg.mean() >= 0 else 'MISSED'} "
           f"({dg.mean():+.3f} +- {dg.std():.3f}; at or above in {int((dg >= 0).sum())}/{len(dg)} seeds)")
 
 

@@ -294,3 +294,31 @@ def test_grader_options_input_norm_pretrained_path_and_lesion_count(tmp_path):
     for bad in ({"lesion_features": "pixels"}, {"input_norm": "batch"}, {"backbone": "vgg16"}):
         with pytest.raises(ValueError):
             LesionAttentionGrader(3, 2, **{"backbone": "resnet18", **bad})
+
+
+def test_attention_from_masks_starts_each_map_as_a_sharpened_copy_of_the_mask(tmp_path):
+    """attention_init: mask (issue 31): alpha_l = sigmoid(8 m_l - 4) up to the other channels' small
+    terms, so the maps follow G's masks from the first batch; a joint task keeps that start instead of
+    loading the stage-1b checkpoint's (never trained) attention weights over it."""
+    torch.manual_seed(0)
+    grader = LesionAttentionGrader(5, 4, "resnet18", attention_init="mask").eval()
+    masks = torch.zeros(2, 4, 64, 64)
+    masks[:, :, 16:48, 16:48] = 1.0  # a lesion block covering whole f_low cells
+    masks[1, 2] = 0.5
+    with torch.no_grad():
+        alpha = grader(torch.rand(2, 3, 64, 64), masks)["alpha"]
+    expected = torch.sigmoid(8 * F.interpolate(masks, size=alpha.shape[-2:], mode="bilinear", align_corners=False) - 4)
+    assert (alpha - expected).abs().max() < 0.1
+    assert alpha[0, 0, 6, 6] > 0.9 and alpha[0, 0, 0, 0] < 0.1 and abs(float(alpha[1, 2, 0, 0]) - 0.5) < 0.1
+    with pytest.raises(ValueError, match="attention_init must be"):
+        LesionAttentionGrader(5, 4, "resnet18", attention_init="zeros")
+    from retinalab.tasks import CollaborativeTask
+
+    tiny = dict(generator_width=0.0625, discriminator_width=0.0625, backbone="resnet18")
+    stage1b = CollaborativeTask(stage="grading", **tiny)
+    torch.save({"state_dict": stage1b.state_dict()}, tmp_path / "grading.ckpt")
+    joint = CollaborativeTask(stage="joint", grader_ckpt=str(tmp_path / "grading.ckpt"), attention_init="mask", **tiny)
+    assert joint.grader.w_low[0].weight[0, 0, 0, 0] == 8.0 and joint.grader.to_context.bias[0] == 1.0
+    assert torch.equal(joint.grader.low[0].weight, stage1b.grader.low[0].weight)  # the rest of the grader is stage 1b's
+    default = CollaborativeTask(stage="joint", grader_ckpt=str(tmp_path / "grading.ckpt"), **tiny)
+    assert torch.equal(default.grader.w_low[0].weight, stage1b.grader.w_low[0].weight)

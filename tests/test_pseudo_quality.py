@@ -145,3 +145,28 @@ def test_oracle_overlay_runs_two_steps_and_logs_the_quality_and_its_picture(syn_
     assert last["val/vs_truth/pseudo/mean/auc_pr"] > 10 * max(last["val/vs_truth/G/mean/auc_pr"], last["val/vs_truth/attention/mean/auc_pr"])
     sheets = sorted(run.glob("wandb/offline-run-*/files/media/images/val/pseudo_masks_*.png"))
     assert len(sheets) == 2 and Image.open(sheets[0]).size == (5 * 32, 32)  # photograph | truth | G | attention | pseudo
+
+
+def test_mask_dependence_tells_a_grader_that_ignores_the_masks_from_one_that_uses_them():
+    """Issue 31's finding: an attention grader whose Eq. 5 weights on the mask channel are (near) zero
+    grades the same with and without G's masks; one that weighs the mask moves its attention maps."""
+    from retinalab.tasks.pseudo_quality import mask_dependence
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    batches = [{"image": torch.rand(4, 3, 32, 32, generator=g)} for _ in range(2)] + [None]
+    task = CollaborativeTask(stage="joint", generator_prior=0.5, **TINY)  # G's masks around 0.5: far from the zeros
+    with torch.no_grad():
+        for conv in task.grader.w_low:
+            conv.weight[:, 0] = 0.0  # the mask channel of concat(m_l, f_low) does nothing
+    blind = mask_dependence(task, batches)
+    assert blind["grade_change"] == 0.0 and blind["alpha_change"] == 0.0 and blind["alpha_std"] > 0
+    with torch.no_grad():
+        for conv in task.grader.w_low:
+            conv.weight[:, 0] = 20.0
+    assert mask_dependence(task, batches)["alpha_change"] > 1e-3
+    frozen = CollaborativeTask(stage="joint", semi=False, adversarial=False, lesion_features="masks", generator_prior=0.5, **TINY)
+    seeing = mask_dependence(frozen, batches)
+    assert 0.0 <= seeing["grade_change"] <= 1.0 and np.isnan(seeing["alpha_change"]) and np.isnan(seeing["alpha_std"])
+    with pytest.raises(ValueError, match="no photograph"):
+        mask_dependence(task, [None])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -16,6 +17,13 @@ from .rounds import Query
 from .selection import image_interestingness
 from .state import LoopState, matched_counts
 from .train import score_items
+
+#: option values of :class:`~retinalab.active.ActiveLearning` that are one of a few words (its
+#: signature uses these, and :func:`check_options` refuses anything else with their list)
+InitialDraw = Literal["stratified", "random"]
+PatchKind = Literal["centred", "grid"]
+ClassWeight = Literal["none", "balanced"]
+CHOICES = {"initial_draw": InitialDraw, "pool_kind": PatchKind, "eval_kind": PatchKind, "class_weight": ClassWeight}
 
 
 def check_options(o: dict) -> float:
@@ -35,8 +43,8 @@ def check_options(o: dict) -> float:
     acquisition = o["acquisition"]
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {acquisition!r}")
-    choices = {"initial_draw": ("stratified", "random"), "pool_kind": ("centred", "grid"), "eval_kind": ("centred", "grid"), "class_weight": ("none", "balanced")}
-    for name, allowed in choices.items():
+    for name, kind in CHOICES.items():
+        allowed = get_args(kind)
         if o[name] not in allowed:
             raise ValueError(f"{name} must be {' or '.join(allowed)}, not {o[name]!r}")
     dropout = o["dropout"]

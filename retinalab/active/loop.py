@@ -29,7 +29,7 @@ from ..datasets import read_dataset
 from ..datasets.base import OnError
 from ..models.lenet import LeNet
 from .acquisition import Acquisition
-from .choose import Choosing, check_options
+from .choose import Choosing, ClassWeight, InitialDraw, PatchKind, check_options
 from .egl import Scope
 from .oracle import HumanOracle, LabelsPending, SimulatedOracle
 from .outputs import RunOutputs
@@ -153,10 +153,10 @@ class ActiveLearning(Choosing, RunOutputs):
         image_patches: Literal["selected_images", "pool"] = "selected_images",
         match_labels: str | None = None,
         initial_batches: int = 5,
-        initial_draw: Literal["stratified", "random"] = "stratified",
+        initial_draw: InitialDraw = "stratified",
         initial_images: int = 4,
-        pool_kind: Literal["centred", "grid"] = "centred",
-        eval_kind: Literal["centred", "grid"] = "centred",
+        pool_kind: PatchKind = "centred",
+        eval_kind: PatchKind = "centred",
         scope: Scope = "fc",
         max_rounds: int = 30,
         max_labels: int | None = None,
@@ -168,7 +168,7 @@ class ActiveLearning(Choosing, RunOutputs):
         weight_decay: float = 5e-4,
         batch_size: int = 32,
         epochs_per_round: int = 1,
-        class_weight: Literal["none", "balanced"] = "none",
+        class_weight: ClassWeight = "none",
         initial_epochs: int = 1,
         augment: bool = True,
         initial_augment: bool = False,

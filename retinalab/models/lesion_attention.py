@@ -134,6 +134,12 @@ class LesionAttentionGrader(nn.Module):
         input_norm: ``imagenet`` subtracts ImageNet's mean and divides by its std (what weights trained
             on ImageNet expect), ``none`` feeds the [0, 1] image as it is; default: ``imagenet`` with
             ``pretrained_path``, ``none`` without.
+        attention_init: ``default`` (PyTorch's initialisation of the 1x1 convolutions; paper 001 does not
+            say) or ``mask``: each attention map starts as a sharpened copy of G's mask,
+            alpha_l = sigmoid(8 m_l - 4 + small terms), see :meth:`init_attention_from_masks`. With the
+            default, G's mask is one of 65 input channels of Eq. 5 and the maps start near 0.5
+            everywhere, unrelated to the mask; on the CPU benchmark they stayed so for 40 stage-2 batches
+            (issue 31: the grades did not change when G's masks were replaced by zeros).
 
     Shapes:
         ``forward(image B x 3 x H x W, masks B x L x H' x W' | None)`` -> dict with ``logits`` B x K and,
@@ -143,11 +149,13 @@ class LesionAttentionGrader(nn.Module):
 
     def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True,
                  pretrained_path: str | None = None, input_norm: Literal["imagenet", "none"] | None = None,
-                 lesion_features: Literal["attention", "masks"] = "attention") -> None:
+                 lesion_features: Literal["attention", "masks"] = "attention", attention_init: Literal["default", "mask"] = "default") -> None:
         super().__init__()
         if lesion_features not in ("attention", "masks"):
             raise ValueError(f"lesion_features must be 'attention' or 'masks', got {lesion_features!r}")
         self.lesion_features = lesion_features
+        if attention_init not in ("default", "mask"):
+            raise ValueError(f"attention_init must be 'default' or 'mask', got {attention_init!r}")
         if input_norm not in (None, "imagenet", "none"):
             raise ValueError(f"input_norm must be 'imagenet' or 'none', got {input_norm!r}")
         self.input_norm = input_norm or ("imagenet" if pretrained_path else "none")
@@ -167,10 +175,30 @@ class LesionAttentionGrader(nn.Module):
                 self.w_low = nn.ModuleList([nn.Conv2d(c_low + 1, c_low, 1) for _ in range(num_lesions)])  # Eq. 5
                 self.to_context = nn.Conv2d(c_top, c_low, 1)  # f_high: 1x1 conv over the top features
                 self.w_high = nn.ModuleList([nn.Conv2d(c_low, 1, 1) for _ in range(num_lesions)])  # Eq. 6
+                if attention_init == "mask":
+                    self.init_attention_from_masks()
             self.classifier = nn.Linear(num_lesions * c_top, num_classes)
             # the shared grading network keeps one set of batch-norm statistics per input: branch 0 the
             # plain features (Ori, the context vector), branch 1 + l the features attended by lesion l
             self._branch_norms = _branch_batchnorms(self.high, 1 + num_lesions)
+
+    @torch.no_grad()
+    def init_attention_from_masks(self, gain: float = 8.0, offset: float = -4.0) -> None:
+        """Start every attention map as a sharpened copy of G's mask: channel 0 of f_l becomes
+        ReLU(gain m_l) (Eq. 5's weights on the image features zeroed for it), channel 0 of the context
+        vector f_high the constant 1 (its 1x1 convolution's weights zeroed, bias 1), and Eq. 6 reads that
+        channel with weight 1 and bias ``offset``: alpha_l = sigmoid(gain m_l + offset + the other
+        channels' terms, which keep their small random weights). With the defaults alpha is 0.02 where G
+        sees no lesion, 0.5 where m_l = 0.5 and 0.98 where m_l = 1, and the attentive features start as
+        Lesion(Pretrained)'s mask-weighted ones. Every weight stays trainable."""
+        self.to_context.weight[0].zero_()
+        self.to_context.bias[0] = 1.0
+        for w_low, w_high in zip(self.w_low, self.w_high, strict=True):
+            w_low.weight[0].zero_()
+            w_low.weight[0, 0] = gain
+            w_low.bias[0] = 0.0
+            w_high.weight[0, 0] = 1.0
+            w_high.bias.fill_(offset)
 
     def _high(self, features: torch.Tensor, branch: int) -> torch.Tensor:
         """The shared grading network on the features of one branch (its batch-norm statistics)."""

@@ -60,11 +60,17 @@ class Job:
     truth_stem: Path | None = None  # image-level photographs: <root>/_truth/<image path without suffix>
 
 
+def truth_stem(root: str | Path, image: str | Path) -> Path:
+    """Where the drawn masks of photograph ``image`` (under ``root``) go: ``<root>/_truth/<image path
+    without suffix>``, to which ``_<structure>.png`` is appended."""
+    root, image = Path(root), Path(image)
+    return root / TRUTH_DIR / image.relative_to(root).with_suffix("")
+
+
 def truth_masks(root: str | Path, image: str | Path) -> dict[str, Path]:
     """The drawn masks of photograph ``image`` of the synthetic dataset at ``root`` kept under
     :data:`TRUTH_DIR` (structure -> PNG; empty when the photograph has none or has published masks)."""
-    root, image = Path(root), Path(image)
-    stem = root / TRUTH_DIR / image.relative_to(root).with_suffix("")
+    stem = truth_stem(root, image)
     return {p.stem[len(stem.name) + 1 :]: p for p in sorted(stem.parent.glob(f"{stem.name}_*.png"))}
 
 
@@ -96,6 +102,19 @@ def _save_image(arr: np.ndarray, path: Path, quality: int) -> None:
         img.save(path)
 
 
+def _save_mask(m: np.ndarray, path: Path, style: Literal["red_rgb", "gray"]) -> None:
+    """One structure's mask: red on black (IDRiD) or grey 0/255; TIFFs LZW-compressed as published masks
+    are (an uncompressed 4288x2848 RGB TIFF is 36 MB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kw = {"compression": "tiff_lzw"} if path.suffix.lower() in (".tif", ".tiff") else {}
+    if style == "red_rgb":
+        rgb = np.zeros((*m.shape, 3), np.uint8)
+        rgb[m, 0] = 255
+        Image.fromarray(rgb).save(path, **kw)
+    else:
+        Image.fromarray(m.astype(np.uint8) * 255).save(path, **kw)
+
+
 def _draw(args: tuple[Job, Options]) -> dict:
     job, opt = args
     rng = np.random.default_rng(np.random.SeedSequence([opt.seed, job.index]))
@@ -106,22 +125,12 @@ def _draw(args: tuple[Job, Options]) -> dict:
         m = f.masks[name]
         if not m.any() and not job.write_empty_masks:
             continue  # as in IDRiD: an absent lesion has no mask file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # TIFFs LZW-compressed as published masks are (an uncompressed 4288x2848 RGB TIFF is 36 MB)
-        kw = {"compression": "tiff_lzw"} if path.suffix.lower() in (".tif", ".tiff") else {}
-        if job.mask_style == "red_rgb":
-            rgb = np.zeros((*m.shape, 3), np.uint8)
-            rgb[m, 0] = 255
-            Image.fromarray(rgb).save(path, **kw)
-        else:
-            Image.fromarray(m.astype(np.uint8) * 255).save(path, **kw)
+        _save_mask(m, path, job.mask_style)
         written[name] = True
     if job.truth_stem is not None:  # grey PNGs, one per structure drawn (absent ones: no file, as IDRiD)
         for name, m in f.masks.items():
             if m.any():
-                path = job.truth_stem.parent / f"{job.truth_stem.name}_{name}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(m.astype(np.uint8) * 255).save(path)
+                _save_mask(m, job.truth_stem.parent / f"{job.truth_stem.name}_{name}.png", "gray")
     return {"index": job.index, "grade": f.grade, "dme": f.dme_risk, "eye": f.eye, "masks": written}
 
 
@@ -138,7 +147,7 @@ def _run(jobs: list[Job], opt: Options, workers: int, desc: str, root: Path | No
     """Draw ``jobs``; with ``root`` (the dataset folder), every photograph without a published mask
     gets its drawn masks under ``root/_truth`` (:data:`TRUTH_DIR`)."""
     if root is not None:
-        jobs = [j if j.mask_paths else replace(j, truth_stem=root / TRUTH_DIR / j.image_path.relative_to(root).with_suffix("")) for j in jobs]
+        jobs = [j if j.mask_paths else replace(j, truth_stem=truth_stem(root, j.image_path)) for j in jobs]
     args = [(j, opt) for j in jobs]
     out: dict[int, dict] = {}
     if workers <= 1:

@@ -74,17 +74,18 @@ class CollaborativeTask(pl.LightningModule):
         lesion_features: ``attention`` (the lesion attention, Eq. 5-6) or ``masks`` (G's masks weight the
             features, no attention module: ``Lesion(Pretrained)``; needs ``semi: false``, since the pseudo
             masks are the attention maps).
+        attention_init: ``default`` or ``mask`` (each attention map starts as a sharpened copy of G's
+            mask; ``conf/collaborative/overlays/attention_from_masks.yaml``; see
+            :class:`~retinalab.models.lesion_attention.LesionAttentionGrader`). With ``mask`` the stage-1b
+            checkpoint's attention weights, which stage 1b never trains, are not loaded over it.
         pseudo_warmup_steps: joint-stage batches before the attention maps start to supervise G as
             pseudo masks (the attention branches are new at stage 2: untrained maps would teach G noise).
         pseudo_threshold: ``None`` (default): the attention maps are soft targets of L_CE; a number:
             maps >= it are lesion, the rest background (paper 001 does not say which it used).
-        pseudo_source: ``attention`` (paper 001: the attention maps are the pseudo masks) or ``truth``
-            (the ``oracle`` arm, ``conf/collaborative/overlays/oracle.yaml``: the lesion masks
-            ``retinalab synth`` drew for the graded photographs, ``data.image_level_truth: all``; the
-            ceiling of the Semi path). On synthetic data every joint-stage validation and test also
-            scores G's masks, the attention maps and the pseudo masks against those drawn masks
-            (``<split>/vs_truth/<G|attention|pseudo>/<lesion>/auc_pr``; :mod:`retinalab.tasks.pseudo_quality`)
-            and draws them side by side (``<split>/pseudo_masks``).
+        pseudo_source: ``attention`` (paper 001) or ``truth`` (the ``oracle`` overlay: the masks ``retinalab
+            synth`` drew for the graded photographs, ``data.image_level_truth: all``). On synthetic data
+            each joint-stage validation and test scores G's masks, the attention maps and the pseudo masks
+            against those masks (``<split>/vs_truth/...``, ``<split>/pseudo_masks``; :mod:`.pseudo_quality`).
         pretrained_path: local weights for the grading backbone.
         grader_input_norm: ``imagenet`` / ``none``; default ``imagenet`` with ``pretrained_path`` (the
             mean and std ImageNet weights expect), ``none`` without.
@@ -121,6 +122,7 @@ class CollaborativeTask(pl.LightningModule):
         backbone: str = "resnet18",
         attention: bool = True,
         lesion_features: Literal["attention", "masks"] = "attention",
+        attention_init: Literal["default", "mask"] = "default",
         pseudo_warmup_steps: int = 0,
         pseudo_threshold: float | None = None,
         pseudo_source: Literal["attention", "truth"] = "attention",
@@ -161,7 +163,7 @@ class CollaborativeTask(pl.LightningModule):
         self.stage = stage
         self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions), generator_prior)
         self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path, grader_input_norm,
-                                            lesion_features)
+                                            lesion_features, attention_init)
         self.use_attention = attention and stage == "joint"
         self.update_generator = stage == "segmentation" or (stage == "joint" and (semi or adversarial))
         self.discriminator = LesionDiscriminator(3, len(self.lesions), discriminator_width) if stage == "joint" and adversarial else None
@@ -172,7 +174,7 @@ class CollaborativeTask(pl.LightningModule):
             if grader_ckpt:
                 # Lesion(Pretrained) has no attention module: the stage-1b checkpoint's untrained one is left out
                 load_part(grader_ckpt, "grader", self.grader, strict=False,
-                           ignore=("w_low.", "w_high.", "to_context.") if lesion_features == "masks" else ())
+                           ignore=("w_low.", "w_high.", "to_context.") if lesion_features == "masks" or attention_init == "mask" else ())
         self.pixel_metrics = torch.nn.ModuleDict({s: LesionPixelMetrics(self.lesions, pixel_thresholds) for s in ("val", "test")})
         self.grade_metrics = torch.nn.ModuleDict({s: grading_metrics(num_classes) for s in ("val", "test")})
         self.binary_metrics = torch.nn.ModuleDict({s: BinaryDRMetrics() for s in ("val", "test")})

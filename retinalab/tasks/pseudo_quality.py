@@ -156,3 +156,37 @@ def quality_sheet(image: torch.Tensor, truth: torch.Tensor, maps: dict[str, torc
         m = F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0] if tuple(m.shape[-2:]) != size else m.float()
         panels.append(lesion_overlay(rgb, m.clamp(0, 1).cpu().numpy(), list(lesions)))
     return np.concatenate(panels, axis=1)
+
+
+@torch.no_grad()
+def mask_dependence(task: Any, batches: Iterable[dict[str, Any] | None]) -> dict[str, float]:
+    """How much a joint-stage ``task``'s grader uses G's masks, on graded ``batches`` in evaluation mode:
+    each photograph graded with G's masks and again with the masks replaced by zeros (no lesion).
+
+    Returns ``grade_change`` (share of photographs whose predicted grade changes), ``alpha_change``
+    (mean absolute change of the attention maps) and ``alpha_std`` (their spread over pixels and
+    photographs with G's masks: near 0 when the attention is still a constant); the two attention
+    figures are NaN without the lesion attention (``Lesion(Pretrained)``). A grader whose attention
+    ignores the masks scores ``grade_change`` 0 whatever G learns, so no pseudo mask can help it grade.
+    """
+    was_training = task.training
+    task.eval()
+    changed, images, alpha_change, alphas = 0, 0, [], []
+    try:
+        for batch in batches:
+            if batch is None:
+                continue
+            x = batch["image"].to(task.device)
+            masks = task.masks(x)
+            with_masks, without = task.grade(x, masks), task.grade(x, torch.zeros_like(masks))
+            changed += int((with_masks["logits"].argmax(1) != without["logits"].argmax(1)).sum())
+            images += len(x)
+            if "alpha" in with_masks:
+                alpha_change.append(float((with_masks["alpha"] - without["alpha"]).abs().mean()))
+                alphas.append(with_masks["alpha"].float().flatten().cpu())
+    finally:
+        task.train(was_training)
+    if not images:
+        raise ValueError("mask_dependence: no photograph in the batches")
+    return {"grade_change": changed / images, "alpha_change": float(np.mean(alpha_change)) if alpha_change else float("nan"),
+            "alpha_std": float(torch.cat(alphas).std()) if alphas else float("nan")}
