@@ -375,6 +375,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="budget 1 and the arms of Table 1 only (make bench; about 20 min on 2 cores)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[1, 4, 12], help="stage-2 budgets: multiples of --joint-batches and --pseudo-warmup")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="stage-2 arms")
+    ap.add_argument("--report", action="store_true", help="print the report of the results already recorded; train nothing")
     ap.add_argument("--images", type=int, default=600, help="synthetic photographs (IDRiD's proportions: 81 of 597 pixel-annotated)")
     ap.add_argument("--source-size", type=int, nargs=2, default=[768, 510], metavar=("W", "H"), help="size the photographs are drawn at")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -408,7 +409,7 @@ def main() -> None:
     if rows:
         print(f"{results}: {len(rows)} results already there; running what is missing", flush=True)
     start = time.perf_counter()
-    for seed in a.seeds:
+    for seed in [] if a.report else a.seeds:
         run_seed(seed, a, root, results, rows)
         print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
     lesions = lesion_stats(SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, image_size=a.size, num_workers=0,
