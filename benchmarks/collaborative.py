@@ -144,7 +144,7 @@ def overlay(arm: str) -> tuple[dict, dict]:
 def settings_key(a: argparse.Namespace) -> str:
     """Everything a result depends on except the seed, the budgets and arms run, and where it is written
     (a budget's or an arm's rows are the same whichever others run beside them)."""
-    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work", "budgets", "arms", "quick")}
+    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work", "budgets", "arms", "quick", "report")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -223,10 +223,7 @@ def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: 
 def backfill(seed: int, name: str, done: dict[tuple[int, str], dict], results: Path, ckpt: Path, root: Path, common: dict) -> None:
     """Add the mask-dependence diagnostic to a stage-2 row recorded before it existed, from the model the
     row was tested with (its ``last.ckpt``); the updated row is appended (a later line wins)."""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    hp = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")} | {"generator_ckpt": None, "grader_ckpt": None}
-    task = CollaborativeTask(**hp)
-    task.load_state_dict(saved["state_dict"])
+    task = CollaborativeTask.load_from_checkpoint(ckpt, map_location="cpu", generator_ckpt=None, grader_ckpt=None)
     dm = SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
                                 image_level_val_size=2, split_file=str(ckpt.parents[1] / "joint.json"), image_level_truth="off", **common)
     dm.setup("test")

@@ -1,7 +1,7 @@
 """Whole fundus photographs as samples: the grade targets, the dataset, its collate and sampler.
 
 :class:`FundusImageDataset` decodes and preprocesses (field-of-view crop, resize, max-normalisation)
-in the DataLoader workers; with ``truth_root`` (a synthetic dataset's ``_truth`` folder) it also loads
+in the DataLoader workers; with ``truth_dataset_root`` (a synthetic dataset's root) it also loads
 the drawn lesion masks of photographs the layout labels per image only (paper 001's pseudo-mask
 quality and ``oracle`` arm).
 """
