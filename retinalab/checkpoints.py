@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from .errors import UserError
+
 
 def _write_bytes(f: Any, data: memoryview) -> None:
     f.write(data)
@@ -75,7 +77,7 @@ def use_atomic_checkpoints(trainer: Any) -> None:
         strategy.checkpoint_io = AtomicCheckpointIO()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read, or that does not fit the model."""
 
 
@@ -97,7 +99,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # objects beyond tensors in hyper_parameters: trusted local file
             ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, pickle.UnpicklingError) as e:
+    # bytes that are not a checkpoint fail in torch's unpickler with whatever its stack machine meets
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, pickle.UnpicklingError, IndexError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                               "truncated by a kill during the write, or not a .ckpt file?") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

@@ -85,9 +85,13 @@ def cli(argv: Sequence[str], run: bool = True):
     """
     import torch
     from pytorch_lightning import LightningDataModule, LightningModule
-    from pytorch_lightning.cli import LightningCLI
+    from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+    from .errors import OneLineParserErrors
     from .manifest import RunManifest
+
+    class RetinalabArgumentParser(OneLineParserErrors, LightningArgumentParser):
+        """One line for a misspelt or mistyped option (retinalab.errors.OneLineParserErrors)."""
 
     class RetinalabCLI(LightningCLI):
         def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
@@ -153,6 +157,9 @@ def cli(argv: Sequence[str], run: bool = True):
             except SIGTERMException:  # preempted: close the W&B run as such, so a resumed run can take its id
                 finish_wandb(self.trainer, exit_code=128 + 15, preempted=True)
                 raise
+            except Exception as e:
+                point_to_check_data(e, self.datamodule)
+                raise
 
         def instantiate_trainer(self, **kwargs):
             import json
@@ -179,6 +186,7 @@ def cli(argv: Sequence[str], run: bool = True):
     return RetinalabCLI(
         LightningModule,
         LightningDataModule,
+        parser_class=RetinalabArgumentParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
@@ -187,6 +195,24 @@ def cli(argv: Sequence[str], run: bool = True):
         auto_configure_optimizers=False,
         run=run,
     )
+
+
+def point_to_check_data(e: BaseException, datamodule: Any) -> None:
+    """Give a data problem raised while training (a photograph or mask that does not decode, a mask
+    of the wrong size: found by the patch cache or a loader worker, not by the reader) the
+    ``retinalab check-data`` pointer of the datamodule's dataset whose root holds the file."""
+    from .datasets import DataFormatError
+    from .errors import user_error
+
+    found = user_error(e)
+    if not isinstance(found, DataFormatError) or found.check_data is not None:
+        return
+    pairs = [(getattr(datamodule, a, None), getattr(datamodule, b, None))
+             for a, b in (("dataset", "root"), ("image_level_dataset", "image_level_root"))]
+    pairs = [(d, str(r)) for d, r in pairs if d and r and Path(r).expanduser().is_dir()]
+    if pairs:
+        text = str(found)
+        found.check_data = next((p for p in pairs if str(Path(p[1]).expanduser().resolve()) in text or p[1] in text), pairs[0])
 
 
 def finish_wandb(trainer: Any, exit_code: int | None = None, preempted: bool = False) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
@@ -82,7 +84,7 @@ def plan_slots(parallel: int, devices: str | None = None, cores: int | None = No
         ValueError: ``parallel < 1``, ``devices="cuda"`` without a GPU, or an index that is not visible.
     """
     if parallel < 1:
-        raise ValueError(f"--parallel must be >= 1, got {parallel}")
+        raise ConfigError(f"--parallel must be >= 1, got {parallel}")
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     spec = (devices or "auto").strip().lower()
@@ -92,16 +94,16 @@ def plan_slots(parallel: int, devices: str | None = None, cores: int | None = No
         seen = visible_gpus()
         if spec in ("auto", "cuda", "gpu"):
             if not seen and spec != "auto":
-                raise ValueError(f"--devices {devices}: no CUDA device is visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+                raise ConfigError(f"--devices {devices}: no CUDA device is visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
             gpus = list(seen) or [None]
         else:
             try:
                 gpus = [int(g) for g in spec.split(",") if g.strip()]
             except ValueError:
-                raise ValueError(f"--devices {devices!r}: use cpu, cuda, auto or GPU indices such as 0,1") from None
+                raise ConfigError(f"--devices {devices!r}: use cpu, cuda, auto or GPU indices such as 0,1") from None
             missing = [g for g in gpus if g not in seen]
             if missing or not gpus:
-                raise ValueError(f"--devices {devices}: GPU(s) {missing or gpus} not visible; visible: {seen or 'none'}")
+                raise ConfigError(f"--devices {devices}: GPU(s) {missing or gpus} not visible; visible: {seen or 'none'}")
     n = parallel * len(gpus)
     threads = max(1, cores // n)
     return [Slot(g, threads) for _ in range(parallel) for g in gpus]

@@ -15,6 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import cli, finish_wandb, parse_size
+from .errors import (
+    ArgumentParser,
+    ConfigError,
+    UserError,
+    debug_requested,
+    format_error,
+    user_error,
+)
 
 EXTRA_COMMANDS = {
     "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs, messidor or the generic folder",
@@ -50,7 +58,7 @@ def synth_main(argv: Sequence[str]) -> int:
     """``retinalab synth``: see :func:`retinalab.synthetic.write_synthetic`."""
     from .synthetic import PRESETS, WRITERS, write_synthetic
 
-    p = argparse.ArgumentParser(prog="retinalab synth", description=EXTRA_COMMANDS["synth"])
+    p = ArgumentParser(prog="retinalab synth", description=EXTRA_COMMANDS["synth"])
     p.add_argument("dataset", choices=sorted(WRITERS), help="layout to write")
     p.add_argument("--out", required=True, help="destination folder (must not exist or be empty)")
     p.add_argument("--num-images", type=int, default=60, help="number of photographs (default 60)")
@@ -69,12 +77,9 @@ def synth_main(argv: Sequence[str]) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (output does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     a = p.parse_args(list(argv))
-    try:
-        out = write_synthetic(
-            a.dataset, a.out, a.num_images, a.seed, a.size, a.lesion_scale, a.lesion_contrast, a.workers, a.overwrite, a.preset
-        )
-    except (FileExistsError, ValueError) as e:
-        p.error(str(e))
+    out = write_synthetic(
+        a.dataset, a.out, a.num_images, a.seed, a.size, a.lesion_scale, a.lesion_contrast, a.workers, a.overwrite, a.preset
+    )
     print(f"wrote a synthetic {a.dataset} dataset of {a.num_images} images ({a.preset} preset) to {out}")
     return 0
 
@@ -83,7 +88,7 @@ def sweep_main(argv: Sequence[str]) -> int:
     """``retinalab sweep``: see :mod:`retinalab.sweep`. Exit 1 when a run failed."""
     from .sweep import run_sweep
 
-    p = argparse.ArgumentParser(prog="retinalab sweep", description=EXTRA_COMMANDS["sweep"])
+    p = ArgumentParser(prog="retinalab sweep", description=EXTRA_COMMANDS["sweep"])
     p.add_argument("sweep", help="W&B sweep file (conf/sweeps/*.yaml)")
     p.add_argument("--count", type=int, default=None, help="runs (grid: the first N combinations; random: N draws)")
     p.add_argument("--out", default=None, help="where the runs go (default runs/sweeps/<file stem>)")
@@ -91,10 +96,7 @@ def sweep_main(argv: Sequence[str]) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     a = p.parse_args(list(argv))
     out = a.out or str(Path("runs") / "sweeps" / Path(a.sweep).stem)
-    try:
-        rows = run_sweep(a.sweep, out, a.count, a.seed, a.dry_run)
-    except ValueError as e:
-        p.error(str(e))
+    rows = run_sweep(a.sweep, out, a.count, a.seed, a.dry_run)
     return 0 if all(r["status"] in ("ok", "dry-run") for r in rows) else 1
 
 
@@ -109,7 +111,7 @@ def study_main(argv: Sequence[str]) -> int:
         run_study_parallel,
     )
 
-    p = argparse.ArgumentParser(prog="retinalab study", description=EXTRA_COMMANDS["study"])
+    p = ArgumentParser(prog="retinalab study", description=EXTRA_COMMANDS["study"])
     p.add_argument("--config", required=True, help="study config (conf/studies/*.yaml)")
     p.add_argument("--cell", type=int, default=None, help="run only cell I (0-based; for SLURM arrays: $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--list", action="store_true", help="print the cells and exit")
@@ -126,10 +128,7 @@ def study_main(argv: Sequence[str]) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for this process (default: $RETINALAB_THREADS, else torch's)")
     p.add_argument("--no-collect", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(list(argv))
-    try:
-        study = Study.load(a.config)
-    except ValueError as e:
-        p.error(str(e))
+    study = Study.load(a.config)
     if a.write_sweep:
         from .study import write_sweep
 
@@ -140,18 +139,15 @@ def study_main(argv: Sequence[str]) -> int:
             print(f"{i}\t{cell.name}")
         return 0
     if a.parallel is not None and a.cell is not None:
-        p.error("--parallel runs the unfinished cells; --cell runs one: use one of them")
+        raise ConfigError("--parallel runs the unfinished cells; --cell runs one: use one of them")
     if not a.collect:
         from .launch import limit_threads
 
         threads = limit_threads(a.threads)
-        try:
-            if a.parallel is not None:
-                stats = run_study_parallel(study, a.parallel, a.devices, a.rerun_failed)
-            else:
-                stats = run_study(study, a.cell, a.rerun_failed, collect_after=not a.no_collect, device=a.device, threads=threads)
-        except ValueError as e:
-            p.error(str(e))
+        if a.parallel is not None:
+            stats = run_study_parallel(study, a.parallel, a.devices, a.rerun_failed)
+        else:
+            stats = run_study(study, a.cell, a.rerun_failed, collect_after=not a.no_collect, device=a.device, threads=threads)
         print(f"[study {study.name}] {stats['done']} cell(s) run, {stats['failed']} failed, {stats['skipped']} already done or failed")
         if a.no_collect:
             return 1 if stats["failed"] else 0
@@ -169,9 +165,9 @@ def check_data_main(argv: Sequence[str]) -> int:
     import json
 
     from .check import check_dataset
-    from .datasets import READERS, DataFormatError, DatasetNotFoundError
+    from .datasets import READERS, check_reader_args
 
-    p = argparse.ArgumentParser(prog="retinalab check-data", description=EXTRA_COMMANDS["check-data"])
+    p = ArgumentParser(prog="retinalab check-data", description=EXTRA_COMMANDS["check-data"])
     p.add_argument("--dataset", required=True, choices=sorted(READERS), help="layout to read")
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--reader-args", default="{}", help='reader arguments as JSON, e.g. \'{"subsets": ["segmentation"]}\'')
@@ -183,13 +179,16 @@ def check_data_main(argv: Sequence[str]) -> int:
     try:
         reader_args = json.loads(a.reader_args)
     except json.JSONDecodeError as e:
-        p.error(f"--reader-args is not JSON: {e}")
+        raise ConfigError(f"--reader-args is not JSON ({e}); write it like '{{\"subsets\": [\"segmentation\"]}}'") from None
+    if not isinstance(reader_args, dict):
+        raise ConfigError(f"--reader-args must be a JSON object of the reader's options, not {a.reader_args!r}")
+    check_reader_args(a.dataset, reader_args, "--reader-args")
     out = Path(a.out) if a.out else Path("check-data") / a.dataset
     try:
         report = check_dataset(a.dataset, a.root, reader_args, out, a.sample, a.thumb, a.workers)
-    except (DatasetNotFoundError, DataFormatError) as e:
-        print(f"retinalab check-data: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # the layout cannot be read at all: the pointer to check-data would point here
+        e.check_data = None
+        raise
     print(report.text())
     print(f"report: {out / 'check.json'}; contact sheet: {out / 'contact_sheet.png'}")
     return 0 if report.ok else 1
@@ -200,12 +199,16 @@ def active_main(argv: Sequence[str]) -> int:
 
     Returns 0 when the run finished or is waiting for a human oracle's labels, 2 on bad input.
     """
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
+    from jsonargparse import ArgumentParser as JsonArgumentParser
 
     from .active.loop import ActiveLearning
-    from .active.oracle import LabelFileError
+    from .errors import OneLineParserErrors
 
-    p = ArgumentParser(prog="retinalab active", description=EXTRA_COMMANDS["active"], default_env=False)
+    class Parser(OneLineParserErrors, JsonArgumentParser):
+        pass
+
+    p = Parser(prog="retinalab active", description=EXTRA_COMMANDS["active"], default_env=False)
     p.add_argument("--config", action=ActionConfigFile, help="YAML config (conf/active/*.yaml)")
     p.add_argument("--resume", type=bool, default=False, help="continue the run in out_dir (after a fault, or once labels.csv is filled in)")
     p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
@@ -217,19 +220,16 @@ def active_main(argv: Sequence[str]) -> int:
     resume = cfg.pop("resume")
     cfg.pop("config", None)
     init = p.instantiate_classes(cfg)
-    try:
-        loop = ActiveLearning(**init)
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-            out = Path(loop.out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(p.dump(cfg, skip_none=False))
-            from .manifest import manifest, write_manifest
+    loop = ActiveLearning(**init)
+    loop.check_out_dir(resume)  # another run's folder is refused before its config.yaml is replaced
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        out = Path(loop.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(p.dump(cfg, skip_none=False))
+        from .manifest import manifest, write_manifest
 
-            write_manifest(out / "manifest.json", manifest(loop.config, loop.seed, stage="active"))
-        status = loop.run(resume=resume)
-    except (LabelFileError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"retinalab active: error: {e}", file=sys.stderr)
-        return 2
+        write_manifest(out / "manifest.json", manifest(loop.config, loop.seed, stage="active"))
+    status = loop.run(resume=resume)
     if status == "waiting":
         print(
             f"retinalab active: queries written under {loop.out / 'queries'}; fill in labels.csv there and run the "
@@ -240,8 +240,22 @@ def active_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``retinalab`` command. A problem the user can fix (:class:`retinalab.errors.UserError`)
+    is one line on stderr and exit code 2; ``--debug`` or ``RETINALAB_DEBUG=1`` shows its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    debug = debug_requested(argv)
+    try:
+        return _command(argv)
+    except Exception as e:
+        found = user_error(e)
+        if found is None or debug:
+            raise
+        print(format_error(found), file=sys.stderr)
+        return 2
+
+
+def _command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(HELP)
         return 0
@@ -256,17 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "sweep":
         return sweep_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
-        print(f"retinalab: unknown command {argv[0]!r}\n\n{HELP}", file=sys.stderr)
-        return 2
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
+        from .errors import suggest
 
-    from .checkpoints import CheckpointError
+        known = (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS)
+        raise ConfigError(f"unknown command {argv[0]!r}; the commands are {', '.join(known)}.{suggest(argv[0], known, prefix='')} "
+                          "Run `retinalab --help`")
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:
         finish_wandb(cli(argv).trainer)  # the run's files are complete when the command returns
-    except CheckpointError as e:
-        print(f"retinalab {argv[0]}: error: {e}", file=sys.stderr)
-        return 2
     except SIGTERMException:  # a SystemExit that Lightning raises with code 0; the run did not finish
         print(f"retinalab {argv[0]}: stopped by SIGTERM (resume with --ckpt_path last)", file=sys.stderr)
         return 128 + 15

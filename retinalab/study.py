@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("random", "egl")
@@ -84,27 +86,27 @@ class Study:
         try:
             raw = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot read the study config ({e})") from e
+            raise ConfigError(f"{path}: cannot read the study config ({e})") from e
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a study config is a mapping with name, methods, labelled, seeds")
+            raise ConfigError(f"{path}: a study config is a mapping with name, methods, labelled, seeds")
         missing = [k for k in ("name", "methods", "labelled", "seeds") if k not in raw]
         if missing:
-            raise ValueError(f"{path}: missing key(s) {missing}")
+            raise ConfigError(f"{path}: missing key(s) {missing}")
         known = {"name", "out_dir", "methods", "labelled", "seeds", "selection", "metrics", "overrides", "method_overrides", "wandb"}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
         if raw.get("selection", "random") not in SELECTIONS:
-            raise ValueError(f"{path}: selection {raw['selection']!r} is not one of {list(SELECTIONS)}")
+            raise ConfigError(f"{path}: selection {raw['selection']!r} is not one of {list(SELECTIONS)}")
         methods = {}
         for name, cfg in dict(raw["methods"]).items():
             p = Path(cfg)
             if not p.is_file():
-                raise ValueError(f"{path}: method {name!r}: config {cfg} does not exist")
+                raise ConfigError(f"{path}: method {name!r}: config {cfg} does not exist")
             methods[str(name)] = p
         bad = [m for m in raw.get("method_overrides", {}) if m not in methods]
         if bad:
-            raise ValueError(f"{path}: method_overrides for unknown method(s) {bad}")
+            raise ConfigError(f"{path}: method_overrides for unknown method(s) {bad}")
         labelled = [None if v in (None, "all") else int(v) for v in raw["labelled"]]
         return cls(
             name=str(raw["name"]), out_dir=Path(raw.get("out_dir", f"runs/studies/{raw['name']}")), methods=methods,
@@ -259,7 +261,7 @@ def run_study(study: Study, only: int | None = None, rerun_failed: bool = False,
     cells = study.cells()
     if only is not None:
         if not 0 <= only < len(cells):
-            raise ValueError(f"--cell {only}: the study has cells 0..{len(cells) - 1}")
+            raise ConfigError(f"--cell {only}: the study has cells 0..{len(cells) - 1}")
         cells = [cells[only]]
     todo, skipped = _todo(study, cells, rerun_failed)
     stats = {"done": 0, "failed": 0, "skipped": skipped}

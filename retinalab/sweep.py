@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .errors import ConfigError
+
 METHODS = ("grid", "random")
 
 
@@ -47,20 +49,20 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read the sweep ({e})") from e
+        raise ConfigError(f"{path}: cannot read the sweep ({e})") from e
     if not isinstance(cfg, dict) or "parameters" not in cfg or "command" not in cfg:
-        raise ValueError(f"{path}: a sweep needs `parameters` and `command` (W&B sweep format)")
+        raise ConfigError(f"{path}: a sweep needs `parameters` and `command` (W&B sweep format)")
     if cfg.get("method", "grid") not in METHODS:
-        raise ValueError(f"{path}: method {cfg.get('method')!r} runs only on a W&B server; locally use one of {list(METHODS)}")
+        raise ConfigError(f"{path}: method {cfg.get('method')!r} runs only on a W&B server; locally use one of {list(METHODS)}")
     if "${args}" not in cfg["command"]:
-        raise ValueError(f"{path}: `command` must contain ${{args}} (W&B passes the parameters there)")
+        raise ConfigError(f"{path}: `command` must contain ${{args}} (W&B passes the parameters there)")
     for name, spec in cfg["parameters"].items():
         if not isinstance(spec, dict) or not ({"values", "value", "distribution", "min"} & set(spec)):
-            raise ValueError(f"{path}: parameter {name!r} needs values, value, or min/max (with a distribution)")
+            raise ConfigError(f"{path}: parameter {name!r} needs values, value, or min/max (with a distribution)")
     if cfg.get("method", "grid") == "grid":
         bad = [n for n, s in cfg["parameters"].items() if "values" not in s and "value" not in s]
         if bad:
-            raise ValueError(f"{path}: a grid sweep needs `values` for every parameter; {bad} have none")
+            raise ConfigError(f"{path}: a grid sweep needs `values` for every parameter; {bad} have none")
     return cfg
 
 
@@ -79,7 +81,7 @@ def _sample(spec: dict[str, Any], rng: np.random.Generator) -> Any:
         if dist == "log_uniform":  # W&B: min/max are natural logs
             lo, hi = math.exp(lo), math.exp(hi)
         return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    raise ValueError(f"distribution {dist!r} is not supported locally (uniform, int_uniform, log_uniform_values, log_uniform)")
+    raise ConfigError(f"distribution {dist!r} is not supported locally (uniform, int_uniform, log_uniform_values, log_uniform)")
 
 
 def assignments(cfg: dict[str, Any], count: int | None, seed: int = 0) -> list[dict[str, Any]]:
@@ -91,7 +93,7 @@ def assignments(cfg: dict[str, Any], count: int | None, seed: int = 0) -> list[d
         combos = [dict(zip(names, c, strict=True)) for c in itertools.product(*grids)]
         return combos[:count] if count else combos
     if not count:
-        raise ValueError("a random sweep needs --count")
+        raise ConfigError("a random sweep needs --count")
     rng = np.random.default_rng(seed)
     return [{n: _sample(s, rng) for n, s in params.items()} for _ in range(count)]
 

@@ -127,10 +127,19 @@ def test_fast_dev_run_with_dotted_overrides(synth_idrid):
     assert len(split["labeled"]) == 5 and split["num_labeled_images"] == 5
 
 
-def test_missing_root_is_a_clear_error(tmp_path):
-    res = run(["fit", "--config", str(TINY), "--data.root", str(tmp_path / "nope"), "--trainer.fast_dev_run", "1"], tmp_path, check=False)
-    assert res.returncode != 0
-    assert "DatasetNotFoundError" in res.stderr and "nope" in res.stderr and "is not a folder" in res.stderr
+def test_missing_root_is_one_line_and_exit_2(tmp_path):
+    """The issue-33 case through the installed command: one line on stderr, no traceback, exit 2;
+    --debug brings the traceback back."""
+    args = ["fit", "--config", str(TINY), "--data.root", str(tmp_path / "nope"), "--trainer.fast_dev_run", "1"]
+    res = run(args, tmp_path, check=False)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO", "WARNING"))]
+    assert len(lines) == 1 and lines[0].startswith("error: IDRiD: root=") and "nope" in lines[0] and "retinalab synth" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    from retinalab.datasets import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match="is not a folder"):
+        main([*args, f"--trainer.default_root_dir={tmp_path}", "--debug"])
 
 
 def test_command_line_runs_without_lightnings_args_warning(tmp_path):
@@ -144,19 +153,18 @@ def test_help_and_unknown_command(capsys):
     out = capsys.readouterr().out
     assert "synth" in out and "fit" in out
     assert main(["frobnicate"]) == 2
-    with pytest.raises(SystemExit) as e:
-        main(["synth", "idrid"])  # --out is required
-    assert e.value.code == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert main(["synth", "idrid"]) == 2  # --out is required
+    assert "--out" in capsys.readouterr().err
 
 
 def test_synth_refuses_to_overwrite(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("keep")
-    with pytest.raises(SystemExit):
-        main(["synth", "eyepacs", "--out", str(tmp_path / "d"), "--num-images", "4"])
+    assert main(["synth", "eyepacs", "--out", str(tmp_path / "d"), "--num-images", "4"]) == 2
     assert "not empty" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["synth", "eyepacs", "--out", str(tmp_path / "e"), "--size", "10x10"])
+    assert main(["synth", "eyepacs", "--out", str(tmp_path / "e"), "--size", "10x10"]) == 2
+    assert "--size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml") if p.parent.name not in ("active", "overlays", "studies", "sweeps")))

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from . import rounds
 from .acquisition import ACQUISITIONS
 from .rounds import Query
@@ -30,34 +31,34 @@ def check_options(o: dict) -> float:
     """Refuse inconsistent :class:`~retinalab.active.ActiveLearning` arguments ``o`` with a message
     naming the option; returns the network's dropout rate (``None``: 0.5 for BALD, else 0)."""
     if o["oracle"] == "human" and o["pool_kind"] == "centred":
-        raise ValueError("pool_kind: centred samples patches from the ground-truth masks, which a human-oracle run does not use; set pool_kind: grid")
+        raise ConfigError("pool_kind: centred samples patches from the ground-truth masks, which a human-oracle run does not use; set pool_kind: grid")
     for name in ("k", "images_per_round", "initial_batches", "initial_images", "max_rounds", "patience", "plot_every"):
         if o[name] < 0:
-            raise ValueError(f"{name} must be >= 0, got {o[name]}")
+            raise ConfigError(f"{name} must be >= 0, got {o[name]}")
     if o["score_batch_size"] is not None and o["score_batch_size"] < 1:
-        raise ValueError(f"score_batch_size must be a positive number of patches, got {o['score_batch_size']}")
+        raise ConfigError(f"score_batch_size must be a positive number of patches, got {o['score_batch_size']}")
     if o["select"] == "images" and o["images_per_round"] == 0 and o["k"] == 0:
-        raise ValueError("select: images with images_per_round 0 and k 0 would never label anything")
+        raise ConfigError("select: images with images_per_round 0 and k 0 would never label anything")
     if o["select"] == "images" and o["image_patches"] == "selected_images" and o["k"] == 0:
-        raise ValueError("image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or image_patches: pool)")
+        raise ConfigError("image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or image_patches: pool)")
     acquisition = o["acquisition"]
     if acquisition not in ACQUISITIONS:
-        raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {acquisition!r}")
+        raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {acquisition!r}")
     for name, kind in CHOICES.items():
         allowed = get_args(kind)
         if o[name] not in allowed:
-            raise ValueError(f"{name} must be {' or '.join(allowed)}, not {o[name]!r}")
+            raise ConfigError(f"{name} must be {' or '.join(allowed)}, not {o[name]!r}")
     dropout = o["dropout"]
     if dropout is None:
         dropout = 0.5 if acquisition == "bald" else 0.0
     if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     if acquisition == "bald" and dropout == 0:
-        raise ValueError("acquisition: bald draws Monte-Carlo dropout passes; set dropout > 0 (e.g. 0.5) or leave it unset")
+        raise ConfigError("acquisition: bald draws Monte-Carlo dropout passes; set dropout > 0 (e.g. 0.5) or leave it unset")
     if o["mc_samples"] < 1:
-        raise ValueError(f"mc_samples must be >= 1, got {o['mc_samples']}")
+        raise ConfigError(f"mc_samples must be >= 1, got {o['mc_samples']}")
     if o["match_labels"] is not None and acquisition != "random":
-        raise ValueError(f"match_labels copies another run's label counts into a random arm; it needs acquisition: random, not {acquisition}")
+        raise ConfigError(f"match_labels copies another run's label counts into a random arm; it needs acquisition: random, not {acquisition}")
     return float(dropout)
 
 

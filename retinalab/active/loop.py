@@ -25,8 +25,9 @@ import torch
 from lightning_fabric.loggers import Logger
 from tqdm.auto import tqdm
 
-from ..datasets import read_dataset
+from ..datasets import check_reader_args, read_dataset
 from ..datasets.base import OnError
+from ..errors import ConfigError, OutputExistsError
 from ..models.lenet import LeNet
 from .acquisition import Acquisition
 from .choose import Choosing, ClassWeight, InitialDraw, PatchKind, check_options
@@ -196,6 +197,7 @@ class ActiveLearning(Choosing, RunOutputs):
     ) -> None:
         args = {name: value for name, value in locals().items() if name in inspect.signature(ActiveLearning.__init__).parameters and name != "self"}
         args["dropout"] = check_options(args)
+        check_reader_args(dataset, {"on_error": on_error, **(reader_args or {})}, "reader_args")
         self.__dict__.update(args)
         self.config = {name: value for name, value in args.items() if name != "logger"}
         self.config["patches"] = asdict(patches)
@@ -217,7 +219,7 @@ class ActiveLearning(Choosing, RunOutputs):
         if self.score_batch_size is None:
             self.score_batch_size = 256 if self.fabric.device.type == "cpu" else 4096
         if self.oracle == "human" and self.fabric.world_size > 1:
-            raise ValueError("a human-oracle run waits for files between rounds: run it on one device (devices: 1)")
+            raise ConfigError("a human-oracle run waits for files between rounds: run it on one device (devices: 1)")
         records = read_dataset(self.dataset, self.root, on_error=self.on_error, **(self.reader_args or {}))
         if self.oracle == "simulated":
             unannotated = [r for r in records if self.patches.lesion not in r.masks]
@@ -225,7 +227,7 @@ class ActiveLearning(Choosing, RunOutputs):
                 log.info("leaving out %d images without a %s mask (the simulated oracle needs one)", len(unannotated), self.patches.lesion)
             records = [r for r in records if self.patches.lesion in r.masks]
         if not records:
-            raise ValueError(f"{self.dataset} at {self.root}: no images with a {self.patches.lesion} mask (check reader_args)")
+            raise ConfigError(f"{self.dataset} at {self.root}: no images with a {self.patches.lesion} mask (check reader_args)")
         build = dict(config=self.patches, cache_dir=self.cache_dir, num_workers=self.num_workers, on_error=self.on_error)
         if self.rank0:
             ExudatePatches.build(records, progress=self.progress, **build)
@@ -254,9 +256,15 @@ class ActiveLearning(Choosing, RunOutputs):
     def _state_path(self) -> Path:
         return self.out / "state.json"
 
-    def _refuse_overwrite(self, resume: bool) -> None:
-        if not resume and self._state_path().is_file():
-            raise FileExistsError(f"{self.out} already holds an active-learning run (state.json); pass --resume to continue it or choose another out_dir")
+    def check_out_dir(self, resume: bool) -> None:
+        """Refuse ``out_dir`` before anything is cut or written there: a run without ``resume``, or
+        (with it) a run of another config (:func:`read_state` names the fields that differ)."""
+        path = self._state_path()
+        if not path.is_file():
+            return
+        if not resume:
+            raise OutputExistsError(f"{self.out} already holds an active-learning run (state.json); pass --resume to continue it or choose another out_dir")
+        read_state(path, self.config)
 
     def _load_state(self, resume: bool) -> LoopState:
         path = self._state_path()
@@ -319,7 +327,7 @@ class ActiveLearning(Choosing, RunOutputs):
                 self.logger.finish()  # the next run in this process starts its own W&B run
 
     def _run(self, resume: bool) -> str:
-        self._refuse_overwrite(resume)  # before the patches are cut (minutes on a real dataset), not after
+        self.check_out_dir(resume)  # before the patches are cut (minutes on a real dataset), not after
         self._setup()
         if self.rank0:
             self.out.mkdir(parents=True, exist_ok=True)

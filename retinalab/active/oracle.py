@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from .pool import CLASS_NAMES, UNKNOWN, ExudatePatches
 
 #: accepted spellings of each class in ``labels.csv`` (case-insensitive)
@@ -34,7 +35,7 @@ class LabelsPending(Exception):
         super().__init__(f"{count} queries written to {folder}; fill in {folder / 'labels.csv'} and resume")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(UserError, ValueError):
     """``labels.csv`` has missing, unknown or unexpected labels (every bad row is listed)."""
 
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from ..datasets.base import DataFormatError, FundusRecord, OnError
+from ..errors import ConfigError
 from ..preprocessing.cache import (
     build_atomically,
     cache_key,
@@ -86,11 +87,11 @@ class ExudatePatchConfig:
 
     def __post_init__(self) -> None:
         if not 16 <= self.patch_size <= self.image_size:
-            raise ValueError(f"patch_size={self.patch_size} must be in [16, image_size={self.image_size}]")
+            raise ConfigError(f"patch_size={self.patch_size} must be in [16, image_size={self.image_size}]")
         if self.grid_stride <= 0:
-            raise ValueError(f"grid_stride must be positive, got {self.grid_stride}")
+            raise ConfigError(f"grid_stride must be positive, got {self.grid_stride}")
         if not 0 <= self.min_fov_fraction <= 1:
-            raise ValueError(f"min_fov_fraction must be in [0, 1], got {self.min_fov_fraction}")
+            raise ConfigError(f"min_fov_fraction must be in [0, 1], got {self.min_fov_fraction}")
 
     @property
     def grid(self) -> PatchGrid:

@@ -24,6 +24,7 @@ import torch
 
 from ..checkpoints import atomic_torch_save
 from ..datamodules.splits import write_json_atomic
+from ..errors import ConfigError, InputMissingError
 from .oracle import LabelFileError, write_csv_atomic
 
 STATE_VERSION = 1
@@ -77,10 +78,10 @@ def read_state(path: Path, config: dict, frozen: tuple[str, ...] = FROZEN) -> Lo
     try:
         state = LoopState.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: unreadable state ({e}); it was not written by this version of retinalab") from e
+        raise ConfigError(f"{path}: unreadable state ({e}); it was not written by this version of retinalab") from e
     changed = [k for k in frozen if json.dumps(state.config.get(k, LEGACY.get(k)), sort_keys=True) != json.dumps(config.get(k), sort_keys=True)]
     if changed:
-        raise ValueError(f"{path}: the run was started with different {', '.join(changed)}; resume with the same config or choose another out_dir")
+        raise ConfigError(f"{path}: the run was started with different {', '.join(changed)}; resume with the same config or choose another out_dir")
     return state
 
 
@@ -195,15 +196,15 @@ def matched_counts(folder: Path, config: dict, state: LoopState, r: int) -> tupl
     network's dropout (a BALD arm's dropout layers need not be in the random arm matched to it)."""
     path = folder / "state.json"
     if not path.is_file():
-        raise FileNotFoundError(f"match_labels: {path} does not exist; run the arm to match (e.g. EGL) first")
+        raise InputMissingError(f"match_labels: {path} does not exist; run the arm to match (e.g. EGL) first")
     try:
         ref = read_state(path, config, tuple(k for k in FROZEN if k not in MATCH_FREE))
     except ValueError as e:
-        raise ValueError(f"match_labels: {e}") from None
+        raise ConfigError(f"match_labels: {e}") from None
     rows = {int(m["round"]): m for m in ref.metrics}
     if r not in rows:
         if ref.stopped is None:
-            raise ValueError(f"match_labels: {folder} has completed {ref.round + 1} rounds, not round {r}; run it further first")
+            raise ConfigError(f"match_labels: {folder} has completed {ref.round + 1} rounds, not round {r}; run it further first")
         return 0, 0  # the matched run stopped: so does this one
     return int(rows[r]["labels"]) - len(state.labelled), int(rows[r]["images"]) - len(state.labelled_images)
 

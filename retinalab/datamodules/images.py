@@ -14,7 +14,8 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from ..datasets import LESIONS, DatasetName, FundusRecord, OnError, read_dataset
+from ..datasets import LESIONS, DatasetName, FundusRecord, OnError, check_reader_args, read_dataset
+from ..errors import ConfigError
 from .base import FundusDataModule
 from .image_datasets import (  # noqa: F401 (re-exported: retinalab.datamodules.images.* as before the split)
     NUM_GRADES,
@@ -44,6 +45,7 @@ class _ImageDataModule(FundusDataModule):
         if dataset == "idrid" and not reader_args:
             reader_args = {"subsets": [idrid_subset]}
         self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        check_reader_args(dataset, self.reader_args)  # before anything is read
         for name in ("image_size", "crop_fov", "normalize", "split_mode", "val_size", "test_size", "seed",
                      "batch_size", "num_workers", "augment", "on_error", "split_file"):
             setattr(self, name, kw[name])
@@ -56,13 +58,13 @@ class _ImageDataModule(FundusDataModule):
         if self.split_mode == "official":
             official = [r.split for r in records]
             if "test" not in official:
-                raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
+                raise ConfigError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
         idx = split_indices([r.group for r in records], self.val_size, self.test_size, self.seed, strata, official)
         return {k: [records[i] for i in v] for k, v in idx.items()}
 
     def _check_trainable(self) -> None:
         if not self.parts.get("train"):
-            raise ValueError(f"{self.dataset}: split_mode={self.split_mode!r} leaves no training images; use `retinalab test` with it, or another split_mode")
+            raise ConfigError(f"{self.dataset}: split_mode={self.split_mode!r} leaves no training images; use `retinalab test` with it, or another split_mode")
 
     def _ds(self, part: str, train: bool) -> FundusImageDataset:
         raise NotImplementedError
@@ -157,7 +159,7 @@ class GradingDataModule(_ImageDataModule):
             return
         records = [r for r in self.read_records() if record_target(r, self.target) is not None]
         if not records:
-            raise ValueError(f"{self.dataset} at {self.root}: no image labelled for target={self.target!r}")
+            raise ConfigError(f"{self.dataset} at {self.root}: no image labelled for target={self.target!r}")
         self.parts = self._split(records, [record_target(r, self.target) for r in records])
         self.write_split(
             {k: [r.image_id for r in v] for k, v in self.parts.items()},
@@ -265,7 +267,7 @@ class SegmentationDataModule(_ImageDataModule):
     ) -> None:
         super().__init__()
         if image_level_truth not in ("eval", "all", "off"):
-            raise ValueError(f"image_level_truth must be 'eval', 'all' or 'off', got {image_level_truth!r}")
+            raise ConfigError(f"image_level_truth must be 'eval', 'all' or 'off', got {image_level_truth!r}")
         self.eval_masks, self.image_level_sampler, self.image_level_truth = eval_masks, image_level_sampler, image_level_truth
         self.truth_root: Path | None = None  # the image-level root when its photographs carry drawn masks (setup)
         self._init_common(
@@ -276,20 +278,22 @@ class SegmentationDataModule(_ImageDataModule):
         self.lesions = tuple(lesions or LESIONS)
         bad = [k for k in self.lesions if k not in LESIONS]
         if bad:
-            raise ValueError(f"lesions {bad} unknown; choose from {list(LESIONS)}")
+            raise ConfigError(f"lesions {bad} unknown; choose from {list(LESIONS)}")
         self.image_level_dataset, self.image_level_root = image_level_dataset, image_level_root
         self.image_level_reader_args = image_level_reader_args or {}
         self.image_level_batch_size = image_level_batch_size
         self.image_level_val_size, self.image_level_test_size = image_level_val_size, image_level_test_size
         if image_level_dataset is not None and image_level_root is None:
-            raise ValueError("image_level_dataset is set but image_level_root is not")
+            raise ConfigError("image_level_dataset is set but image_level_root is not")
+        if image_level_dataset is not None:
+            check_reader_args(image_level_dataset, self.image_level_reader_args, "data.image_level_reader_args")
 
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
             return
         records = [r for r in self.read_records() if r.has_lesion_masks]
         if not records:
-            raise ValueError(f"{self.dataset} at {self.root}: no image with lesion masks found")
+            raise ConfigError(f"{self.dataset} at {self.root}: no image with lesion masks found")
         self.parts = self._split(records, None)
         if self.image_level_dataset is not None:
             self.truth_root = self._truth_root()
@@ -300,7 +304,7 @@ class SegmentationDataModule(_ImageDataModule):
             held = {r.image_path for p in ("val", "test") for r in self.parts[p]}
             extra = [r for r in extra if not r.has_lesion_masks and r.image_path not in held and r.grade is not None]
             if not extra:
-                raise ValueError(f"{self.image_level_dataset} at {self.image_level_root}: no graded images without masks")
+                raise ConfigError(f"{self.image_level_dataset} at {self.image_level_root}: no graded images without masks")
             official = [r.split for r in extra] if any(r.split == "test" for r in extra) else None
             idx = split_indices(
                 [r.group for r in extra], self.image_level_val_size, self.image_level_test_size, self.seed,
@@ -322,7 +326,7 @@ class SegmentationDataModule(_ImageDataModule):
         root = Path(str(self.image_level_root)).expanduser()
         if truth_folder(root) is None:
             if self.image_level_truth == "all":
-                raise ValueError(f"data.image_level_truth: all (the oracle arm) needs the lesion masks retinalab synth keeps under "
+                raise ConfigError(f"data.image_level_truth: all (the oracle arm) needs the lesion masks retinalab synth keeps under "
                                  f"{root / TRUTH_DIR}; {root} has none (not a synthetic dataset, or drawn by an older retinalab): "
                                  f"draw it again with retinalab synth, or use image_level_truth: eval")
             return None

@@ -16,7 +16,8 @@ import numpy as np
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..datasets import DatasetName, OnError
+from ..datasets import DatasetName, OnError, check_reader_args
+from ..errors import ConfigError
 from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
 from ..preprocessing.patches import UNKNOWN
 from .base import FundusDataModule
@@ -156,6 +157,7 @@ class PatchDataModule(FundusDataModule):
         super().__init__()
         self.serve = serve
         self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
+        check_reader_args(dataset, self.reader_args)  # before anything is read
         self.predict_split, self.predict_folder = predict_split, predict_folder
         self.cache_config = PatchCacheConfig(
             grid=PatchGrid(image_size, patch_size, stride, patch_out),
@@ -171,17 +173,17 @@ class PatchDataModule(FundusDataModule):
         self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
         self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
         if unlabeled_pool not in ("all", "rest"):
-            raise ValueError(f"unlabeled_pool must be 'all' or 'rest', got {unlabeled_pool!r}")
+            raise ConfigError(f"unlabeled_pool must be 'all' or 'rest', got {unlabeled_pool!r}")
         self.unlabeled_pool = unlabeled_pool
         if isinstance(unlabeled_ratio, bool) or not isinstance(unlabeled_ratio, int) or unlabeled_ratio < 1:
-            raise ValueError(f"unlabeled_ratio must be a positive int (FixMatch's mu), got {unlabeled_ratio!r}")
+            raise ConfigError(f"unlabeled_ratio must be a positive int (FixMatch's mu), got {unlabeled_ratio!r}")
         if not 0 <= strong_cutout <= 1 or strong_ops < 0:
             raise ValueError(f"strong_cutout must lie in [0, 1] and strong_ops be >= 0, got {strong_cutout!r} and {strong_ops!r}")
         self.unlabeled_ratio, self.unlabeled_strong = unlabeled_ratio, unlabeled_strong
         check_strong_policy(strong_policy)
         self.strong_ops, self.strong_cutout, self.strong_policy = strong_ops, strong_cutout, strong_policy
         if batches_per_epoch is not None and batches_per_epoch != "unlabeled" and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
-            raise ValueError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")
+            raise ConfigError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")
         self.batches_per_epoch = batches_per_epoch
         if labeled_selection not in ("random", "egl"):
             raise ValueError(f"labeled_selection must be 'random' or 'egl', got {labeled_selection!r}")
@@ -353,18 +355,18 @@ class PatchDataModule(FundusDataModule):
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         if len(self.rows["labeled"]) == 0:
-            raise ValueError("num_labeled_images=0: there is no labelled training image")
+            raise ConfigError("num_labeled_images=0: there is no labelled training image")
         if self.batches_per_epoch == "unlabeled" and len(self.rows["unlabeled"]) == 0:
-            raise ValueError("batches_per_epoch='unlabeled' but the unlabelled pool is empty; set unlabeled_pool: all or an int")
+            raise ConfigError("batches_per_epoch='unlabeled' but the unlabelled pool is empty; set unlabeled_pool: all or an int")
         n = self.train_batches_per_epoch()
         labeled = self._loader(self.rows["labeled"], train=True, num_batches=n)
         if not self.unlabeled:
             return labeled
         if len(self.rows["unlabeled"]) == 0:
-            raise ValueError("unlabeled=True but the unlabelled pool is empty: every training image is labelled and "
+            raise ConfigError("unlabeled=True but the unlabelled pool is empty: every training image is labelled and "
                              "unlabeled_pool='rest'; use unlabeled_pool: all or lower num_labeled_images")
         if self.unlabeled_strong and self.serve == "images":
-            raise ValueError("unlabeled_strong (FixMatch's strong view) is for patches; set serve: patches")
+            raise ConfigError("unlabeled_strong (FixMatch's strong view) is for patches; set serve: patches")
         unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True, num_batches=n,
                                  batch_size=self.batch_size * self.unlabeled_ratio, strong=self.unlabeled_strong)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")

@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import ConfigError
+
 SplitMode = Literal["random", "official", "test_only"]
 
 
@@ -21,7 +23,7 @@ def target_count(size: float | int, n: int, name: str) -> int:
 
 def _target(size: float | int, n: int, name: str) -> int:
     if isinstance(size, bool) or size < 0:
-        raise ValueError(f"{name} must be a non-negative count or a fraction in [0, 1), got {size!r}")
+        raise ConfigError(f"{name} must be a non-negative count or a fraction in [0, 1), got {size!r}")
     if isinstance(size, float) and size < 1:
         return int(round(size * n))
     return int(size)
@@ -88,7 +90,7 @@ def split_indices(
             out[name] += by_group[stratum_groups[s].pop()]
     out["train"] = [i for g in sum(stratum_groups.values(), []) for i in by_group[g]]
     if not out["train"]:
-        raise ValueError(
+        raise ConfigError(
             f"the split leaves no training data ({n} items, val_size={val_size}, test_size={test_size}); "
             "use smaller sizes or fractions, e.g. --data.val_size 0.2 --data.test_size 0.2"
         )
@@ -111,7 +113,7 @@ def choose_labeled(
         return sorted(candidates), []
     k = _target(num_labeled_images, len(candidates), "num_labeled_images")
     if k > len(candidates):
-        raise ValueError(f"num_labeled_images={num_labeled_images} but only {len(candidates)} training images have labels")
+        raise ConfigError(f"num_labeled_images={num_labeled_images} but only {len(candidates)} training images have labels")
     perm = np.random.default_rng(seed + 1_000_003).permutation(len(candidates))
     chosen = {candidates[p] for p in perm[:k]}
     return sorted(chosen), sorted(set(candidates) - chosen)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import ConfigError, check_arguments
 from .base import (
     LESIONS,
     STRUCTURES,
@@ -36,11 +37,34 @@ def read_dataset(name: str, root: str | Path, **kwargs: Any) -> list[FundusRecor
     """Read dataset ``name`` at ``root``; ``kwargs`` go to its reader (e.g. ``subsets``, ``on_error``).
 
     Raises:
-        ValueError: for an unknown name, listing the known ones.
+        ConfigError: an unknown name (listing the known ones), or a keyword the reader does not take
+            or of the wrong type (listing its options), checked before anything is read.
+        DatasetNotFoundError: from the reader, where the layout is not found.
+        DataFormatError: from the reader, marked with ``(name, root)`` for the ``retinalab check-data``
+            pointer of the command line's message.
+    """
+    check_reader_args(name, kwargs)
+    try:
+        return READERS[name](root, **kwargs)
+    except DataFormatError as e:
+        # check-data lists every problem of a readable layout at once (where the layout is not found,
+        # the reader's message already says where to get it)
+        if e.check_data is None:
+            e.check_data = (name, str(root))
+        raise
+
+
+def check_reader_args(name: str, args: dict[str, Any], option: str = "data.reader_args") -> None:
+    """Check ``args`` against reader ``name``'s keywords before anything is read (``option``: how the
+    user sets them, for the message).
+
+    Raises:
+        ConfigError: an unknown dataset, a key the reader does not take (with its options) or a value
+            of the wrong type (with the expected type).
     """
     if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(READERS)}")
-    return READERS[name](root, **kwargs)
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(READERS))}")
+    check_arguments(READERS[name], args, f"{name} reader", option, skip=("root",))
 
 
 __all__ = [
@@ -51,6 +75,7 @@ __all__ = [
     "DatasetName",
     "DatasetNotFoundError",
     "ErrorPolicy",
+    "check_reader_args",
     "FundusRecord",
     "OnError",
     "read_dataset",

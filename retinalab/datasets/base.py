@@ -16,6 +16,8 @@ from typing import Literal
 
 import pandas as pd
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 #: The four DR lesions, in the order used for stacked masks (paper 001's L = 4 outputs).
@@ -28,11 +30,11 @@ OnError = Literal["raise", "skip"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset folder or label file is missing where the layout says it should be."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A file exists but its content is not what the layout promises (columns, size, decoding...)."""
 
 

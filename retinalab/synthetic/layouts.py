@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..datasets import eophtha as eo
 from ..datasets import idrid
+from ..errors import ConfigError, OutputExistsError
 from ..preprocessing.cache import pool_context
 from .fundus import synth_fundus
 from .presets import IDRID_GRADE_MIX, SynthPreset, get_preset
@@ -409,13 +410,13 @@ def write_synthetic(
         ``out`` as a :class:`~pathlib.Path`; ``out/synthetic.json`` records the arguments and preset.
     """
     if dataset not in WRITERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(WRITERS)}")
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {sorted(WRITERS)}")
     if num_images < 2:
-        raise ValueError(f"num_images must be >= 2, got {num_images}")
+        raise ConfigError(f"num_images must be >= 2, got {num_images}")
     style = get_preset(preset)
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        raise OutputExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

@@ -1,0 +1,242 @@
+"""Errors a user can fix, and how every ``retinalab`` command reports them.
+
+A :class:`UserError` names the file or option at fault and says what to do. The command line
+(:mod:`retinalab.main`) prints it as one line, ``error: <what>. <what to do>``, and exits with code
+2; the traceback appears only with ``--debug`` or ``RETINALAB_DEBUG=1``. Anything else (a bug, an
+out-of-memory) keeps its traceback.
+
+The data errors (:class:`~retinalab.datasets.DatasetNotFoundError`,
+:class:`~retinalab.datasets.DataFormatError`), :class:`~retinalab.checkpoints.CheckpointError` and
+:class:`~retinalab.active.oracle.LabelFileError` are user errors; :class:`ConfigError` covers the
+rest (option values, reader arguments, split sizes, study files, another run's state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn
+
+DEBUG_ENV = "RETINALAB_DEBUG"
+
+
+class UserError(Exception):
+    """A problem with what the user gave (data, option, file), reported in one line.
+
+    Attributes:
+        check_data: ``(dataset, root)`` where ``retinalab check-data`` would list every problem of
+            the same kind at once (set by :func:`retinalab.datasets.read_dataset` for data problems).
+    """
+
+    check_data: tuple[str, str] | None = None
+
+
+class ConfigError(UserError, ValueError):
+    """An option, a config value or a config file that cannot work (named in the message)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output folder already holds something a command would overwrite."""
+
+
+class InputMissingError(UserError, FileNotFoundError):
+    """A file a config names (weights, another run to match) does not exist."""
+
+
+def debug_requested(argv: list[str]) -> bool:
+    """True (and ``--debug`` removed from ``argv``) when the traceback of a user error is wanted."""
+    flag = "--debug" in argv
+    while "--debug" in argv:
+        argv.remove("--debug")
+    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def user_error(e: BaseException) -> UserError | None:
+    """``e`` if it is a :class:`UserError`, else the first one it was raised from (jsonargparse wraps
+    what a class's ``__init__`` raises in its own ``ValueError ... from``), else ``None``."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, UserError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__
+    return None
+
+
+def _message(e: BaseException) -> str:
+    text = str(e) if str(e) else type(e).__name__
+    if isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])
+    # raised in a DataLoader worker: torch re-raises the same class with the worker's traceback inside
+    if "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and re.match(r"^[\w.]+(Error|Exception): ", last) else last
+    return " ".join(text.split())
+
+
+def format_error(e: BaseException) -> str:
+    """``error: <message>`` on one line, ending with the check-data pointer for data problems."""
+    text = _message(e).removeprefix("error: ")
+    if text and not text.endswith((".", "!", "?")):
+        text += "."
+    dataset_root = getattr(e, "check_data", None)
+    if dataset_root and "check-data" not in text:
+        dataset, root = dataset_root
+        text += f" Run `retinalab check-data --dataset {dataset} --root {root}` to list every problem."
+    return f"error: {text}"
+
+
+def suggest(name: str, known: Iterable[str], prefix: str = "--") -> str:
+    """``" Did you mean --width?"`` for the closest known name, else ``""``."""
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not close:  # a dotted option: compare the last part among the known options of the same group
+        head, _, tail = name.rpartition(".")
+        same = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == head}
+        last = difflib.get_close_matches(tail, list(same), n=1, cutoff=0.6) if head else []
+        close = [same[last[0]]] if last else []
+    return f" Did you mean {prefix}{close[0]}?" if close else ""
+
+
+def class_parameters(class_path: str) -> list[str]:
+    """The ``__init__`` parameters of ``class_path`` and its bases (what ``--model.<name>`` accepts)."""
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: list[str] = []
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def check_arguments(func: Callable[..., Any], args: Mapping[str, Any], what: str, option: str, skip: Iterable[str] = ()) -> None:
+    """Check ``args`` (keyword arguments from a config) against ``func``'s signature before calling it.
+
+    Raises:
+        ConfigError: naming an unknown key with ``func``'s options (and the closest one), or a value
+            of the wrong type with the expected type; ``option`` is how the user sets ``args``
+            (``data.reader_args``).
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    skip = set(skip)
+    params = {n: p for n, p in inspect.signature(func).parameters.items() if n not in skip}
+    options = ", ".join(f"{n} (default {p.default!r})" for n, p in params.items() if p.default is not p.empty) or "none"
+    hints = _hints(func)
+    flag = option if option.startswith("--") else f"--{option}"
+    for key, value in args.items():
+        name = f"`{key}` in {option}" if option.startswith("--") else f"`{option}.{key}`"
+        if key not in params:
+            raise ConfigError(
+                f"{name} is not an option of the {what}; its options are {options}.{suggest(key, params, prefix='' if option.startswith('--') else option + '.')} "
+                f"Remove it, or use {flag} '{{}}' for the defaults"
+            )
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        try:
+            TypeAdapter(hint).validate_python(value, strict=True)
+        except ValidationError as e:
+            expected = _type_name(hint)
+            detail = e.errors()[0].get("msg", "")
+            raise ConfigError(f"{name} = {value!r} does not fit the {what}: expected {expected} ({detail})") from None
+
+
+def _hints(func: Callable[..., Any]) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no type check, the keys are still checked
+        return {}
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "").replace("collections.abc.", "").replace("pathlib.", "")
+    return re.sub(r"<class '(\w+)'>", r"\1", text)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for retinalab's own commands: a bad or misspelt option is a one-line :class:`ConfigError`
+    (with the closest option) instead of the usage text and argparse's exit."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.match(r"unrecognized arguments: (.*)", message)
+        if m:
+            first = m.group(1).split()[0]
+            known = [s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")]
+            raise ConfigError(f"{self.prog}: unknown option {first}.{suggest(first.lstrip('-').split('=')[0], known)} "
+                              f"Run `{self.prog} --help` for the options")
+        raise ConfigError(f"{self.prog}: {message}. Run `{self.prog} --help` for the options")
+
+
+class OneLineParserErrors:
+    """Mixin for jsonargparse parsers: a misspelt or mistyped option is one :class:`ConfigError` line
+    naming it (and the closest known one) instead of the usage text and jsonargparse's nested union
+    report. Parsers jsonargparse builds for itself with ``exit_on_error=False`` keep raising its
+    ``ArgumentError``, which it handles."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not getattr(self, "exit_on_error", True):
+            super().error(message, ex)  # type: ignore[misc]
+        parser = getattr(ex, "subcommand_parser", None) or self
+        known = [a.dest for a in getattr(parser, "_actions", []) if a.dest and a.dest not in ("help", "config")]
+        raise ConfigError(condense_parser_error(message, known))
+
+
+_BOILERPLATE = re.compile(
+    r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|Given value( type)?:|- Expected a <class 'NoneType'>|"
+    r"Parser key \"\w+\":$)"
+)
+
+
+def condense_parser_error(message: str, known: Iterable[str]) -> str:
+    """One line from jsonargparse's nested error message, naming the option (``--model.width``) and,
+    for an unknown one, the closest of ``known`` (dotted keys: ``model.width``, ``trainer.max_epochs``)."""
+    known = list(known)
+    m = re.search(r"[Uu]nrecognized arguments: (\S+)", message)
+    if m:
+        name = m.group(1).lstrip("-").split("=")[0]
+        return f"unknown option --{name}.{suggest(name, known)} Run with --help for the options"
+    group = re.match(r'\s*Parser key "([\w.]+)"', message)
+    cls = re.search(r"class_path '([\w.]+)'", message)
+    owner = cls.group(1).rsplit(".", 1)[-1] if cls else None
+    m = re.search(r"Option '(\w+)' is not accepted|No action for key \"([\w.]+)\"|Key \"([\w.]+)\" is not expected", message)
+    if m:
+        key = next(g for g in m.groups() if g)
+        name = f"{group.group(1)}.{key}" if group and not key.startswith(group.group(1) + ".") else key
+        params = class_parameters(cls.group(1)) if cls else []
+        pool = [f"{group.group(1)}.{p}" for p in params] if group and params else known
+        where = f" of {owner}" if owner else ""
+        return f"--{name} is not an option{where}.{suggest(name, pool)} Run with --help for the options"
+    keys = re.findall(r'Parser key "([\w.]+)"', message)
+    m = re.search(r"Expected a (.+?)\. Got value: (.*)", message)
+    if m and keys:  # keys: the group ("model") and, nested inside its class's report, the option
+        name = keys[0] if len(keys) == 1 else keys[-1] if keys[-1].startswith(keys[0] + ".") else f"{keys[0]}.{keys[-1]}"
+        expected = _type_name(m.group(1))
+        return f"--{name}: expected {expected}, got {m.group(2).strip()!r}"
+    single = re.fullmatch(r'Parser key "([\w.]+)": ([^\n]+)', message.strip())
+    if single:
+        return f"--{single.group(1)}: {single.group(2)}"
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not _BOILERPLATE.match(ln.strip())]
+    detail = " ".join(lines[-2:] if len(lines) > 1 else lines)
+    prefix = f"--{keys[0]}: " if keys and f'"{keys[0]}"' not in detail else ""
+    return f"{prefix}{detail}"
