@@ -30,6 +30,7 @@ EXTRA_COMMANDS = {
     "check-data": "validate a dataset without training: retinalab check-data --dataset folder --root DIR",
     "study": "methods x labelled-image counts x seeds: retinalab study --config conf/studies/<name>.yaml",
     "sweep": "run a W&B sweep file locally (grid / random): retinalab sweep conf/sweeps/<name>.yaml --count N",
+    "weights": "fetch pretrained backbone weights into the Hugging Face cache, or list it: retinalab weights fetch --config X.yaml",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -49,6 +50,8 @@ commands:
   sweep      run a W&B sweep file locally, without a server: retinalab sweep conf/sweeps/x.yaml --count 8
   check-data validate a dataset (decode, masks, duplicates, splits) and draw a contact sheet:
              retinalab check-data --dataset folder --root DIR
+  weights    fetch the pretrained weights a config needs into the Hugging Face cache (on a login node
+             with internet), or list the cache: retinalab weights fetch --config X.yaml | retinalab weights list
 
 Run `retinalab <command> --help` for the options of one command.
 """
@@ -239,6 +242,37 @@ def active_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def weights_main(argv: Sequence[str]) -> int:
+    """``retinalab weights {fetch,list}``: see :mod:`retinalab.weights`."""
+    from .weights import cache_dir, cached, config_sources, fetch, parse_name
+
+    p = ArgumentParser(prog="retinalab weights", description=EXTRA_COMMANDS["weights"])
+    sub = p.add_subparsers(dest="action", required=True)
+    f = sub.add_parser("fetch", help="download the pretrained weights of configs or architectures into the Hugging Face cache")
+    f.add_argument("names", nargs="*", help="architectures (resnet18: its imagenet weights) or arch=hf-hub:<org>/<name>")
+    f.add_argument("--config", action="append", default=[], help="a retinalab fit config whose backbones' weights to fetch (repeatable)")
+    sub.add_parser("list", help="the models in the Hugging Face cache")
+    a = p.parse_args(list(argv))
+    if a.action == "list":
+        rows = cached()
+        print(f"Hugging Face cache: {cache_dir()}")
+        for repo_id, size, rev in rows:
+            print(f"  {repo_id:<40} {size / 2**20:8.1f} MiB  {rev}")
+        if not rows:
+            print("  (empty)")
+        return 0
+    sources = [s for c in a.config for s in config_sources(c)] + [parse_name(n) for n in a.names]
+    if not sources:
+        if a.config:
+            print(f"{', '.join(a.config)} needs no pretrained weights (every backbone trains from scratch)")
+            return 0
+        raise ConfigError("retinalab weights fetch: name a --config or an architecture (resnet18, resnet50=hf-hub:timm/resnet50.tv_in1k)")
+    for source, folder in zip(dict.fromkeys(sources), fetch(sources), strict=True):
+        print(f"{source.arch}: {source.location} -> {folder}")
+    print(f"cache: {cache_dir()} (set HF_HOME to the same folder on the compute nodes; HF_HUB_OFFLINE=1 reads it without a network)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``retinalab`` command. A problem the user can fix (:class:`retinalab.errors.UserError`)
     is one line on stderr and exit code 2; ``--debug`` or ``RETINALAB_DEBUG=1`` shows its traceback."""
@@ -269,6 +303,8 @@ def _command(argv: list[str]) -> int:
         return study_main(argv[1:])
     if argv[0] == "sweep":
         return sweep_main(argv[1:])
+    if argv[0] == "weights":
+        return weights_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
         from .errors import suggest
 

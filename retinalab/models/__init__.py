@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from torch import nn
@@ -13,32 +12,34 @@ PatchBackbone = Literal["convnet", "resnet18", "resnet34", "resnet50"]
 
 
 def build_patch_model(
-    name: str, num_classes: int = 2, width: float = 1.0, pretrained_path: str | None = None, **kwargs
+    name: str, num_classes: int = 2, width: float = 1.0, pretrained_path: str | None = None, weights: str | None = None, **kwargs
 ) -> nn.Module:
     """Patch classifier by name: ``convnet`` (paper 000's conv-large) or a timm ResNet.
 
-    ResNets train from scratch unless ``pretrained_path`` names a local weight file (a timm/torchvision
-    ``state_dict`` saved with ``torch.save`` or a ``.safetensors`` file); its classifier is replaced for
-    ``num_classes`` outputs. Nothing is ever downloaded.
+    ResNets train from scratch unless ``weights`` (``imagenet``, ``hf-hub:<id>`` or a local file; see
+    :mod:`retinalab.weights`) or ``pretrained_path`` (a local file, as before) says otherwise; the
+    classifier is replaced for ``num_classes`` outputs and the input is normalised with the weights'
+    mean and std.
 
     Raises:
-        ValueError: for an unknown name, listing the options, or pretrained weights for ``convnet``.
-        FileNotFoundError: if ``pretrained_path`` does not exist.
+        ConfigError: an unknown name (listing the options), pretrained weights for ``convnet``, both
+            ``weights`` and ``pretrained_path``, or a local file that does not exist.
+        WeightsNotFoundError: hub weights neither cached nor reachable.
     """
+    from ..errors import ConfigError
+
+    if weights and pretrained_path:
+        raise ConfigError("set weights or pretrained_path (the older name of a local weights file), not both")
+    weights = weights or pretrained_path
     if name == "convnet":
-        if pretrained_path:
-            raise ValueError("pretrained_path is only for the timm backbones (resnet18/34/50), not 'convnet'")
+        if weights:
+            raise ConfigError("pretrained weights are only for the timm backbones (resnet18/34/50), not 'convnet'")
         return ConvLarge(num_classes=num_classes, width=width, **kwargs)
     if name in ("resnet18", "resnet34", "resnet50"):
-        import timm
+        from ..weights import create_timm_model
 
-        if pretrained_path is None:
-            return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-        path = Path(pretrained_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained_path={str(path)!r} does not exist (weights are read from local files only)")
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-    raise ValueError(f"unknown patch model {name!r}; choose one of ['convnet', 'resnet18', 'resnet34', 'resnet50']")
+        return create_timm_model(name, weights, num_classes=num_classes, **kwargs)
+    raise ConfigError(f"unknown patch model {name!r}; choose one of ['convnet', 'resnet18', 'resnet34', 'resnet50']")
 
 
 __all__ = ["ConvLarge", "PatchBackbone", "build_patch_model"]

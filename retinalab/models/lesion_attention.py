@@ -17,7 +17,6 @@ classifier predicts the grade. alpha_l, resized to the mask size, are the pseudo
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,17 +31,13 @@ BACKBONES = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _backbone(name: str, pretrained_path: str | None) -> nn.Module:
-    import timm
+def _backbone(name: str, weights: str | None) -> nn.Module:
+    from ..weights import create_timm_model
 
     if name not in BACKBONES:
         raise ValueError(f"unknown grading backbone {name!r}; choose one of {list(BACKBONES)}")
-    if pretrained_path is None:
-        return timm.create_model(name, pretrained=False, num_classes=0)
-    path = Path(pretrained_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained_path={str(path)!r} does not exist (weights are read from local files only)")
-    return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
+    # the grader normalises its input itself (input_norm), with the weights' statistics
+    return create_timm_model(name, weights, num_classes=0, normalise=False)
 
 
 class BranchBatchNorm2d(nn.BatchNorm2d):
@@ -124,16 +119,19 @@ class LesionAttentionGrader(nn.Module):
     Args:
         num_classes: grades (5 for ICDR).
         num_lesions: L attention branches (MA, HE, EX, SE).
-        backbone: timm ResNet (from scratch unless ``pretrained_path`` names a local weight file).
+        backbone: timm ResNet (from scratch unless ``weights`` or ``pretrained_path`` says otherwise).
         attention: ``False`` gives the ``Ori`` baseline (no lesion features).
         lesion_features: with ``attention``: ``attention`` (paper 001's lesion attention, Eq. 5-6: one
             attention map per lesion from G's mask and the image features, ``alpha``, the pseudo masks)
             or ``masks`` (``Lesion(Pretrained)`` of section 4.2: G's masks themselves weight the
             low-level features, "without the lesion attention model"; no ``alpha``).
-        pretrained_path: local timm/torchvision weights for the backbone.
-        input_norm: ``imagenet`` subtracts ImageNet's mean and divides by its std (what weights trained
-            on ImageNet expect), ``none`` feeds the [0, 1] image as it is; default: ``imagenet`` with
-            ``pretrained_path``, ``none`` without.
+        pretrained_path: local timm/torchvision weights for the backbone (the older spelling of a
+            local file in ``weights``).
+        weights: ``imagenet``, ``hf-hub:<org>/<name>`` or a local file (:mod:`retinalab.weights`);
+            ``None``: from scratch.
+        input_norm: ``imagenet`` subtracts the weights' mean and divides by their std (ImageNet's for
+            timm's ResNets; what pretrained weights expect), ``none`` feeds the [0, 1] image as it is;
+            default: ``imagenet`` with pretrained weights, ``none`` without.
         attention_init: ``default`` (PyTorch's initialisation of the 1x1 convolutions; paper 001 does not
             say) or ``mask``: each attention map starts as a sharpened copy of G's mask,
             alpha_l = sigmoid(8 m_l - 4 + small terms), see :meth:`init_attention_from_masks`. With the
@@ -149,7 +147,8 @@ class LesionAttentionGrader(nn.Module):
 
     def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True,
                  pretrained_path: str | None = None, input_norm: Literal["imagenet", "none"] | None = None,
-                 lesion_features: Literal["attention", "masks"] = "attention", attention_init: Literal["default", "mask"] = "default") -> None:
+                 lesion_features: Literal["attention", "masks"] = "attention", attention_init: Literal["default", "mask"] = "default",
+                 weights: str | None = None) -> None:
         super().__init__()
         if lesion_features not in ("attention", "masks"):
             raise ValueError(f"lesion_features must be 'attention' or 'masks', got {lesion_features!r}")
@@ -158,10 +157,17 @@ class LesionAttentionGrader(nn.Module):
             raise ValueError(f"attention_init must be 'default' or 'mask', got {attention_init!r}")
         if input_norm not in (None, "imagenet", "none"):
             raise ValueError(f"input_norm must be 'imagenet' or 'none', got {input_norm!r}")
-        self.input_norm = input_norm or ("imagenet" if pretrained_path else "none")
+        if weights and pretrained_path:
+            raise ValueError("set weights or pretrained_path (the older name of a local weights file), not both")
+        weights = weights or pretrained_path
+        self.input_norm = input_norm or ("imagenet" if weights else "none")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        net = _backbone(backbone, pretrained_path)
+        net = _backbone(backbone, weights)
+        if weights:  # the statistics the weights were trained with (timm's pretrained_cfg)
+            cfg = getattr(net, "pretrained_cfg", {}) or {}
+            self.mean.copy_(torch.tensor(cfg.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1))
+            self.std.copy_(torch.tensor(cfg.get("std", IMAGENET_STD)).view(1, 3, 1, 1))
         low_names, high_names = SPLITS["resnet"]
         self.low = nn.Sequential(*[getattr(net, n) for n in low_names])
         self.high = nn.Sequential(*[getattr(net, n) for n in high_names])

@@ -33,7 +33,7 @@ from ..metrics.lesions import BinaryDRMetrics, LesionPixelMetrics, grading_metri
 from ..models.lesion_attention import LesionAttentionGrader, focal_loss
 from ..models.lesion_discriminator import LesionDiscriminator
 from ..models.xception_unet import Block, build_generator
-from ..viz import lesion_overlay, log_overlays
+from .collaborative_eval import CollaborativeEvaluation
 from .collaborative_losses import (  # noqa: F401 (masked_bce, l_seg: importable from here as before)
     discriminator_loss,
     generator_adversarial_loss,
@@ -41,18 +41,12 @@ from .collaborative_losses import (  # noqa: F401 (masked_bce, l_seg: importable
     load_part,
     masked_bce,
 )
-from .pseudo_quality import (
-    PseudoMaskQuality,
-    batch_truth,
-    pseudo_targets,
-    quality_maps,
-    quality_sheet,
-)
+from .pseudo_quality import PseudoMaskQuality, pseudo_targets
 
 Stage = Literal["segmentation", "grading", "joint"]
 
 
-class CollaborativeTask(pl.LightningModule):
+class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
     """Paper 001's collaborative learning (see the module docstring).
 
     Args:
@@ -69,7 +63,7 @@ class CollaborativeTask(pl.LightningModule):
             benchmark's photographs gave mean pixel AUC-PR 0.006 and 0.283 (two seeds) against 0.598
             and 0.558 with the prior (docs/benchmarks.md). Paper 001 does not say how G is initialised.
         discriminator_width: D's width multiplier.
-        backbone: the grading CNN (timm ResNet, from scratch unless ``pretrained_path``).
+        backbone: the grading CNN (timm ResNet, from scratch unless ``weights`` or ``pretrained_path``).
         attention: use lesion features in the ``joint`` stage (``False`` keeps Ori's classifier).
         lesion_features: ``attention`` (the lesion attention, Eq. 5-6) or ``masks`` (G's masks weight the
             features, no attention module: ``Lesion(Pretrained)``; needs ``semi: false``, since the pseudo
@@ -86,9 +80,12 @@ class CollaborativeTask(pl.LightningModule):
             synth`` drew for the graded photographs, ``data.image_level_truth: all``). On synthetic data
             each joint-stage validation and test scores G's masks, the attention maps and the pseudo masks
             against those masks (``<split>/vs_truth/...``, ``<split>/pseudo_masks``; :mod:`.pseudo_quality`).
-        pretrained_path: local weights for the grading backbone.
-        grader_input_norm: ``imagenet`` / ``none``; default ``imagenet`` with ``pretrained_path`` (the
-            mean and std ImageNet weights expect), ``none`` without.
+        pretrained_path: local weights for the grading backbone (the older spelling of a local file
+            in ``weights``).
+        weights: the grading backbone's pretrained weights: ``imagenet``, ``hf-hub:<org>/<name>`` or a
+            local file (:mod:`retinalab.weights`); ``None`` (default): from scratch.
+        grader_input_norm: ``imagenet`` / ``none``; default ``imagenet`` with pretrained weights (their
+            mean and std), ``none`` without.
         lam: lambda of Eq. 3 (10).
         semi: pseudo masks from the attention maps train G on image-level data (L_CE).
         adversarial: add D and L_Adv.
@@ -127,6 +124,7 @@ class CollaborativeTask(pl.LightningModule):
         pseudo_threshold: float | None = None,
         pseudo_source: Literal["attention", "truth"] = "attention",
         pretrained_path: str | None = None,
+        weights: str | None = None,
         grader_input_norm: Literal["imagenet", "none"] | None = None,
         lam: float = 10.0,
         semi: bool = True,
@@ -163,7 +161,7 @@ class CollaborativeTask(pl.LightningModule):
         self.stage = stage
         self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions), generator_prior)
         self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path, grader_input_norm,
-                                            lesion_features, attention_init)
+                                            lesion_features, attention_init, weights=weights)
         self.use_attention = attention and stage == "joint"
         self.update_generator = stage == "segmentation" or (stage == "joint" and (semi or adversarial))
         self.discriminator = LesionDiscriminator(3, len(self.lesions), discriminator_width) if stage == "joint" and adversarial else None
@@ -313,91 +311,3 @@ class CollaborativeTask(pl.LightningModule):
         if self.discriminator is not None:
             opts.append(adam(self.discriminator.parameters()))
         return opts
-
-    # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: dict[str, Any] | None, split: str, dataloader_idx: int) -> None:
-        if batch is None:
-            return
-        x = batch["image"]
-        if "mask" in batch and self.stage != "grading":
-            probs = self.masks(x)
-            # soft targets (each pixel's lesion share) where the datamodule gives them: the lesion area as annotated
-            self.pixel_metrics[split].update(probs, batch.get("mask_fraction", batch["mask"]), batch.get("mask_known"))
-            self._keep_overlays(batch, probs, "masks")
-            return
-        if "mask" in batch:  # the grading stage has no pixel loader; a pixel batch here has no grades
-            return
-        truth = batch_truth(batch) if self.stage == "joint" else None
-        masks = self.masks(x) if self.use_attention or truth is not None else None
-        out = self.grade(x, masks)
-        probs = torch.softmax(out["logits"].float(), 1)
-        y = batch["label"]
-        self.grade_metrics[split].update(probs, y)
-        self.binary_metrics[split].update(probs, y)
-        if "alpha" in out:
-            self._keep_overlays(batch, self.grader.pseudo_masks(out["alpha"], x.shape[-2:]), "attention")
-        if truth is not None:  # synthetic data: how good each map is as a lesion mask on these photographs
-            maps = quality_maps(self, batch, masks, out)
-            self.pseudo_quality[split].update(maps, truth)
-            for i in range(len(x)):
-                if len(self._quality_sheets) >= self.hparams.num_overlays or self.trainer.sanity_checking:
-                    break
-                self._quality_sheets.append((f"{batch['image_id'][i]}: photograph | truth | " + " | ".join(maps),
-                                             quality_sheet(x[i], truth[i], {k: v[i] for k, v in maps.items()}, self.lesions)))
-
-    def _keep_overlays(self, batch: dict[str, Any], maps: torch.Tensor, kind: str) -> None:
-        if self.trainer.sanity_checking:
-            return
-        for i in range(len(maps)):
-            if sum(1 for c, _ in self._overlays if c.endswith(kind)) >= self.hparams.num_overlays:
-                return
-            image = (batch["image"][i].permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
-            sheet = np.concatenate([image, lesion_overlay(image, maps[i].float().cpu().numpy(), self.lesions)], axis=1)
-            self._overlays.append((f"{batch['image_id'][i]} {kind}", sheet))
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "val", dataloader_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "test", dataloader_idx)
-
-    @torch.no_grad()
-    def predict_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Lesion masks, attention maps (joint stage) and grade probabilities (grading stages) of a batch,
-        on the CPU, for :class:`retinalab.callbacks.LesionMapWriter`."""
-        if batch is None:
-            return {"image_id": [], "image": torch.zeros(0), "masks": torch.zeros(0)}
-        x = batch["image"]
-        masks = self.masks(x)
-        out: dict[str, Any] = {"image_id": list(batch["image_id"]), "image": x.float().cpu(), "masks": masks.float().cpu(), "alpha": None, "grade_probs": None}
-        if self.stage != "segmentation":
-            g = self.grade(x, masks)
-            out["grade_probs"] = torch.softmax(g["logits"].float(), 1).cpu()
-            if "alpha" in g:
-                out["alpha"] = self.grader.pseudo_masks(g["alpha"], x.shape[-2:]).float().cpu()
-        return out
-
-    def _eval_end(self, split: str) -> None:
-        pixel = self.pixel_metrics[split].compute()
-        logs = {f"{split}/{k}": v for k, v in pixel.items()}
-        if self.grade_metrics[split]["acc"].update_count:
-            logs |= {f"{split}/{k}": v for k, v in self.grade_metrics[split].compute().items()}
-            logs |= {f"{split}/{k}": v for k, v in self.binary_metrics[split].compute().items()}
-        if self.pseudo_quality[split].updated:
-            logs |= {f"{split}/vs_truth/{k}": v for k, v in self.pseudo_quality[split].compute().items()}
-        if logs:
-            self.log_dict(logs, add_dataloader_idx=False, sync_dist=False)
-        self.pseudo_quality[split].reset()
-        log_overlays(self, f"{split}/pseudo_masks", self._quality_sheets)
-        self._quality_sheets = []
-        self.pixel_metrics[split].reset()
-        self.grade_metrics[split].reset()
-        self.binary_metrics[split].reset()
-        log_overlays(self, f"{split}/lesion_maps", self._overlays)
-        self._overlays = []
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")

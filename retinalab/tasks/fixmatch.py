@@ -161,7 +161,13 @@ class FixMatchTask(PatchTask):
         ema_warmup: cap the decay at (1 + t) / (10 + t) after t steps.
         input_range: patches arrive in [0, 1]; ``symmetric`` maps them to [-1, 1].
         data_init: Salimans' data-dependent initialisation of ``convnet`` on the first batch.
-        pretrained_path: local weight file for a ResNet backbone; ``None`` trains from scratch.
+        pretrained_path: local weight file for a ResNet backbone (the older spelling of a local file
+            in ``weights``).
+        weights: a ResNet backbone's pretrained weights: ``imagenet`` (timm's default tag, from the
+            Hugging Face hub and its cache), ``hf-hub:<org>/<name>`` or a local file
+            (:mod:`retinalab.weights`); ``None`` (default) trains from scratch. With weights the
+            patches reach the network in [0, 1] (``input_range`` is not applied) and are normalised
+            with the weights' mean and std inside it.
         dropout_in: ``convnet``'s input dropout (Table 3: 0.2).
         dropout: ``convnet``'s inner dropout (Table 3: 0.5).
     """
@@ -186,6 +192,7 @@ class FixMatchTask(PatchTask):
         input_range: Literal["unit", "symmetric"] = "symmetric",
         data_init: bool = True,
         pretrained_path: str | None = None,
+        weights: str | None = None,
         dropout_in: float = 0.2,
         dropout: float = 0.5,
     ) -> None:
@@ -197,7 +204,7 @@ class FixMatchTask(PatchTask):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         extra = {"dropout_in": dropout_in, "dropout": dropout} if backbone == "convnet" else {}
-        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, **extra)
+        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, **extra)
         self.ema = AveragedModel(self.model, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=True)
         self.ema.requires_grad_(False)
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))
@@ -221,6 +228,8 @@ class FixMatchTask(PatchTask):
         return warm_ema(avg, new, num_averaged, self.hparams.ema_decay, self.hparams.ema_warmup)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.get("weights") or self.hparams.get("pretrained_path"):
+            return x  # normalised with the pretrained weights' statistics inside the network
         return x * 2 - 1 if self.hparams.input_range == "symmetric" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

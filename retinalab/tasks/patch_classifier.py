@@ -34,8 +34,13 @@ class PatchClassifierTask(PatchTask):
         lr_plateau_patience: multiply the learning rate by ``lr_plateau_factor`` when ``val/loss`` has
             not improved for this many epochs (Table 5: 10 for ResNet34); ``None``: constant rate.
         lr_plateau_factor: the factor (Table 5: 0.1).
-        pretrained_path: local weight file for a ResNet backbone (e.g. ImageNet weights saved with
-            ``torch.save(model.state_dict())``); ``None`` trains from scratch (the default).
+        pretrained_path: local weight file for a ResNet backbone (the older spelling of a local file
+            in ``weights``).
+        weights: a ResNet backbone's pretrained weights: ``imagenet`` (timm's default tag, from the
+            Hugging Face hub and its cache), ``hf-hub:<org>/<name>`` or a local file
+            (:mod:`retinalab.weights`); ``None`` (default) trains from scratch. With weights the
+            patches reach the network in [0, 1] (``input_range`` is not applied) and are normalised
+            with the weights' mean and std inside it.
         dropout_in: ``convnet``'s dropout on the input pixels (Table 3: 0.2).
         dropout: ``convnet``'s dropout between its conv blocks (Table 3: 0.5).
     """
@@ -55,13 +60,14 @@ class PatchClassifierTask(PatchTask):
         lr_plateau_patience: int | None = None,
         lr_plateau_factor: float = 0.1,
         pretrained_path: str | None = None,
+        weights: str | None = None,
         dropout_in: float = 0.2,
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         extra = {"dropout_in": dropout_in, "dropout": dropout} if backbone == "convnet" else {}
-        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, **extra)
+        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, **extra)
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
         # saved in checkpoints, so a resumed run does not initialise again
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))
@@ -74,6 +80,8 @@ class PatchClassifierTask(PatchTask):
             self.loss_weight = (counts.sum() / (len(counts) * counts)).to(self.device)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.get("weights") or self.hparams.get("pretrained_path"):
+            return x  # normalised with the pretrained weights' statistics inside the network
         return x * 2 - 1 if self.hparams.input_range == "symmetric" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
