@@ -25,11 +25,13 @@ install: $(BIN)/.installed ## create .venv and install retinalab (editable) with
 demo: install ## synthesise a small IDRiD-layout set, train the ConvNet, the SSL-GAN and FixMatch on one split, print all three
 	$(BIN)/python -m retinalab.demo --data $(DEMO_DATA)
 
-test: install ## run the fast test suite (< 10 min on 2 cores)
-	$(BIN)/python -m pytest -q
+# two pytest-xdist workers (one torch thread each, tests/conftest.py), one test file per worker at a time
+TEST_WORKERS ?= 2
+test: install ## run the fast test suite (two workers: < 10 min on 2 cores)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install ## run every test, the slow ones included
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 test-gpu: install ## run the CUDA tests (EGL equals the naive loop on the GPU); they skip without one
 	$(BIN)/python -m pytest -q -m gpu -rs

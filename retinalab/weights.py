@@ -105,12 +105,7 @@ def create_timm_model(arch: str, weights: str | None, **kwargs: Any) -> nn.Modul
     except Exception as e:  # noqa: BLE001 - the hub client's errors are many; the missing-weights ones are named below
         if source.kind != "hub" or not _is_unreachable(e):
             raise
-        offline = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub could not be reached"
-        raise WeightsNotFoundError(
-            f"pretrained weights {source.location!r} for {arch} are not in the Hugging Face cache {cache_dir()} and {offline} "
-            f"({type(e).__name__}). Fetch them where there is internet (a cluster's login node): `{fetch_command([source])}` "
-            "with the same HF_HOME, or use weights: null to train from scratch"
-        ) from e
+        raise _missing(source, e) from e
     if normalise:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         normalise_inputs(model, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
@@ -167,6 +162,8 @@ def config_sources(config: str | Path) -> list[WeightsSource]:
         raise ConfigError(f"{path}: cannot read the config ({e})") from None
     init = ((cfg.get("model") or {}).get("init_args") or {}) if isinstance(cfg, dict) else {}
     out = []
+    if init.get("generator_weights") and init.get("generator_encoder"):
+        out.append(smp_source(init["generator_encoder"], init["generator_weights"]))
     for key, arch_key in BACKBONE_KEYS:
         value = init.get(key)
         if value:
@@ -194,7 +191,8 @@ def fetch(sources: Iterable[WeightsSource]) -> list[Path]:
     folders = []
     for s in dict.fromkeys(sources):
         try:
-            folder = snapshot_download(repo_id=s.location, allow_patterns=["*.safetensors", "*.json"])
+            repo_id, _, revision = s.location.partition("@")
+            folder = snapshot_download(repo_id=repo_id, revision=revision or None, allow_patterns=["*.safetensors", "*.json"])
         except Exception as e:  # noqa: BLE001 - named below when the hub is out of reach; anything else keeps its traceback
             if not _is_unreachable(e):
                 raise
@@ -220,3 +218,57 @@ def cached() -> list[tuple[str, int, str]]:
         revs = sorted(repo.revisions, key=lambda r: r.last_modified)
         rows.append((repo.repo_id, repo.size_on_disk, revs[-1].commit_hash[:12] if revs else ""))
     return rows
+
+
+# ------------------------------------------------------------------ segmentation-models-pytorch encoders (paper 001's G)
+def smp_source(encoder: str, weights: str) -> WeightsSource:
+    """The hub repository (``smp-hub/<encoder>.<weights>`` at smp's pinned revision) of an smp encoder's
+    pretrained ``weights``; ``tu-`` encoders are timm's (:func:`resolve`)."""
+    if encoder.startswith("tu-"):
+        source = resolve(encoder[3:], weights)
+        assert source is not None
+        return source
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders.get(encoder, {}).get("pretrained_settings", {})
+    if weights not in settings:
+        raise ConfigError(f"generator_weights={weights!r} are not weights of smp's {encoder!r} encoder; its weights are {sorted(settings) or 'none'}")
+    s = settings[weights]
+    return WeightsSource(encoder, "hub", f"{s['repo_id']}@{s['revision']}" if s.get("revision") else s["repo_id"])
+
+
+def smp_unet(encoder: str, weights: str | None, classes: int) -> nn.Module:
+    """``smp.Unet`` on ``encoder`` with its pretrained ``weights`` (or from scratch), its input
+    normalised with the weights' mean and std; missing weights offline are a :class:`WeightsNotFoundError`.
+
+    Raises:
+        ValueError: an encoder smp does not know.
+    """
+    import segmentation_models_pytorch as smp
+
+    source = smp_source(encoder, weights) if weights else None
+    try:
+        net = smp.Unet(encoder_name=encoder, encoder_weights=weights, in_channels=3, classes=classes)
+    except (KeyError, ValueError, RuntimeError) as e:
+        if source is None or not _is_unreachable(e):
+            raise ValueError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
+        raise _missing(source, e) from e
+    except Exception as e:  # noqa: BLE001 - the hub client's errors are many; the missing-weights ones are named
+        if source is None or not _is_unreachable(e):
+            raise
+        raise _missing(source, e) from e
+    if weights:
+        from segmentation_models_pytorch.encoders import get_preprocessing_params
+
+        params = get_preprocessing_params(encoder, pretrained=weights)
+        normalise_inputs(net, params.get("mean") or (0.485, 0.456, 0.406), params.get("std") or (0.229, 0.224, 0.225))
+    return net
+
+
+def _missing(source: WeightsSource, e: BaseException) -> WeightsNotFoundError:
+    offline = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub could not be reached"
+    return WeightsNotFoundError(
+        f"pretrained weights {source.location!r} for {source.arch} are not in the Hugging Face cache {cache_dir()} and {offline} "
+        f"({type(e).__name__}). Fetch them where there is internet (a cluster's login node): `{fetch_command([source])}` "
+        "with the same HF_HOME, or use weights: null to train from scratch"
+    )

@@ -4,6 +4,13 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on a 2-core machine: one torch thread each instead of
+    # both fighting over two (the processes the tests start keep torch's default)
+    import torch
+
+    torch.set_num_threads(1)
+
 from tests.data.eophtha.data import make_eophtha  # noqa: E402
 from tests.data.eyepacs.data import make_eyepacs  # noqa: E402
 from tests.data.folder.data import make_folder  # noqa: E402
@@ -34,6 +41,18 @@ def messidor_root(tmp_path):
 @pytest.fixture
 def folder_root(tmp_path):
     return make_folder(tmp_path / "my_clinic")
+
+
+@pytest.fixture(scope="module")
+def easy_idrid(tmp_path_factory):
+    """The learning tests' photographs (tests/test_learning.py, tests/test_learning_001.py): 90 in the
+    IDRiD layout, ``easy`` preset, about 48 of them with patch labels (the pixel-annotated ones and the
+    grade-0 ones). Built once per module, so each learning file can run on its own worker."""
+    from retinalab.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("learning")
+    write_synthetic("idrid", root / "idrid", num_images=90, seed=7, size=(384, 256), preset="easy")
+    return root
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -126,3 +126,37 @@ def test_weights_list_shows_the_cache(offline_hub, capsys):
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
     assert HUB_ID in out and REVISION[:12] in out
+
+
+def test_smp_encoder_weights_for_g_load_from_the_offline_cache(offline_hub, tmp_path):
+    """Paper 001's G on an smp encoder (``generator_encoder``) with ``generator_weights: imagenet``:
+    smp's pinned hub revision read from the cache, the input normalised with the weights' statistics;
+    the Xception U-Net refuses weights (the paper trains it from scratch)."""
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import save_file
+
+    from retinalab.models.xception_unet import build_generator
+    from retinalab.weights import smp_source
+
+    home, _ = offline_hub
+    source = smp_source("resnet18", "imagenet")
+    repo_id, _, revision = source.location.partition("@")
+    assert repo_id == "smp-hub/resnet18.imagenet" and len(revision) == 40
+    snapshot = home / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(9)
+    encoder = smp.encoders.get_encoder("resnet18", weights=None)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(snapshot / "model.safetensors"))
+    # smp's config.json of the weights carries their preprocessing (as smp-hub's do)
+    (snapshot / "config.json").write_text('{"input_space": "RGB", "input_range": [0, 1], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}')
+    g = build_generator(encoder="resnet18", num_lesions=4, weights="imagenet")
+    assert torch.equal(g.encoder.layer1[0].conv1.weight, encoder.layer1[0].conv1.weight)
+    assert torch.allclose(g.input_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    with pytest.raises(WeightsNotFoundError, match="smp-hub/resnet34.imagenet"):
+        build_generator(encoder="resnet34", weights="imagenet")
+    with pytest.raises(ValueError, match="Xception U-Net trains from scratch"):
+        build_generator(weights="imagenet")
+    # a config's G weights are among what `retinalab weights fetch --config` fetches
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("model:\n  init_args:\n    generator_encoder: resnet18\n    generator_weights: imagenet\n    backbone: resnet18\n")
+    assert config_sources(cfg) == [source]

@@ -115,10 +115,12 @@ class XceptionUNet(nn.Module):
 
 
 def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 5, encoder: str | None = None, num_lesions: int = 4,
-                    prior: float | None = None) -> nn.Module:
+                    prior: float | None = None, weights: str | None = None) -> nn.Module:
     """G: paper 001's Xception U-Net, or with ``encoder`` a segmentation-models-pytorch U-Net on that
-    encoder (``resnet34``, ``tu-efficientnet_b0``, ... any smp/timm encoder name), from scratch (no
-    weights are downloaded). Both map ``B x 3 x H x W`` to ``B x L x H x W`` logits.
+    encoder (``resnet34``, ``tu-efficientnet_b0``, ... any smp/timm encoder name), from scratch unless
+    ``weights`` names the encoder's pretrained weights (smp's tag, e.g. ``imagenet``: fetched from the
+    Hugging Face hub into its cache, read offline afterwards; the input is then normalised with their
+    mean and std inside G). Both map ``B x 3 x H x W`` to ``B x L x H x W`` logits.
 
     ``prior``: the lesion probability G starts out predicting everywhere: the bias of its last 1x1
     convolution is set to ``log(prior / (1 - prior))`` (the prior initialisation of Lin et al. 2017,
@@ -130,16 +132,16 @@ def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 
     """
     if prior is not None and not 0 < prior < 1:
         raise ValueError(f"prior must be in (0, 1), got {prior}")
+    if weights and encoder is None:
+        raise ValueError("generator weights are for an smp encoder (generator_encoder); paper 001's Xception U-Net trains from scratch")
     if encoder is None:
         net: nn.Module = XceptionUNet(3, num_lesions, width, depth, block)
         head = net.head
     else:
-        import segmentation_models_pytorch as smp
 
-        try:
-            net = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_lesions)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise ValueError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
+        from ..weights import smp_unet
+
+        net = smp_unet(encoder, weights, num_lesions)
         head = net.segmentation_head[0]
     if prior is not None:
         nn.init.constant_(head.bias, math.log(prior / (1 - prior)))

@@ -56,6 +56,8 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
         generator_block / generator_width / generator_depth: G (``xception`` = CE2, ``conv`` = CE1).
         generator_encoder: instead of the paper's G, an smp U-Net on this encoder (e.g. ``resnet34``,
             ``tu-efficientnet_b0``), from scratch.
+        generator_weights: the smp encoder's pretrained weights (smp's tag, e.g. ``imagenet``; Hugging Face
+            cache, :mod:`retinalab.weights`); ``None`` (default): from scratch.
         generator_prior: the lesion probability G starts out predicting (its last bias set to the
             logit of it, Lin et al. 2017; default 0.01: lesions cover about 1% of a photograph).
             ``None``: PyTorch's default initialisation (0.5 everywhere), from which G spent its first
@@ -114,6 +116,7 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
         generator_width: float = 1.0,
         generator_depth: int = 5,
         generator_encoder: str | None = None,
+        generator_weights: str | None = None,
         generator_prior: float | None = 0.01,
         discriminator_width: float = 1.0,
         backbone: str = "resnet18",
@@ -159,7 +162,8 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
         self.save_hyperparameters()
         self.lesions = list(lesions or LESIONS)
         self.stage = stage
-        self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions), generator_prior)
+        self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions), generator_prior,
+                                         generator_weights)
         self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path, grader_input_norm,
                                             lesion_features, attention_init, weights=weights)
         self.use_attention = attention and stage == "joint"
