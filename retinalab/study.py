@@ -31,11 +31,8 @@ SLURM array task), ``--collect`` only aggregates.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -44,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from .errors import ConfigError
+from .study_report import collect, log_summary_to_wandb, logs_to_wandb, summary_table  # noqa: F401 (retinalab.study's API)
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +222,8 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
     # checkpoint, which replaces them in memory
     last = c.trainer.test(c.model, c.datamodule, verbose=False)
     res = c.trainer.test(c.model, c.datamodule, ckpt_path=best, verbose=False) if best else last
-    finish_wandb(c.trainer)  # one W&B run per cell: close it before the next cell starts one
+    wandb_run = wandb_run_record(c.trainer)
+    finish_wandb(c.trainer)  # one W&B run per cell (its model artifact logged as it closes): close it before the next cell starts one
     metrics: dict[str, float] = {}
     for part in res:
         metrics |= {k.split("/dataloader_idx")[0]: float(v) for k, v in part.items()}
@@ -234,12 +232,25 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
     import torch
 
     payload = {"method": cell.method, "labelled": cell.labelled, "seed": cell.seed, "checkpoint": best, "metrics": metrics,
-               "resumed_from": resumed,
+               "resumed_from": resumed, "wandb_run": wandb_run,
                "split_hash": getattr(c.datamodule, "split_hash", None), "args": args,
                "started": started, "finished": time.time(), "seconds": round(time.time() - started, 2),
                "device": str(c.trainer.strategy.root_device), "torch_threads": torch.get_num_threads()}
     _atomic_json(d / "cell.json", payload)
     return payload
+
+
+def wandb_run_record(trainer: Any) -> dict[str, Any] | None:
+    """The W&B run a cell logged into (id, project, entity) and, when its logger logs checkpoints (an
+    online run; ``log_model``), the name of its model artifact: what the study's summary run links."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            exp = lg.experiment
+            return {"id": exp.id, "project": exp.project, "entity": getattr(exp, "entity", None) or None,
+                    "artifact": f"model-{exp.id}" if lg._log_model else None}
+    return None
 
 
 def _todo(study: Study, cells: list[Cell], rerun_failed: bool) -> tuple[list[Cell], int]:
@@ -326,158 +337,6 @@ def run_study_parallel(study: Study, parallel: int, devices: str | None = None, 
 
     run_jobs(jobs, slots, done, prefix=f"[study {study.name}] ")
     return stats
-
-
-def collect(study: Study) -> dict[str, Any]:
-    """Gather finished cells into results.csv, results.md and one plot per metric."""
-    rows, failed = [], []
-    for cell in study.cells():
-        d = study.cell_dir(cell)
-        if (d / "cell.json").is_file():
-            rows.append(json.loads((d / "cell.json").read_text()))
-        elif (d / "failed.json").is_file():
-            failed.append(json.loads((d / "failed.json").read_text()))
-    study.out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = study.metrics or sorted({k for r in rows for k in r["metrics"] if not k.startswith("test_last/")})
-    # each test metric also for the final weights, after the best-on-validation checkpoint's
-    metrics = [*metrics, *(m.replace("test/", "test_last/", 1) for m in metrics if m.startswith("test/"))]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["method", "labelled", "seed", *metrics])
-    for r in rows:
-        w.writerow([r["method"], "all" if r["labelled"] is None else r["labelled"], r["seed"], *[r["metrics"].get(m, "") for m in metrics]])
-    tmp = study.out_dir / f".results.csv.tmp-{os.getpid()}"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, study.out_dir / "results.csv")
-    md = [f"# Study {study.name}", "", f"{len(rows)} of {len(study.cells())} cells finished, {len(failed)} failed; mean +- std over seeds.", ""]
-    counts = study.labelled
-    for m in metrics:
-        md += [f"## {m}", "", "| method | " + " | ".join("all" if n is None else str(n) for n in counts) + " |", "|---|" + "---|" * len(counts)]
-        for method in study.methods:
-            cells = []
-            for n in counts:
-                v = [r["metrics"][m] for r in rows if r["method"] == method and r["labelled"] == n and m in r["metrics"] and not math.isnan(r["metrics"][m])]
-                cells.append(f"{np.mean(v):.3f} +- {np.std(v):.3f} ({len(v)})" if v else "-")
-            md.append(f"| {method} | " + " | ".join(cells) + " |")
-        md.append("")
-        _plot(study, rows, m)
-    if failed:
-        md += ["## Failed cells", ""] + [f"* {f['cell']}: {f['error']}" for f in failed] + [""]
-    tmp = study.out_dir / f".results.md.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(md))
-    os.replace(tmp, study.out_dir / "results.md")
-    return {"rows": rows, "failed": failed}
-
-
-def logs_to_wandb(study: Study) -> bool:
-    """True when the study's cells log to W&B (:meth:`Study.uses_wandb` for some method)."""
-    return any(study.uses_wandb(m) for m in study.methods)
-
-
-def summary_table(study: Study, rows: list[dict], metric: str) -> list[dict[str, Any]]:
-    """Mean, std and count over seeds of ``metric`` per method and labelled count (NaN cells left out)."""
-    out = []
-    for method in study.methods:
-        for n in study.labelled:
-            v = [r["metrics"][metric] for r in rows if r["method"] == method and r["labelled"] == n and metric in r["metrics"]]
-            v = [x for x in v if not math.isnan(x)]
-            if v:
-                out.append({"method": method, "labelled": "all" if n is None else n, "metric": metric,
-                            "mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)})
-    return out
-
-
-def log_summary_to_wandb(study: Study) -> Path | None:
-    """One W&B run for the whole study (group = the study, job type ``study-summary``): ``results.csv``
-    as a Table, the mean +- std per method and labelled count as a Table, and per metric the mean
-    curve against the labelled count (a line chart) and the error-bar plot (an image), as in paper
-    000's Tables 1-2. Online with W&B credentials, offline (under ``<out_dir>/summary``) otherwise.
-    Returns the local run folder."""
-    import wandb
-
-    from .loggers import has_wandb_credentials
-
-    res = collect(study)
-    rows = res["rows"]
-    if not rows:
-        return None
-    metrics = study.metrics or sorted({k for r in rows for k in r["metrics"] if not k.startswith("test_last/")})
-    metrics = [*metrics, *(m.replace("test/", "test_last/", 1) for m in metrics if m.startswith("test/"))]
-    opts = dict(study.wandb or {})
-    out = study.out_dir / "summary"
-    out.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=opts.get("project", "retinalab"), entity=opts.get("entity"), group=study.name, name=f"{study.name}/summary",
-                     job_type="study-summary", tags=["study-summary", study.selection], dir=str(out), reinit=True,
-                     mode="online" if has_wandb_credentials() else "offline",
-                     config={"study": study.name, "methods": {k: str(v) for k, v in study.methods.items()},
-                             "labelled": ["all" if n is None else n for n in study.labelled], "seeds": study.seeds,
-                             "selection": study.selection, "cells": len(study.cells()), "finished": len(rows), "failed": len(res["failed"])})
-    try:
-        import pandas as pd
-
-        payload: dict[str, Any] = {"results": wandb.Table(dataframe=pd.read_csv(study.out_dir / "results.csv"))}
-        summary = [row for m in metrics for row in summary_table(study, rows, m)]
-        payload["summary"] = wandb.Table(columns=["method", "labelled", "metric", "mean", "std", "n"],
-                                         data=[[r["method"], str(r["labelled"]), r["metric"], r["mean"], r["std"], r["n"]] for r in summary])
-        numeric = [n for n in study.labelled if n is not None]
-        x_all = max(numeric) * 1.25 if numeric else 1
-        xs = [x_all if n is None else n for n in study.labelled]
-        for m in metrics:
-            table = {(r["method"], r["labelled"]): r["mean"] for r in summary if r["metric"] == m}
-            if not table:
-                continue
-            ys = [[table.get((method, "all" if n is None else n), float("nan")) for n in study.labelled] for method in study.methods]
-            payload[f"curves/{m}"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(study.methods), title=f"{study.name}: {m} (mean over seeds)",
-                                                            xname="labelled images")
-            png = study.out_dir / f"{m.replace('/', '_')}.png"
-            if png.is_file():
-                payload[f"plots/{m}"] = wandb.Image(str(png), caption=f"{m}: mean +- std over seeds")
-        run.log(payload)
-        for r in summary:
-            run.summary[f"{r['metric']}/{r['method']}/n{r['labelled']}"] = r["mean"]
-    finally:
-        run_dir = Path(run.dir).parent
-        run.finish()
-    if not has_wandb_credentials():
-        from .loggers import wait_for_offline_run
-
-        wait_for_offline_run(run_dir)  # the file complete before anyone reads it back
-    return run_dir
-
-
-def _plot(study: Study, rows: list[dict], metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    numeric = [n for n in study.labelled if n is not None]
-    x_all = (max(numeric) * 1.25) if numeric else 1
-    for method in study.methods:
-        xs, means, stds = [], [], []
-        for n in study.labelled:
-            v = [r["metrics"][metric] for r in rows if r["method"] == method and r["labelled"] == n and metric in r["metrics"]]
-            v = [x for x in v if not math.isnan(x)]
-            if v:
-                xs.append(x_all if n is None else n)
-                means.append(np.mean(v))
-                stds.append(np.std(v))
-        if xs:
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled images")
-    ax.set_ylabel(metric)
-    ax.set_title(study.name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    path = study.out_dir / f"{metric.replace('/', '_')}.png"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def write_sweep(study: Study, config_path: str | Path, path: str | Path, metric: str | None = None) -> Path:

@@ -35,7 +35,8 @@ def test_convnet_learns_lesions_with_every_image_labelled(easy_idrid, monkeypatc
     monkeypatch.chdir(easy_idrid)  # the config's checkpoint folder is relative
     monkeypatch.setenv("RETINALAB_CACHE", str(easy_idrid / "cache"))
     res, run = fit_and_test(easy_idrid, "conf/convnet/synthetic.yaml", "--data.num_labeled_images=null",
-                            "--data.batches_per_epoch=null", "--trainer.max_epochs=20")
+                            "--data.batches_per_epoch=null", "--trainer.max_epochs=12")
+    # measured 2026-12-03: test patch AUROC 0.935, image AUROC 1.0 after 12 epochs (0.904 / 0.99 after 8)
     assert run.datamodule.summary()["test"]["images"] == 20
     assert res["test/patch_auroc"] >= 0.9, res
     assert res["test/image_auroc"] >= 0.9, res
@@ -45,7 +46,8 @@ def test_ssl_gan_learns_from_ten_labelled_images(easy_idrid, monkeypatch):
     monkeypatch.chdir(easy_idrid)
     monkeypatch.setenv("RETINALAB_CACHE", str(easy_idrid / "cache"))
     res, run = fit_and_test(easy_idrid, "conf/ssl_gan/synthetic.yaml", "--data.num_labeled_images=10",
-                            "--trainer.max_epochs=5", "--model.lr_decay_start=4")
+                            "--trainer.max_epochs=4", "--model.lr_decay_start=3")
+    # measured 2026-12-03: test image AUROC 1.0 after 4 epochs (0.969 after 3)
     counts = run.datamodule.summary()
     assert counts["labeled"]["images"] == 10 and counts["unlabeled"]["images"] == counts["train"]["images"]
     assert res["test/image_auroc"] >= 0.8, res

@@ -267,3 +267,37 @@ def test_run_pieces_started_in_one_second_keep_their_id_and_order(tmp_path):
     assert [run_piece_id(p) for p in ordered] == ["zzz", "648t14z9", "648t14z9"]
     (tmp_path / "run-20261202_161707-abc-2").mkdir()  # no .wandb file yet: the name decides
     assert run_piece_id(tmp_path / "run-20261202_161707-abc-2") == "abc"
+
+
+def test_an_online_run_logs_its_best_and_last_checkpoints_as_one_model_artifact(syn, tmp_path, monkeypatch, capsys):
+    """retinalab's W&B logger logs checkpoints by default (log_model: true): a run that W&B treats as
+    online (offline=False; W&B's own WANDB_MODE=offline keeps this test off the network, and the run
+    file records what an online run would upload) logs best.ckpt (aliases best and latest, with the
+    monitored metric and its score in the metadata) and last.ckpt as versions of model-<run id>. A run
+    retinalab puts offline by itself logs none and says so on its sync line."""
+    from retinalab.loggers.wandb_offline import iter_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = ["--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={tmp_path / 'on'}",
+              "--trainer.logger.init_args.offline=false"]
+    callbacks = ["--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint", "--trainer.callbacks.monitor=val/image_auroc",
+                 "--trainer.callbacks.mode=max", "--trainer.callbacks.filename=best", "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint"]
+    assert main(["fit", "--config", str(TINY), f"--data.root={syn}", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
+                 f"--trainer.default_root_dir={tmp_path / 'on'}", f"--data.cache_dir={tmp_path / 'cache'}", *logger, *callbacks]) == 0
+    (run_file,) = (tmp_path / "on").glob("logs/version_0/wandb/offline-run-*/run-*.wandb")
+    artifacts = [r.artifact for r in iter_records(run_file) if r.WhichOneof("record_type") == "artifact"]
+    assert {a.type for a in artifacts} == {"model"} and {a.name for a in artifacts} == {f"model-{run_file.stem.removeprefix('run-')}"}
+    by_file = {json.loads(a.metadata)["original_filename"]: a for a in artifacts}
+    assert set(by_file) == {"best.ckpt", "last.ckpt"}
+    best = json.loads(by_file["best.ckpt"].metadata)
+    assert best["ModelCheckpoint"]["monitor"] == "val/image_auroc" and best["ModelCheckpoint"]["mode"] == "max" and 0 <= best["score"] <= 1
+    assert {"best", "latest"} <= set(by_file["best.ckpt"].aliases)
+    # offline by retinalab's own choice (no API key): nothing logged, said once on the sync line
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    capsys.readouterr()
+    assert main(["fit", "--config", str(TINY), f"--data.root={syn}", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
+                 f"--trainer.default_root_dir={tmp_path / 'off'}", f"--data.cache_dir={tmp_path / 'cache'}",
+                 "--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={tmp_path / 'off'}", *callbacks]) == 0
+    assert capsys.readouterr().out.count("not uploaded as model artifacts offline") == 1
+    (run_file,) = (tmp_path / "off").glob("logs/version_0/wandb/offline-run-*/run-*.wandb")
+    assert not [r for r in iter_records(run_file) if r.WhichOneof("record_type") == "artifact"]

@@ -146,6 +146,38 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
     curve = json.loads((summary_dir / "files" / row["curves/test/image_auroc_table/path"]).read_text())
     assert curve["columns"] == ["step", "lineKey", "lineVal"] and curve["data"] == [[4, "convnet", pytest.approx(cell["metrics"]["test/image_auroc"])]]
     assert summary["summary"]["test/image_auroc/convnet/n4"] == pytest.approx(cell["metrics"]["test/image_auroc"])
+    # the cell's W&B run is named in cell.json and in the summary's models table; offline, no artifact was logged
+    from retinalab.loggers import run_piece_id
+
+    assert cell["wandb_run"]["id"] == run_piece_id(run_dir) and cell["wandb_run"]["artifact"] is None
+    models = json.loads((summary_dir / "files" / row["models/path"]).read_text())
+    assert models["columns"] == ["method", "labelled", "seed", "run", "artifact"] and models["data"] == [["convnet", "4", 0, run_piece_id(run_dir), ""]]
+
+
+def test_an_online_summary_links_each_cells_best_model_artifact():
+    """Online, the summary run uses each cell's model-<id>:best (W&B's lineage from the study to the
+    weights); a cell without an artifact is left out, and one W&B cannot find is skipped, not fatal."""
+    from retinalab.study_report import link_model_artifacts, model_rows
+
+    rows = [{"method": "convnet", "labelled": 10, "seed": 0, "wandb_run": {"id": "a1", "project": "p", "entity": "lab", "artifact": "model-a1"}},
+            {"method": "ssl_gan", "labelled": None, "seed": 1, "wandb_run": {"id": "b2", "project": "p", "entity": None, "artifact": "model-b2"}},
+            {"method": "fixmatch", "labelled": 10, "seed": 0, "wandb_run": {"id": "c3", "project": "p", "entity": None, "artifact": None}}]
+
+    class Run:
+        offline = False
+        used: list = []
+
+        def use_artifact(self, name, type):
+            if name.startswith("p/model-b2"):
+                raise ValueError("artifact not found")
+            self.used.append((name, type))
+
+    run = Run()
+    assert link_model_artifacts(run, rows) == 1 and run.used == [("lab/p/model-a1:best", "model")]
+    assert model_rows(rows) == [["convnet", "10", 0, "a1", "model-a1:best"], ["ssl_gan", "all", 1, "b2", "model-b2:best"],
+                                ["fixmatch", "10", 0, "c3", ""]]
+    run.offline = True
+    assert link_model_artifacts(run, rows) == 0
 
 
 def test_wandb_credentials_decide_online_or_offline(monkeypatch, tmp_path):

@@ -105,8 +105,13 @@ class WandbLogger(_LightningWandbLogger):
             monitored ``best.ckpt`` is tracked on from its best score, and its W&B run (same run id,
             so its charts go on; offline, ``wandb sync`` uploads the pieces in order). ``False``: a new
             folder and a new W&B run, as Lightning does. An ``id`` given here always wins.
-        log_model: upload checkpoints as artifacts (``"all"``, ``True`` = at the end, ``False``); ignored,
-            with a warning, when offline (W&B cannot store artifacts offline).
+        log_model: log the run's checkpoints as a W&B ``model`` artifact (Lightning's ``log_model``):
+            ``True`` (default) at the end of a successful fit, every ``ModelCheckpoint``'s files (the
+            best-of-metric ``best.ckpt`` with the aliases ``best`` and ``latest``, ``last.ckpt``), each
+            with the monitored metric, its mode and the score that chose it in the artifact's metadata,
+            so a colleague can pull the exact weights behind a figure (``model-<run id>:best``);
+            ``"all"`` as they are written; ``False`` never. Offline nothing is uploaded: the line
+            with the ``wandb sync`` command says so.
         **kwargs: everything Lightning's ``WandbLogger`` takes (``project``, ``group``, ``tags``, ``name``, ...).
 
     ``retinalab fit`` fills in a project, name, group and tags the config does not set
@@ -115,7 +120,7 @@ class WandbLogger(_LightningWandbLogger):
     """
 
     def __init__(self, *args: Any, save_dir: str | Path = ".", local_name: str | None = "logs", offline: bool | None = None,
-                 log_model: bool | str = False, resume_in_place: bool = True, **kwargs: Any) -> None:
+                 log_model: bool | str = True, resume_in_place: bool = True, **kwargs: Any) -> None:
         self.runs_dir = Path(save_dir) / local_name if local_name else None  # where this config's version_<k> folders are
         self.resume_in_place = resume_in_place
         if self.runs_dir is not None:
@@ -124,8 +129,8 @@ class WandbLogger(_LightningWandbLogger):
             offline = not has_wandb_credentials()
             if offline:
                 log.info("no W&B API key found: logging offline (set WANDB_API_KEY or run `wandb login` for online runs)")
-        if offline and log_model:
-            log.warning("W&B is offline: checkpoints are not uploaded as artifacts (log_model=%r ignored)", log_model)
+        self._artifacts_skipped = bool(offline and log_model)  # said once, with the sync command
+        if offline:
             log_model = False
         super().__init__(*args, save_dir=str(save_dir), offline=offline, log_model=log_model, **kwargs)
         self._offline_run = offline
@@ -188,4 +193,5 @@ class WandbLogger(_LightningWandbLogger):
             # a resumed run's earlier pieces: wandb sync uploads the folders of one run id in start order
             pieces = sorted((p for p in run_dir.parent.glob("offline-run-*") if p.is_dir() and run_piece_id(p) == self._experiment.id),
                             key=run_piece_order) or [run_dir]
-            print(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {' '.join(map(str, pieces))}")
+            skipped = " (its checkpoints are not uploaded as model artifacts offline: an online run logs them)" if self._artifacts_skipped else ""
+            print(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {' '.join(map(str, pieces))}{skipped}")
