@@ -251,7 +251,7 @@ def smp_unet(encoder: str, weights: str | None, classes: int) -> nn.Module:
         net = smp.Unet(encoder_name=encoder, encoder_weights=weights, in_channels=3, classes=classes)
     except (KeyError, ValueError, RuntimeError) as e:
         if source is None or not _is_unreachable(e):
-            raise ValueError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
+            raise ConfigError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
         raise _missing(source, e) from e
     except Exception as e:  # noqa: BLE001 - the hub client's errors are many; the missing-weights ones are named
         if source is None or not _is_unreachable(e):

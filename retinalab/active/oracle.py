@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .pool import CLASS_NAMES, UNKNOWN, ExudatePatches
 
 #: accepted spellings of each class in ``labels.csv`` (case-insensitive)
@@ -50,7 +50,7 @@ class SimulatedOracle:
         unknown = [i for i, y in labels.items() if y == UNKNOWN]
         if unknown:
             img = self.pool.images[int(self.pool.image[unknown[0]])]
-            raise ValueError(
+            raise ConfigError(
                 f"the simulated oracle has no ground truth for {len(unknown)} queried patches (e.g. of "
                 f"{img['image_path']}: the image has no {self.pool.config.lesion} mask); use oracle: human"
             )

@@ -238,7 +238,7 @@ class ExudatePatches:
             DataFormatError: a photograph or mask that cannot be read (with ``on_error="raise"``).
         """
         if not records:
-            raise ValueError("no images to cut patches from")
+            raise ConfigError("no images to cut patches from (the dataset and its reader_args give none)")
         config = config or ExudatePatchConfig()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"exudate-{cache_key(records, config)}"

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from ..errors import ConfigError
+
 
 def _plan(out_size: int, base: int | None) -> tuple[int, int]:
     """(base grid, number of stride-2 upsamplings) giving ``out_size``."""
@@ -23,7 +25,7 @@ def _plan(out_size: int, base: int | None) -> tuple[int, int]:
         while s < out_size:
             s, n = s * 2, n + 1
         if s != out_size or n == 0:
-            raise ValueError(f"base {base} cannot reach out_size {out_size} by doubling")
+            raise ConfigError(f"base {base} cannot reach out_size {out_size} by doubling")
         return base, n
     for b in (4, 6, 3, 5, 7):
         s, n = b, 0
@@ -31,7 +33,7 @@ def _plan(out_size: int, base: int | None) -> tuple[int, int]:
             s, n = s * 2, n + 1
         if s == out_size and n >= 1:
             return b, n
-    raise ValueError(f"out_size {out_size} is not (3..7) x 2^n; choose e.g. 32, 48, 64 or 96")
+    raise ConfigError(f"out_size {out_size} is not (3..7) x 2^n; choose e.g. 32, 48, 64 or 96")
 
 
 class PatchGenerator(nn.Module):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class LeNet(nn.Module):
     """Caffe LeNet.
@@ -36,10 +38,10 @@ class LeNet(nn.Module):
         )
         side = ((in_size - 4) // 2 - 4) // 2
         if side < 1:
-            raise ValueError(f"in_size={in_size} is too small for LeNet (min 16)")
+            raise ConfigError(f"in_size={in_size} is too small for LeNet (min 16)")
         self.num_features = c2 * side * side
         if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         # no parameters: checkpoints of networks with and without dropout have the same keys
         self.drop1, self.drop2 = (nn.Dropout(dropout), nn.Dropout(dropout)) if dropout else (nn.Identity(), nn.Identity())
         self.fc1 = nn.Linear(self.num_features, hidden)

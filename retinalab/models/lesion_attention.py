@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 #: timm backbones whose stem/stage split is known: name -> (f_low modules, high modules)
 SPLITS = {
     "resnet": (("conv1", "bn1", "act1", "maxpool", "layer1"), ("layer2", "layer3", "layer4")),
@@ -35,7 +37,7 @@ def _backbone(name: str, weights: str | None) -> nn.Module:
     from ..weights import create_timm_model
 
     if name not in BACKBONES:
-        raise ValueError(f"unknown grading backbone {name!r}; choose one of {list(BACKBONES)}")
+        raise ConfigError(f"unknown grading backbone {name!r}; choose one of {list(BACKBONES)}")
     # the grader normalises its input itself (input_norm), with the weights' statistics
     return create_timm_model(name, weights, num_classes=0, normalise=False)
 
@@ -151,14 +153,14 @@ class LesionAttentionGrader(nn.Module):
                  weights: str | None = None) -> None:
         super().__init__()
         if lesion_features not in ("attention", "masks"):
-            raise ValueError(f"lesion_features must be 'attention' or 'masks', got {lesion_features!r}")
+            raise ConfigError(f"lesion_features must be 'attention' or 'masks', got {lesion_features!r}")
         self.lesion_features = lesion_features
         if attention_init not in ("default", "mask"):
-            raise ValueError(f"attention_init must be 'default' or 'mask', got {attention_init!r}")
+            raise ConfigError(f"attention_init must be 'default' or 'mask', got {attention_init!r}")
         if input_norm not in (None, "imagenet", "none"):
-            raise ValueError(f"input_norm must be 'imagenet' or 'none', got {input_norm!r}")
+            raise ConfigError(f"input_norm must be 'imagenet' or 'none', got {input_norm!r}")
         if weights and pretrained_path:
-            raise ValueError("set weights or pretrained_path (the older name of a local weights file), not both")
+            raise ConfigError("set weights or pretrained_path (the older name of a local weights file), not both")
         weights = weights or pretrained_path
         self.input_norm = input_norm or ("imagenet" if weights else "none")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 Block = Literal["xception", "conv"]
 
 
@@ -81,9 +83,9 @@ class XceptionUNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_lesions: int = 4, width: float = 1.0, depth: int = 5, block: Block = "xception") -> None:
         super().__init__()
         if block not in ("xception", "conv"):
-            raise ValueError(f"block must be 'xception' (CE2) or 'conv' (CE1), got {block!r}")
+            raise ConfigError(f"block must be 'xception' (CE2) or 'conv' (CE1), got {block!r}")
         if depth < 2:
-            raise ValueError(f"depth must be >= 2, got {depth}")
+            raise ConfigError(f"depth must be >= 2, got {depth}")
         make = XceptionTuple if block == "xception" else ConvTuple
         chans = [max(4, round(64 * width * 2**i)) for i in range(depth)]
         self.depth = depth
@@ -131,9 +133,9 @@ def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 
             prior outside (0, 1).
     """
     if prior is not None and not 0 < prior < 1:
-        raise ValueError(f"prior must be in (0, 1), got {prior}")
+        raise ConfigError(f"prior must be in (0, 1), got {prior}")
     if weights and encoder is None:
-        raise ValueError("generator weights are for an smp encoder (generator_encoder); paper 001's Xception U-Net trains from scratch")
+        raise ConfigError("generator weights are for an smp encoder (generator_encoder); paper 001's Xception U-Net trains from scratch")
     if encoder is None:
         net: nn.Module = XceptionUNet(3, num_lesions, width, depth, block)
         head = net.head

@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..datasets import LESIONS
+from ..errors import ConfigError
 from ..metrics.lesions import BinaryDRMetrics, LesionPixelMetrics, grading_metrics
 from ..models.lesion_attention import LesionAttentionGrader, focal_loss
 from ..models.lesion_discriminator import LesionDiscriminator
@@ -145,19 +146,19 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
     ) -> None:
         super().__init__()
         if stage not in ("segmentation", "grading", "joint"):
-            raise ValueError(f"stage must be 'segmentation', 'grading' or 'joint', got {stage!r}")
+            raise ConfigError(f"stage must be 'segmentation', 'grading' or 'joint', got {stage!r}")
         if pseudo_source not in ("attention", "truth"):
-            raise ValueError(f"pseudo_source must be 'attention' or 'truth', got {pseudo_source!r}")
+            raise ConfigError(f"pseudo_source must be 'attention' or 'truth', got {pseudo_source!r}")
         if pseudo_source == "truth" and not semi:
-            raise ValueError("pseudo_source='truth' (the oracle arm) gives G pseudo masks on the graded photographs: it needs semi: true")
+            raise ConfigError("pseudo_source='truth' (the oracle arm) gives G pseudo masks on the graded photographs: it needs semi: true")
         if lesion_features == "masks" and semi and attention and pseudo_source == "attention":
-            raise ValueError("lesion_features='masks' (Lesion(Pretrained)) has no attention maps to use as pseudo masks: set semi: false")
+            raise ConfigError("lesion_features='masks' (Lesion(Pretrained)) has no attention maps to use as pseudo masks: set semi: false")
         if pseudo_warmup_steps < 0 or (pseudo_threshold is not None and not 0 < pseudo_threshold < 1):
-            raise ValueError(f"pseudo_warmup_steps must be >= 0 and pseudo_threshold in (0, 1), got {pseudo_warmup_steps}, {pseudo_threshold}")
+            raise ConfigError(f"pseudo_warmup_steps must be >= 0 and pseudo_threshold in (0, 1), got {pseudo_warmup_steps}, {pseudo_threshold}")
         if accumulate_grad_batches < 1:
-            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+            raise ConfigError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if accumulate_grad_batches > 1 and stage != "joint":
-            raise ValueError(f"model.accumulate_grad_batches is for the joint stage (manual optimisation); the {stage} stage "
+            raise ConfigError(f"model.accumulate_grad_batches is for the joint stage (manual optimisation); the {stage} stage "
                              f"accumulates with trainer.accumulate_grad_batches")
         self.save_hyperparameters()
         self.lesions = list(lesions or LESIONS)
@@ -245,7 +246,7 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
     def _joint_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         h = self.hparams
         if "pixel" not in batch or "image" not in batch:
-            raise ValueError("the joint stage needs a SegmentationDataModule with image_level_dataset set (batches {'pixel', 'image'})")
+            raise ConfigError("the joint stage needs a SegmentationDataModule with image_level_dataset set (batches {'pixel', 'image'})")
         opts = self.optimizers()
         opt_g, opt_c, opt_d = (list(opts) + [None, None])[:3] if isinstance(opts, (list, tuple)) else (opts, None, None)
         if not self.update_generator:

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpoints import CheckpointError
+
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
     """L_CE of Eq. 3: pixel binary cross-entropy, averaged over the lesion channels each image is
@@ -45,10 +47,10 @@ def load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool, ign
     weights = {k[len(prefix) + 1 :]: v for k, v in state.get("state_dict", state).items() if k.startswith(prefix + ".")}
     weights = {k: v for k, v in weights.items() if not k.startswith(ignore)} if ignore else weights
     if not weights:
-        raise ValueError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
+        raise CheckpointError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
     shapes, listed = shape_mismatches(weights, module)
     if shapes:
-        raise ValueError(f"{p}: {len(shapes)} '{prefix}' weight(s) of another shape ({listed}); same widths/backbone as the checkpoint?")
+        raise CheckpointError(f"{p}: {len(shapes)} '{prefix}' weight(s) of another shape ({listed}); same widths/backbone as the checkpoint?")
     missing, unexpected = module.load_state_dict(weights, strict=False)
     if unexpected or (strict and missing):
-        raise ValueError(f"{p}: '{prefix}' weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); same widths/backbone as the checkpoint?")
+        raise CheckpointError(f"{p}: '{prefix}' weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); same widths/backbone as the checkpoint?")

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch.optim.swa_utils import AveragedModel
 
+from ..errors import ConfigError
 from ..models import PatchBackbone, build_patch_model
 from .base import PatchTask, broadcast_from_rank0, warm_ema
 
@@ -198,9 +199,9 @@ class FixMatchTask(PatchTask):
     ) -> None:
         super().__init__()
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must lie in (0, 1], got {threshold!r}")
+            raise ConfigError(f"threshold must lie in (0, 1], got {threshold!r}")
         if thresholding not in ("fixed", "flexmatch"):
-            raise ValueError(f"thresholding must be 'fixed' or 'flexmatch', got {thresholding!r}")
+            raise ConfigError(f"thresholding must be 'fixed' or 'flexmatch', got {thresholding!r}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         extra = {"dropout_in": dropout_in, "dropout": dropout} if backbone == "convnet" else {}
@@ -310,9 +311,9 @@ class FixMatchTask(PatchTask):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if "labeled" not in batch or "unlabeled" not in batch:
-            raise ValueError("FixMatchTask needs labelled and unlabelled batches: set data.unlabeled: true")
+            raise ConfigError("FixMatchTask needs labelled and unlabelled batches: set data.unlabeled: true")
         if "image_strong" not in batch["unlabeled"]:
-            raise ValueError("FixMatchTask needs a weak and a strong view of every unlabelled patch: set data.unlabeled_strong: true")
+            raise ConfigError("FixMatchTask needs a weak and a strong view of every unlabelled patch: set data.unlabeled_strong: true")
         x, y = batch["labeled"]["image"], batch["labeled"]["label"]
         u_w, u_s = batch["unlabeled"]["image"], batch["unlabeled"]["image_strong"]
         n, m = len(x), len(u_w)

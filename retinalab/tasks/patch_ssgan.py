@@ -32,6 +32,7 @@ import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch.optim.swa_utils import AveragedModel
 
+from ..errors import ConfigError
 from ..models import ConvLarge
 from ..models.generator import PatchGenerator
 from ..viz import log_overlays
@@ -130,7 +131,7 @@ class PatchSSGANTask(PatchTask):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "labeled" not in batch or "unlabeled" not in batch:
-            raise ValueError("PatchSSGANTask needs labelled and unlabelled batches: set data.unlabeled: true")
+            raise ConfigError("PatchSSGANTask needs labelled and unlabelled batches: set data.unlabeled: true")
         opt_d, opt_g = self.optimizers()
         x_l = self._prepare(batch["labeled"]["image"])
         y = batch["labeled"]["label"]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..metrics.lesions import LesionPixelMetrics
 from ..viz import lesion_overlay
 
@@ -57,7 +58,7 @@ def pseudo_targets(task: Any, alpha: torch.Tensor | None, batch: dict[str, Any],
     if task.hparams.pseudo_source == "truth":
         truth = batch.get("truth")
         if truth is None:
-            raise ValueError("pseudo_source='truth' (the oracle arm) needs the drawn masks on the graded photographs: "
+            raise ConfigError("pseudo_source='truth' (the oracle arm) needs the drawn masks on the graded photographs: "
                              "a synthetic dataset from retinalab synth with data.image_level_truth: all")
         return at_size(truth.float(), size)
     pseudo = task.grader.pseudo_masks(alpha, size)
