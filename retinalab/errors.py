@@ -70,8 +70,6 @@ def user_error(e: BaseException) -> UserError | None:
 
 def _message(e: BaseException) -> str:
     text = str(e) if str(e) else type(e).__name__
-    if isinstance(e, KeyError) and e.args:
-        text = str(e.args[0])
     # raised in a DataLoader worker: torch re-raises the same class with the worker's traceback inside
     if "Original Traceback" in text:
         last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]

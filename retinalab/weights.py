@@ -33,6 +33,8 @@ from .errors import ConfigError, InputMissingError, UserError
 
 IMAGENET = "imagenet"
 HUB_PREFIX = "hf-hub:"
+#: ImageNet's channel statistics: what weights without their own say were trained with
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class WeightsNotFoundError(UserError, FileNotFoundError):
@@ -84,7 +86,7 @@ def fetch_command(sources: Iterable[WeightsSource]) -> str:
     return "retinalab weights fetch " + " ".join(f"{s.arch}={HUB_PREFIX}{s.location}" for s in sources)
 
 
-def create_timm_model(arch: str, weights: str | None, **kwargs: Any) -> nn.Module:
+def create_timm_model(arch: str, weights: str | None, normalise: bool = True, **kwargs: Any) -> nn.Module:
     """``timm.create_model(arch, **kwargs)`` with ``weights`` (see the module's docstring); the
     classifier is replaced for ``num_classes`` as timm does, and inputs in [0, 1] are normalised with
     the weights' mean and std (:func:`normalise_inputs`) unless ``normalise=False``.
@@ -95,7 +97,6 @@ def create_timm_model(arch: str, weights: str | None, **kwargs: Any) -> nn.Modul
     """
     import timm
 
-    normalise = kwargs.pop("normalise", True)
     source = resolve(arch, weights)
     if source is None:
         return timm.create_model(arch, pretrained=False, **kwargs)
@@ -108,14 +109,15 @@ def create_timm_model(arch: str, weights: str | None, **kwargs: Any) -> nn.Modul
         raise _missing(source, e) from e
     if normalise:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        normalise_inputs(model, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
+        normalise_inputs(model, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
     return model
 
 
-def _offline() -> bool:
+def _why_unreachable() -> str:
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    return "HF_HUB_OFFLINE=1 is set" if offline else "the hub could not be reached"
 
 
 def _is_unreachable(e: BaseException) -> bool:
@@ -196,8 +198,7 @@ def fetch(sources: Iterable[WeightsSource]) -> list[Path]:
         except Exception as e:  # noqa: BLE001 - named below when the hub is out of reach; anything else keeps its traceback
             if not _is_unreachable(e):
                 raise
-            why = "HF_HUB_OFFLINE=1 is set" if _offline() else "the Hugging Face hub cannot be reached from here"
-            raise WeightsNotFoundError(f"cannot fetch {s.location!r}: {why} ({type(e).__name__}). Run `retinalab weights fetch` "
+            raise WeightsNotFoundError(f"cannot fetch {s.location!r}: {_why_unreachable()} ({type(e).__name__}). Run `retinalab weights fetch` "
                                        f"where there is internet (a cluster's login node), with HF_HOME pointing at {cache_dir().parent}") from e
         folders.append(Path(folder))
     return folders
@@ -249,26 +250,23 @@ def smp_unet(encoder: str, weights: str | None, classes: int) -> nn.Module:
     source = smp_source(encoder, weights) if weights else None
     try:
         net = smp.Unet(encoder_name=encoder, encoder_weights=weights, in_channels=3, classes=classes)
-    except (KeyError, ValueError, RuntimeError) as e:
-        if source is None or not _is_unreachable(e):
-            raise ConfigError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
-        raise _missing(source, e) from e
     except Exception as e:  # noqa: BLE001 - the hub client's errors are many; the missing-weights ones are named
-        if source is None or not _is_unreachable(e):
-            raise
-        raise _missing(source, e) from e
+        if source is not None and _is_unreachable(e):
+            raise _missing(source, e) from e
+        if isinstance(e, (KeyError, ValueError, RuntimeError)):
+            raise ConfigError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
+        raise
     if weights:
         from segmentation_models_pytorch.encoders import get_preprocessing_params
 
         params = get_preprocessing_params(encoder, pretrained=weights)
-        normalise_inputs(net, params.get("mean") or (0.485, 0.456, 0.406), params.get("std") or (0.229, 0.224, 0.225))
+        normalise_inputs(net, params.get("mean") or IMAGENET_MEAN, params.get("std") or IMAGENET_STD)
     return net
 
 
 def _missing(source: WeightsSource, e: BaseException) -> WeightsNotFoundError:
-    offline = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub could not be reached"
     return WeightsNotFoundError(
-        f"pretrained weights {source.location!r} for {source.arch} are not in the Hugging Face cache {cache_dir()} and {offline} "
+        f"pretrained weights {source.location!r} for {source.arch} are not in the Hugging Face cache {cache_dir()} and {_why_unreachable()} "
         f"({type(e).__name__}). Fetch them where there is internet (a cluster's login node): `{fetch_command([source])}` "
         "with the same HF_HOME, or use weights: null to train from scratch"
     )

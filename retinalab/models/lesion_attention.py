@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
 
 #: timm backbones whose stem/stage split is known: name -> (f_low modules, high modules)
 SPLITS = {
     "resnet": (("conv1", "bn1", "act1", "maxpool", "layer1"), ("layer2", "layer3", "layer4")),
 }
 BACKBONES = ("resnet18", "resnet34", "resnet50")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _backbone(name: str, weights: str | None) -> nn.Module:

@@ -88,6 +88,14 @@ class PatchTask(pl.LightningModule):
         self.register_buffer("image_threshold", torch.tensor(float("nan")))
         self.eval_records: dict[str, dict[str, np.ndarray]] = {}
 
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Patches in [0, 1] as ``self.model`` takes them: as they are for a network with pretrained
+        weights (it normalises them with the weights' statistics itself,
+        :func:`retinalab.weights.normalise_inputs`), else mapped to [-1, 1] with ``input_range: symmetric``."""
+        if hasattr(self.model, "input_mean"):
+            return x
+        return x * 2 - 1 if self.hparams.get("input_range") == "symmetric" else x
+
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -162,13 +162,8 @@ class FixMatchTask(PatchTask):
         ema_warmup: cap the decay at (1 + t) / (10 + t) after t steps.
         input_range: patches arrive in [0, 1]; ``symmetric`` maps them to [-1, 1].
         data_init: Salimans' data-dependent initialisation of ``convnet`` on the first batch.
-        pretrained_path: local weight file for a ResNet backbone (the older spelling of a local file
-            in ``weights``).
-        weights: a ResNet backbone's pretrained weights: ``imagenet`` (timm's default tag, from the
-            Hugging Face hub and its cache), ``hf-hub:<org>/<name>`` or a local file
-            (:mod:`retinalab.weights`); ``None`` (default) trains from scratch. With weights the
-            patches reach the network in [0, 1] (``input_range`` is not applied) and are normalised
-            with the weights' mean and std inside it.
+        pretrained_path / weights: a ResNet backbone's pretrained weights, as in
+            :class:`~retinalab.tasks.PatchClassifierTask` (``None``, the default: from scratch).
         dropout_in: ``convnet``'s input dropout (Table 3: 0.2).
         dropout: ``convnet``'s inner dropout (Table 3: 0.5).
     """
@@ -227,11 +222,6 @@ class FixMatchTask(PatchTask):
     # ---------------------------------------------------------------- helpers
     def _ema_avg(self, avg: torch.Tensor, new: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
         return warm_ema(avg, new, num_averaged, self.hparams.ema_decay, self.hparams.ema_warmup)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.get("weights") or self.hparams.get("pretrained_path"):
-            return x  # normalised with the pretrained weights' statistics inside the network
-        return x * 2 - 1 if self.hparams.input_range == "symmetric" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self._prepare(x))

@@ -79,11 +79,6 @@ class PatchClassifierTask(PatchTask):
             counts = torch.as_tensor(dm.class_counts(), dtype=torch.float32).clamp_min(1)
             self.loss_weight = (counts.sum() / (len(counts) * counts)).to(self.device)
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.get("weights") or self.hparams.get("pretrained_path"):
-            return x  # normalised with the pretrained weights' statistics inside the network
-        return x * 2 - 1 if self.hparams.input_range == "symmetric" else x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self._prepare(x))
 
