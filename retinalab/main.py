@@ -8,6 +8,7 @@ is Lightning's CLI (dotted overrides such as ``--model.lr`` and ``--trainer.max_
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ EXTRA_COMMANDS = {
     "check-data": "validate a dataset without training: retinalab check-data --dataset folder --root DIR",
     "study": "methods x labelled-image counts x seeds: retinalab study --config conf/studies/<name>.yaml",
     "sweep": "run a W&B sweep file locally (grid / random): retinalab sweep conf/sweeps/<name>.yaml --count N",
+    "label": "label an active-learning run's queries in the browser, or through Label Studio files: retinalab label --run DIR",
     "weights": "fetch pretrained backbone weights into the Hugging Face cache, or list it: retinalab weights fetch --config X.yaml",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -45,6 +47,8 @@ commands:
   predict    predict with a checkpoint (--ckpt_path)
   synth      write a synthetic dataset: retinalab synth idrid --out DIR --num-images 60
   active     active learning (paper 002): retinalab active --config conf/active/eophtha_egl.yaml [--resume]
+  label      label a human-oracle active-learning run's queries on a local web page (keys 1/0):
+             retinalab label --run runs/active/eophtha_human/egl [--export-ls | --import-ls FILE]
   study      label-efficiency study (methods x labelled counts x seeds), resumable:
              retinalab study --config conf/studies/idrid_label_efficiency.yaml [--cell I] [--collect]
   sweep      run a W&B sweep file locally, without a server: retinalab sweep conf/sweeps/x.yaml --count 8
@@ -202,19 +206,11 @@ def active_main(argv: Sequence[str]) -> int:
 
     Returns 0 when the run finished or is waiting for a human oracle's labels, 2 on bad input.
     """
-    from jsonargparse import ActionConfigFile
-    from jsonargparse import ArgumentParser as JsonArgumentParser
-
+    from .active.command import active_parser
     from .active.loop import ActiveLearning
-    from .errors import OneLineParserErrors
 
-    class Parser(OneLineParserErrors, JsonArgumentParser):
-        pass
-
-    p = Parser(prog="retinalab active", description=EXTRA_COMMANDS["active"], default_env=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML config (conf/active/*.yaml)")
-    p.add_argument("--resume", type=bool, default=False, help="continue the run in out_dir (after a fault, or once labels.csv is filled in)")
-    p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
+    p = active_parser()
+    p.description = EXTRA_COMMANDS["active"]
     argv = list(argv)
     for i, a in enumerate(argv):  # a bare `--resume` means --resume=true
         if a == "--resume" and (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")):
@@ -235,10 +231,55 @@ def active_main(argv: Sequence[str]) -> int:
     status = loop.run(resume=resume)
     if status == "waiting":
         print(
-            f"retinalab active: queries written under {loop.out / 'queries'}; fill in labels.csv there and run the "
-            "same command with --resume",
+            f"retinalab active: queries written under {loop.out / 'queries'}; label them in the browser with "
+            f"`retinalab label --run {loop.out}`, or fill in labels.csv there and run the same command with --resume",
             file=sys.stderr,
         )
+    return 0
+
+
+def label_main(argv: Sequence[str]) -> int:
+    """``retinalab label``: the labelling page of a human-oracle run (:mod:`retinalab.active.label_server`),
+    or its Label Studio files (:mod:`retinalab.active.label_studio`)."""
+    p = ArgumentParser(prog="retinalab label", description=EXTRA_COMMANDS["label"])
+    p.add_argument("--run", required=True, help="the out_dir of a `retinalab active` run with oracle: human")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only; any other needs the token printed in the URL)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    p.add_argument("--open", action="store_true", help="open the page in this machine's browser")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--export-ls", nargs="?", const="", metavar="FILE", help="write the waiting round as Label Studio tasks (default: queries/round_NNN/label_studio/tasks.json) and exit")
+    g.add_argument("--import-ls", metavar="FILE", help="journal the labels of a Label Studio JSON export for the waiting round and exit")
+    p.add_argument("--ls-document-root", help="--export-ls: the folder Label Studio serves local files from (default: the run's queries folder)")
+    p.add_argument("--ls-url-prefix", help="--export-ls: reference the pictures as URLs under this prefix instead of Label Studio local files")
+    a = p.parse_args(list(argv))
+    run = Path(a.run)
+    if a.export_ls is not None:
+        from .active.label_studio import export_tasks
+
+        tasks = export_tasks(run, a.export_ls or None, a.ls_document_root, a.ls_url_prefix)
+        root = Path(a.ls_document_root or tasks.parents[2]).resolve()
+        print(f"{len(json.loads(tasks.read_text()))} Label Studio tasks: {tasks}; labelling interface: {tasks.parent / 'label_config.xml'}")
+        if not a.ls_url_prefix:
+            print(f"start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
+                  f"add that folder as local storage, import the tasks; export as JSON and run: retinalab label --run {run} --import-ls FILE")
+        return 0
+    if a.import_ls:
+        from .active.label_studio import import_annotations
+
+        got, open_, _ = import_annotations(run, a.import_ls)
+        print(f"{got} labels journalled in {run / 'answers.json'}; {open_} queries of the round still without a label"
+              + ("" if open_ else f"; continue with `retinalab label --run {run}` or `retinalab active --config {run / 'config.yaml'} --resume`"))
+        return 0
+    from .active.label_server import serve
+    from .active.labelling import LabelSession
+
+    with LabelSession(run) as session:
+        try:
+            serve(session, a.host, a.port, open_browser=a.open)
+        except KeyboardInterrupt:
+            pass
+        if session.status == "training":
+            print("retinalab label: waiting for the round in training to be saved (Ctrl-C again stops it; it is redone on the next start)", file=sys.stderr)
     return 0
 
 
@@ -305,6 +346,8 @@ def _command(argv: list[str]) -> int:
         return sweep_main(argv[1:])
     if argv[0] == "weights":
         return weights_main(argv[1:])
+    if argv[0] == "label":
+        return label_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
         from .errors import suggest
 

@@ -73,6 +73,18 @@ class Choosing:
         acquisition = "egl" if self.acquisition == "random" else self.acquisition
         return score_items(self.net, self.pool, items, self.scope, self.score_batch_size, self.fabric, acquisition, self.mc_samples, self._score_seed)
 
+    def describe_queries(self, items: list[int], images: list[int]) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """What a human oracle is shown beside the queries: p(exudate) of ``items`` under the current
+        model, and the acquisition's score of every grid patch of ``images`` (their heatmaps; EGL for a
+        random run), from one scoring pass."""
+        grids = [np.asarray(self.grid_of_image[i], dtype=np.int64) for i in images]
+        scores, prob = self.score(np.concatenate([np.asarray(items, dtype=np.int64), *grids]))
+        heat, at = {}, len(items)
+        for img, grid in zip(images, grids, strict=True):
+            heat[int(img)] = (grid, scores[at : at + len(grid)].numpy())
+            at += len(grid)
+        return prob[: len(items)].numpy(), heat
+
     def _sigma(self, images: list[int]) -> dict[int, float]:
         """Algorithm 2, line 5: interestingness = sum of the scores over each image's grid patches."""
         if not images:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -25,31 +26,24 @@ import torch
 from lightning_fabric.loggers import Logger
 from tqdm.auto import tqdm
 
-from ..datasets import check_reader_args, read_dataset
+from ..datasets import check_reader_args
 from ..datasets.base import OnError
-from ..errors import ConfigError, OutputExistsError
-from ..models.lenet import LeNet
 from .acquisition import Acquisition
 from .choose import Choosing, ClassWeight, InitialDraw, PatchKind, check_options
 from .egl import Scope
-from .oracle import HumanOracle, LabelsPending, SimulatedOracle
+from .oracle import LabelsPending
 from .outputs import RunOutputs
-from .pool import (
-    ExudatePatchConfig,
-    ExudatePatches,
-)
+from .pool import ExudatePatchConfig
 from .rounds import Query
-from .split import split_pool
+from .setup import RunSetup
 from .state import (
     LoopState,
     area_under,
     ask_oracle,
-    load_checkpoint,
     nan_to_none,
     read_answers,
-    read_state,
     record_round,
-    save_checkpoint,
+    run_lock,
     stop_reason,
     write_state,
 )
@@ -57,7 +51,7 @@ from .train import balanced_weights, evaluate_patches, sgd_epochs
 
 log = logging.getLogger(__name__)
 
-class ActiveLearning(Choosing, RunOutputs):
+class ActiveLearning(RunSetup, Choosing, RunOutputs):
     """``retinalab active``: EGL (or random) active learning of a LeNet exudate patch classifier.
 
     Args:
@@ -205,100 +199,6 @@ class ActiveLearning(Choosing, RunOutputs):
         self.out = Path(out_dir)
         self._round_sigma: dict[int, float] = {}
 
-    # ------------------------------------------------------------------ setup
-    def _setup(self) -> None:
-        from lightning_fabric import Fabric
-
-        if self.logger == "wandb":
-            self.logger = self.make_wandb_logger()
-            self._own_logger = True
-        loggers = [] if self.logger in (None, False) else [self.logger]
-        self.fabric = Fabric(accelerator=self.accelerator, devices=self.devices, strategy=self.strategy, num_nodes=self.num_nodes, loggers=loggers)
-        self.fabric.launch()
-        self.rank0 = self.fabric.global_rank == 0
-        if self.score_batch_size is None:
-            self.score_batch_size = 256 if self.fabric.device.type == "cpu" else 4096
-        if self.oracle == "human" and self.fabric.world_size > 1:
-            raise ConfigError("a human-oracle run waits for files between rounds: run it on one device (devices: 1)")
-        records = read_dataset(self.dataset, self.root, on_error=self.on_error, **(self.reader_args or {}))
-        if self.oracle == "simulated":
-            unannotated = [r for r in records if self.patches.lesion not in r.masks]
-            if unannotated:
-                log.info("leaving out %d images without a %s mask (the simulated oracle needs one)", len(unannotated), self.patches.lesion)
-            records = [r for r in records if self.patches.lesion in r.masks]
-        if not records:
-            raise ConfigError(f"{self.dataset} at {self.root}: no images with a {self.patches.lesion} mask (check reader_args)")
-        build = dict(config=self.patches, cache_dir=self.cache_dir, num_workers=self.num_workers, on_error=self.on_error)
-        if self.rank0:
-            ExudatePatches.build(records, progress=self.progress, **build)
-        self.fabric.barrier()
-        self.pool = pool = ExudatePatches.build(records, progress=False, **build)
-        self.__dict__.update(split_pool(pool, self.val_size, self.test_size, self.seed, self.pool_kind, self.track_images, self.eval_kind).as_dict())
-        self.oracle_fn = SimulatedOracle(pool) if self.oracle == "simulated" else HumanOracle(pool, self.out / "queries")
-        torch.manual_seed(self.seed)
-        # channels-last: the cached patches are NHWC already, and LeNet's convolutions run ~2x faster so
-        model = LeNet(2, self.patches.patch_size, 3, tuple(self.conv_channels), self.hidden, self.dropout).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        self.model, self.optimizer = self.fabric.setup(model, opt)
-        if self.rank0:
-            log.info(
-                "pool: %d %s patches of %d training images; val %d / test %d balanced centred patches; split by patient %s",
-                len(self.pool_items), self.pool_kind, len(self.split["train"]), len(self.eval_items["val"]), len(self.eval_items["test"]),
-                {k_: len(v) for k_, v in self.split.items()},
-            )
-
-    @property
-    def net(self) -> LeNet:
-        """The plain LeNet (without the Fabric/DDP wrapper)."""
-        return self.model.module if hasattr(self.model, "module") else self.model
-
-    # ------------------------------------------------------------------ state
-    def _state_path(self) -> Path:
-        return self.out / "state.json"
-
-    def check_out_dir(self, resume: bool) -> None:
-        """Refuse ``out_dir`` before anything is cut or written there: a run without ``resume``, or
-        (with it) a run of another config (:func:`read_state` names the fields that differ)."""
-        path = self._state_path()
-        if not path.is_file():
-            return
-        if not resume:
-            raise OutputExistsError(f"{self.out} already holds an active-learning run (state.json); pass --resume to continue it or choose another out_dir")
-        read_state(path, self.config)
-
-    def _load_state(self, resume: bool) -> LoopState:
-        path = self._state_path()
-        if not path.is_file():
-            if resume:
-                log.info("%s: no saved state, starting a new run", self.out)
-            return LoopState(config=self.config)
-        state = read_state(path, self.config)
-        load_checkpoint(self.out, state, self.net, self.optimizer)
-        return state
-
-    def _remember_run(self, state: LoopState) -> None:
-        """Keep the W&B run this loop logs into in ``state.json``, once it has started."""
-        from ..resume import run_record
-
-        record = run_record(self.logger) if getattr(self, "_own_logger", False) else None
-        if record is not None and (record["wandb_id"] or state.run is None):
-            state.run = record
-
-    def _continue_run(self, state: LoopState) -> None:
-        """``--resume``: log on into the run folder and W&B run of the rounds before (one run for the
-        whole loop, also when a human oracle stops it after every round)."""
-        if state.run and getattr(self, "_own_logger", False) and self.logger.continue_run(state.run["dir"], state.run.get("wandb_id"), state.round + 1):
-            log.info("%s: continuing the W&B run in %s", self.out, state.run["dir"])
-
-    def _save(self, state: LoopState) -> None:
-        self._remember_run(state)
-        plots = state.stopped is not None or (self.plot_every > 0 and state.round % self.plot_every == 0)
-        heat = self._heatmap_data(state) if plots else None  # scoring is collective under DDP: every rank takes part
-        if self.rank0:
-            save_checkpoint(self.out, state, self.net, self.optimizer, keep_old=self.keep_checkpoints)
-            self._write_outputs(state, heat, plots)
-        self.fabric.barrier()
-
     # ------------------------------------------------------------------ training / evaluation (train.py)
     def _train(self, state: LoopState, epochs: int, r: int) -> float:
         items = np.array(sorted(state.labelled), dtype=np.int64)
@@ -318,16 +218,33 @@ class ActiveLearning(Choosing, RunOutputs):
         return evaluate_patches(self.net, self.pool, self.eval_items, self.score_batch_size, self.fabric.device)
 
     # ------------------------------------------------------------------ the loop
+    #: called as ``on_phase(phase, round)`` when the loop moves on ("setting up", "choosing", "training",
+    #: "evaluating", "saving"): the labelling page shows it while a round trains
+    on_phase: Callable[[str, int], None] | None = None
+
+    #: hold ``out_dir/.lock`` while a human-oracle run works (False: the caller holds it, as the labelling page does)
+    lock_run: bool = True
+
+    def _phase(self, phase: str, r: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, r)
+
     def run(self, resume: bool = False) -> str:
-        """Run (or continue) the loop. Returns ``"finished"`` or ``"waiting"`` (a human oracle has queries)."""
+        """Run (or continue) the loop. Returns ``"finished"`` or ``"waiting"`` (a human oracle has queries).
+        A human-oracle run holds ``out_dir/.lock`` meanwhile (:func:`~retinalab.active.state.run_lock`):
+        a second process on the same run (another ``--resume``, a labelling page) is refused."""
         try:
-            return self._run(resume)
+            if self.oracle != "human" or not self.lock_run:
+                return self._run(resume)
+            with run_lock(self.out, "retinalab active"):
+                return self._run(resume)
         finally:
             if getattr(self, "_own_logger", False):
                 self.logger.finish()  # the next run in this process starts its own W&B run
 
     def _run(self, resume: bool) -> str:
         self.check_out_dir(resume)  # before the patches are cut (minutes on a real dataset), not after
+        self._phase("setting up", -1)
         self._setup()
         if self.rank0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +265,7 @@ class ActiveLearning(Choosing, RunOutputs):
                 if state.pending and state.pending["round"] == r:
                     query = Query(state.pending["items"], state.pending["scores"], state.pending["images"])
                 else:
+                    self._phase("choosing", r)
                     query = self._initial(state) if r == 0 else self._choose(state, r)
                 items, scores, images, sigma = query
                 if r > 0 and not items:
@@ -364,6 +282,7 @@ class ActiveLearning(Choosing, RunOutputs):
                     log.warning("%s", wait)
                     return "waiting"
                 record_round(state, self.pool, r, query, new, answers)
+                self._phase("training", r)
                 train_loss = self._train(state, self.initial_epochs if r == 0 else self.epochs_per_round, r)
                 metrics = {"round": r, "labels": len(state.labelled), "images": len(state.labelled_images), "train/loss": train_loss, **self.evaluate()}
                 metrics["exudate_labels"] = int(sum(state.labelled.values()))
@@ -380,6 +299,7 @@ class ActiveLearning(Choosing, RunOutputs):
                         metrics["max_sigma"] = sigma[best]
                 state.round = r
                 state.stopped = self._stop_reason(state, metrics)
+                self._phase("saving", r)
                 self._save(state)
                 self._log(state, metrics)
                 bar.update(1)

@@ -2,9 +2,13 @@
 
 * :class:`SimulatedOracle` answers from the ground-truth masks (the paper's experiments).
 * :class:`HumanOracle` writes the queries of a round to a folder for an ophthalmologist (each patch as
-  a PNG, each photograph with the queried regions boxed and numbered, ``queries.csv`` and a
-  ``labels.csv`` to fill in) and stops; the loop continues with ``--resume`` once ``labels.csv`` is
-  filled in. Bad label files get an error that lists every bad row; the good rows are kept.
+  a PNG, each photograph with the queried regions boxed and numbered, the plain photograph and the
+  acquisition's heatmap over it for the labelling page, ``queries.csv`` with the model's probability
+  and a ``labels.csv`` to fill in) and stops. The labels come back three ways, all into the loop's
+  answers journal: the labelling page (``retinalab label``, :mod:`retinalab.active.label_server`),
+  ``labels.csv`` (read here when the loop resumes) or a Label Studio export
+  (:mod:`retinalab.active.label_studio`). Bad labels get an error that lists every bad row; the good
+  rows are kept (:func:`validate_labels`, shared by the CSV and Label Studio readers).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -37,6 +41,61 @@ class LabelsPending(Exception):
 
 class LabelFileError(UserError, ValueError):
     """``labels.csv`` has missing, unknown or unexpected labels (every bad row is listed)."""
+
+
+#: what the loop tells a human oracle about a round's queries: ``describe(items, images)`` returns
+#: p(exudate) of each item under the current model and, per image, its grid items and their
+#: acquisition scores (the heatmap); None where the model is not trained yet (round 0)
+Describe = Callable[[Sequence[int], Sequence[int]], "tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]] | None"]
+
+
+def validate_labels(
+    rows: Iterable[tuple[str, str, str]], queries: dict[str, int], wanted: set[int],
+) -> tuple[dict[int, int], list[str], set[str]]:
+    """Check answers against a round's ``queries`` (query id -> pool item).
+
+    Args:
+        rows: ``(where, query_id, word)`` per answer, ``where`` naming its place in the file ("line 3",
+            "task 12"); an empty ``word`` is an unanswered row.
+        wanted: the items still to label (answers for others were journalled before and are skipped).
+
+    Returns:
+        the labels (item -> 0/1), the problems (one line each: a query never asked, an unknown word, a
+        query labelled twice with different labels) and the flagged query ids (left out of the labels).
+    """
+    problems, labels, flagged, by = [], {}, set(), {}
+    for where, qid, word in rows:
+        qid, key = qid.strip(), word.strip().lower()
+        if qid not in queries:
+            problems.append(f"{where}: query_id {qid!r} was never queried")
+            continue
+        if queries[qid] not in wanted or not key or qid in flagged:
+            continue  # answered before (journalled), unanswered (reported by the caller) or already flagged
+        if key not in LABEL_WORDS:
+            problems.append(f"{where}: {qid} has unknown label {word.strip()!r} (use {' or '.join(CLASS_NAMES)})")
+            flagged.add(qid)
+            continue
+        item = queries[qid]
+        if item in labels and labels[item] != LABEL_WORDS[key]:
+            problems.append(f"{where}: {qid} is labelled twice with different labels (also at {by[qid]})")
+            flagged.add(qid)
+            labels.pop(item)
+            continue
+        labels[item], by[qid] = LABEL_WORDS[key], where
+    return labels, problems, flagged
+
+
+def read_queries(d: Path) -> list[dict[str, str]]:
+    """The rows of a round folder's ``queries.csv``."""
+    path = d / "queries.csv"
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise LabelFileError(f"{path}: cannot be read ({e.strerror or e})") from e
+    if rows and not {"query_id", "item"} <= set(rows[0]):
+        raise LabelFileError(f"{path}: needs the columns query_id and item; it was changed or is not a retinalab query file")
+    return rows
 
 
 class SimulatedOracle:
@@ -76,12 +135,15 @@ class HumanOracle:
         pool: the patch cache (for crops and image previews).
         folder: where ``round_NNN/`` query folders are written.
         crop_zoom: the patch PNGs are enlarged this many times for viewing.
+        describe: the model's view of the queries (:data:`Describe`): p(exudate) per query and the
+            heatmap of each queried photograph; without it (or in round 0) neither is written.
     """
 
-    def __init__(self, pool: ExudatePatches, folder: str | Path, crop_zoom: int = 4) -> None:
+    def __init__(self, pool: ExudatePatches, folder: str | Path, crop_zoom: int = 4, describe: Describe | None = None) -> None:
         self.pool = pool
         self.folder = Path(folder)
         self.crop_zoom = crop_zoom
+        self.describe = describe
 
     def round_dir(self, round_: int) -> Path:
         return self.folder / f"round_{round_:03d}"
@@ -96,13 +158,12 @@ class HumanOracle:
             if (d / "labels.csv").is_file() and self._filled(d / "labels.csv"):
                 return self.read_labels(d, items)
             raise LabelsPending(d, len(items))
-        self.write_queries(d, items, scores)
+        self.write_queries(d, items, scores, round_)
         raise LabelsPending(d, len(items))
 
     @staticmethod
     def _queries(d: Path, items: Sequence[int]) -> dict[str, int]:
-        with (d / "queries.csv").open(newline="") as f:
-            queries = {row["query_id"]: int(row["item"]) for row in csv.DictReader(f)}
+        queries = {row["query_id"]: int(row["item"]) for row in read_queries(d)}
         if not {int(i) for i in items} <= set(queries.values()):
             raise LabelFileError(f"{d / 'queries.csv'} does not hold this round's queries; it was changed or belongs to another run")
         return queries
@@ -112,11 +173,15 @@ class HumanOracle:
         with path.open(newline="") as f:
             return any((row.get("label") or "").strip() for row in csv.DictReader(f))
 
-    def write_queries(self, d: Path, items: Sequence[int], scores: Sequence[float] | None) -> None:
-        """Write the patch crops, the boxed photographs, ``queries.csv`` and a blank ``labels.csv``."""
+    def write_queries(self, d: Path, items: Sequence[int], scores: Sequence[float] | None, round_: int = 0) -> None:
+        """Write the patch crops, the boxed and the plain photographs, the heatmaps, ``queries.csv`` and a
+        blank ``labels.csv``."""
         (d / "patches").mkdir(parents=True, exist_ok=True)
         (d / "images").mkdir(exist_ok=True)
         pool, cfg = self.pool, self.pool.config
+        images = sorted({int(pool.image[i]) for i in items})
+        seen = self.describe(items, images) if self.describe is not None and round_ > 0 else None
+        prob, heat = seen if seen is not None else (None, {})
         rows, by_image = [], {}
         for q, item in enumerate(items):
             qid = f"q{q:04d}"
@@ -131,8 +196,13 @@ class HumanOracle:
             by_image.setdefault(img, (sheet, []))[1].append((qid, cy, cx))
             value = None if scores is None else scores[q]
             score = "" if value is None or value != value else f"{float(value):.6g}"  # None/NaN: no score (random, initial)
-            rows.append([qid, int(item), image_id, pool.images[img]["image_path"], cy, cx, cfg.patch_size, score, name, sheet])
+            p = "" if prob is None else f"{float(prob[q]):.4f}"
+            plain, overlay = sheet.replace(".png", ".plain.png"), sheet.replace(".png", ".heat.png") if img in heat else ""
+            rows.append([qid, int(item), image_id, pool.images[img]["image_path"], cy, cx, cfg.patch_size, score, name, sheet, p, plain, overlay, cfg.image_size])
         for img, (sheet, boxes) in by_image.items():
+            _save_png(pool.view(img), d / sheet.replace(".png", ".plain.png"))
+            if img in heat:
+                _save_png(heat_overlay(pool, *heat[img]), d / sheet.replace(".png", ".heat.png"))
             view = pool.view(img).copy()
             s = view.shape[0] / cfg.image_size
             half = cfg.patch_size / 2
@@ -142,7 +212,10 @@ class HumanOracle:
                 cv2.rectangle(view, p0, p1, (0, 255, 255), 1)
                 cv2.putText(view, qid[1:].lstrip("0") or "0", (p0[0], max(8, p0[1] - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 0), 1)
             _save_png(view, d / sheet)
-        header = ["query_id", "item", "image_id", "image_path", "centre_y", "centre_x", "patch_size", "score", "patch_png", "image_png"]
+        header = [
+            "query_id", "item", "image_id", "image_path", "centre_y", "centre_x", "patch_size", "score", "patch_png", "image_png",
+            "probability", "plain_png", "heat_png", "image_size",
+        ]
         write_csv_atomic(d / "queries.csv", header, rows)
         if not (d / "labels.csv").is_file():
             write_csv_atomic(d / "labels.csv", ["query_id", "label"], [[r[0], ""] for r in rows])
@@ -164,31 +237,12 @@ class HumanOracle:
         queries = self._queries(d, items)
         wanted = {int(i) for i in items}
         path = d / "labels.csv"
-        problems, labels, flagged = [], {}, set()
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "query_id" not in reader.fieldnames or "label" not in reader.fieldnames:
                 raise LabelFileError(f"{path}: needs the columns query_id,label (got {reader.fieldnames})")
-            for line, row in enumerate(reader, start=2):
-                qid, word = (row.get("query_id") or "").strip(), (row.get("label") or "").strip().lower()
-                if qid not in queries:
-                    problems.append(f"line {line}: query_id {qid!r} was never queried")
-                    continue
-                if queries[qid] not in wanted:
-                    continue  # answered in an earlier resume: its label is in answers.json already
-                if not word or qid in flagged:
-                    continue  # missing ones are reported below
-                if word not in LABEL_WORDS:
-                    problems.append(f"line {line}: {qid} has unknown label {row['label']!r} (use {' or '.join(CLASS_NAMES)})")
-                    flagged.add(qid)
-                    continue
-                item = queries[qid]
-                if item in labels and labels[item] != LABEL_WORDS[word]:
-                    problems.append(f"line {line}: {qid} is labelled twice with different labels")
-                    flagged.add(qid)
-                    labels.pop(item)
-                    continue
-                labels[item] = LABEL_WORDS[word]
+            rows = [(f"line {line}", row.get("query_id") or "", row.get("label") or "") for line, row in enumerate(reader, start=2)]
+        labels, problems, flagged = validate_labels(rows, queries, wanted)
         labels = {i: y for i, y in labels.items() if i in wanted}  # labels already journalled stay as they were
         missing = [q for q, item in queries.items() if item in wanted and item not in labels and q not in flagged]
         if missing:
@@ -198,6 +252,31 @@ class HumanOracle:
             err.partial = labels
             raise err
         return labels
+
+
+def heat_overlay(pool: ExudatePatches, items: np.ndarray, scores: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """An RGBA picture of the preview's size, to lay over the photograph: each grid patch of ``items``
+    painted with its acquisition score on magma, scaled from the image's lowest score (dark, nearly
+    transparent) to its highest (pale yellow, ``alpha`` opaque); transparent where no patch lies."""
+    from matplotlib import colormaps
+
+    cfg = pool.config
+    side = cfg.view_size
+    value = np.full((side, side), np.nan)
+    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0)
+    lo, hi = (scores.min(), scores.max()) if len(scores) else (0.0, 1.0)
+    scaled = (scores - lo) / (hi - lo) if hi > lo else np.ones_like(scores)
+    s, half = side / cfg.image_size, cfg.patch_size / 2
+    for item, v in zip(np.asarray(items), scaled, strict=True):
+        cy, cx = (float(c) for c in pool.centre[int(item)])
+        y0, y1 = max(0, round((cy - half) * s)), min(side, round((cy + half) * s))
+        x0, x1 = max(0, round((cx - half) * s)), min(side, round((cx + half) * s))
+        value[y0:y1, x0:x1] = np.fmax(value[y0:y1, x0:x1], v)
+    painted = ~np.isnan(value)
+    value = np.nan_to_num(value)
+    rgba = colormaps["magma"](value)
+    rgba[..., 3] = np.where(painted, alpha * (0.15 + 0.85 * value), 0.0)
+    return (rgba * 255).round().astype(np.uint8)
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:

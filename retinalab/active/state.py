@@ -4,7 +4,9 @@
   atomically after every round;
 * ``model-roundNNN.pt``: the LeNet and SGD state, written (atomically) before the ``state.json`` that
   names it, so the checkpoint named in ``state.json`` always exists;
-* ``answers.json``: every oracle label as soon as it arrives;
+* ``answers.json``: every oracle label as soon as it arrives (the loop, the labelling page and the
+  Label Studio import all write it through :func:`journal` and :func:`write_answers`);
+* ``.lock``: held by the process working on a human-oracle run (:func:`run_lock`);
 * ``metrics.csv``, ``queries.csv``, ``interestingness.csv``, ``split.json``: tables for people and plots.
 
 No training, scoring or selection here: see :mod:`retinalab.active.loop` and :mod:`retinalab.active.rounds`.
@@ -15,7 +17,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +30,7 @@ import torch
 
 from ..checkpoints import atomic_torch_save
 from ..datamodules.splits import write_json_atomic
-from ..errors import ConfigError, InputMissingError
+from ..errors import ConfigError, InputMissingError, UserError
 from .oracle import LabelFileError, write_csv_atomic
 
 STATE_VERSION = 1
@@ -242,3 +248,50 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 def nan_to_none(values: list[float | None]) -> list[float | None]:
     """JSON has no NaN: missing scores are stored as null."""
     return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in values]
+
+
+class RunBusyError(UserError, RuntimeError):
+    """Another process (a ``retinalab active --resume``, a labelling page) works on the same run."""
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one process per run is then the user's to ensure
+    fcntl = None
+_HELD: dict[str, list] = {}  # lock file -> [descriptor, holder] of the locks this process holds
+_GUARD = threading.Lock()
+
+
+@contextmanager
+def run_lock(out: str | Path, holder: str) -> Iterator[None]:
+    """Hold ``out/.lock`` (an exclusive advisory lock, released when the process ends however it ends)
+    while working on a run, so that two processes, or two sessions of one process, never journal or
+    train the same run at once; the second is refused with :class:`RunBusyError` naming the first
+    (``holder`` and its pid). The labelling page holds it for its lifetime and runs the loop's rounds
+    under it (``ActiveLearning.lock_run = False``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out.resolve() / ".lock"
+    key = str(path)
+    with _GUARD:
+        if key in _HELD:
+            raise RunBusyError(f"{out} is in use by {_HELD[key][1]} (pid {os.getpid()}, this process); stop it first")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                who = path.read_text(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunBusyError(f"{out} is in use by {who}; stop that process first (it holds {path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{holder} (pid {os.getpid()})".encode())
+        _HELD[key] = [fd, holder]
+    try:
+        yield
+    finally:
+        with _GUARD:
+            del _HELD[key]
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -181,6 +181,9 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
         self.pixel_metrics = torch.nn.ModuleDict({s: LesionPixelMetrics(self.lesions, pixel_thresholds) for s in ("val", "test")})
         self.grade_metrics = torch.nn.ModuleDict({s: grading_metrics(num_classes) for s in ("val", "test")})
         self.binary_metrics = torch.nn.ModuleDict({s: BinaryDRMetrics() for s in ("val", "test")})
+        # Messidor's referable / normal protocol reads DR grades; a two-class target (referable) is binary
+        # already, and with it the protocol found no grade >= 2 and logged a referable AUC of 0
+        self._binary_protocol = num_classes > 2
         self.pseudo_quality = torch.nn.ModuleDict({s: PseudoMaskQuality(self.lesions, pixel_thresholds) for s in ("val", "test")})
         self._quality_sheets: list[tuple[str, np.ndarray]] = []
         self._overlays: list[tuple[str, np.ndarray]] = []

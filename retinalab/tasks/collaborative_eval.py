@@ -37,7 +37,8 @@ class CollaborativeEvaluation:
         probs = torch.softmax(out["logits"].float(), 1)
         y = batch["label"]
         self.grade_metrics[split].update(probs, y)
-        self.binary_metrics[split].update(probs, y)
+        if self._binary_protocol:
+            self.binary_metrics[split].update(probs, y)
         if "alpha" in out:
             self._keep_overlays(batch, self.grader.pseudo_masks(out["alpha"], x.shape[-2:]), "attention")
         if truth is not None:  # synthetic data: how good each map is as a lesion mask on these photographs
@@ -86,7 +87,8 @@ class CollaborativeEvaluation:
         logs = {f"{split}/{k}": v for k, v in pixel.items()}
         if self.grade_metrics[split]["acc"].update_count:
             logs |= {f"{split}/{k}": v for k, v in self.grade_metrics[split].compute().items()}
-            logs |= {f"{split}/{k}": v for k, v in self.binary_metrics[split].compute().items()}
+            if self._binary_protocol:
+                logs |= {f"{split}/{k}": v for k, v in self.binary_metrics[split].compute().items()}
         if self.pseudo_quality[split].updated:
             logs |= {f"{split}/vs_truth/{k}": v for k, v in self.pseudo_quality[split].compute().items()}
         if logs:

@@ -1,0 +1,22 @@
+"""The command-line parser of ``retinalab active`` (also used to rebuild a run from its ``config.yaml``)."""
+
+from __future__ import annotations
+
+
+def active_parser():
+    """``retinalab active``'s parser: ``--config``, ``--resume`` and every option of
+    :class:`~retinalab.active.ActiveLearning`, with one-line errors."""
+    from jsonargparse import ActionConfigFile
+    from jsonargparse import ArgumentParser as JsonArgumentParser
+
+    from ..errors import OneLineParserErrors
+    from .loop import ActiveLearning
+
+    class Parser(OneLineParserErrors, JsonArgumentParser):
+        pass
+
+    p = Parser(prog="retinalab active", description="active learning (paper 002)", default_env=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML config (conf/active/*.yaml)")
+    p.add_argument("--resume", type=bool, default=False, help="continue the run in out_dir (after a fault, or once labels.csv is filled in)")
+    p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
+    return p
