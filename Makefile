@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo_idrid
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
-.PHONY: help install demo test test-slow test-gpu gpu-check bench mutation lint docker clean
+.PHONY: help install demo test test-slow test-slow-only test-gpu gpu-check bench mutation lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: install ## run the fast test suite (two workers: < 10 min on 2 cores)
 
 test-slow: install ## run every test, the slow ones included
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
+
+test-slow-only: install ## run only the slow tier (CI runs it after make test)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow
 
 test-gpu: install ## run the CUDA tests (EGL equals the naive loop on the GPU); they skip without one
 	$(BIN)/python -m pytest -q -m gpu -rs

@@ -307,6 +307,8 @@ def test_overlays_merge_with_the_stage_configs(overlay, tmp_path):
             assert c.datamodule.image_size == 128 and h.generator_width == 0.125 and c.trainer.max_epochs == 10
 
 
+# slow tier (make test-slow; CI runs it after make test): ~40 s
+@pytest.mark.slow
 def test_joint_stage_fits_under_ddp_on_two_cpu_processes(idrid_root, tmp_path):
     """Three manually stepped optimisers (G, grader, D) under Lightning's DDP (gloo); a subprocess
     because `ddp` re-launches the command for the second rank."""

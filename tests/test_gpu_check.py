@@ -50,6 +50,8 @@ def test_the_report_says_when_nothing_finished(tmp_path, capsys):
     assert "no parallel fit finished" in capsys.readouterr().out
 
 
+# slow tier (make test-slow; CI runs it after make test)
+@pytest.mark.slow
 def test_without_a_gpu_the_script_says_so_and_writes_its_summary(tmp_path):
     env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path / "out"), "GPU_CHECK_DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": "",
            "PYTHON": sys.executable}

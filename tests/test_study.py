@@ -221,6 +221,8 @@ def test_each_cell_keeps_its_checkpoints_in_its_own_folder(syn, tmp_path):
     assert all(Path(p).is_file() for p in paths)
 
 
+# slow tier (make test-slow; CI runs it after make test): ~30 s; parallel cells are also run by the failing-cell test
+@pytest.mark.slow
 def test_parallel_cells_overlap_and_match_a_sequential_run(syn, tmp_path, capsys):
     """`--parallel 2 --devices cpu`: two `retinalab study --cell I` processes at once, one CPU thread
     each; the cells' time spans overlap, and split, labelled images and metrics equal those of the

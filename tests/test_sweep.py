@@ -48,6 +48,8 @@ def test_bad_sweeps_are_named(tmp_path):
         load_sweep(p)
 
 
+# slow tier (make test-slow; CI runs it after make test): three fits with W&B, ~60 s
+@pytest.mark.slow
 def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
     """Runs that log to W&B (offline), as the shipped configs' do: each row holds the best value its run
     logged, and the winner is printed (before, only a CSVLogger's metrics.csv was read, so the shipped
