@@ -492,6 +492,8 @@ def test_a_score_batch_size_below_one_is_refused_up_front(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+# slow tier (make test-slow-only; CI runs it after make test): two Fabric ranks, ~30 s
+@pytest.mark.slow
 def test_ddp_ranks_score_shards_and_gather_the_same_ranking(synth_eophtha, tmp_path):
     """Two CPU processes (gloo): round 1's EGL scores, gathered from both ranks' shards, equal the
     scores one process computes with the round-0 checkpoint, and so does the top-k choice."""

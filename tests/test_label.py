@@ -179,6 +179,20 @@ def test_a_second_page_or_a_cli_resume_on_the_same_run_is_refused(run, capsys):
         pass
 
 
+def test_a_port_in_use_is_one_line(run, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["label", "--run", str(run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "--port 0" in err
+    with LabelSession(run):  # the failed start released the run's lock
+        pass
+
+
 def test_label_refuses_a_simulated_run_and_a_folder_without_a_run(tmp_path, run, capsys):
     assert main(["label", "--run", str(tmp_path / "nothing")]) == 2
     assert "no config.yaml" in capsys.readouterr().err

@@ -96,6 +96,8 @@ def _compile_round_trip(syn, tmp_path, backend: str) -> None:
         assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5), key
 
 
+# slow tier (make test-slow-only; CI runs it after make test): ~12 s
+@pytest.mark.slow
 def test_compile_keeps_checkpoint_names_and_results(syn, tmp_path):
     _compile_round_trip(syn, tmp_path, "aot_eager")  # traces forward and backward; no C++ code generation
 

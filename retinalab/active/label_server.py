@@ -25,6 +25,7 @@ import socket
 from importlib import resources
 from typing import Literal
 
+from ..errors import UserError
 from .labelling import LabelRequestError, LabelSession
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time,
@@ -121,6 +122,12 @@ def serve(session: LabelSession, host: str = "127.0.0.1", port: int = 8765, toke
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(16)
     port = port or free_port(host)
+    try:  # a clear message before uvicorn's own (which exits the process)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port} ({e.strerror or e}); another program (another `retinalab label`?) uses it: pass --port 0 for any free port") from None
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     server = uvicorn.Server(uvicorn.Config(create_app(session, token), host=host, port=port, log_level=log_level))
