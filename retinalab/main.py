@@ -257,7 +257,7 @@ def label_main(argv: Sequence[str]) -> int:
         from .active.label_studio import export_tasks
 
         tasks = export_tasks(run, a.export_ls or None, a.ls_document_root, a.ls_url_prefix)
-        root = Path(a.ls_document_root or tasks.parents[2]).resolve()
+        root = Path(a.ls_document_root or run / "queries").resolve()  # export_tasks' default document root
         print(f"{len(json.loads(tasks.read_text()))} Label Studio tasks: {tasks}; labelling interface: {tasks.parent / 'label_config.xml'}")
         if not a.ls_url_prefix:
             print(f"start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "

@@ -17,7 +17,6 @@ exported annotations read back into the run's answers journal.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,7 +24,7 @@ from ..datamodules.splits import write_json_atomic
 from ..errors import InputMissingError
 from .labelling import PendingRound, check_run, pending_round
 from .oracle import CLASS_NAMES, LabelFileError, validate_labels
-from .state import read_answers, run_lock, write_answers
+from .state import journal, read_answers, run_lock, write_answers
 
 #: the Label Studio labelling interface the exported tasks are made for
 LABEL_CONFIG = """<View>
@@ -147,9 +146,7 @@ def import_annotations(run: str | Path, file: str | Path) -> tuple[int, int, lis
         queries = pending.items
         wanted = {i for i in queries.values() if i not in answers}
         labels, bad, _ = validate_labels(rows, queries, wanted)
-        now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        for item, y in labels.items():
-            answers[item] = {"label": y, "round": pending.round, "time": now, "source": "label-studio"}
+        journal(answers, labels, pending.round, "label-studio")
         if labels:
             write_answers(run, answers)
     open_ = sum(1 for i in queries.values() if i not in answers)

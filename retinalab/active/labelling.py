@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, InputMissingError, UserError, format_error, user_error
 from .oracle import CLASS_NAMES, LabelFileError, read_queries
-from .state import read_answers, run_lock, write_answers
+from .state import journal, read_answers, run_lock, write_answers
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class LabelSession:
         self.error: str | None = None
         self.pending: PendingRound | None = None
         self.answers: dict[int, dict] = {}
+        self._last_metrics: list | None = None  # shown while a round trains (state.json is being rewritten)
 
     # ------------------------------------------------------------------ life cycle
     def open(self) -> LabelSession:
@@ -185,8 +186,6 @@ class LabelSession:
                 out.update(round=pending.round, queries=queries, total=len(queries), answered=sum(q["label"] is not None for q in queries))
             return out
 
-    _last_metrics: list | None = None
-
     def file(self, round_: int, query_id: str, kind: str) -> Path:
         """The picture ``kind`` (``patch``, ``photo``: boxed, ``plain``, ``heat``) of a query of the pending round."""
         column = {"patch": "patch_png", "photo": "image_png", "plain": "plain_png", "heat": "heat_png"}.get(kind)
@@ -223,7 +222,7 @@ class LabelSession:
             raise LabelRequestError(f"label must be 0 ({CLASS_NAMES[0]}) or 1 ({CLASS_NAMES[1]}), not {label!r}", 422)
         with self._guard:
             item = int(self._query(round_, query_id)["item"])
-            self.answers[item] = {"label": int(label), "round": round_, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": source}
+            journal(self.answers, {item: int(label)}, round_, source)
             write_answers(self.run, self.answers)
             if all(i in self.answers for i in self.pending.items.values()):
                 self.train()

@@ -163,13 +163,14 @@ def write_answers(out: Path, answers: dict[int, dict]) -> None:
     write_json_atomic(out / "answers.json", {str(k): v for k, v in sorted(answers.items())})
 
 
-def journal(answers: dict[int, dict], got: dict[int, int], r: int) -> None:
-    """Add the labels ``got`` in round ``r`` to ``answers`` (labels must be 0 or 1)."""
+def journal(answers: dict[int, dict], got: dict[int, int], r: int, source: str | None = None) -> None:
+    """Add the labels ``got`` in round ``r`` to ``answers`` (labels must be 0 or 1); ``source`` (the
+    labelling page, Label Studio) is recorded with each where given."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     for i, y in got.items():
         if y not in (0, 1):
             raise ValueError(f"oracle answered {y!r} for item {i}; labels are 0 (healthy) or 1 (exudate)")
-        answers[int(i)] = {"label": int(y), "round": r, "time": now}
+        answers[int(i)] = {"label": int(y), "round": r, "time": now, **({"source": source} if source else {})}
 
 
 def ask_oracle(oracle, items: list[int], scores: list[float], r: int, answers: dict[int, dict], out: Path | None) -> dict[int, int]:
