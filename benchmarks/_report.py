@@ -30,13 +30,15 @@ from _common import machine  # noqa: E402
 BENCH_ARGS: dict[str, list[str]] = {
     "patch_cache.py": ["--images", "8"],
     "lightning_overhead.py": ["--steps", "12", "--repeats", "2"],
+    "memory_format.py": ["--steps", "6", "--repeats", "2"],
     "egl.py": [],
     "inference.py": ["--seconds", "1.5"],
-    "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, balanced (2 settings) and grid pools, ~30 min
+    "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, Algorithms 1 and 2 on the balanced and the grid pool, ~70 min
     "collaborative.py": ["--quick"],  # budget 1, the three arms of Table 1, 3 seeds, ~20 min (full: 3 budgets + the oracle)
     "memory.py": [],  # its defaults: 5 configs x 3 small batches at 512 px
-    "label_efficiency.py": [],  # its defaults: scarce and benchmark presets, 3 seeds, 4 arms, ~40 min
-    "ssl_gan_factors.py": [],  # its defaults: scarce, 10 labels, 3 seeds, 7 SSL-GAN settings, ~60 min
+    # two fits at a time, one thread each (as measured in docs/benchmarks.md; without --parallel they run one by one)
+    "label_efficiency.py": ["--parallel", "2"],  # its defaults: scarce and benchmark presets, 3 seeds, 4 arms + ceiling
+    "ssl_gan_factors.py": ["--parallel", "2"],  # its defaults: scarce, 10 labels, 3 seeds, 7 SSL-GAN settings
     "scale.py": [],
 }
 

@@ -188,6 +188,21 @@ def test_a_grid_pool_tests_on_every_grid_patch_of_the_test_photographs(synth_eop
     first = state["history"]
     assert sum(r["label"] for r in first) == len(first) // 2  # the initial draw: half exudate patches
     # the paper's balanced centred test patches stay the default
+    # the operating point on the validation patches, and the test F-measure there, beside the F at 0.5
+    from retinalab.active.state import read_metrics
+    from retinalab.active.train import best_f1_threshold
+
+    row = read_metrics(tmp_path / "grid" / "metrics.csv")[0]
+    with torch.no_grad():
+        al.net.eval()
+        p = {n: torch.softmax(al.net(al.pool.tensor(al.eval_items[n])), 1)[:, 1] for n in ("val", "test")}
+    y = {n: torch.from_numpy(labels[al.eval_items[n]]) for n in ("val", "test")}
+    t = best_f1_threshold(p["val"], y["val"])
+    assert row["val/threshold"] == pytest.approx(t, rel=1e-5)
+    pred = p["test"] >= t
+    tp = int((pred & (y["test"] == 1)).sum())
+    assert row["test/f1_tuned"] == pytest.approx(2 * tp / (int(pred.sum()) + int(y["test"].sum())), abs=1e-6)
+    assert row["test/sensitivity_tuned"] == pytest.approx(tp / int(y["test"].sum()), abs=1e-6)
     centred = loop(synth_eophtha, tmp_path / "centred", pool_kind="grid", select="patches", max_rounds=0, track_images=0)
     centred.run()
     assert labels[centred.eval_items["test"]].mean() == 0.5 and (kind[centred.eval_items["test"]] != GRID).all()
@@ -244,3 +259,31 @@ def test_entropy_and_margin_rank_a_two_class_pool_identically_even_near_one_half
     order = lambda s: torch.argsort(-s, stable=True).tolist()  # noqa: E731
     assert order(entropy(p)) == order(margin(p)) == list(range(7))
     assert len(set(entropy(p).tolist())) == 7  # no ties
+
+
+def test_the_validation_threshold_maximises_the_f_measure_by_hand():
+    from retinalab.active.train import best_f1_threshold
+
+    def f1_at(p, y, t):
+        pred = p >= t
+        tp = int((pred & (y == 1)).sum())
+        return 2 * tp / (int(pred.sum()) + int(y.sum()))
+
+    # 0.5 would call nothing an exudate (F 0); the positives rank above the negatives but for one
+    p = torch.tensor([0.30, 0.28, 0.05, 0.29, 0.10, 0.02, 0.01, 0.40])
+    y = torch.tensor([1, 1, 0, 0, 1, 0, 0, 1])
+    assert f1_at(p, y, 0.5) == 0.0
+    t = best_f1_threshold(p, y)
+    # by hand: 0.40 -> 2/5, 0.30 -> 4/6, 0.29 -> 4/7, 0.28 -> 6/8, 0.10 -> 8/9, 0.05 -> 8/10
+    assert t == pytest.approx(0.10) and f1_at(p, y, t) == pytest.approx(8 / 9)
+    for _ in range(20):  # against every candidate on random data with ties
+        g = torch.Generator().manual_seed(_)
+        p = torch.randint(0, 12, (40,), generator=g).double() / 12
+        y = (torch.rand(40, generator=g) < 0.2).long()
+        if not y.sum():
+            continue
+        best = max(f1_at(p, y, float(c)) for c in p.unique())
+        t = best_f1_threshold(p, y)
+        assert f1_at(p, y, t) == pytest.approx(best)
+        assert t == max(float(c) for c in p.unique() if f1_at(p, y, float(c)) == pytest.approx(best))  # ties: the most specific
+    assert best_f1_threshold(torch.tensor([0.2, 0.9]), torch.tensor([0, 0])) == 0.5  # no positive: the usual 0.5

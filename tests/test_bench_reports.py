@@ -159,3 +159,29 @@ def test_parallel_children_hand_back_their_lines_and_a_failed_one_is_left_out(tm
     assert {k: v["v"] for k, v in got.items()} == {"c0": 0, "c1": 1, "c2": 2} and all("process_s" in v for v in got.values())
     assert ran["codes"]["bad"] == 3 and len(ran["slots"]) == 2
     assert (tmp_path / "runs" / "c1" / "run.log").exists() and not list((tmp_path / "lines").glob(".*tmp*"))
+
+
+def test_active_learning_reports_the_grid_pool_at_0_5_and_at_the_validation_threshold(capsys):
+    """benchmarks/active_learning.py's tables and verdicts of one setting, on made-up runs: at 0.5 no
+    seed of any strategy reaches F 0.8 (a model that calls rare exudates healthy), at the validation
+    threshold EGL reaches it at 500 labels and random at 700; each F-measure gets its own verdicts."""
+    al = runpy.run_path(str(REPO / "benchmarks" / "active_learning.py"), run_name="bench_reports")
+    strategies = ["egl", "entropy", "margin", "bald", "random"]
+    a = argparse.Namespace(strategies=strategies, seeds=[0, 1])
+    reach = {"egl": 500, "entropy": 600, "margin": 600, "bald": 700, "random": 700}
+    labels = [400 + 50 * i for i in range(9)]  # 400 .. 800
+    runs = {s: [[{"labels": float(n), "test/f1": 0.5, "test/f1_tuned": 0.85 if n >= reach[s] else 0.6, "select_seconds": 0.1}
+                 for n in labels] for _seed in a.seeds] for s in strategies}
+    timing = {s: 1.0 for s in strategies} | {"inference": 1.0}
+    at_half = al["report_metric"](a, "grid", "images-selected", runs, len(labels), 50, "test/f1", timing, 1.0, 850.0, "")
+    tuned = al["report_metric"](a, "grid", "images-selected", runs, len(labels), 50, "test/f1_tuned", timing, 1.0, 850.0,
+                                " (F-measure at the validation threshold)")
+    out = capsys.readouterr().out
+    assert "test F-measure after each round" in out and "test F-measure at the validation threshold after each round" in out
+    assert any("a strategy needs >= 20% fewer labels than random to reach F >= 0.8: MISSED" in v for v in at_half)
+    assert all("validation threshold" not in v for v in at_half)
+    met = [v for v in tuned if "20% fewer" in v]
+    assert met == ["- grid / images-selected (F-measure at the validation threshold): a strategy needs >= 20% fewer labels than random "
+                   "to reach F >= 0.8: met (egl: 500 vs 700, 29% fewer)"]
+    calibration = next(v for v in tuned if "calibration" in v)
+    assert "half the label range (600 of 400-800)" in calibration and ": met (random: 700 +- 0)" in calibration

@@ -109,7 +109,7 @@ def test_a_test_run_logs_its_intervals_and_keeps_its_predictions(tmp_path):
     root = make_idrid(tmp_path / "IDRiD", seg=(6, 3), grades={"train": [0, 0, 0, 0], "test": [0, 0, 0]})
     dm = PatchDataModule("idrid", str(root), image_size=128, patch_size=32, stride=32, patch_out=32, val_size=3, test_size=6,
                          batch_size=32, cache_dir=str(tmp_path / "c"), cache_workers=0, split_file=str(tmp_path / "s.json"))
-    pl.seed_everything(0)  # unseeded, one run in many separated the 6 test photographs perfectly: an AUROC of 1 has the interval [1, 1]
+    pl.seed_everything(0)
     task = PatchClassifierTask(width=0.1)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path)
@@ -122,6 +122,12 @@ def test_a_test_run_logs_its_intervals_and_keeps_its_predictions(tmp_path):
     assert exact_auroc(rec["probs"].sum(1), rec["targets"].max(1)) == pytest.approx(res["test/image_auroc"], abs=1e-5)
     assert exact_auroc(rec["probs"].ravel(), rec["targets"].ravel()) == pytest.approx(res["test/patch_auroc"], abs=1e-5)
     for name in ("image_auroc", "patch_auroc"):
-        assert res[f"test/{name}_low"] <= res[f"test/{name}"] <= res[f"test/{name}_high"]
-        assert 0 < res[f"test/{name}"] < 1  # (the seed gives imperfect separation, so the interval has a width)
-        assert res[f"test/{name}_high"] - res[f"test/{name}_low"] > 0.01  # 6 photographs: a wide interval
+        low, value, high = (res[f"test/{name}{end}"] for end in ("_low", "", "_high"))
+        assert low <= value <= high
+        if 0 < value < 1:
+            assert high - low > 0.01  # 6 photographs: a wide interval
+        else:  # a perfect (or perfectly wrong) separation stays so in every resample: the interval is the point
+            assert low == value == high, name
+    # 96 patches of an epoch-old network are not separated perfectly (whether the 6 photographs are
+    # depends on the floating-point details of training)
+    assert 0 < res["test/patch_auroc"] < 1

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
+from .layout import channels_last, nhwc
+
 
 def _wn(module: nn.Module, enabled: bool) -> nn.Module:
     # parametrizations.weight_norm (not the old nn.utils.weight_norm, which cannot be deep-copied
@@ -78,6 +80,7 @@ class ConvLarge(nn.Module):
         self.head = _wn(nn.Linear(c2, num_classes), weight_norm)
         self.num_features = c2
         self.reset_parameters(init_std)
+        channels_last(self)  # 1.7x faster training on the CPU at width 0.125 (layout.py)
 
     def reset_parameters(self, std: float = 0.05) -> None:
         """Isotropic Gaussian weights (Table 6: mu 0, sigma 0.05), zero biases."""
@@ -107,7 +110,7 @@ class ConvLarge(nn.Module):
         """
         was_training = self.training
         self.eval()
-        h = x
+        h = nhwc(x)
         for m in [*self.body, self.head]:
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.zeros_(m.bias)
@@ -128,7 +131,7 @@ class ConvLarge(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """h(x): the pooled activations after the NiN layers."""
         self._check(x)
-        return self.body(x)
+        return self.body(nhwc(x))
 
     #: smallest input side the two padding-0 stride-2 convs accept (32 in the paper)
     MIN_SIZE = 28
@@ -142,4 +145,4 @@ class ConvLarge(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return self.head(self.body(x))
+        return self.head(self.body(nhwc(x)))

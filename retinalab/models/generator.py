@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ..errors import ConfigError
+from .layout import channels_last, nhwc
 
 
 def _plan(out_size: int, base: int | None) -> tuple[int, int]:
@@ -67,6 +68,7 @@ class PatchGenerator(nn.Module):
             cin = cout
         layers += [weight_norm(nn.ConvTranspose2d(cin, channels, 5, 2, padding=2, output_padding=1), dim=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        channels_last(self)  # as the discriminator (layout.py)
 
     def sample_noise(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         """z ~ U(0, 1)^latent_dim (Table 4: uniform noise)."""
@@ -74,4 +76,4 @@ class PatchGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(-1, self.c0, self.base, self.base)
-        return self.net(x)
+        return self.net(nhwc(x))
