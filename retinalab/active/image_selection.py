@@ -75,7 +75,7 @@ def egl_image_order(
         return order
     torch.manual_seed(seed)
     size = cache.grid.out_size
-    model = LeNet(2, size, 3, (20, 50), 500).to(memory_format=torch.channels_last)
+    model = LeNet(2, size, 3, (20, 50), 500)  # channels-last (retinalab/models/layout.py)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(seed)
     while len(order) < count:
