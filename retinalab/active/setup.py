@@ -55,7 +55,7 @@ class RunSetup:
         self.__dict__.update(split_pool(pool, self.val_size, self.test_size, self.seed, self.pool_kind, self.track_images, self.eval_kind).as_dict())
         self.oracle_fn = SimulatedOracle(pool) if self.oracle == "simulated" else HumanOracle(pool, self.out / "queries", describe=self.describe_queries)
         torch.manual_seed(self.seed)
-        # channels-last (retinalab/models/layout.py): the cached patches are NHWC already, and LeNet's convolutions run ~1.75x faster so
+        # LeNet is channels-last (retinalab/models/layout.py): the cached patches are NHWC already
         model = LeNet(2, self.patches.patch_size, 3, tuple(self.conv_channels), self.hidden, self.dropout)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         self.model, self.optimizer = self.fabric.setup(model, opt)

@@ -48,7 +48,7 @@ class LeNet(nn.Module):
         self.fc1 = nn.Linear(self.num_features, hidden)
         self.act = nn.ReLU()
         self.fc2 = nn.Linear(hidden, num_classes)
-        channels_last(self)  # 1.4x faster training on the CPU (layout.py)
+        channels_last(self)  # faster on the CPU: training 1.21x, inference 1.76x (layout.py)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(nhwc(x))
