@@ -92,6 +92,30 @@ def test_patch_interval_resamples_photographs_not_patches():
     assert hi - lo > 2.5 * (independent[1] - independent[0])
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_all_replicates_at_once_equal_one_at_a_time(dense, monkeypatch):
+    """The vectorised AUROC over replicates (photographs drawn c times weigh c times) equals exact_auroc
+    on each resampled array, ties and single-class replicates included, so the interval does too; with
+    the per-photograph tables and with the sorted items (what large test sets use), in small chunks."""
+    from retinalab.metrics.bootstrap import _AUROCStatistic
+
+    monkeypatch.setattr(_AUROCStatistic, "DENSE_CELLS", 4_000_000 if dense else 0)
+    monkeypatch.setattr(_AUROCStatistic, "CHUNK_CELLS", 1000)
+    rng = np.random.default_rng(5)
+    label = (rng.random(12) < 0.25).astype(int)  # few positives: some replicates draw none (NaN)
+    score = np.round(rng.random(12), 1)  # many ties
+    probs = np.round(rng.random((12, 8)), 1)
+    patches = (rng.random((12, 8)) < 0.3).astype(int)
+    idx = rng.integers(0, 12, (400, 12))
+    for stat, n in (image_auroc_statistic(score, label), patch_auroc_statistic(probs, patches),
+                    difference_statistic(image_auroc_statistic(score, label), image_auroc_statistic(score[::-1].copy(), label))):
+        one_by_one = np.asarray([stat(i) for i in idx])
+        np.testing.assert_allclose(stat.many(idx), one_by_one, rtol=0, atol=1e-12, equal_nan=True)
+        assert n == 12 and np.isnan(one_by_one).any() == (stat.many(idx) != stat.many(idx)).any()
+        plain = (lambda i, stat=stat: stat(i), n)  # no vectorised form: the one-at-a-time path
+        np.testing.assert_allclose(bootstrap_interval([(stat, n)]), bootstrap_interval([plain]), atol=1e-12)
+
+
 def test_image_level_scores_per_image_table():
     m = ImageLevelScores()
     m.update(torch.tensor([0.9, 0.1, 0.2]), torch.tensor([1, 0, 0]), torch.tensor([7, 7, 3]), torch.tensor([0, 1, 1]))

@@ -56,9 +56,14 @@ def bootstrap_interval(
     if not runs:
         raise ValueError("bootstrap_interval needs at least one run")
     rng = np.random.default_rng(seed)
-    values = np.empty(num_resamples)
-    for b in range(num_resamples):
-        values[b] = np.mean([stat(rng.integers(0, n, n)) for stat, n in runs])
+    # the draws in the order one replicate after another used (the same inputs keep their intervals)
+    draws = [[rng.integers(0, n, n) for _, n in runs] for _ in range(num_resamples)]
+    per_run = []
+    for r, (stat, _) in enumerate(runs):
+        idx = np.stack([d[r] for d in draws])
+        many = getattr(stat, "many", None)  # a vectorised form over all replicates (AUROCs: WeightedAUROC)
+        per_run.append(many(idx) if many is not None else np.asarray([stat(i) for i in idx], np.float64))
+    values = np.mean(per_run, axis=0)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
@@ -67,16 +72,91 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+class _AUROCStatistic:
+    """AUROC over resampled photographs, callable on one replicate's indices (``stat(idx)``) and, as
+    ``stat.many(idx)`` on a ``(replicates, n)`` array of them, on all replicates at once.
+
+    A replicate that draws photograph ``i`` ``c_i`` times counts each of its items ``c_i`` times, so its
+    AUROC is the Mann-Whitney statistic with those weights: for the distinct scores in increasing order,
+    the positive weight at each score times the negative weight below it plus half the negative weight
+    at it. Computed with cumulative sums over the items sorted once, it equals :func:`exact_auroc` on
+    the resampled arrays (tested) at a fraction of the cost of sorting every replicate anew.
+    """
+
+    #: the per-photograph count tables (photographs x distinct scores) are used up to this many cells
+    DENSE_CELLS = 4_000_000
+    #: replicates are scored in chunks of at most this many (replicate, item) cells
+    CHUNK_CELLS = 4_000_000
+
+    def __init__(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        self.scores, self.labels = np.asarray(scores), np.asarray(labels)
+        self.n = n = len(self.scores)
+        flat = np.asarray(self.scores, np.float64).reshape(n, -1)
+        self._items = flat.size
+        photo = np.arange(flat.size) // flat.shape[1]
+        pos = np.asarray(self.labels).reshape(n, -1).ravel() == 1
+        _, group = np.unique(flat.ravel(), return_inverse=True)  # distinct scores in increasing order
+        groups = int(group.max()) + 1 if group.size else 0
+        if n * groups <= self.DENSE_CELLS:
+            # positives and negatives of each photograph at each distinct score: a replicate's weights
+            # at every score are then its photograph counts times these tables
+            self._pos_table, self._neg_table = np.zeros((n, groups)), np.zeros((n, groups))
+            np.add.at(self._pos_table, (photo[pos], group[pos]), 1.0)
+            np.add.at(self._neg_table, (photo[~pos], group[~pos]), 1.0)
+        else:
+            self._pos_table = None
+            order = np.argsort(group, kind="stable")
+            self._photo, self._pos = photo[order], pos[order]  # items sorted by score
+            self._ends = np.flatnonzero(np.append(group[order][1:] != group[order][:-1], True))  # last item of each score
+
+    def __call__(self, idx: np.ndarray) -> float:
+        return exact_auroc(self.scores[idx].ravel(), self.labels[idx].ravel())
+
+    def many(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx)
+        step = max(1, self.CHUNK_CELLS // max(self._items, 1))
+        return np.concatenate([self._many(idx[i:i + step]) for i in range(0, len(idx), step)]) if len(idx) else np.empty(0)
+
+    def _many(self, idx: np.ndarray) -> np.ndarray:
+        b, n = idx.shape
+        counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        if self._pos_table is not None:
+            pos_at, neg_at = counts @ self._pos_table, counts @ self._neg_table  # weights at each distinct score
+            neg = np.cumsum(neg_at, axis=1)
+        else:
+            weight = counts[:, self._photo]
+            neg = np.cumsum(np.where(self._pos, 0.0, weight), axis=1)[:, self._ends]
+            pos_at = np.diff(np.cumsum(np.where(self._pos, weight, 0.0), axis=1)[:, self._ends], axis=1, prepend=0.0)
+            neg_at = np.diff(neg, axis=1, prepend=0.0)
+        u = (pos_at * (neg - neg_at / 2.0)).sum(axis=1)
+        n_pos, n_neg = pos_at.sum(axis=1), neg[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+class _Difference:
+    """Run ``a``'s figure minus run ``b``'s on the same resampled items (and on many replicates at once
+    when both can)."""
+
+    def __init__(self, a: Statistic, b: Statistic) -> None:
+        self.a, self.b = a, b
+        if hasattr(a, "many") and hasattr(b, "many"):
+            self.many = lambda idx: a.many(idx) - b.many(idx)
+
+    def __call__(self, idx: np.ndarray) -> float:
+        return self.a(idx) - self.b(idx)
+
+
 def image_auroc_statistic(scores: np.ndarray, labels: np.ndarray) -> tuple[Statistic, int]:
     """``(statistic, n)`` for :func:`bootstrap_interval`: image AUROC over resampled photographs."""
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    return (lambda idx: exact_auroc(scores[idx], labels[idx])), len(scores)
+    stat = _AUROCStatistic(np.asarray(scores), np.asarray(labels))
+    return stat, stat.n
 
 
 def patch_auroc_statistic(probs: np.ndarray, labels: np.ndarray) -> tuple[Statistic, int]:
     """``(statistic, n)``: patch AUROC over resampled photographs (``probs``, ``labels``: images x patches)."""
-    probs, labels = np.asarray(probs), np.asarray(labels)
-    return (lambda idx: exact_auroc(probs[idx].ravel(), labels[idx].ravel())), len(probs)
+    stat = _AUROCStatistic(np.asarray(probs), np.asarray(labels))
+    return stat, stat.n
 
 
 def difference_statistic(a: tuple[Statistic, int], b: tuple[Statistic, int]) -> tuple[Statistic, int]:
@@ -86,4 +166,4 @@ def difference_statistic(a: tuple[Statistic, int], b: tuple[Statistic, int]) -> 
     (stat_a, n_a), (stat_b, n_b) = a, b
     if n_a != n_b:
         raise ValueError(f"a paired difference needs the same test items: {n_a} against {n_b}")
-    return (lambda idx: stat_a(idx) - stat_b(idx)), n_a
+    return _Difference(stat_a, stat_b), n_a
