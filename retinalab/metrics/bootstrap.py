@@ -61,7 +61,7 @@ def bootstrap_interval(
     per_run = []
     for r, (stat, _) in enumerate(runs):
         idx = np.stack([d[r] for d in draws])
-        many = getattr(stat, "many", None)  # a vectorised form over all replicates (AUROCs: WeightedAUROC)
+        many = getattr(stat, "many", None)  # a vectorised form over all replicates (the AUROCs: _AUROCStatistic.many)
         per_run.append(many(idx) if many is not None else np.asarray([stat(i) for i in idx], np.float64))
     values = np.mean(per_run, axis=0)
     values = values[np.isfinite(values)]
