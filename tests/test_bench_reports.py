@@ -185,3 +185,41 @@ def test_active_learning_reports_the_grid_pool_at_0_5_and_at_the_validation_thre
                    "to reach F >= 0.8: met (egl: 500 vs 700, 29% fewer)"]
     calibration = next(v for v in tuned if "calibration" in v)
     assert "half the label range (600 of 400-800)" in calibration and ": met (random: 700 +- 0)" in calibration
+
+
+def test_collaborative_report_states_the_oracle_and_premise_verdicts_per_budget(capsys):
+    """benchmarks/collaborative.py's report on made-up rows: at budget x1 the oracle is ahead of
+    Lesion(Pretrained) by >= 0.02 kappa in 2 of 3 seeds and keeps G's AUC-PR, and the pseudo masks are
+    worse than G's while Lesion(Semi) trails (as the premise predicts); at x4 the oracle wins one seed
+    only, and the pseudo masks are better while Lesion(Semi) still trails (not as predicted)."""
+    from _collab_report import LESIONS, label, report
+
+    seeds = [0, 1, 2]
+    a = argparse.Namespace(seeds=seeds, budgets=[1, 4], arms=["Lesion(Pretrained)", "Lesion(Semi)", "Oracle"], images=600,
+                           source_size=[768, 510], size=128, width=0.25, batch_size=8, device="cpu", precision="32",
+                           steps_seg=200, steps_grading=200, joint_batches=40, pseudo_warmup=15)
+    kappa = {("Ori", 1): .70, ("Lesion(Pretrained)", 1): .80, ("Lesion(Semi)", 1): .70, ("Ori", 4): .72, ("Lesion(Pretrained)", 4): .82,
+             ("Lesion(Semi)", 4): .75}
+    oracle = {1: [0.03, 0.05, 0.0], 4: [0.03, 0.0, -0.01]}
+    pseudo = {1: 0.2, 4: 0.6}
+    rows = {}
+    for s in seeds:
+        rows[(s, "Ori (stage 1b)")] = {"seconds": 1, "metrics": {"test/kappa": 0.6}}
+        rows[(s, "G (stage 1a)")] = {"seconds": 1, "metrics": {"test/mean/auc_pr": 0.5, **{f"test/{les}/auc_pr": 0.5 for les in LESIONS}}}
+        for b in a.budgets:
+            for m in ("Ori", "Lesion(Pretrained)", "Lesion(Semi)"):
+                rows[(s, label(m, b))] = {"seconds": 1, "metrics": {"test/kappa": kappa[(m, b)] + 0.001 * s, "test/mean/auc_pr": 0.5,
+                                                                     "test/vs_truth/G/mean/auc_pr": 0.4,
+                                                                     "test/vs_truth/pseudo/mean/auc_pr": pseudo[b] + 0.01 * s}}
+            rows[(s, label("Oracle", b))] = {"seconds": 1, "metrics": {"test/kappa": kappa[("Lesion(Pretrained)", b)] + 0.001 * s + oracle[b][s],
+                                                                       "test/mean/auc_pr": 0.52}}
+    lesions = {les: {"extent": 3.0, "components": 10, "share": 0.01} for les in LESIONS}
+    report(a, rows, lesions, 1.0)
+    out = capsys.readouterr().out
+    x1, x4 = out.split("- budget x1")[1].split("- budget x4")
+    assert "Oracle kappa >= Lesion(Pretrained) + 0.02 in >= 2 of 3 seeds: met" in x1
+    assert "Oracle kappa >= Lesion(Pretrained) + 0.02 in >= 2 of 3 seeds: MISSED" in x4
+    assert "Oracle keeps G's AUC-PR at or above stage 1a's: met (+0.020" in x1
+    assert "pseudo masks better than G's on the graded photographs: no" in x1 and "as the premise predicts" in x1
+    assert "pseudo masks better than G's on the graded photographs: yes" in x4 and "NOT as the premise predicts" in x4
+    assert "the supervised G (stage 1a) learned MA, HE, EX, SE" in out
