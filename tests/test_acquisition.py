@@ -76,6 +76,13 @@ def test_scores_of_a_tiny_model_equal_hand_computations():
     again, _ = acquisition_scores(net, x, "bald", mc_samples=5, seed=42)
     assert torch.equal(again, scores)
     assert not torch.equal(acquisition_scores(net, x, "bald", mc_samples=5, seed=43)[0], scores)
+    # LeNet's passes rerun only its head on features computed once (dropout_in_head); the same network
+    # seen as a whole (no head to rerun) draws the same masks and gives the same scores and probabilities
+    whole = torch.nn.Sequential(net)
+    assert not getattr(whole, "dropout_in_head", False)
+    for model in (net, whole):
+        s, probs = acquisition_scores(model, x, "bald", mc_samples=5, seed=42)
+        assert torch.allclose(s, scores, atol=1e-9) and torch.allclose(probs, p, atol=1e-6) and net.training
 
 
 def test_bald_needs_dropout_and_the_loop_says_so(tmp_path):

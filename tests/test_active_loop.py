@@ -117,6 +117,13 @@ def test_dihedral_variants_are_the_eight_symmetries():
     flat = {tuple(v[k * 2].flatten().tolist()) for k in range(8)}
     assert len(flat) == 8  # all distinct for an asymmetric patch
     assert torch.equal(v[2], torch.rot90(x[0], 1, (1, 2))) and torch.equal(v[8], x[0].flip(2))
+    # training's per-sample variant (apply_dihedral) is the same symmetry as dihedral()'s variant-major block
+    from retinalab.active.train import apply_dihedral
+
+    batch = torch.rand(24, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    variant = torch.arange(24) % 8
+    want = torch.stack([dihedral(batch[i : i + 1])[int(variant[i])] for i in range(24)])
+    assert torch.equal(apply_dihedral(batch, variant), want)
 
 
 def test_splits_are_by_patient_and_balanced(synth_eophtha, tmp_path):

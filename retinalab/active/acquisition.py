@@ -67,7 +67,18 @@ def has_dropout(model: nn.Module) -> bool:
 def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
     """``samples`` forward passes of ``x`` with only the dropout layers in training mode -> T x B x K
     softmax probabilities. The dropout masks come from a generator seeded with ``seed`` (the global
-    random state is restored afterwards), so the same call gives the same masks."""
+    random state is restored afterwards), so the same call gives the same masks.
+
+    A network whose dropout layers are all in its fully connected head (``dropout_in_head``, with
+    ``features`` and ``head`` methods: LeNet) computes its features once and reruns only the head,
+    with the same masks in the same order as whole passes would draw (the convolutions draw none)."""
+    return _mc_dropout(model, x, samples, seed)[0]
+
+
+@torch.no_grad()
+def _mc_dropout(model: nn.Module, x: torch.Tensor, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`mc_dropout_probs` and, when the head alone was rerun, the class probabilities with dropout
+    off from the same features (else ``None``)."""
     if samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {samples}")
     if not has_dropout(model):
@@ -78,10 +89,18 @@ def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int, seed: int)
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.train()
     devices = [x.device] if x.device.type == "cuda" else []
+    split = getattr(model, "dropout_in_head", False)
     try:
+        if not split:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                return torch.stack([torch.softmax(model(x).float(), -1) for _ in range(samples)]), None
+        features = model.features(x)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            return torch.stack([torch.softmax(model(x).float(), -1) for _ in range(samples)])
+            passes = torch.stack([torch.softmax(model.head(features).float(), -1) for _ in range(samples)])
+        model.eval()
+        return passes, torch.softmax(model.head(features).float(), -1)
     finally:
         for m, t in was.items():
             m.train(t)
@@ -109,11 +128,12 @@ def acquisition_scores(
         return egl(model, x, scope)
     if acquisition not in SCORED:
         raise ValueError(f"acquisition {acquisition!r} does not score patches; choose one of {', '.join(SCORED)}")
+    if acquisition == "bald":
+        passes, p = _mc_dropout(model, x, mc_samples, seed)
+        return bald(passes), (predict_probs(model, x) if p is None else p)
     p = predict_probs(model, x)
     # float64 scores: entropy near p = 0.5 (ln 2 - 2 e^2) would tie in float32 where margin (1 - 2e) does
     # not, and the two, which rank a two-class pool identically, would then choose differently
     if acquisition == "entropy":
         return entropy(p), p
-    if acquisition == "margin":
-        return margin(p), p
-    return bald(mc_dropout_probs(model, x, mc_samples, seed)), p
+    return margin(p), p

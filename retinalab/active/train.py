@@ -19,7 +19,7 @@ from torchmetrics.functional.classification import (
 
 from .acquisition import acquisition_scores
 from .egl import Scope
-from .pool import ExudatePatches, dihedral
+from .pool import ExudatePatches
 
 
 def apply_dihedral(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,8 @@ def apply_dihedral(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     for v in variant.unique().tolist():
         sel = variant == v
-        out[sel] = dihedral(x[sel])[v * int(sel.sum()) : (v + 1) * int(sel.sum())]
+        turned = torch.rot90(x[sel], v % 4, dims=(2, 3))  # dihedral()'s order: 4 rotations, then each flipped
+        out[sel] = turned.flip(3) if v >= 4 else turned
     return out
 
 
