@@ -31,6 +31,7 @@ BENCH_ARGS: dict[str, list[str]] = {
     "patch_cache.py": ["--images", "8"],
     "lightning_overhead.py": ["--steps", "12", "--repeats", "2"],
     "memory_format.py": ["--steps", "6", "--repeats", "2"],
+    "launch.py": [],  # 4 import-only jobs as subprocesses and from the fork server, twice each (~1 min)
     "egl.py": [],
     "inference.py": ["--seconds", "1.5"],
     "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, Algorithms 1 and 2 on the balanced and the grid pool, ~70 min
