@@ -81,12 +81,21 @@ def run(path: Path, args: list[str]) -> tuple[int, str, str, float]:
 
 def _merge(old: str, sections: list[str], scripts: list[Path], seconds: float) -> tuple[str, list[str]]:
     """The existing report with the sections of ``scripts`` replaced (or added), sorted by script."""
-    first = old.find("\n## ")
-    head, body = (old[: first + 1], old[first + 1 :]) if first >= 0 else (old, "")
+    # a section starts at a "## " line outside a fenced block: a script's output (inside ```) has its own
+    # "## " headings, which belong to its section
+    starts, fenced = [], False
+    lines = old.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif line.startswith("## ") and not fenced:
+            starts.append(i)
+    head = "".join(lines[: starts[0]]) if starts else old
     kept = {}
-    for chunk in ("\n" + body).split("\n## ")[1:]:
+    for a, b in zip(starts, [*starts[1:], len(lines)], strict=True):
+        chunk = "".join(lines[a:b])
         name = chunk[chunk.find("(`benchmarks/") + 13 : chunk.find(".py`)")]
-        kept[name] = "## " + chunk.rstrip("\n") + "\n"
+        kept[name] = chunk.rstrip("\n") + "\n"
     for path, section in zip(scripts, sections, strict=True):
         kept[path.stem] = section
     names = " ".join(p.stem for p in scripts)

@@ -223,3 +223,17 @@ def test_collaborative_report_states_the_oracle_and_premise_verdicts_per_budget(
     assert "pseudo masks better than G's on the graded photographs: no" in x1 and "as the premise predicts" in x1
     assert "pseudo masks better than G's on the graded photographs: yes" in x4 and "NOT as the premise predicts" in x4
     assert "the supervised G (stage 1a) learned MA, HE, EX, SE" in out
+
+
+def test_report_update_keeps_headings_inside_a_scripts_output_in_its_section():
+    """`_report.py --update` splits RESULTS.md at "## " headings outside fenced blocks only: a script whose
+    output prints "## Pool: grid" (active_learning.py) keeps it in its own section, in place."""
+    import _report
+
+    old = ("# Benchmark results\n\nintro\n\n"
+           "## A (`benchmarks/alpha.py`)\n\n```\n## Pool: grid\nfigures of alpha\n```\n\n"
+           "## B (`benchmarks/beta.py`)\n\n```\nold beta\n```\n")
+    new_beta = "## B (`benchmarks/beta.py`)\n\n```\nnew beta\n## Preset 'scarce'\n```\n"
+    head, sections = _report._merge(old, [new_beta], [Path("beta.py")], 60.0)
+    assert head.startswith("# Benchmark results\n\nintro") and "Sections rerun since: beta" in head
+    assert sections == ["## A (`benchmarks/alpha.py`)\n\n```\n## Pool: grid\nfigures of alpha\n```\n", new_beta]
