@@ -138,7 +138,7 @@ def run_group(job: dict) -> list[dict]:
             acquisition=strategy, match_labels=str(folder / "egl") if strategy == "random" else None, **SETTINGS[job["setting"]][1],
             pool_kind=POOLS[job["pool"]]["pool_kind"], eval_kind=POOLS[job["pool"]]["eval_kind"], mc_samples=a["mc_samples"],
             k=k, initial_batches=a["initial_batches"], initial_images=a["initial_images"], max_rounds=rounds,
-            epochs_per_round=a["epochs_per_round"], initial_epochs=a["initial_epochs"], val_size=0.25, test_size=0.25, seed=job["seed"],
+            epochs_per_round=a["epochs_per_round"], initial_epochs=a["initial_epochs"], initial_augment=a.get("initial_augment", False), val_size=0.25, test_size=0.25, seed=job["seed"],
             cache_dir=str(work / "cache"), num_workers=0, accelerator="cpu", progress=False, track_images=0, plot_every=0,
         )
         loop.run(resume=True)
@@ -319,6 +319,8 @@ def main() -> None:
     ap.add_argument("--initial-batches", type=int, default=2, help="Algorithm 1's initial model: batches of 32 patches, half per class")
     ap.add_argument("--initial-images", type=int, default=2, help="Algorithm 2's mu")
     ap.add_argument("--initial-epochs", type=int, default=20, help="passes over the initial set (2 batches: 40 SGD steps)")
+    ap.add_argument("--initial-augment", action="store_true",
+                    help="train the initial model on the 8 dihedral variants too, as every later round (default: paper 002's plain initial batches)")
     ap.add_argument("--epochs-per-round", type=int, default=1, help="passes over the labelled set per model update")
     ap.add_argument("--mc-samples", type=int, default=10, help="BALD's Monte-Carlo dropout passes")
     ap.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="processes (one thread each)")
@@ -331,7 +333,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    tag = f"ib{a.initial_batches}-ii{a.initial_images}-ie{a.initial_epochs}-e{a.epochs_per_round}-mc{a.mc_samples}" + (f"-k{a.k}" if a.k else "") + (f"-r{a.rounds}" if a.rounds else "")
+    tag = f"ib{a.initial_batches}-ii{a.initial_images}-ie{a.initial_epochs}-e{a.epochs_per_round}-mc{a.mc_samples}" + (f"-k{a.k}" if a.k else "") + (f"-r{a.rounds}" if a.rounds else "") + ("-aug" if a.initial_augment else "")
     roots = {pool: make_data(work, pool, os.cpu_count() or 1) for pool in a.pools}
     for pool in a.pools:
         pool_facts(work, roots[pool], pool, a)  # builds the patch cache once, before the workers share it
@@ -355,7 +357,8 @@ def main() -> None:
     budgets = "; ".join(f"{p}: k={a.k or POOLS[p]['k']}, {a.rounds or POOLS[p]['rounds']} rounds" for p in a.pools)
     print(f"\nmachine: {machine()}")
     print(f"LeNet, SGD lr 0.01, batch 32, 8 dihedral variants; initial model: {a.initial_batches} batches of 32 patches drawn half per class "
-          f"(Algorithm 1) or the patches of {a.initial_images} images, half with exudates (Algorithm 2), {a.initial_epochs} epochs; "
+          f"(Algorithm 1) or the patches of {a.initial_images} images, half with exudates (Algorithm 2), {a.initial_epochs} epochs"
+          f"{' on their 8 dihedral variants' if a.initial_augment else ''}; "
           f"per pool {budgets}, "
           f"{a.epochs_per_round} epoch(s) per update; BALD: dropout 0.5, {a.mc_samples} passes;")
     ran = f"{sum(d.get('seconds', 0) for d in done):.0f} s of run time in results.jsonl" + ("" if a.report else f", {seconds:.0f} s wall clock for this invocation's runs")
