@@ -20,7 +20,6 @@ def label(method: str, budget: int) -> str:
     return method if budget == 1 else f"{method} x{budget}"
 
 
-
 def stats(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 

@@ -138,7 +138,7 @@ def run_group(job: dict) -> list[dict]:
             acquisition=strategy, match_labels=str(folder / "egl") if strategy == "random" else None, **SETTINGS[job["setting"]][1],
             pool_kind=POOLS[job["pool"]]["pool_kind"], eval_kind=POOLS[job["pool"]]["eval_kind"], mc_samples=a["mc_samples"],
             k=k, initial_batches=a["initial_batches"], initial_images=a["initial_images"], max_rounds=rounds,
-            epochs_per_round=a["epochs_per_round"], initial_epochs=a["initial_epochs"], initial_augment=a.get("initial_augment", False), val_size=0.25, test_size=0.25, seed=job["seed"],
+            epochs_per_round=a["epochs_per_round"], initial_epochs=a["initial_epochs"], initial_augment=a["initial_augment"], val_size=0.25, test_size=0.25, seed=job["seed"],
             cache_dir=str(work / "cache"), num_workers=0, accelerator="cpu", progress=False, track_images=0, plot_every=0,
         )
         loop.run(resume=True)

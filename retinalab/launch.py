@@ -29,15 +29,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-#: what a slot sets in a job's environment (read at run time, not at import: safe for a forked job)
-SLOT_VARS = (*THREAD_VARS, "RETINALAB_THREADS", "RETINALAB_DEVICE", "CUDA_VISIBLE_DEVICES")
 #: imported once by the fork server CPU jobs start from (third-party only: retinalab's own modules are
 #: imported by each job, after its environment is set)
 PRELOAD = ("torch", "torchvision", "torchmetrics", "pytorch_lightning", "albumentations", "cv2")
@@ -193,8 +191,9 @@ def run_jobs(
                 job, slot = pending.pop(0), free.pop(0)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 fh = job.log.open("ab")
-                env = {**os.environ, **slot.env(), **job.env}
-                if slot.gpu is None and _forkable(job.argv, env):
+                slot_env = slot.env()
+                env = {**os.environ, **slot_env, **job.env}
+                if slot.gpu is None and _forkable(job.argv, env, slot_env.keys()):
                     proc = _Forked(job.argv, job.log, env)
                 else:
                     proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -265,8 +264,10 @@ def _python_entry(argv: Sequence[str]) -> bool:
     return argv[1] in ("-m", "-c") and len(argv) >= 3 or not argv[1].startswith("-")
 
 
-def _forkable(argv: Sequence[str], env: dict[str, str]) -> bool:
-    """Whether a CPU job can start from the fork server (:data:`PRELOAD`), starting it if need be."""
+def _forkable(argv: Sequence[str], env: dict[str, str], slot_vars: Iterable[str] = ()) -> bool:
+    """Whether a CPU job can start from the fork server (:data:`PRELOAD`), starting it if need be: its
+    environment ``env`` must equal the server's except in ``slot_vars``, what its slot sets (thread
+    counts and device, read at run time, not at import: safe for a forked job)."""
     global _server_env
     if os.environ.get("RETINALAB_FORK_SERVER", "1").strip().lower() in ("0", "false", "no", "off") or not _python_entry(argv):
         return False
@@ -281,7 +282,7 @@ def _forkable(argv: Sequence[str], env: dict[str, str]) -> bool:
         forkserver.set_forkserver_preload(list(PRELOAD))
         forkserver.ensure_running()
         _server_env = dict(os.environ)
-    return all(env.get(k) == _server_env.get(k) for k in {*env, *_server_env} - set(SLOT_VARS))
+    return all(env.get(k) == _server_env.get(k) for k in {*env, *_server_env} - set(slot_vars))
 
 
 class _Forked:
