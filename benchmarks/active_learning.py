@@ -20,7 +20,9 @@ Settings: ``patches`` (Algorithm 1: k patches per round) and ``images-selected``
 image with the largest summed score, then k of its patches by that score). The initial model is
 trained on ``--initial-batches`` batches of 32 patches drawn half per class (``initial_draw:
 stratified``) for ``--initial-epochs`` epochs, or on the patches of ``--initial-images`` images (half
-with exudates).
+with exudates), on their 8 dihedral variants as every later round (``initial_augment``; paper 002's plain
+"5 batches of 32 samples" with ``--no-initial-augment``, under which Algorithm 2's initial model on the
+grid pool called every test patch healthy on 3 of 5 seeds: docs/active_learning.md).
 
 Printed per pool and setting: round 0 per seed; the test F-measure after every round per strategy (mean
 +- std over seeds); per strategy the area under the F-versus-labels curve (normalised by the label
@@ -319,8 +321,9 @@ def main() -> None:
     ap.add_argument("--initial-batches", type=int, default=2, help="Algorithm 1's initial model: batches of 32 patches, half per class")
     ap.add_argument("--initial-images", type=int, default=2, help="Algorithm 2's mu")
     ap.add_argument("--initial-epochs", type=int, default=20, help="passes over the initial set (2 batches: 40 SGD steps)")
-    ap.add_argument("--initial-augment", action="store_true",
-                    help="train the initial model on the 8 dihedral variants too, as every later round (default: paper 002's plain initial batches)")
+    ap.add_argument("--initial-augment", action=argparse.BooleanOptionalAction, default=True,
+                    help="train the initial model on the 8 dihedral variants too, as every later round (default; --no-initial-augment: "
+                         "paper 002's plain initial batches, under which Algorithm 2's initial model on the grid pool called every test patch healthy on 3 of 5 seeds)")
     ap.add_argument("--epochs-per-round", type=int, default=1, help="passes over the labelled set per model update")
     ap.add_argument("--mc-samples", type=int, default=10, help="BALD's Monte-Carlo dropout passes")
     ap.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="processes (one thread each)")
