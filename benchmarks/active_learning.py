@@ -2,7 +2,8 @@
 
 Strategies (``acquisition``): ``egl`` (paper 002), ``entropy``, ``margin``, ``bald`` (Monte-Carlo dropout,
 ``--mc-samples`` passes; its LeNet has dropout 0.5) and ``random``. For every pool, setting and seed the
-loop runs EGL first, then each other strategy from the same initial set and model, then random
+loop runs EGL first, then each other strategy from the same initial set and model (EGL's, ``initial_from``;
+BALD trains its own, its LeNet having dropout), then random
 selection at the EGL run's label (and image) counts round by round (``match_labels``), so that every
 strategy is compared at equal labels. Pools:
 
@@ -138,6 +139,7 @@ def run_group(job: dict) -> list[dict]:
         loop = ActiveLearning(
             dataset="eophtha", root=job["root"], reader_args={"parts": ["EX"]}, patches=ExudatePatchConfig(**PATCHES), out_dir=str(folder / strategy),
             acquisition=strategy, match_labels=str(folder / "egl") if strategy == "random" else None, **SETTINGS[job["setting"]][1],
+            initial_from=str(folder / "egl") if strategy not in ("egl", "bald") else None,  # round 0 trained once (BALD's LeNet has dropout)
             pool_kind=POOLS[job["pool"]]["pool_kind"], eval_kind=POOLS[job["pool"]]["eval_kind"], mc_samples=a["mc_samples"],
             k=k, initial_batches=a["initial_batches"], initial_images=a["initial_images"], max_rounds=rounds,
             epochs_per_round=a["epochs_per_round"], initial_epochs=a["initial_epochs"], initial_augment=a["initial_augment"], val_size=0.25, test_size=0.25, seed=job["seed"],

@@ -582,3 +582,28 @@ def test_a_corrupt_photograph_is_named_or_skipped(eophtha_root, tmp_path):
     pool = ExudatePatches.build(records, cfg, tmp_path / "cache", on_error="skip", progress=False)
     assert len(pool.images) == 4 and len(pool.skipped) == 1 and records[1].image_id not in [i["image_id"] for i in pool.images]
     assert int(np.asarray(pool.image).max()) == 3 and all((pool.path / "views" / f"{i:06d}.png").is_file() for i in range(4))
+
+
+def test_a_run_takes_another_runs_initial_model_instead_of_training_its_own(synth_eophtha, tmp_path, monkeypatch):
+    """initial_from: a margin arm starts from the EGL arm's round-0 model (the same weights and round-0
+    metrics, no SGD at round 0); every run keeps its round-0 checkpoint beside the latest; a run of another
+    seed or with BALD's dropout LeNet is refused, naming the field."""
+    import retinalab.active.loop as loop_module
+
+    kw = dict(select="patches", k=4, max_rounds=2, track_images=0, initial_epochs=3)
+    assert loop(synth_eophtha, tmp_path / "egl", **kw).run() == "finished"
+    assert sorted(p.name for p in (tmp_path / "egl").glob("model-round*.pt")) == ["model-round000.pt", "model-round002.pt"]
+    epochs = []
+    real = loop_module.sgd_epochs
+    monkeypatch.setattr(loop_module, "sgd_epochs", lambda *a, **k: epochs.append(k["epochs"]) or real(*a, **k))
+    assert loop(synth_eophtha, tmp_path / "margin", acquisition="margin", initial_from=str(tmp_path / "egl"), **kw).run() == "finished"
+    assert epochs == [1, 1]  # rounds 1 and 2 (one epoch each); training round 0 would have taken 3
+    egl, margin = (json.loads((tmp_path / a / "state.json").read_text()) for a in ("egl", "margin"))
+    for key in ("labels", "train/loss", "val/loss", "test/f1", "test/auroc"):
+        assert margin["metrics"][0][key] == egl["metrics"][0][key], key
+    w_egl, w_margin = (torch.load(tmp_path / a / "model-round000.pt", weights_only=True)["model"] for a in ("egl", "margin"))
+    assert all(torch.equal(w_egl[k], w_margin[k]) for k in w_egl)
+    with pytest.raises(ValueError, match="initial_from: .*seed"):
+        loop(synth_eophtha, tmp_path / "seed5", acquisition="margin", initial_from=str(tmp_path / "egl"), seed=5, **kw).run()
+    with pytest.raises(ValueError, match="initial_from: .*dropout"):
+        loop(synth_eophtha, tmp_path / "bald", acquisition="bald", initial_from=str(tmp_path / "egl"), **kw).run()

@@ -40,6 +40,7 @@ from .state import (
     LoopState,
     area_under,
     ask_oracle,
+    initial_model,
     nan_to_none,
     read_answers,
     record_round,
@@ -82,6 +83,10 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
             random patches; Algorithm 2: the same number of random images, and random patches up to
             the same label count (``pool``: their patches, then random pool patches; ``selected_images``:
             among their patches, opening one more random image where they hold too few).
+        initial_from: the folder of another run of the same data, split, seed, initial set and network
+            (any acquisition but BALD's dropout LeNet, run first) whose initial model this run takes
+            instead of training its own: the arms of a study then start from the very same round 0,
+            trained once (its ``model-round000.pt``, which every run keeps).
         initial_batches: the initial model's labelled patches, in batches (Algorithm 1; paper: 5).
         initial_draw: how Algorithm 1's initial patches are drawn: ``stratified`` (default; half among
             the exudate patches and half among the healthy ones, uniformly within each, where the pool's
@@ -127,7 +132,7 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
             ``active/<dataset>-<acquisition>-<select>-s<seed>``, grouped by dataset, tagged with the
             acquisition, selection, dataset and seed; or any Lightning logger; ``None``: none.
         progress: show progress bars.
-        keep_checkpoints: keep every round's ``model-roundNNN.pt`` (default: only the latest).
+        keep_checkpoints: keep every round's ``model-roundNNN.pt`` (default: the latest and round 0's).
         plot_every: draw the plots (``curves.png``, ``interestingness.png``, ``../figure2.png``, the
             round's heatmap) every this many rounds and when the run stops; 0: only when it stops.
             State and tables are written every round whatever this says. Plots take most of a round's
@@ -147,6 +152,7 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
         images_per_round: int = 1,
         image_patches: Literal["selected_images", "pool"] = "selected_images",
         match_labels: str | None = None,
+        initial_from: str | None = None,
         initial_batches: int = 5,
         initial_draw: InitialDraw = "stratified",
         initial_images: int = 4,
@@ -212,6 +218,14 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
             device=self.fabric.device, rank=self.fabric.global_rank, world=self.fabric.world_size,
             class_weight=balanced_weights(y) if self.class_weight == "balanced" else None,
         )
+
+    def _take_initial(self, state: LoopState) -> float:
+        """``initial_from``: that run's round-0 model and optimiser state instead of training; its training loss."""
+        ckpt, loss = initial_model(Path(self.initial_from), self.config, state)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        return loss
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss/accuracy and test F-measure, sensitivity, specificity, accuracy, AUROC."""
@@ -283,7 +297,10 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
                     return "waiting"
                 record_round(state, self.pool, r, query, new, answers)
                 self._phase("training", r)
-                train_loss = self._train(state, self.initial_epochs if r == 0 else self.epochs_per_round, r)
+                if r == 0 and self.initial_from:
+                    train_loss = self._take_initial(state)
+                else:
+                    train_loss = self._train(state, self.initial_epochs if r == 0 else self.epochs_per_round, r)
                 metrics = {"round": r, "labels": len(state.labelled), "images": len(state.labelled_images), "train/loss": train_loss, **self.evaluate()}
                 metrics["exudate_labels"] = int(sum(state.labelled.values()))
                 metrics["select_seconds"] = self.select_seconds if r > 0 else 0.0

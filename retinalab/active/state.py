@@ -44,6 +44,12 @@ FROZEN = (
 LEGACY = {"image_patches": "pool", "match_labels": None, "initial_draw": "random", "dropout": 0.0, "mc_samples": 20, "eval_kind": "centred", "class_weight": "none"}
 #: fields a random arm may hold differently from the run whose label counts it copies (match_labels)
 MATCH_FREE = ("acquisition", "match_labels", "dropout", "mc_samples")
+#: the initial model's checkpoint, kept beside the latest one
+INITIAL_CHECKPOINT = "model-round000.pt"
+#: fields a run started from another's initial model (initial_from) may hold differently from it
+INITIAL_FREE = ("acquisition", "match_labels", "mc_samples")
+#: what else decides the initial model, beside the frozen fields
+INITIAL_FIELDS = ("initial_epochs", "initial_augment", "augment", "lr", "momentum", "weight_decay", "batch_size")
 QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")
 
 
@@ -97,12 +103,13 @@ def write_state(path: Path, state: LoopState) -> None:
 
 def save_checkpoint(out: Path, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep_old: bool = False) -> None:
     """``model-roundNNN.pt`` (atomically), then ``state.json`` naming it; the previous checkpoint is
-    deleted afterwards unless ``keep_old``."""
+    deleted afterwards unless ``keep_old`` or it is round 0's (the initial model, which other runs may
+    start from: ``initial_from``)."""
     name = f"model-round{state.round:03d}.pt"
     atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": state.round}, out / name)
     old, state.checkpoint = state.checkpoint, name
     write_state(out / "state.json", state)
-    if old and old != name and not keep_old:
+    if old and old != name and not keep_old and old != INITIAL_CHECKPOINT:
         (out / old).unlink(missing_ok=True)
 
 
@@ -214,6 +221,28 @@ def matched_counts(folder: Path, config: dict, state: LoopState, r: int) -> tupl
             raise ConfigError(f"match_labels: {folder} has completed {ref.round + 1} rounds, not round {r}; run it further first")
         return 0, 0  # the matched run stopped: so does this one
     return int(rows[r]["labels"]) - len(state.labelled), int(rows[r]["images"]) - len(state.labelled_images)
+
+
+def initial_model(folder: Path, config: dict, state: LoopState) -> tuple[Path, float]:
+    """The round-0 checkpoint of the run at ``folder`` (``initial_from``) and its training loss, for a run
+    with ``config`` whose round 0 labelled ``state.labelled``. That run must share every frozen field but
+    the acquisition (a BALD arm's dropout LeNet is another network) and every field that decides the
+    initial model, and its round 0 must have labelled the same patches."""
+    path = folder / "state.json"
+    if not path.is_file():
+        raise InputMissingError(f"initial_from: {path} does not exist; run the arm whose initial model this one takes first")
+    try:
+        ref = read_state(path, config, tuple(k for k in FROZEN if k not in INITIAL_FREE) + INITIAL_FIELDS)
+    except ValueError as e:
+        raise ConfigError(f"initial_from: {e}") from None
+    ckpt = folder / INITIAL_CHECKPOINT
+    if ref.round < 0 or not ckpt.is_file():
+        raise InputMissingError(f"initial_from: {ckpt} does not exist; that run has not finished its round 0 (or it ran before "
+                                "round-0 models were kept)")
+    first = {int(row["item"]) for row in ref.history if int(row["round"]) == 0}
+    if first != set(state.labelled):
+        raise ConfigError(f"initial_from: {folder}'s initial model was trained on other patches than this run's initial set")
+    return ckpt, float(ref.metrics[0]["train/loss"])
 
 
 def write_tables(out: Path, state: LoopState, split: dict[str, list[str]]) -> None:
