@@ -84,11 +84,13 @@ def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: di
         print(f"- budget x{b} ({a.joint_batches * b} stage-2 batches):")
         order(a, rows, "kappa", "test/kappa", [label(m, b) for m in ("Ori", *paper)])
         order(a, rows, "mean AUC-PR", "test/mean/auc_pr", [label(m, b) for m in paper])
-        for oracle in ("Oracle", "Oracle(masks)"):
-            if oracle in a.arms and "Lesion(Pretrained)" in a.arms:
-                oracle_verdict(a, rows, b, oracle)
-        if "Lesion(Semi)" in a.arms and "Lesion(Pretrained)" in a.arms:
-            premise_verdict(a, rows, b)
+        if "Lesion(Pretrained)" in a.arms:
+            for arm in a.arms:  # every oracle arm, then the premise of every Semi arm (paper 001's and the variants)
+                if arm.startswith("Oracle"):
+                    oracle_verdict(a, rows, b, arm)
+            for arm in a.arms:
+                if arm == "Lesion(Semi)" or arm.startswith("Semi"):
+                    premise_verdict(a, rows, b, arm)
 
 
 def paired(a: argparse.Namespace, rows: dict[tuple[int, str], dict], m1: str, m0: str, key: str) -> np.ndarray | None:
@@ -116,11 +118,11 @@ def oracle_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b: 
           f"({dg.mean():+.3f} +- {dg.std():.3f}; at or above in {int((dg >= 0).sum())}/{len(dg)} seeds)")
 
 
-def premise_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b: int) -> None:
-    """Paper 001's premise at budget ``b``: the pseudo masks (Lesion(Semi)'s, as the loss uses them at the
+def premise_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b: int, arm: str = "Lesion(Semi)") -> None:
+    """Paper 001's premise at budget ``b``: the pseudo masks (the Semi ``arm``'s, as the loss uses them at the
     end of stage 2) are better lesion masks on the graded photographs than G's before stage 2 (stage 1a's,
-    = Lesion(Pretrained)'s frozen G); and whether Lesion(Semi) grades ahead of Lesion(Pretrained) exactly then."""
-    semi, pre = label("Lesion(Semi)", b), label("Lesion(Pretrained)", b)
+    = Lesion(Pretrained)'s frozen G); and whether the arm grades ahead of Lesion(Pretrained) exactly then."""
+    semi, pre = label(arm, b), label("Lesion(Pretrained)", b)
     if any((s, m) not in rows for s in a.seeds for m in (semi, pre)):
         print(f"    premise: not every seed has {semi} and {pre}")
         return
@@ -129,9 +131,9 @@ def premise_verdict(a: argparse.Namespace, rows: dict[tuple[int, str], dict], b:
     dk = paired(a, rows, semi, pre, "test/kappa")
     better = pseudo.mean() > g.mean() and (pseudo - g).mean() > (pseudo - g).std()
     ahead = dk.mean() > 0 and dk.mean() > dk.std()
-    print(f"    pseudo masks better than G's on the graded photographs: {'yes' if better else 'no'} "
+    print(f"    {'' if arm == 'Lesion(Semi)' else arm + ': '}pseudo masks better than G's on the graded photographs: {'yes' if better else 'no'} "
           f"(pseudo {pseudo.mean():.3f} +- {pseudo.std():.3f} vs G {g.mean():.3f} +- {g.std():.3f} mean AUC-PR; better in {int((pseudo > g).sum())}/{len(g)} seeds)")
-    print(f"    Lesion(Semi) ahead of Lesion(Pretrained) in kappa: {'yes' if ahead else 'no'} ({dk.mean():+.3f} +- {dk.std():.3f}); "
+    print(f"    {arm} ahead of Lesion(Pretrained) in kappa: {'yes' if ahead else 'no'} ({dk.mean():+.3f} +- {dk.std():.3f}); "
           f"{'as the premise predicts' if better == ahead else 'NOT as the premise predicts'}")
 
 

@@ -32,7 +32,12 @@ prints how large each lesion is at the input size and its share of the pixels (w
 nothing scores in AUC-PR), and which lesions the supervised G of stage 1a has learned at that size.
 
     python benchmarks/collaborative.py [--quick] [--budgets 1 4 12] [--arms ...] [--work /tmp/retinalab-collab-bench]
-                                       [--seeds 0 1 2] [--size 128] [--device cpu|cuda] [--precision bf16-mixed] [--width 0.25]
+                                       [--seeds 0 1 2] [--parallel 2] [--size 128] [--device cpu|cuda] [--precision bf16-mixed] [--width 0.25]
+
+``--parallel N`` runs N trainings at a time, each its own process with its share of the cores (or N per
+GPU; :mod:`retinalab.launch`): every seed's stage 1a and 1b first, then all stage-2 runs and ``Ori``,
+the longest first; each appends its row as it ends, and a rerun retries what failed (logs in
+``<work>/logs``).
 
 ``--quick`` (``make bench``, about 20 minutes on 2 cores): budget 1 and the three arms of Table 1 (no oracle).
 
@@ -48,6 +53,7 @@ import json
 import logging
 import os
 import resource
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -65,6 +71,7 @@ from _common import (  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.callbacks import RecalibrateBatchNorm
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
+from retinalab.launch import limit_threads
 from retinalab.synthetic import read_settings, write_synthetic
 from retinalab.tasks import CollaborativeTask
 from retinalab.tasks.pseudo_quality import mask_dependence
@@ -76,6 +83,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     "Oracle": ("oracle.yaml",), "Oracle(masks)": ("oracle_masks.yaml",),
     "Semi, attention from masks": ("lesion_semi.yaml", "attention_from_masks.yaml"),
     "Oracle, attention from masks": ("oracle.yaml", "attention_from_masks.yaml"),
+    "Semi, attention from masks, G by L_Seg": ("lesion_semi.yaml", "attention_from_masks.yaml", "generator_seg_loss_only.yaml"),
+    "Oracle, attention from masks, G by L_Seg": ("oracle.yaml", "attention_from_masks.yaml", "generator_seg_loss_only.yaml"),
 }
 QUICK_ARMS = ["Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)"]
 
@@ -140,7 +149,7 @@ def overlay(arm: str) -> tuple[dict, dict]:
 def settings_key(a: argparse.Namespace) -> str:
     """Everything a result depends on except the seed, the budgets and arms run, and where it is written
     (a budget's or an arm's rows are the same whichever others run beside them)."""
-    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work", "budgets", "arms", "quick", "report")}
+    keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work", "budgets", "arms", "quick", "report", "parallel", "one")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -149,67 +158,89 @@ def read_rows(path: Path) -> dict[tuple[int, str], dict]:
     return {(r["seed"], r["method"]): r for r in read_jsonl(path)}
 
 
-def run_seed(seed: int, a: argparse.Namespace, root: Path, results: Path, done: dict[tuple[int, str], dict]) -> None:
+def units(seed: int, a: argparse.Namespace) -> list[tuple]:
+    """What one seed trains, in order: stage 1a (G) and 1b (the grader), then per budget ``Ori`` and each
+    arm; a unit is ``(seed, "G (stage 1a)")``, ``(seed, "Ori (stage 1b)")`` or ``(seed, method, budget)``."""
+    return [(seed, "G (stage 1a)"), (seed, "Ori (stage 1b)")] + [(seed, m, b) for b in a.budgets for m in ["Ori", *a.arms]]
+
+
+def run_unit(unit: tuple, a: argparse.Namespace, root: Path, results: Path, done: dict[tuple[int, str], dict]) -> None:
+    """Train and test one unit of :func:`units` unless its row is in ``done`` (a stage-1 unit also reruns
+    when its checkpoint, which stage 2 starts from, is gone); the row is appended to ``results``."""
+    seed, method, budget = (*unit, 1)[:3]
     out = Path(a.work) / f"seed{seed}-{settings_key(a)}"
     common = dict(image_size=a.size, num_workers=a.workers, batch_size=a.batch_size, augment=True)
     net = dict(generator_width=a.width, discriminator_width=a.width, backbone="resnet18", num_overlays=0)
-
-    def record(method: str, metrics: dict[str, float], started: float, **extra) -> None:
-        row = {"seed": seed, "method": method, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1),
-               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **extra}
-        append_jsonl(results, row)
-        done[(seed, method)] = row
-        shown = ", ".join(f"{k} {metrics[key]:.3f}" for k, key in (
-            ("kappa", "test/kappa"), ("mean AUC-PR", "test/mean/auc_pr"), ("graded: G", "test/vs_truth/G/mean/auc_pr"),
-            ("attention", "test/vs_truth/attention/mean/auc_pr"), ("pseudo", "test/vs_truth/pseudo/mean/auc_pr")) if key in metrics)
-        print(f"  seed {seed} {method}: {shown} ({row['seconds']:.0f} s)", flush=True)
-
-    def needed(method: str, ckpt: Path | None = None) -> bool:
-        return (seed, method) not in done or (ckpt is not None and not ckpt.is_file())
-
     seg_ckpt, grad_ckpt = out / "seg" / "last.ckpt", out / "grading" / "last.ckpt"
-    if needed("G (stage 1a)", seg_ckpt):
-        t = time.perf_counter()
-        pl.seed_everything(seed, workers=True)
-        seg_dm = SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, split_file=str(out / "seg.json"), **common)
-        res, seg_ckpt = fit_test(CollaborativeTask(stage="segmentation", **net), seg_dm, a.steps_seg, out / "seg", a)
-        record("G (stage 1a)", res, t)
+    stage1 = {"G (stage 1a)": seg_ckpt, "Ori (stage 1b)": grad_ckpt}
+    name = method if method in stage1 else label(method, budget)
+    if (seed, name) in done and (method not in stage1 or stage1[method].is_file()):
+        if method in ARMS and "diag/grade_change" not in done[(seed, name)]["metrics"] and (out / name / "last.ckpt").is_file():
+            backfill(seed, name, done, results, out / name / "last.ckpt", root, common)
+        return
+    started = time.perf_counter()
+    pl.seed_everything(seed, workers=True)
+    extra: dict = {}
     grad_dm = GradingDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, split_file=str(out / "grading.json"),
                                 sampler="balanced", **common)
-    if needed("Ori (stage 1b)", grad_ckpt):
-        t = time.perf_counter()
-        pl.seed_everything(seed, workers=True)
-        res, grad_ckpt = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading, out / "grading", a)
-        record("Ori (stage 1b)", res, t)
-    for budget in a.budgets:
-        batches = a.joint_batches * budget
-        ori = label("Ori", budget)
-        if needed(ori):
-            # Ori at the stage-2 arms' grader budget: the stage-1b grader trained on for as many more steps
-            t = time.perf_counter()
-            pl.seed_everything(seed, workers=True)
-            res, _ = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading + batches, out / ori, a, resume=grad_ckpt)
-            record(ori, res, t, budget=budget)
-        for arm in a.arms:
-            name = label(arm, budget)
-            if not needed(name):
-                if "diag/grade_change" not in done[(seed, name)]["metrics"] and (out / name / "last.ckpt").is_file():
-                    backfill(seed, name, done, results, out / name / "last.ckpt", root, common)
-                continue
-            t = time.perf_counter()
-            pl.seed_everything(seed, workers=True)
-            model_kw, data_kw = overlay(arm)
-            dm = SegmentationDataModule(
-                "idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
-                image_level_val_size=2, split_file=str(out / "joint.json"), image_level_sampler="balanced", **common, **data_kw,
-            )
-            # the attention warm-up scales with the budget; an overlay that sets it (the oracle: 0) keeps its own
-            warmup = model_kw.pop("pseudo_warmup_steps", a.pseudo_warmup * budget)
-            task = CollaborativeTask(stage="joint", generator_ckpt=str(seg_ckpt), grader_ckpt=str(grad_ckpt),
-                                     pseudo_warmup_steps=warmup if model_kw.get("semi", True) else 0, **net, **model_kw)
-            # Lightning counts every optimiser's step in manual optimisation: `batches` batches
-            res, _ = fit_test(task, dm, batches * task.optimizer_steps_per_batch, out / name, a)
-            record(name, res, t, budget=budget, warmup=warmup)
+    if method == "G (stage 1a)":
+        seg_dm = SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, seed=seed, split_file=str(out / "seg.json"), **common)
+        res, _ = fit_test(CollaborativeTask(stage="segmentation", **net), seg_dm, a.steps_seg, out / "seg", a)
+    elif method == "Ori (stage 1b)":
+        res, _ = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading, out / "grading", a)
+    elif method == "Ori":  # Ori at the stage-2 arms' grader budget: the stage-1b grader trained on for as many more steps
+        res, _ = fit_test(CollaborativeTask(stage="grading", **net), grad_dm, a.steps_grading + a.joint_batches * budget, out / name, a, resume=grad_ckpt)
+        extra = {"budget": budget}
+    else:
+        model_kw, data_kw = overlay(method)
+        dm = SegmentationDataModule(
+            "idrid", str(root), split_mode="official", val_size=2, seed=seed, image_level_dataset="idrid", image_level_root=str(root),
+            image_level_val_size=2, split_file=str(out / "joint.json"), image_level_sampler="balanced", **common, **data_kw,
+        )
+        # the attention warm-up scales with the budget; an overlay that sets it (the oracle: 0) keeps its own
+        warmup = model_kw.pop("pseudo_warmup_steps", a.pseudo_warmup * budget)
+        task = CollaborativeTask(stage="joint", generator_ckpt=str(seg_ckpt), grader_ckpt=str(grad_ckpt),
+                                 pseudo_warmup_steps=warmup if model_kw.get("semi", True) else 0, **net, **model_kw)
+        # Lightning counts every optimiser's step in manual optimisation: `batches` batches
+        res, _ = fit_test(task, dm, a.joint_batches * budget * task.optimizer_steps_per_batch, out / name, a)
+        extra = {"budget": budget, "warmup": warmup}
+    row = {"seed": seed, "method": name, "metrics": res, "seconds": round(time.perf_counter() - started, 1),
+           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **extra}
+    append_jsonl(results, row)
+    done[(seed, name)] = row
+    shown = ", ".join(f"{k} {res[key]:.3f}" for k, key in (
+        ("kappa", "test/kappa"), ("mean AUC-PR", "test/mean/auc_pr"), ("graded: G", "test/vs_truth/G/mean/auc_pr"),
+        ("attention", "test/vs_truth/attention/mean/auc_pr"), ("pseudo", "test/vs_truth/pseudo/mean/auc_pr")) if key in res)
+    print(f"  seed {seed} {name}: {shown} ({row['seconds']:.0f} s)", flush=True)
+
+
+def cost(unit: tuple) -> float:
+    """A unit's rough cost in stage-2 batches of Lesion(Pretrained), to start the longest first."""
+    if len(unit) == 2:
+        return 60.0
+    _seed, method, budget = unit
+    per_batch = 0.3 if method == "Ori" else 1.0 if method in ("Lesion(Pretrained)", "Oracle(masks)") else 1.6
+    return 40 * budget * per_batch + 20
+
+
+def run_parallel(todo: list[tuple], a: argparse.Namespace, results: Path) -> None:
+    """Run ``todo`` as ``a.parallel`` processes of this script's ``--one`` mode (:mod:`retinalab.launch`),
+    each with its share of the cores: first every seed's stage 1, then the stage-2 units, longest first.
+    Each child appends its own row to ``results`` as it ends."""
+    from retinalab.launch import Job, plan_slots, run_jobs
+
+    slots = plan_slots(a.parallel, "cuda" if a.device == "cuda" else "cpu")
+    argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+    failed = []
+    for phase in ([u for u in todo if len(u) == 2], sorted((u for u in todo if len(u) == 3), key=cost, reverse=True)):
+        jobs = [Job(" ".join(map(str, u)), [*argv, "--one", json.dumps(u)], Path(a.work) / "logs" / (f"{u[0]}-{u[1]}".replace(" ", "_") + (f"-x{u[2]}" if len(u) == 3 else "") + ".log"))
+                for u in phase]
+        if jobs:
+            print(f"{len(jobs)} runs as {len(slots)} concurrent processes ({slots[0].threads} CPU threads each)", flush=True)
+            codes = run_jobs(jobs, slots, prefix="  ")
+            failed += [name for name, rc in codes.items() if rc]
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed: {', '.join(failed)} (logs in {Path(a.work) / 'logs'}); rerun to retry them")
 
 
 def backfill(seed: int, name: str, done: dict[tuple[int, str], dict], results: Path, ckpt: Path, root: Path, common: dict) -> None:
@@ -247,6 +278,8 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.25, help="G and D width multiplier")
     ap.add_argument("--recalibration-batches", type=int, default=20, help="training batches for the batch-norm statistics before a test")
     ap.add_argument("--workers", type=int, default=2, help="data-loader workers")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at a time, each its own process with its share of the cores (stage 1 first)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a --parallel child: the JSON of one unit
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="train on the CPU or one GPU")
     ap.add_argument("--precision", default=None, help="Lightning precision (default: bf16-mixed on a GPU, 32 on the CPU)")
     a = ap.parse_args()
@@ -255,7 +288,10 @@ def main() -> None:
         a.budgets, a.arms = [1], QUICK_ARMS
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(os.cpu_count() or 1)
+    if limit_threads() is None:  # a --parallel child keeps to its share ($RETINALAB_THREADS)
+        torch.set_num_threads(os.cpu_count() or 1)
+    elif a.one:
+        a.workers = min(a.workers, int(os.environ["RETINALAB_THREADS"]))
     work = Path(a.work)
     root = work / "IDRiD"
     wanted = (PRESET, a.images, list(a.source_size))
@@ -268,9 +304,21 @@ def main() -> None:
     if rows:
         print(f"{results}: {len(rows)} results already there; running what is missing", flush=True)
     start = time.perf_counter()
-    for seed in [] if a.report else a.seeds:
-        run_seed(seed, a, root, results, rows)
-        print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
+    if a.one:  # a child of --parallel: one unit, its row appended to the results
+        run_unit(tuple(json.loads(a.one)), a, root, results, rows)
+        return
+    todo = [] if a.report else [u for seed in a.seeds for u in units(seed, a)]
+    if a.parallel > 1:
+        out = {u[0]: Path(a.work) / f"seed{u[0]}-{settings_key(a)}" for u in todo}
+        ckpt = {"G (stage 1a)": "seg", "Ori (stage 1b)": "grading"}
+        run_parallel([u for u in todo if (u[0], label(*u[1:]) if len(u) == 3 else u[1]) not in rows
+                      or (len(u) == 2 and not (out[u[0]] / ckpt[u[1]] / "last.ckpt").is_file())], a, results)
+        rows = read_rows(results)
+    else:
+        for unit in todo:
+            run_unit(unit, a, root, results, rows)
+            if unit == units(unit[0], a)[-1]:
+                print(f"seed {unit[0]} done ({time.perf_counter() - start:.0f} s)", flush=True)
     lesions = lesion_stats(SegmentationDataModule("idrid", str(root), split_mode="official", val_size=2, image_size=a.size, num_workers=0,
                                                   split_file=str(work / f"sizes-{a.size}.json")))
     report(a, rows, lesions, time.perf_counter() - start)

@@ -237,3 +237,36 @@ def test_report_update_keeps_headings_inside_a_scripts_output_in_its_section():
     head, sections = _report._merge(old, [new_beta], [Path("beta.py")], 60.0)
     assert head.startswith("# Benchmark results\n\nintro") and "Sections rerun since: beta" in head
     assert sections == ["## A (`benchmarks/alpha.py`)\n\n```\n## Pool: grid\nfigures of alpha\n```\n", new_beta]
+
+
+def test_collaborative_parallel_runs_stage_one_first_then_the_longest_units(tmp_path, monkeypatch):
+    """benchmarks/collaborative.py --parallel: each seed's stage 1 in a first batch of processes, then
+    every stage-2 unit longest first (the 12x budget of an attentive arm before a 1x Ori), each child
+    told its unit as JSON after the parent's own arguments; a failed child stops the run with its name."""
+    import json
+
+    import collaborative
+
+    import retinalab.launch as launch
+
+    a = argparse.Namespace(seeds=[0, 1], budgets=[1, 12], arms=["Lesion(Pretrained)", "Lesion(Semi)"], work=str(tmp_path), parallel=2, device="cpu")
+    calls = []
+
+    def fake_run_jobs(jobs, slots, on_done=None, prefix=""):
+        calls.append([json.loads(j.argv[j.argv.index("--one") + 1]) for j in jobs])
+        assert all(j.argv[2:4] == ["--seeds", "0"] for j in jobs) and len(slots) == 2
+        return {j.name: int(j.name == "1 Lesion(Semi) 12") for j in jobs}
+
+    monkeypatch.setattr(launch, "run_jobs", fake_run_jobs)
+    monkeypatch.setattr(sys, "argv", ["collaborative.py", "--seeds", "0"])
+    todo = [u for s in a.seeds for u in collaborative.units(s, a)]
+    try:
+        collaborative.run_parallel(todo, a, tmp_path / "results.jsonl")
+    except SystemExit as e:
+        assert "1 runs failed: 1 Lesion(Semi) 12" in str(e)
+    else:
+        raise AssertionError("a failed child must stop the run")
+    stage1, stage2 = calls
+    assert sorted(map(tuple, stage1)) == [(0, "G (stage 1a)"), (0, "Ori (stage 1b)"), (1, "G (stage 1a)"), (1, "Ori (stage 1b)")]
+    assert len(stage2) == 2 * 2 * 3 and stage2[:2] == [[0, "Lesion(Semi)", 12], [1, "Lesion(Semi)", 12]]
+    assert stage2[-2:] == [[0, "Ori", 1], [1, "Ori", 1]]
