@@ -71,7 +71,7 @@ from _common import (  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.callbacks import RecalibrateBatchNorm
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
-from retinalab.launch import limit_threads
+from retinalab.launch import limit_threads, plan_slots
 from retinalab.synthetic import read_settings, write_synthetic
 from retinalab.tasks import CollaborativeTask
 from retinalab.tasks.pseudo_quality import mask_dependence
@@ -227,7 +227,7 @@ def run_parallel(todo: list[tuple], a: argparse.Namespace, results: Path) -> Non
     """Run ``todo`` as ``a.parallel`` processes of this script's ``--one`` mode (:mod:`retinalab.launch`),
     each with its share of the cores: first every seed's stage 1, then the stage-2 units, longest first.
     Each child appends its own row to ``results`` as it ends."""
-    from retinalab.launch import Job, plan_slots, run_jobs
+    from retinalab.launch import Job, run_jobs
 
     slots = plan_slots(a.parallel, "cuda" if a.device == "cuda" else "cpu")
     argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
@@ -259,7 +259,8 @@ def backfill(seed: int, name: str, done: dict[tuple[int, str], dict], results: P
 
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The settings of a run; a ``--parallel`` child gets its parent's arguments and the same settings key."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/retinalab-collab-bench")
     ap.add_argument("--quick", action="store_true", help="budget 1 and the arms of Table 1 only (make bench; about 20 min on 2 cores)")
@@ -277,21 +278,26 @@ def main() -> None:
     ap.add_argument("--pseudo-warmup", type=int, default=15, help="stage-2 batches before the attention maps supervise G")
     ap.add_argument("--width", type=float, default=0.25, help="G and D width multiplier")
     ap.add_argument("--recalibration-batches", type=int, default=20, help="training batches for the batch-norm statistics before a test")
-    ap.add_argument("--workers", type=int, default=2, help="data-loader workers")
+    ap.add_argument("--workers", type=int, default=2, help="data-loader workers (with --parallel at most each process's share of the cores)")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time, each its own process with its share of the cores (stage 1 first)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a --parallel child: the JSON of one unit
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="train on the CPU or one GPU")
     ap.add_argument("--precision", default=None, help="Lightning precision (default: bf16-mixed on a GPU, 32 on the CPU)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     a.precision = a.precision or ("bf16-mixed" if a.device == "cuda" else "32")
     if a.quick:
         a.budgets, a.arms = [1], QUICK_ARMS
+    if a.parallel > 1:  # each process loads with at most its share of the cores (parent and children alike: the key counts workers)
+        a.workers = min(a.workers, plan_slots(a.parallel, "cuda" if a.device == "cuda" else "cpu")[0].threads)
+    return a
+
+
+def main() -> None:
+    a = parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     if limit_threads() is None:  # a --parallel child keeps to its share ($RETINALAB_THREADS)
         torch.set_num_threads(os.cpu_count() or 1)
-    elif a.one:
-        a.workers = min(a.workers, int(os.environ["RETINALAB_THREADS"]))
     work = Path(a.work)
     root = work / "IDRiD"
     wanted = (PRESET, a.images, list(a.source_size))

@@ -270,3 +270,16 @@ def test_collaborative_parallel_runs_stage_one_first_then_the_longest_units(tmp_
     assert sorted(map(tuple, stage1)) == [(0, "G (stage 1a)"), (0, "Ori (stage 1b)"), (1, "G (stage 1a)"), (1, "Ori (stage 1b)")]
     assert len(stage2) == 2 * 2 * 3 and stage2[:2] == [[0, "Lesion(Semi)", 12], [1, "Lesion(Semi)", 12]]
     assert stage2[-2:] == [[0, "Ori", 1], [1, "Ori", 1]]
+
+
+def test_collaborative_parallel_children_share_their_parents_results_file(monkeypatch):
+    """A --parallel child gets its parent's arguments plus --one: both cap the loader workers at a
+    process's share of the cores and so compute the same settings key (the results file and the seed
+    folders); without --parallel the key is the sequential run's."""
+    import collaborative
+
+    monkeypatch.setattr(collaborative, "plan_slots", lambda parallel, devices: [argparse.Namespace(threads=1)] * parallel)
+    parent = collaborative.parse_args(["--parallel", "2", "--seeds", "0"])
+    child = collaborative.parse_args(["--parallel", "2", "--seeds", "0", "--one", '[0, "Ori", 1]'])
+    assert parent.workers == child.workers == 1
+    assert collaborative.settings_key(parent) == collaborative.settings_key(child) != collaborative.settings_key(collaborative.parse_args([]))
