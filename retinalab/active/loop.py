@@ -83,10 +83,10 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
             random patches; Algorithm 2: the same number of random images, and random patches up to
             the same label count (``pool``: their patches, then random pool patches; ``selected_images``:
             among their patches, opening one more random image where they hold too few).
-        initial_from: the folder of another run of the same data, split, seed, initial set and network
-            (any acquisition but BALD's dropout LeNet, run first) whose initial model this run takes
-            instead of training its own: the arms of a study then start from the very same round 0,
-            trained once (its ``model-round000.pt``, which every run keeps).
+        initial_from: the folder of another run (run first) of the same data, split, seed, initial set
+            and network, any acquisition (a BALD arm's dropout LeNet is another network than EGL's), whose
+            initial model this run takes instead of training its own: the arms of a study then start
+            from the very same round 0, trained once (its ``model-round000.pt``, which every run keeps).
         initial_batches: the initial model's labelled patches, in batches (Algorithm 1; paper: 5).
         initial_draw: how Algorithm 1's initial patches are drawn: ``stratified`` (default; half among
             the exudate patches and half among the healthy ones, uniformly within each, where the pool's
