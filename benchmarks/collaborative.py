@@ -164,17 +164,31 @@ def units(seed: int, a: argparse.Namespace) -> list[tuple]:
     return [(seed, "G (stage 1a)"), (seed, "Ori (stage 1b)")] + [(seed, m, b) for b in a.budgets for m in ["Ori", *a.arms]]
 
 
+#: stage-1 unit -> the folder of its checkpoint, which stage 2 starts from
+STAGE1 = {"G (stage 1a)": "seg", "Ori (stage 1b)": "grading"}
+
+
+def unit_name(unit: tuple) -> str:
+    """A unit's row name: the stage-1 method, or the stage-2 method with its budget (:func:`label`)."""
+    return unit[1] if len(unit) == 2 else label(unit[1], unit[2])
+
+
+def unit_done(unit: tuple, a: argparse.Namespace, done: dict[tuple[int, str], dict]) -> bool:
+    """Whether ``unit``'s row is in ``done`` (for a stage-1 unit, also its checkpoint)."""
+    out = Path(a.work) / f"seed{unit[0]}-{settings_key(a)}"
+    return (unit[0], unit_name(unit)) in done and (unit[1] not in STAGE1 or (out / STAGE1[unit[1]] / "last.ckpt").is_file())
+
+
 def run_unit(unit: tuple, a: argparse.Namespace, root: Path, results: Path, done: dict[tuple[int, str], dict]) -> None:
-    """Train and test one unit of :func:`units` unless its row is in ``done`` (a stage-1 unit also reruns
-    when its checkpoint, which stage 2 starts from, is gone); the row is appended to ``results``."""
+    """Train and test one unit of :func:`units` unless it is done (:func:`unit_done`: a stage-1 unit also
+    reruns when its checkpoint, which stage 2 starts from, is gone); the row is appended to ``results``."""
     seed, method, budget = (*unit, 1)[:3]
     out = Path(a.work) / f"seed{seed}-{settings_key(a)}"
     common = dict(image_size=a.size, num_workers=a.workers, batch_size=a.batch_size, augment=True)
     net = dict(generator_width=a.width, discriminator_width=a.width, backbone="resnet18", num_overlays=0)
-    seg_ckpt, grad_ckpt = out / "seg" / "last.ckpt", out / "grading" / "last.ckpt"
-    stage1 = {"G (stage 1a)": seg_ckpt, "Ori (stage 1b)": grad_ckpt}
-    name = method if method in stage1 else label(method, budget)
-    if (seed, name) in done and (method not in stage1 or stage1[method].is_file()):
+    seg_ckpt, grad_ckpt = (out / STAGE1[m] / "last.ckpt" for m in STAGE1)
+    name = unit_name(unit)
+    if unit_done(unit, a, done):
         if method in ARMS and "diag/grade_change" not in done[(seed, name)]["metrics"] and (out / name / "last.ckpt").is_file():
             backfill(seed, name, done, results, out / name / "last.ckpt", root, common)
         return
@@ -315,10 +329,7 @@ def main() -> None:
         return
     todo = [] if a.report else [u for seed in a.seeds for u in units(seed, a)]
     if a.parallel > 1:
-        out = {u[0]: Path(a.work) / f"seed{u[0]}-{settings_key(a)}" for u in todo}
-        ckpt = {"G (stage 1a)": "seg", "Ori (stage 1b)": "grading"}
-        run_parallel([u for u in todo if (u[0], label(*u[1:]) if len(u) == 3 else u[1]) not in rows
-                      or (len(u) == 2 and not (out[u[0]] / ckpt[u[1]] / "last.ckpt").is_file())], a, results)
+        run_parallel([u for u in todo if not unit_done(u, a, rows)], a, results)
         rows = read_rows(results)
     else:
         for unit in todo:
