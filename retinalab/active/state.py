@@ -204,17 +204,23 @@ def ask_oracle(oracle, items: list[int], scores: list[float], r: int, answers: d
     return {**known, **got}
 
 
+def read_reference(folder: Path, config: dict, frozen: tuple[str, ...], option: str, what: str) -> LoopState:
+    """The state of the run at ``folder`` that ``option`` (``match_labels``, ``initial_from``) names, refused
+    when it does not exist (run ``what`` first) or any ``frozen`` field differs from ``config``."""
+    path = folder / "state.json"
+    if not path.is_file():
+        raise InputMissingError(f"{option}: {path} does not exist; run {what} first")
+    try:
+        return read_state(path, config, frozen)
+    except ValueError as e:
+        raise ConfigError(f"{option}: {e}") from None
+
+
 def matched_counts(folder: Path, config: dict, state: LoopState, r: int) -> tuple[int, int]:
     """New labels and new images of round ``r`` in the run at ``folder`` (``match_labels``), for a run with
     ``config`` at ``state``; that run must share every frozen field but the acquisition and the
     network's dropout (a BALD arm's dropout layers need not be in the random arm matched to it)."""
-    path = folder / "state.json"
-    if not path.is_file():
-        raise InputMissingError(f"match_labels: {path} does not exist; run the arm to match (e.g. EGL) first")
-    try:
-        ref = read_state(path, config, tuple(k for k in FROZEN if k not in MATCH_FREE))
-    except ValueError as e:
-        raise ConfigError(f"match_labels: {e}") from None
+    ref = read_reference(folder, config, tuple(k for k in FROZEN if k not in MATCH_FREE), "match_labels", "the arm to match (e.g. EGL)")
     rows = {int(m["round"]): m for m in ref.metrics}
     if r not in rows:
         if ref.stopped is None:
@@ -228,13 +234,8 @@ def initial_model(folder: Path, config: dict, state: LoopState) -> tuple[Path, f
     with ``config`` whose round 0 labelled ``state.labelled``. That run must share every frozen field but
     the acquisition (a BALD arm's dropout LeNet is another network) and every field that decides the
     initial model, and its round 0 must have labelled the same patches."""
-    path = folder / "state.json"
-    if not path.is_file():
-        raise InputMissingError(f"initial_from: {path} does not exist; run the arm whose initial model this one takes first")
-    try:
-        ref = read_state(path, config, tuple(k for k in FROZEN if k not in INITIAL_FREE) + INITIAL_FIELDS)
-    except ValueError as e:
-        raise ConfigError(f"initial_from: {e}") from None
+    ref = read_reference(folder, config, tuple(k for k in FROZEN if k not in INITIAL_FREE) + INITIAL_FIELDS, "initial_from",
+                         "the arm whose initial model this one takes")
     ckpt = folder / INITIAL_CHECKPOINT
     if ref.round < 0 or not ckpt.is_file():
         raise InputMissingError(f"initial_from: {ckpt} does not exist; that run has not finished its round 0 (or it ran before "
