@@ -211,6 +211,25 @@ def test_the_matched_random_arm_labels_as_many_patches_as_egl_each_round(synth_e
         loop(synth_eophtha, tmp_path / "x", match_labels=str(tmp_path / "egl"), **kw)
 
 
+def test_a_stopping_run_is_saved_and_plotted_once(synth_eophtha, tmp_path, monkeypatch):
+    """Whether the run stops in its stopping test (max_rounds) or because nothing is left to ask (the
+    matched run ran out), the stopped state reaches state.json and the plots are drawn once."""
+    from retinalab.active import plots
+
+    drawn: list[str] = []
+    real = plots.write_run_plots
+    monkeypatch.setattr(plots, "write_run_plots", lambda out, *a, **k: (drawn.append(Path(out).name), real(out, *a, **k))[1])
+    kw = dict(select="patches", k=4, track_images=0)
+    assert loop(synth_eophtha, tmp_path / "egl", max_rounds=2, **kw).run() == "finished"
+    rnd = loop(synth_eophtha, tmp_path / "random", acquisition="random", match_labels=str(tmp_path / "egl"), max_rounds=5, **kw)
+    assert rnd.run() == "finished"
+    assert drawn == ["egl", "random"]
+    egl, random = (json.loads((tmp_path / a / "state.json").read_text()) for a in ("egl", "random"))
+    assert egl["stopped"] == "max_rounds (2) reached"
+    assert random["stopped"] == f"the matched run {tmp_path / 'egl'} stopped" and random["round"] == 2
+    assert (tmp_path / "random" / "curves.png").is_file()
+
+
 @pytest.mark.parametrize(("initial_augment", "steps"), [(False, 2), (True, 16)])
 def test_the_initial_model_takes_the_papers_batches(synth_eophtha, tmp_path, monkeypatch, initial_augment, steps):
     """Paper 002: M is "initially trained with 5 batches of 32 samples": initial_batches SGD steps,

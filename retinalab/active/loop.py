@@ -285,6 +285,7 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
                 if r > 0 and not items:
                     reason = f"the matched run {self.match_labels} stopped" if self.match_labels else "budget reached"
                     state.stopped = "pool exhausted" if not len(self._remaining(state)) else reason
+                    self._save(state)  # the rounds that stop in their stopping test below are saved there
                     break
                 try:
                     new = self._ask(items, scores, r, answers)
@@ -323,7 +324,6 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
                 bar.set_postfix(labels=len(state.labelled), f1=f"{metrics.get('test/f1', math.nan):.3f}", val_loss=f"{metrics.get('val/loss', math.nan):.3f}")
         finally:
             bar.close()
-        self._save(state)
         if self.rank0:
             log.info("%s: stopped after round %d (%s) with %d labelled patches", self.out, state.round, state.stopped, len(state.labelled))
         return "finished"
