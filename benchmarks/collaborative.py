@@ -168,6 +168,16 @@ def units(seed: int, a: argparse.Namespace) -> list[tuple]:
 STAGE1 = {"G (stage 1a)": "seg", "Ori (stage 1b)": "grading"}
 
 
+def seed_folder(seed: int, a: argparse.Namespace) -> Path:
+    """Where one seed's runs under these settings (:func:`settings_key`) keep their checkpoints."""
+    return Path(a.work) / f"seed{seed}-{settings_key(a)}"
+
+
+def stage1_checkpoint(seed: int, method: str, a: argparse.Namespace) -> Path:
+    """The checkpoint of stage-1 unit ``method`` of ``seed``, which stage 2 starts from."""
+    return seed_folder(seed, a) / STAGE1[method] / "last.ckpt"
+
+
 def unit_name(unit: tuple) -> str:
     """A unit's row name: the stage-1 method, or the stage-2 method with its budget (:func:`label`)."""
     return unit[1] if len(unit) == 2 else label(unit[1], unit[2])
@@ -175,18 +185,17 @@ def unit_name(unit: tuple) -> str:
 
 def unit_done(unit: tuple, a: argparse.Namespace, done: dict[tuple[int, str], dict]) -> bool:
     """Whether ``unit``'s row is in ``done`` (for a stage-1 unit, also its checkpoint)."""
-    out = Path(a.work) / f"seed{unit[0]}-{settings_key(a)}"
-    return (unit[0], unit_name(unit)) in done and (unit[1] not in STAGE1 or (out / STAGE1[unit[1]] / "last.ckpt").is_file())
+    return (unit[0], unit_name(unit)) in done and (unit[1] not in STAGE1 or stage1_checkpoint(unit[0], unit[1], a).is_file())
 
 
 def run_unit(unit: tuple, a: argparse.Namespace, root: Path, results: Path, done: dict[tuple[int, str], dict]) -> None:
     """Train and test one unit of :func:`units` unless it is done (:func:`unit_done`: a stage-1 unit also
     reruns when its checkpoint, which stage 2 starts from, is gone); the row is appended to ``results``."""
     seed, method, budget = (*unit, 1)[:3]
-    out = Path(a.work) / f"seed{seed}-{settings_key(a)}"
+    out = seed_folder(seed, a)
     common = dict(image_size=a.size, num_workers=a.workers, batch_size=a.batch_size, augment=True)
     net = dict(generator_width=a.width, discriminator_width=a.width, backbone="resnet18", num_overlays=0)
-    seg_ckpt, grad_ckpt = (out / STAGE1[m] / "last.ckpt" for m in STAGE1)
+    seg_ckpt, grad_ckpt = (stage1_checkpoint(seed, m, a) for m in STAGE1)
     name = unit_name(unit)
     if unit_done(unit, a, done):
         if method in ARMS and "diag/grade_change" not in done[(seed, name)]["metrics"] and (out / name / "last.ckpt").is_file():
