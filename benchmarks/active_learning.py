@@ -2,10 +2,12 @@
 
 Strategies (``acquisition``): ``egl`` (paper 002), ``entropy``, ``margin``, ``bald`` (Monte-Carlo dropout,
 ``--mc-samples`` passes; its LeNet has dropout 0.5) and ``random``. For every pool, setting and seed the
-loop runs EGL first, then each other strategy from the same initial set and model (EGL's, ``initial_from``;
-BALD trains its own, its LeNet having dropout), then random
-selection at the EGL run's label (and image) counts round by round (``match_labels``), so that every
-strategy is compared at equal labels. Pools:
+loop runs EGL first, then each other strategy from the same initial set and model (EGL's, ``initial_from``),
+then random selection at the EGL run's label (and image) counts round by round (``match_labels``), so that
+every strategy is compared at equal labels; BALD, whose LeNet has dropout, trains its own initial model in a
+job of its own. Under Algorithm 1 margin is not run but reported as entropy's run: with two classes both
+rank patches by |p - 0.5| (``tests/test_acquisition.py``), so they label the same patches (the run of
+2026-12-06 ran both: identical on every seed); ``--strategies margin`` without entropy runs it. Pools:
 
 * ``balanced`` (paper 002's setting, the benchmark until now): centred exudate and healthy patches,
   30 of each per photograph, balanced per class; test patches centred and balanced. The generator's
@@ -29,11 +31,15 @@ Printed per pool and setting: round 0 per seed; the test F-measure after every r
 +- std over seeds); per strategy the area under the F-versus-labels curve (normalised by the label
 range), the labels to reach F >= 0.8 and >= 0.9, and a verdict against random (fewer labels to F >= 0.8
 by a margin larger than the seed spread, else the area); the selection time per round relative to one
-inference pass over the patches scored. All of it twice: for the F-measure at 0.5 (paper 002's) and at
+inference pass over the patches scored (timed in the worker pool beside the runs, one thread, as each
+run; kept in ``<work>/timings.jsonl``). All of it twice: for the F-measure at 0.5 (paper 002's) and at
 the threshold with the largest F-measure on the validation patches (``test/f1_tuned``; a LeNet trained
 on a few percent of exudates often ranks them well while calling them healthy at 0.5: Algorithm 2's
-round 0 on the grid pool). Then the verdict lines of the targets. Each finished run is
-appended to ``<work>/results.jsonl`` at once; a rerun skips what is there and resumes a run cut short.
+round 0 on the grid pool). Then the verdict lines of the targets, and per pool and setting a figure of
+every strategy's F-measure, sensitivity and specificity against labels, mean +- std over seeds
+(``<work>/figure-<pool>-<setting>.png``; the runs draw no plots of their own, ``plot_every: None``). Each
+finished run is appended to ``<work>/results.jsonl`` at once; a rerun skips what is there and resumes a run
+cut short.
 
     python benchmarks/active_learning.py [--work /tmp/retinalab-al-bench] [--pools balanced grid] [--parallel 2]
 """
@@ -51,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _active_report import KEYS, report_metric
 from _common import (  # benchmarks/ is on sys.path when a script runs
     append_jsonl,
     machine,
@@ -72,44 +79,13 @@ POOLS = {
     "grid": dict(images=80, preset="scarce", scale=2.5, contrast=1.5, seed=4321, pool_kind="grid", eval_kind="grid",
                  k=32, rounds=20, settings=("patches", "images-selected")),
 }
-#: a group's (5 strategies, one seed) rough run time in seconds on one thread, to start the longest first
-COST = {("grid", "images-selected"): 330, ("grid", "patches"): 290, ("balanced", "images-selected"): 70, ("balanced", "patches"): 60,
-        ("grid", "images-pool"): 400, ("balanced", "images-pool"): 80}
+#: a run's rough time in seconds on one thread per pool and setting (the run of 2026-12-06: egl, one of the
+#: strategies that start from its initial model, bald), to start the longest jobs first
+COST = {("grid", "images-selected"): (74, 60, 99), ("grid", "patches"): (63, 55, 91), ("balanced", "images-selected"): (12, 7, 21),
+        ("balanced", "patches"): (11, 7, 12), ("grid", "images-pool"): (90, 75, 120), ("balanced", "images-pool"): (14, 9, 24)}
+#: strategies not run in a setting, each reported as the run of another that labels the same patches there
+SAME_RUN = {"patches": {"margin": "entropy"}}
 PATCHES = dict(image_size=512, patch_size=32, exudate_per_image=30, healthy_per_image=30, grid_stride=32, view_size=384)
-TARGETS = (0.8, 0.9)
-#: the F-measures a run logs: at 0.5 (paper 002), and at the threshold chosen on the validation patches
-KEYS = {"test/f1": "F-measure", "test/f1_tuned": "F-measure at the validation threshold"}
-
-
-def labels_to_reach(rows: list[dict], target: float, key: str = "test/f1") -> float:
-    """Labels in use at the first round whose ``key`` is >= ``target`` (NaN: never within the budget)."""
-    return next((float(r["labels"]) for r in rows if r[key] >= target), math.nan)
-
-
-def fmt(values: list[float]) -> str:
-    v = [x for x in values if not math.isnan(x)]
-    if not v:
-        return "not reached"
-    miss = len(values) - len(v)
-    return f"{np.mean(v):.0f} +- {np.std(v):.0f}" + (f" ({miss}/{len(values)} not reached)" if miss else "")
-
-
-def compare(name: str, need: list[float], need_rnd: list[float], auc: list[float], auc_rnd: list[float], budget: float) -> str:
-    """``name`` against random: labels to the target (mean over seeds), ahead or behind when the gap is
-    larger than the seed spread (the larger standard deviation). A seed that never reaches the target
-    within the budget counts as ``budget`` (the labels of one more round: a lower bound, so the gap is
-    then a lower bound too, marked >=); the areas under the curves are given beside."""
-    def censored(v):
-        return [budget if math.isnan(x) else x for x in v], sum(math.isnan(x) for x in v)
-
-    (a, miss_a), (b, miss_b) = censored(need), censored(need_rnd)
-    m, r = float(np.mean(a)), float(np.mean(b))
-    spread = max(float(np.std(a)), float(np.std(b)))
-    word = "ahead of" if r - m > spread else "behind" if m - r > spread else "level with"
-    mark = lambda n: ">=" if n else ""  # noqa: E731
-    missed = f"; not reached on {miss_a} (random {miss_b}) of {len(a)} seeds, counted as {budget:.0f}" if miss_a or miss_b else ""
-    return (f"{word} random: {mark(miss_a)}{m:.0f} vs {mark(miss_b)}{r:.0f} labels ({(r - m) / r:+.0%} fewer), seed spread {spread:.0f}{missed}; "
-            f"area {float(np.mean(auc)) - float(np.mean(auc_rnd)):+.3f}")
 
 
 def make_data(work: Path, pool: str, workers: int) -> Path:
@@ -122,9 +98,27 @@ def make_data(work: Path, pool: str, workers: int) -> Path:
     return root
 
 
+def cost(pool: str, setting: str, strategies: list[str]) -> float:
+    egl, other, bald = COST[pool, setting]
+    return sum(egl if s == "egl" else bald if s == "bald" else other for s in strategies)
+
+
+def same_run(a, setting: str) -> dict[str, str]:
+    """The strategies of ``a`` reported as another's run in ``setting`` (that other being run too)."""
+    return {s: o for s, o in SAME_RUN.get(setting, {}).items() if s in a.strategies and o in a.strategies}
+
+
+def chains(a, setting: str) -> list[list[str]]:
+    """The runs of one pool, setting and seed as jobs, each run in order by one worker: EGL, the strategies
+    that start from its initial model and random at its counts; BALD (its own initial model) apart."""
+    run = [s for s in a.strategies if s not in same_run(a, setting)]
+    return [c for c in ([s for s in run if s != "bald"], [s for s in run if s == "bald"]) if c]
+
+
 def run_group(job: dict) -> list[dict]:
-    """One pool, setting and seed: EGL, the other strategies, then random at EGL's counts. Returns a result
-    line per strategy (each also appended to results.jsonl as it ends)."""
+    """One pool, setting and seed: the strategies of ``job`` in order (EGL, the others from its initial
+    model, random at EGL's counts; or BALD). Returns a result line per strategy (each also appended to
+    results.jsonl as it ends)."""
     from retinalab.active import ActiveLearning, ExudatePatchConfig
     from retinalab.active.state import read_metrics
 
@@ -147,7 +141,7 @@ def run_group(job: dict) -> list[dict]:
             pool_kind=POOLS[job["pool"]]["pool_kind"], eval_kind=POOLS[job["pool"]]["eval_kind"], mc_samples=a["mc_samples"],
             k=k, initial_batches=a["initial_batches"], initial_images=a["initial_images"], max_rounds=rounds,
             epochs_per_round=a["epochs_per_round"], initial_epochs=a["initial_epochs"], initial_augment=a["initial_augment"], val_size=0.25, test_size=0.25, seed=job["seed"],
-            cache_dir=str(work / "cache"), num_workers=0, accelerator="cpu", progress=False, track_images=0, plot_every=0,
+            cache_dir=str(work / "cache"), num_workers=0, accelerator="cpu", progress=False, track_images=0, plot_every=None,
         )
         loop.run(resume=True)
         line = key | {"seconds": time.perf_counter() - start, "rows": read_metrics(folder / strategy / "metrics.csv")}
@@ -166,6 +160,20 @@ def first_split(work: Path, root: Path, pool: str, a):
     records = [r for r in read_dataset("eophtha", str(root), parts=["EX"]) if "EX" in r.masks]
     cache = ExudatePatches.build(records, ExudatePatchConfig(**PATCHES), cache_dir=work / "cache", num_workers=os.cpu_count() or 1, progress=False)
     return records, cache, split_pool(cache, 0.25, 0.25, a.seeds[0], POOLS[pool]["pool_kind"], 0, POOLS[pool]["eval_kind"])
+
+
+def timing_job(job: dict) -> dict:
+    """:func:`scoring_seconds` of one pool and setting in a worker (one thread, as the runs beside it),
+    appended to ``<work>/timings.jsonl``."""
+    torch.set_num_threads(job["threads"])
+    a = argparse.Namespace(**job["args"])
+    line = job["key"] | {"seconds": scoring_seconds(Path(job["work"]), Path(job["root"]), job["pool"], job["setting"], a)}
+    append_jsonl(Path(job["work"]) / "timings.jsonl", line)
+    return line
+
+
+def timing_key(a, pool: str, setting: str) -> dict:
+    return dict(pool=pool, setting=setting, strategies=list(a.strategies), mc_samples=a.mc_samples, threads=max(1, (os.cpu_count() or 1) // a.parallel))
 
 
 def scoring_seconds(work: Path, root: Path, pool: str, setting: str, a) -> dict[str, float]:
@@ -211,6 +219,8 @@ def pool_facts(work: Path, root: Path, pool: str, a) -> str:
 
 
 def report(a, work: Path, results: dict, roots: dict) -> None:
+    from retinalab.active.plots import plot_curves
+
     verdicts = []
     for pool in a.pools:
         print(f"## Pool: {pool}\n\n{pool_facts(work, roots[pool], pool, a)}\n")
@@ -238,77 +248,23 @@ def report(a, work: Path, results: dict, roots: dict) -> None:
                                 f"(min {min(r[key] for r in r0):.3f}, mean {np.mean([r[key] for r in r0]):.3f})"
                                 + (f"; seeds whose initial model (nearly) predicts one class at 0.5 (sensitivity or specificity < 0.1): {one_class} of {len(a.seeds)}"
                                    if key == "test/f1" else ""))
-            timing = scoring_seconds(work, roots[pool], pool, setting, a)
+            key = timing_key(a, pool, setting)
+            timing = next((t["seconds"] for t in reversed(read_jsonl(work / "timings.jsonl")) if {k: t.get(k) for k in key} == key), None)
+            if timing is None:
+                timing = timing_job(dict(work=str(work), root=str(roots[pool]), pool=pool, setting=setting, key=key, threads=key["threads"], args=dict(vars(a))))["seconds"]
+            aliases = same_run(a, setting)
+            if aliases:
+                print("under Algorithm 1 " + ", ".join(f"{s} is {o}'s run (both rank the patches by |p - 0.5| with two classes)" for s, o in aliases.items())
+                      + "; its scoring is timed on its own\n")
             ref = timing["inference"]
             budget = float(np.mean([r[n - 1]["labels"] for r in runs["random"]])) + k  # one round past the last
             for key in keys:
                 verdicts += report_metric(a, pool, setting, runs, n, k, key, timing, ref, budget, tag="" if key == "test/f1" else f" ({KEYS[key]})")
+            figure = plot_curves({s: [r[:n] for r in runs[s]] for s in a.strategies}, work / f"figure-{pool}-{setting}.png",
+                                 initial_labels=float(np.mean([r[0]["labels"] for r in runs["random"]])))
+            print(f"figure (test F-measure, sensitivity and specificity against labels, mean +- std over seeds): {figure}\n")
     print("### Verdicts\n")
     print("\n".join(verdicts))
-
-
-def report_metric(a, pool: str, setting: str, runs: dict, n: int, k: int, key: str, timing: dict, ref: float, budget: float, tag: str) -> list[str]:
-    """The per-round table, the summary per strategy and the verdicts of one setting on one F-measure
-    (``key``: ``test/f1`` at 0.5 or ``test/f1_tuned``); prints the tables, returns the verdict lines."""
-    from retinalab.active.state import area_under
-
-    verdicts = []
-    print(f"\ntest {KEYS[key]} after each round, mean +- std over {len(a.seeds)} seeds (labels: mean over seeds, equal for every strategy)\n")
-    print("| round | labels | " + " | ".join(a.strategies) + " |")
-    print("|---|---|" + "---|" * len(a.strategies))
-    for i in range(n):
-        labels = [r[i]["labels"] for r in runs["egl"]]
-        cells = [f"{np.mean([r[i][key] for r in runs[s]]):.3f} +- {np.std([r[i][key] for r in runs[s]]):.3f}" for s in a.strategies]
-        print(f"| {i} | {np.mean(labels):.0f} | " + " | ".join(cells) + " |")
-    stats = {}
-    for s in a.strategies:
-        rows = [r[:n] for r in runs[s]]
-        sel = [x["select_seconds"] for r in rows for x in r[1:] if not math.isnan(x.get("select_seconds", math.nan))]
-        stats[s] = dict(auc=[area_under(r, key) for r in rows], need={t: [labels_to_reach(r, t, key) for r in rows] for t in TARGETS},
-                        select=float(np.mean(sel)) if sel else math.nan)
-    print(f"\none inference pass over the patches scored per round: {ref * 1000:.0f} ms; each strategy's scoring timed beside it "
-          f"(the last column but one); in the loop a round's selection took on average "
-          + ", ".join(f"{s} {stats[s]['select']:.2f} s" for s in a.strategies) + "\n")
-    print("| strategy | area under F vs labels | labels to F >= 0.8 | labels to F >= 0.9 | scoring time / inference pass | against random (F >= 0.8) |")
-    print("|---|---|---|---|---|---|")
-    rnd = stats["random"]
-    for s in a.strategies:
-        st = stats[s]
-        against = "" if s == "random" else compare(s, st["need"][0.8], rnd["need"][0.8], st["auc"], rnd["auc"], budget)
-        print(f"| {s} | {np.mean(st['auc']):.3f} +- {np.std(st['auc']):.3f} | {fmt(st['need'][0.8])} | {fmt(st['need'][0.9])} | "
-              f"{timing[s] / ref:.2f}x | {against} |")
-    print()
-    if pool == "grid":
-        r8 = rnd["need"][0.8]
-        span = (np.mean([r[n - 1]["labels"] for r in runs["random"]]), np.mean([r[0]["labels"] for r in runs["random"]]))
-        half = span[1] + (span[0] - span[1]) / 2
-        cal = "met" if all(math.isnan(x) or x >= half for x in r8) else "MISSED"
-        verdicts.append(f"- grid / {setting}{tag}: calibration, random needs at least half the label range ({half:.0f} of {span[1]:.0f}-{span[0]:.0f}) "
-                        f"to reach F >= 0.8: {cal} (random: {fmt(r8)})")
-        best = []
-        for s in a.strategies:
-            if s == "random" or any(math.isnan(x) for x in stats[s]["need"][0.8]):
-                continue
-            m = float(np.mean(stats[s]["need"][0.8]))
-            r_m = float(np.mean([x if not math.isnan(x) else span[0] + k for x in r8]))
-            best.append((1 - m / r_m, s, m, r_m))
-        best.sort(reverse=True)
-        if best and best[0][0] >= 0.2:
-            verdicts.append(f"- grid / {setting}{tag}: a strategy needs >= 20% fewer labels than random to reach F >= 0.8: met ({best[0][1]}: "
-                            f"{best[0][2]:.0f} vs {best[0][3]:.0f}, {best[0][0]:.0%} fewer)")
-        else:
-            what = ", ".join(f"{s} {m:.0f} ({f:+.0%})" for f, s, m, _ in best) or "no strategy reached it on every seed"
-            verdicts.append(f"- grid / {setting}{tag}: a strategy needs >= 20% fewer labels than random to reach F >= 0.8: MISSED, none does "
-                            f"(random {fmt(r8)}; {what})")
-    egl = stats["egl"]
-    places = []
-    for s in a.strategies:
-        if s in ("egl", "random"):
-            continue
-        c = compare("egl", egl["need"][0.8], stats[s]["need"][0.8], egl["auc"], stats[s]["auc"], budget).replace("random", s)
-        places.append(c)
-    verdicts.append(f"- {pool} / {setting}{tag}: EGL is " + "; ".join(places))
-    return verdicts
 
 
 def settings_of(a, pool: str) -> list[str]:
@@ -351,19 +307,33 @@ def main() -> None:
     keys = [{k: line[k] for k in ("tag", "pool", "setting", "seed", "strategy")} for line in done]
     start = time.perf_counter()
     if not a.report:
-        jobs = [dict(work=str(work), root=str(roots[pool]), tag=tag, pool=pool, setting=setting, seed=seed, strategies=a.strategies, done=keys,
-                     threads=max(1, (os.cpu_count() or 1) // a.parallel), args=dict(vars(a)))
-                for pool in a.pools for setting in settings_of(a, pool) for seed in a.seeds]
-        todo = [j for j in jobs if any({"tag": tag, "pool": j["pool"], "setting": j["setting"], "seed": j["seed"], "strategy": s} not in keys for s in a.strategies)]
-        todo.sort(key=lambda j: -COST[j["pool"], j["setting"]])  # longest first: the last groups to end are short
-        print(f"{len(todo)} of {len(jobs)} pool/setting/seed groups to run, {a.parallel} at a time", flush=True)
-        if a.parallel > 1 and len(todo) > 1:
+        threads = max(1, (os.cpu_count() or 1) // a.parallel)
+        jobs = [dict(work=str(work), root=str(roots[pool]), tag=tag, pool=pool, setting=setting, seed=seed, strategies=chain, done=keys,
+                     threads=threads, args=dict(vars(a)))
+                for pool in a.pools for setting in settings_of(a, pool) for seed in a.seeds for chain in chains(a, setting)]
+        todo = [j for j in jobs if any({"tag": tag, "pool": j["pool"], "setting": j["setting"], "seed": j["seed"], "strategy": s} not in keys for s in j["strategies"])]
+        todo.sort(key=lambda j: -cost(j["pool"], j["setting"], j["strategies"]))  # longest first: the last jobs to end are short
+        timed = read_jsonl(work / "timings.jsonl")
+        timings = [dict(work=str(work), root=str(roots[pool]), pool=pool, setting=setting, key=timing_key(a, pool, setting), threads=threads, args=dict(vars(a)))
+                   for pool in a.pools for setting in settings_of(a, pool)]
+        timings = [t for t in timings if not any({k: line.get(k) for k in t["key"]} == t["key"] for line in timed)]
+        print(f"{len(todo)} of {len(jobs)} jobs (pool, setting, seed; BALD apart) to run, then {len(timings)} scoring timings; {a.parallel} at a time", flush=True)
+        if a.parallel > 1 and len(todo) + len(timings) > 1:
             with ProcessPoolExecutor(a.parallel, mp_context=multiprocessing.get_context("spawn")) as ex:
-                done += [line for lines in ex.map(run_group, todo) for line in lines]
+                runs = [ex.submit(run_group, j) for j in todo]
+                # last, in the tail of the runs: each timed beside a run, as the runs are beside each other
+                timed = [ex.submit(timing_job, t) for t in timings]
+                done += [line for f in runs for line in f.result()]
+                for f in timed:
+                    f.result()
         else:
             done += [line for j in todo for line in run_group(j)]
     seconds = time.perf_counter() - start
     results = {(d["pool"], d["setting"], d["seed"], d["strategy"]): d["rows"] for d in done}
+    for pool in a.pools:
+        for setting in settings_of(a, pool):
+            for s, other in same_run(a, setting).items():
+                results |= {(pool, setting, seed, s): results[pool, setting, seed, other] for seed in a.seeds if (pool, setting, seed, other) in results}
     budgets = "; ".join(f"{p}: k={a.k or POOLS[p]['k']}, {a.rounds or POOLS[p]['rounds']} rounds" for p in a.pools)
     print(f"\nmachine: {machine()}")
     print(f"LeNet, SGD lr 0.01, batch 32, 8 dihedral variants; initial model: {a.initial_batches} batches of 32 patches drawn half per class "

@@ -223,7 +223,7 @@ def test_the_benchmark_compares_strategies_by_labels_to_the_target_then_by_area(
 
     if str(REPO / "benchmarks") not in sys.path:
         sys.path.insert(0, str(REPO / "benchmarks"))  # as when the script runs
-    bench = runpy.run_path(str(REPO / "benchmarks" / "active_learning.py"), run_name="bench_al")
+    bench = runpy.run_path(str(REPO / "benchmarks" / "_active_report.py"), run_name="bench_al")
     rows = [{"labels": 64.0, "test/f1": 0.5}, {"labels": 96.0, "test/f1": 0.82}, {"labels": 128.0, "test/f1": 0.95}]
     assert bench["labels_to_reach"](rows, 0.8) == 96.0 and bench["labels_to_reach"](rows, 0.9) == 128.0
     assert math.isnan(bench["labels_to_reach"](rows, 0.99))

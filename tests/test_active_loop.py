@@ -228,6 +228,11 @@ def test_a_stopping_run_is_saved_and_plotted_once(synth_eophtha, tmp_path, monke
     assert egl["stopped"] == "max_rounds (2) reached"
     assert random["stopped"] == f"the matched run {tmp_path / 'egl'} stopped" and random["round"] == 2
     assert (tmp_path / "random" / "curves.png").is_file()
+    # plot_every: None (a benchmark drawing its own figures) never plots, not even when a stopped run is reopened
+    for _ in range(2):
+        assert loop(synth_eophtha, tmp_path / "quiet", max_rounds=2, plot_every=None, **kw).run(resume=True) == "finished"
+    assert drawn == ["egl", "random"] and not list((tmp_path / "quiet").rglob("*.png"))
+    assert len(list(csv.DictReader((tmp_path / "quiet" / "metrics.csv").open()))) == 3
 
 
 @pytest.mark.parametrize(("initial_augment", "steps"), [(False, 2), (True, 16)])

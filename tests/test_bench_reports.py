@@ -283,3 +283,16 @@ def test_collaborative_parallel_children_share_their_parents_results_file(monkey
     child = collaborative.parse_args(["--parallel", "2", "--seeds", "0", "--one", '[0, "Ori", 1]'])
     assert parent.workers == child.workers == 1
     assert collaborative.settings_key(parent) == collaborative.settings_key(child) != collaborative.settings_key(collaborative.parse_args([]))
+
+
+def test_active_learning_runs_margin_under_algorithm_1_as_entropys_run_and_bald_apart():
+    """Under Algorithm 1 with two classes margin labels entropy's patches (test_acquisition.py), so the
+    benchmark reports entropy's run for it; under Algorithm 2 (summed scores differ) it runs. BALD, with its
+    own initial model, is a job of its own; the rest follow EGL in one job (they need its run)."""
+    al = runpy.run_path(str(REPO / "benchmarks" / "active_learning.py"), run_name="bench_reports")
+    a = argparse.Namespace(strategies=["egl", "entropy", "margin", "bald", "random"])
+    assert al["chains"](a, "patches") == [["egl", "entropy", "random"], ["bald"]]
+    assert al["chains"](a, "images-selected") == [["egl", "entropy", "margin", "random"], ["bald"]]
+    alone = argparse.Namespace(strategies=["egl", "margin", "random"])
+    assert al["chains"](alone, "patches") == [["egl", "margin", "random"]] and al["same_run"](alone, "patches") == {}
+    assert al["cost"]("grid", "patches", ["egl", "entropy", "random"]) == 63 + 55 + 55

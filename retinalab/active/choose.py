@@ -33,6 +33,8 @@ def check_options(o: dict) -> float:
     if o["oracle"] == "human" and o["pool_kind"] == "centred":
         raise ConfigError("pool_kind: centred samples patches from the ground-truth masks, which a human-oracle run does not use; set pool_kind: grid")
     for name in ("k", "images_per_round", "initial_batches", "initial_images", "max_rounds", "patience", "plot_every"):
+        if o[name] is None and name == "plot_every":  # never
+            continue
         if o[name] < 0:
             raise ConfigError(f"{name} must be >= 0, got {o[name]}")
     if o["score_batch_size"] is not None and o["score_batch_size"] < 1:

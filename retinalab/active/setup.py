@@ -111,7 +111,7 @@ class RunSetup:
 
     def _save(self, state: LoopState) -> None:
         self._remember_run(state)
-        plots = state.stopped is not None or (self.plot_every > 0 and state.round % self.plot_every == 0)
+        plots = self.plot_every is not None and (state.stopped is not None or (self.plot_every > 0 and state.round % self.plot_every == 0))
         heat = self._heatmap_data(state) if plots else None  # scoring is collective under DDP: every rank takes part
         if self.rank0:
             save_checkpoint(self.out, state, self.net, self.optimizer, keep_old=self.keep_checkpoints)
