@@ -88,8 +88,8 @@ def report(a: argparse.Namespace, rows: dict[tuple[int, str], dict], lesions: di
             for arm in a.arms:  # every oracle arm, then the premise of every Semi arm (paper 001's and the variants)
                 if arm.startswith("Oracle"):
                     oracle_verdict(a, rows, b, arm)
-            for arm in a.arms:
-                if arm == "Lesion(Semi)" or arm.startswith("Semi"):
+            for arm in a.arms:  # the full method's pseudo masks are the same kind (the adversarial loss only shapes G)
+                if arm in ("Lesion(Semi)", "Lesion(Semi+Adv)") or arm.startswith("Semi"):
                     premise_verdict(a, rows, b, arm)
 
 

@@ -195,11 +195,11 @@ def test_collaborative_report_states_the_oracle_and_premise_verdicts_per_budget(
     from _collab_report import LESIONS, label, report
 
     seeds = [0, 1, 2]
-    a = argparse.Namespace(seeds=seeds, budgets=[1, 4], arms=["Lesion(Pretrained)", "Lesion(Semi)", "Oracle"], images=600,
+    a = argparse.Namespace(seeds=seeds, budgets=[1, 4], arms=["Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)", "Oracle"], images=600,
                            source_size=[768, 510], size=128, width=0.25, batch_size=8, device="cpu", precision="32",
                            steps_seg=200, steps_grading=200, joint_batches=40, pseudo_warmup=15)
     kappa = {("Ori", 1): .70, ("Lesion(Pretrained)", 1): .80, ("Lesion(Semi)", 1): .70, ("Ori", 4): .72, ("Lesion(Pretrained)", 4): .82,
-             ("Lesion(Semi)", 4): .75}
+             ("Lesion(Semi)", 4): .75, ("Lesion(Semi+Adv)", 1): .71, ("Lesion(Semi+Adv)", 4): .76}
     oracle = {1: [0.03, 0.05, 0.0], 4: [0.03, 0.0, -0.01]}
     pseudo = {1: 0.2, 4: 0.6}
     rows = {}
@@ -207,7 +207,7 @@ def test_collaborative_report_states_the_oracle_and_premise_verdicts_per_budget(
         rows[(s, "Ori (stage 1b)")] = {"seconds": 1, "metrics": {"test/kappa": 0.6}}
         rows[(s, "G (stage 1a)")] = {"seconds": 1, "metrics": {"test/mean/auc_pr": 0.5, **{f"test/{les}/auc_pr": 0.5 for les in LESIONS}}}
         for b in a.budgets:
-            for m in ("Ori", "Lesion(Pretrained)", "Lesion(Semi)"):
+            for m in ("Ori", "Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)"):
                 rows[(s, label(m, b))] = {"seconds": 1, "metrics": {"test/kappa": kappa[(m, b)] + 0.001 * s, "test/mean/auc_pr": 0.5,
                                                                      "test/vs_truth/G/mean/auc_pr": 0.4,
                                                                      "test/vs_truth/pseudo/mean/auc_pr": pseudo[b] + 0.01 * s}}
@@ -222,6 +222,9 @@ def test_collaborative_report_states_the_oracle_and_premise_verdicts_per_budget(
     assert "Oracle keeps G's AUC-PR at or above stage 1a's: met (+0.020" in x1
     assert "pseudo masks better than G's on the graded photographs: no" in x1 and "as the premise predicts" in x1
     assert "pseudo masks better than G's on the graded photographs: yes" in x4 and "NOT as the premise predicts" in x4
+    # the full method's pseudo masks are judged as Lesion(Semi)'s
+    assert "Lesion(Semi+Adv): pseudo masks better than G's on the graded photographs: no" in x1
+    assert "Lesion(Semi+Adv) ahead of Lesion(Pretrained) in kappa: no (-0.090 +- 0.000); as the premise predicts" in x1
     assert "the supervised G (stage 1a) learned MA, HE, EX, SE" in out
 
 
