@@ -34,7 +34,7 @@ BENCH_ARGS: dict[str, list[str]] = {
     "launch.py": [],  # 4 import-only jobs as subprocesses and from the fork server, twice each (~1 min)
     "egl.py": [],
     "inference.py": ["--seconds", "1.5"],
-    "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, Algorithms 1 and 2 on the balanced and the grid pool, ~34 min (the initial model on the dihedral variants, trained once per seed)
+    "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, Algorithms 1 and 2 on the balanced and the grid pool, ~25 min (the initial model on the dihedral variants, trained once per seed; margin under Algorithm 1 as entropy's run)
     "collaborative.py": ["--quick"],  # budget 1, the three arms of Table 1, 3 seeds, ~20 min (full: 3 budgets, the oracle and the fixes: hours)
     "memory.py": [],  # its defaults: 5 configs x 3 small batches at 512 px
     # two fits at a time, one thread each (as measured in docs/benchmarks.md; without --parallel they run one by one)

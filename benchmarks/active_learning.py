@@ -278,7 +278,7 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="default: patches and images-selected on each pool")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--rounds", type=int, default=None, help="default: each pool's (balanced 12, grid 20)")
+    ap.add_argument("--rounds", type=int, default=None, help="default: each pool's (balanced 6, grid 20)")
     ap.add_argument("--k", type=int, default=None, help="patches per round; default: each pool's (balanced 16, grid 32)")
     ap.add_argument("--initial-batches", type=int, default=2, help="Algorithm 1's initial model: batches of 32 patches, half per class")
     ap.add_argument("--initial-images", type=int, default=2, help="Algorithm 2's mu")
