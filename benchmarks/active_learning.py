@@ -248,10 +248,10 @@ def report(a, work: Path, results: dict, roots: dict) -> None:
                                 f"(min {min(r[key] for r in r0):.3f}, mean {np.mean([r[key] for r in r0]):.3f})"
                                 + (f"; seeds whose initial model (nearly) predicts one class at 0.5 (sensitivity or specificity < 0.1): {one_class} of {len(a.seeds)}"
                                    if key == "test/f1" else ""))
-            key = timing_key(a, pool, setting)
-            timing = next((t["seconds"] for t in reversed(read_jsonl(work / "timings.jsonl")) if {k: t.get(k) for k in key} == key), None)
+            tkey = timing_key(a, pool, setting)  # timed in the worker pool's tail, or here when the runs were not
+            timing = next((t["seconds"] for t in reversed(read_jsonl(work / "timings.jsonl")) if {k: t.get(k) for k in tkey} == tkey), None)
             if timing is None:
-                timing = timing_job(dict(work=str(work), root=str(roots[pool]), pool=pool, setting=setting, key=key, threads=key["threads"], args=dict(vars(a))))["seconds"]
+                timing = timing_job(dict(work=str(work), root=str(roots[pool]), pool=pool, setting=setting, key=tkey, threads=tkey["threads"], args=dict(vars(a))))["seconds"]
             aliases = same_run(a, setting)
             if aliases:
                 print("under Algorithm 1 " + ", ".join(f"{s} is {o}'s run (both rank the patches by |p - 0.5| with two classes)" for s, o in aliases.items())
