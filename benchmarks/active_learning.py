@@ -176,6 +176,11 @@ def timing_key(a, pool: str, setting: str) -> dict:
     return dict(pool=pool, setting=setting, strategies=list(a.strategies), mc_samples=a.mc_samples, threads=max(1, (os.cpu_count() or 1) // a.parallel))
 
 
+def stored_timing(work: Path, key: dict) -> dict[str, float] | None:
+    """The latest scoring timings in ``<work>/timings.jsonl`` taken under ``key`` (:func:`timing_key`), or None."""
+    return next((t["seconds"] for t in reversed(read_jsonl(work / "timings.jsonl")) if {k: t.get(k) for k in key} == key), None)
+
+
 def scoring_seconds(work: Path, root: Path, pool: str, setting: str, a) -> dict[str, float]:
     """Side by side in this process, on the patches a strategy scores in a round (Algorithm 1: the pool of
     the first seed's split; Algorithm 2: the grid of its training photographs), batched as the loop does,
@@ -249,7 +254,7 @@ def report(a, work: Path, results: dict, roots: dict) -> None:
                                 + (f"; seeds whose initial model (nearly) predicts one class at 0.5 (sensitivity or specificity < 0.1): {one_class} of {len(a.seeds)}"
                                    if key == "test/f1" else ""))
             tkey = timing_key(a, pool, setting)  # timed in the worker pool's tail, or here when the runs were not
-            timing = next((t["seconds"] for t in reversed(read_jsonl(work / "timings.jsonl")) if {k: t.get(k) for k in tkey} == tkey), None)
+            timing = stored_timing(work, tkey)
             if timing is None:
                 timing = timing_job(dict(work=str(work), root=str(roots[pool]), pool=pool, setting=setting, key=tkey, threads=tkey["threads"], args=dict(vars(a))))["seconds"]
             aliases = same_run(a, setting)
@@ -313,18 +318,17 @@ def main() -> None:
                 for pool in a.pools for setting in settings_of(a, pool) for seed in a.seeds for chain in chains(a, setting)]
         todo = [j for j in jobs if any({"tag": tag, "pool": j["pool"], "setting": j["setting"], "seed": j["seed"], "strategy": s} not in keys for s in j["strategies"])]
         todo.sort(key=lambda j: -cost(j["pool"], j["setting"], j["strategies"]))  # longest first: the last jobs to end are short
-        timed = read_jsonl(work / "timings.jsonl")
         timings = [dict(work=str(work), root=str(roots[pool]), pool=pool, setting=setting, key=timing_key(a, pool, setting), threads=threads, args=dict(vars(a)))
                    for pool in a.pools for setting in settings_of(a, pool)]
-        timings = [t for t in timings if not any({k: line.get(k) for k in t["key"]} == t["key"] for line in timed)]
+        timings = [t for t in timings if stored_timing(work, t["key"]) is None]
         print(f"{len(todo)} of {len(jobs)} jobs (pool, setting, seed; BALD apart) to run, then {len(timings)} scoring timings; {a.parallel} at a time", flush=True)
         if a.parallel > 1 and len(todo) + len(timings) > 1:
             with ProcessPoolExecutor(a.parallel, mp_context=multiprocessing.get_context("spawn")) as ex:
                 runs = [ex.submit(run_group, j) for j in todo]
                 # last, in the tail of the runs: each timed beside a run, as the runs are beside each other
-                timed = [ex.submit(timing_job, t) for t in timings]
+                timers = [ex.submit(timing_job, t) for t in timings]
                 done += [line for f in runs for line in f.result()]
-                for f in timed:
+                for f in timers:
                     f.result()
         else:
             done += [line for j in todo for line in run_group(j)]
