@@ -46,18 +46,27 @@ def test_convlarge_deepcopies_and_data_init_normalises():
     assert out.std(0).mean().item() == pytest.approx(1.0, abs=0.1) and out.mean(0).abs().max() < 0.1
 
 
-def test_small_networks_train_in_channels_last_layout_and_compute_the_same_function(monkeypatch):
-    """conv-large, its generator and LeNet keep their 4-d weights in channels-last layout and convert
-    their inputs (retinalab/models/layout.py: faster on the CPU); the function they compute, their
-    gradients and their state_dict are those of the plain NCHW network with the same weights."""
+def test_networks_train_in_channels_last_layout_and_compute_the_same_function(monkeypatch):
+    """conv-large, its generator, LeNet and paper 001's G (Xception U-Net) and D keep their 4-d weights in
+    channels-last layout and convert their inputs (retinalab/models/layout.py: faster on the CPU); the
+    function they compute, their gradients and their state_dict are those of the plain NCHW network with
+    the same weights."""
     from retinalab.models import layout
     from retinalab.models.generator import PatchGenerator
     from retinalab.models.lenet import LeNet
+    from retinalab.models.lesion_discriminator import LesionDiscriminator
+    from retinalab.models.xception_unet import XceptionUNet
 
     cl = torch.channels_last
-    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    for make, inp in ((lambda: ConvLarge(width=0.125, dropout_in=0.0, dropout=0.0), x), (lambda: LeNet(in_size=32), x),
-                      (lambda: PatchGenerator(width=0.125).eval(), torch.rand(6, 100, generator=torch.Generator().manual_seed(1)))):
+    gen = torch.Generator().manual_seed(0)
+    x, img = torch.rand(6, 3, 32, 32, generator=gen), torch.rand(3, 3, 32, 32, generator=gen)
+    cases = (
+        (lambda: ConvLarge(width=0.125, dropout_in=0.0, dropout=0.0), (x,)), (lambda: LeNet(in_size=32), (x,)),
+        (lambda: PatchGenerator(width=0.125).eval(), (torch.rand(6, 100, generator=gen),)),
+        (lambda: XceptionUNet(width=0.125, depth=3), (img,)),  # training mode: batch statistics
+        (lambda: LesionDiscriminator(width=0.125, tuples=3), (img, torch.rand(3, 4, 32, 32, generator=gen))),
+    )
+    for make, inp in cases:
         torch.manual_seed(0)
         fast = make()
         convs = [m for m in fast.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
@@ -67,15 +76,16 @@ def test_small_networks_train_in_channels_last_layout_and_compute_the_same_funct
             torch.manual_seed(0)
             plain = make()
             assert all(t.is_contiguous() for t in plain.parameters())
-            out_plain = plain(inp)
+            out_plain = plain(*inp)
             out_plain.square().sum().backward()
-        out_fast = fast(inp)
+        out_fast = fast(*inp)
         out_fast.square().sum().backward()
         if out_fast.dim() == 4:
             assert out_fast.is_contiguous(memory_format=cl)
         assert torch.allclose(out_fast, out_plain, atol=1e-5, rtol=1e-4)
         for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
-            assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-3), name
+            # up to summation order, relative to the gradient's size (G's reach ~50 with this loss)
+            assert torch.allclose(a.grad, b.grad, atol=1e-5 * max(1.0, float(b.grad.abs().max())), rtol=1e-3), name
         # a checkpoint of one loads into the other, values unchanged
         state = {k: v.clone() for k, v in fast.state_dict().items()}
         plain.load_state_dict(state)
