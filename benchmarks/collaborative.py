@@ -174,6 +174,23 @@ def settings_key(a: argparse.Namespace) -> str:
 
 
 
+def layout_hint(a: argparse.Namespace) -> str | None:
+    """What to do when the results of these settings were recorded in the other layout of G and D (their
+    own settings key, :func:`settings_key`): the line to print, or ``None`` when there are none."""
+    was = layout.ENABLED
+    try:
+        layout.ENABLED = not was
+        other = Path(a.work) / f"results-{settings_key(a)}.jsonl"
+    finally:
+        layout.ENABLED = was
+    n = len(read_rows(other)) if other.is_file() else 0
+    if not n:
+        return None
+    env = "RETINALAB_CHANNELS_LAST=0" if was else "RETINALAB_CHANNELS_LAST=1"
+    return (f"{other}: {n} results recorded with G and D in the {'plain' if was else 'channels-last'} layout, which have a settings "
+            f"key of their own; run with {env} to read them back or resume them")
+
+
 def read_rows(path: Path) -> dict[tuple[int, str], dict]:
     return {(r["seed"], r["method"]): r for r in read_jsonl(path)}
 
@@ -352,6 +369,8 @@ def main() -> None:
     rows = read_rows(results)
     if rows:
         print(f"{results}: {len(rows)} results already there; running what is missing", flush=True)
+    elif not a.one and (hint := layout_hint(a)):
+        print(hint, flush=True)
     start = time.perf_counter()
     if a.one:  # a child of --parallel: one unit, its row appended to the results
         run_unit(tuple(json.loads(a.one)), a, root, results, rows)

@@ -294,6 +294,24 @@ def test_collaborative_parallel_children_share_their_parents_results_file(monkey
     assert collaborative.settings_key(parent) != channels_last
 
 
+def test_collaborative_points_to_rows_recorded_in_the_other_layout(tmp_path, monkeypatch):
+    """A work folder whose results were recorded with G and D in the plain layout (every row before
+    2026-12-06) shows nothing under the channels-last key; the run says how to read them back."""
+    import collaborative
+
+    a = collaborative.parse_args(["--work", str(tmp_path), "--seeds", "0"])
+    monkeypatch.setattr(collaborative.layout, "ENABLED", True)
+    assert collaborative.layout_hint(a) is None  # nothing recorded in either layout
+    monkeypatch.setattr(collaborative.layout, "ENABLED", False)
+    plain = tmp_path / f"results-{collaborative.settings_key(a)}.jsonl"
+    collaborative.append_jsonl(plain, {"seed": 0, "method": "Ori", "metrics": {"test/kappa": 0.8}})
+    assert collaborative.layout_hint(a) is None  # the plain layout's own rows: nothing to point to
+    monkeypatch.setattr(collaborative.layout, "ENABLED", True)
+    hint = collaborative.layout_hint(a)
+    assert hint and str(plain) in hint and "1 results" in hint and "RETINALAB_CHANNELS_LAST=0" in hint
+    assert collaborative.layout.ENABLED  # the layout is put back
+
+
 def test_active_learning_runs_margin_under_algorithm_1_as_entropys_run_and_bald_apart():
     """Under Algorithm 1 with two classes margin labels entropy's patches (test_acquisition.py), so the
     benchmark reports entropy's run for it; under Algorithm 2 (summed scores differ) it runs. BALD, with its
