@@ -237,8 +237,8 @@ class ChannelsLast(pl.Callback):
     Convolutions then run in NHWC kernels, which are faster with mixed precision on recent GPUs and
     on many CPUs (LeNet's convolutions run ~2x faster on the 2-core CPU box, see docs/benchmarks.md);
     inputs need no change where the convolutions use their weights as stored (PyTorch follows the
-    weights' layout). conv-large, its generator and LeNet need neither: they are channels-last already,
-    inputs included, since conv-large's weight-normalised weights are recomputed in the plain layout
+    weights' layout). conv-large, its generator, LeNet and paper 001's G and D need neither: they are
+    channels-last already, inputs included, since conv-large's weight-normalised weights are recomputed in the plain layout
     at every call (:mod:`retinalab.models.layout`). Add it with
     ``--trainer.callbacks+=retinalab.callbacks.ChannelsLast``; combine with ``--trainer.precision
     bf16-mixed`` (or ``16-mixed`` on GPUs) for mixed precision.
