@@ -60,13 +60,15 @@ def test_networks_train_in_channels_last_layout_and_compute_the_same_function(mo
     cl = torch.channels_last
     gen = torch.Generator().manual_seed(0)
     x, img = torch.rand(6, 3, 32, 32, generator=gen), torch.rand(3, 3, 32, 32, generator=gen)
+    # (network, inputs, gradient tolerance relative to the gradient's largest entry: G's batch-norm
+    # statistics over a few images sum in another order, and its gradients reach ~50 with this loss)
     cases = (
-        (lambda: ConvLarge(width=0.125, dropout_in=0.0, dropout=0.0), (x,)), (lambda: LeNet(in_size=32), (x,)),
-        (lambda: PatchGenerator(width=0.125).eval(), (torch.rand(6, 100, generator=gen),)),
-        (lambda: XceptionUNet(width=0.125, depth=3), (img,)),  # training mode: batch statistics
-        (lambda: LesionDiscriminator(width=0.125, tuples=3), (img, torch.rand(3, 4, 32, 32, generator=gen))),
+        (lambda: ConvLarge(width=0.125, dropout_in=0.0, dropout=0.0), (x,), False), (lambda: LeNet(in_size=32), (x,), False),
+        (lambda: PatchGenerator(width=0.125).eval(), (torch.rand(6, 100, generator=gen),), False),
+        (lambda: XceptionUNet(width=0.125, depth=3), (img,), True),  # training mode: batch statistics
+        (lambda: LesionDiscriminator(width=0.125, tuples=3), (img, torch.rand(3, 4, 32, 32, generator=gen)), True),
     )
-    for make, inp in cases:
+    for make, inp, relative in cases:
         torch.manual_seed(0)
         fast = make()
         convs = [m for m in fast.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
@@ -84,8 +86,8 @@ def test_networks_train_in_channels_last_layout_and_compute_the_same_function(mo
             assert out_fast.is_contiguous(memory_format=cl)
         assert torch.allclose(out_fast, out_plain, atol=1e-5, rtol=1e-4)
         for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
-            # up to summation order, relative to the gradient's size (G's reach ~50 with this loss)
-            assert torch.allclose(a.grad, b.grad, atol=1e-5 * max(1.0, float(b.grad.abs().max())), rtol=1e-3), name
+            atol = 1e-5 * float(b.grad.abs().max()) if relative else 1e-5
+            assert torch.allclose(a.grad, b.grad, atol=atol, rtol=1e-3), name
         # a checkpoint of one loads into the other, values unchanged
         state = {k: v.clone() for k, v in fast.state_dict().items()}
         plain.load_state_dict(state)
