@@ -161,14 +161,15 @@ def overlay(arm: str) -> tuple[dict, dict]:
     return model, data
 
 
-def settings_key(a: argparse.Namespace) -> str:
+def settings_key(a: argparse.Namespace, channels_last: bool | None = None) -> str:
     """Everything a result depends on except the seed, the budgets and arms run, and where it is written
     (a budget's or an arm's rows are the same whichever others run beside them). G and D in channels-last
     layout (the default since 2026-12-06, :mod:`retinalab.models.layout`) train to other numbers than in
     the plain layout (the same function, another summation order): their rows get a key of their own, and
-    ``RETINALAB_CHANNELS_LAST=0`` keeps the key, and the rows, of the plain layout."""
+    ``RETINALAB_CHANNELS_LAST=0`` keeps the key, and the rows, of the plain layout. ``channels_last``:
+    the key under that layout (default: the one the networks are built in, ``layout.ENABLED``)."""
     keep = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "work", "budgets", "arms", "quick", "report", "parallel", "one")}
-    if layout.ENABLED:
+    if layout.ENABLED if channels_last is None else channels_last:
         keep["channels_last"] = True
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -178,11 +179,7 @@ def layout_hint(a: argparse.Namespace) -> str | None:
     """What to do when the results of these settings were recorded in the other layout of G and D (their
     own settings key, :func:`settings_key`): the line to print, or ``None`` when there are none."""
     was = layout.ENABLED
-    try:
-        layout.ENABLED = not was
-        other = Path(a.work) / f"results-{settings_key(a)}.jsonl"
-    finally:
-        layout.ENABLED = was
+    other = Path(a.work) / f"results-{settings_key(a, channels_last=not was)}.jsonl"
     n = len(read_rows(other)) if other.is_file() else 0
     if not n:
         return None
