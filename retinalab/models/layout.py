@@ -7,7 +7,9 @@ side by side on the 2-core CPU box, a training step of the SSL-GAN at width 0.12
 1.31x, of LeNet 1.21x and LeNet's inference 1.76x (AMD EPYC, 2026-12-03), and paper 001's G step 1.29x
 and D step 1.33x at width 0.25 and 128 px (Intel Xeon, 2026-12-06; ``benchmarks/memory_format.py``). At
 full width and 512 px G's step is 1.29x and D's 1.11x faster. The grading network of paper 001 (timm's
-ResNet) is left alone: channels-last does not make it faster on that CPU. The layout changes how tensors sit in memory, not what they mean: shapes, ``state_dict`` keys and
+ResNet) is left alone: channels-last does not make it faster on that CPU.
+
+The layout changes how tensors sit in memory, not what they mean: shapes, ``state_dict`` keys and
 values, checkpoints and results are the same up to floating-point summation order. Both the weights and
 the inputs have to be channels-last; converting only one of them gains nothing.
 
