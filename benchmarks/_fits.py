@@ -100,11 +100,9 @@ def write_child_line(work: Path, name: str, line: dict) -> None:
     :func:`run_children` to collect."""
     import json
 
-    path = work / "lines" / f"{name}.json"
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(line))
-    os.replace(tmp, path)
+    from retinalab.utils.io import write_text_atomic
+
+    write_text_atomic(work / "lines" / f"{name}.json", json.dumps(line))
 
 
 def run_children(children: dict[str, list[str]], work: Path, parallel: int, device: str | None, on_line) -> dict:

@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import machine  # noqa: E402
 
+from retinalab.utils.io import write_text_atomic  # noqa: E402
+
 # script -> arguments for `make bench` (defaults of the scripts are their full-size settings)
 BENCH_ARGS: dict[str, list[str]] = {
     "patch_cache.py": ["--images", "8"],
@@ -143,9 +145,7 @@ def main() -> int:
         head, sections = _merge(a.out.read_text(), sections, scripts, total)
     if failed:
         head += f"**Failed: {', '.join(failed)}.**\n\n"
-    tmp = a.out.with_name(f".{a.out.name}.tmp")
-    tmp.write_text(head + "\n".join(sections))
-    os.replace(tmp, a.out)
+    write_text_atomic(a.out, head + "\n".join(sections))
     print(f"\nwrote {a.out} ({total / 60:.1f} minutes{'; failed: ' + ', '.join(failed) if failed else ''})")
     return 1 if failed else 0
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 
-from .viz import localisation_auroc, patch_heatmap, save_png_atomic, side_by_side
+from .utils.io import save_png_atomic
+from .viz import localisation_auroc, patch_heatmap, side_by_side
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ sample of photographs with their masks overlaid, one colour per lesion, so a per
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections import Counter, defaultdict
@@ -34,7 +33,8 @@ from .datasets import STRUCTURES, DataFormatError, FundusRecord, read_dataset
 from .preprocessing.cache import parallel_map
 from .preprocessing.fundus import find_fov, load_fundus
 from .preprocessing.io import read_image, read_mask
-from .viz import lesion_overlay, save_png_atomic
+from .utils.io import save_png_atomic, write_json_atomic
+from .viz import lesion_overlay
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,7 @@ def check_dataset(
     report.counts = _counts(records, results)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".check.json.tmp"
-        tmp.write_text(json.dumps(report.as_dict(), indent=1))
-        tmp.replace(out / "check.json")
+        write_json_atomic(out / "check.json", report.as_dict())
         sheet = contact_sheet(records, results, sample, thumb, seed)
         if sheet is not None:
             save_png_atomic(sheet, out / "contact_sheet.png")

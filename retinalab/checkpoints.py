@@ -9,8 +9,6 @@ Every Lightning command of retinalab writes its checkpoints with :class:`AtomicC
 
 from __future__ import annotations
 
-import io
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -19,34 +17,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .errors import UserError
-
-
-def _write_bytes(f: Any, data: memoryview) -> None:
-    f.write(data)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj, path)``, atomically: to a hidden temporary file beside ``path``, flushed to
-    disk and renamed over it (``os.replace``), so a kill at any point leaves the previous file whole;
-    strays of writes killed earlier are removed."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            _write_bytes(f, buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    for stray in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed while writing
-        stray.unlink(missing_ok=True)
-    return target
+from .utils.errors import UserError
+from .utils.io import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -87,11 +87,11 @@ def cli(argv: Sequence[str], run: bool = True):
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-    from .errors import OneLineParserErrors
     from .manifest import RunManifest
+    from .utils.errors import OneLineParserErrors
 
     class RetinalabArgumentParser(OneLineParserErrors, LightningArgumentParser):
-        """One line for a misspelt or mistyped option (retinalab.errors.OneLineParserErrors)."""
+        """One line for a misspelt or mistyped option (retinalab.utils.errors.OneLineParserErrors)."""
 
     class RetinalabCLI(LightningCLI):
         def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
@@ -202,7 +202,7 @@ def point_to_check_data(e: BaseException, datamodule: Any) -> None:
     of the wrong size: found by the patch cache or a loader worker, not by the reader) the
     ``retinalab check-data`` pointer of the datamodule's dataset whose root holds the file."""
     from .datasets import DataFormatError
-    from .errors import user_error
+    from .utils.errors import user_error
 
     found = user_error(e)
     if not isinstance(found, DataFormatError) or found.check_data is not None:

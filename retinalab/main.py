@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import cli, finish_wandb, parse_size
-from .errors import (
+from .utils.errors import (
     ArgumentParser,
     ConfigError,
     UserError,
@@ -315,7 +315,7 @@ def weights_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``retinalab`` command. A problem the user can fix (:class:`retinalab.errors.UserError`)
+    """Run one ``retinalab`` command. A problem the user can fix (:class:`retinalab.utils.errors.UserError`)
     is one line on stderr and exit code 2; ``--debug`` or ``RETINALAB_DEBUG=1`` shows its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -349,7 +349,7 @@ def _command(argv: list[str]) -> int:
     if argv[0] == "label":
         return label_main(argv[1:])
     if argv[0] not in LIGHTNING_COMMANDS:
-        from .errors import suggest
+        from .utils.errors import suggest
 
         known = (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS)
         raise ConfigError(f"unknown command {argv[0]!r}; the commands are {', '.join(known)}.{suggest(argv[0], known, prefix='')} "

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from .utils.io import write_json_atomic
+
 PACKAGES = ("retinalab", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "timm", "segmentation-models-pytorch",
             "albumentations", "numpy", "wandb", "jsonargparse")
 
@@ -57,12 +59,7 @@ def manifest(config: dict[str, Any] | None = None, seed: int | None = None, spli
 
 
 def write_manifest(path: str | Path, payload: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, payload, default=str)
 
 
 class RunManifest(pl.Callback):

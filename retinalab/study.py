@@ -31,9 +31,7 @@ SLURM array task), ``--collect`` only aggregates.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -43,8 +41,9 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
 from .study_report import collect, log_summary_to_wandb, logs_to_wandb, summary_table  # noqa: F401 (retinalab.study's API)
+from .utils.errors import ConfigError
+from .utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +162,6 @@ class Study:
         ]
 
 
-def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def device_args(device: str | None) -> list[str]:
     """Trainer overrides for one process on one device (``--parallel``): ``cpu`` or ``cuda``
     (the one GPU ``CUDA_VISIBLE_DEVICES`` leaves visible); none for ``None``."""
@@ -236,7 +228,7 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
                "split_hash": getattr(c.datamodule, "split_hash", None), "args": args,
                "started": started, "finished": time.time(), "seconds": round(time.time() - started, 2),
                "device": str(c.trainer.strategy.root_device), "torch_threads": torch.get_num_threads()}
-    _atomic_json(d / "cell.json", payload)
+    write_json_atomic(d / "cell.json", payload)
     return payload
 
 
@@ -260,7 +252,7 @@ def _todo(study: Study, cells: list[Cell], rerun_failed: bool) -> tuple[list[Cel
 
 
 def _record_failure(study: Study, cell: Cell, e: BaseException) -> None:
-    _atomic_json(study.cell_dir(cell) / "failed.json", {"cell": cell.name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-5000:]})
+    write_json_atomic(study.cell_dir(cell) / "failed.json", {"cell": cell.name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-5000:]})
     log.error("study %s: cell %s failed: %s", study.name, cell.name, e)
     print(f"[study {study.name}] cell {cell.name} FAILED: {type(e).__name__}: {e}", flush=True)
 
@@ -330,7 +322,7 @@ def run_study_parallel(study: Study, parallel: int, devices: str | None = None, 
         else:
             if not (d / "failed.json").is_file() or rc < 0:
                 tail = job.log.read_text(errors="replace")[-3000:] if job.log.is_file() else ""
-                _atomic_json(d / "failed.json", {"cell": cell.name, "error": f"the cell's process ended with exit code {rc} "
+                write_json_atomic(d / "failed.json", {"cell": cell.name, "error": f"the cell's process ended with exit code {rc} "
                              f"without a result; see {job.log}", "traceback": tail})
             stats["failed"] += 1
         collect(study)

@@ -4,16 +4,15 @@ with its tables, curves, plots and the model artifacts of its cells."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .utils.io import save_figure_atomic, write_csv_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from .study import Study
@@ -34,14 +33,9 @@ def collect(study: Study) -> dict[str, Any]:
     metrics = study.metrics or sorted({k for r in rows for k in r["metrics"] if not k.startswith("test_last/")})
     # each test metric also for the final weights, after the best-on-validation checkpoint's
     metrics = [*metrics, *(m.replace("test/", "test_last/", 1) for m in metrics if m.startswith("test/"))]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["method", "labelled", "seed", *metrics])
-    for r in rows:
-        w.writerow([r["method"], "all" if r["labelled"] is None else r["labelled"], r["seed"], *[r["metrics"].get(m, "") for m in metrics]])
-    tmp = study.out_dir / f".results.csv.tmp-{os.getpid()}"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, study.out_dir / "results.csv")
+    write_csv_atomic(study.out_dir / "results.csv", ["method", "labelled", "seed", *metrics],
+                     [[r["method"], "all" if r["labelled"] is None else r["labelled"], r["seed"], *[r["metrics"].get(m, "") for m in metrics]]
+                      for r in rows])
     md = [f"# Study {study.name}", "", f"{len(rows)} of {len(study.cells())} cells finished, {len(failed)} failed; mean +- std over seeds.", ""]
     counts = study.labelled
     for m in metrics:
@@ -56,9 +50,7 @@ def collect(study: Study) -> dict[str, Any]:
         _plot(study, rows, m)
     if failed:
         md += ["## Failed cells", ""] + [f"* {f['cell']}: {f['error']}" for f in failed] + [""]
-    tmp = study.out_dir / f".results.md.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(md))
-    os.replace(tmp, study.out_dir / "results.md")
+    write_text_atomic(study.out_dir / "results.md", "\n".join(md))
     return {"rows": rows, "failed": failed}
 
 
@@ -168,13 +160,7 @@ def _plot(study: Study, rows: list[dict], metric: str) -> None:
     ax.set_title(study.name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    path = study.out_dir / f"{metric.replace('/', '_')}.png"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    save_figure_atomic(fig, study.out_dir / f"{metric.replace('/', '_')}.png")
 
 
 def model_rows(rows: list[dict]) -> list[list[Any]]:

@@ -26,7 +26,6 @@ W&B run) instead of starting over. Delete the output folder to run everything ag
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import math
 import os
@@ -38,7 +37,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import ConfigError
+from .utils.errors import ConfigError
+from .utils.io import write_dict_rows_atomic
 
 METHODS = ("grid", "random")
 
@@ -198,12 +198,4 @@ def _finished(out: Path, parameters: dict[str, Any]) -> dict[int, dict[str, Any]
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    tmp = out / ".sweep_runs.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, out / "sweep_runs.csv")
+    write_dict_rows_atomic(out / "sweep_runs.csv", rows)

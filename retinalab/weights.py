@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, InputMissingError, UserError
+from .utils.errors import ConfigError, InputMissingError, UserError
 
 IMAGENET = "imagenet"
 HUB_PREFIX = "hf-hub:"

@@ -68,7 +68,7 @@ class KillWhileWritingLast(pl.Callback):
             return
         import signal
 
-        import retinalab.checkpoints as ck
+        import retinalab.utils.io as ck
 
         real = ck._write_bytes
 

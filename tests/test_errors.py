@@ -20,8 +20,14 @@ import pytest
 import torch
 from PIL import Image
 
-from retinalab.errors import ConfigError, condense_parser_error, format_error, suggest, user_error
 from retinalab.main import main
+from retinalab.utils.errors import (
+    ConfigError,
+    condense_parser_error,
+    format_error,
+    suggest,
+    user_error,
+)
 from tests.data.folder.data import make_folder
 
 REPO = Path(__file__).resolve().parents[1]

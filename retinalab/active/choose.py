@@ -11,7 +11,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 from . import rounds
 from .acquisition import ACQUISITIONS
 from .rounds import Query

@@ -9,7 +9,7 @@ def active_parser():
     from jsonargparse import ActionConfigFile
     from jsonargparse import ArgumentParser as JsonArgumentParser
 
-    from ..errors import OneLineParserErrors
+    from ..utils.errors import OneLineParserErrors
     from .loop import ActiveLearning
 
     class Parser(OneLineParserErrors, JsonArgumentParser):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from ..models.lenet import LeNet
 from ..preprocessing.cache import PatchCache
+from ..utils.io import write_text_atomic
 from .egl import egl
 from .selection import select_images
 
@@ -106,9 +106,6 @@ def cached_egl_order(cache: PatchCache, candidates: Sequence[int], count: int, s
         if len(stored) >= min(count, len(candidates)):
             return stored[:count]
     order = egl_image_order(cache, candidates, count, seed, **kw)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(order))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(order))
     log.info("EGL order of %d labelled images stored in %s", len(order), path)
     return order

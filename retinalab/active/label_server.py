@@ -25,7 +25,7 @@ import socket
 from importlib import resources
 from typing import Literal
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .labelling import LabelRequestError, LabelSession
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time,

@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from urllib.parse import quote
 
-from ..datamodules.splits import write_json_atomic
-from ..errors import InputMissingError
+from ..utils.errors import InputMissingError
+from ..utils.io import write_json_atomic
 from .labelling import PendingRound, check_run, pending_round
 from .oracle import CLASS_NAMES, LabelFileError, validate_labels
 from .state import journal, read_answers, run_lock, write_answers

@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, InputMissingError, UserError, format_error, user_error
+from ..utils.errors import ConfigError, InputMissingError, UserError, format_error, user_error
 from .oracle import CLASS_NAMES, LabelFileError, read_queries
 from .state import journal, read_answers, run_lock, write_answers
 

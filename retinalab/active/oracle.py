@@ -14,16 +14,14 @@
 from __future__ import annotations
 
 import csv
-import io
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from ..errors import ConfigError, UserError
+from ..utils.errors import ConfigError, UserError
+from ..utils.io import save_png_atomic, write_csv_atomic
 from .pool import CLASS_NAMES, UNKNOWN, ExudatePatches
 
 #: accepted spellings of each class in ``labels.csv`` (case-insensitive)
@@ -116,18 +114,6 @@ class SimulatedOracle:
         return labels
 
 
-def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    """Write a CSV via a temporary file and an atomic rename."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-    return path
-
-
 class HumanOracle:
     """Queries for a person, through files.
 
@@ -190,7 +176,7 @@ class HumanOracle:
             crop = np.asarray(pool.patches[item])
             crop = cv2.resize(crop, None, fx=self.crop_zoom, fy=self.crop_zoom, interpolation=cv2.INTER_NEAREST)
             name = f"patches/{qid}.png"
-            _save_png(crop, d / name)
+            save_png_atomic(crop, d / name)
             image_id = pool.images[img]["image_id"]
             sheet = f"images/{image_id.replace('/', '__')}.png"
             by_image.setdefault(img, (sheet, []))[1].append((qid, cy, cx))
@@ -200,9 +186,9 @@ class HumanOracle:
             plain, overlay = sheet.replace(".png", ".plain.png"), sheet.replace(".png", ".heat.png") if img in heat else ""
             rows.append([qid, int(item), image_id, pool.images[img]["image_path"], cy, cx, cfg.patch_size, score, name, sheet, p, plain, overlay, cfg.image_size])
         for img, (sheet, boxes) in by_image.items():
-            _save_png(pool.view(img), d / sheet.replace(".png", ".plain.png"))
+            save_png_atomic(pool.view(img), d / sheet.replace(".png", ".plain.png"))
             if img in heat:
-                _save_png(heat_overlay(pool, *heat[img]), d / sheet.replace(".png", ".heat.png"))
+                save_png_atomic(heat_overlay(pool, *heat[img]), d / sheet.replace(".png", ".heat.png"))
             view = pool.view(img).copy()
             s = view.shape[0] / cfg.image_size
             half = cfg.patch_size / 2
@@ -211,7 +197,7 @@ class HumanOracle:
                 p1 = (round((cx + half) * s), round((cy + half) * s))
                 cv2.rectangle(view, p0, p1, (0, 255, 255), 1)
                 cv2.putText(view, qid[1:].lstrip("0") or "0", (p0[0], max(8, p0[1] - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 0), 1)
-            _save_png(view, d / sheet)
+            save_png_atomic(view, d / sheet)
         header = [
             "query_id", "item", "image_id", "image_path", "centre_y", "centre_x", "patch_size", "score", "patch_png", "image_png",
             "probability", "plain_png", "heat_png", "image_size",
@@ -277,9 +263,3 @@ def heat_overlay(pool: ExudatePatches, items: np.ndarray, scores: np.ndarray, al
     rgba = colormaps["magma"](value)
     rgba[..., 3] = np.where(painted, alpha * (0.15 + 0.85 * value), 0.0)
     return (rgba * 255).round().astype(np.uint8)
-
-
-def _save_png(arr: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)

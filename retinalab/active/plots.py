@@ -4,9 +4,7 @@ over a photograph (where the ophthalmologist should annotate)."""
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,23 +15,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..utils.io import save_figure_atomic  # noqa: E402
 from .pool import ExudatePatches  # noqa: E402
 
 PANELS = (("test/f1", "F-measure"), ("test/sensitivity", "sensitivity"), ("test/specificity", "specificity"))
 COLOURS = {"random": "tab:blue", "egl": "tab:green", "entropy": "tab:red", "margin": "tab:purple", "bald": "tab:brown"}
 #: how each acquisition's score is named on a heatmap's colour bar
 SCORE_NAMES = {"egl": ("expected gradient length", "Phi"), "entropy": ("predictive entropy", "nats"), "margin": ("1 - margin", "1 - (p1 - p2)"), "bald": ("BALD", "nats")}
-
-
-def _save_fig(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
 
 
 def _colour(name: str) -> str | None:
@@ -81,7 +69,7 @@ def plot_curves(runs: dict[str, list[dict] | list[list[dict]]], path: str | Path
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
-    return _save_fig(fig, Path(path))
+    return save_figure_atomic(fig, path)
 
 
 def plot_comparison(study: str | Path) -> Path | None:
@@ -111,7 +99,7 @@ def plot_interestingness(rows: list[dict], path: str | Path, acquisition: str = 
     ax.set_title("Interestingness over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save_fig(fig, Path(path))
+    return save_figure_atomic(fig, path)
 
 
 def egl_map(pool: ExudatePatches, items: np.ndarray, phi: np.ndarray, size: int, blur: bool = True) -> np.ndarray:
@@ -170,7 +158,7 @@ def write_heatmap(
     bar.set_label(f"{unit} (blurred mean over patches)")
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save_fig(fig, Path(path))
+    return save_figure_atomic(fig, path)
 
 
 def write_run_plots(out: Path, state, pool: ExudatePatches, heat: tuple[int, np.ndarray, np.ndarray] | None = None, acquisition: str = "egl") -> None:

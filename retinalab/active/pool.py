@@ -33,7 +33,6 @@ import torch
 from PIL import Image
 
 from ..datasets.base import DataFormatError, FundusRecord, OnError
-from ..errors import ConfigError
 from ..preprocessing.cache import (
     build_atomically,
     cache_key,
@@ -43,6 +42,7 @@ from ..preprocessing.cache import (
 )
 from ..preprocessing.fundus import load_fundus
 from ..preprocessing.patches import PatchGrid
+from ..utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

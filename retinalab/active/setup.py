@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from ..datasets import read_dataset
-from ..errors import ConfigError, OutputExistsError
 from ..models.lenet import LeNet
+from ..utils.errors import ConfigError, OutputExistsError
 from .oracle import HumanOracle, SimulatedOracle
 from .pool import ExudatePatches
 from .split import split_pool

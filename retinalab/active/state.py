@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_torch_save
-from ..datamodules.splits import write_json_atomic
-from ..errors import ConfigError, InputMissingError, UserError
-from .oracle import LabelFileError, write_csv_atomic
+from ..utils.errors import ConfigError, InputMissingError, UserError
+from ..utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic
+from .oracle import LabelFileError
 
 STATE_VERSION = 1
 #: config fields that must not change between a run and its resumption

@@ -9,7 +9,8 @@ from typing import Any
 import pytorch_lightning as pl
 
 from ..datasets import FundusRecord, read_dataset
-from .splits import split_hash, write_json_atomic
+from ..utils.io import write_json_atomic
+from .splits import split_hash
 
 log = logging.getLogger(__name__)
 

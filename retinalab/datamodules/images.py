@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from ..datasets import LESIONS, DatasetName, FundusRecord, OnError, check_reader_args, read_dataset
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 from .base import FundusDataModule
 from .image_datasets import (  # noqa: F401 (re-exported: retinalab.datamodules.images.* as before the split)
     NUM_GRADES,

@@ -17,9 +17,9 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..datasets import DatasetName, OnError, check_reader_args
-from ..errors import ConfigError
 from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
 from ..preprocessing.patches import UNKNOWN
+from ..utils.errors import ConfigError
 from .base import FundusDataModule
 from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset
 from .splits import SplitMode, choose_labeled, split_indices, target_count

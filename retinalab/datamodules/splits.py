@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 
 SplitMode = Literal["random", "official", "test_only"]
 
@@ -123,12 +121,3 @@ def split_hash(split: dict[str, Sequence[str]]) -> str:
     """Short content hash of a split (ids per part), for manifests and run names."""
     return hashlib.sha256(json.dumps({k: list(v) for k, v in sorted(split.items())}).encode()).hexdigest()[:12]
 
-
-def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-    return path

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, check_arguments
+from ..utils.errors import ConfigError, check_arguments
 from .base import (
     LESIONS,
     STRUCTURES,

@@ -16,7 +16,7 @@ from typing import Literal
 
 import pandas as pd
 
-from ..errors import UserError
+from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ def build_patch_model(
             ``weights`` and ``pretrained_path``, or a local file that does not exist.
         WeightsNotFoundError: hub weights neither cached nor reachable.
     """
-    from ..errors import ConfigError
+    from ..utils.errors import ConfigError
 
     if weights and pretrained_path:
         raise ConfigError("set weights or pretrained_path (the older name of a local weights file), not both")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 from .layout import channels_last, nhwc
 
 

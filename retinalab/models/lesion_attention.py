@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 from ..weights import IMAGENET_MEAN, IMAGENET_STD
 
 #: timm backbones whose stem/stage split is known: name -> (f_low modules, high modules)

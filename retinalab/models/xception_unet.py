@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 from .layout import channels_last, nhwc
 
 Block = Literal["xception", "conv"]

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from ..datasets import eophtha as eo
 from ..datasets import idrid
-from ..errors import ConfigError, OutputExistsError
 from ..preprocessing.cache import pool_context
+from ..utils.errors import ConfigError, OutputExistsError
 from .fundus import synth_fundus
 from .presets import IDRID_GRADE_MIX, SynthPreset, get_preset
 

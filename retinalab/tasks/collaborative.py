@@ -29,11 +29,11 @@ import pytorch_lightning as pl
 import torch
 
 from ..datasets import LESIONS
-from ..errors import ConfigError
 from ..metrics.lesions import BinaryDRMetrics, LesionPixelMetrics, grading_metrics
 from ..models.lesion_attention import LesionAttentionGrader, focal_loss
 from ..models.lesion_discriminator import LesionDiscriminator
 from ..models.xception_unet import Block, build_generator
+from ..utils.errors import ConfigError
 from .collaborative_eval import CollaborativeEvaluation
 from .collaborative_losses import (  # noqa: F401 (masked_bce, l_seg: importable from here as before)
     discriminator_loss,

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch.optim.swa_utils import AveragedModel
 
-from ..errors import ConfigError
 from ..models import PatchBackbone, build_patch_model
+from ..utils.errors import ConfigError
 from .base import PatchTask, broadcast_from_rank0, warm_ema
 
 

@@ -32,9 +32,9 @@ import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch.optim.swa_utils import AveragedModel
 
-from ..errors import ConfigError
 from ..models import ConvLarge
 from ..models.generator import PatchGenerator
+from ..utils.errors import ConfigError
 from ..viz import log_overlays
 from .base import PatchTask, broadcast_from_rank0, warm_ema
 from .ssgan_losses import feature_matching_loss, supervised_loss, unsupervised_loss

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
 from ..metrics.lesions import LesionPixelMetrics
+from ..utils.errors import ConfigError
 from ..viz import lesion_overlay
 
 SOURCES = ("G", "attention", "pseudo")

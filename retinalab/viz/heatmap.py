@@ -4,14 +4,10 @@ their localisation quality against the lesion masks."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
 from matplotlib import colormaps
-from PIL import Image
 from torchmetrics.functional.classification import binary_auroc
 
 from ..preprocessing import PatchGrid
@@ -75,12 +71,3 @@ def localisation_auroc(heat: np.ndarray, mask: np.ndarray, thresholds: int | Non
     h = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32)).flatten().clamp(0, 1)
     return float(binary_auroc(h, m.long(), thresholds=thresholds))
 
-
-def save_png_atomic(arr: np.ndarray, path: str | Path) -> Path:
-    """Write a PNG through a temporary file and a rename: never a half-written image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
-    return path

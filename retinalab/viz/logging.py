@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 
-from .heatmap import save_png_atomic
+from ..utils.io import save_png_atomic
 
 
 def log_overlays(module: pl.LightningModule, key: str, overlays: list[tuple[str, np.ndarray]], png_name: str | None = None) -> Path | None:
