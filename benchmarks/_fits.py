@@ -24,7 +24,7 @@ def fit_and_test(config: str, root: Path, n_labeled: int | None, seed: int, work
     of the classifier), ``fit_s``, ``diagnostics`` and where the test predictions went
     (``<work>/predictions/<tag>.npz``)."""
     from retinalab.cli import cli
-    from retinalab.launch import cap_workers, limit_threads
+    from retinalab.experiments.launch import cap_workers, limit_threads
 
     threads = limit_threads()  # $RETINALAB_THREADS under --parallel
     out = work / "runs" / tag
@@ -107,13 +107,13 @@ def write_child_line(work: Path, name: str, line: dict) -> None:
 
 def run_children(children: dict[str, list[str]], work: Path, parallel: int, device: str | None, on_line) -> dict:
     """Run each child command (name -> argv of a script's ``--one`` mode) as its own process,
-    ``parallel`` at a time per GPU or on the CPU (:mod:`retinalab.launch`), each logging to
+    ``parallel`` at a time per GPU or on the CPU (:mod:`retinalab.experiments.launch`), each logging to
     ``<work>/runs/<name>/run.log``; ``on_line(name, line)`` gets each child's result line (from
     :func:`write_child_line`, with ``process_s``) as it ends. Returns ``codes`` (exit status per
     name), ``wall_s``, ``start`` (unix seconds) and ``slots``."""
     import json
 
-    from retinalab.launch import Job, plan_slots, run_jobs
+    from retinalab.experiments.launch import Job, plan_slots, run_jobs
 
     slots = plan_slots(parallel, device or "cpu")
     jobs = []

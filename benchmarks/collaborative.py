@@ -35,7 +35,7 @@ nothing scores in AUC-PR), and which lesions the supervised G of stage 1a has le
                                        [--seeds 0 1 2] [--parallel 2] [--size 128] [--device cpu|cuda] [--precision bf16-mixed] [--width 0.25]
 
 ``--parallel N`` runs N trainings at a time, each its own process with its share of the cores (or N per
-GPU; :mod:`retinalab.launch`): every seed's stage 1a and 1b first, then all stage-2 runs and ``Ori``,
+GPU; :mod:`retinalab.experiments.launch`): every seed's stage 1a and 1b first, then all stage-2 runs and ``Ori``,
 the longest first; each appends its row as it ends, and a rerun retries what failed (logs in
 ``<work>/logs``).
 
@@ -82,7 +82,7 @@ from _common import (  # benchmarks/ is on sys.path when a script runs
 
 from retinalab.callbacks import RecalibrateBatchNorm
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
-from retinalab.launch import limit_threads, plan_slots
+from retinalab.experiments.launch import limit_threads, plan_slots
 from retinalab.models import layout
 from retinalab.synthetic import read_settings, write_synthetic
 from retinalab.tasks import CollaborativeTask
@@ -281,10 +281,10 @@ def cost(unit: tuple) -> float:
 
 
 def run_parallel(todo: list[tuple], a: argparse.Namespace, results: Path) -> None:
-    """Run ``todo`` as ``a.parallel`` processes of this script's ``--one`` mode (:mod:`retinalab.launch`),
+    """Run ``todo`` as ``a.parallel`` processes of this script's ``--one`` mode (:mod:`retinalab.experiments.launch`),
     each with its share of the cores: first every seed's stage 1, then the stage-2 units, longest first.
     Each child appends its own row to ``results`` as it ends."""
-    from retinalab.launch import Job, run_jobs
+    from retinalab.experiments.launch import Job, run_jobs
 
     slots = plan_slots(a.parallel, "cuda" if a.device == "cuda" else "cpu")
     argv = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]

@@ -36,7 +36,7 @@ paper's). Each finished run appends a line to ``<work>/results.jsonl`` at once (
 predictions to ``<work>/predictions/``); rerunning with the same ``--work`` skips finished runs.
 
 ``--parallel N`` runs N fits at a time per visible GPU (with ``--device cuda``) or on the CPU, each as
-its own process with its share of the CPU threads (:mod:`retinalab.launch`, the launcher of
+its own process with its share of the CPU threads (:mod:`retinalab.experiments.launch`, the launcher of
 ``retinalab study --parallel``); each process's output goes to ``<work>/runs/<run>/run.log``.
 """
 

@@ -1,4 +1,4 @@
-"""Starting a CPU job: a plain subprocess against retinalab.launch's fork server, side by side in one run.
+"""Starting a CPU job: a plain subprocess against retinalab.experiments.launch's fork server, side by side in one run.
 
 Every job imports what a benchmark fit imports before its first step (``retinalab.cli``, Lightning,
 torch) and does one small tensor operation; ``--jobs`` of them run ``--parallel`` at a time with one
@@ -25,7 +25,7 @@ JOB = "import retinalab.cli, pytorch_lightning, torch; torch.ones(2).sum()"
 
 
 def batch(mode: str, n: int, parallel: int, folder: Path, tag: str) -> float:
-    from retinalab.launch import Job, Slot, run_jobs
+    from retinalab.experiments.launch import Job, Slot, run_jobs
 
     os.environ["RETINALAB_FORK_SERVER"] = mode
     jobs = [Job(f"{tag}-{i}", [sys.executable, "-c", JOB], folder / f"{tag}-{i}.log") for i in range(n)]

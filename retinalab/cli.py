@@ -1,5 +1,5 @@
 """retinalab's LightningCLI builder, shared by ``retinalab fit`` (:mod:`retinalab.main`),
-``retinalab study`` (:mod:`retinalab.study`), the demo and the benchmarks.
+``retinalab study`` (:mod:`retinalab.experiments.study`), the demo and the benchmarks.
 
 It lives apart from :mod:`retinalab.main` so that the modules running fits import it without
 importing the command dispatcher (which imports them back).

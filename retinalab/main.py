@@ -92,8 +92,8 @@ def synth_main(argv: Sequence[str]) -> int:
 
 
 def sweep_main(argv: Sequence[str]) -> int:
-    """``retinalab sweep``: see :mod:`retinalab.sweep`. Exit 1 when a run failed."""
-    from .sweep import run_sweep
+    """``retinalab sweep``: see :mod:`retinalab.experiments.sweep`. Exit 1 when a run failed."""
+    from .experiments.sweep import run_sweep
 
     p = ArgumentParser(prog="retinalab sweep", description=EXTRA_COMMANDS["sweep"])
     p.add_argument("sweep", help="W&B sweep file (conf/sweeps/*.yaml)")
@@ -108,8 +108,8 @@ def sweep_main(argv: Sequence[str]) -> int:
 
 
 def study_main(argv: Sequence[str]) -> int:
-    """``retinalab study``: see :mod:`retinalab.study`. Exit 0 when every cell ran, 1 when some failed."""
-    from .study import (
+    """``retinalab study``: see :mod:`retinalab.experiments.study`. Exit 0 when every cell ran, 1 when some failed."""
+    from .experiments.study import (
         Study,
         collect,
         log_summary_to_wandb,
@@ -137,7 +137,7 @@ def study_main(argv: Sequence[str]) -> int:
     a = p.parse_args(list(argv))
     study = Study.load(a.config)
     if a.write_sweep:
-        from .study import write_sweep
+        from .experiments.study import write_sweep
 
         print(f"wrote {write_sweep(study, a.config, a.write_sweep)}")
         return 0
@@ -148,7 +148,7 @@ def study_main(argv: Sequence[str]) -> int:
     if a.parallel is not None and a.cell is not None:
         raise ConfigError("--parallel runs the unfinished cells; --cell runs one: use one of them")
     if not a.collect:
-        from .launch import limit_threads
+        from .experiments.launch import limit_threads
 
         threads = limit_threads(a.threads)
         if a.parallel is not None:

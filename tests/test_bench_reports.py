@@ -250,7 +250,7 @@ def test_collaborative_parallel_runs_stage_one_first_then_the_longest_units(tmp_
 
     import collaborative
 
-    import retinalab.launch as launch
+    import retinalab.experiments.launch as launch
 
     a = argparse.Namespace(seeds=[0, 1], budgets=[1, 12], arms=["Lesion(Pretrained)", "Lesion(Semi)"], work=str(tmp_path), parallel=2, device="cpu")
     calls = []

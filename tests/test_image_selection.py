@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from retinalab.active.image_selection import cached_egl_order, egl_image_order
+from retinalab.active.image_selection import EGLChooser, cached_egl_order, egl_image_order
 from retinalab.datamodules import PatchDataModule
 from retinalab.main import main
+from retinalab.utils.errors import ConfigError
 from tests.egl_by_hand import phi_by_hand
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_cached_orders_are_reused(dm):
 
 def test_patch_datamodule_labels_the_egl_order(dm, tmp_path):
     egl_dm = PatchDataModule(dm.dataset, dm.root, image_size=128, patch_size=32, stride=32, val_size=3, test_size=3,
-                             num_labeled_images=4, labeled_selection="egl", egl_epochs=1, cache_dir=str(dm.cache.path.parent),
+                             num_labeled_images=4, labeled_selection=EGLChooser(epochs=1), cache_dir=str(dm.cache.path.parent),
                              cache_workers=0, split_file=str(tmp_path / "e.json"))
     egl_dm.setup("fit")
     expected = cached_egl_order(egl_dm.cache, list(egl_dm.rows["train"]), 4, 0, initial=2, step=1, epochs=1)
@@ -91,14 +92,14 @@ def test_patch_datamodule_labels_the_egl_order(dm, tmp_path):
     assert set(egl_dm.rows["labeled"].tolist()) < set(egl_dm.rows["train"].tolist())
     assert np.array_equal(egl_dm.rows["unlabeled"], np.sort(egl_dm.rows["train"]))  # unlabeled_pool: all
     assert json.loads((tmp_path / "e.json").read_text())["labeled_selection"] == "egl"
-    with pytest.raises(ValueError, match="labeled_selection"):
+    with pytest.raises(ConfigError, match="labeled_selection must be None .* or a LabeledChooser"):
         PatchDataModule("idrid", "x", labeled_selection="uncertainty")
 
 
 def test_study_with_egl_selection(dm, tmp_path):
     cfg = {"name": "egl", "out_dir": str(tmp_path / "study"), "methods": {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")},
            "labelled": [4], "seeds": [0], "selection": "egl",
-           "overrides": [f"--data.root={dm.root}", f"--data.cache_dir={dm.cache.path.parent}", "--data.egl_epochs=1",
+           "overrides": [f"--data.root={dm.root}", f"--data.cache_dir={dm.cache.path.parent}", "--data.labeled_selection.epochs=1",
                          "--trainer.enable_progress_bar=false"]}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["study", "--config", str(tmp_path / "s.yaml")]) == 0

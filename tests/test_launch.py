@@ -1,4 +1,4 @@
-"""retinalab.launch: CPU jobs start from a fork server that has imported torch and Lightning, and still
+"""retinalab.experiments.launch: CPU jobs start from a fork server that has imported torch and Lightning, and still
 behave as processes of their own (session, log, environment, thread share, exit code, stop)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from retinalab import launch
-from retinalab.launch import Job, Slot, run_jobs
+from retinalab.experiments import launch
+from retinalab.experiments.launch import Job, Slot, run_jobs
 
 PROBE = (
     "import os, sys; preloaded = 'torch' in sys.modules; import torch; "
@@ -90,7 +90,7 @@ def test_the_parent_main_module_is_not_run_again_in_a_forked_job(tmp_path):
     run_jobs (or `python -m retinalab study --parallel`) would run itself again there, job after job."""
     parent = tmp_path / "parent.py"
     parent.write_text(
-        "import sys\nfrom pathlib import Path\nfrom retinalab.launch import Job, Slot, run_jobs\n"
+        "import sys\nfrom pathlib import Path\nfrom retinalab.experiments.launch import Job, Slot, run_jobs\n"
         "print('parent ran', flush=True)\n"
         f"codes = run_jobs([Job('j', [sys.executable, '-c', 'print(\"job ran\")'], Path({str(tmp_path / 'j.log')!r}))], [Slot(None, 1)])\n"
         "print('codes', codes, flush=True)\n")

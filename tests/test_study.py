@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from retinalab.experiments.study import Study
 from retinalab.main import main
-from retinalab.study import Study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
 def test_an_online_summary_links_each_cells_best_model_artifact():
     """Online, the summary run uses each cell's model-<id>:best (W&B's lineage from the study to the
     weights); a cell without an artifact is left out, and one W&B cannot find is skipped, not fatal."""
-    from retinalab.study_report import link_model_artifacts, model_rows
+    from retinalab.experiments.report import link_model_artifacts, model_rows
 
     rows = [{"method": "convnet", "labelled": 10, "seed": 0, "wandb_run": {"id": "a1", "project": "p", "entity": "lab", "artifact": "model-a1"}},
             {"method": "ssl_gan", "labelled": None, "seed": 1, "wandb_run": {"id": "b2", "project": "p", "entity": None, "artifact": "model-b2"}},
@@ -198,7 +198,7 @@ def test_wandb_credentials_decide_online_or_offline(monkeypatch, tmp_path):
 
 
 def test_a_study_runs_as_a_sweep_of_its_cells(syn, tmp_path):
-    from retinalab.sweep import assignments, load_sweep
+    from retinalab.experiments.sweep import assignments, load_sweep
 
     cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4])
     sweep = tmp_path / "study_sweep.yaml"
@@ -263,7 +263,7 @@ def test_a_parallel_cell_that_dies_is_recorded_and_the_rest_go_on(syn, tmp_path,
     assert "FAILED (exit 1" in capsys.readouterr().out
     assert main(["study", "--config", str(cfg), "--parallel", "2", "--cell", "0"]) == 2
     assert "--parallel" in capsys.readouterr().err
-    from retinalab.launch import plan_slots
+    from retinalab.experiments.launch import plan_slots
 
     with pytest.raises(ValueError, match="not visible"):
         plan_slots(2, "7")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from retinalab.experiments.sweep import assignments, load_sweep
 from retinalab.main import main
-from retinalab.sweep import assignments, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,7 @@ and the resumable loop behind ``retinalab active``."""
 
 from .acquisition import ACQUISITIONS, acquisition_scores, bald, entropy, margin, mc_dropout_probs
 from .egl import egl, egl_fc, egl_func, egl_naive, score_pool
+from .image_selection import EGLChooser
 from .loop import ActiveLearning
 from .oracle import HumanOracle, LabelFileError, LabelsPending, SimulatedOracle
 from .pool import ExudatePatchConfig, ExudatePatches, dihedral
@@ -13,6 +14,7 @@ from .state import LoopState
 __all__ = [
     "ACQUISITIONS",
     "ActiveLearning",
+    "EGLChooser",
     "ExudatePatchConfig",
     "ExudatePatches",
     "HumanOracle",

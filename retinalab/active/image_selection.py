@@ -7,6 +7,8 @@ patches have the largest summed expected gradient length under a LeNet trained o
 labelled so far (``select_images``). The order does not depend on how many images are wanted, so the
 first 10 are among the first 20 (nested budgets, as for random selection), and a study can compare
 ``random`` and ``egl`` at the same counts. Orders are cached beside the patch cache.
+:class:`EGLChooser` gives the order to a patch datamodule (``--data.labeled_selection
+retinalab.active.EGLChooser``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datamodules.splits import LabeledChooser
 from ..models.lenet import LeNet
 from ..preprocessing.cache import PatchCache
 from ..utils.io import write_text_atomic
@@ -109,3 +112,24 @@ def cached_egl_order(cache: PatchCache, candidates: Sequence[int], count: int, s
     write_text_atomic(path, json.dumps(order))
     log.info("EGL order of %d labelled images stored in %s", len(order), path)
     return order
+
+
+class EGLChooser(LabeledChooser):
+    """The labelled images of a patch datamodule chosen by an EGL active learner (:func:`egl_image_order`).
+
+    Args:
+        initial: random images labelled before EGL takes over.
+        step: images added per round.
+        epochs: SGD epochs on the labelled patches per round.
+    """
+
+    name = "egl"
+
+    def __init__(self, initial: int = 2, step: int = 1, epochs: int = 3) -> None:
+        self.initial, self.step, self.epochs = initial, step, epochs
+
+    def choose(self, cache: PatchCache, candidates: Sequence[int], count: int, seed: int) -> list[int]:
+        return cached_egl_order(cache, candidates, count, seed, initial=self.initial, step=self.step, epochs=self.epochs)
+
+    def __repr__(self) -> str:
+        return f"EGLChooser(initial={self.initial}, step={self.step}, epochs={self.epochs})"

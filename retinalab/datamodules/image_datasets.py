@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..datasets import LESIONS, DataFormatError, FundusRecord, OnError
+from ..datasets.truth import truth_masks
 from ..preprocessing import load_fundus, stack_masks
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class FundusImageDataset(Dataset):
 
     With ``truth_dataset_root`` (a synthetic dataset drawn by ``retinalab synth``, for photographs its
     layout labels per image only) each sample also carries the drawn masks the generator keeps under
-    ``<root>/_truth`` (:func:`retinalab.synthetic.truth_masks`): ``truth`` (L x S x S float 0/1,
+    ``<root>/_truth`` (:func:`retinalab.datasets.truth.truth_masks`): ``truth`` (L x S x S float 0/1,
     transformed with the image like ``mask``) and, with ``mask_fraction``, ``truth_fraction``. A
     lesion without a file is absent from the photograph (all zeros). Not with ``with_masks``.
     """
@@ -92,8 +93,6 @@ class FundusImageDataset(Dataset):
 
     def _with_truth(self, r: FundusRecord) -> FundusRecord:
         """``r`` with its drawn masks (every lesion annotated: absent ones empty) in place of its published ones."""
-        from ..synthetic import truth_masks
-
         image = Path(r.image_path).expanduser().resolve()
         try:
             found = truth_masks(self.truth_dataset_root, image)

@@ -15,6 +15,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from ..datasets import LESIONS, DatasetName, FundusRecord, OnError, check_reader_args, read_dataset
+from ..datasets.truth import TRUTH_DIR, truth_folder
 from ..utils.errors import ConfigError
 from .base import FundusDataModule
 from .image_datasets import (  # noqa: F401 (re-exported: retinalab.datamodules.images.* as before the split)
@@ -319,8 +320,6 @@ class SegmentationDataModule(_ImageDataModule):
 
     def _truth_root(self) -> Path | None:
         """The image-level root when ``image_level_truth`` wants its drawn masks and it has them."""
-        from ..synthetic import TRUTH_DIR, truth_folder
-
         if self.image_level_truth == "off":
             return None
         root = Path(str(self.image_level_root)).expanduser()

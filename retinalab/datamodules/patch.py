@@ -22,7 +22,7 @@ from ..preprocessing.patches import UNKNOWN
 from ..utils.errors import ConfigError
 from .base import FundusDataModule
 from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset
-from .splits import SplitMode, choose_labeled, split_indices, target_count
+from .splits import LabeledChooser, SplitMode, choose_labeled, split_indices, target_count
 from .transforms import (
     StrongPolicy,
     check_strong_policy,
@@ -63,11 +63,10 @@ class PatchDataModule(FundusDataModule):
         test_size: test images (int) or fraction; ignored with ``split_mode=official``.
         stratify: keep the diseased/healthy image ratio in val/test (random within each class).
         num_labeled_images: labelled training images (int), fraction (float < 1), or ``None`` for all.
-        labeled_selection: how they are chosen: ``random`` (papers 000/001: a seeded permutation) or
-            ``egl`` (an EGL active learner picks them, paper 002's Algorithm 2: see
-            :mod:`retinalab.active.image_selection`); both give nested sets across counts.
-        egl_initial / egl_step / egl_epochs: the EGL learner's random start, images per round and
-            training epochs per round.
+        labeled_selection: how they are chosen: ``None`` at random (papers 000/001: a seeded
+            permutation), or a :class:`~retinalab.datamodules.splits.LabeledChooser`, e.g.
+            ``retinalab.active.EGLChooser`` (an EGL active learner, paper 002's Algorithm 2); both give
+            nested sets across counts.
         unlabeled: also serve unlabelled training patches (semi-supervised methods): the training
             loader then yields ``{"labeled": batch, "unlabeled": batch}``, labelled batches cycled.
         unlabeled_ratio: unlabelled patches per labelled patch in a training batch (FixMatch's mu;
@@ -128,10 +127,7 @@ class PatchDataModule(FundusDataModule):
         test_size: int | float = 0.2,
         stratify: bool = True,
         num_labeled_images: int | float | None = None,
-        labeled_selection: Literal["random", "egl"] = "random",
-        egl_initial: int = 2,
-        egl_step: int = 1,
-        egl_epochs: int = 3,
+        labeled_selection: LabeledChooser | None = None,
         unlabeled: bool = False,
         unlabeled_ratio: int = 1,
         unlabeled_strong: bool = False,
@@ -185,9 +181,10 @@ class PatchDataModule(FundusDataModule):
         if batches_per_epoch is not None and batches_per_epoch != "unlabeled" and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
             raise ConfigError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")
         self.batches_per_epoch = batches_per_epoch
-        if labeled_selection not in ("random", "egl"):
-            raise ValueError(f"labeled_selection must be 'random' or 'egl', got {labeled_selection!r}")
-        self.labeled_selection, self.egl_initial, self.egl_step, self.egl_epochs = labeled_selection, egl_initial, egl_step, egl_epochs
+        if labeled_selection is not None and not isinstance(labeled_selection, LabeledChooser):
+            raise ConfigError(f"labeled_selection must be None (random) or a LabeledChooser such as retinalab.active.EGLChooser, "
+                              f"got {labeled_selection!r}")
+        self.labeled_selection = labeled_selection
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir, self.cache_workers = cache_dir, cache_workers
         self.augment, self.augment_policy, self.on_error, self.split_file = augment, augment_policy, on_error, split_file
@@ -243,11 +240,9 @@ class PatchDataModule(FundusDataModule):
                 raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
         parts = split_indices(groups, self.val_size, self.test_size, self.seed, strata, official)
         train = known_rows[parts["train"]]
-        if self.labeled_selection == "egl" and self.num_labeled_images is not None:
-            from ..active.image_selection import cached_egl_order
-
+        if self.labeled_selection is not None and self.num_labeled_images is not None:
             n = target_count(self.num_labeled_images, len(train), "num_labeled_images")
-            order = cached_egl_order(cache, list(train), n, self.seed, initial=self.egl_initial, step=self.egl_step, epochs=self.egl_epochs)
+            order = self.labeled_selection.choose(cache, list(train), n, self.seed)
             labeled, unlabeled = sorted(order), sorted(set(int(t) for t in train) - set(order))
         else:
             labeled, unlabeled = choose_labeled(list(train), self.num_labeled_images, self.seed)
@@ -273,7 +268,7 @@ class PatchDataModule(FundusDataModule):
                 "root": str(self.root),
                 "seed": self.seed,
                 "num_labeled_images": self.num_labeled_images,
-                "labeled_selection": self.labeled_selection,
+                "labeled_selection": "random" if self.labeled_selection is None else self.labeled_selection.name,
                 "unlabeled_pool": self.unlabeled_pool,
                 "cache": str(cache.path),
                 "counts": self.summary(),

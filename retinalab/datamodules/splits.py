@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -115,6 +115,20 @@ def choose_labeled(
     perm = np.random.default_rng(seed + 1_000_003).permutation(len(candidates))
     chosen = {candidates[p] for p in perm[:k]}
     return sorted(chosen), sorted(set(candidates) - chosen)
+
+
+class LabeledChooser:
+    """Chooses the labelled training images when not at random: a strategy a higher layer provides
+    (an active learner: :class:`retinalab.active.EGLChooser`), given to a datamodule as its
+    ``labeled_selection`` (``--data.labeled_selection retinalab.active.EGLChooser``). The datamodule
+    hands it the candidates and reads back the chosen ones; ``name`` goes into ``split.json``.
+    """
+
+    name: str = "custom"
+
+    def choose(self, cache: Any, candidates: Sequence[int], count: int, seed: int) -> list[int]:
+        """The ``count`` chosen of ``candidates`` (rows of the patch cache ``cache``), in the order chosen."""
+        raise NotImplementedError
 
 
 def split_hash(split: dict[str, Sequence[str]]) -> str:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..datasets import eophtha as eo
 from ..datasets import idrid
+from ..datasets.truth import SETTINGS_FILE, TRUTH_DIR, truth_stem
 from ..preprocessing.cache import pool_context
 from ..utils.errors import ConfigError, OutputExistsError
 from .fundus import synth_fundus
@@ -33,18 +34,6 @@ from .presets import IDRID_GRADE_MIX, SynthPreset, get_preset
 log = logging.getLogger(__name__)
 
 SynthDataset = Literal["idrid", "eophtha", "eyepacs", "messidor", "folder"]
-#: written at the root of every synthetic dataset: the arguments and preset it was drawn with
-SETTINGS_FILE = "synthetic.json"
-#: where ``write_synthetic`` keeps the lesion masks of the photographs the layout labels per image only
-#: (IDRiD's grading part, e-ophtha's healthy folders, EyePACS, Messidor, the folder layout's unmasked
-#: images): the truth no real dataset has, for measuring pseudo masks. No reader looks inside it.
-TRUTH_DIR = "_truth"
-
-
-def read_settings(root: str | Path) -> dict | None:
-    """The settings a synthetic dataset at ``root`` was drawn with (``None`` if it has none)."""
-    path = Path(root) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -59,29 +48,6 @@ class Job:
     mask_style: Literal["red_rgb", "gray"] = "red_rgb"
     eye: str | None = None
     truth_stem: Path | None = None  # image-level photographs: <root>/_truth/<image path without suffix>
-
-
-def truth_stem(root: str | Path, image: str | Path) -> Path:
-    """Where the drawn masks of photograph ``image`` (under ``root``) go: ``<root>/_truth/<image path
-    without suffix>``, to which ``_<structure>.png`` is appended."""
-    root, image = Path(root), Path(image)
-    return root / TRUTH_DIR / image.relative_to(root).with_suffix("")
-
-
-def truth_masks(root: str | Path, image: str | Path) -> dict[str, Path]:
-    """The drawn masks of photograph ``image`` of the synthetic dataset at ``root`` kept under
-    :data:`TRUTH_DIR` (structure -> PNG; empty when the photograph has none or has published masks)."""
-    stem = truth_stem(root, image)
-    return {p.stem[len(stem.name) + 1 :]: p for p in sorted(stem.parent.glob(f"{stem.name}_*.png"))}
-
-
-def truth_folder(root: str | Path) -> Path | None:
-    """The folder of drawn masks of the synthetic dataset at ``root`` (``None`` when ``root`` is not a
-    synthetic dataset, or was drawn before the generator kept them)."""
-    settings = read_settings(root)
-    folder = (settings or {}).get("truth", {}).get("folder")
-    path = Path(root) / folder if folder else None
-    return path if path is not None and path.is_dir() else None
 
 
 @dataclass(frozen=True)

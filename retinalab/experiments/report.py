@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .utils.io import save_figure_atomic, write_csv_atomic, write_text_atomic
+from ..utils.io import save_figure_atomic, write_csv_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from .study import Study
+    from .spec import Study
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def log_summary_to_wandb(study: Study) -> Path | None:
     (under ``<out_dir>/summary``) otherwise. Returns the local run folder."""
     import wandb
 
-    from .loggers import has_wandb_credentials
+    from ..loggers import has_wandb_credentials
 
     res = collect(study)
     rows = res["rows"]
@@ -128,7 +128,7 @@ def log_summary_to_wandb(study: Study) -> Path | None:
         run_dir = Path(run.dir).parent
         run.finish()
     if not has_wandb_credentials():
-        from .loggers import wait_for_offline_run
+        from ..loggers import wait_for_offline_run
 
         wait_for_offline_run(run_dir)  # the file complete before anyone reads it back
     return run_dir

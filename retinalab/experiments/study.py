@@ -35,132 +35,15 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .study_report import collect, log_summary_to_wandb, logs_to_wandb, summary_table  # noqa: F401 (retinalab.study's API)
-from .utils.errors import ConfigError
-from .utils.io import write_json_atomic
+from ..utils.errors import ConfigError
+from ..utils.io import write_json_atomic
+from .report import collect, log_summary_to_wandb, logs_to_wandb, summary_table  # noqa: F401 (the study's API)
+from .spec import SELECTIONS, Cell, Study  # noqa: F401 (the study's API)
 
 log = logging.getLogger(__name__)
-
-SELECTIONS = ("random", "egl")
-
-
-@dataclass
-class Cell:
-    method: str
-    labelled: int | None
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}/n{'all' if self.labelled is None else self.labelled}_s{self.seed}"
-
-
-@dataclass
-class Study:
-    name: str
-    out_dir: Path
-    methods: dict[str, Path]
-    labelled: list[int | None]
-    seeds: list[int]
-    selection: str = "random"
-    metrics: list[str] = field(default_factory=list)
-    overrides: list[str] = field(default_factory=list)
-    method_overrides: dict[str, list[str]] = field(default_factory=dict)
-    wandb: dict[str, Any] | None = None
-    source: Path | None = None  # the study config file (child processes of --parallel read it again)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Study:
-        """Read and check a study config; errors name the file and the key."""
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read the study config ({e})") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a study config is a mapping with name, methods, labelled, seeds")
-        missing = [k for k in ("name", "methods", "labelled", "seeds") if k not in raw]
-        if missing:
-            raise ConfigError(f"{path}: missing key(s) {missing}")
-        known = {"name", "out_dir", "methods", "labelled", "seeds", "selection", "metrics", "overrides", "method_overrides", "wandb"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
-        if raw.get("selection", "random") not in SELECTIONS:
-            raise ConfigError(f"{path}: selection {raw['selection']!r} is not one of {list(SELECTIONS)}")
-        methods = {}
-        for name, cfg in dict(raw["methods"]).items():
-            p = Path(cfg)
-            if not p.is_file():
-                raise ConfigError(f"{path}: method {name!r}: config {cfg} does not exist")
-            methods[str(name)] = p
-        bad = [m for m in raw.get("method_overrides", {}) if m not in methods]
-        if bad:
-            raise ConfigError(f"{path}: method_overrides for unknown method(s) {bad}")
-        labelled = [None if v in (None, "all") else int(v) for v in raw["labelled"]]
-        return cls(
-            name=str(raw["name"]), out_dir=Path(raw.get("out_dir", f"runs/studies/{raw['name']}")), methods=methods,
-            labelled=labelled, seeds=[int(s) for s in raw["seeds"]], selection=raw.get("selection", "random"),
-            metrics=list(raw.get("metrics", [])), overrides=[str(o) for o in raw.get("overrides", [])],
-            method_overrides={k: [str(o) for o in v] for k, v in raw.get("method_overrides", {}).items()},
-            wandb=dict(raw["wandb"]) if raw.get("wandb") else None, source=path,
-        )
-
-    def _chosen_logger(self, method: str) -> str | None:
-        """The logger a ``--trainer.logger=`` override of the study picks for ``method`` (the last one), if any."""
-        chosen = [o.split("=", 1)[1] for o in (*self.overrides, *self.method_overrides.get(method, [])) if o.startswith("--trainer.logger=")]
-        return chosen[-1] if chosen else None
-
-    def uses_wandb(self, method: str) -> bool:
-        """Whether ``method``'s cells log to W&B: a ``wandb:`` key, else an override that picks a W&B
-        logger, else the method config's own logger."""
-        if self.wandb is not None:
-            return True
-        chosen = self._chosen_logger(method)
-        if chosen is not None:
-            return chosen.endswith("WandbLogger")
-        logger = ((yaml.safe_load(self.methods[method].read_text()) or {}).get("trainer") or {}).get("logger")
-        return isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
-
-    def cells(self) -> list[Cell]:
-        return [Cell(m, n, s) for m in self.methods for n in self.labelled for s in self.seeds]
-
-    def cell_dir(self, cell: Cell) -> Path:
-        return self.out_dir / "cells" / cell.name
-
-    def args(self, cell: Cell) -> list[str]:
-        d = self.cell_dir(cell)
-        n = "null" if cell.labelled is None else str(cell.labelled)
-        cfg = yaml.safe_load(self.methods[cell.method].read_text()) or {}
-        logger = (cfg.get("trainer") or {}).get("logger")
-        # the cell's logs go into the cell's folder (CSV, TensorBoard and W&B loggers take save_dir)
-        log_dir = [f"--trainer.logger.init_args.save_dir={d}"] if isinstance(logger, dict) and "class_path" in logger else []
-        if self._chosen_logger(cell.method) is not None:  # the study's overrides pick the logger (e.g. --trainer.logger=false)
-            log_dir = []
-        if self.uses_wandb(cell.method):  # one W&B run per cell, grouped by study, tagged by method / dataset / count / seed / selection
-            n_tag = "all" if cell.labelled is None else str(cell.labelled)
-            dataset = ((cfg.get("data") or {}).get("init_args") or {}).get("dataset", "data")
-            for o in (*self.overrides, *self.method_overrides.get(cell.method, [])):
-                if o.startswith(("--data.dataset=", "--data.init_args.dataset=")):
-                    dataset = o.split("=", 1)[1]
-            log_dir = ["--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={d}",
-                       f"--trainer.logger.init_args.group={self.name}", f"--trainer.logger.init_args.name={self.name}/{cell.name}",
-                       f"--trainer.logger.init_args.tags=[{cell.method},{dataset},labelled_{n_tag},seed_{cell.seed},{self.selection}]"]
-            log_dir += [f"--trainer.logger.init_args.{k}={v}" for k, v in (self.wandb or {}).items()]
-        return [
-            "--config", str(self.methods[cell.method]), *self.overrides, *self.method_overrides.get(cell.method, []),
-            f"--data.num_labeled_images={n}", f"--data.seed={cell.seed}", f"--seed_everything={cell.seed}",
-            f"--trainer.default_root_dir={d}", f"--data.split_file={d / 'split.json'}", *log_dir,
-            # an EGL active learner picks the labelled images (patch datamodules; paper 000's future work)
-            *([f"--data.labeled_selection={self.selection}"] if self.selection != "random" else []),
-        ]
-
 
 def device_args(device: str | None) -> list[str]:
     """Trainer overrides for one process on one device (``--parallel``): ``cpu`` or ``cuda``
@@ -175,9 +58,9 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
     """Fit and test one cell in this process; returns the test metrics (written to ``cell.json``).
 
     ``device`` (``cpu``/``cuda``) pins the trainer to one device; ``threads`` caps the loader and
-    cache workers (:func:`retinalab.launch.cap_workers`), as ``--parallel`` does for each cell.
+    cache workers (:func:`retinalab.experiments.launch.cap_workers`), as ``--parallel`` does for each cell.
     """
-    from .cli import cli, finish_wandb
+    from ..cli import cli, finish_wandb
     from .launch import cap_workers
 
     d = study.cell_dir(cell)
@@ -192,13 +75,13 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
             # a config's dirpath (runs/<name>/checkpoints) would be shared by every cell, and cells that
             # run at the same time (--parallel) would overwrite each other's best.ckpt
             cb.dirpath = str(d / "checkpoints")
-    from .resume import continue_run, find_last
+    from ..resume import continue_run, find_last
 
     # the cell was killed while it trained: go on from its latest state (last*.ckpt in its checkpoint
     # folder, or SLURM's hpc_ckpt in the cell's folder, whichever is newest)
     resumed = find_last(c.trainer)
     if resumed is not None:
-        from .checkpoints import CheckpointError, check_checkpoint
+        from ..checkpoints import CheckpointError, check_checkpoint
 
         try:
             ckpt = check_checkpoint(resumed, c.model)
@@ -287,7 +170,7 @@ def run_study(study: Study, only: int | None = None, rerun_failed: bool = False,
 
 def run_study_parallel(study: Study, parallel: int, devices: str | None = None, rerun_failed: bool = False) -> dict[str, int]:
     """Run the unfinished cells as ``parallel`` concurrent ``retinalab study --cell I`` processes per
-    visible GPU (or on the CPU), each with its share of the CPU threads (:mod:`retinalab.launch`).
+    visible GPU (or on the CPU), each with its share of the CPU threads (:mod:`retinalab.experiments.launch`).
 
     Every cell writes ``cell.json`` (or ``failed.json``) itself; this process rewrites ``results.csv``,
     ``results.md`` and the plots as each one ends and prints one progress line. A process that dies

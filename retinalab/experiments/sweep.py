@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .utils.errors import ConfigError
-from .utils.io import write_dict_rows_atomic
+from ..utils.errors import ConfigError
+from ..utils.io import write_dict_rows_atomic
 
 METHODS = ("grid", "random")
 
@@ -127,7 +127,7 @@ def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
     """The best value of ``metric`` that the run logged (W&B, offline or online, or CSV)."""
     from google.protobuf.message import DecodeError
 
-    from .loggers import read_run_metrics
+    from ..loggers import read_run_metrics
 
     if not metric:
         return None
