@@ -52,8 +52,9 @@ mutation: install ## mutation testing of the papers' arithmetic (mutmut; not in 
 docker: ## build the retinalab image (BASE=<pytorch cuda image> to change the base)
 	docker build -f docker/Dockerfile $(if $(BASE),--build-arg BASE=$(BASE)) -t retinalab .
 
-lint: install ## ruff
+lint: install ## ruff, and the import-linter contract that keeps the package's layers flowing one way (pyproject.toml)
 	$(BIN)/ruff check retinalab tests benchmarks tools
+	$(BIN)/lint-imports
 
 clean: ## remove the venv, caches and runs
 	rm -rf $(VENV) .cache runs .pytest_cache .mutation
