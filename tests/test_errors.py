@@ -252,6 +252,14 @@ def test_suggestions_and_condensed_parser_messages():
     assert condense_parser_error(typed, []) == "--model.width: expected float, got 'abc'"
     assert condense_parser_error("Unrecognized arguments: --trainer.max_epohcs 3", ["trainer.max_epochs", "trainer.devices"]) == (
         "unknown option --trainer.max_epohcs. Did you mean --trainer.max_epochs? Run with --help for the options")
+    # jsonargparse's report of a plain word given to a class-typed option (--data.labeled_selection egl)
+    word = ('Parser key "data":\n  Does not validate against any of the Union subtypes\n  Errors:\n'
+            "    - Problem with given class_path 'retinalab.datamodules.PatchDataModule':\n      Expected a dot import path string: egl\n"
+            "  Given value: NestedArg(key='labeled_selection', val='egl')\n")
+    assert condense_parser_error(word, []) == (
+        "--data.labeled_selection: expected the import path of a class (package.module.ClassName), got 'egl' "
+        "('egl' is now --data.labeled_selection retinalab.active.EGLChooser)")
+    assert "is now" not in condense_parser_error(word.replace("'egl'", "'bald'"), [])
 
 
 def test_format_error_one_line_pointer_and_wrapped_causes():

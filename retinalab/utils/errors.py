@@ -206,6 +206,10 @@ _BOILERPLATE = re.compile(
 )
 
 
+#: option values that became classes: (option, old value) -> the class path to give instead
+RENAMED_VALUES = {("labeled_selection", "egl"): "retinalab.active.EGLChooser"}
+
+
 def condense_parser_error(message: str, known: Iterable[str]) -> str:
     """One line from jsonargparse's nested error message, naming the option (``--model.width``) and,
     for an unknown one, the closest of ``known`` (dotted keys: ``model.width``, ``trainer.max_epochs``)."""
@@ -226,6 +230,12 @@ def condense_parser_error(message: str, known: Iterable[str]) -> str:
         where = f" of {owner}" if owner else ""
         return f"--{name} is not an option{where}.{suggest(name, pool)} Run with --help for the options"
     keys = re.findall(r'Parser key "([\w.]+)"', message)
+    m = re.search(r"NestedArg\(key='([\w.]+)', val='([^']*)'\)", message)
+    if m and "dot import path" in message:  # a class-typed option given a plain word
+        name = f"{keys[0]}.{m.group(1)}" if keys else m.group(1)
+        now = RENAMED_VALUES.get((m.group(1), m.group(2)))
+        hint = f" ({m.group(2)!r} is now --{name} {now})" if now else ""
+        return f"--{name}: expected the import path of a class (package.module.ClassName), got {m.group(2)!r}{hint}"
     m = re.search(r"Expected a (.+?)\. Got value: (.*)", message)
     if m and keys:  # keys: the group ("model") and, nested inside its class's report, the option
         name = keys[0] if len(keys) == 1 else keys[-1] if keys[-1].startswith(keys[0] + ".") else f"{keys[0]}.{keys[-1]}"
