@@ -186,7 +186,7 @@ def scoring_seconds(work: Path, root: Path, pool: str, setting: str, a) -> dict[
     the first seed's split; Algorithm 2: the grid of its training photographs), batched as the loop does,
     with the threads one benchmark worker had: one plain inference pass (``inference``) and each
     strategy's scoring (random: its draw), best of 3, on an untrained LeNet (dropout 0.5 for BALD)."""
-    from retinalab.active.acquisition import acquisition_scores, predict_probs
+    from retinalab.active.heuristics import acquisition_scores, predict_probs
     from retinalab.active.selection import select_random
     from retinalab.models.lenet import LeNet
 

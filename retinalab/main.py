@@ -175,7 +175,7 @@ def check_data_main(argv: Sequence[str]) -> int:
     from .datasets import READERS, check_reader_args
 
     p = ArgumentParser(prog="retinalab check-data", description=EXTRA_COMMANDS["check-data"])
-    p.add_argument("--dataset", required=True, choices=sorted(READERS), help="layout to read")
+    p.add_argument("--dataset", required=True, choices=READERS.names(), help="layout to read (a registered reader)")
     p.add_argument("--root", required=True, help="dataset folder")
     p.add_argument("--reader-args", default="{}", help='reader arguments as JSON, e.g. \'{"subsets": ["segmentation"]}\'')
     p.add_argument("--out", default=None, help="where check.json and contact_sheet.png go (default check-data/<dataset>)")

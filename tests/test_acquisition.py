@@ -90,7 +90,7 @@ def test_bald_needs_dropout_and_the_loop_says_so(tmp_path):
         mc_dropout_probs(tiny_net(0.0), torch.rand(2, 3, 16, 16), 4, 0)
     with pytest.raises(ValueError, match="set dropout > 0"):
         ActiveLearning(acquisition="bald", dropout=0.0, out_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="acquisition must be one of egl, entropy, margin, bald, random"):
+    with pytest.raises(ValueError, match="unknown acquisition 'coreset'; choose one of egl, entropy, margin, bald, random"):
         ActiveLearning(acquisition="coreset", out_dir=str(tmp_path))
     assert ActiveLearning(acquisition="bald", out_dir=str(tmp_path)).dropout == 0.5  # its default
     assert ActiveLearning(acquisition="entropy", out_dir=str(tmp_path)).dropout == 0.0  # the paper's LeNet

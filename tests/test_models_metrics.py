@@ -104,7 +104,7 @@ def test_pretrained_weights_come_from_a_local_file(tmp_path):
     assert model.fc.out_features == 2
     with pytest.raises(FileNotFoundError, match="missing.pth' does not exist"):
         build_patch_model("resnet18", pretrained_path=str(tmp_path / "missing.pth"))
-    with pytest.raises(ValueError, match="only for the timm backbones"):
+    with pytest.raises(ValueError, match="only for the backbones that take them"):
         build_patch_model("convnet", pretrained_path=str(tmp_path / "imagenet_resnet18.pth"))
 
 

@@ -2,8 +2,19 @@
 margin, BALD), selection rules, exudate patches, oracles
 and the resumable loop behind ``retinalab active``."""
 
-from .acquisition import ACQUISITIONS, acquisition_scores, bald, entropy, margin, mc_dropout_probs
 from .egl import egl, egl_fc, egl_func, egl_naive, score_pool
+from .heuristics import (
+    HEURISTICS,
+    Heuristic,
+    acquisition_scores,
+    bald,
+    entropy,
+    get_heuristic,
+    heuristic_names,
+    margin,
+    mc_dropout_probs,
+    register_heuristic,
+)
 from .image_selection import EGLChooser
 from .loop import ActiveLearning
 from .oracle import HumanOracle, LabelFileError, LabelsPending, SimulatedOracle
@@ -12,7 +23,8 @@ from .selection import image_interestingness, select_images, select_random, sele
 from .state import LoopState
 
 __all__ = [
-    "ACQUISITIONS",
+    "HEURISTICS",
+    "Heuristic",
     "ActiveLearning",
     "EGLChooser",
     "ExudatePatchConfig",
@@ -30,9 +42,12 @@ __all__ = [
     "egl_func",
     "egl_naive",
     "entropy",
+    "get_heuristic",
+    "heuristic_names",
     "image_interestingness",
     "margin",
     "mc_dropout_probs",
+    "register_heuristic",
     "score_pool",
     "select_images",
     "select_random",

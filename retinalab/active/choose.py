@@ -13,7 +13,7 @@ import torch
 
 from ..utils.errors import ConfigError
 from . import rounds
-from .acquisition import ACQUISITIONS
+from .heuristics import get_heuristic
 from .rounds import Query
 from .selection import image_interestingness
 from .state import LoopState, matched_counts
@@ -44,22 +44,21 @@ def check_options(o: dict) -> float:
     if o["select"] == "images" and o["image_patches"] == "selected_images" and o["k"] == 0:
         raise ConfigError("image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or image_patches: pool)")
     acquisition = o["acquisition"]
-    if acquisition not in ACQUISITIONS:
-        raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, not {acquisition!r}")
+    heuristic = get_heuristic(acquisition)  # an unknown one: one line listing the registered ones
     for name, kind in CHOICES.items():
         allowed = get_args(kind)
         if o[name] not in allowed:
             raise ConfigError(f"{name} must be {' or '.join(allowed)}, not {o[name]!r}")
     dropout = o["dropout"]
     if dropout is None:
-        dropout = 0.5 if acquisition == "bald" else 0.0
+        dropout = heuristic.default_dropout if heuristic.needs_dropout else 0.0
     if not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-    if acquisition == "bald" and dropout == 0:
-        raise ConfigError("acquisition: bald draws Monte-Carlo dropout passes; set dropout > 0 (e.g. 0.5) or leave it unset")
+    if heuristic.needs_dropout and dropout == 0:
+        raise ConfigError(f"acquisition: {acquisition} needs dropout (Monte-Carlo passes); set dropout > 0 (e.g. {heuristic.default_dropout}) or leave it unset")
     if o["mc_samples"] < 1:
         raise ConfigError(f"mc_samples must be >= 1, got {o['mc_samples']}")
-    if o["match_labels"] is not None and acquisition != "random":
+    if o["match_labels"] is not None and heuristic.scored:
         raise ConfigError(f"match_labels copies another run's label counts into a random arm; it needs acquisition: random, not {acquisition}")
     return float(dropout)
 
@@ -72,7 +71,7 @@ class Choosing:
     def score(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The acquisition's scores (EGL, entropy, margin, BALD; random runs score by EGL, for heatmaps
         and interestingness) and p(exudate) of pool ``items``; each rank scores a shard under DDP."""
-        acquisition = "egl" if self.acquisition == "random" else self.acquisition
+        acquisition = self.acquisition if get_heuristic(self.acquisition).scored else "egl"
         return score_items(self.net, self.pool, items, self.scope, self.score_batch_size, self.fabric, acquisition, self.mc_samples, self._score_seed)
 
     def describe_queries(self, items: list[int], images: list[int]) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:

@@ -68,7 +68,9 @@ def egl_image_order(
         seed: initial images, network initialisation and training order.
         initial: random images labelled before EGL takes over.
         step: images added per round (fixed, so orders are nested across counts).
-        epochs / lr / batch_size: SGD on the labelled patches each round (warm-started).
+        epochs: SGD epochs on the labelled patches each round (warm-started).
+        lr: SGD learning rate.
+        batch_size: SGD batch size.
     """
     candidates = sorted(int(c) for c in candidates)
     count = min(count, len(candidates))

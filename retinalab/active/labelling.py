@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..utils.errors import ConfigError, InputMissingError, UserError, format_error, user_error
+from .heuristics import score_label
 from .oracle import CLASS_NAMES, LabelFileError, read_queries
 from .state import journal, read_answers, run_lock, write_answers
 
@@ -163,7 +164,8 @@ class LabelSession:
             self._last_metrics = metrics
             out = {
                 "run": str(self.run), "status": self.status, "error": self.error, "stopped": state.get("stopped"),
-                "acquisition": self.config.get("acquisition"), "max_rounds": self.config.get("max_rounds"),
+                "acquisition": self.config.get("acquisition"), "score_name": score_label(self.config.get("acquisition") or "egl"),
+                "max_rounds": self.config.get("max_rounds"),
                 "phase": self.phase, "phase_round": self.phase_round, "elapsed": round(time.time() - self.since, 1),
                 "labels": len(state.get("labelled", {})) if state else None, "history": [
                     {k: m.get(k) for k in ("round", "labels", "test/f1", "test/auroc", "val/loss")} for m in metrics or []

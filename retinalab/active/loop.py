@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from ..datasets import check_reader_args
 from ..datasets.base import OnError
-from .acquisition import Acquisition
 from .choose import Choosing, ClassWeight, InitialDraw, PatchKind, check_options
 from .egl import Scope
+from .heuristics import get_heuristic
 from .oracle import LabelsPending
 from .outputs import RunOutputs
 from .pool import ExudatePatchConfig
@@ -65,8 +65,8 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
         acquisition: ``egl`` (Eq. 1 of paper 002), the strategies papers compare it with, ``entropy``
             (predictive entropy), ``margin`` (one minus the gap between the two class probabilities) and
             ``bald`` (mutual information under Monte-Carlo dropout, ``mc_samples`` passes), or ``random``
-            (the baseline). Every scored strategy runs through Algorithms 1 and 2 exactly as EGL does
-            (:mod:`retinalab.active.acquisition`).
+            (the baseline): a heuristic registered in :mod:`retinalab.active.heuristics`, or ``module:name``
+            of a module registering one. Every scored one runs through Algorithms 1 and 2 exactly as EGL.
         select: ``patches`` (Algorithm 1) or ``images`` (Algorithm 2).
         k: patches chosen by Algorithm 1 per round (with ``select: images``: among the chosen images'
             patches, or from the whole pool after them; see ``image_patches``).
@@ -101,32 +101,44 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
             ``grid`` (every grid patch of the validation / test images: the F-measure of a detector
             run over whole photographs, exudates a minority).
         scope: EGL parameter scope (``fc``: down to the first fully connected layer, as in the paper).
-        max_rounds / max_labels: budget (rounds after the initial one / labelled patches).
-        patience / min_delta / monitor: stop when ``monitor`` has not improved by ``min_delta`` for
-            ``patience`` rounds (0 disables).
-        lr / momentum / weight_decay / batch_size: SGD (paper: lr 0.01, batch 32; momentum 0.9 and
-            weight decay 5e-4 are Caffe's LeNet solver defaults, which the paper used).
-        epochs_per_round / initial_epochs: passes over the labelled set per update.
+        max_rounds: budget in rounds after the initial one.
+        max_labels: budget in labelled patches (``None``: no limit).
+        patience: stop when ``monitor`` has not improved by ``min_delta`` for this many rounds (0 disables).
+        min_delta: the smallest change of ``monitor`` that counts as an improvement.
+        monitor: the validation metric ``patience`` watches.
+        lr: SGD learning rate (paper: 0.01).
+        momentum: SGD momentum (0.9, Caffe's LeNet solver default, which the paper used).
+        weight_decay: SGD weight decay (5e-4, Caffe's LeNet solver default).
+        batch_size: SGD batch size (paper: 32).
+        epochs_per_round: passes over the labelled set per update after round 0.
         class_weight: ``none`` (the paper's plain cross-entropy) or ``balanced`` (each class weighted by
             the inverse of its share of the labelled set: for grid pools, where a model trained on a few
             percent exudate patches otherwise calls every patch healthy).
         augment: train on the 8 dihedral variants of every labelled patch.
+        initial_epochs: passes over the labelled set for the initial model.
         initial_augment: the initial model too (default no: paper 002's M is "initially trained with 5
             batches of 32 samples", i.e. ``initial_batches`` SGD steps with ``initial_epochs: 1``).
-        conv_channels / hidden: LeNet widths (Caffe: 20, 50 and 500).
+        conv_channels: LeNet's convolution widths (Caffe: 20 and 50).
+        hidden: LeNet's fully connected width (Caffe: 500).
         dropout: LeNet's dropout rate before each fully connected layer, in training and in BALD's
-            passes (evaluation and the other scores run without it). Default (``None``): 0.5 for
-            ``bald``, which needs it, and 0 (Caffe's LeNet, the paper's) for the others.
+            passes (evaluation and the other scores run without it). Default (``None``): 0.5 for a
+            heuristic that needs it (``bald``), and 0 (Caffe's LeNet, the paper's) for the others.
         mc_samples: BALD's stochastic forward passes T per patch (scoring costs about T inference passes).
-        val_size / test_size: patients' share for validation / test (by patient, stratified).
+        val_size: patients' share for validation (by patient, stratified).
+        test_size: patients' share for test (by patient, stratified).
         seed: split, initial set, random selections and training order.
         oracle: ``simulated`` (ground-truth masks) or ``human`` (queries to ``out_dir/queries``).
         track_images: images whose interestingness (sum of EGL) is recorded every round (Figure 3).
         score_batch_size: patches per EGL batch (memory is bounded by one batch); default 256 on a
             CPU and 4096 on a GPU, where smaller batches leave scoring bound by kernel launches.
-        cache_dir / num_workers / on_error: patch cache location, build workers, bad-file policy.
-        accelerator / devices / strategy / num_nodes: Lightning Fabric; with several devices each rank
-            scores a shard of the pool and trains on a shard of every batch (DDP).
+        cache_dir: patch cache location (``None``: ``$RETINALAB_CACHE`` or ``~/.cache/retinalab``).
+        num_workers: patch cache build workers.
+        on_error: bad-file policy of the reader (``raise`` or ``skip``).
+        accelerator: Lightning Fabric's accelerator.
+        devices: Lightning Fabric's devices; with several, each rank scores a shard of the pool and trains
+            on a shard of every batch (DDP).
+        strategy: Lightning Fabric's strategy.
+        num_nodes: Lightning Fabric's nodes.
         logger: ``"wandb"`` (the shipped configs) = :class:`retinalab.loggers.WandbLogger` under
             ``out_dir/logs/version_<k>``, online with a W&B key and offline otherwise, named
             ``active/<dataset>-<acquisition>-<select>-s<seed>``, grouped by dataset, tagged with the
@@ -147,7 +159,7 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
         reader_args: dict[str, Any] | None = None,
         patches: ExudatePatchConfig = ExudatePatchConfig(),
         out_dir: str = "runs/active/egl",
-        acquisition: Acquisition = "egl",
+        acquisition: str = "egl",
         select: Literal["patches", "images"] = "images",
         k: int = 32,
         images_per_round: int = 1,
@@ -308,7 +320,7 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
                 metrics["select_seconds"] = self.select_seconds if r > 0 else 0.0
                 state.metrics.append(metrics)
                 metrics["test/f1_area"] = area_under(state.metrics, "test/f1")  # over the labels used so far
-                if self.acquisition != "random" or self.track_images:
+                if get_heuristic(self.acquisition).scored or self.track_images:
                     tracked = self._sigma(self.tracked)
                     state.interestingness += [{"round": r, "labels": len(state.labelled), "image_id": self.pool.images[i]["image_id"], "sigma": s} for i, s in tracked.items()]
                     self._round_sigma = sigma

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from .heuristics import get_heuristic
 from .state import LoopState, write_tables
 
 
@@ -38,7 +39,7 @@ class RunOutputs:
         """The acquisition's scores over the grid of the image to annotate next: the unlabelled training
         image with the highest interestingness this round (Algorithm 2), else the first tracked
         unlabelled one. None for random selection."""
-        if self.acquisition == "random" or state.round < 0:
+        if not get_heuristic(self.acquisition).scored or state.round < 0:
             return None
         done = set(state.labelled_images)
         unlabelled = [i for i in self.split["train"] if i not in done]

@@ -16,18 +16,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..utils.io import save_figure_atomic  # noqa: E402
+from .heuristics import HEURISTICS, get_heuristic  # noqa: E402
 from .pool import ExudatePatches  # noqa: E402
 
 PANELS = (("test/f1", "F-measure"), ("test/sensitivity", "sensitivity"), ("test/specificity", "specificity"))
-COLOURS = {"random": "tab:blue", "egl": "tab:green", "entropy": "tab:red", "margin": "tab:purple", "bald": "tab:brown"}
-#: how each acquisition's score is named on a heatmap's colour bar
-SCORE_NAMES = {"egl": ("expected gradient length", "Phi"), "entropy": ("predictive entropy", "nats"), "margin": ("1 - margin", "1 - (p1 - p2)"), "bald": ("BALD", "nats")}
 
 
 def _colour(name: str) -> str | None:
-    for key, colour in COLOURS.items():
+    """The colour of the heuristic whose name a run's folder name holds (the baselines, which draw, first:
+    ``random_vs_egl`` is the random arm), from the registry; ``None``: none or no colour."""
+    for key, heuristic in sorted(HEURISTICS.items(), key=lambda kv: kv[1].scored):
         if key in name.lower():
-            return colour
+            return heuristic.colour
     return None
 
 
@@ -95,7 +95,7 @@ def plot_interestingness(rows: list[dict], path: str | Path, acquisition: str = 
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=image_id)
     ax.set_xlabel("labelled patches")
-    ax.set_ylabel(f"interestingness (sum of {acquisition if acquisition != 'random' else 'egl'})")
+    ax.set_ylabel(f"interestingness (sum of {acquisition if get_heuristic(acquisition).scored else 'egl'})")
     ax.set_title("Interestingness over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -152,7 +152,7 @@ def write_heatmap(
     axes[0].set_title(f"top {min(top, len(phi))} patches to label", fontsize=10)
     vmax = max(float(heat.max()), 1e-12)
     im = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=vmax)
-    name, unit = SCORE_NAMES.get(acquisition, SCORE_NAMES["egl"])
+    name, unit = get_heuristic(acquisition).score_name
     axes[1].set_title(name, fontsize=10)
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=im.norm, cmap=im.cmap), ax=axes[1], fraction=0.046, pad=0.02)
     bar.set_label(f"{unit} (blurred mean over patches)")

@@ -14,7 +14,7 @@
 
 These functions know nothing of files, devices or training: the loop (:mod:`retinalab.active.loop`)
 passes the pool items and two scorers, ``phi_of(items)`` (the acquisition's score of pool items under M:
-EGL, entropy, margin or BALD, :mod:`retinalab.active.acquisition`) and ``sigma_of(images)``
+EGL, entropy, margin or BALD, :mod:`retinalab.active.heuristics`) and ``sigma_of(images)``
 (interestingness of images: the sum of those scores), and asks the oracle for the :class:`Query`
 returned. Every scored acquisition goes through the same two algorithms; ``random`` draws instead.
 """
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .heuristics import get_heuristic
 from .selection import select_images, select_random, select_top_k
 
 PhiFn = Callable[[np.ndarray], torch.Tensor]
@@ -149,7 +150,7 @@ def algorithm2(
 
     ``seed`` is the round's seed: random images use it, random patches ``seed + 500``.
     """
-    scored = acquisition != "random"
+    scored = get_heuristic(acquisition).scored
     if scored:
         images, sigma = algorithm2_images(candidates, n_images, sigma_of)
     else:
@@ -211,4 +212,4 @@ def matched_random(
 
 def patches_round(acquisition: str, remaining: np.ndarray, k: int, seed: int, phi_of: PhiFn) -> Query:
     """One round of Algorithm 1 with a scored ``acquisition`` (or its random baseline, seeded with ``seed + 500``)."""
-    return random_patches(remaining, k, seed + 500) if acquisition == "random" else algorithm1(remaining, k, phi_of)
+    return algorithm1(remaining, k, phi_of) if get_heuristic(acquisition).scored else random_patches(remaining, k, seed + 500)

@@ -17,8 +17,8 @@ from torchmetrics.functional.classification import (
     binary_specificity,
 )
 
-from .acquisition import acquisition_scores
 from .egl import Scope
+from .heuristics import acquisition_scores
 from .pool import ExudatePatches
 
 
@@ -136,7 +136,7 @@ def score_items(
     net: torch.nn.Module, pool: ExudatePatches, items: np.ndarray, scope: Scope, batch_size: int, fabric,
     acquisition: str = "egl", mc_samples: int = 20, seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Acquisition scores (EGL by default; :mod:`retinalab.active.acquisition`) and p(exudate) of pool
+    """Acquisition scores (EGL by default; :mod:`retinalab.active.heuristics`) and p(exudate) of pool
     ``items`` in batches of ``batch_size`` (on the CPU, in ``items``' order); under DDP each rank of
     ``fabric`` scores a shard and the results are gathered. BALD's dropout masks are seeded with ``seed``,
     the batch's position and the rank."""

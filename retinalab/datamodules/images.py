@@ -210,9 +210,9 @@ class SegmentationDataModule(_ImageDataModule):
         image_level_root: its folder.
         image_level_reader_args: its reader arguments.
         image_level_batch_size: batch size of the image-level loader (default ``batch_size``).
-        image_level_val_size / image_level_test_size: validation / test share of the image-level set
-            (by patient, stratified by grade); with an official test split (IDRiD grading, EyePACS with
-            its solution file) that split is the test set.
+        image_level_val_size: validation share of the image-level set (by patient, stratified by grade).
+        image_level_test_size: test share of the image-level set; with an official test split (IDRiD
+            grading, EyePACS with its solution file) that split is the test set.
         crop_fov: crop to the field of view.
         normalize: divide by the image maximum.
         split_mode: ``official`` or ``random``.

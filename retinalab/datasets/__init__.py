@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ..utils.errors import ConfigError, check_arguments
+from ..utils.errors import check_arguments
 from .base import (
     LESIONS,
+    READERS,
     STRUCTURES,
     DataFormatError,
     DatasetNotFoundError,
     ErrorPolicy,
     FundusRecord,
     OnError,
+    register_reader,
 )
 from .eophtha import read_eophtha
 from .eyepacs import read_eyepacs
@@ -22,15 +23,8 @@ from .folder import read_folder
 from .idrid import read_idrid
 from .messidor import read_messidor
 
-DatasetName = Literal["idrid", "eophtha", "eyepacs", "messidor", "folder"]
-
-READERS: dict[str, Callable[..., list[FundusRecord]]] = {
-    "idrid": read_idrid,
-    "eophtha": read_eophtha,
-    "eyepacs": read_eyepacs,
-    "messidor": read_messidor,
-    "folder": read_folder,
-}
+#: a registered reader's name (:data:`READERS`), or ``module:name`` of a module registering one
+DatasetName = str
 
 
 def read_dataset(name: str, root: str | Path, **kwargs: Any) -> list[FundusRecord]:
@@ -45,7 +39,7 @@ def read_dataset(name: str, root: str | Path, **kwargs: Any) -> list[FundusRecor
     """
     check_reader_args(name, kwargs)
     try:
-        return READERS[name](root, **kwargs)
+        return READERS.get(name)(root, **kwargs)
     except DataFormatError as e:
         # check-data lists every problem of a readable layout at once (where the layout is not found,
         # the reader's message already says where to get it)
@@ -62,9 +56,8 @@ def check_reader_args(name: str, args: dict[str, Any], option: str = "data.reade
         ConfigError: an unknown dataset, a key the reader does not take (with its options) or a value
             of the wrong type (with the expected type).
     """
-    if name not in READERS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(READERS))}")
-    check_arguments(READERS[name], args, f"{name} reader", option, skip=("root",))
+    reader = READERS.get(name, "dataset")  # an unknown name: one line listing the registered readers
+    check_arguments(reader, args, f"{name} reader", option, skip=("root",))
 
 
 __all__ = [
@@ -84,4 +77,5 @@ __all__ = [
     "read_folder",
     "read_idrid",
     "read_messidor",
+    "register_reader",
 ]

@@ -17,6 +17,7 @@ from typing import Literal
 import pandas as pd
 
 from ..utils.errors import UserError
+from ..utils.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,12 @@ STRUCTURES: tuple[str, ...] = (*LESIONS, "OD")
 OnError = Literal["raise", "skip"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+#: dataset readers by name (``data.dataset: idrid``): ``reader(root, **reader_args) -> list[FundusRecord]``.
+#: A reader is one decorated function (``@register_reader("mylab")``); a module outside retinalab is named
+#: as ``dataset: mylab.readers:mylab`` and imported on first use.
+READERS: Registry = Registry("dataset")
+register_reader = READERS.register
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):

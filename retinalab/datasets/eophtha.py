@@ -25,6 +25,7 @@ from .base import (
     OnError,
     check_unique,
     list_images,
+    register_reader,
     resolve_root,
 )
 
@@ -41,6 +42,7 @@ PARTS = {
 Part = Literal["EX", "MA"]
 
 
+@register_reader("eophtha")
 def read_eophtha(
     root: str | Path, parts: Sequence[Part] = ("EX", "MA"), on_error: OnError = "raise"
 ) -> list[FundusRecord]:

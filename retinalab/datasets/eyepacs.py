@@ -23,6 +23,7 @@ from .base import (
     check_unique,
     parse_int,
     read_table,
+    register_reader,
     resolve_root,
     safe_join,
 )
@@ -34,6 +35,7 @@ HINT = (
 SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
 
 
+@register_reader("eyepacs")
 def read_eyepacs(root: str | Path, include_test: bool = True, on_error: OnError = "raise") -> list[FundusRecord]:
     """Read the EyePACS training set and, when present and asked for, the labelled test set.
 

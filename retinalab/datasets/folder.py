@@ -34,6 +34,7 @@ from .base import (
     check_unique,
     parse_int,
     read_table,
+    register_reader,
 )
 
 HINT = (
@@ -53,6 +54,7 @@ def _images(root: Path) -> list[Path]:
     )
 
 
+@register_reader("folder")
 def read_folder(root: str | Path, labels: str = "labels.csv", on_error: OnError = "raise") -> list[FundusRecord]:
     """Read the generic layout (see the module docstring).
 

@@ -32,6 +32,7 @@ from .base import (
     list_images,
     parse_int,
     read_table,
+    register_reader,
     resolve_root,
     safe_join,
 )
@@ -59,6 +60,7 @@ HINT = (
 Subset = Literal["segmentation", "grading"]
 
 
+@register_reader("idrid")
 def read_idrid(
     root: str | Path,
     subsets: Sequence[Subset] = ("segmentation", "grading"),

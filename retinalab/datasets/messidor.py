@@ -25,6 +25,7 @@ from .base import (
     check_unique,
     parse_int,
     read_table,
+    register_reader,
     safe_join,
 )
 
@@ -54,6 +55,7 @@ def _annotation(base: Path) -> Path | None:
     return None
 
 
+@register_reader("messidor")
 def read_messidor(root: str | Path, on_error: OnError = "raise") -> list[FundusRecord]:
     """Read every ``BaseNN`` folder with its annotation workbook.
 

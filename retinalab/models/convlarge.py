@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
+from .backbones import register_backbone
 from .layout import channels_last, nhwc
 
 
@@ -146,3 +147,9 @@ class ConvLarge(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         return self.head(self.body(nhwc(x)))
+
+
+@register_backbone("convnet", options=("dropout_in", "dropout"))
+def convnet(num_classes: int, width: float, weights: str | None, dropout_in: float = 0.2, dropout: float = 0.5) -> nn.Module:
+    """Paper 000's conv-large (Table 3) as a patch classifier; it trains from scratch (no ``weights``)."""
+    return ConvLarge(num_classes=num_classes, width=width, dropout_in=dropout_in, dropout=dropout)

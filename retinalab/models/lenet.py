@@ -61,7 +61,7 @@ class LeNet(nn.Module):
         return [(self.fc1, self.act), (self.fc2, None)]
 
     #: every dropout layer is in :meth:`head`: BALD's Monte-Carlo passes rerun only the head on features
-    #: computed once (retinalab.active.acquisition), a fifth of the network's work per pass at 32 px
+    #: computed once (retinalab.active.heuristics), a fifth of the network's work per pass at 32 px
     dropout_in_head = True
 
     def head(self, features: torch.Tensor) -> torch.Tensor:

@@ -25,21 +25,16 @@ from torch import nn
 
 from ..utils.errors import ConfigError
 from ..weights import IMAGENET_MEAN, IMAGENET_STD
-
-#: timm backbones whose stem/stage split is known: name -> (f_low modules, high modules)
-SPLITS = {
-    "resnet": (("conv1", "bn1", "act1", "maxpool", "layer1"), ("layer2", "layer3", "layer4")),
-}
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+from .backbones import get_backbone, grading_backbones
 
 
-def _backbone(name: str, weights: str | None) -> nn.Module:
-    from ..weights import create_timm_model
-
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown grading backbone {name!r}; choose one of {list(BACKBONES)}")
+def _backbone(name: str, weights: str | None) -> tuple[nn.Module, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The grading network registered as ``name`` (without its classifier) and its low/high split."""
+    spec = get_backbone(name)
+    if spec.grading_split is None:
+        raise ConfigError(f"backbone {name!r} cannot grade (no known stem/stage split); choose one of {', '.join(grading_backbones())}")
     # the grader normalises its input itself (input_norm), with the weights' statistics
-    return create_timm_model(name, weights, num_classes=0, normalise=False)
+    return spec.build(num_classes=0, width=1.0, weights=weights, normalise=False), spec.grading_split
 
 
 class BranchBatchNorm2d(nn.BatchNorm2d):
@@ -165,12 +160,11 @@ class LesionAttentionGrader(nn.Module):
         self.input_norm = input_norm or ("imagenet" if weights else "none")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        net = _backbone(backbone, weights)
+        net, (low_names, high_names) = _backbone(backbone, weights)
         if weights:  # the statistics the weights were trained with (timm's pretrained_cfg)
             cfg = getattr(net, "pretrained_cfg", {}) or {}
             self.mean.copy_(torch.tensor(cfg.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1))
             self.std.copy_(torch.tensor(cfg.get("std", IMAGENET_STD)).view(1, 3, 1, 1))
-        low_names, high_names = SPLITS["resnet"]
         self.low = nn.Sequential(*[getattr(net, n) for n in low_names])
         self.high = nn.Sequential(*[getattr(net, n) for n in high_names])
         c_low = net.feature_info[1]["num_chs"]

@@ -54,7 +54,9 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
         stage: ``segmentation``, ``grading`` or ``joint``.
         lesions: lesion channels of G (MA, HE, EX, SE).
         num_classes: grades (5; Messidor has 4).
-        generator_block / generator_width / generator_depth: G (``xception`` = CE2, ``conv`` = CE1).
+        generator_block: G's blocks (``xception`` = CE2, ``conv`` = CE1).
+        generator_width: G's width multiplier.
+        generator_depth: G's encoder levels.
         generator_encoder: instead of the paper's G, an smp U-Net on this encoder (e.g. ``resnet34``,
             ``tu-efficientnet_b0``), from scratch.
         generator_weights: the smp encoder's pretrained weights (smp's tag, e.g. ``imagenet``; Hugging Face
@@ -66,7 +68,8 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
             benchmark's photographs gave mean pixel AUC-PR 0.006 and 0.283 (two seeds) against 0.598
             and 0.558 with the prior (docs/benchmarks.md). Paper 001 does not say how G is initialised.
         discriminator_width: D's width multiplier.
-        backbone: the grading CNN (timm ResNet, from scratch unless ``weights`` or ``pretrained_path``).
+        backbone: the grading CNN, a registered backbone that can grade (timm ResNets), from scratch unless
+            ``weights`` or ``pretrained_path``.
         attention: use lesion features in the ``joint`` stage (``False`` keeps Ori's classifier).
         lesion_features: ``attention`` (the lesion attention, Eq. 5-6) or ``masks`` (G's masks weight the
             features, no attention module: ``Lesion(Pretrained)``; needs ``semi: false``, since the pseudo
@@ -100,8 +103,11 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
             adversarial term sees D as last stepped, where with k = 1 it sees D after this batch's own
             D step). The stage-1 stages optimise automatically: use the Trainer's
             ``accumulate_grad_batches`` there (Lightning refuses it with manual optimisation).
-        lr / beta1 / beta2: Adam for every network (2e-4, 0.5, 0.999).
-        generator_ckpt / grader_ckpt: stage-1 checkpoints the ``joint`` stage starts from.
+        lr: Adam's learning rate for every network (2e-4).
+        beta1: Adam's beta1 (0.5).
+        beta2: Adam's beta2 (0.999).
+        generator_ckpt: the stage-1 G checkpoint the ``joint`` stage starts from.
+        grader_ckpt: the stage-1 grader checkpoint the ``joint`` stage starts from.
         pixel_thresholds: ``None`` (default): pixel AUCs from 28,673 log-spaced score bins with soft
             targets (:class:`retinalab.metrics.lesions.PixelCurve`, exact to 0.05% of a score); an int:
             torchmetrics' linear bins (the earlier default was 200, which cannot rank scores below 1/200).

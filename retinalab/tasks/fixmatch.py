@@ -140,8 +140,9 @@ class FixMatchTask(PatchTask):
     """FixMatch on the patch datamodule (``unlabeled: true``, ``unlabeled_strong: true``).
 
     Args:
-        backbone: ``convnet`` (paper 000's conv-large, as the ConvNet baseline and the SSL-GAN's D) or
-            ``resnet18/34/50`` (timm, from scratch).
+        backbone: a registered backbone (:mod:`retinalab.models.backbones`): ``convnet`` (paper 000's
+            conv-large, as the ConvNet baseline and the SSL-GAN's D), ``resnet18/34/50`` (timm, from scratch)
+            or ``module:name`` of a module registering one.
         width: channel multiplier of ``convnet``.
         num_classes: K (2: healthy / diseased).
         lr: Adam learning rate (the ConvNet's, Table 6 of paper 000: 3e-4).
@@ -162,8 +163,9 @@ class FixMatchTask(PatchTask):
         ema_warmup: cap the decay at (1 + t) / (10 + t) after t steps.
         input_range: patches arrive in [0, 1]; ``symmetric`` maps them to [-1, 1].
         data_init: Salimans' data-dependent initialisation of ``convnet`` on the first batch.
-        pretrained_path / weights: a ResNet backbone's pretrained weights, as in
-            :class:`~retinalab.tasks.PatchClassifierTask` (``None``, the default: from scratch).
+        pretrained_path: a local weights file for a backbone that takes them (the older spelling of ``weights``).
+        weights: a backbone's pretrained weights, as in :class:`~retinalab.tasks.PatchClassifierTask`
+            (``None``, the default: from scratch).
         dropout_in: ``convnet``'s input dropout (Table 3: 0.2).
         dropout: ``convnet``'s inner dropout (Table 3: 0.5).
     """
@@ -199,8 +201,9 @@ class FixMatchTask(PatchTask):
             raise ConfigError(f"thresholding must be 'fixed' or 'flexmatch', got {thresholding!r}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
-        extra = {"dropout_in": dropout_in, "dropout": dropout} if backbone == "convnet" else {}
-        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, **extra)
+        self.model = build_patch_model(
+            backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, dropout_in=dropout_in, dropout=dropout
+        )
         self.ema = AveragedModel(self.model, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=True)
         self.ema.requires_grad_(False)
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))

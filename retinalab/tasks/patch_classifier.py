@@ -19,7 +19,8 @@ class PatchClassifierTask(PatchTask):
     """Supervised patch classification.
 
     Args:
-        backbone: ``convnet`` (paper 000 Table 3 architecture) or ``resnet18/34/50`` (timm, from scratch).
+        backbone: a registered backbone (:mod:`retinalab.models.backbones`): ``convnet`` (paper 000 Table 3) or
+            ``resnet18/34/50`` (timm, from scratch), or ``module:name`` of a module registering one.
         width: channel multiplier of ``convnet`` (1.0 = paper).
         num_classes: K (2: healthy / diseased).
         lr: Adam learning rate.
@@ -66,8 +67,9 @@ class PatchClassifierTask(PatchTask):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        extra = {"dropout_in": dropout_in, "dropout": dropout} if backbone == "convnet" else {}
-        self.model = build_patch_model(backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, **extra)
+        self.model = build_patch_model(
+            backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, dropout_in=dropout_in, dropout=dropout
+        )
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
         # saved in checkpoints, so a resumed run does not initialise again
         self.register_buffer("initialized", torch.tensor(not (data_init and hasattr(self.model, "data_init"))))
