@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo_idrid
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
-.PHONY: help install demo test test-slow test-slow-only test-gpu gpu-check bench mutation lint docker clean
+.PHONY: help install demo test test-slow test-slow-only test-gpu gpu-check bench mutation lint docs docs-serve docker clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -56,5 +56,17 @@ lint: install ## ruff, and the import-linter contract that keeps the package's l
 	$(BIN)/ruff check retinalab tests benchmarks tools
 	$(BIN)/lint-imports
 
-clean: ## remove the venv, caches and runs
-	rm -rf $(VENV) .cache runs .pytest_cache .mutation
+$(BIN)/.docs-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(BIN)/.docs-installed ## build the documentation site into site/ (MkDocs + mkdocstrings; any warning is an error)
+	$(BIN)/python tools/readme_to_index.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(BIN)/.docs-installed ## serve the documentation site at http://127.0.0.1:8000 while you edit
+	$(BIN)/python tools/readme_to_index.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+clean: ## remove the venv, caches, runs and the built site
+	rm -rf $(VENV) .cache runs .pytest_cache .mutation site docs/index.md
