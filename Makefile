@@ -52,8 +52,9 @@ mutation: install ## mutation testing of the papers' arithmetic (mutmut; not in 
 docker: ## build the retinalab image (BASE=<pytorch cuda image> to change the base)
 	docker build -f docker/Dockerfile $(if $(BASE),--build-arg BASE=$(BASE)) -t retinalab .
 
-lint: install ## ruff, and the import-linter contract that keeps the package's layers flowing one way (pyproject.toml)
+lint: install ## ruff (checks at line length 120, and the format), and the import-linter contract that keeps the package's layers flowing one way (pyproject.toml)
 	$(BIN)/ruff check retinalab tests benchmarks tools
+	$(BIN)/ruff format --check retinalab tests benchmarks tools
 	$(BIN)/lint-imports
 
 $(BIN)/.docs-installed: $(BIN)/.installed

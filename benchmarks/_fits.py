@@ -15,8 +15,20 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("image_auroc", "patch_auroc")
 
 
-def fit_and_test(config: str, root: Path, n_labeled: int | None, seed: int, work: Path, tag: str, epochs: int, val: int, test: int,
-                 extra: list[str], device: str | None = None, precision: str | None = None) -> dict:
+def fit_and_test(
+    config: str,
+    root: Path,
+    n_labeled: int | None,
+    seed: int,
+    work: Path,
+    tag: str,
+    epochs: int,
+    val: int,
+    test: int,
+    extra: list[str],
+    device: str | None = None,
+    precision: str | None = None,
+) -> dict:
     """Fit ``config`` (relative to the repository) on ``root`` with ``n_labeled`` labelled photographs
     (``None``: all) and ``seed`` (split, labelled subset and training), in ``<work>/runs/<tag>``; test
     the last and the best checkpoints. Returns the result line: ``best`` / ``last`` test AUROCs,
@@ -31,11 +43,21 @@ def fit_and_test(config: str, root: Path, n_labeled: int | None, seed: int, work
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)  # the configs' relative checkpoint folder (runs/<name>/checkpoints) lands in the run's folder
     args = [
-        "--config", str(REPO / config), "--data.root", str(root),
-        f"--data.num_labeled_images={'null' if n_labeled is None else n_labeled}", f"--data.seed={seed}",
-        f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}",
-        "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        f"--data.val_size={val}", f"--data.test_size={test}", f"--data.split_file={out / 'split.json'}",
+        "--config",
+        str(REPO / config),
+        "--data.root",
+        str(root),
+        f"--data.num_labeled_images={'null' if n_labeled is None else n_labeled}",
+        f"--data.seed={seed}",
+        f"--seed_everything={seed}",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--data.val_size={val}",
+        f"--data.test_size={test}",
+        f"--data.split_file={out / 'split.json'}",
         *extra,
     ]
     if device:
@@ -48,17 +70,27 @@ def fit_and_test(config: str, root: Path, n_labeled: int | None, seed: int, work
     c.trainer.fit(c.model, c.datamodule)
     fit_s = time.perf_counter() - t0
     gan = hasattr(c.model, "generator")
-    line: dict = {"labels": n_labeled, "seed": seed, "fit_s": round(fit_s, 1), "steps": c.trainer.global_step // (2 if gan else 1),
-                  "train_images": c.datamodule.summary()["train"]["images"], "test_images": len(c.datamodule.rows["test"]),
-                  "device": str(c.trainer.strategy.root_device),
-                  "diagnostics": {k: round(float(v), 4) for k, v in c.trainer.callback_metrics.items() if k.startswith(("gan/", "fixmatch/"))}}
+    line: dict = {
+        "labels": n_labeled,
+        "seed": seed,
+        "fit_s": round(fit_s, 1),
+        "steps": c.trainer.global_step // (2 if gan else 1),
+        "train_images": c.datamodule.summary()["train"]["images"],
+        "test_images": len(c.datamodule.rows["test"]),
+        "device": str(c.trainer.strategy.root_device),
+        "diagnostics": {
+            k: round(float(v), 4) for k, v in c.trainer.callback_metrics.items() if k.startswith(("gan/", "fixmatch/"))
+        },
+    }
     ckpt = c.trainer.checkpoint_callback  # the monitored one (val/image_auroc in the synthetic configs)
     line["val_best"] = float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None
     preds = {}
     # "last": the weights in memory at the end of training (first, before "best" replaces them; with
     # a monitored ModelCheckpoint, Lightning 2.6 rewrites last.ckpt only when "best" improves)
     for ckpt in ("last", "best"):
-        res = c.trainer.test(c.model, datamodule=c.datamodule, ckpt_path=None if ckpt == "last" else "best", verbose=False)[0]
+        res = c.trainer.test(
+            c.model, datamodule=c.datamodule, ckpt_path=None if ckpt == "last" else "best", verbose=False
+        )[0]
         line[ckpt] = {m: float(res[f"test/{m}"]) for m in METRICS}
         rec = c.model.eval_records["test"]
         preds[f"{ckpt}_probs"], preds[f"{ckpt}_targets"] = rec["probs"], rec["targets"]
@@ -69,7 +101,9 @@ def fit_and_test(config: str, root: Path, n_labeled: int | None, seed: int, work
     return line
 
 
-def paired_image_auroc(a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best") -> tuple[float, float, float, list[float]] | None:
+def paired_image_auroc(
+    a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best"
+) -> tuple[float, float, float, list[float]] | None:
     """Image AUROC of run A minus run B, seed by seed on the same test photographs (each pair of result
     lines from :func:`fit_and_test`): the mean difference, its 95% bootstrap interval over test
     photographs (each seed's two runs resampled together) and the per-seed differences; ``None`` when a
@@ -88,8 +122,12 @@ def paired_image_auroc(a_lines: list[dict], b_lines: list[dict], work: Path, ckp
         ta, tb = za[f"{ckpt}_targets"], zb[f"{ckpt}_targets"]
         if ta.shape != tb.shape or not np.array_equal(ta, tb):
             return None
-        stats.append(difference_statistic(image_auroc_statistic(za[f"{ckpt}_probs"].sum(1), ta.max(1)),
-                                          image_auroc_statistic(zb[f"{ckpt}_probs"].sum(1), tb.max(1))))
+        stats.append(
+            difference_statistic(
+                image_auroc_statistic(za[f"{ckpt}_probs"].sum(1), ta.max(1)),
+                image_auroc_statistic(zb[f"{ckpt}_probs"].sum(1), tb.max(1)),
+            )
+        )
         diffs.append(la[ckpt]["image_auroc"] - lb[ckpt]["image_auroc"])
     low, high = bootstrap_interval(stats)
     return statistics.mean(diffs), low, high, diffs
@@ -128,7 +166,11 @@ def run_children(children: dict[str, list[str]], work: Path, parallel: int, devi
             line["process_s"] = round(seconds, 1)
             on_line(job.name, line)
 
-    print(f"{len(jobs)} fits as {len(slots)} concurrent processes ({slots[0].label}, {slots[0].threads} CPU threads each)", flush=True)
+    print(
+        f"{len(jobs)} fits as {len(slots)} concurrent processes ({slots[0].label}, {slots[0].threads} CPU threads "
+        "each)",
+        flush=True,
+    )
     wall, start = time.perf_counter(), time.time()
     codes = run_jobs(jobs, slots, collected, prefix="  ")
     return {"codes": codes, "wall_s": time.perf_counter() - wall, "start": start, "slots": slots}

@@ -3,8 +3,8 @@
 Each ``benchmarks/<name>.py`` (files starting with ``_`` are helpers) runs in its own process with the
 arguments below, sized so the whole run fits in about two and a half hours on a 2-core CPU; a script not listed runs
 with its defaults. Its output streams to the console as it runs; its standard output (the figures) goes
-verbatim into its section of RESULTS.md, with the command, the machine and the wall time. RESULTS.md is replaced atomically at the
-end, also when a script failed (its section then holds the error), and the exit status is non-zero.
+verbatim into its section of RESULTS.md, with the command, the machine and the wall time. RESULTS.md is replaced
+atomically at the end, also when a script failed (its section then holds the error), and the exit status is non-zero.
 Longer runs (more seeds, epochs, images) and their readings are in docs/benchmarks.md.
 
     python benchmarks/_report.py [--only egl scale [--update]] [--out benchmarks/RESULTS.md]
@@ -36,8 +36,13 @@ BENCH_ARGS: dict[str, list[str]] = {
     "launch.py": [],  # 4 import-only jobs as subprocesses and from the fork server, twice each (~1 min)
     "egl.py": [],
     "inference.py": ["--seconds", "1.5"],
-    "active_learning.py": [],  # its defaults: 5 strategies x 5 seeds, Algorithms 1 and 2 on the balanced and the grid pool, ~25 min (the initial model on the dihedral variants, trained once per seed; margin under Algorithm 1 as entropy's run)
-    "collaborative.py": ["--quick"],  # budget 1, the three arms of Table 1, 3 seeds, ~20 min (full: 3 budgets, the oracle and the fixes: hours)
+    # active_learning.py, its defaults: 5 strategies x 5 seeds, Algorithms 1 and 2 on the balanced and the grid pool,
+    # ~25 min (the initial model on the dihedral variants, trained once per seed; margin under Algorithm 1 as
+    # entropy's run)
+    "active_learning.py": [],
+    "collaborative.py": [
+        "--quick"
+    ],  # budget 1, the three arms of Table 1, 3 seeds, ~20 min (full: 3 budgets, the oracle and the fixes: hours)
     "memory.py": [],  # its defaults: 5 configs x 3 small batches at 512 px
     # two fits at a time, one thread each (as measured in docs/benchmarks.md; without --parallel they run one by one)
     "label_efficiency.py": ["--parallel", "2"],  # its defaults: scarce and benchmark presets, 3 seeds, 4 arms + ceiling
@@ -63,8 +68,14 @@ def run(path: Path, args: list[str]) -> tuple[int, str, str, float]:
     start = time.perf_counter()
     out: list[str] = []
     err: deque[str] = deque(maxlen=60)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
 
         def pump_err() -> None:
@@ -101,8 +112,10 @@ def _merge(old: str, sections: list[str], scripts: list[Path], seconds: float) -
     for path, section in zip(scripts, sections, strict=True):
         kept[path.stem] = section
     names = " ".join(p.stem for p in scripts)
-    head = head.rstrip("\n") + (f"\n\nSections rerun since: {names}, by `python benchmarks/_report.py --only {names} --update` "
-                                 f"in {seconds / 60:.1f} minutes on {machine()}.\n\n")
+    head = head.rstrip("\n") + (
+        f"\n\nSections rerun since: {names}, by `python benchmarks/_report.py --only {names} --update` "
+        f"in {seconds / 60:.1f} minutes on {machine()}.\n\n"
+    )
     return head, [kept[k] for k in sorted(kept)]
 
 
@@ -110,7 +123,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", help="script names (without .py) to run; RESULTS.md then holds only these")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    ap.add_argument("--update", action="store_true", help="with --only: replace just those sections of an existing --out")
+    ap.add_argument(
+        "--update", action="store_true", help="with --only: replace just those sections of an existing --out"
+    )
     a = ap.parse_args()
     if a.update and not (a.only and a.out.is_file()):
         ap.error("--update needs --only and an existing --out file")
@@ -127,15 +142,24 @@ def main() -> int:
         print(f"== {command}", flush=True)
         code, output, errors, seconds = run(path, args)
         status = f"{seconds:.0f} s" if code == 0 else f"FAILED (exit {code}) after {seconds:.0f} s"
-        section = f"## {_title(path)} (`benchmarks/{path.name}`)\n\nCommand: `{command}` ({status})\n\n```\n{output.rstrip()}\n```\n"
+        section = (
+            f"## {_title(path)} (`benchmarks/{path.name}`)\n\n"
+            f"Command: `{command}` ({status})\n\n```\n{output.rstrip()}\n```\n"
+        )
         if code != 0:
             failed.append(path.name)
             section += f"\nLast lines of its error output:\n\n```\n{errors.rstrip()}\n```\n"
         sections.append(section)
     total = time.perf_counter() - total
+    written_by = (
+        f"`python benchmarks/_report.py --only {' '.join(a.only)}`"
+        if a.only
+        else "`make bench` (every script in benchmarks/)"
+    )
     head = (
         "# Benchmark results\n\n"
-        f"Written by {'`python benchmarks/_report.py --only ' + ' '.join(a.only) + '`' if a.only else '`make bench` (every script in benchmarks/)'} "
+        "Written by "
+        f"{written_by} "
         f"in {total / 60:.1f} minutes on: {machine()}.\n\n"
         "Each section is one script's output, verbatim; ratios in it were measured side by side in that run. The\n"
         "arguments are sized for a 2-core CPU (see `BENCH_ARGS` in `benchmarks/_report.py`); longer runs and the\n"

@@ -46,7 +46,10 @@ def measure(n: int, per_image: int, sample_size: int, rng: np.random.Generator) 
         return [i for i in range(n) if free[groups[i]].any()]
 
     t_mask = timed(by_mask)
-    return f"| {n:,} | {len(items):,} | {t_scan:.2f} s | {t_sort:.3f} s | {t_scan / t_sort:.0f}x | {t_isin:.1f} s | {t_mask:.3f} s | {t_isin / t_mask:.0f}x |"
+    return (
+        f"| {n:,} | {len(items):,} | {t_scan:.2f} s | {t_sort:.3f} s | {t_scan / t_sort:.0f}x "
+        f"| {t_isin:.1f} s | {t_mask:.3f} s | {t_isin / t_mask:.0f}x |"
+    )
 
 
 def main() -> None:
@@ -57,8 +60,14 @@ def main() -> None:
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"machine: {machine()}")
-    print(f"{a.per_image} grid patches per image, 25% of them labelled; per-image scans timed on {a.sample} images and scaled\n")
-    print("| images | pool items | group by image: scan per image | one sort | ratio | images with unlabelled patches: np.isin per image | mask | ratio |")
+    print(
+        f"{a.per_image} grid patches per image, 25% of them labelled; per-image scans timed on {a.sample} images and "
+        "scaled\n"
+    )
+    print(
+        "| images | pool items | group by image: scan per image | one sort | ratio | images with unlabelled patches: "
+        "np.isin per image | mask | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for n in a.images:
         print(measure(n, a.per_image, a.sample, rng))

@@ -44,7 +44,12 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=10_000)
     ap.add_argument("--naive", type=int, default=500)
     ap.add_argument("--batch", type=int, default=None, help="patches per batch (default: 256 on a CPU, 4096 on a GPU)")
-    ap.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None, help="also time fc EGL vs inference at batches of 256, 1024, 4096 (default: on a GPU)")
+    ap.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time fc EGL vs inference at batches of 256, 1024, 4096 (default: on a GPU)",
+    )
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
@@ -85,7 +90,11 @@ def main() -> None:
     for method in ("layerwise", "func"):  # timed once each below: warm them up first, as the naive loop
         egl(model, batches[0][:64], "all", chunk=64, method=method)
     t_layer = timed(lambda: [egl(model, b, "all", method="layerwise") for b in batches], repeat=1)
-    t_all = timed(lambda: [egl(model, b, "all", chunk=64, method="func") for b in batches[:2]], repeat=1) * a.pool / sum(map(len, batches[:2]))
+    t_all = (
+        timed(lambda: [egl(model, b, "all", chunk=64, method="func") for b in batches[:2]], repeat=1)
+        * a.pool
+        / sum(map(len, batches[:2]))
+    )
     sub = pool[: a.naive]
     for scope in ("fc", "all"):  # warm up the per-sample shapes (on a GPU: kernel selection, allocator) before timing
         egl_naive(model, sub[:5], scope)
@@ -93,14 +102,23 @@ def main() -> None:
     t_naive_all = timed(lambda: egl_naive(model, sub, "all"), repeat=1) * a.pool / a.naive
 
     print(f"machine: {machine()}, device {dev}")
-    print(f"pool: {a.pool} patches 3x48x48, LeNet (20-50 conv, 500 FC), batches of {a.batch}, channels-last {a.channels_last}\n")
+    print(
+        f"pool: {a.pool} patches 3x48x48, LeNet (20-50 conv, 500 FC), batches of {a.batch}, channels-last "
+        f"{a.channels_last}\n"
+    )
     print("| method | seconds for the pool | x inference | naive / method |")
     print("|---|---|---|---|")
     print(f"| plain batched inference (softmax) | {t_inf:.3f} | 1.00 | {t_naive / t_inf:.0f} |")
     print(f"| fast EGL, scope fc (closed form) | {t_fc:.3f} | {t_fc / t_inf:.2f} | {t_naive / t_fc:.0f} |")
     print(f"| fast EGL, scope last | {t_last:.3f} | {t_last / t_inf:.2f} | {t_naive / t_last:.0f} |")
-    print(f"| EGL scope all, layerwise (exact, batched backward) | {t_layer:.2f} | {t_layer / t_inf:.1f} | {t_naive_all / t_layer:.1f} (vs naive all) |")
-    print(f"| EGL scope all, torch.func vmap (chunks of 64; 2 batches, scaled) | {t_all:.1f} | {t_all / t_inf:.1f} | {t_naive_all / t_all:.1f} (vs naive all) |")
+    print(
+        f"| EGL scope all, layerwise (exact, batched backward) | {t_layer:.2f} | {t_layer / t_inf:.1f} | "
+        f"{t_naive_all / t_layer:.1f} (vs naive all) |"
+    )
+    print(
+        f"| EGL scope all, torch.func vmap (chunks of 64; 2 batches, scaled) | {t_all:.1f} | {t_all / t_inf:.1f} | "
+        f"{t_naive_all / t_all:.1f} (vs naive all) |"
+    )
     print(f"| naive loop, scope fc ({a.naive} patches, scaled) | {t_naive:.1f} | {t_naive / t_inf:.0f} | 1 |")
     print(f"| naive loop, scope all ({a.naive} patches, scaled) | {t_naive_all:.1f} | {t_naive_all / t_inf:.0f} | 1 |")
     if sweep:
@@ -108,7 +126,10 @@ def main() -> None:
         print("|---|---|---|---|")
         for size, ti, tf in sweep:
             print(f"| {size} | {ti:.4f} | {tf:.4f} | {tf / ti:.2f} |")
-    print(f"\nfast EGL (fc) = {t_fc / t_inf:.2f}x inference (target <= 1.5x); {t_naive / t_fc:.0f}x faster than the naive loop (target >= 30x)")
+    print(
+        f"\nfast EGL (fc) = {t_fc / t_inf:.2f}x inference (target <= 1.5x); {t_naive / t_fc:.0f}x faster than the "
+        "naive loop (target >= 30x)"
+    )
 
 
 if __name__ == "__main__":

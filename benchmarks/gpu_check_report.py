@@ -7,7 +7,8 @@
   the sequential reference runs (time is short on a lent GPU): each parallel fit is charged the solo
   time of the same method and label count, or of the same method when that count did not run alone.
 
-    python benchmarks/gpu_check_report.py --parallel-work W1 --sequential-work W2 [--util gpu_util.csv] [--window START END]
+    python benchmarks/gpu_check_report.py --parallel-work W1 --sequential-work W2 [--util gpu_util.csv]
+                                          [--window START END]
 """
 
 from __future__ import annotations
@@ -67,8 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--parallel-work", type=Path, required=True)
     ap.add_argument("--sequential-work", type=Path, required=True)
     ap.add_argument("--util", type=Path, default=None)
-    ap.add_argument("--window", type=float, nargs=2, default=None, metavar=("START", "END"),
-                    help="unix seconds of the parallel fits (default: the last block of parallel.jsonl)")
+    ap.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("START", "END"),
+        help="unix seconds of the parallel fits (default: the last block of parallel.jsonl)",
+    )
     a = ap.parse_args(argv)
     out: dict = {}
     blocks = read_jsonl(a.parallel_work / "parallel.jsonl")
@@ -78,23 +85,31 @@ def main(argv: list[str] | None = None) -> dict:
         print("- no parallel fit finished: nothing to judge")
         return out
     wall = blocks[-1]["wall_s"]
-    print(f"- {len(fits)} fits finished with {blocks[-1]['processes']} processes of {blocks[-1]['threads']} CPU threads; "
-          f"{wall:.0f} s wall clock{'; failed: ' + ', '.join(blocks[-1]['failed']) if blocks[-1]['failed'] else ''}")
+    print(
+        f"- {len(fits)} fits finished with {blocks[-1]['processes']} processes of {blocks[-1]['threads']} CPU threads; "
+        f"{wall:.0f} s wall clock{'; failed: ' + ', '.join(blocks[-1]['failed']) if blocks[-1]['failed'] else ''}"
+    )
     est = speedup(fits, wall, read_jsonl(a.sequential_work / "results.jsonl"))
     if est is None:
         print("- speed-up: no sequential reference for every method (paper000_seq did not finish)")
     else:
         out["sequential_s"], out["speedup"] = est
-        print(f"- speed-up: the same fits one at a time would take ~{est[0]:.0f} s (solo times of one seed) -> "
-              f"{est[1]:.1f}x; target >= 4x -> {'met' if est[1] >= 4 else 'MISSED'}")
-    window = tuple(a.window) if a.window else (blocks[-1]["start"], blocks[-1]["end"]) if "start" in blocks[-1] else None
+        print(
+            f"- speed-up: the same fits one at a time would take ~{est[0]:.0f} s (solo times of one seed) -> "
+            f"{est[1]:.1f}x; target >= 4x -> {'met' if est[1] >= 4 else 'MISSED'}"
+        )
+    window = (
+        tuple(a.window) if a.window else (blocks[-1]["start"], blocks[-1]["end"]) if "start" in blocks[-1] else None
+    )
     busy = gpu_busy(a.util, window) if a.util else None
     if busy is None:
         print("- GPU busy: no nvidia-smi samples")
     else:
         out["gpu_busy"], out["samples"] = busy
-        print(f"- GPU busy: {busy[0]:.0f}% on average over {busy[1]} one-second samples; target >= 70% -> "
-              f"{'met' if busy[0] >= 70 else 'MISSED'}")
+        print(
+            f"- GPU busy: {busy[0]:.0f}% on average over {busy[1]} one-second samples; target >= 70% -> "
+            f"{'met' if busy[0] >= 70 else 'MISSED'}"
+        )
     return out
 
 

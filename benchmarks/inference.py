@@ -49,7 +49,9 @@ PEAKS = {
 class Net:
     """A network, how to call it on a batch, and a loss for its training step."""
 
-    def __init__(self, name: str, unit: str, build: Callable[[], nn.Module], shape: tuple[int, ...], call=None, loss=None):
+    def __init__(
+        self, name: str, unit: str, build: Callable[[], nn.Module], shape: tuple[int, ...], call=None, loss=None
+    ):
         self.name, self.unit, self.build, self.shape = name, unit, build, shape
         self.call = call or (lambda m, x: m(x))
         self.loss = loss or (lambda out, b: F.cross_entropy(out, torch.zeros(b, dtype=torch.long, device=out.device)))
@@ -64,11 +66,28 @@ NETS = [
     Net("ResNet34 patch baseline (paper 000)", "patch", lambda: build_patch_model("resnet34", 2), (3, 32, 32)),
     Net("LeNet (paper 002)", "patch", lambda: LeNet(2, 48), (3, 48, 48)),
     Net("ResNet50 whole image, 512 px (paper 000)", "image", lambda: build_patch_model("resnet50", 2), (3, 512, 512)),
-    Net("G: Xception U-Net, 512 px (paper 001)", "image", lambda: build_generator("xception", 1.0), (3, 512, 512),
-        loss=lambda out, b: F.binary_cross_entropy_with_logits(out, torch.zeros_like(out))),
-    Net("D: lesion discriminator, 512 px (paper 001)", "image", lambda: LesionDiscriminator(3, 4, 1.0), (7, 512, 512),
-        call=lambda m, x: m(x[:, :3], x[:, 3:]), loss=lambda out, b: F.binary_cross_entropy_with_logits(out, torch.zeros_like(out))),
-    Net("lesion-attention grader, ResNet18, 512 px (paper 001)", "image", lambda: LesionAttentionGrader(5, 4, "resnet18"), (3, 512, 512), call=_grader),
+    Net(
+        "G: Xception U-Net, 512 px (paper 001)",
+        "image",
+        lambda: build_generator("xception", 1.0),
+        (3, 512, 512),
+        loss=lambda out, b: F.binary_cross_entropy_with_logits(out, torch.zeros_like(out)),
+    ),
+    Net(
+        "D: lesion discriminator, 512 px (paper 001)",
+        "image",
+        lambda: LesionDiscriminator(3, 4, 1.0),
+        (7, 512, 512),
+        call=lambda m, x: m(x[:, :3], x[:, 3:]),
+        loss=lambda out, b: F.binary_cross_entropy_with_logits(out, torch.zeros_like(out)),
+    ),
+    Net(
+        "lesion-attention grader, ResNet18, 512 px (paper 001)",
+        "image",
+        lambda: LesionAttentionGrader(5, 4, "resnet18"),
+        (3, 512, 512),
+        call=_grader,
+    ),
 ]
 
 
@@ -105,7 +124,9 @@ def _flops(net: Net, model: nn.Module, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(net: Net, batch: int, device: torch.device, autocast, seconds: float, train: bool) -> tuple[float, float, float]:
+def measure(
+    net: Net, batch: int, device: torch.device, autocast, seconds: float, train: bool
+) -> tuple[float, float, float]:
     """(forward FLOPs per sample, inference samples/s, training-step samples/s or nan)."""
     torch.manual_seed(0)
     model = net.build().to(device).to(memory_format=torch.channels_last)
@@ -135,7 +156,9 @@ def measure(net: Net, batch: int, device: torch.device, autocast, seconds: float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", choices=["32", "bf16-mixed"], default=None, help="default: bf16-mixed on a GPU, 32 on a CPU")
+    ap.add_argument(
+        "--precision", choices=["32", "bf16-mixed"], default=None, help="default: bf16-mixed on a GPU, 32 on a CPU"
+    )
     ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement after one warm-up step")
     ap.add_argument("--patch-batch", type=int, default=256)
     ap.add_argument("--image-batch", type=int, default=None, help="default: 16 on a GPU, 2 on a CPU")
@@ -155,15 +178,24 @@ def main() -> None:
                 break
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16-mixed" else nullcontext
     print(f"machine: {machine()}")
-    print(f"device {device}, precision {precision}, channels-last, batches of {a.patch_batch} patches / {image_batch} images, "
-          f"{a.seconds:g} s per measurement")
+    print(
+        f"device {device}, precision {precision}, channels-last, batches of {a.patch_batch} patches / {image_batch} "
+        "images, "
+        f"{a.seconds:g} s per measurement"
+    )
     peak_note = f"; peak {peak / 1e12:.0f} TFLOP/s" if peak else ("; peak unknown for this GPU" if gpu else "")
-    print(f"\n| network | unit | GFLOP / sample | inference / s | training step / s | inference TFLOP/s | training TFLOP/s{' | inference % peak | training % peak' if peak else ''} |")
+    print(
+        "\n| network | unit | GFLOP / sample | inference / s | training step / s | inference TFLOP/s | training "
+        f"TFLOP/s{' | inference % peak | training % peak' if peak else ''} |"
+    )
     print(f"|---|---|---|---|---|---|---|{'---|---|' if peak else ''}")
     for net in NETS:
         batch = a.patch_batch if net.unit == "patch" else image_batch
         flops, inf, train = measure(net, batch, device, autocast, a.seconds, not a.no_train)
-        row = f"| {net.name} | {net.unit} | {flops / 1e9:.3f} | {_n(inf)} | {_n(train)} | {inf * flops / 1e12:.3f} | {3 * train * flops / 1e12:.3f}"
+        row = (
+            f"| {net.name} | {net.unit} | {flops / 1e9:.3f} | {_n(inf)} | {_n(train)} "
+            f"| {inf * flops / 1e12:.3f} | {3 * train * flops / 1e12:.3f}"
+        )
         if peak:
             row += f" | {100 * inf * flops / peak:.1f}% | {100 * 3 * train * flops / peak:.1f}%"
         print(row + " |", flush=True)

@@ -27,7 +27,8 @@ above 0 at ``scarce``'s 10 labels, and ``benchmark``'s earlier targets.
 
     python benchmarks/label_efficiency.py [--presets scarce benchmark] [--images 541] [--seeds 0 1 2] [--labels 10 40]
                                           [--epochs 3] [--arms ...] [--only ceiling|calibration] [--work DIR]
-                                          [--lesion-contrast 1] [--distractors 1] [--device cpu|cuda] [--parallel N] [--width W]
+                                          [--lesion-contrast 1] [--distractors 1] [--device cpu|cuda] [--parallel N]
+                                          [--width W]
 
 ``--only calibration`` runs what a preset is calibrated on and nothing else: the ceiling and the
 ConvNet at equal steps (never a semi-supervised method). The networks and their CPU-sized settings
@@ -68,7 +69,11 @@ from retinalab.metrics.bootstrap import (  # noqa: E402
 )
 from retinalab.synthetic import PRESETS, write_synthetic  # noqa: E402
 
-CONFIGS = {"SSL-GAN": "conf/ssl_gan/synthetic.yaml", "ConvNet": "conf/convnet/synthetic.yaml", "FixMatch": "conf/fixmatch/synthetic.yaml"}
+CONFIGS = {
+    "SSL-GAN": "conf/ssl_gan/synthetic.yaml",
+    "ConvNet": "conf/convnet/synthetic.yaml",
+    "FixMatch": "conf/fixmatch/synthetic.yaml",
+}
 CEILING = "ConvNet, all labelled (ceiling)"
 STEPS = "ConvNet, equal steps"
 SEMI = ("SSL-GAN", "FixMatch")
@@ -97,16 +102,22 @@ def run_one(arm: str, n_labeled: int | None, seed: int, a: argparse.Namespace, r
             extra.append(f"--model.gen_width={a.width}")
     if method == "SSL-GAN":
         extra.append(f"--model.lr_decay_start={max(1, int(a.epochs * 2 / 3))}")
-    tag = f"{root.name}-{slug}-{n_labeled or 'all'}-{seed}"  # one folder and prediction file per preset, arm, count and seed
-    line = fit_and_test(CONFIGS[method], root, n_labeled, seed, work, tag, a.epochs, a.val, a.test, extra, a.device, a.precision)
+    # one folder and prediction file per preset, arm, count and seed
+    tag = f"{root.name}-{slug}-{n_labeled or 'all'}-{seed}"
+    line = fit_and_test(
+        CONFIGS[method], root, n_labeled, seed, work, tag, a.epochs, a.val, a.test, extra, a.device, a.precision
+    )
     line.update(arm=arm, width=a.width)
     return line
 
 
 def data_name(preset: str, a: argparse.Namespace) -> str:
     """The folder of a preset's synthetic set under ``--work`` (the calibration multipliers in its name)."""
-    return (f"idrid-{preset}-{a.lesion_contrast:g}" + (f"-d{a.distractors:g}" if a.distractors != 1 else "")
-            + (f"-s{a.lesion_scale:g}" if a.lesion_scale != 1 else ""))
+    return (
+        f"idrid-{preset}-{a.lesion_contrast:g}"
+        + (f"-d{a.distractors:g}" if a.distractors != 1 else "")
+        + (f"-s{a.lesion_scale:g}" if a.lesion_scale != 1 else "")
+    )
 
 
 def draw(preset: str, a: argparse.Namespace, root: Path) -> None:
@@ -116,15 +127,43 @@ def draw(preset: str, a: argparse.Namespace, root: Path) -> None:
     style = PRESETS[preset]
     if a.distractors != 1:
         style = replace(style, distractors=style.distractors * a.distractors)
-    write_synthetic("idrid", root, num_images=a.images, seed=1234, size=(768, 510), workers=os.cpu_count() or 1,
-                    preset=style, lesion_contrast=a.lesion_contrast, lesion_scale=a.lesion_scale)
+    write_synthetic(
+        "idrid",
+        root,
+        num_images=a.images,
+        seed=1234,
+        size=(768, 510),
+        workers=os.cpu_count() or 1,
+        preset=style,
+        lesion_contrast=a.lesion_contrast,
+        lesion_scale=a.lesion_scale,
+    )
 
 
 def child_argv(a: argparse.Namespace, work: Path, preset: str, arm: str, n: int | None, seed: int) -> list[str]:
     """The command that runs one fit in its own process (``--one``) with this run's settings."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--images", str(a.images), "--val", str(a.val),
-            "--test", str(a.test), "--epochs", str(a.epochs), "--lesion-contrast", str(a.lesion_contrast),
-            "--distractors", str(a.distractors), "--lesion-scale", str(a.lesion_scale), "--one", f"{preset}:{RUNS[arm][0]}:{'all' if n is None else n}:{seed}"]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--work",
+        str(work),
+        "--images",
+        str(a.images),
+        "--val",
+        str(a.val),
+        "--test",
+        str(a.test),
+        "--epochs",
+        str(a.epochs),
+        "--lesion-contrast",
+        str(a.lesion_contrast),
+        "--distractors",
+        str(a.distractors),
+        "--lesion-scale",
+        str(a.lesion_scale),
+        "--one",
+        f"{preset}:{RUNS[arm][0]}:{'all' if n is None else n}:{seed}",
+    ]
     for flag, value in (("--device", a.device), ("--width", a.width), ("--precision", a.precision)):
         if value is not None:
             argv += [flag, str(value)]
@@ -147,7 +186,11 @@ def cell(lines: list[dict], ckpt: str, metric: str, work: Path) -> str:
     for ln in lines:
         z = np.load(work / ln["predictions"])
         probs, targets = z[f"{ckpt}_probs"], z[f"{ckpt}_targets"]
-        stats.append(image_auroc_statistic(probs.sum(1), targets.max(1)) if metric == "image_auroc" else patch_auroc_statistic(probs, targets))
+        stats.append(
+            image_auroc_statistic(probs.sum(1), targets.max(1))
+            if metric == "image_auroc"
+            else patch_auroc_statistic(probs, targets)
+        )
     low, high = bootstrap_interval(stats)
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return f"{statistics.mean(vals):.3f} +- {sd:.3f} [{low:.2f}, {high:.2f}]"
@@ -166,29 +209,89 @@ def paired(a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "be
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["scarce", "benchmark"],
-                    help="synthetic presets, one dataset each, reported side by side (default: scarce benchmark)")
-    ap.add_argument("--images", type=int, default=541, help="photographs drawn (about 55%% have patch labels: "
-                    "the pixel-annotated ones and the grade-0 grading ones)")
+    ap.add_argument(
+        "--presets",
+        nargs="+",
+        choices=sorted(PRESETS),
+        default=["scarce", "benchmark"],
+        help="synthetic presets, one dataset each, reported side by side (default: scarce benchmark)",
+    )
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=541,
+        help="photographs drawn (about 55%% have patch labels: the pixel-annotated ones and the grade-0 grading ones)",
+    )
     ap.add_argument("--val", type=int, default=50, help="validation photographs")
     ap.add_argument("--test", type=int, default=100, help="test photographs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--labels", type=_label_count, nargs="+", default=[10, 40], help="labelled photographs per run ('all': every training image)")
-    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), metavar="ARM",
-                    help=f"which comparisons run at each label count (default all: {', '.join(ARMS)})")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs of every run (an SSL-GAN epoch is one pass over the unlabelled pool)")
-    ap.add_argument("--only", choices=["ceiling", "calibration"],
-                    help="ceiling: only the supervised ceiling; calibration: the ceiling and the ConvNet at equal steps (what a preset is calibrated on)")
-    ap.add_argument("--lesion-contrast", type=float, default=1.0, help="multiplies the presets' lesion opacity (calibration only)")
-    ap.add_argument("--distractors", type=float, default=1.0, help="multiplies the presets' number of look-alikes (calibration only)")
-    ap.add_argument("--lesion-scale", type=float, default=1.0, help="multiplies the presets' lesion sizes (calibration only)")
-    ap.add_argument("--work", help="keep data, runs and results here (default: a temporary folder); reruns skip finished runs")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="one CPU or one GPU per fit (default: the configs' accelerator)")
-    ap.add_argument("--precision", default=None, help="Lightning precision of every fit, e.g. bf16-mixed (default: the configs')")
-    ap.add_argument("--width", type=float, default=None, help="network width of every method (configs: 0.125, for 2 CPU cores; paper: 1)")
-    ap.add_argument("--parallel", type=int, default=None, metavar="N",
-                    help="N fits at a time per GPU (--device cuda) or on the CPU, each its own process with cores/N threads")
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # preset:slug:labels:seed, one fit in this process (--parallel's children)
+    ap.add_argument(
+        "--labels",
+        type=_label_count,
+        nargs="+",
+        default=[10, 40],
+        help="labelled photographs per run ('all': every training image)",
+    )
+    ap.add_argument(
+        "--arms",
+        nargs="+",
+        choices=list(ARMS),
+        default=list(ARMS),
+        metavar="ARM",
+        help=f"which comparisons run at each label count (default all: {', '.join(ARMS)})",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="epochs of every run (an SSL-GAN epoch is one pass over the unlabelled pool)",
+    )
+    ap.add_argument(
+        "--only",
+        choices=["ceiling", "calibration"],
+        help="ceiling: only the supervised ceiling; calibration: the ceiling and the ConvNet at equal steps (what a "
+        "preset is calibrated on)",
+    )
+    ap.add_argument(
+        "--lesion-contrast", type=float, default=1.0, help="multiplies the presets' lesion opacity (calibration only)"
+    )
+    ap.add_argument(
+        "--distractors",
+        type=float,
+        default=1.0,
+        help="multiplies the presets' number of look-alikes (calibration only)",
+    )
+    ap.add_argument(
+        "--lesion-scale", type=float, default=1.0, help="multiplies the presets' lesion sizes (calibration only)"
+    )
+    ap.add_argument(
+        "--work", help="keep data, runs and results here (default: a temporary folder); reruns skip finished runs"
+    )
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="one CPU or one GPU per fit (default: the configs' accelerator)",
+    )
+    ap.add_argument(
+        "--precision", default=None, help="Lightning precision of every fit, e.g. bf16-mixed (default: the configs')"
+    )
+    ap.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="network width of every method (configs: 0.125, for 2 CPU cores; paper: 1)",
+    )
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N fits at a time per GPU (--device cuda) or on the CPU, each its own process with cores/N threads",
+    )
+    ap.add_argument(
+        "--one", default=None, help=argparse.SUPPRESS
+    )  # preset:slug:labels:seed, one fit in this process (--parallel's children)
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="retinalab-labeleff-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -210,8 +313,11 @@ def main() -> None:
     done = read_jsonl(results_file)  # a line a kill cut short is skipped (its run is redone)
     # runs of another dataset, epoch count or width in the same --work are not reused
     names = {root.name: preset for preset, root in roots.items()}
-    finished = {(names[d["data"]], d["arm"], d["labels"], d["seed"]): d for d in done
-                if d.get("data") in names and d.get("epochs") == a.epochs and d.get("width") == a.width}
+    finished = {
+        (names[d["data"]], d["arm"], d["labels"], d["seed"]): d
+        for d in done
+        if d.get("data") in names and d.get("epochs") == a.epochs and d.get("width") == a.width
+    }
     plan = []
     for preset in a.presets:
         plan += [(preset, CEILING, None, s) for s in a.seeds]
@@ -225,9 +331,13 @@ def main() -> None:
         line["data"], line["epochs"] = roots[preset].name, a.epochs
         append_jsonl(results_file, line)  # one line per finished run, at once
         finished[(preset, line["arm"], line["labels"], line["seed"])] = line
-        print(f"[{time.perf_counter() - t0:6.0f}s] {preset} seed {line['seed']} {line['arm']:32s} labelled {line['labels'] or 'all'!s:>3s}: "
-              f"{line['steps']} steps in {line['fit_s']:.0f} s, image AUROC {line['best']['image_auroc']:.3f} "
-              f"(last {line['last']['image_auroc']:.3f}), patch AUROC {line['best']['patch_auroc']:.3f}", flush=True)
+        print(
+            f"[{time.perf_counter() - t0:6.0f}s] {preset} seed {line['seed']} {line['arm']:32s} labelled "
+            f"{line['labels'] or 'all'!s:>3s}: "
+            f"{line['steps']} steps in {line['fit_s']:.0f} s, image AUROC {line['best']['image_auroc']:.3f} "
+            f"(last {line['last']['image_auroc']:.3f}), patch AUROC {line['best']['patch_auroc']:.3f}",
+            flush=True,
+        )
 
     if a.parallel is None:
         for preset, arm, n, seed in todo:
@@ -235,14 +345,28 @@ def main() -> None:
             line["preset"] = preset
             record(line)
     elif todo:
-        children = {f"{preset}-{RUNS[arm][0]}-{'all' if n is None else n}-{seed}": child_argv(a, work, preset, arm, n, seed)
-                    for preset, arm, n, seed in todo}
+        children = {
+            f"{preset}-{RUNS[arm][0]}-{'all' if n is None else n}-{seed}": child_argv(a, work, preset, arm, n, seed)
+            for preset, arm, n, seed in todo
+        }
         ran = run_children(children, work, a.parallel, a.device, lambda _name, line: record(line))
         slots = ran["slots"]
         with (work / "parallel.jsonl").open("a") as f:  # start / end: unix seconds, to match GPU samples against
-            f.write(json.dumps({"fits": len(todo), "processes": len(slots), "threads": slots[0].threads, "wall_s": round(ran["wall_s"], 1),
-                                "start": ran["start"], "end": time.time(),
-                                "failed": sorted(k for k, v in ran["codes"].items() if v != 0), "device": a.device}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "fits": len(todo),
+                        "processes": len(slots),
+                        "threads": slots[0].threads,
+                        "wall_s": round(ran["wall_s"], 1),
+                        "start": ran["start"],
+                        "end": time.time(),
+                        "failed": sorted(k for k, v in ran["codes"].items() if v != 0),
+                        "device": a.device,
+                    }
+                )
+                + "\n"
+            )
         print(f"{len(todo)} fits in {ran['wall_s']:.0f} s wall clock with {len(slots)} processes", flush=True)
     missing = [k for k in plan if k not in finished]
     if missing:
@@ -260,9 +384,13 @@ def runs_of(finished: dict, preset: str, arm: str, n: int | None, seeds: list[in
 def report(preset: str, a: argparse.Namespace, finished: dict, work: Path) -> None:
     """The tables of one preset: every arm at every label count, and the paired differences."""
     first = next(v for k, v in finished.items() if k[0] == preset)
-    print(f"\n## Preset {preset!r}\n\nSynthetic IDRiD layout (lesion contrast x{a.lesion_contrast:g}, look-alikes x{a.distractors:g}); "
-          f"{a.images} photographs drawn, {first['train_images']} train / {a.val} val / {first['test_images']} test; seeds {a.seeds}; "
-          f"{a.epochs} epochs each")
+    print(
+        f"\n## Preset {preset!r}\n\nSynthetic IDRiD layout (lesion contrast x{a.lesion_contrast:g}, look-alikes "
+        f"x{a.distractors:g}); "
+        f"{a.images} photographs drawn, {first['train_images']} train / {a.val} val / {first['test_images']} test; "
+        f"seeds {a.seeds}; "
+        f"{a.epochs} epochs each"
+    )
     print("Cells: mean +- std over seeds [95% bootstrap interval of the mean over test photographs]")
     for ckpt in ("best", "last"):
         what = "best-on-validation checkpoint" if ckpt == "best" else "last checkpoint"
@@ -278,10 +406,15 @@ def report(preset: str, a: argparse.Namespace, finished: dict, work: Path) -> No
                 steps = statistics.mean(ln["steps"] for ln in runs_of(finished, preset, arm, a.labels[0], a.seeds))
                 print(f"| {arm} ({steps:.0f} steps at {a.labels[0] or 'all'}) | " + " | ".join(row) + " |")
     if a.only is None and STEPS in a.arms:
-        print(f"\nPaired difference of test image AUROC to the {STEPS} (best-on-validation checkpoints, the same test photographs):\n")
+        print(
+            f"\nPaired difference of test image AUROC to the {STEPS} (best-on-validation checkpoints, the same test "
+            "photographs):\n"
+        )
         for arm in [x for x in SEMI if x in a.arms]:
             for n in a.labels:
-                d = paired(runs_of(finished, preset, arm, n, a.seeds), runs_of(finished, preset, STEPS, n, a.seeds), work)
+                d = paired(
+                    runs_of(finished, preset, arm, n, a.seeds), runs_of(finished, preset, STEPS, n, a.seeds), work
+                )
                 print(f"- {arm} - ConvNet at {n or 'all'} labels: {d}")
     if a.only is None:
         mechanism(preset, a, finished)
@@ -289,11 +422,20 @@ def report(preset: str, a: argparse.Namespace, finished: dict, work: Path) -> No
 
 #: what each semi-supervised method's own diagnostics say at the end of training (retinalab.tasks)
 MECHANISM = {
-    "SSL-GAN": [("D accuracy real vs generated", "gan/d_accuracy"), ("p(fake) real", "gan/p_fake_real"),
-                ("p(fake) generated", "gan/p_fake_generated"), ("loss_g", "gan/loss_g")],
-    "FixMatch": [("mask rate", "fixmatch/mask_rate"), ("pseudo-label accuracy", "fixmatch/pseudo_accuracy"),
-                 ("lesion precision", "fixmatch/pseudo_lesion_precision"), ("lesion recall", "fixmatch/pseudo_lesion_recall"),
-                 ("pseudo-lesion share", "fixmatch/pseudo_lesion_share"), ("true lesion share", "fixmatch/true_lesion_share")],
+    "SSL-GAN": [
+        ("D accuracy real vs generated", "gan/d_accuracy"),
+        ("p(fake) real", "gan/p_fake_real"),
+        ("p(fake) generated", "gan/p_fake_generated"),
+        ("loss_g", "gan/loss_g"),
+    ],
+    "FixMatch": [
+        ("mask rate", "fixmatch/mask_rate"),
+        ("pseudo-label accuracy", "fixmatch/pseudo_accuracy"),
+        ("lesion precision", "fixmatch/pseudo_lesion_precision"),
+        ("lesion recall", "fixmatch/pseudo_lesion_recall"),
+        ("pseudo-lesion share", "fixmatch/pseudo_lesion_share"),
+        ("true lesion share", "fixmatch/true_lesion_share"),
+    ],
 }
 
 
@@ -325,15 +467,23 @@ def verdicts(a: argparse.Namespace, finished: dict, work: Path) -> None:
     for preset in a.presets:
         c = mean(finished, preset, CEILING, None, a.seeds)
         if preset == "scarce":
-            print(f"- scarce: supervised ceiling >= {SCARCE_CEILING} (paper 000: 97.8): {c:.3f} -> {'met' if c >= SCARCE_CEILING else 'MISSED'}")
+            print(
+                f"- scarce: supervised ceiling >= {SCARCE_CEILING} (paper 000: 97.8): {c:.3f} -> "
+                f"{'met' if c >= SCARCE_CEILING else 'MISSED'}"
+            )
             if ten is not None and STEPS in a.arms:
                 cn = mean(finished, preset, STEPS, ten, a.seeds)
                 lo, hi = SCARCE_AT_10
-                print(f"- scarce: {STEPS} at {ten} labels in [{lo}, {hi}] (paper 000: 71.1): {cn:.3f} -> "
-                      f"{'met' if lo <= cn <= hi else 'MISSED'}")
+                print(
+                    f"- scarce: {STEPS} at {ten} labels in [{lo}, {hi}] (paper 000: 71.1): {cn:.3f} -> "
+                    f"{'met' if lo <= cn <= hi else 'MISSED'}"
+                )
         else:
-            print(f"- {preset}: supervised ceiling >= 0.85 (calibration window 0.85-0.95): {c:.3f} -> {'met' if c >= 0.85 else 'MISSED'}"
-                  f"{'' if c <= 0.95 else ' (above the calibration window)'}")
+            print(
+                f"- {preset}: supervised ceiling >= 0.85 (calibration window 0.85-0.95): {c:.3f} -> "
+                f"{'met' if c >= 0.85 else 'MISSED'}"
+                f"{'' if c <= 0.95 else ' (above the calibration window)'}"
+            )
         if a.only is not None or ten is None or STEPS not in a.arms:
             continue
         semi = [arm for arm in SEMI if arm in a.arms]
@@ -341,21 +491,33 @@ def verdicts(a: argparse.Namespace, finished: dict, work: Path) -> None:
             cn = mean(finished, preset, STEPS, ten, a.seeds)
             wins = []
             for arm in semi:
-                low = paired_low(runs_of(finished, preset, arm, ten, a.seeds), runs_of(finished, preset, STEPS, ten, a.seeds), work)
+                low = paired_low(
+                    runs_of(finished, preset, arm, ten, a.seeds), runs_of(finished, preset, STEPS, ten, a.seeds), work
+                )
                 gap = mean(finished, preset, arm, ten, a.seeds) - cn
                 print(f"    {arm} - {STEPS} at {ten} labels: {gap:+.3f} (paired interval from {low:+.2f})")
                 if gap >= 0.03 and low > 0:
                     wins.append(arm)
-            print(f"- scarce: a semi-supervised method beats the {STEPS} by >= 0.03 at {ten} labels with a paired interval above 0: "
-                  + (f"met ({', '.join(wins)})" if wins else "MISSED: neither does (the differences above; "
-                     "benchmarks/ssl_gan_factors.py shows what the SSL-GAN would need)"))
+            print(
+                f"- scarce: a semi-supervised method beats the {STEPS} by >= 0.03 at {ten} labels with a paired "
+                "interval above 0: "
+                + (
+                    f"met ({', '.join(wins)})"
+                    if wins
+                    else "MISSED: neither does (the differences above; "
+                    "benchmarks/ssl_gan_factors.py shows what the SSL-GAN would need)"
+                )
+            )
         if preset == "benchmark" and "SSL-GAN" in a.arms:
             gan = mean(finished, preset, "SSL-GAN", ten, a.seeds)
             eq = "ConvNet, equal epochs"
             if eq in a.arms:
                 cn = mean(finished, preset, eq, ten, a.seeds)
-                print(f"- benchmark: at {ten} labels, SSL-GAN >= {eq} + 0.05 (paper 000's protocol): {gan:.3f} vs {cn + 0.05:.3f} -> "
-                      f"{'met' if gan >= cn + 0.05 else 'MISSED'}")
+                print(
+                    f"- benchmark: at {ten} labels, SSL-GAN >= {eq} + 0.05 (paper 000's protocol): {gan:.3f} vs "
+                    f"{cn + 0.05:.3f} -> "
+                    f"{'met' if gan >= cn + 0.05 else 'MISSED'}"
+                )
 
 
 def paired_low(a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best") -> float:

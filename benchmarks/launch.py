@@ -51,8 +51,13 @@ def main() -> None:
         forked.append(batch("1", a.jobs, a.parallel, folder, f"forked{r}") / a.jobs)
     print(f"\n{a.jobs} jobs, {a.parallel} at a time, one thread each; best of {a.repeats}, wall seconds per job:")
     print(f"  plain subprocess:  {min(plain):.2f} s   (all: {', '.join(f'{x:.2f}' for x in plain)})")
-    print(f"  from fork server:  {min(forked):.2f} s   (all: {', '.join(f'{x:.2f}' for x in forked)}; the server's start: {first:.1f} s once)")
-    print(f"\nsubprocess / fork server: {min(plain) / min(forked):.1f}x; saved per job: {min(plain) - min(forked):.1f} s")
+    print(
+        f"  from fork server:  {min(forked):.2f} s   (all: {', '.join(f'{x:.2f}' for x in forked)}; the server's "
+        f"start: {first:.1f} s once)"
+    )
+    print(
+        f"\nsubprocess / fork server: {min(plain) / min(forked):.1f}x; saved per job: {min(plain) - min(forked):.1f} s"
+    )
 
 
 if __name__ == "__main__":

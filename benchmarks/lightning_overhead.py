@@ -106,8 +106,17 @@ def lightning_loop(task: PatchSSGANTask, steps: int, batch: int) -> float:
     lab, unl = loaders(steps, batch)
     timer = StepTimer()
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], log_every_n_steps=1,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+        log_every_n_steps=1,
     )
     trainer.fit(task, train_dataloaders=CombinedLoader({"labeled": lab, "unlabeled": unl}, mode="max_size_cycle"))
     return step_time(timer.starts)
@@ -136,8 +145,10 @@ def main() -> None:
         light.append(lightning_loop(fresh(a.width, r), a.steps, a.batch))
     p, lt = min(plain), min(light)
     print(f"machine: {machine()}, lightning {pl.__version__}")
-    print(f"SSL-GAN step: {a.batch} labelled + {a.batch} unlabelled 3x32x32 patches, conv-large width {a.width}; "
-          f"median of {a.steps - 2} steps after 2 warm-up steps, best of {a.repeats} interleaved repeats\n")
+    print(
+        f"SSL-GAN step: {a.batch} labelled + {a.batch} unlabelled 3x32x32 patches, conv-large width {a.width}; "
+        f"median of {a.steps - 2} steps after 2 warm-up steps, best of {a.repeats} interleaved repeats\n"
+    )
     print("| loop | ms / step |")
     print("|---|---|")
     print(f"| hand-written PyTorch | {p * 1000:.1f} |")

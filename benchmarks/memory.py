@@ -55,7 +55,10 @@ from retinalab.main import main
 rc = main(sys.argv[1:])
 peak = {"rc": rc, "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 if torch.cuda.is_available():
-    peak |= {"cuda_alloc_gib": torch.cuda.max_memory_allocated() / 2**30, "cuda_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+    peak |= {
+        "cuda_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "cuda_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+    }
 print("PEAK " + json.dumps(peak), flush=True)
 """
 
@@ -74,10 +77,21 @@ def data_roots(work: Path) -> dict[str, Path]:
 def measure(config: str, batch: int, a: argparse.Namespace, roots: dict[str, Path], out: Path) -> dict:
     """Peak memory of one training + one validation step of ``config`` at per-step batch ``batch``."""
     _, root, image_level_root = CONFIGS[config]
-    args = ["fit", "--config", str(REPO / "conf" / "collaborative" / f"{config}.yaml"), "--trainer.fast_dev_run=true",
-            "--trainer.logger=false", f"--trainer.default_root_dir={out}", f"--trainer.precision={a.precision}",
-            f"--trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}", "--trainer.devices=1",
-            f"--data.batch_size={batch}", "--data.num_workers=0", "--data.root", str(roots[root])]
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "conf" / "collaborative" / f"{config}.yaml"),
+        "--trainer.fast_dev_run=true",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.precision={a.precision}",
+        f"--trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}",
+        "--trainer.devices=1",
+        f"--data.batch_size={batch}",
+        "--data.num_workers=0",
+        "--data.root",
+        str(roots[root]),
+    ]
     if image_level_root:
         args += ["--data.image_level_root", str(roots[image_level_root])]
     args += a.override
@@ -149,35 +163,77 @@ def main() -> None:
             slope, intercept, _ = fit_line(points, "rss_gib")
             guess = slope * b + intercept  # NaN before two points: never skipped
             if a.device == "cpu" and guess > 0.85 * available_gib():
-                print(f"{config} batch {b}: skipped, predicted {guess:.1f} GiB resident against {available_gib():.1f} GiB available", flush=True)
+                print(
+                    f"{config} batch {b}: skipped, predicted {guess:.1f} GiB resident against {available_gib():.1f} "
+                    "GiB available",
+                    flush=True,
+                )
                 continue
             m = measure(config, b, a, roots, work / "runs" / f"{config}-b{b}")
             points[b] = m
-            line = f"{config} batch {b}: resident {m['rss_gib']:.2f} GiB" + (
-                f", CUDA allocated {m['cuda_alloc_gib']:.2f} / reserved {m['cuda_reserved_gib']:.2f} GiB" if "cuda_alloc_gib" in m else "") + f" ({m['seconds']:.0f} s)"
+            line = (
+                f"{config} batch {b}: resident {m['rss_gib']:.2f} GiB"
+                + (
+                    f", CUDA allocated {m['cuda_alloc_gib']:.2f} / reserved {m['cuda_reserved_gib']:.2f} GiB"
+                    if "cuda_alloc_gib" in m
+                    else ""
+                )
+                + f" ({m['seconds']:.0f} s)"
+            )
             print(line, flush=True)
             if a.out:
-                append_jsonl(Path(a.out), {"config": config, "batch": b, "device": a.device, "precision": a.precision, "override": a.override, **m})
+                append_jsonl(
+                    Path(a.out),
+                    {
+                        "config": config,
+                        "batch": b,
+                        "device": a.device,
+                        "precision": a.precision,
+                        "override": a.override,
+                        **m,
+                    },
+                )
         rows.append((config, batch_full, *fit_line(points, key), points))
 
     print(f"\nmachine: {machine()}")
-    print(f"device {a.device}, precision {a.precision}; peak = {'CUDA memory reserved by the caching allocator' if a.device == 'cuda' else 'resident memory of the process'};"
-          f" one training + one validation step at the configs' 512 px, data loading in the process"
-          + (f"; with {' '.join(a.override)}" if a.override else "") + "\n")
+    print(
+        f"device {a.device}, precision {a.precision}; peak = "
+        + ("CUDA memory reserved by the caching allocator" if a.device == "cuda" else "resident memory of the process")
+        + "; one training + one validation step at the configs' 512 px, data loading in the process"
+        + (f"; with {' '.join(a.override)}" if a.override else "")
+        + "\n"
+    )
     budgets = " | ".join(f"k for {b:g} GiB" for b in a.budget_gib)
-    print(f"| config | batch | measured (batch: GiB) | per photograph | fixed | max fit error | peak at the full batch | {budgets} |")
+    print(
+        "| config | batch | measured (batch: GiB) | per photograph | fixed | max fit error | peak at the full batch | "
+        f"{budgets} |"
+    )
     print("|---|---|---|---|---|---|---|" + "---|" * len(a.budget_gib))
     for config, batch_full, slope, intercept, residual, points in rows:
         measured = ", ".join(f"{b}: {p[key]:.2f}" for b, p in sorted(points.items()))
-        at_full = points[batch_full][key] if batch_full in points else slope * batch_full + intercept  # nan with one point
+        at_full = (
+            points[batch_full][key] if batch_full in points else slope * batch_full + intercept
+        )  # nan with one point
         fits = []
         for budget in a.budget_gib:
-            k = next((k for k in (1, 2, 4, 8, 16, 32, 64, 128) if batch_full % k == 0 and slope * (batch_full // k) + intercept <= budget), None)
+            k = next(
+                (
+                    k
+                    for k in (1, 2, 4, 8, 16, 32, 64, 128)
+                    if batch_full % k == 0 and slope * (batch_full // k) + intercept <= budget
+                ),
+                None,
+            )
             fits.append("-" if slope != slope else f"{k} (batch {batch_full // k})" if k else "does not fit")
         label = "measured" if batch_full in points else "extrapolated"
-        print(f"| {config} | {batch_full} | {measured} | {slope:.3f} | {intercept:.2f} | {residual:.2f} | {at_full:.1f} ({label}) | " + " | ".join(fits) + " |")
-    print("\nk: gradient accumulation keeping the config's batch (stage 1: --trainer.accumulate_grad_batches k; stage 2: "
-          "--model.accumulate_grad_batches k; both with --data.batch_size batch/k)")
+        print(
+            f"| {config} | {batch_full} | {measured} | {slope:.3f} | {intercept:.2f} | {residual:.2f} | {at_full:.1f} "
+            f"({label}) | " + " | ".join(fits) + " |"
+        )
+    print(
+        "\nk: gradient accumulation keeping the config's batch (stage 1: --trainer.accumulate_grad_batches k; stage 2: "
+        "--model.accumulate_grad_batches k; both with --data.batch_size batch/k)"
+    )
 
 
 if __name__ == "__main__":

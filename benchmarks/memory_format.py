@@ -1,4 +1,5 @@
-"""Channels-last against the plain NCHW layout for the small convolutional networks and paper 001's G and D, side by side.
+"""Channels-last against the plain NCHW layout for the small convolutional networks and paper 001's G and D, side
+by side.
 
 The networks of paper 000 at the CPU-sized width (conv-large discriminator / ConvNet and the generator,
 width 0.125), paper 002's LeNet and paper 001's G and D at width 0.25 have convolutions of 12-256
@@ -51,8 +52,9 @@ from retinalab.models.xception_unet import build_generator
 from retinalab.tasks.patch_ssgan import feature_matching_loss, supervised_loss, unsupervised_loss
 
 
-def build(channels_last: bool, width: float, batch: int, unet_width: float = 0.25, size: int = 128,
-          unet_batch: int = 8) -> dict[str, Callable[[], None]]:
+def build(
+    channels_last: bool, width: float, batch: int, unet_width: float = 0.25, size: int = 128, unet_batch: int = 8
+) -> dict[str, Callable[[], None]]:
     """One step function per workload, its networks built in the given layout (same seed for both)."""
     layout.ENABLED = channels_last
     torch.manual_seed(0)
@@ -63,7 +65,10 @@ def build(channels_last: bool, width: float, batch: int, unet_width: float = 0.2
     opt_gen, opt_disc = (torch.optim.Adam(n.parameters(), 2e-4, betas=(0.5, 0.999)) for n in (gen, disc))
     x_p, x_i = torch.rand(unet_batch, 3, size, size), torch.rand(unet_batch, 3, size, size)
     masks = (torch.rand(unet_batch, 4, size, size) < 0.05).float()
-    opt_d, opt_g = torch.optim.Adam(d.parameters(), 3e-4, betas=(0.5, 0.999)), torch.optim.Adam(g.parameters(), 3e-4, betas=(0.5, 0.999))
+    opt_d, opt_g = (
+        torch.optim.Adam(d.parameters(), 3e-4, betas=(0.5, 0.999)),
+        torch.optim.Adam(g.parameters(), 3e-4, betas=(0.5, 0.999)),
+    )
     opt_c = torch.optim.Adam(conv.parameters(), 3e-4, betas=(0.5, 0.999))
     opt_l = torch.optim.SGD(lenet.parameters(), lr=0.01, momentum=0.9)
     x_l, x_u = torch.rand(batch, 3, 32, 32) * 2 - 1, torch.rand(batch, 3, 32, 32) * 2 - 1
@@ -100,7 +105,9 @@ def build(channels_last: bool, width: float, batch: int, unet_width: float = 0.2
 
     def g_step() -> None:
         opt_gen.zero_grad()
-        (F.binary_cross_entropy_with_logits(gen(x_p), masks) + F.binary_cross_entropy_with_logits(gen(x_i), masks)).backward()
+        (
+            F.binary_cross_entropy_with_logits(gen(x_p), masks) + F.binary_cross_entropy_with_logits(gen(x_i), masks)
+        ).backward()
         opt_gen.step()
 
     m_p, m_i = torch.rand(unet_batch, 4, size, size), torch.rand(unet_batch, 4, size, size)
@@ -108,11 +115,20 @@ def build(channels_last: bool, width: float, batch: int, unet_width: float = 0.2
     def d_step() -> None:
         opt_disc.zero_grad()
         real, fake = disc(x_p, m_p), disc(x_i, m_i)
-        (F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))).backward()
+        (
+            F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        ).backward()
         opt_disc.step()
 
-    return {"SSL-GAN step": ssl_gan, "ConvNet step": convnet, "LeNet step (batch 32)": lenet_step, "LeNet inference (256 patches)": lenet_infer,
-            f"paper 001 G step (2 x {unet_batch} at {size} px)": g_step, f"paper 001 D step (2 x {unet_batch} at {size} px)": d_step}
+    return {
+        "SSL-GAN step": ssl_gan,
+        "ConvNet step": convnet,
+        "LeNet step (batch 32)": lenet_step,
+        "LeNet inference (256 patches)": lenet_infer,
+        f"paper 001 G step (2 x {unet_batch} at {size} px)": g_step,
+        f"paper 001 D step (2 x {unet_batch} at {size} px)": d_step,
+    }
 
 
 def timed(step: Callable[[], None], steps: int) -> float:
@@ -130,12 +146,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10, help="timed calls per workload, layout and repeat")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (best kept)")
-    ap.add_argument("--width", type=float, default=0.125, help="conv-large and generator width (the synthetic configs': 0.125)")
-    ap.add_argument("--batch", type=int, default=100, help="labelled (and unlabelled) patches per SSL-GAN / ConvNet step")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the benchmarks' --parallel runs use 1 per process)")
-    ap.add_argument("--unet-width", type=float, default=0.25, help="paper 001's G and D width (benchmarks/collaborative.py's: 0.25)")
+    ap.add_argument(
+        "--width", type=float, default=0.125, help="conv-large and generator width (the synthetic configs': 0.125)"
+    )
+    ap.add_argument(
+        "--batch", type=int, default=100, help="labelled (and unlabelled) patches per SSL-GAN / ConvNet step"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the benchmarks' --parallel runs use 1 per process)"
+    )
+    ap.add_argument(
+        "--unet-width", type=float, default=0.25, help="paper 001's G and D width (benchmarks/collaborative.py's: 0.25)"
+    )
     ap.add_argument("--size", type=int, default=128, help="paper 001's input side (benchmarks/collaborative.py's: 128)")
-    ap.add_argument("--unet-batch", type=int, default=8, help="paper 001's batches: pixel-annotated and graded alike (the benchmark's: 8)")
+    ap.add_argument(
+        "--unet-batch",
+        type=int,
+        default=8,
+        help="paper 001's batches: pixel-annotated and graded alike (the benchmark's: 8)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     was = layout.ENABLED
@@ -151,8 +180,10 @@ def main() -> None:
     finally:
         layout.ENABLED = was
     print(f"machine: {machine()}, {a.threads} thread(s)")
-    print(f"conv-large and generator at width {a.width}, batch {a.batch}; paper 001's G and D at width {a.unet_width}; "
-          f"median of {a.steps} calls, best of {a.repeats} interleaved repeats\n")
+    print(
+        f"conv-large and generator at width {a.width}, batch {a.batch}; paper 001's G and D at width {a.unet_width}; "
+        f"median of {a.steps} calls, best of {a.repeats} interleaved repeats\n"
+    )
     print("| workload | NCHW | channels-last | NCHW / channels-last |")
     print("|---|---|---|---|")
     for name in sides[False]:

@@ -127,14 +127,19 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     n_seg = sum(r.has_lesion_masks for r in records)
-    print(f"data: {len(records)} synthetic IDRiD-layout JPEGs of {w}x{h} ({n_seg} with 5 mask TIFFs each), "
-          f"grid 8x8 of 128 px at 1024 -> 32 px ({n} patches)")
+    print(
+        f"data: {len(records)} synthetic IDRiD-layout JPEGs of {w}x{h} ({n_seg} with 5 mask TIFFs each), "
+        f"grid 8x8 of 128 px at 1024 -> 32 px ({n} patches)"
+    )
     print()
     print("| epoch over all patches | seconds | patches/s | ratio |")
     print("|---|---|---|---|")
     print(f"| decoding each image | {t_decode:.2f} | {n / t_decode:,.0f} | 1.0x |")
     print(f"| cached (sequential) | {t_cached:.3f} | {n / t_cached:,.0f} | {t_decode / t_cached:.0f}x faster |")
-    print(f"| cached (shuffled) | {t_cached_shuf:.3f} | {n / t_cached_shuf:,.0f} | {t_decode / t_cached_shuf:.0f}x faster |")
+    print(
+        f"| cached (shuffled) | {t_cached_shuf:.3f} | {n / t_cached_shuf:,.0f} | {t_decode / t_cached_shuf:.0f}x "
+        "faster |"
+    )
     print()
     print("| per source image (one core unless noted) | ms |")
     print("|---|---|")

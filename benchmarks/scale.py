@@ -61,7 +61,9 @@ def _tree_memory(root: int) -> tuple[int, int]:
         pid = todo.pop()
         todo += kids.get(pid, [])
         try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+            fields = dict(
+                line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+            )
         except OSError:
             continue
         kb = {k: int(fields[k].split()[0]) for k in ("RssAnon", "VmRSS") if k in fields}
@@ -74,7 +76,9 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd``; return wall seconds, peak anonymous and total MB of its process tree, and the last
     stdout line parsed as JSON when it is JSON."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     peak = [0, 0]
     done = threading.Event()
 
@@ -154,8 +158,26 @@ def prepare(work: Path, n_max: int, predict_sizes: list[int]) -> Path:
     data = work / "data"
     if not (data / ".complete").is_file() or int((data / ".complete").read_text()) < n_max:
         t = time.perf_counter()
-        subprocess.run([*py, "synth", "eyepacs", "--out", str(data), "--num-images", str(n_max), "--size", "192x128",
-                        "--seed", "7", "--workers", str(os.cpu_count()), "--overwrite"], check=True, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                *py,
+                "synth",
+                "eyepacs",
+                "--out",
+                str(data),
+                "--num-images",
+                str(n_max),
+                "--size",
+                "192x128",
+                "--seed",
+                "7",
+                "--workers",
+                str(os.cpu_count()),
+                "--overwrite",
+            ],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
         (data / ".complete").write_text(str(n_max))
         print(f"wrote {n_max} synthetic EyePACS-layout photographs of 192x128 in {time.perf_counter() - t:.0f} s")
     files = sorted((data / "train").glob("*.jpeg")) + sorted((data / "test").glob("*.jpeg"))
@@ -170,11 +192,43 @@ def prepare(work: Path, n_max: int, predict_sizes: list[int]) -> Path:
     ckpt = work / "convnet.ckpt"
     if not ckpt.is_file():
         # a checkpoint to predict with: one epoch on a small synthetic IDRiD set (the weights do not matter here)
-        subprocess.run([*py, "synth", "idrid", "--out", str(work / "idrid"), "--num-images", "30", "--size", "192x128",
-                        "--workers", "1", "--overwrite"], check=True, stderr=subprocess.DEVNULL)
-        subprocess.run([*py, "fit", "--config", str(CONFIG), "--data.root", str(work / "idrid"), "--trainer.max_epochs", "1",
-                        "--trainer.default_root_dir", str(work / "fit"), "--trainer.logger", "false"],
-                       check=True, capture_output=True, env={**os.environ, "RETINALAB_CACHE": str(work / "cache")})
+        subprocess.run(
+            [
+                *py,
+                "synth",
+                "idrid",
+                "--out",
+                str(work / "idrid"),
+                "--num-images",
+                "30",
+                "--size",
+                "192x128",
+                "--workers",
+                "1",
+                "--overwrite",
+            ],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            [
+                *py,
+                "fit",
+                "--config",
+                str(CONFIG),
+                "--data.root",
+                str(work / "idrid"),
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.default_root_dir",
+                str(work / "fit"),
+                "--trainer.logger",
+                "false",
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "RETINALAB_CACHE": str(work / "cache")},
+        )
         found = sorted((work / "fit").rglob("*.ckpt"))
         os.replace(found[-1], ckpt)
     return ckpt
@@ -200,41 +254,79 @@ def main() -> None:
     t0 = time.perf_counter()
     ckpt = prepare(a.work, sizes[-1], predict_sizes)
     print(f"machine: {machine()}")
-    print(f"data: synthetic EyePACS-layout JPEGs of 192x128; cache: {IMAGE_SIZE} px, 4x4 grid of {PATCH} px patches, 64 px thumbnails")
+    print(
+        f"data: synthetic EyePACS-layout JPEGs of 192x128; cache: {IMAGE_SIZE} px, 4x4 grid of {PATCH} px patches, 64 "
+        "px thumbnails"
+    )
     me = [sys.executable, str(Path(__file__).resolve()), "--work", str(a.work)]
     rows = []
     for n in sizes:
         # a fresh cache folder for every run: a build that finds its cache would measure nothing
         for old in (a.work / "cache").glob(f"eyepacs{n}-*"):
             subprocess.run(["rm", "-rf", str(old)], check=True)
-        for st, label in (("build", "cache build (all cores)"), ("epoch", "cached epoch (2 workers)"), ("images", "image epoch (2 workers)")):
+        for st, label in (
+            ("build", "cache build (all cores)"),
+            ("epoch", "cached epoch (2 workers)"),
+            ("images", "image epoch (2 workers)"),
+        ):
             r = measured([*me, "--stage", st, "--n", str(n)])
             rows.append((label, n, r))
-            print(f"  {label:26s} {n:>6} images: {r['stage_seconds']:7.1f} s, peak anon {r['anon_mb']:6.0f} MB, rss {r['rss_mb']:6.0f} MB", flush=True)
+            print(
+                f"  {label:26s} {n:>6} images: {r['stage_seconds']:7.1f} s, peak anon {r['anon_mb']:6.0f} MB, rss "
+                f"{r['rss_mb']:6.0f} MB",
+                flush=True,
+            )
     for n in predict_sizes:
         out = a.work / f"pred-{n}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        cmd = [sys.executable, "-m", "retinalab", "predict", "--config", str(CONFIG), "--ckpt_path", str(ckpt),
-               "--data.predict_folder", str(a.work / f"predict-{n}"), "--data.num_workers", "2",
-               "--trainer.logger", "false", "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "retinalab",
+            "predict",
+            "--config",
+            str(CONFIG),
+            "--ckpt_path",
+            str(ckpt),
+            "--data.predict_folder",
+            str(a.work / f"predict-{n}"),
+            "--data.num_workers",
+            "2",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
         r = measured(cmd, {"RETINALAB_CACHE": str(a.work / "cache")})
         written = sum(1 for _ in open(out / "predictions" / "scores.csv")) - 1
         if written != n:
             raise SystemExit(f"predict wrote {written} rows for {n} images")
         r["stage_seconds"] = json.loads((out / "predictions" / "summary.json").read_text())["seconds"]
         rows.append(("retinalab predict (folder)", n, r))
-        print(f"  {'retinalab predict':26s} {n:>6} images: {r['stage_seconds']:7.1f} s, peak anon {r['anon_mb']:6.0f} MB, rss {r['rss_mb']:6.0f} MB", flush=True)
+        print(
+            f"  {'retinalab predict':26s} {n:>6} images: {r['stage_seconds']:7.1f} s, peak anon {r['anon_mb']:6.0f} "
+            f"MB, rss {r['rss_mb']:6.0f} MB",
+            flush=True,
+        )
 
     print("\n| stage | images | stage s | ms / image | process wall s | peak anon MB | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for label, n, r in rows:
-        print(f"| {label} | {n:,} | {r['stage_seconds']:.1f} | {1000 * r['stage_seconds'] / n:.2f} | {r['seconds']:.1f} | {r['anon_mb']:.0f} | {r['rss_mb']:.0f} |")
+        print(
+            f"| {label} | {n:,} | {r['stage_seconds']:.1f} | {1000 * r['stage_seconds'] / n:.2f} | {r['seconds']:.1f} "
+            f"| {r['anon_mb']:.0f} | {r['rss_mb']:.0f} |"
+        )
     print("\nstage s: the stage itself; process wall s adds starting Python, importing torch and starting workers.\n")
     for label in dict.fromkeys(lab for lab, _, _ in rows):
         rs = [(n, r) for lab, n, r in rows if lab == label]
         (n0, r0), (n1, r1) = rs[0], rs[-1]
-        print(f"{label}: {n1 / n0:.0f}x the images -> {r1['stage_seconds'] / r0['stage_seconds']:.1f}x the time, "
-              f"{r1['anon_mb'] / r0['anon_mb']:.2f}x the peak anonymous memory, {r1['rss_mb'] / r0['rss_mb']:.2f}x the peak RSS")
+        print(
+            f"{label}: {n1 / n0:.0f}x the images -> {r1['stage_seconds'] / r0['stage_seconds']:.1f}x the time, "
+            f"{r1['anon_mb'] / r0['anon_mb']:.2f}x the peak anonymous memory, {r1['rss_mb'] / r0['rss_mb']:.2f}x the "
+            "peak RSS"
+        )
     print(f"\n{time.perf_counter() - t0:.0f} s in all (including the synthetic data when not already under --work)")
 
 

@@ -77,8 +77,11 @@ def tag(method: str, s: dict, seed: int) -> str:
 def run(method: str, s: dict, seed: int, root: Path, work: Path, a: argparse.Namespace) -> dict:
     extra = [f"--model.width={s['width']}"]
     if method == "SSL-GAN":
-        extra += [f"--model.gen_width={s['width']}", f"--model.unsup_weight={s['unsup_weight']}",
-                  f"--model.lr_decay_start={max(1, int(s['epochs'] * 2 / 3))}"]
+        extra += [
+            f"--model.gen_width={s['width']}",
+            f"--model.unsup_weight={s['unsup_weight']}",
+            f"--model.lr_decay_start={max(1, int(s['epochs'] * 2 / 3))}",
+        ]
         config = "conf/ssl_gan/synthetic.yaml"
     else:  # as many optimiser steps as the SSL-GAN's discriminator (an epoch = one pass over the unlabelled pool)
         extra += ["--data.batches_per_epoch=unlabeled"]
@@ -95,15 +98,28 @@ def reuse(src: Path, work: Path, seeds: list[int], done: dict, results: Path) ->
     arms = {"SSL-GAN": "SSL-GAN", "ConvNet, equal steps": "ConvNet"}
     for line in read_jsonl(src / "results.jsonl"):
         method = arms.get(line.get("arm"))
-        if (method is None or line.get("data") != "idrid-scarce-1" or line.get("labels") != LABELS or line.get("epochs") != base["epochs"]
-                or line.get("width") is not None or line.get("seed") not in seeds):
+        if (
+            method is None
+            or line.get("data") != "idrid-scarce-1"
+            or line.get("labels") != LABELS
+            or line.get("epochs") != base["epochs"]
+            or line.get("width") is not None
+            or line.get("seed") not in seeds
+        ):
             continue
         name = tag(method, base, line["seed"])
         if name in done:
             continue
         (work / "predictions").mkdir(exist_ok=True)
         shutil.copyfile(src / line["predictions"], work / "predictions" / f"{name}.npz")
-        new = {**line, "predictions": f"predictions/{name}.npz", "method": method, "setting": base, "tag": name, "reused_from": str(src)}
+        new = {
+            **line,
+            "predictions": f"predictions/{name}.npz",
+            "method": method,
+            "setting": base,
+            "tag": name,
+            "reused_from": str(src),
+        }
         append_jsonl(results, new)
         done[name] = new
         print(f"{name}: reused from {src}", flush=True)
@@ -119,10 +135,16 @@ def paired(gan: list[dict], conv: list[dict], work: Path) -> tuple[float, float,
 def table(done: dict, seeds: list[int], work: Path) -> None:
     """The factor table and which factor moves the gap, from the finished runs in ``done``; a setting
     with a run missing (``--report`` while the benchmark runs, or a run stopped early) says so."""
-    print(f"\nscarce preset, {LABELS} labelled photographs, seeds {seeds}; best-on-validation checkpoints; mean over seeds; "
-          "gap = SSL-GAN - ConvNet image AUROC on the same test photographs [95% paired bootstrap interval]; "
-          "diagnostics at the end of training\n")
-    print("| factor | setting | steps | SSL-GAN image / patch AUROC | ConvNet image / patch AUROC | gap [95%] | D accuracy | p(fake) real / generated | loss_g |")
+    print(
+        f"\nscarce preset, {LABELS} labelled photographs, seeds {seeds}; best-on-validation checkpoints; mean over "
+        "seeds; "
+        "gap = SSL-GAN - ConvNet image AUROC on the same test photographs [95% paired bootstrap interval]; "
+        "diagnostics at the end of training\n"
+    )
+    print(
+        "| factor | setting | steps | SSL-GAN image / patch AUROC | ConvNet image / patch AUROC | gap [95%] | D "
+        "accuracy | p(fake) real / generated | loss_g |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     gaps: dict[str, dict] = {}
 
@@ -137,33 +159,65 @@ def table(done: dict, seeds: list[int], work: Path) -> None:
             s = {**BASE, factor: v}
             names = [tag(method, s, seed) for seed in seeds for method in ("SSL-GAN", "ConvNet")]
             if any(n not in done for n in names):
-                print(f"| {factor} | {v:g} | not run: {sum(n in done for n in names)} of {len(names)} fits finished |||||||")
+                print(
+                    f"| {factor} | {v:g} | not run: {sum(n in done for n in names)} of {len(names)} fits finished "
+                    "|||||||"
+                )
                 continue
             gan = [done[tag("SSL-GAN", s, seed)] for seed in seeds]
             conv = [done[tag("ConvNet", s, seed)] for seed in seeds]
             gap, low, high = paired(gan, conv, work)
             gaps.setdefault(factor, {})[v] = gap
-            print(f"| {factor} | {v:g} | {gan[0]['steps']} | {m(gan, 'image_auroc'):.3f} / {m(gan, 'patch_auroc'):.3f} | "
-                  f"{m(conv, 'image_auroc'):.3f} / {m(conv, 'patch_auroc'):.3f} | {gap:+.3f} [{low:+.2f}, {high:+.2f}] | "
-                  f"{dg(gan, 'd_accuracy'):.2f} | {dg(gan, 'p_fake_real'):.2f} / {dg(gan, 'p_fake_generated'):.2f} | {dg(gan, 'loss_g'):.2f} |")
+            print(
+                f"| {factor} | {v:g} | {gan[0]['steps']} | {m(gan, 'image_auroc'):.3f} / {m(gan, 'patch_auroc'):.3f} | "
+                f"{m(conv, 'image_auroc'):.3f} / {m(conv, 'patch_auroc'):.3f} | {gap:+.3f} [{low:+.2f}, {high:+.2f}] | "
+                f"{dg(gan, 'd_accuracy'):.2f} | {dg(gan, 'p_fake_real'):.2f} / {dg(gan, 'p_fake_generated'):.2f} | "
+                f"{dg(gan, 'loss_g'):.2f} |"
+            )
     print("\nWhich factor moves the gap (largest minus smallest gap over its finished settings):")
     for factor, by in sorted(gaps.items(), key=lambda kv: -(max(kv[1].values()) - min(kv[1].values()))):
         best = max(by, key=by.get)
         missing = [v for v in FACTORS[factor] if v not in by]
-        print(f"- {factor}: {max(by.values()) - min(by.values()):.3f} (gap from {min(by.values()):+.3f} to {max(by.values()):+.3f}; "
-              f"smallest deficit at {factor} = {best:g})" + (f"; not run: {', '.join(f'{v:g}' for v in missing)}" if missing else ""))
+        print(
+            f"- {factor}: {max(by.values()) - min(by.values()):.3f} (gap from {min(by.values()):+.3f} to "
+            f"{max(by.values()):+.3f}; "
+            f"smallest deficit at {factor} = {best:g})"
+            + (f"; not run: {', '.join(f'{v:g}' for v in missing)}" if missing else "")
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--images", type=int, default=541, help="photographs drawn (as benchmarks/label_efficiency.py)")
-    ap.add_argument("--work", help="keep data, runs and results here (default: a temporary folder); reruns skip finished runs")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="one CPU or one GPU per fit (default: the configs' accelerator)")
-    ap.add_argument("--parallel", type=int, default=None, metavar="N", help="N fits at a time, each its own process with cores/N threads")
-    ap.add_argument("--reuse", default=None, metavar="DIR", help="a finished label_efficiency.py --work folder: take its base-setting runs and data")
-    ap.add_argument("--report", action="store_true", help="print the table of the runs finished in --work so far, fit nothing")
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # method:tag, one fit in this process (--parallel's children)
+    ap.add_argument(
+        "--work", help="keep data, runs and results here (default: a temporary folder); reruns skip finished runs"
+    )
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="one CPU or one GPU per fit (default: the configs' accelerator)",
+    )
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N fits at a time, each its own process with cores/N threads",
+    )
+    ap.add_argument(
+        "--reuse",
+        default=None,
+        metavar="DIR",
+        help="a finished label_efficiency.py --work folder: take its base-setting runs and data",
+    )
+    ap.add_argument(
+        "--report", action="store_true", help="print the table of the runs finished in --work so far, fit nothing"
+    )
+    ap.add_argument(
+        "--one", default=None, help=argparse.SUPPRESS
+    )  # method:tag, one fit in this process (--parallel's children)
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="retinalab-factors-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -180,7 +234,9 @@ def main() -> None:
     if a.reuse and not root.exists() and (Path(a.reuse) / "idrid-scarce-1").is_dir():
         root.symlink_to((Path(a.reuse) / "idrid-scarce-1").resolve(), target_is_directory=True)
     if not root.exists():
-        write_synthetic("idrid", root, num_images=a.images, seed=1234, size=(768, 510), workers=os.cpu_count() or 1, preset="scarce")
+        write_synthetic(
+            "idrid", root, num_images=a.images, seed=1234, size=(768, 510), workers=os.cpu_count() or 1, preset="scarce"
+        )
     results = work / "results.jsonl"
     done = {d["tag"]: d for d in read_jsonl(results)}
     plan = []
@@ -199,21 +255,45 @@ def main() -> None:
         append_jsonl(results, line)  # one line per finished run, at once
         done[name] = line
         d = line["diagnostics"]
-        diag = (f", D acc {d.get('gan/d_accuracy', float('nan')):.2f}, p(fake) real {d.get('gan/p_fake_real', float('nan')):.2f} "
-                f"generated {d.get('gan/p_fake_generated', float('nan')):.2f}") if method == "SSL-GAN" else ""
-        print(f"[{time.perf_counter() - t0:6.0f}s] {name}: {line['steps']} steps in {line['fit_s']:.0f} s, image AUROC "
-              f"{line['best']['image_auroc']:.3f}, patch AUROC {line['best']['patch_auroc']:.3f}{diag}", flush=True)
+        diag = (
+            (
+                f", D acc {d.get('gan/d_accuracy', float('nan')):.2f}, p(fake) real "
+                f"{d.get('gan/p_fake_real', float('nan')):.2f} "
+                f"generated {d.get('gan/p_fake_generated', float('nan')):.2f}"
+            )
+            if method == "SSL-GAN"
+            else ""
+        )
+        print(
+            f"[{time.perf_counter() - t0:6.0f}s] {name}: {line['steps']} steps in {line['fit_s']:.0f} s, image AUROC "
+            f"{line['best']['image_auroc']:.3f}, patch AUROC {line['best']['patch_auroc']:.3f}{diag}",
+            flush=True,
+        )
 
     todo = [(method, name, s, seed) for method, name, s, seed in plan if name not in done]
     if a.parallel is None:
         for method, name, s, seed in todo:
             record(method, name, run(method, s, seed, root, work, a))
     elif todo:
-        # longest first: the width-0.5 SSL-GAN fits last ~10 min on 2 cores; started last, one would run alone at the end
+        # longest first: the width-0.5 SSL-GAN fits last ~10 min on 2 cores; started last, one would run alone
+        # at the end
         todo.sort(key=lambda t: -(t[2]["width"] ** 2 * t[2]["epochs"] * (3 if t[0] == "SSL-GAN" else 1)))
-        children = {name: [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--images", str(a.images),
-                           "--seeds", *map(str, a.seeds), "--one", f"{method}:{name}"] + (["--device", a.device] if a.device else [])
-                    for method, name, _s, _seed in todo}
+        children = {
+            name: [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--work",
+                str(work),
+                "--images",
+                str(a.images),
+                "--seeds",
+                *map(str, a.seeds),
+                "--one",
+                f"{method}:{name}",
+            ]
+            + (["--device", a.device] if a.device else [])
+            for method, name, _s, _seed in todo
+        }
         methods = {name: method for method, name, _s, _seed in todo}
         run_children(children, work, a.parallel, a.device, lambda name, line: record(methods[name], name, line))
     missing = [name for _m, name, _s, _seed in plan if name not in done]

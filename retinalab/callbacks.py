@@ -53,7 +53,9 @@ class PatchPredictionWriter(BasePredictionWriter):
         alpha: opacity of the heatmap in the overlay.
     """
 
-    def __init__(self, output_dir: str | None = None, overlays: bool = True, blur_sigma: float | None = None, alpha: float = 0.45) -> None:
+    def __init__(
+        self, output_dir: str | None = None, overlays: bool = True, blur_sigma: float | None = None, alpha: float = 0.45
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir, self.overlays, self.blur_sigma, self.alpha = output_dir, overlays, blur_sigma, alpha
         self.dir: Path | None = None
@@ -66,7 +68,11 @@ class PatchPredictionWriter(BasePredictionWriter):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
-        base = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        base = (
+            Path(self.output_dir)
+            if self.output_dir
+            else Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        )
         self.dir = base
         base.mkdir(parents=True, exist_ok=True)
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
@@ -151,11 +157,13 @@ class PatchPredictionWriter(BasePredictionWriter):
         }
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=1))
         msg = (
-            f"predictions: {self.n_written} new image(s) scored, {self.n_skipped} skipped in {summary['seconds']:.1f} s "
+            f"predictions: {self.n_written} new image(s) scored, {self.n_skipped} skipped in {summary['seconds']:.1f} "
+            "s "
             f"-> {self.scores_path}"
         )
         if self.loc:
-            msg += f"; mean localisation AUROC {summary['mean_localisation_auroc']:.3f} over {len(self.loc)} annotated image(s)"
+            auroc = summary["mean_localisation_auroc"]
+            msg += f"; mean localisation AUROC {auroc:.3f} over {len(self.loc)} annotated image(s)"
         print(msg)
 
 
@@ -184,21 +192,41 @@ class LesionMapWriter(BasePredictionWriter):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
-        self.dir = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        self.dir = (
+            Path(self.output_dir)
+            if self.output_dir
+            else Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        )
         self.dir.mkdir(parents=True, exist_ok=True)
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         self.csv_path = self.dir / f"predictions{suffix}.csv"
         self.done = _column(self.csv_path, "image")
         self.n_written = 0
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self,
+        trainer,
+        pl_module,
+        prediction: dict[str, Any],
+        batch_indices,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         from .viz import lesion_overlay
 
         assert self.dir is not None
         lesions = list(pl_module.lesions)
         probs = prediction.get("grade_probs")
         grade_cols = [f"p_grade{k}" for k in range(probs.shape[1])] if probs is not None else []
-        columns = ["image", "predicted_grade", *grade_cols, "p_referable", *[f"max_{les}" for les in lesions], "picture"]
+        columns = [
+            "image",
+            "predicted_grade",
+            *grade_cols,
+            "p_referable",
+            *[f"max_{les}" for les in lesions],
+            "picture",
+        ]
         for i, image_id in enumerate(prediction["image_id"]):
             if image_id in self.done:
                 continue
@@ -211,8 +239,15 @@ class LesionMapWriter(BasePredictionWriter):
             save_png_atomic(np.concatenate(panels, axis=1), self.dir / "maps" / f"{name}.png")
             if self.save_masks:
                 for k, les in enumerate(lesions):
-                    save_png_atomic(np.clip(masks[k] * 255 + 0.5, 0, 255).astype(np.uint8), self.dir / "masks" / f"{name}_{les}.png")
-            row: dict[str, Any] = {"image": image_id, "picture": f"maps/{name}.png", "p_referable": "", "predicted_grade": ""}
+                    save_png_atomic(
+                        np.clip(masks[k] * 255 + 0.5, 0, 255).astype(np.uint8), self.dir / "masks" / f"{name}_{les}.png"
+                    )
+            row: dict[str, Any] = {
+                "image": image_id,
+                "picture": f"maps/{name}.png",
+                "p_referable": "",
+                "predicted_grade": "",
+            }
             if probs is not None:
                 p = probs[i].numpy()
                 row |= {"predicted_grade": int(p.argmax()), "p_referable": f"{float(p[2:].sum()):.6f}"}
@@ -270,13 +305,23 @@ class Compile(pl.Callback):
         modules: attribute names of the networks to compile (default: every child module with parameters).
     """
 
-    def __init__(self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = None, modules: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        backend: str = "inductor",
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        modules: list[str] | None = None,
+    ) -> None:
         self.backend, self.mode, self.dynamic, self.modules = backend, mode, dynamic, modules
         self.compiled: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         children = dict(pl_module.named_children())
-        names = self.modules if self.modules is not None else [n for n, m in children.items() if any(True for _ in m.parameters())]
+        names = (
+            self.modules
+            if self.modules is not None
+            else [n for n, m in children.items() if any(True for _ in m.parameters())]
+        )
         unknown = [n for n in names if n not in children]
         if unknown:
             raise ValueError(f"Compile: {type(pl_module).__name__} has no network {unknown}; it has {sorted(children)}")
@@ -284,7 +329,9 @@ class Compile(pl.Callback):
             if name not in self.compiled:
                 children[name].compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic)
                 self.compiled.append(name)
-        log.info("compiled %s with torch.compile(backend=%r, mode=%r)", ", ".join(self.compiled), self.backend, self.mode)
+        log.info(
+            "compiled %s with torch.compile(backend=%r, mode=%r)", ", ".join(self.compiled), self.backend, self.mode
+        )
 
 
 class RecalibrateBatchNorm(pl.Callback):
@@ -347,7 +394,9 @@ class RecalibrateBatchNorm(pl.Callback):
                 for item in loader:
                     if self.batches is not None and used >= self.batches:
                         break
-                    batch = item[0] if isinstance(item, tuple) else item  # CombinedLoader yields (batch, idx, loader idx)
+                    batch = (
+                        item[0] if isinstance(item, tuple) else item
+                    )  # CombinedLoader yields (batch, idx, loader idx)
                     if batch is None:
                         continue
                     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
@@ -395,8 +444,16 @@ class LatestCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str | None = None, every_n_epochs: int = 1) -> None:
         # saved at the end of every training epoch, also of epochs without validation
         # (check_val_every_n_epoch > 1); the epoch's validation, when it has one, has run by then
-        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, save_last=False,
-                         every_n_epochs=every_n_epochs, enable_version_counter=False, save_on_train_epoch_end=True)
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            save_last=False,
+            every_n_epochs=every_n_epochs,
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,
+        )
         self._trainer: pl.Trainer | None = None
         self._resume_state: dict[str, Any] | None = None
 
@@ -421,20 +478,36 @@ class LatestCheckpoint(ModelCheckpoint):
 
     @property
     def sigterm_path(self) -> Path | None:
-        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}-sigterm{self.FILE_EXTENSION}" if self.dirpath else None
+        return (
+            Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}-sigterm{self.FILE_EXTENSION}" if self.dirpath else None
+        )
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and not trainer.sanity_checking and self.sigterm_path:
+        if (
+            isinstance(exception, SIGTERMException)
+            and trainer.state.fn == "fit"
+            and not trainer.sanity_checking
+            and self.sigterm_path
+        ):
             trainer.save_checkpoint(self.sigterm_path)  # every rank takes part; rank 0 writes
-            log.warning("SIGTERM: the state after %d optimiser steps is in %s; resume with --ckpt_path last", trainer.global_step, self.sigterm_path)
+            log.warning(
+                "SIGTERM: the state after %d optimiser steps is in %s; resume with --ckpt_path last",
+                trainer.global_step,
+                self.sigterm_path,
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         path = self.sigterm_path
-        if trainer.is_global_zero and path is not None and path.is_file() and self._last_global_step_saved == trainer.global_step:
+        if (
+            trainer.is_global_zero
+            and path is not None
+            and path.is_file()
+            and self._last_global_step_saved == trainer.global_step
+        ):
             path.unlink()  # last.ckpt is newer and is at an epoch's end
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -445,9 +518,17 @@ class LatestCheckpoint(ModelCheckpoint):
 
         state, self._resume_state = self._resume_state, None
         if not applies(state, trainer):
-            log.warning("resumed from a checkpoint saved inside epoch %s: the random state is not restored, so the run will differ "
-                        "from an uninterrupted one (end-of-epoch checkpoints such as last.ckpt restore it)", state.get("epoch"))
+            log.warning(
+                "resumed from a checkpoint saved inside epoch %s: the random state is not restored, so the run will "
+                "differ "
+                "from an uninterrupted one (end-of-epoch checkpoints such as last.ckpt restore it)",
+                state.get("epoch"),
+            )
             return
         missed = restore(state, trainer)
         if missed:
-            log.warning("resumed at epoch %d without: %s; the run will differ from an uninterrupted one", trainer.current_epoch, "; ".join(missed))
+            log.warning(
+                "resumed at epoch %d without: %s; the run will differ from an uninterrupted one",
+                trainer.current_epoch,
+                "; ".join(missed),
+            )

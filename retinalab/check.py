@@ -77,8 +77,13 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "dataset": self.dataset, "root": self.root, "ok": self.ok, "images": self.images, "counts": self.counts,
-            "problems": [f.as_dict() for f in self.problems], "warnings": [f.as_dict() for f in self.warnings],
+            "dataset": self.dataset,
+            "root": self.root,
+            "ok": self.ok,
+            "images": self.images,
+            "counts": self.counts,
+            "problems": [f.as_dict() for f in self.problems],
+            "warnings": [f.as_dict() for f in self.warnings],
         }
 
     def text(self, per_kind: int = 3) -> str:
@@ -126,11 +131,19 @@ def _check_one(record: FundusRecord) -> dict[str, Any]:
             continue
         out["positive"][lesion] = bool(mask.any())
         if not mask.any():
-            out["warnings"].append(("mask_empty", str(mask_path), f"{mask_path}: no positive pixel (fine if {record.image_id} has no {lesion})"))
+            out["warnings"].append(
+                (
+                    "mask_empty",
+                    str(mask_path),
+                    f"{mask_path}: no positive pixel (fine if {record.image_id} has no {lesion})",
+                )
+            )
     return out
 
 
-def _capture_reader_errors(dataset: str, root: str | Path, reader_args: dict[str, Any]) -> tuple[list[FundusRecord], list[str]]:
+def _capture_reader_errors(
+    dataset: str, root: str | Path, reader_args: dict[str, Any]
+) -> tuple[list[FundusRecord], list[str]]:
     """Read with ``on_error="skip"``, collecting the messages of the rows that were skipped."""
     messages: list[str] = []
 
@@ -151,8 +164,15 @@ def _capture_reader_errors(dataset: str, root: str | Path, reader_args: dict[str
 
 
 def check_dataset(
-    dataset: str, root: str | Path, reader_args: dict[str, Any] | None = None, out_dir: str | Path | None = None,
-    sample: int = 16, thumb: int = 192, workers: int = 0, seed: int = 0, progress: bool = True,
+    dataset: str,
+    root: str | Path,
+    reader_args: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    sample: int = 16,
+    thumb: int = 192,
+    workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Report:
     """Validate ``dataset`` at ``root`` (see the module docstring); write ``check.json`` and
     ``contact_sheet.png`` to ``out_dir`` when given.
@@ -206,9 +226,18 @@ def _duplicates(records: list[FundusRecord], results: dict[str, dict], report: R
         paths = [str(r.image_path) for r in same]
         splits = {r.split for r in same if r.split}
         if len(splits) > 1:
-            report.problems.append(Finding("duplicate_across_splits", paths[0], f"{len(paths)} identical photographs in splits {sorted(splits)}: {_names(paths)}", paths))
+            report.problems.append(
+                Finding(
+                    "duplicate_across_splits",
+                    paths[0],
+                    f"{len(paths)} identical photographs in splits {sorted(splits)}: {_names(paths)}",
+                    paths,
+                )
+            )
         else:
-            report.warnings.append(Finding("duplicate", paths[0], f"{len(paths)} identical photographs: {_names(paths)}", paths))
+            report.warnings.append(
+                Finding("duplicate", paths[0], f"{len(paths)} identical photographs: {_names(paths)}", paths)
+            )
 
 
 def _patients(records: list[FundusRecord], report: Report) -> None:
@@ -219,7 +248,14 @@ def _patients(records: list[FundusRecord], report: Report) -> None:
     for patient, s in sorted(splits.items()):
         if len(s) > 1:
             ids = [r.image_id for r in records if r.patient_id == patient]
-            report.problems.append(Finding("patient_in_two_splits", "", f"patient {patient!r} has {len(ids)} photographs in splits {sorted(s)}: {_names(ids)}", ids))
+            report.problems.append(
+                Finding(
+                    "patient_in_two_splits",
+                    "",
+                    f"patient {patient!r} has {len(ids)} photographs in splits {sorted(s)}: {_names(ids)}",
+                    ids,
+                )
+            )
 
 
 def _counts(records: list[FundusRecord], results: dict[str, dict]) -> dict[str, Any]:
@@ -234,7 +270,9 @@ def _counts(records: list[FundusRecord], results: dict[str, dict]) -> dict[str, 
     return {"split": dict(sorted(split.items())), "grade": dict(sorted(grade.items())), "lesions": lesions}
 
 
-def contact_sheet(records: list[FundusRecord], results: dict[str, dict], sample: int = 16, thumb: int = 192, seed: int = 0) -> np.ndarray | None:
+def contact_sheet(
+    records: list[FundusRecord], results: dict[str, dict], sample: int = 16, thumb: int = 192, seed: int = 0
+) -> np.ndarray | None:
     """A grid of ``sample`` photographs (those with masks first) with their masks overlaid, each
     ``thumb`` px square and captioned with its id. Shape: ``rows*thumb x cols*thumb x 3``."""
     ok = [r for r in records if not results[r.image_id]["problems"]]
@@ -260,7 +298,9 @@ def contact_sheet(records: list[FundusRecord], results: dict[str, dict], sample:
         if present:
             tile = lesion_overlay(tile, np.stack([pre.masks[les].astype(np.float32) for les in present]), present, 0.8)
         tile = np.ascontiguousarray(tile)
-        cv2.putText(tile, r.image_id[-24:], (3, thumb - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            tile, r.image_id[-24:], (3, thumb - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA
+        )
         y, x = divmod(k, cols)
         sheet[y * thumb : (y + 1) * thumb, x * thumb : (x + 1) * thumb] = tile
     return sheet

@@ -65,16 +65,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
     if p.stat().st_size == 0:
-        raise CheckpointError(f"{p}: the checkpoint is empty (0 bytes): a write that was interrupted? Use the previous checkpoint")
+        raise CheckpointError(
+            f"{p}: the checkpoint is empty (0 bytes): a write that was interrupted? Use the previous checkpoint"
+        )
     try:
         try:
             ckpt = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # objects beyond tensors in hyper_parameters: trusted local file
             ckpt = torch.load(p, map_location="cpu", weights_only=False)
     # bytes that are not a checkpoint fail in torch's unpickler with whatever its stack machine meets
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, pickle.UnpicklingError, IndexError, KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "truncated by a kill during the write, or not a .ckpt file?") from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        pickle.UnpicklingError,
+        IndexError,
+        KeyError,
+        ValueError,
+        TypeError,
+    ) as e:
+        raise CheckpointError(
+            f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "truncated by a kill during the write, or not a .ckpt file?"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p}: no 'state_dict' in this file: not a Lightning checkpoint")
     return ckpt
@@ -84,7 +98,11 @@ def shape_mismatches(weights: dict[str, Any], module: torch.nn.Module) -> tuple[
     """The weights of ``weights`` whose shape differs from ``module``'s (name, in the file, here), and
     the first three as a sentence."""
     ours = module.state_dict()
-    shapes = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in weights.items() if k in ours and hasattr(v, "shape") and v.shape != ours[k].shape]
+    shapes = [
+        (k, tuple(v.shape), tuple(ours[k].shape))
+        for k, v in weights.items()
+        if k in ours and hasattr(v, "shape") and v.shape != ours[k].shape
+    ]
     return shapes, "; ".join(f"{k}: {a} in the file, {b} here" for k, a, b in shapes[:3])
 
 
@@ -105,14 +123,22 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, ckpt: dict[str, A
     task = type(model).__name__
     if missing and len(missing) + len(unexpected) > 0.5 * max(len(ours), 1):
         prefixes = sorted({k.split(".")[0] for k in theirs})
-        raise CheckpointError(f"{path}: a checkpoint of another task: its weights ({', '.join(prefixes)}) are not those of "
-                              f"{task} ({', '.join(sorted({k.split('.')[0] for k in ours}))})")
+        raise CheckpointError(
+            f"{path}: a checkpoint of another task: its weights ({', '.join(prefixes)}) are not those of "
+            f"{task} ({', '.join(sorted({k.split('.')[0] for k in ours}))})"
+        )
     shapes, listed = shape_mismatches(ckpt["state_dict"], model)
     if shapes:
         hp = ckpt.get("hyper_parameters") or {}
-        hint = {k: hp[k] for k in ("width", "gen_width", "backbone", "num_classes", "generator_width", "discriminator_width") if k in hp}
-        raise CheckpointError(f"{path}: {len(shapes)} weight(s) of another shape than this {task}'s ({listed}); "
-                              f"the checkpoint was trained with {hint or 'other settings'}: pass the same to --model")
+        hint = {
+            k: hp[k]
+            for k in ("width", "gen_width", "backbone", "num_classes", "generator_width", "discriminator_width")
+            if k in hp
+        }
+        raise CheckpointError(
+            f"{path}: {len(shapes)} weight(s) of another shape than this {task}'s ({listed}); "
+            f"the checkpoint was trained with {hint or 'other settings'}: pass the same to --model"
+        )
     if missing or unexpected:
         raise CheckpointError(f"{path}: does not fit this {task}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return ckpt

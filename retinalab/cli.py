@@ -56,8 +56,12 @@ def wandb_run_defaults(config: Any) -> dict[str, Any]:
     labelled = "all" if n is None else f"{n:g}" if isinstance(n, float) else str(n)
     seed = _get(config, "seed_everything")
     name = f"{group}-n{labelled}-s{seed}"
-    return {"project": WANDB_PROJECT, "name": name, "group": group,
-            "tags": [method, str(dataset), f"labelled_{labelled}", f"seed_{seed}"]}
+    return {
+        "project": WANDB_PROJECT,
+        "name": name,
+        "group": group,
+        "tags": [method, str(dataset), f"labelled_{labelled}", f"seed_{seed}"],
+    }
 
 
 def _fill_wandb_defaults(config: Any) -> None:
@@ -120,8 +124,10 @@ def cli(argv: Sequence[str], run: bool = True):
             try:
                 super()._parse_ckpt_path()
             except (SystemExit, Exception) as e:  # jsonargparse reports a misfit by exiting or raising
-                raise CheckpointError(f"{path}: its hyper-parameters do not fit this config's model "
-                                      f"({str(e).splitlines()[0][:300] if str(e) else type(e).__name__}): a checkpoint of another task?") from None
+                raise CheckpointError(
+                    f"{path}: its hyper-parameters do not fit this config's model "
+                    f"({str(e).splitlines()[0][:300] if str(e) else type(e).__name__}): a checkpoint of another task?"
+                ) from None
 
         def _check_ckpt(self) -> None:
             # a wrong --ckpt_path is named with what is wrong before Lightning loads it ("last" and
@@ -207,12 +213,16 @@ def point_to_check_data(e: BaseException, datamodule: Any) -> None:
     found = user_error(e)
     if not isinstance(found, DataFormatError) or found.check_data is not None:
         return
-    pairs = [(getattr(datamodule, a, None), getattr(datamodule, b, None))
-             for a, b in (("dataset", "root"), ("image_level_dataset", "image_level_root"))]
+    pairs = [
+        (getattr(datamodule, a, None), getattr(datamodule, b, None))
+        for a, b in (("dataset", "root"), ("image_level_dataset", "image_level_root"))
+    ]
     pairs = [(d, str(r)) for d, r in pairs if d and r and Path(r).expanduser().is_dir()]
     if pairs:
         text = str(found)
-        found.check_data = next((p for p in pairs if str(Path(p[1]).expanduser().resolve()) in text or p[1] in text), pairs[0])
+        found.check_data = next(
+            (p for p in pairs if str(Path(p[1]).expanduser().resolve()) in text or p[1] in text), pairs[0]
+        )
 
 
 def finish_wandb(trainer: Any, exit_code: int | None = None, preempted: bool = False) -> None:

@@ -27,12 +27,15 @@ from .utils.errors import (
 
 EXTRA_COMMANDS = {
     "synth": "write a synthetic dataset in the layout of idrid, eophtha, eyepacs, messidor or the generic folder",
-    "active": "EGL active learning of exudate patches (paper 002): retinalab active --config conf/active/eophtha_egl.yaml",
+    "active": "EGL active learning of exudate patches (paper 002): retinalab active --config "
+    "conf/active/eophtha_egl.yaml",
     "check-data": "validate a dataset without training: retinalab check-data --dataset folder --root DIR",
     "study": "methods x labelled-image counts x seeds: retinalab study --config conf/studies/<name>.yaml",
     "sweep": "run a W&B sweep file locally (grid / random): retinalab sweep conf/sweeps/<name>.yaml --count N",
-    "label": "label an active-learning run's queries in the browser, or through Label Studio files: retinalab label --run DIR",
-    "weights": "fetch pretrained backbone weights into the Hugging Face cache, or list it: retinalab weights fetch --config X.yaml",
+    "label": "label an active-learning run's queries in the browser, or through Label Studio files: retinalab label "
+    "--run DIR",
+    "weights": "fetch pretrained backbone weights into the Hugging Face cache, or list it: retinalab weights fetch "
+    "--config X.yaml",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -71,21 +74,38 @@ def synth_main(argv: Sequence[str]) -> int:
     p.add_argument("--num-images", type=int, default=60, help="number of photographs (default 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default 0)")
     p.add_argument("--size", type=parse_size, default=(1024, 680), help="WxH of each photograph (default 1024x680)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="classic",
-                   help="generator settings: classic (default; lesions only in the central 0.88 of the field of view, "
-                        "so position and brightness hint at them), benchmark (no such shortcut, lesion opacity calibrated "
-                        "on the supervised ceiling: for comparing methods), collaborative (benchmark in IDRiD's proportions, "
-                        "pixel-annotated photographs of the graded ones' grade mix: paper 001's benchmark), scarce (benchmark "
-                        "with several looks per lesion type, look-alikes that are not lesions and varied backgrounds: "
-                        "the regime where 10 labelled photographs are scarce), easy (large, high-contrast lesions: "
-                        "learning tests); see docs/synthetic.md")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="classic",
+        help="generator settings: classic (default; lesions only in the central 0.88 of the field of view, "
+        "so position and brightness hint at them), benchmark (no such shortcut, lesion opacity calibrated "
+        "on the supervised ceiling: for comparing methods), collaborative (benchmark in IDRiD's proportions, "
+        "pixel-annotated photographs of the graded ones' grade mix: paper 001's benchmark), scarce (benchmark "
+        "with several looks per lesion type, look-alikes that are not lesions and varied backgrounds: "
+        "the regime where 10 labelled photographs are scarce), easy (large, high-contrast lesions: "
+        "learning tests); see docs/synthetic.md",
+    )
     p.add_argument("--lesion-scale", type=float, default=1.0, help="multiplies the preset's lesion sizes (default 1)")
-    p.add_argument("--lesion-contrast", type=float, default=1.0, help="multiplies the preset's lesion opacity (default 1)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (output does not depend on it)")
+    p.add_argument(
+        "--lesion-contrast", type=float, default=1.0, help="multiplies the preset's lesion opacity (default 1)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (output does not depend on it)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     a = p.parse_args(list(argv))
     out = write_synthetic(
-        a.dataset, a.out, a.num_images, a.seed, a.size, a.lesion_scale, a.lesion_contrast, a.workers, a.overwrite, a.preset
+        a.dataset,
+        a.out,
+        a.num_images,
+        a.seed,
+        a.size,
+        a.lesion_scale,
+        a.lesion_contrast,
+        a.workers,
+        a.overwrite,
+        a.preset,
     )
     print(f"wrote a synthetic {a.dataset} dataset of {a.num_images} images ({a.preset} preset) to {out}")
     return 0
@@ -120,19 +140,42 @@ def study_main(argv: Sequence[str]) -> int:
 
     p = ArgumentParser(prog="retinalab study", description=EXTRA_COMMANDS["study"])
     p.add_argument("--config", required=True, help="study config (conf/studies/*.yaml)")
-    p.add_argument("--cell", type=int, default=None, help="run only cell I (0-based; for SLURM arrays: $SLURM_ARRAY_TASK_ID)")
+    p.add_argument(
+        "--cell", type=int, default=None, help="run only cell I (0-based; for SLURM arrays: $SLURM_ARRAY_TASK_ID)"
+    )
     p.add_argument("--list", action="store_true", help="print the cells and exit")
-    p.add_argument("--collect", action="store_true", help="only aggregate finished cells into results.csv / results.md / plots")
+    p.add_argument(
+        "--collect", action="store_true", help="only aggregate finished cells into results.csv / results.md / plots"
+    )
     p.add_argument("--rerun-failed", action="store_true", help="run failed cells again (they are skipped by default)")
-    p.add_argument("--write-sweep", metavar="PATH", default=None, help="write a W&B sweep file whose runs are the cells, and exit")
-    p.add_argument("--parallel", type=int, default=None, metavar="N",
-                   help="run N cells at a time per visible GPU (on the CPU: N in all) as separate processes, each with "
-                        "its share of the CPU threads; default: one at a time in this process")
-    p.add_argument("--devices", default=None, help="with --parallel: cpu, cuda, auto (default: every visible GPU, else the CPU) "
-                                                   "or GPU indices such as 0,1")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=os.environ.get("RETINALAB_DEVICE") or None,
-                   help="run the cell(s) on one CPU or one GPU (set by --parallel for its processes)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for this process (default: $RETINALAB_THREADS, else torch's)")
+    p.add_argument(
+        "--write-sweep", metavar="PATH", default=None, help="write a W&B sweep file whose runs are the cells, and exit"
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N cells at a time per visible GPU (on the CPU: N in all) as separate processes, each with "
+        "its share of the CPU threads; default: one at a time in this process",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="with --parallel: cpu, cuda, auto (default: every visible GPU, else the CPU) or GPU indices such as 0,1",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=os.environ.get("RETINALAB_DEVICE") or None,
+        help="run the cell(s) on one CPU or one GPU (set by --parallel for its processes)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for this process (default: $RETINALAB_THREADS, else torch's)",
+    )
     p.add_argument("--no-collect", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(list(argv))
     study = Study.load(a.config)
@@ -154,13 +197,22 @@ def study_main(argv: Sequence[str]) -> int:
         if a.parallel is not None:
             stats = run_study_parallel(study, a.parallel, a.devices, a.rerun_failed)
         else:
-            stats = run_study(study, a.cell, a.rerun_failed, collect_after=not a.no_collect, device=a.device, threads=threads)
-        print(f"[study {study.name}] {stats['done']} cell(s) run, {stats['failed']} failed, {stats['skipped']} already done or failed")
+            stats = run_study(
+                study, a.cell, a.rerun_failed, collect_after=not a.no_collect, device=a.device, threads=threads
+            )
+        print(
+            f"[study {study.name}] {stats['done']} cell(s) run, {stats['failed']} failed, {stats['skipped']} already "
+            "done or failed"
+        )
         if a.no_collect:
             return 1 if stats["failed"] else 0
     res = collect(study)
-    print(f"[study {study.name}] {len(res['rows'])}/{len(study.cells())} cells finished -> {study.out_dir / 'results.md'}")
-    if a.cell is None and logs_to_wandb(study) and res["rows"]:  # the whole study (or --collect): its table and curves in W&B
+    print(
+        f"[study {study.name}] {len(res['rows'])}/{len(study.cells())} cells finished -> {study.out_dir / 'results.md'}"
+    )
+    if (
+        a.cell is None and logs_to_wandb(study) and res["rows"]
+    ):  # the whole study (or --collect): its table and curves in W&B
         run_dir = log_summary_to_wandb(study)
         print(f"[study {study.name}] W&B summary run (results table, curves against the labelled count): {run_dir}")
     return 1 if res["failed"] else 0
@@ -177,8 +229,12 @@ def check_data_main(argv: Sequence[str]) -> int:
     p = ArgumentParser(prog="retinalab check-data", description=EXTRA_COMMANDS["check-data"])
     p.add_argument("--dataset", required=True, choices=READERS.names(), help="layout to read (a registered reader)")
     p.add_argument("--root", required=True, help="dataset folder")
-    p.add_argument("--reader-args", default="{}", help='reader arguments as JSON, e.g. \'{"subsets": ["segmentation"]}\'')
-    p.add_argument("--out", default=None, help="where check.json and contact_sheet.png go (default check-data/<dataset>)")
+    p.add_argument(
+        "--reader-args", default="{}", help='reader arguments as JSON, e.g. \'{"subsets": ["segmentation"]}\''
+    )
+    p.add_argument(
+        "--out", default=None, help="where check.json and contact_sheet.png go (default check-data/<dataset>)"
+    )
     p.add_argument("--sample", type=int, default=16, help="photographs on the contact sheet (default 16)")
     p.add_argument("--thumb", type=int, default=192, help="side of each contact-sheet tile in px (default 192)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel decoding processes")
@@ -186,7 +242,9 @@ def check_data_main(argv: Sequence[str]) -> int:
     try:
         reader_args = json.loads(a.reader_args)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--reader-args is not JSON ({e}); write it like '{{\"subsets\": [\"segmentation\"]}}'") from None
+        raise ConfigError(
+            f'--reader-args is not JSON ({e}); write it like \'{{"subsets": ["segmentation"]}}\''
+        ) from None
     if not isinstance(reader_args, dict):
         raise ConfigError(f"--reader-args must be a JSON object of the reader's options, not {a.reader_args!r}")
     check_reader_args(a.dataset, reader_args, "--reader-args")
@@ -243,14 +301,35 @@ def label_main(argv: Sequence[str]) -> int:
     or its Label Studio files (:mod:`retinalab.active.label_studio`)."""
     p = ArgumentParser(prog="retinalab label", description=EXTRA_COMMANDS["label"])
     p.add_argument("--run", required=True, help="the out_dir of a `retinalab active` run with oracle: human")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only; any other needs the token printed in the URL)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (default 127.0.0.1: this machine only; any other needs the token printed in the URL)",
+    )
     p.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
     p.add_argument("--open", action="store_true", help="open the page in this machine's browser")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--export-ls", nargs="?", const="", metavar="FILE", help="write the waiting round as Label Studio tasks (default: queries/round_NNN/label_studio/tasks.json) and exit")
-    g.add_argument("--import-ls", metavar="FILE", help="journal the labels of a Label Studio JSON export for the waiting round and exit")
-    p.add_argument("--ls-document-root", help="--export-ls: the folder Label Studio serves local files from (default: the run's queries folder)")
-    p.add_argument("--ls-url-prefix", help="--export-ls: reference the pictures as URLs under this prefix instead of Label Studio local files")
+    g.add_argument(
+        "--export-ls",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="write the waiting round as Label Studio tasks (default: queries/round_NNN/label_studio/tasks.json) and "
+        "exit",
+    )
+    g.add_argument(
+        "--import-ls",
+        metavar="FILE",
+        help="journal the labels of a Label Studio JSON export for the waiting round and exit",
+    )
+    p.add_argument(
+        "--ls-document-root",
+        help="--export-ls: the folder Label Studio serves local files from (default: the run's queries folder)",
+    )
+    p.add_argument(
+        "--ls-url-prefix",
+        help="--export-ls: reference the pictures as URLs under this prefix instead of Label Studio local files",
+    )
     a = p.parse_args(list(argv))
     run = Path(a.run)
     if a.export_ls is not None:
@@ -258,17 +337,31 @@ def label_main(argv: Sequence[str]) -> int:
 
         tasks = export_tasks(run, a.export_ls or None, a.ls_document_root, a.ls_url_prefix)
         root = Path(a.ls_document_root or run / "queries").resolve()  # export_tasks' default document root
-        print(f"{len(json.loads(tasks.read_text()))} Label Studio tasks: {tasks}; labelling interface: {tasks.parent / 'label_config.xml'}")
+        print(
+            f"{len(json.loads(tasks.read_text()))} Label Studio tasks: {tasks}; labelling interface: "
+            f"{tasks.parent / 'label_config.xml'}"
+        )
         if not a.ls_url_prefix:
-            print(f"start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
-                  f"add that folder as local storage, import the tasks; export as JSON and run: retinalab label --run {run} --import-ls FILE")
+            print(
+                "start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, "
+                "add that folder as local storage, import the tasks; export as JSON and run: retinalab label --run "
+                f"{run} --import-ls FILE"
+            )
         return 0
     if a.import_ls:
         from .active.label_studio import import_annotations
 
         got, open_, _ = import_annotations(run, a.import_ls)
-        print(f"{got} labels journalled in {run / 'answers.json'}; {open_} queries of the round still without a label"
-              + ("" if open_ else f"; continue with `retinalab label --run {run}` or `retinalab active --config {run / 'config.yaml'} --resume`"))
+        print(
+            f"{got} labels journalled in {run / 'answers.json'}; {open_} queries of the round still without a label"
+            + (
+                ""
+                if open_
+                else f"; continue with `retinalab label --run {run}` or `retinalab active --config "
+                f"{run / 'config.yaml'} --resume`"
+            )
+        )
         return 0
     from .active.label_server import serve
     from .active.labelling import LabelSession
@@ -279,7 +372,11 @@ def label_main(argv: Sequence[str]) -> int:
         except KeyboardInterrupt:
             pass
         if session.status == "training":
-            print("retinalab label: waiting for the round in training to be saved (Ctrl-C again stops it; it is redone on the next start)", file=sys.stderr)
+            print(
+                "retinalab label: waiting for the round in training to be saved (Ctrl-C again stops it; it is redone "
+                "on the next start)",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -289,9 +386,18 @@ def weights_main(argv: Sequence[str]) -> int:
 
     p = ArgumentParser(prog="retinalab weights", description=EXTRA_COMMANDS["weights"])
     sub = p.add_subparsers(dest="action", required=True)
-    f = sub.add_parser("fetch", help="download the pretrained weights of configs or architectures into the Hugging Face cache")
-    f.add_argument("names", nargs="*", help="architectures (resnet18: its imagenet weights) or arch=hf-hub:<org>/<name>")
-    f.add_argument("--config", action="append", default=[], help="a retinalab fit config whose backbones' weights to fetch (repeatable)")
+    f = sub.add_parser(
+        "fetch", help="download the pretrained weights of configs or architectures into the Hugging Face cache"
+    )
+    f.add_argument(
+        "names", nargs="*", help="architectures (resnet18: its imagenet weights) or arch=hf-hub:<org>/<name>"
+    )
+    f.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="a retinalab fit config whose backbones' weights to fetch (repeatable)",
+    )
     sub.add_parser("list", help="the models in the Hugging Face cache")
     a = p.parse_args(list(argv))
     if a.action == "list":
@@ -307,10 +413,16 @@ def weights_main(argv: Sequence[str]) -> int:
         if a.config:
             print(f"{', '.join(a.config)} needs no pretrained weights (every backbone trains from scratch)")
             return 0
-        raise ConfigError("retinalab weights fetch: name a --config or an architecture (resnet18, resnet50=hf-hub:timm/resnet50.tv_in1k)")
+        raise ConfigError(
+            "retinalab weights fetch: name a --config or an architecture (resnet18, "
+            "resnet50=hf-hub:timm/resnet50.tv_in1k)"
+        )
     for source, folder in zip(dict.fromkeys(sources), fetch(sources), strict=True):
         print(f"{source.arch}: {source.location} -> {folder}")
-    print(f"cache: {cache_dir()} (set HF_HOME to the same folder on the compute nodes; HF_HUB_OFFLINE=1 reads it without a network)")
+    print(
+        f"cache: {cache_dir()} (set HF_HOME to the same folder on the compute nodes; HF_HUB_OFFLINE=1 reads it without "
+        "a network)"
+    )
     return 0
 
 
@@ -352,8 +464,10 @@ def _command(argv: list[str]) -> int:
         from .utils.errors import suggest
 
         known = (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS)
-        raise ConfigError(f"unknown command {argv[0]!r}; the commands are {', '.join(known)}.{suggest(argv[0], known, prefix='')} "
-                          "Run `retinalab --help`")
+        raise ConfigError(
+            f"unknown command {argv[0]!r}; the commands are {', '.join(known)}.{suggest(argv[0], known, prefix='')} "
+            "Run `retinalab --help`"
+        )
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:

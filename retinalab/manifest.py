@@ -16,8 +16,19 @@ import pytorch_lightning as pl
 
 from .utils.io import write_json_atomic
 
-PACKAGES = ("retinalab", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "timm", "segmentation-models-pytorch",
-            "albumentations", "numpy", "wandb", "jsonargparse")
+PACKAGES = (
+    "retinalab",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "torchmetrics",
+    "timm",
+    "segmentation-models-pytorch",
+    "albumentations",
+    "numpy",
+    "wandb",
+    "jsonargparse",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -35,14 +46,24 @@ def git_commit(path: str | Path | None = None) -> str | None:
     it has uncommitted changes; ``None`` outside a checkout."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}+dirty" if dirty else sha
 
 
-def manifest(config: dict[str, Any] | None = None, seed: int | None = None, split_hash: str | None = None, **extra: Any) -> dict[str, Any]:
+def manifest(
+    config: dict[str, Any] | None = None, seed: int | None = None, split_hash: str | None = None, **extra: Any
+) -> dict[str, Any]:
     return {
         "command": sys.argv,
         "seed": seed,
@@ -78,8 +99,14 @@ class RunManifest(pl.Callback):
             return
         dm = getattr(trainer, "datamodule", None)
         seed = (self.config or {}).get("seed_everything")
-        payload = manifest(self.config, seed, getattr(dm, "split_hash", None), stage=stage, world_size=trainer.world_size,
-                           ckpt_path=str(trainer.ckpt_path) if trainer.ckpt_path else None)
+        payload = manifest(
+            self.config,
+            seed,
+            getattr(dm, "split_hash", None),
+            stage=stage,
+            world_size=trainer.world_size,
+            ckpt_path=str(trainer.ckpt_path) if trainer.ckpt_path else None,
+        )
         path = Path(base) / "manifest.json"
         if stage == "fit" and trainer.ckpt_path and path.is_file():  # a resumed run's earlier pieces stay on record
             try:

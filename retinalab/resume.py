@@ -48,11 +48,18 @@ def collect(trainer: pl.Trainer) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"])}},
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                "pos": int(np_state["state"]["pos"]),
+            },
+        },
         "python": random.getstate(),
         "transforms": [stream_state(tf) for tf in _training_transforms(trainer)],
         # an end-of-epoch checkpoint: the epoch's training and validation are done, its scheduler steps are not
-        "epoch_end": trainer.fit_loop.epoch_progress.current.processed > trainer.fit_loop.epoch_progress.current.completed,
+        "epoch_end": trainer.fit_loop.epoch_progress.current.processed
+        > trainer.fit_loop.epoch_progress.current.completed,
         "epoch": trainer.current_epoch,
         "monitored": {},
     }
@@ -84,14 +91,22 @@ def restore(state: dict[str, Any], trainer: pl.Trainer) -> list[str]:
         else:
             missed.append(f"CUDA random state ({len(state['cuda'])} devices saved, {torch.cuda.device_count()} here)")
     np_state = state["numpy"]
-    np.random.set_state({**np_state, "state": {"key": np_state["state"]["key"].numpy().astype(np.uint32), "pos": np_state["state"]["pos"]}})
+    np.random.set_state(
+        {
+            **np_state,
+            "state": {"key": np_state["state"]["key"].numpy().astype(np.uint32), "pos": np_state["state"]["pos"]},
+        }
+    )
     random.setstate(as_tuple(state["python"]))
     transforms = _training_transforms(trainer)
     if len(transforms) == len(state["transforms"]):
         for tf, s in zip(transforms, state["transforms"], strict=True):
             set_stream_state(tf, s)
     else:
-        missed.append(f"augmentation streams ({len(state['transforms'])} pipelines saved, {len(transforms)} in this run's loaders)")
+        missed.append(
+            f"augmentation streams ({len(state['transforms'])} pipelines saved, {len(transforms)} in this run's "
+            "loaders)"
+        )
     missed += _replay_epoch_schedulers(trainer, state.get("monitored", {}))
     # Lightning (2.6) made the resumed epoch's loader iterator, and prefetched its first batch, before
     # any epoch hook; the uninterrupted run makes it after them. Make it again, from the state above.
@@ -114,7 +129,9 @@ def _replay_epoch_schedulers(trainer: pl.Trainer, monitored: dict[str, float]) -
             continue
         if cfg.reduce_on_plateau:
             if cfg.monitor not in monitored:
-                missed.append(f"the {type(cfg.scheduler).__name__} step of epoch {epoch} ({cfg.monitor!r} was not saved)")
+                missed.append(
+                    f"the {type(cfg.scheduler).__name__} step of epoch {epoch} ({cfg.monitor!r} was not saved)"
+                )
                 continue
             trainer.lightning_module.lr_scheduler_step(cfg.scheduler, monitored[cfg.monitor])
         else:
@@ -142,7 +159,10 @@ def find_last(trainer: pl.Trainer) -> str | None:
         found |= cb._find_last_checkpoints(trainer)
         if cb.dirpath is None and trainer.loggers:  # not yet resolved: this run's <version>/checkpoints
             folder = Path(cb._ModelCheckpoint__resolve_ckpt_dir(trainer))
-            found |= {str(p) for p in folder.parent.parent.glob(f"*/{folder.name}/{cb.CHECKPOINT_NAME_LAST}*{cb.FILE_EXTENSION}")}
+            found |= {
+                str(p)
+                for p in folder.parent.parent.glob(f"*/{folder.name}/{cb.CHECKPOINT_NAME_LAST}*{cb.FILE_EXTENSION}")
+            }
     hpc = trainer._checkpoint_connector._hpc_resume_path  # Lightning's own lookup of hpc_ckpt_<max n>.ckpt
     if hpc:
         found.add(str(hpc))
@@ -158,7 +178,10 @@ def run_record(logger: Any) -> dict[str, Any] | None:
     if not isinstance(logger, WandbLogger) or logger.save_dir is None:
         return None
     experiment = logger._experiment  # started on rank 0, which writes checkpoints and state; None elsewhere
-    return {"dir": str(Path(logger.save_dir).resolve()), "wandb_id": experiment.id if experiment is not None else logger._id}
+    return {
+        "dir": str(Path(logger.save_dir).resolve()),
+        "wandb_id": experiment.id if experiment is not None else logger._id,
+    }
 
 
 def run_of(trainer: pl.Trainer) -> dict[str, Any] | None:
@@ -180,5 +203,7 @@ def continue_run(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> str | None:
     if not isinstance(lg, WandbLogger) or run is None:
         return None
     # the step W&B logs as trainer/global_step: batches with an optimiser step (global_step counts every optimiser's)
-    step = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0)
+    step = (
+        checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0)
+    )
     return run["dir"] if lg.continue_run(run["dir"], run.get("wandb_id"), step) else None

@@ -72,13 +72,19 @@ def resolve(arch: str, weights: str | None) -> WeightsSource | None:
         cfg = timm.models.get_pretrained_cfg(arch)
         hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
         if not hub_id:
-            raise ConfigError(f"weights: imagenet: timm has no pretrained weights on the hub for {arch!r}; use a local file or hf-hub:<id>")
+            raise ConfigError(
+                f"weights: imagenet: timm has no pretrained weights on the hub for {arch!r}; use a local file or "
+                "hf-hub:<id>"
+            )
         return WeightsSource(arch, "hub", hub_id)
     if weights.startswith(HUB_PREFIX):
-        return WeightsSource(arch, "hub", weights[len(HUB_PREFIX):])
+        return WeightsSource(arch, "hub", weights[len(HUB_PREFIX) :])
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise InputMissingError(f"weights={str(path)!r} does not exist: give a local weight file, imagenet, hf-hub:<org>/<name>, or null (from scratch)")
+        raise InputMissingError(
+            f"weights={str(path)!r} does not exist: give a local weight file, imagenet, hf-hub:<org>/<name>, or null "
+            "(from scratch)"
+        )
     return WeightsSource(arch, "file", str(path))
 
 
@@ -141,8 +147,12 @@ def _normalise(module: nn.Module, args: tuple) -> tuple:
 def normalise_inputs(model: nn.Module, mean: Iterable[float], std: Iterable[float]) -> nn.Module:
     """Normalise ``model``'s input with the weights' ``mean`` / ``std`` before its first layer (a forward
     pre-hook and two non-persistent buffers: the ``state_dict`` keeps timm's names)."""
-    model.register_buffer("input_mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-    model.register_buffer("input_std", torch.tensor(tuple(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+    model.register_buffer(
+        "input_mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+    )
+    model.register_buffer(
+        "input_std", torch.tensor(tuple(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+    )
     model.register_forward_pre_hook(_normalise)
     return model
 
@@ -194,12 +204,17 @@ def fetch(sources: Iterable[WeightsSource]) -> list[Path]:
     for s in dict.fromkeys(sources):
         try:
             repo_id, _, revision = s.location.partition("@")
-            folder = snapshot_download(repo_id=repo_id, revision=revision or None, allow_patterns=["*.safetensors", "*.json"])
+            folder = snapshot_download(
+                repo_id=repo_id, revision=revision or None, allow_patterns=["*.safetensors", "*.json"]
+            )
         except Exception as e:  # noqa: BLE001 - named below when the hub is out of reach; anything else keeps its traceback
             if not _is_unreachable(e):
                 raise
-            raise WeightsNotFoundError(f"cannot fetch {s.location!r}: {_why_unreachable()} ({type(e).__name__}). Run `retinalab weights fetch` "
-                                       f"where there is internet (a cluster's login node), with HF_HOME pointing at {cache_dir().parent}") from e
+            raise WeightsNotFoundError(
+                f"cannot fetch {s.location!r}: {_why_unreachable()} ({type(e).__name__}). Run `retinalab weights "
+                "fetch` "
+                f"where there is internet (a cluster's login node), with HF_HOME pointing at {cache_dir().parent}"
+            ) from e
         folders.append(Path(folder))
     return folders
 
@@ -221,7 +236,7 @@ def cached() -> list[tuple[str, int, str]]:
     return rows
 
 
-# ------------------------------------------------------------------ segmentation-models-pytorch encoders (paper 001's G)
+# ---------------------------------------------------- segmentation-models-pytorch encoders (paper 001's G)
 def smp_source(encoder: str, weights: str) -> WeightsSource:
     """The hub repository (``smp-hub/<encoder>.<weights>`` at smp's pinned revision) of an smp encoder's
     pretrained ``weights``; ``tu-`` encoders are timm's (:func:`resolve`)."""
@@ -233,7 +248,10 @@ def smp_source(encoder: str, weights: str) -> WeightsSource:
 
     settings = encoders.get(encoder, {}).get("pretrained_settings", {})
     if weights not in settings:
-        raise ConfigError(f"generator_weights={weights!r} are not weights of smp's {encoder!r} encoder; its weights are {sorted(settings) or 'none'}")
+        raise ConfigError(
+            f"generator_weights={weights!r} are not weights of smp's {encoder!r} encoder; its weights are "
+            f"{sorted(settings) or 'none'}"
+        )
     s = settings[weights]
     return WeightsSource(encoder, "hub", f"{s['repo_id']}@{s['revision']}" if s.get("revision") else s["repo_id"])
 
@@ -254,7 +272,10 @@ def smp_unet(encoder: str, weights: str | None, classes: int) -> nn.Module:
         if source is not None and _is_unreachable(e):
             raise _missing(source, e) from e
         if isinstance(e, (KeyError, ValueError, RuntimeError)):
-            raise ConfigError(f"unknown generator encoder {encoder!r} ({e}); see segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'") from e
+            raise ConfigError(
+                f"unknown generator encoder {encoder!r} ({e}); see "
+                "segmentation_models_pytorch.encoders.get_encoder_names() or use 'tu-<timm name>'"
+            ) from e
         raise
     if weights:
         from segmentation_models_pytorch.encoders import get_preprocessing_params
@@ -266,7 +287,9 @@ def smp_unet(encoder: str, weights: str | None, classes: int) -> nn.Module:
 
 def _missing(source: WeightsSource, e: BaseException) -> WeightsNotFoundError:
     return WeightsNotFoundError(
-        f"pretrained weights {source.location!r} for {source.arch} are not in the Hugging Face cache {cache_dir()} and {_why_unreachable()} "
-        f"({type(e).__name__}). Fetch them where there is internet (a cluster's login node): `{fetch_command([source])}` "
+        f"pretrained weights {source.location!r} for {source.arch} are not in the Hugging Face cache {cache_dir()} and "
+        f"{_why_unreachable()} "
+        f"({type(e).__name__}). Fetch them where there is internet (a cluster's login node): "
+        f"`{fetch_command([source])}` "
         "with the same HF_HOME, or use weights: null to train from scratch"
     )

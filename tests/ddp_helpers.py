@@ -15,7 +15,9 @@ class SaveRankWeights(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         out = Path(os.environ["RETINALAB_TEST_WEIGHTS_DIR"])
         out.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, out / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, out / f"rank{trainer.global_rank}.pt"
+        )
 
 
 class KillAtEpochStart(pl.Callback):
@@ -40,8 +42,9 @@ class KillOnNthFit(pl.Callback):
         KillOnNthFit.fits += 1
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (KillOnNthFit.fits == int(os.environ.get("RETINALAB_TEST_KILL_FIT", "0"))
-                and trainer.current_epoch == int(os.environ.get("RETINALAB_TEST_KILL_FIT_EPOCH", "0"))):
+        if KillOnNthFit.fits == int(os.environ.get("RETINALAB_TEST_KILL_FIT", "0")) and trainer.current_epoch == int(
+            os.environ.get("RETINALAB_TEST_KILL_FIT_EPOCH", "0")
+        ):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
@@ -51,9 +54,13 @@ class SigtermAtBatch(pl.Callback):
     """SIGTERM to this process after batch ``$RETINALAB_TEST_SIGTERM_BATCH`` (0-based) of epoch
     ``$RETINALAB_TEST_SIGTERM_EPOCH``: a cluster's preemption notice in the middle of an epoch."""
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
-        if (trainer.current_epoch, batch_idx) == (int(os.environ.get("RETINALAB_TEST_SIGTERM_EPOCH", "-1")),
-                                                  int(os.environ.get("RETINALAB_TEST_SIGTERM_BATCH", "-1"))):
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:  # noqa: ANN001
+        if (trainer.current_epoch, batch_idx) == (
+            int(os.environ.get("RETINALAB_TEST_SIGTERM_EPOCH", "-1")),
+            int(os.environ.get("RETINALAB_TEST_SIGTERM_BATCH", "-1")),
+        ):
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)

@@ -17,7 +17,9 @@ def phi_by_hand(net, x: torch.Tensor) -> np.ndarray:
         p = logits.softmax(1)[0].detach()
         total = 0.0
         for j in range(logits.shape[1]):
-            grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True)
+            grads = torch.autograd.grad(
+                torch.nn.functional.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True
+            )
             total += float(p[j]) * float(torch.cat([g.flatten() for g in grads]).norm())
         out.append(total)
     return np.array(out)

@@ -34,7 +34,9 @@ def test_entropy_margin_and_bald_by_hand():
     assert float(entropy(three)[0]) == pytest.approx(h([0.1, 0.3, 0.6]))
     assert float(margin(three)[0]) == pytest.approx(1 - (0.6 - 0.3))  # the two largest, whatever their order
     # BALD: two passes that disagree completely carry information about the weights, agreeing ones none
-    samples = torch.tensor([[[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]], [[0.1, 0.9], [0.3, 0.7], [0.5, 0.5]]])  # T=2 x B=3 x K=2
+    samples = torch.tensor(
+        [[[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]], [[0.1, 0.9], [0.3, 0.7], [0.5, 0.5]]]
+    )  # T=2 x B=3 x K=2
     expected = [math.log(2) - h([0.9, 0.1]), 0.0, 0.0]
     assert bald(samples).tolist() == pytest.approx(expected, abs=1e-7)
     assert bald(samples)[0] > 0.3 and (bald(samples) >= 0).all()
@@ -90,7 +92,9 @@ def test_bald_needs_dropout_and_the_loop_says_so(tmp_path):
         mc_dropout_probs(tiny_net(0.0), torch.rand(2, 3, 16, 16), 4, 0)
     with pytest.raises(ValueError, match="set dropout > 0"):
         ActiveLearning(acquisition="bald", dropout=0.0, out_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="unknown acquisition 'coreset'; choose one of egl, entropy, margin, bald, random"):
+    with pytest.raises(
+        ValueError, match="unknown acquisition 'coreset'; choose one of egl, entropy, margin, bald, random"
+    ):
         ActiveLearning(acquisition="coreset", out_dir=str(tmp_path))
     assert ActiveLearning(acquisition="bald", out_dir=str(tmp_path)).dropout == 0.5  # its default
     assert ActiveLearning(acquisition="entropy", out_dir=str(tmp_path)).dropout == 0.0  # the paper's LeNet
@@ -120,7 +124,17 @@ def net_of(out, dropout: float = 0.0) -> LeNet:
 @pytest.mark.parametrize("acquisition", ["entropy", "margin", "bald"])
 def test_algorithm1_takes_the_top_k_of_each_strategy(synth_eophtha, tmp_path, acquisition):  # noqa: F811
     out = tmp_path / acquisition
-    al = loop(synth_eophtha, out, acquisition=acquisition, select="patches", max_rounds=1, keep_checkpoints=True, track_images=0, score_batch_size=100_000, mc_samples=4)
+    al = loop(
+        synth_eophtha,
+        out,
+        acquisition=acquisition,
+        select="patches",
+        max_rounds=1,
+        keep_checkpoints=True,
+        track_images=0,
+        score_batch_size=100_000,
+        mc_samples=4,
+    )
     assert al.run() == "finished"
     state = json.loads((out / "state.json").read_text())
     net = net_of(out, al.dropout)
@@ -155,7 +169,9 @@ def test_algorithm2_with_entropy_opens_the_image_of_largest_summed_entropy(synth
     round0 = {row["item"] for row in state["history"] if row["round"] == 0}
     candidates = [i for i in al.split["train"] if set(al.items_of_image[i].tolist()) - round0]
     with torch.no_grad():
-        sigma = {i: float(entropy(torch.softmax(net(al.pool.tensor(al.grid_of_image[i])), 1)).sum()) for i in candidates}
+        sigma = {
+            i: float(entropy(torch.softmax(net(al.pool.tensor(al.grid_of_image[i])), 1)).sum()) for i in candidates
+        }
     best = max(sigma, key=sigma.get)
     assert state["labelled_images"] == sorted({int(al.pool.image[i]) for i in round0} | {best})
     assert state["metrics"][1]["selected_sigma"] == pytest.approx(sigma[best], rel=1e-3)
@@ -168,7 +184,10 @@ def test_algorithm2_with_entropy_opens_the_image_of_largest_summed_entropy(synth
 def test_a_random_arm_matches_a_bald_run_without_dropout_of_its_own(synth_eophtha, tmp_path):  # noqa: F811
     kw = dict(select="patches", max_rounds=2, track_images=0, mc_samples=2)
     assert loop(synth_eophtha, tmp_path / "bald", acquisition="bald", **kw).run() == "finished"
-    assert loop(synth_eophtha, tmp_path / "random", acquisition="random", match_labels=str(tmp_path / "bald"), **kw).run() == "finished"
+    assert (
+        loop(synth_eophtha, tmp_path / "random", acquisition="random", match_labels=str(tmp_path / "bald"), **kw).run()
+        == "finished"
+    )
     runs = {a: json.loads((tmp_path / a / "state.json").read_text()) for a in ("bald", "random")}
     assert [m["labels"] for m in runs["bald"]["metrics"]] == [m["labels"] for m in runs["random"]["metrics"]]
     assert runs["random"]["config"]["dropout"] == 0.0
@@ -182,7 +201,15 @@ def test_a_random_arm_matches_a_bald_run_without_dropout_of_its_own(synth_eophth
 def test_a_grid_pool_tests_on_every_grid_patch_of_the_test_photographs(synth_eophtha, tmp_path):  # noqa: F811
     from retinalab.active.pool import GRID
 
-    al = loop(synth_eophtha, tmp_path / "grid", pool_kind="grid", eval_kind="grid", select="patches", max_rounds=0, track_images=0)
+    al = loop(
+        synth_eophtha,
+        tmp_path / "grid",
+        pool_kind="grid",
+        eval_kind="grid",
+        select="patches",
+        max_rounds=0,
+        track_images=0,
+    )
     assert al.run() == "finished"
     labels, kind, image = (np.asarray(getattr(al.pool, n)) for n in ("labels", "kind", "image"))
     for name in ("val", "test"):
@@ -190,7 +217,9 @@ def test_a_grid_pool_tests_on_every_grid_patch_of_the_test_photographs(synth_eop
         assert np.array_equal(np.sort(al.eval_items[name]), expected)
     test = al.eval_items["test"]
     assert 0 < labels[test].mean() < 0.5  # exudates a minority, as in the photographs
-    assert set(al.pool_items.tolist()) <= set(np.flatnonzero(np.isin(image, al.split["train"]) & (kind == GRID)).tolist())
+    assert set(al.pool_items.tolist()) <= set(
+        np.flatnonzero(np.isin(image, al.split["train"]) & (kind == GRID)).tolist()
+    )
     state = json.loads((tmp_path / "grid" / "state.json").read_text())
     first = state["history"]
     assert sum(r["label"] for r in first) == len(first) // 2  # the initial draw: half exudate patches
@@ -210,7 +239,9 @@ def test_a_grid_pool_tests_on_every_grid_patch_of_the_test_photographs(synth_eop
     tp = int((pred & (y["test"] == 1)).sum())
     assert row["test/f1_tuned"] == pytest.approx(2 * tp / (int(pred.sum()) + int(y["test"].sum())), abs=1e-6)
     assert row["test/sensitivity_tuned"] == pytest.approx(tp / int(y["test"].sum()), abs=1e-6)
-    centred = loop(synth_eophtha, tmp_path / "centred", pool_kind="grid", select="patches", max_rounds=0, track_images=0)
+    centred = loop(
+        synth_eophtha, tmp_path / "centred", pool_kind="grid", select="patches", max_rounds=0, track_images=0
+    )
     centred.run()
     assert labels[centred.eval_items["test"]].mean() == 0.5 and (kind[centred.eval_items["test"]] != GRID).all()
 
@@ -229,8 +260,12 @@ def test_the_benchmark_compares_strategies_by_labels_to_the_target_then_by_area(
     assert math.isnan(bench["labels_to_reach"](rows, 0.99))
     ahead = bench["compare"]("egl", [96.0, 100.0], [160.0, 170.0], [0.8, 0.8], [0.7, 0.7], 300.0)
     assert ahead == "ahead of random: 98 vs 165 labels (+41% fewer), seed spread 5; area +0.100"
-    assert bench["compare"]("egl", [96.0, 160.0], [128.0, 128.0], [0.8] * 2, [0.7] * 2, 300.0).startswith("level with random")  # within the spread
-    assert bench["compare"]("egl", [200.0, 210.0], [100.0, 110.0], [0.6] * 2, [0.7] * 2, 300.0).startswith("behind random")
+    assert bench["compare"]("egl", [96.0, 160.0], [128.0, 128.0], [0.8] * 2, [0.7] * 2, 300.0).startswith(
+        "level with random"
+    )  # within the spread
+    assert bench["compare"]("egl", [200.0, 210.0], [100.0, 110.0], [0.6] * 2, [0.7] * 2, 300.0).startswith(
+        "behind random"
+    )
     # a seed that never reaches the target within the budget counts as the budget: a lower bound, marked
     censored = bench["compare"]("egl", [100.0, 110.0], [200.0, math.nan], [0.7, 0.72], [0.60, 0.61], 300.0)
     assert censored.startswith("ahead of random: 105 vs >=250 labels (+58% fewer), seed spread 50")
@@ -254,7 +289,19 @@ def test_balanced_class_weights_give_each_class_the_same_total_weight():
     with torch.no_grad():
         expected = float(F.cross_entropy(net(x), y, weight=w))
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    loss = sgd_epochs(net, opt, lambda t: t.backward(), x, y, epochs=1, batch_size=8, variants=1, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), class_weight=w)
+    loss = sgd_epochs(
+        net,
+        opt,
+        lambda t: t.backward(),
+        x,
+        y,
+        epochs=1,
+        batch_size=8,
+        variants=1,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        class_weight=w,
+    )
     assert loss == pytest.approx(expected, rel=1e-5)
     assert loss != pytest.approx(float(F.cross_entropy(net(x), y)), rel=1e-3)
 
@@ -292,5 +339,7 @@ def test_the_validation_threshold_maximises_the_f_measure_by_hand():
         best = max(f1_at(p, y, float(c)) for c in p.unique())
         t = best_f1_threshold(p, y)
         assert f1_at(p, y, t) == pytest.approx(best)
-        assert t == max(float(c) for c in p.unique() if f1_at(p, y, float(c)) == pytest.approx(best))  # ties: the most specific
+        assert t == max(
+            float(c) for c in p.unique() if f1_at(p, y, float(c)) == pytest.approx(best)
+        )  # ties: the most specific
     assert best_f1_threshold(torch.tensor([0.2, 0.9]), torch.tensor([0, 0])) == 0.5  # no positive: the usual 0.5

@@ -22,21 +22,40 @@ from retinalab.synthetic import write_synthetic
 from tests.egl_by_hand import phi_by_hand
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ExudatePatchConfig(image_size=128, patch_size=16, exudate_per_image=12, healthy_per_image=12, grid_stride=16, view_size=128)
+TINY = ExudatePatchConfig(
+    image_size=128, patch_size=16, exudate_per_image=12, healthy_per_image=12, grid_stride=16, view_size=128
+)
 
 
 @pytest.fixture(scope="module")
 def synth_eophtha(tmp_path_factory):
     """A synthetic e-ophtha layout (the generator is a product feature): 20 EX-part images."""
-    return write_synthetic("eophtha", tmp_path_factory.mktemp("syn") / "e-ophtha", 40, 3, (256, 170), 1.5, 1.0, 1, False)
+    return write_synthetic(
+        "eophtha", tmp_path_factory.mktemp("syn") / "e-ophtha", 40, 3, (256, 170), 1.5, 1.0, 1, False
+    )
 
 
 def loop(root, out, **kw) -> ActiveLearning:
     args = dict(
-        dataset="eophtha", root=str(root), reader_args={"parts": ["EX"]}, patches=TINY, out_dir=str(out),
-        k=6, initial_batches=2, initial_images=2, batch_size=8, conv_channels=(4, 8), hidden=16, max_rounds=3,
-        val_size=0.25, test_size=0.25, cache_dir=str(Path(out).parent / "cache"), accelerator="cpu", progress=False,
-        track_images=2, plot_every=0,  # plots (most of a round's time) only when a run stops, unless a test asks
+        dataset="eophtha",
+        root=str(root),
+        reader_args={"parts": ["EX"]},
+        patches=TINY,
+        out_dir=str(out),
+        k=6,
+        initial_batches=2,
+        initial_images=2,
+        batch_size=8,
+        conv_channels=(4, 8),
+        hidden=16,
+        max_rounds=3,
+        val_size=0.25,
+        test_size=0.25,
+        cache_dir=str(Path(out).parent / "cache"),
+        accelerator="cpu",
+        progress=False,
+        track_images=2,
+        plot_every=0,  # plots (most of a round's time) only when a run stops, unless a test asks
     )
     args.update(kw)
     return ActiveLearning(**args)
@@ -51,7 +70,9 @@ def history(out: Path) -> list[dict]:
 def test_centred_and_grid_patches_follow_the_mask(eophtha_root, tmp_path):
     """Exudate patches are centred on exudate pixels, healthy ones hold none, grid labels are 'any pixel'."""
     records = read_dataset("eophtha", eophtha_root, parts=["EX"])
-    cfg = ExudatePatchConfig(image_size=64, patch_size=16, exudate_per_image=5, healthy_per_image=4, grid_stride=8, view_size=64)
+    cfg = ExudatePatchConfig(
+        image_size=64, patch_size=16, exudate_per_image=5, healthy_per_image=4, grid_stride=8, view_size=64
+    )
     pool = ExudatePatches.build(records, cfg, tmp_path / "cache", progress=False)
     assert len(pool.images) == len(records) == 5
     labels, kind, image, centre = (np.asarray(a) for a in (pool.labels, pool.kind, pool.image, pool.centre))
@@ -81,7 +102,9 @@ def test_egl_heatmap_is_in_units_of_phi(eophtha_root, tmp_path):
 
     from retinalab.active.plots import egl_map, write_heatmap
 
-    pool = ExudatePatches.build(read_dataset("eophtha", eophtha_root, parts=["EX"]), TINY, tmp_path / "cache", progress=False)
+    pool = ExudatePatches.build(
+        read_dataset("eophtha", eophtha_root, parts=["EX"]), TINY, tmp_path / "cache", progress=False
+    )
     grid = np.flatnonzero((np.asarray(pool.image) == 0) & (np.asarray(pool.kind) == GRID))
     phi = np.linspace(0.1, 2.0, len(grid))
     heat = egl_map(pool, grid, phi, TINY.image_size, blur=False)
@@ -130,7 +153,11 @@ def test_splits_are_by_patient_and_balanced(synth_eophtha, tmp_path):
     al = loop(synth_eophtha, tmp_path / "run")
     al._setup()
     groups = {name: {al.pool.images[i]["group"] for i in ids} for name, ids in al.split.items()}
-    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    assert (
+        not (groups["train"] & groups["val"])
+        and not (groups["train"] & groups["test"])
+        and not (groups["val"] & groups["test"])
+    )
     labels = np.asarray(al.pool.labels)
     for items in (al.eval_items["val"], al.eval_items["test"], al.pool_items):
         counts = np.bincount(labels[items], minlength=2)
@@ -147,13 +174,17 @@ def assert_top(chosen: set[int], phi: dict[int, float], k: int) -> None:
 
 
 @pytest.mark.parametrize("reading", ["selected_images", "pool"])
-def test_algorithm2_opens_the_image_with_the_largest_summed_egl_and_reads_line_10_as_asked(synth_eophtha, tmp_path, reading):
+def test_algorithm2_opens_the_image_with_the_largest_summed_egl_and_reads_line_10_as_asked(
+    synth_eophtha, tmp_path, reading
+):
     out = tmp_path / "run"
     al = loop(synth_eophtha, out, max_rounds=1, k=3, track_images=0, image_patches=reading, keep_checkpoints=True)
     assert al.run() == "finished"
     state = json.loads((out / "state.json").read_text())
     net = LeNet(2, TINY.patch_size, 3, (4, 8), 16)
-    net.load_state_dict(torch.load(out / "model-round000.pt", weights_only=True)["model"])  # the model that chose round 1
+    net.load_state_dict(
+        torch.load(out / "model-round000.pt", weights_only=True)["model"]
+    )  # the model that chose round 1
     round0 = {row["item"] for row in state["history"] if row["round"] == 0}
     round1 = [row for row in state["history"] if row["round"] == 1]
     candidates = [i for i in al.split["train"] if set(al.items_of_image[i].tolist()) - round0]
@@ -203,10 +234,15 @@ def test_the_matched_random_arm_labels_as_many_patches_as_egl_each_round(synth_e
         assert rows[1]["test/f1_area"] == pytest.approx((y[0] + y[1]) / 2)
     # plot_every: 0 draws the plots once, when the run stops; the tables are there for every round
     assert [p.name for p in (tmp_path / "egl" / "heatmaps").glob("*.png")] == ["round_003.png"]
-    assert len(list(csv.DictReader((tmp_path / "egl" / "metrics.csv").open()))) == 4 and (tmp_path / "egl" / "curves.png").is_file()
+    assert (
+        len(list(csv.DictReader((tmp_path / "egl" / "metrics.csv").open()))) == 4
+        and (tmp_path / "egl" / "curves.png").is_file()
+    )
     # the random arm copies counts only from a run of the same data, split and initial set
     with pytest.raises(ValueError, match="match_labels: .*seed"):
-        loop(synth_eophtha, tmp_path / "other", acquisition="random", match_labels=str(tmp_path / "egl"), seed=5, **kw).run()
+        loop(
+            synth_eophtha, tmp_path / "other", acquisition="random", match_labels=str(tmp_path / "egl"), seed=5, **kw
+        ).run()
     with pytest.raises(ValueError, match="acquisition: random"):
         loop(synth_eophtha, tmp_path / "x", match_labels=str(tmp_path / "egl"), **kw)
 
@@ -218,10 +254,14 @@ def test_a_stopping_run_is_saved_and_plotted_once(synth_eophtha, tmp_path, monke
 
     drawn: list[str] = []
     real = plots.write_run_plots
-    monkeypatch.setattr(plots, "write_run_plots", lambda out, *a, **k: (drawn.append(Path(out).name), real(out, *a, **k))[1])
+    monkeypatch.setattr(
+        plots, "write_run_plots", lambda out, *a, **k: (drawn.append(Path(out).name), real(out, *a, **k))[1]
+    )
     kw = dict(select="patches", k=4, track_images=0)
     assert loop(synth_eophtha, tmp_path / "egl", max_rounds=2, **kw).run() == "finished"
-    rnd = loop(synth_eophtha, tmp_path / "random", acquisition="random", match_labels=str(tmp_path / "egl"), max_rounds=5, **kw)
+    rnd = loop(
+        synth_eophtha, tmp_path / "random", acquisition="random", match_labels=str(tmp_path / "egl"), max_rounds=5, **kw
+    )
     assert rnd.run() == "finished"
     assert drawn == ["egl", "random"]
     egl, random = (json.loads((tmp_path / a / "state.json").read_text()) for a in ("egl", "random"))
@@ -230,7 +270,9 @@ def test_a_stopping_run_is_saved_and_plotted_once(synth_eophtha, tmp_path, monke
     assert (tmp_path / "random" / "curves.png").is_file()
     # plot_every: None (a benchmark drawing its own figures) never plots, not even when a stopped run is reopened
     for _ in range(2):
-        assert loop(synth_eophtha, tmp_path / "quiet", max_rounds=2, plot_every=None, **kw).run(resume=True) == "finished"
+        assert (
+            loop(synth_eophtha, tmp_path / "quiet", max_rounds=2, plot_every=None, **kw).run(resume=True) == "finished"
+        )
     assert drawn == ["egl", "random"] and not list((tmp_path / "quiet").rglob("*.png"))
     assert len(list(csv.DictReader((tmp_path / "quiet" / "metrics.csv").open()))) == 3
 
@@ -248,7 +290,9 @@ def test_the_initial_model_takes_the_papers_batches(synth_eophtha, tmp_path, mon
         self.optimizer.step = lambda *a, **k: (counted.append(1), step(*a, **k))[1]
 
     monkeypatch.setattr(ActiveLearning, "_setup", setup)
-    al = loop(synth_eophtha, tmp_path / "run", select="patches", max_rounds=0, initial_augment=initial_augment, track_images=0)
+    al = loop(
+        synth_eophtha, tmp_path / "run", select="patches", max_rounds=0, initial_augment=initial_augment, track_images=0
+    )
     assert al.run() == "finished"
     assert len(counted) == steps  # 2 batches of 8 patches
 
@@ -257,7 +301,17 @@ def test_egl_and_random_share_the_initial_set_and_respect_the_budget(synth_eopht
     runs = {}
     for acq in ("egl", "random"):
         matched = {"match_labels": str(tmp_path / "egl")} if acq == "random" else {}
-        al = loop(synth_eophtha, tmp_path / acq, acquisition=acq, select="patches", max_labels=30, max_rounds=5, plot_every=1, keep_checkpoints=True, **matched)
+        al = loop(
+            synth_eophtha,
+            tmp_path / acq,
+            acquisition=acq,
+            select="patches",
+            max_labels=30,
+            max_rounds=5,
+            plot_every=1,
+            keep_checkpoints=True,
+            **matched,
+        )
         assert al.run() == "finished"
         runs[acq] = json.loads((tmp_path / acq / "state.json").read_text())
     # Algorithm 1: round 1 asks for the 6 unlabelled pool patches of highest EGL under round 0's model
@@ -353,17 +407,40 @@ def test_kill_9_mid_round_loses_no_label_and_resumes_at_the_last_completed_round
     import yaml
 
     def config(out: Path) -> Path:
-        args = {"dataset": "eophtha", "root": str(synth_eophtha), "reader_args": {"parts": ["EX"]}, "patches": vars(TINY).copy(),
-                "out_dir": str(out), "k": 6, "initial_batches": 2, "initial_images": 2, "batch_size": 8, "conv_channels": [4, 8],
-                "hidden": 16, "max_rounds": 3, "val_size": 0.25, "test_size": 0.25, "cache_dir": str(tmp_path / "cache"),
-                "accelerator": "cpu", "progress": False, "track_images": 2, "plot_every": 0}
+        args = {
+            "dataset": "eophtha",
+            "root": str(synth_eophtha),
+            "reader_args": {"parts": ["EX"]},
+            "patches": vars(TINY).copy(),
+            "out_dir": str(out),
+            "k": 6,
+            "initial_batches": 2,
+            "initial_images": 2,
+            "batch_size": 8,
+            "conv_channels": [4, 8],
+            "hidden": 16,
+            "max_rounds": 3,
+            "val_size": 0.25,
+            "test_size": 0.25,
+            "cache_dir": str(tmp_path / "cache"),
+            "accelerator": "cpu",
+            "progress": False,
+            "track_images": 2,
+            "plot_every": 0,
+        }
         path = tmp_path / f"{out.name}.yaml"
         path.write_text(yaml.safe_dump(args))
         return path
 
     def active(out: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tests.active_kill", "--config", str(config(out)), *extra], cwd=tmp_path,
-                              env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "tests.active_kill", "--config", str(config(out)), *extra],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     run = tmp_path / "run"
     res = active(run, RETINALAB_TEST_KILL_ROUND="2", RETINALAB_TEST_ASKED=str(tmp_path / "asked_before.jsonl"))
@@ -418,18 +495,46 @@ def truth(pool: ExudatePatches, folder: Path) -> dict[str, str]:
 def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, capsys):
     out = tmp_path / "study" / "human"
     argv = [
-        "active", "--config", str(REPO / "conf" / "active" / "eophtha_human.yaml"), "--root", str(synth_eophtha),
-        "--out_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--patches.image_size=128", "--patches.patch_size=16",
-        "--patches.grid_stride=16", "--patches.view_size=128", "--k=4", "--initial_batches=1", "--batch_size=8",
-        "--hidden=16", "--conv_channels=[4,8]", "--max_rounds=1", "--num_workers=0", "--progress=false", "--accelerator=cpu",
+        "active",
+        "--config",
+        str(REPO / "conf" / "active" / "eophtha_human.yaml"),
+        "--root",
+        str(synth_eophtha),
+        "--out_dir",
+        str(out),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--patches.image_size=128",
+        "--patches.patch_size=16",
+        "--patches.grid_stride=16",
+        "--patches.view_size=128",
+        "--k=4",
+        "--initial_batches=1",
+        "--batch_size=8",
+        "--hidden=16",
+        "--conv_channels=[4,8]",
+        "--max_rounds=1",
+        "--num_workers=0",
+        "--progress=false",
+        "--accelerator=cpu",
     ]
     assert main(argv) == 0
     r0 = out / "queries" / "round_000"
     assert "fill in labels.csv" in capsys.readouterr().err
     assert json.loads((out / "manifest.json").read_text())["config"]["oracle"] == "human"
     queries = list(csv.DictReader((r0 / "queries.csv").open()))
-    assert len(queries) == 8 and all((r0 / q["patch_png"]).is_file() and (r0 / q["image_png"]).is_file() for q in queries)
-    al = ActiveLearning(patches=ExudatePatchConfig(image_size=128, patch_size=16, grid_stride=16, view_size=128), cache_dir=str(tmp_path / "cache"), root=str(synth_eophtha), reader_args={"parts": ["EX"]}, oracle="human", pool_kind="grid", accelerator="cpu")
+    assert len(queries) == 8 and all(
+        (r0 / q["patch_png"]).is_file() and (r0 / q["image_png"]).is_file() for q in queries
+    )
+    al = ActiveLearning(
+        patches=ExudatePatchConfig(image_size=128, patch_size=16, grid_stride=16, view_size=128),
+        cache_dir=str(tmp_path / "cache"),
+        root=str(synth_eophtha),
+        reader_args={"parts": ["EX"]},
+        oracle="human",
+        pool_kind="grid",
+        accelerator="cpu",
+    )
     al._setup()
     answers = truth(al.pool, r0)
     qids = sorted(answers)
@@ -453,7 +558,9 @@ def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, c
     assert main([*argv, "--resume"]) == 0
     state = json.loads((out / "state.json").read_text())
     assert state["round"] == 0 and len(state["labelled"]) == 8
-    assert {str(k): v for k, v in state["labelled"].items()} == {str(k): v["label"] for k, v in json.loads((out / "answers.json").read_text()).items()}
+    assert {str(k): v for k, v in state["labelled"].items()} == {
+        str(k): v["label"] for k, v in json.loads((out / "answers.json").read_text()).items()
+    }
     r1 = out / "queries" / "round_001"
     assert len(list(csv.DictReader((r1 / "queries.csv").open()))) == 4
     fill(r1, truth(al.pool, r1))
@@ -533,14 +640,39 @@ def test_ddp_ranks_score_shards_and_gather_the_same_ranking(synth_eophtha, tmp_p
 
     out = tmp_path / "ddp"
     kw = dict(select="patches", max_rounds=1, keep_checkpoints=True)
-    args = ["active", "--dataset=eophtha", f"--root={synth_eophtha}", "--reader_args={parts: [EX]}", f"--out_dir={out}",
-            f"--cache_dir={tmp_path / 'cache'}", "--patches.image_size=128", "--patches.patch_size=16", "--patches.exudate_per_image=12",
-            "--patches.healthy_per_image=12", "--patches.grid_stride=16", "--patches.view_size=128", "--k=6", "--initial_batches=2",
-            "--batch_size=8", "--conv_channels=[4,8]", "--hidden=16", "--val_size=0.25", "--test_size=0.25", "--track_images=2",
-            "--select=patches", "--max_rounds=1", "--keep_checkpoints=true", "--progress=false", "--accelerator=cpu",
-            "--devices=2", "--strategy=ddp"]
+    args = [
+        "active",
+        "--dataset=eophtha",
+        f"--root={synth_eophtha}",
+        "--reader_args={parts: [EX]}",
+        f"--out_dir={out}",
+        f"--cache_dir={tmp_path / 'cache'}",
+        "--patches.image_size=128",
+        "--patches.patch_size=16",
+        "--patches.exudate_per_image=12",
+        "--patches.healthy_per_image=12",
+        "--patches.grid_stride=16",
+        "--patches.view_size=128",
+        "--k=6",
+        "--initial_batches=2",
+        "--batch_size=8",
+        "--conv_channels=[4,8]",
+        "--hidden=16",
+        "--val_size=0.25",
+        "--test_size=0.25",
+        "--track_images=2",
+        "--select=patches",
+        "--max_rounds=1",
+        "--keep_checkpoints=true",
+        "--progress=false",
+        "--accelerator=cpu",
+        "--devices=2",
+        "--strategy=ddp",
+    ]
     env = {**__import__("os").environ, "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "state.json").read_text())
     assert state["round"] == 1 and state["stopped"] == "max_rounds (1) reached"
@@ -567,7 +699,11 @@ def test_metrics_and_plots_reach_an_offline_wandb_run(synth_eophtha, tmp_path, m
     logged: list[tuple[dict, int]] = []
     real = WandbLogger.log_metrics
     # wandb >= 0.2x keeps history in a binary log with no Python reader, so metrics are read at the logger
-    monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: (logged.append((dict(metrics), step)), real(self, metrics, step))[1])
+    monkeypatch.setattr(
+        WandbLogger,
+        "log_metrics",
+        lambda self, metrics, step=None: (logged.append((dict(metrics), step)), real(self, metrics, step))[1],
+    )
     al = loop(synth_eophtha, tmp_path / "run", select="patches", max_rounds=1, logger=logger, plot_every=1)
     assert al.run() == "finished"
     assert al.score_batch_size == 256  # the CPU default (4096 on a GPU)
@@ -579,13 +715,17 @@ def test_metrics_and_plots_reach_an_offline_wandb_run(synth_eophtha, tmp_path, m
     metrics = json.loads((tmp_path / "run" / "state.json").read_text())["metrics"]
     logged = [(m, step) for m, step in logged if "active/labels" in m]  # log_image goes through log_metrics too
     assert [step for _, step in logged] == [0, 1]
-    assert logged[1][0]["active/test/f1"] == pytest.approx(metrics[1]["test/f1"]) and logged[1][0]["active/labels"] == 22
+    assert (
+        logged[1][0]["active/test/f1"] == pytest.approx(metrics[1]["test/f1"]) and logged[1][0]["active/labels"] == 22
+    )
 
 
 def test_idrid_hard_exudate_masks_give_exudate_patches(idrid_root, tmp_path):
     """IDRiD's '3. Hard Exudates' masks (0/1 greyscale here) feed the same patch builder."""
     records = read_dataset("idrid", idrid_root, subsets=["segmentation"])
-    cfg = ExudatePatchConfig(image_size=64, patch_size=16, exudate_per_image=3, healthy_per_image=3, grid_stride=16, view_size=64)
+    cfg = ExudatePatchConfig(
+        image_size=64, patch_size=16, exudate_per_image=3, healthy_per_image=3, grid_stride=16, view_size=64
+    )
     pool = ExudatePatches.build(records, cfg, tmp_path / "cache", progress=False)
     labels, kind, image = np.asarray(pool.labels), np.asarray(pool.kind), np.asarray(pool.image)
     for i in range(len(records)):
@@ -604,8 +744,14 @@ def test_a_corrupt_photograph_is_named_or_skipped(eophtha_root, tmp_path):
         ExudatePatches.build(records, cfg, tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").iterdir())  # nothing half-built is left behind
     pool = ExudatePatches.build(records, cfg, tmp_path / "cache", on_error="skip", progress=False)
-    assert len(pool.images) == 4 and len(pool.skipped) == 1 and records[1].image_id not in [i["image_id"] for i in pool.images]
-    assert int(np.asarray(pool.image).max()) == 3 and all((pool.path / "views" / f"{i:06d}.png").is_file() for i in range(4))
+    assert (
+        len(pool.images) == 4
+        and len(pool.skipped) == 1
+        and records[1].image_id not in [i["image_id"] for i in pool.images]
+    )
+    assert int(np.asarray(pool.image).max()) == 3 and all(
+        (pool.path / "views" / f"{i:06d}.png").is_file() for i in range(4)
+    )
 
 
 def test_a_run_takes_another_runs_initial_model_instead_of_training_its_own(synth_eophtha, tmp_path, monkeypatch):
@@ -616,18 +762,28 @@ def test_a_run_takes_another_runs_initial_model_instead_of_training_its_own(synt
 
     kw = dict(select="patches", k=4, max_rounds=2, track_images=0, initial_epochs=3)
     assert loop(synth_eophtha, tmp_path / "egl", **kw).run() == "finished"
-    assert sorted(p.name for p in (tmp_path / "egl").glob("model-round*.pt")) == ["model-round000.pt", "model-round002.pt"]
+    assert sorted(p.name for p in (tmp_path / "egl").glob("model-round*.pt")) == [
+        "model-round000.pt",
+        "model-round002.pt",
+    ]
     epochs = []
     real = loop_module.sgd_epochs
     monkeypatch.setattr(loop_module, "sgd_epochs", lambda *a, **k: epochs.append(k["epochs"]) or real(*a, **k))
-    assert loop(synth_eophtha, tmp_path / "margin", acquisition="margin", initial_from=str(tmp_path / "egl"), **kw).run() == "finished"
+    assert (
+        loop(synth_eophtha, tmp_path / "margin", acquisition="margin", initial_from=str(tmp_path / "egl"), **kw).run()
+        == "finished"
+    )
     assert epochs == [1, 1]  # rounds 1 and 2 (one epoch each); training round 0 would have taken 3
     egl, margin = (json.loads((tmp_path / a / "state.json").read_text()) for a in ("egl", "margin"))
     for key in ("labels", "train/loss", "val/loss", "test/f1", "test/auroc"):
         assert margin["metrics"][0][key] == egl["metrics"][0][key], key
-    w_egl, w_margin = (torch.load(tmp_path / a / "model-round000.pt", weights_only=True)["model"] for a in ("egl", "margin"))
+    w_egl, w_margin = (
+        torch.load(tmp_path / a / "model-round000.pt", weights_only=True)["model"] for a in ("egl", "margin")
+    )
     assert all(torch.equal(w_egl[k], w_margin[k]) for k in w_egl)
     with pytest.raises(ValueError, match="initial_from: .*seed"):
-        loop(synth_eophtha, tmp_path / "seed5", acquisition="margin", initial_from=str(tmp_path / "egl"), seed=5, **kw).run()
+        loop(
+            synth_eophtha, tmp_path / "seed5", acquisition="margin", initial_from=str(tmp_path / "egl"), seed=5, **kw
+        ).run()
     with pytest.raises(ValueError, match="initial_from: .*dropout"):
         loop(synth_eophtha, tmp_path / "bald", acquisition="bald", initial_from=str(tmp_path / "egl"), **kw).run()

@@ -67,17 +67,39 @@ def test_gpu_check_benchmark_command_lines_parse(tmp_path, monkeypatch):
     device: `--device cuda`, every step); each benchmark script's line parses with that script."""
     log = tmp_path / "calls"
     fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" >> {log}\nprintf "\\n" >> {log}\ncat > /dev/null <&- 2>/dev/null; exit 0\n')
+    fake.write_text(
+        f'#!/bin/bash\nprintf "%s\\0" "$@" >> {log}\nprintf "\\n" >> {log}\ncat > /dev/null <&- 2>/dev/null; exit 0\n'
+    )
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake), "GPU_CHECK_OUT": str(tmp_path / "out"), "GPU_CHECK_WORK": str(tmp_path / "work"),
-           "GPU_CHECK_DEVICE": "cuda", "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHON": str(fake),
+        "GPU_CHECK_OUT": str(tmp_path / "out"),
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "GPU_CHECK_DEVICE": "cuda",
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    }
     (tmp_path / "bin").mkdir()  # no nvidia-smi: the sampler is skipped
-    res = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     calls = [line.split("\0") for line in log.read_text().split("\0\n") if line]
     scripts = [c for c in calls if c and c[0].startswith("benchmarks/")]
     names = [Path(c[0]).name for c in scripts]
-    assert {"egl.py", "inference.py", "label_efficiency.py", "collaborative.py", "memory.py", "gpu_check_report.py"} <= set(names), names
+    assert {
+        "egl.py",
+        "inference.py",
+        "label_efficiency.py",
+        "collaborative.py",
+        "memory.py",
+        "gpu_check_report.py",
+    } <= set(names), names
     for call in scripts:
         ns = parse(Path(call[0]).name, call[1:], monkeypatch)
         if "--device" in call:

@@ -27,19 +27,33 @@ def _lines(work: Path, preset: str, arm: str, n, seeds, quality: float, rng: np.
         probs = 1 / (1 + np.exp(-(signal + rng.normal(0, 0.05, (80, 4)) + (noise - 0.5) * 2)))
         tag = f"{preset}-{arm}-{n}-{s}".replace(" ", "_").replace(",", "")
         (work / "predictions").mkdir(exist_ok=True)
-        np.savez(work / "predictions" / f"{tag}.npz", best_probs=probs, best_targets=targets, last_probs=probs, last_targets=targets)
+        np.savez(
+            work / "predictions" / f"{tag}.npz",
+            best_probs=probs,
+            best_targets=targets,
+            last_probs=probs,
+            last_targets=targets,
+        )
         from retinalab.metrics.bootstrap import exact_auroc
 
         auc = exact_auroc(probs.sum(1), targets.max(1))
-        out[(preset, arm, n, s)] = {"best": {"image_auroc": auc, "patch_auroc": auc}, "predictions": f"predictions/{tag}.npz"}
+        out[(preset, arm, n, s)] = {
+            "best": {"image_auroc": auc, "patch_auroc": auc},
+            "predictions": f"predictions/{tag}.npz",
+        }
     return out
 
 
 def test_label_efficiency_verdicts_name_the_winner_or_the_miss(tmp_path, capsys):
     le = runpy.run_path(str(REPO / "benchmarks" / "label_efficiency.py"), run_name="bench_reports")
     seeds = [0, 1]
-    a = argparse.Namespace(presets=["scarce", "benchmark"], labels=[10], seeds=seeds, only=None,
-                           arms=["SSL-GAN", "FixMatch", "ConvNet, equal epochs", "ConvNet, equal steps"])
+    a = argparse.Namespace(
+        presets=["scarce", "benchmark"],
+        labels=[10],
+        seeds=seeds,
+        only=None,
+        arms=["SSL-GAN", "FixMatch", "ConvNet, equal epochs", "ConvNet, equal steps"],
+    )
     rng = np.random.default_rng(0)
 
     def finished(fixmatch_quality: float) -> dict:
@@ -66,11 +80,16 @@ def test_label_efficiency_verdicts_name_the_winner_or_the_miss(tmp_path, capsys)
     # the mechanism table: each method's own diagnostics, mean over seeds; "-" where a run logged none
     f = finished(0.7)
     for s, acc in zip(seeds, (0.9, 0.8), strict=True):
-        f[("scarce", "FixMatch", 10, s)]["diagnostics"] = {"fixmatch/pseudo_accuracy": acc, "fixmatch/pseudo_lesion_recall": 0.1}
+        f[("scarce", "FixMatch", 10, s)]["diagnostics"] = {
+            "fixmatch/pseudo_accuracy": acc,
+            "fixmatch/pseudo_lesion_recall": 0.1,
+        }
     le["mechanism"]("scarce", a, f)
     out = capsys.readouterr().out
     assert "| labelled | mask rate | pseudo-label accuracy | lesion precision | lesion recall |" in out
-    assert "| 10 | - | 0.850 | - | 0.100 | - | - |" in out and "| 10 | - | - | - | - |" in out  # FixMatch's row, SSL-GAN's
+    assert (
+        "| 10 | - | 0.850 | - | 0.100 | - | - |" in out and "| 10 | - | - | - | - |" in out
+    )  # FixMatch's row, SSL-GAN's
 
     # the calibration runs nothing semi-supervised, and says only what it measured
     a.only, a.arms = "calibration", ["ConvNet, equal steps"]
@@ -101,13 +120,29 @@ def test_ssl_gan_factors_reuses_only_label_efficiencys_base_setting_runs(tmp_pat
     (src / "predictions").mkdir(parents=True)
     work.mkdir()
     lines = []
-    for i, (arm, data, labels, width, seed) in enumerate([
-        ("SSL-GAN", "idrid-scarce-1", 10, None, 0), ("ConvNet, equal steps", "idrid-scarce-1", 10, None, 0),
-        ("ConvNet, equal epochs", "idrid-scarce-1", 10, None, 0), ("SSL-GAN", "idrid-benchmark-1", 10, None, 0),
-        ("SSL-GAN", "idrid-scarce-1", 40, None, 0), ("SSL-GAN", "idrid-scarce-1", 10, 0.25, 0), ("SSL-GAN", "idrid-scarce-1", 10, None, 5),
-    ]):
+    for i, (arm, data, labels, width, seed) in enumerate(
+        [
+            ("SSL-GAN", "idrid-scarce-1", 10, None, 0),
+            ("ConvNet, equal steps", "idrid-scarce-1", 10, None, 0),
+            ("ConvNet, equal epochs", "idrid-scarce-1", 10, None, 0),
+            ("SSL-GAN", "idrid-benchmark-1", 10, None, 0),
+            ("SSL-GAN", "idrid-scarce-1", 40, None, 0),
+            ("SSL-GAN", "idrid-scarce-1", 10, 0.25, 0),
+            ("SSL-GAN", "idrid-scarce-1", 10, None, 5),
+        ]
+    ):
         np.savez(src / "predictions" / f"p{i}.npz", best_probs=np.full((2, 4), i, float))
-        lines.append({"arm": arm, "data": data, "labels": labels, "width": width, "seed": seed, "epochs": 3, "predictions": f"predictions/p{i}.npz"})
+        lines.append(
+            {
+                "arm": arm,
+                "data": data,
+                "labels": labels,
+                "width": width,
+                "seed": seed,
+                "epochs": 3,
+                "predictions": f"predictions/p{i}.npz",
+            }
+        )
     (src / "results.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
     done: dict = {}
     f["reuse"](src, work, [0, 1, 2], done, work / "results.jsonl")
@@ -135,13 +170,22 @@ def test_ssl_gan_factors_table_reports_finished_settings_and_names_the_missing(t
                 probs = 1 / (1 + np.exp(-(q * (targets - 0.5) + rng.normal(0, 0.5, targets.shape))))
                 name = f["tag"](method, s, seed)
                 np.savez(tmp_path / "predictions" / f"{name}.npz", best_probs=probs, best_targets=targets)
-                done[name] = {"best": {"image_auroc": q / 3, "patch_auroc": q / 4}, "steps": 276, "predictions": f"predictions/{name}.npz",
-                              "diagnostics": {"gan/d_accuracy": 0.9} if method == "SSL-GAN" else {}}
+                done[name] = {
+                    "best": {"image_auroc": q / 3, "patch_auroc": q / 4},
+                    "steps": 276,
+                    "predictions": f"predictions/{name}.npz",
+                    "diagnostics": {"gan/d_accuracy": 0.9} if method == "SSL-GAN" else {},
+                }
     f["table"](done, [0, 1], tmp_path)
     out = capsys.readouterr().out
-    assert "| unsup_weight | 0 | 276 | 0.667 / 0.500 | 0.333 / 0.250 | +0.333 [" in out  # finished: mean over seeds, gap, diagnostics
+    assert (
+        "| unsup_weight | 0 | 276 | 0.667 / 0.500 | 0.333 / 0.250 | +0.333 [" in out
+    )  # finished: mean over seeds, gap, diagnostics
     assert "| width | 0.5 | not run: 0 of 4 fits finished |" in out
-    assert "- unsup_weight: 0.500 (gap from -0.167 to +0.333; smallest deficit at unsup_weight = 0); not run: 0.1, 0.3" in out
+    assert (
+        "- unsup_weight: 0.500 (gap from -0.167 to +0.333; smallest deficit at unsup_weight = 0); not run: 0.1, 0.3"
+        in out
+    )
 
 
 def test_parallel_children_hand_back_their_lines_and_a_failed_one_is_left_out(tmp_path, capsys):
@@ -150,13 +194,20 @@ def test_parallel_children_hand_back_their_lines_and_a_failed_one_is_left_out(tm
     import sys
 
     bench = str(REPO / "benchmarks")
-    child = "import sys; sys.path.insert(0, {b!r}); from pathlib import Path; from _fits import write_child_line; write_child_line(Path({w!r}), {n!r}, {{'v': {v}}})"
-    children = {f"c{i}": [sys.executable, "-c", child.format(b=bench, w=str(tmp_path), n=f"c{i}", v=i)] for i in range(3)}
+    child = (
+        "import sys; sys.path.insert(0, {b!r}); from pathlib import Path; from _fits import write_child_line; "
+        "write_child_line(Path({w!r}), {n!r}, {{'v': {v}}})"
+    )
+    children = {
+        f"c{i}": [sys.executable, "-c", child.format(b=bench, w=str(tmp_path), n=f"c{i}", v=i)] for i in range(3)
+    }
     children["bad"] = [sys.executable, "-c", "raise SystemExit(3)"]
     fits = runpy.run_path(str(REPO / "benchmarks" / "_fits.py"))
     got = {}
     ran = fits["run_children"](children, tmp_path, 2, "cpu", lambda name, line: got.update({name: line}))
-    assert {k: v["v"] for k, v in got.items()} == {"c0": 0, "c1": 1, "c2": 2} and all("process_s" in v for v in got.values())
+    assert {k: v["v"] for k, v in got.items()} == {"c0": 0, "c1": 1, "c2": 2} and all(
+        "process_s" in v for v in got.values()
+    )
     assert ran["codes"]["bad"] == 3 and len(ran["slots"]) == 2
     assert (tmp_path / "runs" / "c1" / "run.log").exists() and not list((tmp_path / "lines").glob(".*tmp*"))
 
@@ -170,19 +221,51 @@ def test_active_learning_reports_the_grid_pool_at_0_5_and_at_the_validation_thre
     a = argparse.Namespace(strategies=strategies, seeds=[0, 1])
     reach = {"egl": 500, "entropy": 600, "margin": 600, "bald": 700, "random": 700}
     labels = [400 + 50 * i for i in range(9)]  # 400 .. 800
-    runs = {s: [[{"labels": float(n), "test/f1": 0.5, "test/f1_tuned": 0.85 if n >= reach[s] else 0.6, "select_seconds": 0.1}
-                 for n in labels] for _seed in a.seeds] for s in strategies}
+    runs = {
+        s: [
+            [
+                {
+                    "labels": float(n),
+                    "test/f1": 0.5,
+                    "test/f1_tuned": 0.85 if n >= reach[s] else 0.6,
+                    "select_seconds": 0.1,
+                }
+                for n in labels
+            ]
+            for _seed in a.seeds
+        ]
+        for s in strategies
+    }
     timing = {s: 1.0 for s in strategies} | {"inference": 1.0}
-    at_half = al["report_metric"](a, "grid", "images-selected", runs, len(labels), 50, "test/f1", timing, 1.0, 850.0, "")
-    tuned = al["report_metric"](a, "grid", "images-selected", runs, len(labels), 50, "test/f1_tuned", timing, 1.0, 850.0,
-                                " (F-measure at the validation threshold)")
+    at_half = al["report_metric"](
+        a, "grid", "images-selected", runs, len(labels), 50, "test/f1", timing, 1.0, 850.0, ""
+    )
+    tuned = al["report_metric"](
+        a,
+        "grid",
+        "images-selected",
+        runs,
+        len(labels),
+        50,
+        "test/f1_tuned",
+        timing,
+        1.0,
+        850.0,
+        " (F-measure at the validation threshold)",
+    )
     out = capsys.readouterr().out
-    assert "test F-measure after each round" in out and "test F-measure at the validation threshold after each round" in out
+    assert (
+        "test F-measure after each round" in out
+        and "test F-measure at the validation threshold after each round" in out
+    )
     assert any("a strategy needs >= 20% fewer labels than random to reach F >= 0.8: MISSED" in v for v in at_half)
     assert all("validation threshold" not in v for v in at_half)
     met = [v for v in tuned if "20% fewer" in v]
-    assert met == ["- grid / images-selected (F-measure at the validation threshold): a strategy needs >= 20% fewer labels than random "
-                   "to reach F >= 0.8: met (egl: 500 vs 700, 29% fewer)"]
+    assert met == [
+        "- grid / images-selected (F-measure at the validation threshold): a strategy needs >= 20% fewer labels than "
+        "random "
+        "to reach F >= 0.8: met (egl: 500 vs 700, 29% fewer)"
+    ]
     calibration = next(v for v in tuned if "calibration" in v)
     assert "half the label range (600 of 400-800)" in calibration and ": met (random: 700 +- 0)" in calibration
 
@@ -195,24 +278,59 @@ def test_collaborative_report_states_the_oracle_and_premise_verdicts_per_budget(
     from _collab_report import LESIONS, label, report
 
     seeds = [0, 1, 2]
-    a = argparse.Namespace(seeds=seeds, budgets=[1, 4], arms=["Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)", "Oracle"], images=600,
-                           source_size=[768, 510], size=128, width=0.25, batch_size=8, device="cpu", precision="32",
-                           steps_seg=200, steps_grading=200, joint_batches=40, pseudo_warmup=15)
-    kappa = {("Ori", 1): .70, ("Lesion(Pretrained)", 1): .80, ("Lesion(Semi)", 1): .70, ("Ori", 4): .72, ("Lesion(Pretrained)", 4): .82,
-             ("Lesion(Semi)", 4): .75, ("Lesion(Semi+Adv)", 1): .71, ("Lesion(Semi+Adv)", 4): .76}
+    a = argparse.Namespace(
+        seeds=seeds,
+        budgets=[1, 4],
+        arms=["Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)", "Oracle"],
+        images=600,
+        source_size=[768, 510],
+        size=128,
+        width=0.25,
+        batch_size=8,
+        device="cpu",
+        precision="32",
+        steps_seg=200,
+        steps_grading=200,
+        joint_batches=40,
+        pseudo_warmup=15,
+    )
+    kappa = {
+        ("Ori", 1): 0.70,
+        ("Lesion(Pretrained)", 1): 0.80,
+        ("Lesion(Semi)", 1): 0.70,
+        ("Ori", 4): 0.72,
+        ("Lesion(Pretrained)", 4): 0.82,
+        ("Lesion(Semi)", 4): 0.75,
+        ("Lesion(Semi+Adv)", 1): 0.71,
+        ("Lesion(Semi+Adv)", 4): 0.76,
+    }
     oracle = {1: [0.03, 0.05, 0.0], 4: [0.03, 0.0, -0.01]}
     pseudo = {1: 0.2, 4: 0.6}
     rows = {}
     for s in seeds:
         rows[(s, "Ori (stage 1b)")] = {"seconds": 1, "metrics": {"test/kappa": 0.6}}
-        rows[(s, "G (stage 1a)")] = {"seconds": 1, "metrics": {"test/mean/auc_pr": 0.5, **{f"test/{les}/auc_pr": 0.5 for les in LESIONS}}}
+        rows[(s, "G (stage 1a)")] = {
+            "seconds": 1,
+            "metrics": {"test/mean/auc_pr": 0.5, **{f"test/{les}/auc_pr": 0.5 for les in LESIONS}},
+        }
         for b in a.budgets:
             for m in ("Ori", "Lesion(Pretrained)", "Lesion(Semi)", "Lesion(Semi+Adv)"):
-                rows[(s, label(m, b))] = {"seconds": 1, "metrics": {"test/kappa": kappa[(m, b)] + 0.001 * s, "test/mean/auc_pr": 0.5,
-                                                                     "test/vs_truth/G/mean/auc_pr": 0.4,
-                                                                     "test/vs_truth/pseudo/mean/auc_pr": pseudo[b] + 0.01 * s}}
-            rows[(s, label("Oracle", b))] = {"seconds": 1, "metrics": {"test/kappa": kappa[("Lesion(Pretrained)", b)] + 0.001 * s + oracle[b][s],
-                                                                       "test/mean/auc_pr": 0.52}}
+                rows[(s, label(m, b))] = {
+                    "seconds": 1,
+                    "metrics": {
+                        "test/kappa": kappa[(m, b)] + 0.001 * s,
+                        "test/mean/auc_pr": 0.5,
+                        "test/vs_truth/G/mean/auc_pr": 0.4,
+                        "test/vs_truth/pseudo/mean/auc_pr": pseudo[b] + 0.01 * s,
+                    },
+                }
+            rows[(s, label("Oracle", b))] = {
+                "seconds": 1,
+                "metrics": {
+                    "test/kappa": kappa[("Lesion(Pretrained)", b)] + 0.001 * s + oracle[b][s],
+                    "test/mean/auc_pr": 0.52,
+                },
+            }
     lesions = {les: {"extent": 3.0, "components": 10, "share": 0.01} for les in LESIONS}
     report(a, rows, lesions, 1.0)
     out = capsys.readouterr().out
@@ -233,9 +351,11 @@ def test_report_update_keeps_headings_inside_a_scripts_output_in_its_section():
     output prints "## Pool: grid" (active_learning.py) keeps it in its own section, in place."""
     import _report
 
-    old = ("# Benchmark results\n\nintro\n\n"
-           "## A (`benchmarks/alpha.py`)\n\n```\n## Pool: grid\nfigures of alpha\n```\n\n"
-           "## B (`benchmarks/beta.py`)\n\n```\nold beta\n```\n")
+    old = (
+        "# Benchmark results\n\nintro\n\n"
+        "## A (`benchmarks/alpha.py`)\n\n```\n## Pool: grid\nfigures of alpha\n```\n\n"
+        "## B (`benchmarks/beta.py`)\n\n```\nold beta\n```\n"
+    )
     new_beta = "## B (`benchmarks/beta.py`)\n\n```\nnew beta\n## Preset 'scarce'\n```\n"
     head, sections = _report._merge(old, [new_beta], [Path("beta.py")], 60.0)
     assert head.startswith("# Benchmark results\n\nintro") and "Sections rerun since: beta" in head
@@ -252,7 +372,14 @@ def test_collaborative_parallel_runs_stage_one_first_then_the_longest_units(tmp_
 
     import retinalab.experiments.launch as launch
 
-    a = argparse.Namespace(seeds=[0, 1], budgets=[1, 12], arms=["Lesion(Pretrained)", "Lesion(Semi)"], work=str(tmp_path), parallel=2, device="cpu")
+    a = argparse.Namespace(
+        seeds=[0, 1],
+        budgets=[1, 12],
+        arms=["Lesion(Pretrained)", "Lesion(Semi)"],
+        work=str(tmp_path),
+        parallel=2,
+        device="cpu",
+    )
     calls = []
 
     def fake_run_jobs(jobs, slots, on_done=None, prefix=""):
@@ -270,7 +397,12 @@ def test_collaborative_parallel_runs_stage_one_first_then_the_longest_units(tmp_
     else:
         raise AssertionError("a failed child must stop the run")
     stage1, stage2 = calls
-    assert sorted(map(tuple, stage1)) == [(0, "G (stage 1a)"), (0, "Ori (stage 1b)"), (1, "G (stage 1a)"), (1, "Ori (stage 1b)")]
+    assert sorted(map(tuple, stage1)) == [
+        (0, "G (stage 1a)"),
+        (0, "Ori (stage 1b)"),
+        (1, "G (stage 1a)"),
+        (1, "Ori (stage 1b)"),
+    ]
     assert len(stage2) == 2 * 2 * 3 and stage2[:2] == [[0, "Lesion(Semi)", 12], [1, "Lesion(Semi)", 12]]
     assert stage2[-2:] == [[0, "Ori", 1], [1, "Ori", 1]]
 
@@ -281,11 +413,17 @@ def test_collaborative_parallel_children_share_their_parents_results_file(monkey
     folders); without --parallel the key is the sequential run's."""
     import collaborative
 
-    monkeypatch.setattr(collaborative, "plan_slots", lambda parallel, devices: [argparse.Namespace(threads=1)] * parallel)
+    monkeypatch.setattr(
+        collaborative, "plan_slots", lambda parallel, devices: [argparse.Namespace(threads=1)] * parallel
+    )
     parent = collaborative.parse_args(["--parallel", "2", "--seeds", "0"])
     child = collaborative.parse_args(["--parallel", "2", "--seeds", "0", "--one", '[0, "Ori", 1]'])
     assert parent.workers == child.workers == 1
-    assert collaborative.settings_key(parent) == collaborative.settings_key(child) != collaborative.settings_key(collaborative.parse_args([]))
+    assert (
+        collaborative.settings_key(parent)
+        == collaborative.settings_key(child)
+        != collaborative.settings_key(collaborative.parse_args([]))
+    )
     # G and D's channels-last layout trains to other numbers than the plain one: a key of its own; the plain
     # layout keeps the key its rows were recorded under (2026-12-06: 8b8e7064f9 with --parallel 2 on 2 cores)
     monkeypatch.setattr(collaborative.layout, "ENABLED", True)

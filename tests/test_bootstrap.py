@@ -50,7 +50,9 @@ def test_a_paired_difference_resamples_both_runs_together():
     b = a + rng.normal(0, 0.3, 100) - 0.3 * label  # a, a little worse on the positives
     same = difference_statistic(image_auroc_statistic(a, label), image_auroc_statistic(a, label))
     assert bootstrap_interval([same]) == (0.0, 0.0)
-    lo, hi = bootstrap_interval([difference_statistic(image_auroc_statistic(a, label), image_auroc_statistic(b, label))])
+    lo, hi = bootstrap_interval(
+        [difference_statistic(image_auroc_statistic(a, label), image_auroc_statistic(b, label))]
+    )
     one_lo, one_hi = bootstrap_interval([image_auroc_statistic(a, label)])
     assert 0 < lo <= exact_auroc(a, label) - exact_auroc(b, label) <= hi and hi - lo < (one_hi - one_lo) / 2
     with pytest.raises(ValueError, match="same test items"):
@@ -107,8 +109,11 @@ def test_all_replicates_at_once_equal_one_at_a_time(dense, monkeypatch):
     probs = np.round(rng.random((12, 8)), 1)
     patches = (rng.random((12, 8)) < 0.3).astype(int)
     idx = rng.integers(0, 12, (400, 12))
-    for stat, n in (image_auroc_statistic(score, label), patch_auroc_statistic(probs, patches),
-                    difference_statistic(image_auroc_statistic(score, label), image_auroc_statistic(score[::-1].copy(), label))):
+    for stat, n in (
+        image_auroc_statistic(score, label),
+        patch_auroc_statistic(probs, patches),
+        difference_statistic(image_auroc_statistic(score, label), image_auroc_statistic(score[::-1].copy(), label)),
+    ):
         one_by_one = np.asarray([stat(i) for i in idx])
         np.testing.assert_allclose(stat.many(idx), one_by_one, rtol=0, atol=1e-12, equal_nan=True)
         assert n == 12 and np.isnan(one_by_one).any() == (stat.many(idx) != stat.many(idx)).any()
@@ -131,12 +136,31 @@ def test_image_level_scores_per_image_table():
 
 def test_a_test_run_logs_its_intervals_and_keeps_its_predictions(tmp_path):
     root = make_idrid(tmp_path / "IDRiD", seg=(6, 3), grades={"train": [0, 0, 0, 0], "test": [0, 0, 0]})
-    dm = PatchDataModule("idrid", str(root), image_size=128, patch_size=32, stride=32, patch_out=32, val_size=3, test_size=6,
-                         batch_size=32, cache_dir=str(tmp_path / "c"), cache_workers=0, split_file=str(tmp_path / "s.json"))
+    dm = PatchDataModule(
+        "idrid",
+        str(root),
+        image_size=128,
+        patch_size=32,
+        stride=32,
+        patch_out=32,
+        val_size=3,
+        test_size=6,
+        batch_size=32,
+        cache_dir=str(tmp_path / "c"),
+        cache_workers=0,
+        split_file=str(tmp_path / "s.json"),
+    )
     pl.seed_everything(0)
     task = PatchClassifierTask(width=0.1)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, dm)
     res = trainer.test(task, dm, verbose=False)[0]
     rec = task.eval_records["test"]

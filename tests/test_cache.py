@@ -142,16 +142,20 @@ def dying(job):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(job)
 cache._process = dying
-PatchCache.build(read_idrid({str(idrid_root)!r}), {str(tmp_path / 'cache')!r}, PatchCacheConfig(grid=PatchGrid(64, 16, 16, 8), thumb_size=32),
-                 name="idrid", progress=False)
+PatchCache.build(read_idrid({str(idrid_root)!r}), {str(tmp_path / "cache")!r},
+                 PatchCacheConfig(grid=PatchGrid(64, 16, 16, 8), thumb_size=32), name="idrid", progress=False)
 """
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     left = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert left and all(name.startswith(".") for name in left), left  # a .idrid-<key>.tmp-<id> folder and the lock, nothing else
+    assert left and all(name.startswith(".") for name in left), (
+        left
+    )  # a .idrid-<key>.tmp-<id> folder and the lock, nothing else
     recs = read_idrid(idrid_root)
     c = build(recs, tmp_path)
-    assert len(c) == 11 and json.loads((c.path / "index.json").read_text())["images"][-1]["image_id"] == recs[-1].image_id
+    assert (
+        len(c) == 11 and json.loads((c.path / "index.json").read_text())["images"][-1]["image_id"] == recs[-1].image_id
+    )
     fresh = build(recs, tmp_path / "fresh")
     assert np.array_equal(np.asarray(c.patches), np.asarray(fresh.patches)) and np.array_equal(c.labels, fresh.labels)
 

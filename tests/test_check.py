@@ -19,8 +19,26 @@ def kinds(report) -> set[str]:
 
 
 def test_clean_folder_passes_with_counts_warnings_and_a_contact_sheet(folder_root, tmp_path, capsys):
-    assert main(["check-data", "--dataset", "folder", "--root", str(folder_root), "--out", str(tmp_path / "out"), "--workers", "1",
-                 "--sample", "5", "--thumb", "64"]) == 0
+    assert (
+        main(
+            [
+                "check-data",
+                "--dataset",
+                "folder",
+                "--root",
+                str(folder_root),
+                "--out",
+                str(tmp_path / "out"),
+                "--workers",
+                "1",
+                "--sample",
+                "5",
+                "--thumb",
+                "64",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "OK: no problems found" in text and "12 photographs" in text
     report = json.loads((tmp_path / "out" / "check.json").read_text())
@@ -61,7 +79,19 @@ def test_a_large_duplicate_group_prints_a_few_names_and_keeps_all_in_check_json(
     src = folder_root / "site1" / "a" / "001.jpg"
     for i in range(40):
         shutil.copy(src, folder_root / "site2" / f"copy{i:02d}.jpg")
-    main(["check-data", "--dataset", "folder", "--root", str(folder_root), "--out", str(tmp_path / "out"), "--workers", "1"])
+    main(
+        [
+            "check-data",
+            "--dataset",
+            "folder",
+            "--root",
+            str(folder_root),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+        ]
+    )
     text = capsys.readouterr().out
     line = next(x for x in text.splitlines() if "identical photographs" in x)
     assert "41 identical photographs" in line and "and 38 more (all in check.json)" in line and len(line) < 400
@@ -73,8 +103,13 @@ def test_a_large_duplicate_group_prints_a_few_names_and_keeps_all_in_check_json(
 def test_the_printed_report_shows_three_examples_per_kind():
     from retinalab.check import Finding, Report
 
-    r = Report("folder", "/data", 10, problems=[Finding("undecodable", f"{i}.jpg", f"{i}.jpg: broken") for i in range(7)]
-               + [Finding("mask_size", "m.png", "m.png: 10x10")])
+    r = Report(
+        "folder",
+        "/data",
+        10,
+        problems=[Finding("undecodable", f"{i}.jpg", f"{i}.jpg: broken") for i in range(7)]
+        + [Finding("mask_size", "m.png", "m.png: 10x10")],
+    )
     lines = r.text().splitlines()
     assert sum("[undecodable]" in x for x in lines) == 4 and "  [undecodable] ... 4 more in check.json" in lines
     assert "  [mask_size] m.png: 10x10" in lines
@@ -96,7 +131,22 @@ def test_unreadable_label_rows(folder_root, capsys):
     r = check_dataset("folder", folder_root, workers=0, progress=False)
     assert kinds(r) == {"label_row"} and len(r.problems) == 2
     assert any("gone.jpg" in f.message for f in r.problems) and any("'severe'" in f.message for f in r.problems)
-    assert main(["check-data", "--dataset", "folder", "--root", str(folder_root), "--workers", "1", "--out", str(folder_root.parent / "o")]) == 1
+    assert (
+        main(
+            [
+                "check-data",
+                "--dataset",
+                "folder",
+                "--root",
+                str(folder_root),
+                "--workers",
+                "1",
+                "--out",
+                str(folder_root.parent / "o"),
+            ]
+        )
+        == 1
+    )
     assert "FAILED: 2 problem(s)" in capsys.readouterr().out
 
 

@@ -22,8 +22,19 @@ def fitted(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ckpt")
     write_synthetic("idrid", root / "syn", 24, 7, (128, 96), workers=1)
-    c = cli(["--config", str(TINY), f"--data.root={root / 'syn'}", f"--data.cache_dir={root / 'cache'}", "--trainer.logger=false",
-             "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"], run=False)
+    c = cli(
+        [
+            "--config",
+            str(TINY),
+            f"--data.root={root / 'syn'}",
+            f"--data.cache_dir={root / 'cache'}",
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={root}",
+        ],
+        run=False,
+    )
     c.trainer.fit(c.model, c.datamodule)
     path = root / "model.ckpt"
     c.trainer.save_checkpoint(path)
@@ -60,8 +71,18 @@ def test_retinalab_trainers_use_the_atomic_writer(tmp_path):
 
 
 def _test_args(root: Path, ckpt: Path, *extra: str) -> list[str]:
-    return ["test", "--config", str(TINY), f"--data.root={root / 'syn'}", f"--data.cache_dir={root / 'cache'}", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}", f"--ckpt_path={ckpt}", *extra]
+    return [
+        "test",
+        "--config",
+        str(TINY),
+        f"--data.root={root / 'syn'}",
+        f"--data.cache_dir={root / 'cache'}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}",
+        f"--ckpt_path={ckpt}",
+        *extra,
+    ]
 
 
 def test_a_good_checkpoint_reads_without_running_pickled_code(fitted):
@@ -121,7 +142,11 @@ def test_a_stage_1_checkpoint_of_another_width_is_named(tmp_path):
     seg = CollaborativeTask(stage="segmentation", generator_width=0.0625, discriminator_width=0.0625, num_overlays=0)
     torch.save({"state_dict": seg.state_dict()}, tmp_path / "seg.ckpt")
     with pytest.raises(ValueError, match=r"seg.ckpt: \d+ 'generator' weight\(s\) of another shape"):
-        CollaborativeTask(stage="joint", generator_ckpt=str(tmp_path / "seg.ckpt"), generator_width=0.125, discriminator_width=0.0625)
+        CollaborativeTask(
+            stage="joint", generator_ckpt=str(tmp_path / "seg.ckpt"), generator_width=0.125, discriminator_width=0.0625
+        )
     (tmp_path / "cut.ckpt").write_bytes((tmp_path / "seg.ckpt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cut.ckpt: not a readable checkpoint"):
-        CollaborativeTask(stage="joint", generator_ckpt=str(tmp_path / "cut.ckpt"), generator_width=0.0625, discriminator_width=0.0625)
+        CollaborativeTask(
+            stage="joint", generator_ckpt=str(tmp_path / "cut.ckpt"), generator_width=0.0625, discriminator_width=0.0625
+        )

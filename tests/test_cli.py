@@ -21,23 +21,44 @@ TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
 
 def run(args, cwd, env_extra=None, check=True):
     env = {**os.environ, "RETINALAB_CACHE": str(cwd / "cache"), "WANDB_MODE": "offline", **(env_extra or {})}
-    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "retinalab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and res.returncode != 0:
-        raise AssertionError(f"retinalab {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+        raise AssertionError(
+            f"retinalab {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+        )
     return res
 
 
 @pytest.fixture(scope="module")
 def synth_idrid(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli")
-    run(["synth", "idrid", "--out", "syn", "--num-images", "30", "--seed", "3", "--size", "128x96", "--workers", "1"], cwd)
+    run(
+        ["synth", "idrid", "--out", "syn", "--num-images", "30", "--seed", "3", "--size", "128x96", "--workers", "1"],
+        cwd,
+    )
     return cwd
 
 
 def test_synth_then_fit_test_predict(synth_idrid, monkeypatch, capsys, caplog):
     cwd = synth_idrid
-    res = run(["fit", "--config", str(TINY), "--data.root", "syn", "--trainer.max_epochs", "2",
-               "--trainer.default_root_dir", "run", "--trainer.logger.init_args.save_dir", "run"], cwd)
+    res = run(
+        [
+            "fit",
+            "--config",
+            str(TINY),
+            "--data.root",
+            "syn",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.default_root_dir",
+            "run",
+            "--trainer.logger.init_args.save_dir",
+            "run",
+        ],
+        cwd,
+    )
     assert "Caching patches" in res.stderr  # progress bar of the cache build
     assert "args parameter" not in res.stderr  # Lightning's warning about LightningCLI(args=...) from the command line
     versions = sorted((cwd / "run" / "logs").glob("version_*"))
@@ -57,13 +78,45 @@ def test_synth_then_fit_test_predict(synth_idrid, monkeypatch, capsys, caplog):
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("RETINALAB_CACHE", str(cwd / "cache"))
     capsys.readouterr()
-    assert main(["test", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
-                 "--trainer.logger.init_args.save_dir", "run", "--trainer.enable_progress_bar=false"]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--config",
+                str(TINY),
+                "--data.root",
+                "syn",
+                "--ckpt_path",
+                str(ckpts[0]),
+                "--trainer.logger.init_args.save_dir",
+                "run",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test/image_auroc" in out and "test/patch_auroc" in out
     # predict on the test split: scores.csv, overlays, localisation AUROC against the masks
-    assert main(["predict", "--config", str(TINY), "--data.root", "syn", "--ckpt_path", str(ckpts[0]),
-                 "--trainer.logger", "false", "--trainer.default_root_dir", "pred", "--trainer.enable_progress_bar=false"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--config",
+                str(TINY),
+                "--data.root",
+                "syn",
+                "--ckpt_path",
+                str(ckpts[0]),
+                "--trainer.logger",
+                "false",
+                "--trainer.default_root_dir",
+                "pred",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+        == 0
+    )
     scores = pd.read_csv(cwd / "pred" / "predictions" / "scores.csv")
     assert len(scores) == 3 and set(scores["image"]) == set(split["test"])
     assert ((scores["score"] >= 0) & (scores["score"] <= 16)).all()  # sum of 16 sigmoids
@@ -81,8 +134,20 @@ def test_synth_then_fit_test_predict(synth_idrid, monkeypatch, capsys, caplog):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
     (folder / "notes.txt").write_text("not an image")
     caplog.set_level(logging.INFO, logger="retinalab")
-    args = ["predict", "--config", str(TINY), "--ckpt_path", str(ckpts[0]), "--data.predict_folder", "clinic",
-            "--trainer.logger", "false", "--trainer.default_root_dir", "clinic_out", "--trainer.enable_progress_bar=false"]
+    args = [
+        "predict",
+        "--config",
+        str(TINY),
+        "--ckpt_path",
+        str(ckpts[0]),
+        "--data.predict_folder",
+        "clinic",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        "clinic_out",
+        "--trainer.enable_progress_bar=false",
+    ]
     assert main(args) == 0
     out = cwd / "clinic_out" / "predictions"
     scores = pd.read_csv(out / "scores.csv")
@@ -122,8 +187,24 @@ def test_predict_keeps_no_outputs_in_memory(monkeypatch, tmp_path):
 
 
 def test_fast_dev_run_with_dotted_overrides(synth_idrid):
-    run(["fit", "--config", str(TINY), "--data.root", "syn", "--trainer.fast_dev_run", "1", "--model.lr", "0.01",
-               "--data.num_labeled_images", "5", "--data.split_file", "split5.json"], synth_idrid)
+    run(
+        [
+            "fit",
+            "--config",
+            str(TINY),
+            "--data.root",
+            "syn",
+            "--trainer.fast_dev_run",
+            "1",
+            "--model.lr",
+            "0.01",
+            "--data.num_labeled_images",
+            "5",
+            "--data.split_file",
+            "split5.json",
+        ],
+        synth_idrid,
+    )
     split = json.loads((synth_idrid / "split5.json").read_text())
     assert len(split["labeled"]) == 5 and split["num_labeled_images"] == 5
 
@@ -135,7 +216,12 @@ def test_missing_root_is_one_line_and_exit_2(tmp_path):
     res = run(args, tmp_path, check=False)
     assert res.returncode == 2, res.stderr[-3000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO", "WARNING"))]
-    assert len(lines) == 1 and lines[0].startswith("error: IDRiD: root=") and "nope" in lines[0] and "retinalab synth" in lines[0], res.stderr
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: IDRiD: root=")
+        and "nope" in lines[0]
+        and "retinalab synth" in lines[0]
+    ), res.stderr
     assert "Traceback" not in res.stderr
     from retinalab.datasets import DatasetNotFoundError
 
@@ -162,7 +248,14 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
     assert "--size" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml") if p.parent.name not in ("active", "overlays", "studies", "sweeps")))
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        str(p.relative_to(REPO))
+        for p in (REPO / "conf").rglob("*.yaml")
+        if p.parent.name not in ("active", "overlays", "studies", "sweeps")
+    ),
+)
 def test_every_shipped_config_instantiates_with_the_wandb_logger_offline(config, tmp_path, monkeypatch):
     """Lightning configs (conf/active/ is `retinalab active`'s: see test_active_loop.py; overlays/ are partial
     configs; studies/ and sweeps/ have their own tests). Each logs to W&B by default, offline without an
@@ -173,16 +266,33 @@ def test_every_shipped_config_instantiates_with_the_wandb_logger_offline(config,
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    c = cli(["--config", str(REPO / config), "--data.root", str(tmp_path), f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"], run=False)
+    c = cli(
+        [
+            "--config",
+            str(REPO / config),
+            "--data.root",
+            str(tmp_path),
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        ],
+        run=False,
+    )
     assert c.model.__class__.__module__.startswith("retinalab.tasks")
     assert c.datamodule.root == str(tmp_path)
     # a budget in epochs or in steps (max_epochs -1); None: a test-only config
-    assert c.trainer.max_epochs is None or c.trainer.max_epochs >= 1 or (c.trainer.max_epochs == -1 and c.trainer.max_steps > 0)
+    assert (
+        c.trainer.max_epochs is None
+        or c.trainer.max_epochs >= 1
+        or (c.trainer.max_epochs == -1 and c.trainer.max_steps > 0)
+    )
     (logger,) = c.trainer.loggers
     assert isinstance(logger, WandbLogger) and logger._offline_run and logger._experiment is None  # no run before fit
     init = logger._wandb_init
     method, stem = Path(config).parent.name, Path(config).stem
-    assert init["project"] == "retinalab" and init["group"] == f"{method}/{stem}" and init["name"].startswith(f"{method}/{stem}-n")
+    assert (
+        init["project"] == "retinalab"
+        and init["group"] == f"{method}/{stem}"
+        and init["name"].startswith(f"{method}/{stem}-n")
+    )
     assert init["tags"][0] == method and init["tags"][-1] == "seed_0" and init["tags"][2].startswith("labelled_")
     assert logger.save_dir == str(tmp_path / "runs" / "logs" / "version_0")
 
@@ -193,8 +303,13 @@ def test_a_second_run_gets_a_fresh_logs_folder_and_the_logger_can_be_switched_of
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     config = str(REPO / "conf/convnet/synthetic.yaml")
-    (tmp_path / "runs" / "logs" / "version_0").mkdir(parents=True)  # a second run of the config does not reuse the first's folder
-    again = cli(["--config", config, "--data.root", str(tmp_path), f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"], run=False)
+    (tmp_path / "runs" / "logs" / "version_0").mkdir(
+        parents=True
+    )  # a second run of the config does not reuse the first's folder
+    again = cli(
+        ["--config", config, "--data.root", str(tmp_path), f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"],
+        run=False,
+    )
     assert again.trainer.logger.save_dir == str(tmp_path / "runs" / "logs" / "version_1")
     off = cli(["--config", config, "--data.root", str(tmp_path), "--trainer.logger=false"], run=False)
     assert off.trainer.loggers == []
@@ -210,10 +325,22 @@ def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
-    tiny = ["--trainer.max_epochs=1", "--data.image_size=128", "--data.patch_size=32", "--data.stride=32",
-            "--model.width=0.1", "--data.cache_workers=0", "--data.num_labeled_images=4", "--data.val_size=3",
-            "--data.test_size=6", "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
-    results = demo(["--data", str(tmp_path / "syn"), "--num-images", "45", "--size", "128x96", "--conf", str(REPO / "conf"), *tiny])
+    tiny = [
+        "--trainer.max_epochs=1",
+        "--data.image_size=128",
+        "--data.patch_size=32",
+        "--data.stride=32",
+        "--model.width=0.1",
+        "--data.cache_workers=0",
+        "--data.num_labeled_images=4",
+        "--data.val_size=3",
+        "--data.test_size=6",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+    ]
+    results = demo(
+        ["--data", str(tmp_path / "syn"), "--num-images", "45", "--size", "128x96", "--conf", str(REPO / "conf"), *tiny]
+    )
     assert read_settings(tmp_path / "syn")["preset"]["name"] == "benchmark"
     assert set(results) == {"ConvNet (supervised)", "SSL-GAN (semi-supervised)", "FixMatch (semi-supervised)"}
     for by_weights in results.values():
@@ -238,12 +365,26 @@ def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
 def test_gan_optimisers_come_from_the_config(tmp_path):
     from retinalab.cli import cli
 
-    c = cli(["--config", str(REPO / "conf/ssl_gan/synthetic.yaml"), "--data.root", str(tmp_path), "--trainer.logger", "false",
-             "--model.optimizer_d=torch.optim.SGD", "--model.optimizer_d.lr=0.05", "--model.optimizer_d.momentum=0.9"], run=False)
+    c = cli(
+        [
+            "--config",
+            str(REPO / "conf/ssl_gan/synthetic.yaml"),
+            "--data.root",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+            "--model.optimizer_d=torch.optim.SGD",
+            "--model.optimizer_d.lr=0.05",
+            "--model.optimizer_d.momentum=0.9",
+        ],
+        run=False,
+    )
     c.model.trainer = None
     (opt_d, opt_g), _ = c.model.configure_optimizers()
     assert isinstance(opt_d, torch.optim.SGD) and opt_d.defaults["lr"] == 0.05 and opt_d.defaults["momentum"] == 0.9
-    assert isinstance(opt_g, torch.optim.Adam) and opt_g.defaults["lr"] == 3e-4 and opt_g.defaults["betas"] == (0.5, 0.999)
+    assert (
+        isinstance(opt_g, torch.optim.Adam) and opt_g.defaults["lr"] == 3e-4 and opt_g.defaults["betas"] == (0.5, 0.999)
+    )
 
 
 # slow tier (make test-slow; CI runs it after make test): two DDP ranks are two Lightning start-ups (~25 s)
@@ -260,9 +401,22 @@ def test_ssgan_under_ddp_ranks_end_identical_and_metrics_cover_the_whole_validat
 
     gan = REPO / "tests" / "conf" / "ssl_gan_tiny.yaml"
     weights = synth_idrid / "ddp_weights"
-    run(["fit", "--config", str(gan), "--data.root", "syn", "--trainer.strategy=ddp_find_unused_parameters_true",
-         "--trainer.devices=2", "--trainer.logger.init_args.save_dir=ddp", "--trainer.callbacks+=tests.ddp_helpers.SaveRankWeights",
-         "--trainer.enable_progress_bar=false"], synth_idrid, {"PYTHONPATH": str(REPO), "RETINALAB_TEST_WEIGHTS_DIR": str(weights)})
+    run(
+        [
+            "fit",
+            "--config",
+            str(gan),
+            "--data.root",
+            "syn",
+            "--trainer.strategy=ddp_find_unused_parameters_true",
+            "--trainer.devices=2",
+            "--trainer.logger.init_args.save_dir=ddp",
+            "--trainer.callbacks+=tests.ddp_helpers.SaveRankWeights",
+            "--trainer.enable_progress_bar=false",
+        ],
+        synth_idrid,
+        {"PYTHONPATH": str(REPO), "RETINALAB_TEST_WEIGHTS_DIR": str(weights)},
+    )
     metrics = pd.read_csv(sorted((synth_idrid / "ddp" / "logs").glob("version_*"))[-1] / "metrics.csv")
     assert metrics["val/image_auroc"].notna().any() and metrics["train/loss_g"].notna().any()
     assert len(list((synth_idrid / "ddp" / "logs").glob("version_*/checkpoints/*.ckpt"))) == 1
@@ -272,9 +426,20 @@ def test_ssgan_under_ddp_ranks_end_identical_and_metrics_cover_the_whole_validat
     ddp_auroc = metrics["val/patch_auroc"].dropna().iloc[-1]
     from retinalab.cli import cli
 
-    c = cli(["--config", str(gan), "--data.root", str(synth_idrid / "syn"), "--trainer.logger", "false",
-             f"--data.cache_dir={synth_idrid / 'cache'}", "--trainer.enable_progress_bar=false",
-             f"--trainer.default_root_dir={synth_idrid / 'single'}"], run=False)  # not the working directory
+    c = cli(
+        [
+            "--config",
+            str(gan),
+            "--data.root",
+            str(synth_idrid / "syn"),
+            "--trainer.logger",
+            "false",
+            f"--data.cache_dir={synth_idrid / 'cache'}",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={synth_idrid / 'single'}",
+        ],
+        run=False,
+    )  # not the working directory
     c.model.load_state_dict(r0)
     single = c.trainer.validate(c.model, c.datamodule, verbose=False)[0]["val/patch_auroc"]
     assert single == pytest.approx(ddp_auroc, abs=1e-6)

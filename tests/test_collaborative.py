@@ -43,14 +43,19 @@ def test_generator_adversarial_loss_is_the_non_saturating_one():
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
     loss.backward()
     # d/dl of -log sigmoid(l) / 4 = -(1 - sigmoid(l)) / 4: near -1/4 for a confident "fake"
-    assert d_fake.grad[0].item() == pytest.approx(-(1 - 1 / (1 + math.exp(6.0))) / 4, rel=1e-5) and d_fake.grad[0].item() < -0.24
+    assert (
+        d_fake.grad[0].item() == pytest.approx(-(1 - 1 / (1 + math.exp(6.0))) / 4, rel=1e-5)
+        and d_fake.grad[0].item() < -0.24
+    )
 
 
 def test_masked_bce_counts_only_annotated_lesions():
     logits, target = torch.zeros(2, 4, 4, 4), torch.zeros(2, 4, 4, 4)
     logits[0, 3] = 20.0  # a confident wrong prediction on a lesion image 0 is not annotated for
     known = torch.tensor([[True, True, True, False], [True, True, True, True]])
-    assert collab.masked_bce(logits, target, known).item() == pytest.approx(F.binary_cross_entropy_with_logits(torch.zeros(1), torch.zeros(1)).item())
+    assert collab.masked_bce(logits, target, known).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(torch.zeros(1), torch.zeros(1)).item()
+    )
     assert collab.masked_bce(logits, target).item() > 1.0
 
 
@@ -65,19 +70,44 @@ def test_stage_errors_are_clear(tmp_path):
 
 
 def _dm(idrid_root, tmp_path) -> SegmentationDataModule:
-    return SegmentationDataModule("idrid", str(idrid_root), image_size=64, val_size=1, batch_size=2, num_workers=0,
-                                  image_level_dataset="idrid", image_level_root=str(idrid_root), image_level_val_size=1,
-                                  augment=False, split_file=str(tmp_path / "split.json"))
+    return SegmentationDataModule(
+        "idrid",
+        str(idrid_root),
+        image_size=64,
+        val_size=1,
+        batch_size=2,
+        num_workers=0,
+        image_level_dataset="idrid",
+        image_level_root=str(idrid_root),
+        image_level_val_size=1,
+        augment=False,
+        split_file=str(tmp_path / "split.json"),
+    )
 
 
 def test_pseudo_masks_from_attention_flow_into_l_ce(idrid_root, tmp_path, monkeypatch):
     """In the joint stage the attention maps, resized, are the L_CE targets of the image-level images."""
     calls, pseudo = [], []
     real_bce, real_pseudo = collab.masked_bce, collab.LesionAttentionGrader.pseudo_masks
-    monkeypatch.setattr(collab, "masked_bce", lambda logits, target, known=None: (calls.append((logits, target, known)), real_bce(logits, target, known))[1])
-    monkeypatch.setattr(collab.LesionAttentionGrader, "pseudo_masks", lambda self, a, size: (pseudo.append(real_pseudo(self, a, size)), pseudo[-1])[1])
+    monkeypatch.setattr(
+        collab,
+        "masked_bce",
+        lambda logits, target, known=None: (calls.append((logits, target, known)), real_bce(logits, target, known))[1],
+    )
+    monkeypatch.setattr(
+        collab.LesionAttentionGrader,
+        "pseudo_masks",
+        lambda self, a, size: (pseudo.append(real_pseudo(self, a, size)), pseudo[-1])[1],
+    )
     task = CollaborativeTask(stage="joint", **TINY)
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, _dm(idrid_root, tmp_path))
     assert pseudo, "the joint step made no pseudo masks"
     targets = [t for _, t, k in calls if k is None]
@@ -91,7 +121,14 @@ def test_discriminator_and_generator_steps_update_the_right_networks(idrid_root,
     torch.manual_seed(0)
     task = CollaborativeTask(stage="joint", **TINY)
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, _dm(idrid_root, tmp_path))
     changed = {n.split(".")[0] for n, p in task.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed == {"generator", "grader", "discriminator"}
@@ -99,7 +136,14 @@ def test_discriminator_and_generator_steps_update_the_right_networks(idrid_root,
     frozen = CollaborativeTask(stage="joint", semi=False, adversarial=False, lesion_features="masks", **TINY)
     assert not any(n.startswith(("w_low", "w_high", "to_context")) for n, _ in frozen.grader.named_parameters())
     g_before = {n: p.detach().clone() for n, p in frozen.generator.named_parameters()}
-    pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False).fit(frozen, _dm(idrid_root, tmp_path))
+    pl.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(frozen, _dm(idrid_root, tmp_path))
     assert frozen.discriminator is None
     assert all(torch.equal(g_before[n], p) for n, p in frozen.generator.named_parameters())
     out = frozen.grade(torch.rand(2, 3, 64, 64))
@@ -126,7 +170,14 @@ def test_the_generators_adversarial_term_sends_no_gradient_into_the_discriminato
         calls.append((d_before, grads(task.discriminator), grads(task.generator)))
 
     task.manual_backward = backward
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, _dm(idrid_root, tmp_path))
     assert len(calls) == 2  # D's loss, then G's + the grader's
     (_, d_after_d, g_after_d), (d_before, d_after, g_after) = calls
@@ -136,14 +187,29 @@ def test_the_generators_adversarial_term_sends_no_gradient_into_the_discriminato
 
 
 @pytest.mark.parametrize(("warmup", "threshold", "pseudo_logged"), [(0, None, True), (0, 0.5, True), (5, None, False)])
-def test_pseudo_masks_wait_for_the_warm_up_and_can_be_thresholded(idrid_root, tmp_path, monkeypatch, warmup, threshold, pseudo_logged):
+def test_pseudo_masks_wait_for_the_warm_up_and_can_be_thresholded(
+    idrid_root, tmp_path, monkeypatch, warmup, threshold, pseudo_logged
+):
     """pseudo_warmup_steps: the attention maps supervise G only after that many joint batches;
     pseudo_threshold turns them into 0/1 targets."""
     targets = []
     real_bce = collab.masked_bce
-    monkeypatch.setattr(collab, "masked_bce", lambda logits, target, known=None: (targets.append((target, known)), real_bce(logits, target, known))[1])
-    task = CollaborativeTask(stage="joint", adversarial=False, pseudo_warmup_steps=warmup, pseudo_threshold=threshold, **TINY)
-    trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    monkeypatch.setattr(
+        collab,
+        "masked_bce",
+        lambda logits, target, known=None: (targets.append((target, known)), real_bce(logits, target, known))[1],
+    )
+    task = CollaborativeTask(
+        stage="joint", adversarial=False, pseudo_warmup_steps=warmup, pseudo_threshold=threshold, **TINY
+    )
+    trainer = pl.Trainer(
+        fast_dev_run=2,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, _dm(idrid_root, tmp_path))
     pseudo = [t for t, k in targets if k is None]  # L_CE on image-level images (no annotation mask)
     assert bool(pseudo) == pseudo_logged and ("train/loss_ce_pseudo" in trainer.callback_metrics) == pseudo_logged
@@ -151,30 +217,91 @@ def test_pseudo_masks_wait_for_the_warm_up_and_can_be_thresholded(idrid_root, tm
         assert all(set(torch.unique(t).tolist()) <= {0.0, 1.0} for t in pseudo)
 
 
-def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyepacs_root, messidor_root, tmp_path, capsys):
+def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(
+    idrid_root, eyepacs_root, messidor_root, tmp_path, capsys
+):
     conf = REPO / "conf" / "collaborative"
-    common = ["--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-              "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2", "--model.generator_width=0.0625",
-              "--model.discriminator_width=0.0625", "--model.num_overlays=1"]
+    common = [
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
+        "--data.image_size=64",
+        "--data.num_workers=0",
+        "--data.batch_size=2",
+        "--model.generator_width=0.0625",
+        "--model.discriminator_width=0.0625",
+        "--model.num_overlays=1",
+    ]
     seg_dir, grad_dir, joint_dir = tmp_path / "seg", tmp_path / "grading", tmp_path / "joint"
-    assert main(["fit", "--config", str(conf / "idrid_stage1_seg.yaml"), f"--data.root={idrid_root}", "--data.val_size=1",
-                 f"--trainer.default_root_dir={seg_dir}", f"--trainer.logger.init_args.save_dir={seg_dir}", *common]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(conf / "idrid_stage1_seg.yaml"),
+                f"--data.root={idrid_root}",
+                "--data.val_size=1",
+                f"--trainer.default_root_dir={seg_dir}",
+                f"--trainer.logger.init_args.save_dir={seg_dir}",
+                *common,
+            ]
+        )
+        == 0
+    )
     # stage 1b on EyePACS's layout (its test split with the solution file is the official test set)
-    assert main(["fit", "--config", str(conf / "idrid_stage1_grading.yaml"), "--data.dataset=eyepacs", f"--data.root={eyepacs_root}",
-                 "--data.reader_args=null", "--data.val_size=2", f"--trainer.default_root_dir={grad_dir}",
-                 f"--trainer.logger.init_args.save_dir={grad_dir}", *common]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(conf / "idrid_stage1_grading.yaml"),
+                "--data.dataset=eyepacs",
+                f"--data.root={eyepacs_root}",
+                "--data.reader_args=null",
+                "--data.val_size=2",
+                f"--trainer.default_root_dir={grad_dir}",
+                f"--trainer.logger.init_args.save_dir={grad_dir}",
+                *common,
+            ]
+        )
+        == 0
+    )
     seg_ckpt = next(seg_dir.glob("logs/version_*/checkpoints/last.ckpt"))
     grad_ckpt = next(grad_dir.glob("logs/version_*/checkpoints/last.ckpt"))
-    assert main(["fit", "--config", str(conf / "idrid_stage2.yaml"), f"--data.root={idrid_root}", f"--data.image_level_root={idrid_root}",
-                 "--data.val_size=1", "--data.image_level_val_size=1", f"--model.generator_ckpt={seg_ckpt}", f"--model.grader_ckpt={grad_ckpt}",
-                 "--model.pseudo_warmup_steps=0",  # pseudo masks from the first batch of this one-epoch run
-                 f"--trainer.default_root_dir={joint_dir}", f"--trainer.logger.init_args.save_dir={joint_dir}", *common]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(conf / "idrid_stage2.yaml"),
+                f"--data.root={idrid_root}",
+                f"--data.image_level_root={idrid_root}",
+                "--data.val_size=1",
+                "--data.image_level_val_size=1",
+                f"--model.generator_ckpt={seg_ckpt}",
+                f"--model.grader_ckpt={grad_ckpt}",
+                "--model.pseudo_warmup_steps=0",  # pseudo masks from the first batch of this one-epoch run
+                f"--trainer.default_root_dir={joint_dir}",
+                f"--trainer.logger.init_args.save_dir={joint_dir}",
+                *common,
+            ]
+        )
+        == 0
+    )
     import pandas as pd
 
     from retinalab.loggers import read_run_metrics
 
     metrics = read_run_metrics(next(joint_dir.glob("logs/version_*")))  # the run's offline W&B history
-    for col in ("val/acc", "val/referable_auc", "val/MA/auc_pr", "val/mean/auc_roc", "train/loss_d", "train/loss_ce_pseudo"):
+    for col in (
+        "val/acc",
+        "val/referable_auc",
+        "val/MA/auc_pr",
+        "val/mean/auc_roc",
+        "train/loss_d",
+        "train/loss_ce_pseudo",
+    ):
         assert col in metrics and metrics[col].notna().any(), col
     # one validation image: a wrong grade makes the observed disagreement equal the expected one (kappa 0),
     # a right one makes both 0 (kappa 0/0, NaN)
@@ -192,22 +319,56 @@ def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyep
     # retinalab predict: lesion masks and attention maps over each test photograph, one row per image
     joint_ckpt = next(joint_dir.glob("logs/version_*/checkpoints/last.ckpt"))
     pred = tmp_path / "pred"
-    assert main(["predict", "--config", str(conf / "idrid_stage2.yaml"), f"--data.root={idrid_root}", f"--data.image_level_root={idrid_root}",
-                 "--data.val_size=1", "--data.image_level_val_size=1", f"--ckpt_path={joint_ckpt}", f"--trainer.default_root_dir={pred}",
-                 f"--trainer.logger.init_args.save_dir={pred}", *common]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--config",
+                str(conf / "idrid_stage2.yaml"),
+                f"--data.root={idrid_root}",
+                f"--data.image_level_root={idrid_root}",
+                "--data.val_size=1",
+                "--data.image_level_val_size=1",
+                f"--ckpt_path={joint_ckpt}",
+                f"--trainer.default_root_dir={pred}",
+                f"--trainer.logger.init_args.save_dir={pred}",
+                *common,
+            ]
+        )
+        == 0
+    )
     out = next(pred.glob("logs/version_*/predictions"))
     rows = pd.read_csv(out / "predictions.csv")
-    assert len(rows) == 2 and {"predicted_grade", "p_referable", "max_EX", "picture"} <= set(rows.columns)  # IDRiD's 2 test images
+    assert len(rows) == 2 and {"predicted_grade", "p_referable", "max_EX", "picture"} <= set(
+        rows.columns
+    )  # IDRiD's 2 test images
     from PIL import Image
 
     assert Image.open(out / rows["picture"][0]).size == (3 * 64, 64)  # photograph | masks | attention
     assert len(list((out / "masks").glob("*_EX.png"))) == 2
     # Messidor as a test-only set, scored by the stage-2 model (referable / normal AUC)
     ev = tmp_path / "messidor"
-    assert main(["test", "--config", str(conf / "messidor_eval.yaml"), f"--data.root={messidor_root}", f"--ckpt_path={joint_ckpt}",
-                 f"--trainer.default_root_dir={ev}", f"--trainer.logger.init_args.save_dir={ev}", "--trainer.accelerator=cpu",
-                 "--trainer.enable_progress_bar=false", "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2",
-                 "--model.generator_width=0.0625", "--model.discriminator_width=0.0625"]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--config",
+                str(conf / "messidor_eval.yaml"),
+                f"--data.root={messidor_root}",
+                f"--ckpt_path={joint_ckpt}",
+                f"--trainer.default_root_dir={ev}",
+                f"--trainer.logger.init_args.save_dir={ev}",
+                "--trainer.accelerator=cpu",
+                "--trainer.enable_progress_bar=false",
+                "--data.image_size=64",
+                "--data.num_workers=0",
+                "--data.batch_size=2",
+                "--model.generator_width=0.0625",
+                "--model.discriminator_width=0.0625",
+            ]
+        )
+        == 0
+    )
     test = read_run_metrics(next(ev.glob("logs/version_*")))
     assert {"test/referable_auc", "test/normal_auc", "test/referable_acc"} <= set(test.columns)
 
@@ -215,10 +376,25 @@ def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(idrid_root, eyep
 def test_smoke_grading_datamodule_runs_the_grading_stage(eyepacs_root, tmp_path):
     """Smoke test: a GradingDataModule's batches go through the grading stage's fit and validation
     without an error (what the stage computes: tests/test_learning.py and the CLI tests)."""
-    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=64, val_size=2, batch_size=2, num_workers=0, augment=False,
-                           split_file=str(tmp_path / "s.json"))
+    dm = GradingDataModule(
+        "eyepacs",
+        str(eyepacs_root),
+        image_size=64,
+        val_size=2,
+        batch_size=2,
+        num_workers=0,
+        augment=False,
+        split_file=str(tmp_path / "s.json"),
+    )
     task = CollaborativeTask(stage="grading", **TINY)
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=1,
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, dm)
     trainer.validate(task, dm)
 
@@ -245,10 +421,22 @@ case "$root" in
 esac
 """)
     fake.chmod(0o755)
-    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "RETINALAB": str(fake), "CALLS": str(tmp_path / "calls.txt"),
-           "STAGE1_SEG_ARGS": "--seg-only", "STAGE2_ARGS": "--data.image_level_val_size=1"}
-    res = subprocess.run(["bash", str(REPO / "conf" / "collaborative" / "run_idrid.sh"), "/data/IDRiD", "--every=1"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "RUNS": str(tmp_path / "runs"),
+        "RETINALAB": str(fake),
+        "CALLS": str(tmp_path / "calls.txt"),
+        "STAGE1_SEG_ARGS": "--seg-only",
+        "STAGE2_ARGS": "--data.image_level_val_size=1",
+    }
+    res = subprocess.run(
+        ["bash", str(REPO / "conf" / "collaborative" / "run_idrid.sh"), "/data/IDRiD", "--every=1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     seg, grading, joint = (tmp_path / "calls.txt").read_text().splitlines()
     runs = tmp_path / "runs"
@@ -256,7 +444,9 @@ esac
     assert "idrid_stage1_grading.yaml" in grading and "idrid_stage2.yaml" in joint
     assert all("--data.root /data/IDRiD" in c and "--every=1" in c for c in (seg, grading, joint))
     assert f"--model.generator_ckpt {runs}/stage1_seg/logs/version_1/checkpoints/best.ckpt" in joint  # the newest best
-    assert f"--model.grader_ckpt {runs}/stage1_grading/logs/version_1/checkpoints/last.ckpt" in joint  # no best: the newest last
+    assert (
+        f"--model.grader_ckpt {runs}/stage1_grading/logs/version_1/checkpoints/last.ckpt" in joint
+    )  # no best: the newest last
     assert "--data.image_level_root /data/IDRiD" in joint and "--data.image_level_val_size=1" in joint
     assert res.stdout.strip().splitlines()[-1] == f"{runs}/stage2/logs/version_1/checkpoints/best.ckpt"
 
@@ -268,13 +458,33 @@ def test_one_command_runs_both_stages(idrid_root, tmp_path):
     import subprocess
     import sys
 
-    tiny = ["--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-            "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2", "--model.generator_width=0.0625",
-            "--model.discriminator_width=0.0625", "--data.val_size=1"]
-    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "RETINALAB": f"{sys.executable} -m retinalab", "WANDB_MODE": "offline",
-           "STAGE2_ARGS": "--data.image_level_val_size=1"}
-    res = subprocess.run(["bash", str(REPO / "conf" / "collaborative" / "run_idrid.sh"), str(idrid_root), *tiny],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    tiny = [
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
+        "--data.image_size=64",
+        "--data.num_workers=0",
+        "--data.batch_size=2",
+        "--model.generator_width=0.0625",
+        "--model.discriminator_width=0.0625",
+        "--data.val_size=1",
+    ]
+    env = {
+        **os.environ,
+        "RUNS": str(tmp_path / "runs"),
+        "RETINALAB": f"{sys.executable} -m retinalab",
+        "WANDB_MODE": "offline",
+        "STAGE2_ARGS": "--data.image_level_val_size=1",
+    }
+    res = subprocess.run(
+        ["bash", str(REPO / "conf" / "collaborative" / "run_idrid.sh"), str(idrid_root), *tiny],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     final = Path(res.stdout.strip().splitlines()[-1])
     assert final.is_file() and final.parts[-5] == "stage2"
@@ -282,14 +492,31 @@ def test_one_command_runs_both_stages(idrid_root, tmp_path):
     assert "stage1_seg" in hp["generator_ckpt"] and "stage1_grading" in hp["grader_ckpt"]
 
 
-@pytest.mark.parametrize("overlay", sorted(p.name for p in (REPO / "conf" / "collaborative" / "overlays").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "overlay", sorted(p.name for p in (REPO / "conf" / "collaborative" / "overlays").glob("*.yaml"))
+)
 def test_overlays_merge_with_the_stage_configs(overlay, tmp_path):
     from retinalab.cli import cli
 
-    stages = ["idrid_stage2.yaml"] if overlay != "cpu_small.yaml" else ["idrid_stage1_seg.yaml", "idrid_stage1_grading.yaml", "idrid_stage2.yaml"]
+    stages = (
+        ["idrid_stage2.yaml"]
+        if overlay != "cpu_small.yaml"
+        else ["idrid_stage1_seg.yaml", "idrid_stage1_grading.yaml", "idrid_stage2.yaml"]
+    )
     for stage in stages:
-        c = cli(["--config", str(REPO / "conf" / "collaborative" / stage), "--config", str(REPO / "conf" / "collaborative" / "overlays" / overlay),
-                 "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+        c = cli(
+            [
+                "--config",
+                str(REPO / "conf" / "collaborative" / stage),
+                "--config",
+                str(REPO / "conf" / "collaborative" / "overlays" / overlay),
+                "--data.root",
+                str(tmp_path),
+                "--trainer.logger",
+                "false",
+            ],
+            run=False,
+        )
         h = c.model.hparams
         if overlay == "lesion_pretrained.yaml":
             assert not h.semi and not h.adversarial and c.model.discriminator is None and not c.model.update_generator
@@ -316,14 +543,36 @@ def test_joint_stage_fits_under_ddp_on_two_cpu_processes(idrid_root, tmp_path):
     import subprocess
     import sys
 
-
-    args = ["fit", "--config", str(REPO / "conf/collaborative/idrid_stage2.yaml"), f"--data.root={idrid_root}", f"--data.image_level_root={idrid_root}",
-            "--data.val_size=1", "--data.image_level_val_size=1", "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2",
-            "--model.generator_width=0.0625", "--model.discriminator_width=0.0625", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
-            "--trainer.devices=2", "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.enable_progress_bar=false",
-            "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
-    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"},
-                         capture_output=True, text=True, timeout=600)
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "conf/collaborative/idrid_stage2.yaml"),
+        f"--data.root={idrid_root}",
+        f"--data.image_level_root={idrid_root}",
+        "--data.val_size=1",
+        "--data.image_level_val_size=1",
+        "--data.image_size=64",
+        "--data.num_workers=0",
+        "--data.batch_size=2",
+        "--model.generator_width=0.0625",
+        "--model.discriminator_width=0.0625",
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp_find_unused_parameters_true",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "retinalab", *args],
+        cwd=tmp_path,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     from retinalab.loggers import read_run_metrics
 
@@ -335,8 +584,17 @@ def test_joint_stage_fits_under_ddp_on_two_cpu_processes(idrid_root, tmp_path):
 def test_balanced_sampler_draws_every_grade_equally_often(eyepacs_root, tmp_path):
     from collections import Counter
 
-    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=32, val_size=2, batch_size=4, num_workers=0, augment=False,
-                           split_file=str(tmp_path / "s.json"), sampler="balanced")
+    dm = GradingDataModule(
+        "eyepacs",
+        str(eyepacs_root),
+        image_size=32,
+        val_size=2,
+        batch_size=4,
+        num_workers=0,
+        augment=False,
+        split_file=str(tmp_path / "s.json"),
+        sampler="balanced",
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     labels = [r.grade for r in loader.dataset.records]
@@ -344,7 +602,9 @@ def test_balanced_sampler_draws_every_grade_equally_often(eyepacs_root, tmp_path
     per_grade = Counter()
     for y, w in zip(labels, weights, strict=True):
         per_grade[y] += w
-    assert len(set(labels)) > 1 and all(v == pytest.approx(1.0) for v in per_grade.values())  # each grade's total weight is 1
+    assert len(set(labels)) > 1 and all(
+        v == pytest.approx(1.0) for v in per_grade.values()
+    )  # each grade's total weight is 1
     assert len(loader.sampler) == len(labels)
 
 
@@ -353,11 +613,25 @@ def test_batch_norm_recalibration_uses_the_current_weights_and_restores_momentum
     the current weights, touching only the stage's networks, and leaves momentum and eval mode as they were."""
     from retinalab.callbacks import RecalibrateBatchNorm
 
-    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=32, val_size=2, batch_size=4, num_workers=0, augment=False,
-                           split_file=str(tmp_path / "s.json"))
+    dm = GradingDataModule(
+        "eyepacs",
+        str(eyepacs_root),
+        image_size=32,
+        val_size=2,
+        batch_size=4,
+        num_workers=0,
+        augment=False,
+        split_file=str(tmp_path / "s.json"),
+    )
     dm.setup("fit")
     task = CollaborativeTask(stage="grading", **TINY)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.strategy.connect(task)
     trainer.datamodule = dm  # what Trainer.fit/test attach
     bn = task.grader.low[1]
@@ -384,7 +658,10 @@ def test_imagenet_normalisation_goes_with_pretrained_weights(tmp_path):
     x = torch.rand(1, 3, 32, 32)
     ref = LesionAttentionGrader(5, 4, "resnet18", attention=False, input_norm="none").eval()
     ref.load_state_dict(g.state_dict())
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     assert torch.allclose(g(x)["logits"], ref((x - mean) / std)["logits"], atol=1e-5)
     with pytest.raises(ValueError, match="input_norm"):
         LesionAttentionGrader(5, 4, "resnet18", input_norm="zscore")
@@ -398,8 +675,15 @@ def _fixed_batches(batch: dict, n: int) -> torch.utils.data.DataLoader:
 def _fit_fixed(batch: dict, n: int, **kw) -> tuple[CollaborativeTask, pl.Trainer]:
     torch.manual_seed(0)
     task = CollaborativeTask(stage="joint", **kw, **TINY)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
     trainer.fit(task, train_dataloaders=_fixed_batches(batch, n))
     return task, trainer
 
@@ -411,17 +695,24 @@ def test_joint_gradient_accumulation_steps_every_k_batches_with_the_same_gradien
     the grader and D are compared there (with k=1 G sees D after this batch's step)."""
     g = torch.Generator().manual_seed(0)
     batch = {
-        "pixel": {"image": torch.rand(2, 3, 64, 64, generator=g), "mask": (torch.rand(2, 4, 64, 64, generator=g) > 0.9).float()},
+        "pixel": {
+            "image": torch.rand(2, 3, 64, 64, generator=g),
+            "mask": (torch.rand(2, 4, 64, 64, generator=g) > 0.9).float(),
+        },
         "image": {"image": torch.rand(2, 3, 64, 64, generator=g), "label": torch.tensor([0, 3])},
     }
-    for variant, compared, steps_per_batch in ((dict(adversarial=False), ("generator", "grader"), 2),
-                                                (dict(), ("grader", "discriminator"), 3)):
+    for variant, compared, steps_per_batch in (
+        (dict(adversarial=False), ("generator", "grader"), 2),
+        (dict(), ("grader", "discriminator"), 3),
+    ):
         params = {}
         for k, n in ((1, 1), (2, 2), (2, 4)):
             task, trainer = _fit_fixed(batch, n, accumulate_grad_batches=k, **variant)
             assert task.optimizer_steps_per_batch == steps_per_batch
             assert trainer.global_step == n // k * steps_per_batch
-            params[(k, n)] = {name: p.detach().clone() for name, p in task.named_parameters() if name.startswith(compared)}
+            params[(k, n)] = {
+                name: p.detach().clone() for name, p in task.named_parameters() if name.startswith(compared)
+            }
         one, accumulated, two_steps = params[(1, 1)], params[(2, 2)], params[(2, 4)]
         assert {name.split(".")[0] for name in one} == set(compared)
         for name in one:
@@ -436,4 +727,9 @@ def test_joint_gradient_accumulation_steps_every_k_batches_with_the_same_gradien
 def test_optimizer_steps_per_batch_follows_the_variant():
     assert CollaborativeTask(stage="grading", **TINY).optimizer_steps_per_batch == 1
     assert CollaborativeTask(stage="joint", adversarial=False, **TINY).optimizer_steps_per_batch == 2
-    assert CollaborativeTask(stage="joint", semi=False, adversarial=False, lesion_features="masks", **TINY).optimizer_steps_per_batch == 1
+    assert (
+        CollaborativeTask(
+            stage="joint", semi=False, adversarial=False, lesion_features="masks", **TINY
+        ).optimizer_steps_per_batch
+        == 1
+    )

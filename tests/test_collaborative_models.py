@@ -30,7 +30,9 @@ def test_generator_has_nine_tuples_and_l_sigmoid_maps(block):
     x = torch.rand(2, 3, 64, 48)
     out = g(x)
     assert out.shape == (2, 4, 64, 48)
-    assert torch.allclose(g.predict(x), 1 / (1 + torch.exp(-out)), atol=1e-6)  # independent sigmoids, one per lesion map
+    assert torch.allclose(
+        g.predict(x), 1 / (1 + torch.exp(-out)), atol=1e-6
+    )  # independent sigmoids, one per lesion map
     with pytest.raises(ValueError, match="divisible by 16"):
         g(torch.rand(1, 3, 40, 40))
 
@@ -70,10 +72,16 @@ def test_lesion_attention_shapes_follow_eq_5_and_6():
     # Eq. 5-6 for lesion 1, written out: the 1x1 convolutions as sums over channels with the raw weights
     f_low = m.low(x)
     top = m.high(f_low)  # B x 512 x 4 x 4
-    f_high = (torch.einsum("oc,bchw->bohw", m.to_context.weight[:, :, 0, 0], top) + m.to_context.bias[None, :, None, None]).mean((2, 3))
+    f_high = (
+        torch.einsum("oc,bchw->bohw", m.to_context.weight[:, :, 0, 0], top) + m.to_context.bias[None, :, None, None]
+    ).mean((2, 3))
     m1 = F.interpolate(masks, size=(32, 32), mode="bilinear", align_corners=False)[:, 1]  # B x 32 x 32
     w, b = m.w_low[1].weight[:, :, 0, 0], m.w_low[1].bias  # 64 x 65: column 0 weighs the mask, the rest f_low
-    f_1 = torch.relu(w[:, 0][None, :, None, None] * m1[:, None] + torch.einsum("oc,bchw->bohw", w[:, 1:], f_low) + b[None, :, None, None])
+    f_1 = torch.relu(
+        w[:, 0][None, :, None, None] * m1[:, None]
+        + torch.einsum("oc,bchw->bohw", w[:, 1:], f_low)
+        + b[None, :, None, None]
+    )
     v, c = m.w_high[1].weight[0, :, 0, 0], m.w_high[1].bias[0]
     alpha1 = 1 / (1 + torch.exp(-(torch.einsum("c,bchw->bhw", v, f_1 * f_high[:, :, None, None]) + c)))
     assert torch.allclose(out["alpha"][:, 1], alpha1, atol=1e-5)
@@ -96,11 +104,11 @@ def test_focal_loss_against_the_formula():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-2.0, 3.0, 0.0]])
     y = torch.tensor([0, 2, 0])
     p = torch.softmax(logits, 1)[torch.arange(3), y]
-    expected = (-(1 - p) ** 2 * torch.log(p)).mean()
+    expected = (-((1 - p) ** 2) * torch.log(p)).mean()
     assert torch.allclose(focal_loss(logits, y, gamma=2.0), expected)
     assert torch.allclose(focal_loss(logits, y, gamma=0.0), F.cross_entropy(logits, y))
     w = torch.tensor([0.25, 1.0, 2.0])
-    assert torch.allclose(focal_loss(logits, y, 2.0, w, "none"), -(1 - p) ** 2 * torch.log(p) * w[y])
+    assert torch.allclose(focal_loss(logits, y, 2.0, w, "none"), -((1 - p) ** 2) * torch.log(p) * w[y])
 
 
 def test_generator_can_use_an_smp_encoder_instead():
@@ -146,7 +154,9 @@ def test_each_lesion_branch_keeps_its_own_batch_norm_statistics(lesion_features)
     torch.manual_seed(0)
     g = LesionAttentionGrader(5, 4, "resnet18", attention=True, lesion_features=lesion_features)
     x = torch.rand(8, 3, 64, 64)
-    masks = torch.stack([torch.full((8, 64, 64), v) for v in (1.0, 0.3, 0.03, 0.003)], 1) * (torch.rand(8, 4, 64, 64) > 0.5)
+    masks = torch.stack([torch.full((8, 64, 64), v) for v in (1.0, 0.3, 0.03, 0.003)], 1) * (
+        torch.rand(8, 4, 64, 64) > 0.5
+    )
     norms = [m for m in g.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert sum(isinstance(m, BranchBatchNorm2d) for m in norms) > 10
 
@@ -200,7 +210,9 @@ def test_focal_loss_reductions_and_class_weights_by_hand():
     assert float(focal_loss(logits, target)) == pytest.approx(float(by_hand.mean()), rel=1e-5)
     alpha = torch.tensor([0.25, 1.0, 4.0], dtype=torch.float64)  # class weights in another dtype than the logits
     weighted = focal_loss(logits, target, alpha=alpha, reduction="none")
-    assert weighted.dtype == torch.float32 and torch.allclose(weighted.double(), by_hand * torch.tensor([0.25, 4.0], dtype=torch.float64), atol=1e-6)
+    assert weighted.dtype == torch.float32 and torch.allclose(
+        weighted.double(), by_hand * torch.tensor([0.25, 4.0], dtype=torch.float64), atol=1e-6
+    )
     with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none', got 'max'"):
         focal_loss(logits, target, reduction="max")
 
@@ -230,7 +242,9 @@ def test_branch_batchnorm_converts_updates_and_resets_each_branch_apart():
     assert (new.eps, new.momentum) == (1e-2, 0.3)
     base_mean, base_var = bn.running_mean.clone(), bn.running_var.clone()
     for b in (1, 2):
-        assert torch.equal(getattr(new, f"running_mean_{b}"), base_mean) and torch.equal(getattr(new, f"running_var_{b}"), base_var)
+        assert torch.equal(getattr(new, f"running_mean_{b}"), base_mean) and torch.equal(
+            getattr(new, f"running_var_{b}"), base_var
+        )
     x = torch.randn(8, 3, 4, 4) + 5
     new.train()
     new.branch = 2
@@ -239,18 +253,24 @@ def test_branch_batchnorm_converts_updates_and_resets_each_branch_apart():
     assert torch.allclose(new.running_mean_2, 0.7 * base_mean + 0.3 * mean, atol=1e-6)
     assert torch.allclose(new.running_var_2, 0.7 * base_var + 0.3 * var, atol=1e-5)
     assert torch.equal(new.running_mean, base_mean) and torch.equal(new.running_mean_1, base_mean)
-    assert int(new.num_batches_tracked_2) == 2 and int(new.num_batches_tracked_1) == int(new.num_batches_tracked) == 1  # copied, then counted
+    assert (
+        int(new.num_batches_tracked_2) == 2 and int(new.num_batches_tracked_1) == int(new.num_batches_tracked) == 1
+    )  # copied, then counted
     new.eval()
     new.running_var_1.fill_(1e-3)  # small enough that eps matters
     new.branch = 1
     y = new(x)
-    by_hand = (x - base_mean[None, :, None, None]) / torch.sqrt(torch.tensor(1e-3 + 1e-2)) * new.weight[None, :, None, None] + new.bias[None, :, None, None]
+    by_hand = (x - base_mean[None, :, None, None]) / torch.sqrt(torch.tensor(1e-3 + 1e-2)) * new.weight[
+        None, :, None, None
+    ] + new.bias[None, :, None, None]
     assert torch.allclose(y, by_hand, rtol=1e-5, atol=1e-5)
     two = BranchBatchNorm2d.from_batchnorm(bn, branches=2)  # the smallest layer with a second branch
     for layer, names in ((new, ("", "_1", "_2")), (two, ("", "_1"))):
         layer.reset_running_stats()
         for b in names:
-            assert torch.equal(getattr(layer, f"running_mean{b}"), torch.zeros(3)) and torch.equal(getattr(layer, f"running_var{b}"), torch.ones(3))
+            assert torch.equal(getattr(layer, f"running_mean{b}"), torch.zeros(3)) and torch.equal(
+                getattr(layer, f"running_var{b}"), torch.ones(3)
+            )
             assert int(getattr(layer, f"num_batches_tracked{b}")) == 0
 
 
@@ -269,7 +289,10 @@ def test_grader_options_input_norm_pretrained_path_and_lesion_count(tmp_path):
     normed.load_state_dict(plain.state_dict())
     plain.eval(), normed.eval()
     x = torch.rand(2, 3, 64, 64)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     with torch.no_grad():
         assert torch.allclose(normed(x)["logits"], plain((x - mean) / std)["logits"], atol=1e-5)
         assert not torch.allclose(normed(x)["logits"], plain(x)["logits"], atol=1e-3)
@@ -279,7 +302,9 @@ def test_grader_options_input_norm_pretrained_path_and_lesion_count(tmp_path):
     torch.save(source.state_dict(), tmp_path / "r18.pth")
     loaded = LesionAttentionGrader(3, 2, "resnet18", attention=True, pretrained_path=str(tmp_path / "r18.pth"))
     assert loaded.input_norm == "imagenet"
-    assert torch.equal(loaded.low[0].weight, source.conv1.weight) and not torch.equal(plain.low[0].weight, source.conv1.weight)
+    assert torch.equal(loaded.low[0].weight, source.conv1.weight) and not torch.equal(
+        plain.low[0].weight, source.conv1.weight
+    )
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         LesionAttentionGrader(3, 2, "resnet18", pretrained_path=str(tmp_path / "missing.pth"))
     # two lesion branches: the classifier reads 2 feature vectors, the shared grading network keeps

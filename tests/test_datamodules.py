@@ -21,8 +21,16 @@ def big_idrid(tmp_path):
 
 
 def make_dm(root, tmp_path, **kw):
-    args = dict(dataset="idrid", root=str(root), cache_dir=str(tmp_path / "cache"), cache_workers=0, val_size=4, test_size=4,
-                split_file=str(tmp_path / "split.json"), **SMALL)
+    args = dict(
+        dataset="idrid",
+        root=str(root),
+        cache_dir=str(tmp_path / "cache"),
+        cache_workers=0,
+        val_size=4,
+        test_size=4,
+        split_file=str(tmp_path / "split.json"),
+        **SMALL,
+    )
     args.update(kw)
     return PatchDataModule(**args)
 
@@ -145,8 +153,16 @@ def test_patch_datamodule_without_patch_labels_is_refused(eyepacs_root, tmp_path
 
 
 def test_grading_binary_views(eyepacs_root, tmp_path):
-    dm = GradingDataModule("eyepacs", str(eyepacs_root), target="referable", image_size=64, val_size=2, batch_size=4,
-                           num_workers=0, split_file=str(tmp_path / "g.json"))
+    dm = GradingDataModule(
+        "eyepacs",
+        str(eyepacs_root),
+        target="referable",
+        image_size=64,
+        val_size=2,
+        batch_size=4,
+        num_workers=0,
+        split_file=str(tmp_path / "g.json"),
+    )
     dm.setup("fit")
     assert len(dm.parts["test"]) == 4 and dm.num_classes == 2
     patients = lambda part: {r.patient_id for r in dm.parts[part]}  # noqa: E731
@@ -155,8 +171,15 @@ def test_grading_binary_views(eyepacs_root, tmp_path):
     assert batch["image"].shape == (4, 3, 64, 64)
     grades = {"test/1_left": 0, "test/1_right": 1, "test/2_left": 2, "test/2_right": 2}
     assert batch["label"].tolist() == [int(grades[i] >= 2) for i in batch["image_id"]]
-    normal = GradingDataModule("eyepacs", str(eyepacs_root), target="normal", image_size=64, num_workers=0, val_size=2,
-                               split_file=str(tmp_path / "n.json"))
+    normal = GradingDataModule(
+        "eyepacs",
+        str(eyepacs_root),
+        target="normal",
+        image_size=64,
+        num_workers=0,
+        val_size=2,
+        split_file=str(tmp_path / "n.json"),
+    )
     normal.setup("fit")
     b = next(iter(normal.test_dataloader()))
     assert b["label"].tolist() == [int(grades[i] == 0) for i in b["image_id"]]
@@ -165,9 +188,19 @@ def test_grading_binary_views(eyepacs_root, tmp_path):
 
 
 def test_segmentation_datamodule_with_image_level_set(idrid_root, tmp_path):
-    dm = SegmentationDataModule("idrid", str(idrid_root), image_size=64, val_size=1, batch_size=2, num_workers=0,
-                                image_level_dataset="idrid", image_level_root=str(idrid_root), augment=False,
-                                image_level_val_size=1, split_file=str(tmp_path / "seg.json"))
+    dm = SegmentationDataModule(
+        "idrid",
+        str(idrid_root),
+        image_size=64,
+        val_size=1,
+        batch_size=2,
+        num_workers=0,
+        image_level_dataset="idrid",
+        image_level_root=str(idrid_root),
+        augment=False,
+        image_level_val_size=1,
+        split_file=str(tmp_path / "seg.json"),
+    )
     dm.setup("fit")
     # IDRiD grading's official test split (2 images) is the image-level test set; 1 of its 4 training images validates
     assert len(dm.parts["test"]) == 2 and len(dm.parts["image_level"]) == 3
@@ -178,7 +211,9 @@ def test_segmentation_datamodule_with_image_level_set(idrid_root, tmp_path):
     # evaluation images carry each pixel's lesion share too (what the pixel AUCs weigh), training ones do not
     test = next(iter(dm.test_dataloader()[0]))
     assert torch.equal(test["mask_fraction"] > 0, test["mask"] > 0)
-    small = SegmentationDataModule("idrid", str(idrid_root), image_size=24, val_size=1, num_workers=0, split_file=str(tmp_path / "s.json"))
+    small = SegmentationDataModule(
+        "idrid", str(idrid_root), image_size=24, val_size=1, num_workers=0, split_file=str(tmp_path / "s.json")
+    )
     small.setup("test")  # shrunk masks: fractions between 0 and 1, less lesion area than the any-pixel mask
     test = next(iter(small.test_dataloader()))
     frac, known = test["mask_fraction"], test["mask_known"]
@@ -214,8 +249,15 @@ def test_resumed_prediction_leaves_written_images_out(eyepacs_root, tmp_path):
 
     from retinalab.callbacks import LesionMapWriter
 
-    dm = GradingDataModule("eyepacs", str(eyepacs_root), image_size=64, val_size=2, batch_size=4, num_workers=0,
-                           split_file=str(tmp_path / "g.json"))
+    dm = GradingDataModule(
+        "eyepacs",
+        str(eyepacs_root),
+        image_size=64,
+        val_size=2,
+        batch_size=4,
+        num_workers=0,
+        split_file=str(tmp_path / "g.json"),
+    )
     dm.setup("predict")
     assert len(dm.predict_dataloader().dataset) == 4
     writer = LesionMapWriter()

@@ -44,7 +44,9 @@ def test_idrid_root_one_level_above_and_nested_duplicates(tmp_path):
     make_idrid(tmp_path / "downloads" / "IDRiD", nested=True)
     recs = read_idrid(tmp_path / "downloads")  # root one level above, parts nested twice
     assert len(recs) == 11
-    assert read_dataset("idrid", tmp_path / "downloads" / "IDRiD", subsets=["segmentation"])[0].image_id.startswith("seg/")
+    assert read_dataset("idrid", tmp_path / "downloads" / "IDRiD", subsets=["segmentation"])[0].image_id.startswith(
+        "seg/"
+    )
 
 
 def test_idrid_missing_part_names_the_folder(tmp_path):

@@ -29,8 +29,10 @@ def test_readme_is_a_front_page_whose_links_resolve():
 
 def test_the_site_home_page_is_the_readme_with_its_links_rewritten(tmp_path):
     tool = _tool()
-    out = tool.convert("see [Datasets](docs/datasets.md#the-patch-cache), [the config](conf/convnet/idrid.yaml), "
-                       "[W&B](https://wandb.ai) and [below](#install)")
+    out = tool.convert(
+        "see [Datasets](docs/datasets.md#the-patch-cache), [the config](conf/convnet/idrid.yaml), "
+        "[W&B](https://wandb.ai) and [below](#install)"
+    )
     assert "[Datasets](datasets.md#the-patch-cache)" in out
     assert f"[the config]({tool.REPO_URL}conf/convnet/idrid.yaml)" in out
     assert "[W&B](https://wandb.ai)" in out and "[below](#install)" in out
@@ -40,5 +42,9 @@ def test_the_site_home_page_is_the_readme_with_its_links_rewritten(tmp_path):
 
 def test_every_docs_page_is_in_the_site_navigation():
     nav = (REPO / "mkdocs.yml").read_text()
-    pages = sorted(p.relative_to(REPO / "docs").as_posix() for p in (REPO / "docs").rglob("*.md") if p.name != "index.md" or p.parent.name == "reference")
+    pages = sorted(
+        p.relative_to(REPO / "docs").as_posix()
+        for p in (REPO / "docs").rglob("*.md")
+        if p.name != "index.md" or p.parent.name == "reference"
+    )
     assert [p for p in pages if p not in nav] == []

@@ -90,7 +90,9 @@ def test_egl_covers_the_scopes_parameters_named_by_hand(scope):
     for xi in x:
         logits = m(xi[None])
         p = logits.softmax(1)[0].detach()
-        grads = [torch.autograd.grad(F.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True) for j in range(3)]
+        grads = [
+            torch.autograd.grad(F.cross_entropy(logits, torch.tensor([j])), params, retain_graph=True) for j in range(3)
+        ]
         ref.append(sum(float(p[j]) * float(torch.sqrt(sum((g**2).sum() for g in grads[j]))) for j in range(3)))
     fast, _ = egl(m, x, scope)
     assert torch.allclose(fast.double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-4)
@@ -131,7 +133,13 @@ def test_all_scope_methods_agree_and_fall_back_for_other_layers(k):
     layerwise, _ = egl(m, x, "all", method="layerwise", chunk=2)
     func, _ = egl(m, x, "all", method="func", chunk=3)
     assert torch.allclose(layerwise, func, rtol=1e-4)
-    bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 46 * 46, k))
+    bn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 46 * 46, k),
+    )
     bn.eval()
     auto, _ = egl(bn, x, "all")
     assert torch.allclose(auto, egl_naive(bn, x, "all"), rtol=1e-4)

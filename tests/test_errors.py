@@ -43,8 +43,17 @@ def syn(tmp_path_factory) -> Path:
 
 
 def _fit(root: Path, work: Path, *extra: str, command: str = "fit") -> list[str]:
-    return [command, "--config", str(TINY), f"--data.root={root}", f"--data.cache_dir={work / 'cache'}", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={work / 'runs'}", *extra]
+    return [
+        command,
+        "--config",
+        str(TINY),
+        f"--data.root={root}",
+        f"--data.cache_dir={work / 'cache'}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={work / 'runs'}",
+        *extra,
+    ]
 
 
 def _earlier_results(work: Path) -> None:
@@ -58,7 +67,11 @@ def _earlier_results(work: Path) -> None:
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------- the cases: (argv builder, words the message must hold)
@@ -69,15 +82,25 @@ def missing_root(syn, work):
 def reader_argument_of_another_reader(syn, work):
     # an IDRiD config switched to the folder layout keeps IDRiD's subsets
     return _fit(syn, work, "--data.dataset=folder", '--data.reader_args={"subsets": ["segmentation"]}'), [
-        "`data.reader_args.subsets` is not an option of the folder reader", "labels (default 'labels.csv')", "--data.reader_args '{}'"]
+        "`data.reader_args.subsets` is not an option of the folder reader",
+        "labels (default 'labels.csv')",
+        "--data.reader_args '{}'",
+    ]
 
 
 def reader_argument_of_the_wrong_value(syn, work):
-    return _fit(syn, work, '--data.reader_args={"subsets": ["segmentaton"]}'), ["`data.reader_args.subsets`", "'segmentation'", "expected"]
+    return _fit(syn, work, '--data.reader_args={"subsets": ["segmentaton"]}'), [
+        "`data.reader_args.subsets`",
+        "'segmentation'",
+        "expected",
+    ]
 
 
 def misspelt_option(syn, work):
-    return _fit(syn, work, "--model.widht", "0.5"), ["--model.widht is not an option of PatchClassifierTask", "Did you mean --model.width?"]
+    return _fit(syn, work, "--model.widht", "0.5"), [
+        "--model.widht is not an option of PatchClassifierTask",
+        "Did you mean --model.width?",
+    ]
 
 
 def misspelt_data_option(syn, work):
@@ -95,28 +118,37 @@ def split_sizes_out_of_range(syn, work):
 def empty_unlabelled_pool(syn, work):
     # every training photograph labelled and the unlabelled pool restricted to the rest: nothing left
     return _fit(syn, work, "--data.unlabeled=true", "--data.unlabeled_pool=rest", "--data.batches_per_epoch=null"), [
-        "unlabelled pool is empty", "unlabeled_pool"]
+        "unlabelled pool is empty",
+        "unlabeled_pool",
+    ]
 
 
 def bad_label_row(syn, work):
     root = make_folder(work / "clinic")
     (root / "site2" / "006.jpeg").unlink()
     return _fit(root, work, "--data.dataset=folder", "--data.reader_args={}"), [
-        "labels.csv: row 7 names image '006.jpeg'", f"retinalab check-data --dataset folder --root {root}"]
+        "labels.csv: row 7 names image '006.jpeg'",
+        f"retinalab check-data --dataset folder --root {root}",
+    ]
 
 
 def undecodable_image(syn, work):
     root = make_folder(work / "clinic")
     (root / "site1" / "a" / "002.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
     return _fit(root, work, "--data.dataset=folder", "--data.reader_args={}"), [
-        "002.jpg: cannot decode image", f"retinalab check-data --dataset folder --root {root}"]
+        "002.jpg: cannot decode image",
+        f"retinalab check-data --dataset folder --root {root}",
+    ]
 
 
 def mask_of_the_wrong_size(syn, work):
     root = shutil.copytree(syn, work / "syn")
     mask = next((root / "A. Segmentation" / "2. All Segmentation Groundtruths").rglob("*_EX.tif"))
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(mask)
-    return _fit(root, work), [f"{mask.name}: mask is 30x20 but its image", f"retinalab check-data --dataset idrid --root {root}"]
+    return _fit(root, work), [
+        f"{mask.name}: mask is 30x20 but its image",
+        f"retinalab check-data --dataset idrid --root {root}",
+    ]
 
 
 def corrupt_checkpoint(syn, work):
@@ -126,8 +158,14 @@ def corrupt_checkpoint(syn, work):
 
 def foreign_checkpoint(syn, work):
     ckpt = work / "other.ckpt"
-    torch.save({"state_dict": {"generator.conv.weight": torch.zeros(1)}, "hyper_parameters": {"stage": "joint", "lam": 10.0},
-                "pytorch-lightning_version": "2.6.6"}, ckpt)
+    torch.save(
+        {
+            "state_dict": {"generator.conv.weight": torch.zeros(1)},
+            "hyper_parameters": {"stage": "joint", "lam": 10.0},
+            "pytorch-lightning_version": "2.6.6",
+        },
+        ckpt,
+    )
     return _fit(syn, work, f"--ckpt_path={ckpt}", command="predict"), ["other.ckpt"]
 
 
@@ -136,8 +174,16 @@ def missing_checkpoint(syn, work):
 
 
 def _active(work: Path, *extra: str) -> list[str]:
-    return ["active", "--config", str(REPO / "conf" / "active" / "eophtha_egl.yaml"), f"--out_dir={work / 'al'}",
-            f"--cache_dir={work / 'cache'}", "--logger=null", "--progress=false", *extra]
+    return [
+        "active",
+        "--config",
+        str(REPO / "conf" / "active" / "eophtha_egl.yaml"),
+        f"--out_dir={work / 'al'}",
+        f"--cache_dir={work / 'cache'}",
+        "--logger=null",
+        "--progress=false",
+        *extra,
+    ]
 
 
 def active_state_of_another_run(syn, work):
@@ -151,7 +197,9 @@ def active_state_of_another_run(syn, work):
 
 def active_reader_argument(syn, work):
     return _active(work, f"--root={syn}", '--reader_args={"part": ["EX"]}'), [
-        "`reader_args.part` is not an option of the eophtha reader", "Did you mean reader_args.parts?"]
+        "`reader_args.part` is not an option of the eophtha reader",
+        "Did you mean reader_args.parts?",
+    ]
 
 
 def active_bad_value(syn, work):
@@ -160,39 +208,86 @@ def active_bad_value(syn, work):
 
 def study_unknown_method(syn, work):
     cfg = work / "study.yaml"
-    cfg.write_text(f"name: s\nout_dir: {work / 'study'}\nmethods:\n  convnet: conf/convnet/idrid.yaml\n  mystery: conf/mystery/idrid.yaml\n"
-                   "labelled: [10]\nseeds: [0]\n")
-    return ["study", "--config", str(cfg), "--collect"], ["study.yaml", "method 'mystery'", "conf/mystery/idrid.yaml", "does not exist"]
+    cfg.write_text(
+        f"name: s\nout_dir: {work / 'study'}\nmethods:\n  convnet: conf/convnet/idrid.yaml\n  mystery: "
+        "conf/mystery/idrid.yaml\n"
+        "labelled: [10]\nseeds: [0]\n"
+    )
+    return ["study", "--config", str(cfg), "--collect"], [
+        "study.yaml",
+        "method 'mystery'",
+        "conf/mystery/idrid.yaml",
+        "does not exist",
+    ]
 
 
 def study_cell_out_of_range(syn, work):
     cfg = work / "study.yaml"
-    cfg.write_text(f"name: s\nout_dir: {work / 'study'}\nmethods:\n  convnet: {REPO / 'conf/convnet/idrid.yaml'}\nlabelled: [10]\nseeds: [0]\n")
+    cfg.write_text(
+        f"name: s\nout_dir: {work / 'study'}\nmethods:\n  convnet: {REPO / 'conf/convnet/idrid.yaml'}\nlabelled: "
+        "[10]\nseeds: [0]\n"
+    )
     return ["study", "--config", str(cfg), "--cell", "7"], ["--cell 7", "cells 0..0"]
 
 
 def check_data_missing_root(syn, work):
-    return ["check-data", "--dataset", "eyepacs", "--root", str(work / "none"), "--out", str(work / "check")], ["none", "is not a folder"]
+    return ["check-data", "--dataset", "eyepacs", "--root", str(work / "none"), "--out", str(work / "check")], [
+        "none",
+        "is not a folder",
+    ]
 
 
 def check_data_reader_argument(syn, work):
-    return ["check-data", "--dataset", "idrid", "--root", str(syn), "--reader-args", '{"subsets": "grading"}', "--out", str(work / "check")], [
-        "`subsets` in --reader-args", "expected"]
+    return [
+        "check-data",
+        "--dataset",
+        "idrid",
+        "--root",
+        str(syn),
+        "--reader-args",
+        '{"subsets": "grading"}',
+        "--out",
+        str(work / "check"),
+    ], ["`subsets` in --reader-args", "expected"]
 
 
 def synth_into_a_full_folder(syn, work):
-    return ["synth", "idrid", "--out", str(work / "runs"), "--num-images", "4"], ["runs exists and is not empty", "--overwrite"]
+    return ["synth", "idrid", "--out", str(work / "runs"), "--num-images", "4"], [
+        "runs exists and is not empty",
+        "--overwrite",
+    ]
 
 
 def synth_misspelt_option(syn, work):
-    return ["synth", "idrid", "--out", str(work / "new"), "--num-imagse", "4"], ["unknown option --num-imagse", "Did you mean --num-images?"]
+    return ["synth", "idrid", "--out", str(work / "new"), "--num-imagse", "4"], [
+        "unknown option --num-imagse",
+        "Did you mean --num-images?",
+    ]
 
 
 CASES: list[Callable] = [
-    missing_root, reader_argument_of_another_reader, reader_argument_of_the_wrong_value, misspelt_option, misspelt_data_option,
-    bad_option_value, split_sizes_out_of_range, empty_unlabelled_pool, bad_label_row, undecodable_image, mask_of_the_wrong_size,
-    corrupt_checkpoint, foreign_checkpoint, missing_checkpoint, active_state_of_another_run, active_reader_argument, active_bad_value,
-    study_unknown_method, study_cell_out_of_range, check_data_missing_root, check_data_reader_argument, synth_into_a_full_folder,
+    missing_root,
+    reader_argument_of_another_reader,
+    reader_argument_of_the_wrong_value,
+    misspelt_option,
+    misspelt_data_option,
+    bad_option_value,
+    split_sizes_out_of_range,
+    empty_unlabelled_pool,
+    bad_label_row,
+    undecodable_image,
+    mask_of_the_wrong_size,
+    corrupt_checkpoint,
+    foreign_checkpoint,
+    missing_checkpoint,
+    active_state_of_another_run,
+    active_reader_argument,
+    active_bad_value,
+    study_unknown_method,
+    study_cell_out_of_range,
+    check_data_missing_root,
+    check_data_reader_argument,
+    synth_into_a_full_folder,
     synth_misspelt_option,
 ]
 
@@ -242,23 +337,35 @@ def test_suggestions_and_condensed_parser_messages():
     assert suggest("widht", ["width", "lr", "beta1"]) == " Did you mean --width?"
     assert suggest("model.widht", ["model.width", "data.root"]) == " Did you mean --model.width?"
     assert suggest("zzz", ["width"]) == ""
-    union = ('Parser key "model":\n  Does not validate against any of the Union subtypes\n  Subtypes: [...]\n  Errors:\n'
-             "    - Problem with given class_path 'retinalab.tasks.PatchClassifierTask':\n        Option 'widht' is not accepted\n"
-             "    - Expected a <class 'NoneType'>\n  Given value type: <class 'NestedArg'>")
-    assert condense_parser_error(union, []) == ("--model.widht is not an option of PatchClassifierTask. Did you mean --model.width? "
-                                                "Run with --help for the options")
-    typed = ('Parser key "model":\n  Errors:\n    - Problem with given class_path \'retinalab.tasks.PatchClassifierTask\':\n'
-             '        Parser key "width":\n          Expected a <class \'float\'>. Got value: abc\n')
+    union = (
+        'Parser key "model":\n  Does not validate against any of the Union subtypes\n  Subtypes: [...]\n  Errors:\n'
+        "    - Problem with given class_path 'retinalab.tasks.PatchClassifierTask':\n        Option 'widht' is not "
+        "accepted\n"
+        "    - Expected a <class 'NoneType'>\n  Given value type: <class 'NestedArg'>"
+    )
+    assert condense_parser_error(union, []) == (
+        "--model.widht is not an option of PatchClassifierTask. Did you mean --model.width? "
+        "Run with --help for the options"
+    )
+    typed = (
+        "Parser key \"model\":\n  Errors:\n    - Problem with given class_path 'retinalab.tasks.PatchClassifierTask':\n"
+        "        Parser key \"width\":\n          Expected a <class 'float'>. Got value: abc\n"
+    )
     assert condense_parser_error(typed, []) == "--model.width: expected float, got 'abc'"
-    assert condense_parser_error("Unrecognized arguments: --trainer.max_epohcs 3", ["trainer.max_epochs", "trainer.devices"]) == (
-        "unknown option --trainer.max_epohcs. Did you mean --trainer.max_epochs? Run with --help for the options")
+    assert condense_parser_error(
+        "Unrecognized arguments: --trainer.max_epohcs 3", ["trainer.max_epochs", "trainer.devices"]
+    ) == ("unknown option --trainer.max_epohcs. Did you mean --trainer.max_epochs? Run with --help for the options")
     # jsonargparse's report of a plain word given to a class-typed option (--data.labeled_selection egl)
-    word = ('Parser key "data":\n  Does not validate against any of the Union subtypes\n  Errors:\n'
-            "    - Problem with given class_path 'retinalab.datamodules.PatchDataModule':\n      Expected a dot import path string: egl\n"
-            "  Given value: NestedArg(key='labeled_selection', val='egl')\n")
+    word = (
+        'Parser key "data":\n  Does not validate against any of the Union subtypes\n  Errors:\n'
+        "    - Problem with given class_path 'retinalab.datamodules.PatchDataModule':\n      Expected a dot import "
+        "path string: egl\n"
+        "  Given value: NestedArg(key='labeled_selection', val='egl')\n"
+    )
     assert condense_parser_error(word, []) == (
         "--data.labeled_selection: expected the import path of a class (package.module.ClassName), got 'egl' "
-        "('egl' is now --data.labeled_selection retinalab.active.EGLChooser)")
+        "('egl' is now --data.labeled_selection retinalab.active.EGLChooser)"
+    )
     assert "is now" not in condense_parser_error(word.replace("'egl'", "'bald'"), [])
 
 
@@ -267,11 +374,15 @@ def test_format_error_one_line_pointer_and_wrapped_causes():
 
     e = DataFormatError("x.png: cannot decode image (truncated)")
     e.check_data = ("folder", "/data/clinic")
-    assert format_error(e) == ("error: x.png: cannot decode image (truncated). "
-                               "Run `retinalab check-data --dataset folder --root /data/clinic` to list every problem.")
+    assert format_error(e) == (
+        "error: x.png: cannot decode image (truncated). "
+        "Run `retinalab check-data --dataset folder --root /data/clinic` to list every problem."
+    )
     # a DataLoader worker's re-raise carries the worker's traceback in the message: only its last line is kept
-    worker = DataFormatError("Caught DataFormatError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                             '  File "x.py", line 1\nretinalab.datasets.base.DataFormatError: y.png: cannot decode image\n')
+    worker = DataFormatError(
+        "Caught DataFormatError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1\nretinalab.datasets.base.DataFormatError: y.png: cannot decode image\n'
+    )
     assert format_error(worker) == "error: y.png: cannot decode image."
     # jsonargparse wraps what __init__ raises: the cause is found
     try:
@@ -287,9 +398,16 @@ def test_format_error_one_line_pointer_and_wrapped_causes():
 def test_reader_arguments_are_checked_before_reading(tmp_path):
     from retinalab.datasets import read_dataset
 
-    with pytest.raises(ConfigError, match=r"`data.reader_args.subset` is not an option of the idrid reader.*Did you mean data.reader_args.subsets"):
-        read_dataset("idrid", tmp_path / "nothing-here", subset=["grading"])  # not a DatasetNotFoundError: checked first
-    with pytest.raises(ConfigError, match=r"`data.reader_args.include_test` = 'yes' does not fit the eyepacs reader: expected bool"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`data.reader_args.subset` is not an option of the idrid reader.*Did you mean data.reader_args.subsets",
+    ):
+        read_dataset(
+            "idrid", tmp_path / "nothing-here", subset=["grading"]
+        )  # not a DatasetNotFoundError: checked first
+    with pytest.raises(
+        ConfigError, match=r"`data.reader_args.include_test` = 'yes' does not fit the eyepacs reader: expected bool"
+    ):
         read_dataset("eyepacs", tmp_path, include_test="yes")
     with pytest.raises(ConfigError, match="unknown dataset 'idird'"):
         read_dataset("idird", tmp_path)

@@ -71,9 +71,25 @@ def test_p_model_is_a_warm_running_mean_of_the_unlabelled_predictions():
 
 def test_the_datamodule_serves_a_weak_and_a_strong_view_mu_times_the_labelled_batch(tmp_path):
     root = make_idrid(tmp_path / "IDRiD", seg=(6, 2), grades={"train": [0, 0, 0, 0], "test": [0, 0]})
-    dm = PatchDataModule("idrid", str(root), image_size=128, patch_size=32, stride=32, patch_out=32, val_size=3, test_size=3,
-                         num_labeled_images=3, unlabeled=True, unlabeled_ratio=3, unlabeled_strong=True, strong_cutout=0.5,
-                         batch_size=8, cache_dir=str(tmp_path / "c"), cache_workers=0, split_file=str(tmp_path / "s.json"))
+    dm = PatchDataModule(
+        "idrid",
+        str(root),
+        image_size=128,
+        patch_size=32,
+        stride=32,
+        patch_out=32,
+        val_size=3,
+        test_size=3,
+        num_labeled_images=3,
+        unlabeled=True,
+        unlabeled_ratio=3,
+        unlabeled_strong=True,
+        strong_cutout=0.5,
+        batch_size=8,
+        cache_dir=str(tmp_path / "c"),
+        cache_workers=0,
+        split_file=str(tmp_path / "s.json"),
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     batch, _, _ = next(iter(loader))
@@ -95,7 +111,9 @@ def test_without_strong_views_or_unlabelled_batches_the_task_says_which_option_t
     with pytest.raises(ValueError, match="data.unlabeled: true"):
         task.training_step(x, 0)
     with pytest.raises(ValueError, match="data.unlabeled_strong: true"):
-        task.training_step({"labeled": x, "unlabeled": {"image": x["image"], "label": -torch.ones(4, dtype=torch.long)}}, 0)
+        task.training_step(
+            {"labeled": x, "unlabeled": {"image": x["image"], "label": -torch.ones(4, dtype=torch.long)}}, 0
+        )
 
 
 def check_fixmatch_run(run) -> None:
@@ -105,7 +123,12 @@ def check_fixmatch_run(run) -> None:
     trained weights."""
     task = run.model
     metrics = run.trainer.callback_metrics
-    assert {"fixmatch/mask_rate", "fixmatch/pseudo_lesion_share", "fixmatch/loss_unsup", "fixmatch/p_model_lesion"} <= set(metrics)
+    assert {
+        "fixmatch/mask_rate",
+        "fixmatch/pseudo_lesion_share",
+        "fixmatch/loss_unsup",
+        "fixmatch/p_model_lesion",
+    } <= set(metrics)
     assert 0.0 < float(metrics["fixmatch/mask_rate"]) <= 1.0  # some unlabelled patches were pseudo-labelled
     # the pseudo-labels against the synthetic set's hidden patch labels: a model that learned (AUROC 1 on
     # easy) pseudo-labels mostly right, and lesions are a minority of the unlabelled patches
@@ -128,14 +151,22 @@ def test_flexmatch_thresholds_by_hand_and_the_record_they_come_from():
     from retinalab.tasks.fixmatch import flexmatch_thresholds
 
     tau = 0.9
-    assert flexmatch_thresholds(torch.full((10,), -1, dtype=torch.int8), 2, tau).tolist() == [0.0, 0.0]  # warm-up: nothing confident
-    seen = torch.tensor([0, 0, 0, 0, 1, -1, -1, -1, -1, -1, -1, -1], dtype=torch.int8)  # sigma = (4, 1), 7 never confident
+    assert flexmatch_thresholds(torch.full((10,), -1, dtype=torch.int8), 2, tau).tolist() == [
+        0.0,
+        0.0,
+    ]  # warm-up: nothing confident
+    seen = torch.tensor(
+        [0, 0, 0, 0, 1, -1, -1, -1, -1, -1, -1, -1], dtype=torch.int8
+    )  # sigma = (4, 1), 7 never confident
     beta = [4 / 7, 1 / 7]
     assert flexmatch_thresholds(seen, 2, tau).tolist() == pytest.approx([b / (2 - b) * tau for b in beta])
-    seen = torch.tensor([0] * 8 + [1] * 2 + [-1], dtype=torch.int8)  # sigma = (8, 2), 1 unused: the majority class sets the scale
+    seen = torch.tensor(
+        [0] * 8 + [1] * 2 + [-1], dtype=torch.int8
+    )  # sigma = (8, 2), 1 unused: the majority class sets the scale
     assert flexmatch_thresholds(seen, 2, tau).tolist() == pytest.approx([tau, (0.25 / 1.75) * tau])
 
-    # a class threshold per prediction: the lesion patch at 0.7 passes its lowered threshold, the healthy one at 0.8 does not
+    # a class threshold per prediction: the lesion patch at 0.7 passes its lowered threshold, the healthy one at
+    # 0.8 does not
     weak = torch.log(torch.tensor([[0.8, 0.2], [0.3, 0.7]]))
     _, mask, pseudo = fixmatch_unsup_loss(weak, torch.zeros(2, 2), torch.tensor([0.9, 0.5]))
     assert mask.tolist() == [False, True] and pseudo.tolist() == [0, 1]
@@ -148,7 +179,16 @@ def test_flexmatch_thresholds_by_hand_and_the_record_they_come_from():
     batch = {"image_index": torch.tensor([1, 2, 1]), "patch_index": torch.tensor([3, 0, 2])}
     logits = torch.log(torch.tensor([[0.95, 0.05], [0.02, 0.98], [0.6, 0.4]]))
     task._update_flex_seen(batch, logits)
-    assert task.flex_seen.tolist() == [-1, -1, 1, 0, 1, -1, -1, -1]  # row 1 patch 2 was not confident: its earlier record stays
+    assert task.flex_seen.tolist() == [
+        -1,
+        -1,
+        1,
+        0,
+        1,
+        -1,
+        -1,
+        -1,
+    ]  # row 1 patch 2 was not confident: its earlier record stays
     assert task.class_thresholds().tolist() == pytest.approx(flexmatch_thresholds(task.flex_seen, 2, tau).tolist())
 
 
@@ -189,9 +229,18 @@ def test_pseudo_label_quality_against_hidden_truth_by_hand():
     mask = torch.tensor([True, True, True, False, False, True, True])
     truth = torch.tensor([1, 0, 0, 1, 1, -1, -1])
     counts = pseudo_label_counts(pseudo, mask, truth)
-    # confident and known: patches 0-2 (right: 0 and 2); lesion pseudo-labels 0, 1 (right: 0); true lesions 0, 3, 4 of 5 known
+    # confident and known: patches 0-2 (right: 0 and 2); lesion pseudo-labels 0, 1 (right: 0); true lesions 0, 3,
+    # 4 of 5 known
     assert counts.tolist() == [3, 2, 2, 1, 3, 5]
     q = pseudo_label_quality(counts + pseudo_label_counts(pseudo[:1], mask[:1], truth[:1]))  # summed over two batches
-    assert q == pytest.approx({"pseudo_accuracy": 3 / 4, "pseudo_lesion_precision": 2 / 3, "pseudo_lesion_recall": 2 / 4,
-                               "true_lesion_share": 4 / 6})
-    assert pseudo_label_quality(pseudo_label_counts(pseudo, torch.zeros(7, dtype=torch.bool), torch.full((7,), -1))) == {}
+    assert q == pytest.approx(
+        {
+            "pseudo_accuracy": 3 / 4,
+            "pseudo_lesion_precision": 2 / 3,
+            "pseudo_lesion_recall": 2 / 4,
+            "true_lesion_share": 4 / 6,
+        }
+    )
+    assert (
+        pseudo_label_quality(pseudo_label_counts(pseudo, torch.zeros(7, dtype=torch.bool), torch.full((7,), -1))) == {}
+    )

@@ -25,8 +25,18 @@ def dm(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("eglsel")
     syn = write_synthetic("idrid", tmp / "syn", 30, 4, (128, 96), 1.0, 1.0, 1)
-    d = PatchDataModule("idrid", str(syn), image_size=128, patch_size=32, stride=32, val_size=3, test_size=3,
-                        cache_dir=str(tmp / "cache"), cache_workers=0, split_file=str(tmp / "s.json"))
+    d = PatchDataModule(
+        "idrid",
+        str(syn),
+        image_size=128,
+        patch_size=32,
+        stride=32,
+        val_size=3,
+        test_size=3,
+        cache_dir=str(tmp / "cache"),
+        cache_workers=0,
+        split_file=str(tmp / "s.json"),
+    )
     d.setup("fit")
     return d
 
@@ -83,9 +93,20 @@ def test_cached_orders_are_reused(dm):
 
 
 def test_patch_datamodule_labels_the_egl_order(dm, tmp_path):
-    egl_dm = PatchDataModule(dm.dataset, dm.root, image_size=128, patch_size=32, stride=32, val_size=3, test_size=3,
-                             num_labeled_images=4, labeled_selection=EGLChooser(epochs=1), cache_dir=str(dm.cache.path.parent),
-                             cache_workers=0, split_file=str(tmp_path / "e.json"))
+    egl_dm = PatchDataModule(
+        dm.dataset,
+        dm.root,
+        image_size=128,
+        patch_size=32,
+        stride=32,
+        val_size=3,
+        test_size=3,
+        num_labeled_images=4,
+        labeled_selection=EGLChooser(epochs=1),
+        cache_dir=str(dm.cache.path.parent),
+        cache_workers=0,
+        split_file=str(tmp_path / "e.json"),
+    )
     egl_dm.setup("fit")
     expected = cached_egl_order(egl_dm.cache, list(egl_dm.rows["train"]), 4, 0, initial=2, step=1, epochs=1)
     assert sorted(egl_dm.rows["labeled"].tolist()) == sorted(expected)
@@ -97,10 +118,20 @@ def test_patch_datamodule_labels_the_egl_order(dm, tmp_path):
 
 
 def test_study_with_egl_selection(dm, tmp_path):
-    cfg = {"name": "egl", "out_dir": str(tmp_path / "study"), "methods": {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")},
-           "labelled": [4], "seeds": [0], "selection": "egl",
-           "overrides": [f"--data.root={dm.root}", f"--data.cache_dir={dm.cache.path.parent}", "--data.labeled_selection.epochs=1",
-                         "--trainer.enable_progress_bar=false"]}
+    cfg = {
+        "name": "egl",
+        "out_dir": str(tmp_path / "study"),
+        "methods": {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")},
+        "labelled": [4],
+        "seeds": [0],
+        "selection": "egl",
+        "overrides": [
+            f"--data.root={dm.root}",
+            f"--data.cache_dir={dm.cache.path.parent}",
+            "--data.labeled_selection.epochs=1",
+            "--trainer.enable_progress_bar=false",
+        ],
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["study", "--config", str(tmp_path / "s.yaml")]) == 0
     split = json.loads((tmp_path / "study/cells/convnet/n4_s0/split.json").read_text())

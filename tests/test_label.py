@@ -35,10 +35,29 @@ def human_run(tmp_path_factory):
     root = write_synthetic("eophtha", base / "e-ophtha", 24, 3, (256, 170), 1.5, 1.0, 1, False)
     out = base / "run"
     argv = [
-        "active", "--config", str(REPO / "conf" / "active" / "eophtha_human.yaml"), "--root", str(root), "--out_dir", str(out),
-        "--cache_dir", str(base / "cache"), "--patches.image_size=128", "--patches.patch_size=16", "--patches.grid_stride=16",
-        "--patches.view_size=128", "--k=4", "--initial_batches=1", "--batch_size=8", "--hidden=16", "--conv_channels=[4,8]",
-        "--max_rounds=2", "--num_workers=0", "--progress=false", "--accelerator=cpu", "--logger=null",
+        "active",
+        "--config",
+        str(REPO / "conf" / "active" / "eophtha_human.yaml"),
+        "--root",
+        str(root),
+        "--out_dir",
+        str(out),
+        "--cache_dir",
+        str(base / "cache"),
+        "--patches.image_size=128",
+        "--patches.patch_size=16",
+        "--patches.grid_stride=16",
+        "--patches.view_size=128",
+        "--k=4",
+        "--initial_batches=1",
+        "--batch_size=8",
+        "--hidden=16",
+        "--conv_channels=[4,8]",
+        "--max_rounds=2",
+        "--num_workers=0",
+        "--progress=false",
+        "--accelerator=cpu",
+        "--logger=null",
     ]
     assert main(argv) == 0
     return out
@@ -73,7 +92,9 @@ def _pool(cfg: dict):
     key = cfg["cache_dir"]
     if key not in _POOLS:
         records = read_dataset("eophtha", cfg["root"], **cfg["reader_args"])
-        _POOLS[key] = ExudatePatches.build(records, ExudatePatchConfig(**cfg["patches"]), cfg["cache_dir"], progress=False)
+        _POOLS[key] = ExudatePatches.build(
+            records, ExudatePatchConfig(**cfg["patches"]), cfg["cache_dir"], progress=False
+        )
     return _POOLS[key]
 
 
@@ -165,7 +186,9 @@ def test_a_complete_round_trains_and_the_next_round_appears(run):
         assert c.get(f"/api/files/1/{q['id']}/heat").status_code == 200
     saved = json.loads((run / "state.json").read_text())
     journal = json.loads((run / "answers.json").read_text())
-    assert saved["round"] == 0 and {str(k): v for k, v in saved["labelled"].items()} == {k: v["label"] for k, v in journal.items()}
+    assert saved["round"] == 0 and {str(k): v for k, v in saved["labelled"].items()} == {
+        k: v["label"] for k, v in journal.items()
+    }
 
 
 def test_a_second_page_or_a_cli_resume_on_the_same_run_is_refused(run, capsys):
@@ -209,7 +232,13 @@ def test_a_killed_server_resumes_at_the_first_unanswered_query(run):
 
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "retinalab", "label", "--run", str(run), "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retinalab", "label", "--run", str(run), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert f"open http://127.0.0.1:{port}/ " in line, line
@@ -217,7 +246,9 @@ def test_a_killed_server_resumes_at_the_first_unanswered_query(run):
         wait_until(lambda: _up(url), 60)
         state = httpx.get(f"{url}/api/state").json()
         for q in state["queries"][:3]:
-            assert httpx.post(f"{url}/api/answer", json={"round": 0, "query_id": q["id"], "label": 0}).status_code == 200
+            assert (
+                httpx.post(f"{url}/api/answer", json={"round": 0, "query_id": q["id"], "label": 0}).status_code == 200
+            )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -253,7 +284,12 @@ def test_label_studio_export_and_import_round_trip(run, tmp_path, capsys):
 
     def annotated(task: dict, word: str, cancelled: bool = False) -> dict:
         result = [{"from_name": "label", "to_name": "patch", "type": "choices", "value": {"choices": [word]}}]
-        return {**task, "annotations": [{"id": 1, "result": result, "was_cancelled": cancelled, "updated_at": "2026-12-03T10:00:00Z"}]}
+        return {
+            **task,
+            "annotations": [
+                {"id": 1, "result": result, "was_cancelled": cancelled, "updated_at": "2026-12-03T10:00:00Z"}
+            ],
+        }
 
     by_id = {t["data"]["query_id"]: t for t in tasks}
     export = [annotated(by_id[q], "exudate" if answers[q] else "healthy") for q in qids[:5]]
@@ -273,7 +309,9 @@ def test_label_studio_export_and_import_round_trip(run, tmp_path, capsys):
     journal = json.loads((run / "answers.json").read_text())
     assert len(journal) == 5 and {v["source"] for v in journal.values()} == {"label-studio"}
     # the rest, in Label Studio's JSON_MIN export: the journal completes and the page sees it all answered
-    minimal = [{**by_id[q]["data"], "id": i, "label": "exudate" if answers[q] else "healthy"} for i, q in enumerate(qids[5:])]
+    minimal = [
+        {**by_id[q]["data"], "id": i, "label": "exudate" if answers[q] else "healthy"} for i, q in enumerate(qids[5:])
+    ]
     file.write_text(json.dumps(minimal))
     assert main(["label", "--run", str(run), "--import-ls", str(file)]) == 0
     assert "3 labels journalled" in capsys.readouterr().out
@@ -286,7 +324,20 @@ def test_label_studio_export_and_import_round_trip(run, tmp_path, capsys):
         int(k): v["label"] for k, v in json.loads((run / "answers.json").read_text()).items()
     }
     # round 1's tasks carry the model's probability as a pre-annotation
-    assert main(["label", "--run", str(run), "--export-ls", str(tmp_path / "r1.json"), "--ls-url-prefix", "http://files.lab/q"]) == 0
+    assert (
+        main(
+            [
+                "label",
+                "--run",
+                str(run),
+                "--export-ls",
+                str(tmp_path / "r1.json"),
+                "--ls-url-prefix",
+                "http://files.lab/q",
+            ]
+        )
+        == 0
+    )
     r1 = json.loads((tmp_path / "r1.json").read_text())
     assert len(r1) == 4 and r1[0]["data"]["image"].startswith("http://files.lab/q/round_001/patches/")
     pred = r1[0]["predictions"][0]
@@ -338,10 +389,18 @@ def test_a_round_labelled_with_key_presses_in_a_real_browser(run, tmp_path):
         wait_until(lambda: server.started, 30)
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                ])
+                browser = p.chromium.launch(
+                    executable_path=CHROMIUM,
+                    args=[
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-quic",
+                        "--no-first-run",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--disable-sync",
+                    ],
+                )
                 page = browser.new_page(viewport={"width": 1280, "height": 860})
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.wait_for_selector("#progress:has-text('0 of 8 in round 0')")
@@ -375,7 +434,9 @@ def test_a_round_labelled_with_key_presses_in_a_real_browser(run, tmp_path):
 
     assert Image.open(shot).size == (1280, 860)
     journal = json.loads((run / "answers.json").read_text())
-    rows = {r["query_id"]: int(r["item"]) for r in csv.DictReader((run / "queries" / "round_000" / "queries.csv").open())}
+    rows = {
+        r["query_id"]: int(r["item"]) for r in csv.DictReader((run / "queries" / "round_000" / "queries.csv").open())
+    }
     assert {q: journal[str(i)]["label"] for q, i in rows.items()} == answers
     saved = json.loads((run / "state.json").read_text())
     assert saved["round"] == 0 and saved["pending"]["round"] == 1 and len(saved["labelled"]) == 8

@@ -38,15 +38,25 @@ def _probe(tmp_path, name: str, *args: str, env: dict[str, str] | None = None) -
 
 def _fields(log) -> dict[str, str]:
     words = log.read_text().split()
-    return {"preloaded": words[1], "own-session": words[3], "threads": words[5], "var": words[7], "slot": words[8], "argv": " ".join(words[10:])}
+    return {
+        "preloaded": words[1],
+        "own-session": words[3],
+        "threads": words[5],
+        "var": words[7],
+        "slot": words[8],
+        "argv": " ".join(words[10:]),
+    }
 
 
 def test_cpu_jobs_start_from_the_fork_server_as_processes_of_their_own(tmp_path, monkeypatch):
     monkeypatch.setenv("PROBE_VAR", "parent")
     slots = [Slot(None, 1), Slot(None, 1)]
-    jobs = [_probe(tmp_path, "a", "x"), _probe(tmp_path, "b", "y", "z"),
-            Job("exit3", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "exit3.log"),
-            Job("raises", [sys.executable, "-c", "raise RuntimeError('boom in a job')"], tmp_path / "raises.log")]
+    jobs = [
+        _probe(tmp_path, "a", "x"),
+        _probe(tmp_path, "b", "y", "z"),
+        Job("exit3", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "exit3.log"),
+        Job("raises", [sys.executable, "-c", "raise RuntimeError('boom in a job')"], tmp_path / "raises.log"),
+    ]
     script = tmp_path / "script.py"
     script.write_text("import sys\nprint('script', __name__, sys.argv[1:], sys.path[0])\n")
     jobs.append(Job("script", [sys.executable, str(script), "--flag"], tmp_path / "script.log"))
@@ -59,7 +69,9 @@ def test_cpu_jobs_start_from_the_fork_server_as_processes_of_their_own(tmp_path,
     assert a["argv"] == "['x']" and b["argv"] == "['y', 'z']"
     assert "RuntimeError: boom in a job" in (tmp_path / "raises.log").read_text()
     assert (tmp_path / "script.log").read_text().split()[:3] == ["script", "__main__", "['--flag']"]
-    assert str(tmp_path) in (tmp_path / "script.log").read_text()  # the script's folder is on sys.path, as python puts it
+    assert (
+        str(tmp_path) in (tmp_path / "script.log").read_text()
+    )  # the script's folder is on sys.path, as python puts it
 
 
 def test_jobs_the_fork_server_cannot_serve_run_as_plain_subprocesses(tmp_path, monkeypatch):
@@ -76,9 +88,16 @@ def test_jobs_the_fork_server_cannot_serve_run_as_plain_subprocesses(tmp_path, m
 
 def test_a_forked_job_is_stopped_with_its_session(tmp_path):
     assert launch._forkable([sys.executable, "-c", "pass"], dict(os.environ))
-    proc = launch._Forked([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], tmp_path / "s.log", dict(os.environ))
+    proc = launch._Forked(
+        [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+        tmp_path / "s.log",
+        dict(os.environ),
+    )
     deadline = time.monotonic() + 60
-    while "started" not in ((tmp_path / "s.log").read_text() if (tmp_path / "s.log").exists() else "") and time.monotonic() < deadline:
+    while (
+        "started" not in ((tmp_path / "s.log").read_text() if (tmp_path / "s.log").exists() else "")
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert proc.poll() is None
     launch._stop(proc, grace=10)
@@ -92,12 +111,16 @@ def test_the_parent_main_module_is_not_run_again_in_a_forked_job(tmp_path):
     parent.write_text(
         "import sys\nfrom pathlib import Path\nfrom retinalab.experiments.launch import Job, Slot, run_jobs\n"
         "print('parent ran', flush=True)\n"
-        f"codes = run_jobs([Job('j', [sys.executable, '-c', 'print(\"job ran\")'], Path({str(tmp_path / 'j.log')!r}))], [Slot(None, 1)])\n"
-        "print('codes', codes, flush=True)\n")
+        "codes = run_jobs([Job('j', [sys.executable, '-c', 'print(\"job ran\")'], "
+        f"Path({str(tmp_path / 'j.log')!r}))], [Slot(None, 1)])\n"
+        "print('codes', codes, flush=True)\n"
+    )
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "RETINALAB_FORK_SERVER"}
-    out = subprocess.run([sys.executable, str(parent)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(parent)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("parent ran") == 1 and "codes {'j': 0}" in out.stdout
     assert (tmp_path / "j.log").read_text() == "job ran\n"

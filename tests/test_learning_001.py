@@ -17,8 +17,15 @@ from tests.test_learning import REPO
 @pytest.fixture(scope="module")
 def easy_eyepacs(tmp_path_factory):
     # 120 graded photographs (EyePACS layout, easy preset): 96 train / 4 val / 20 test below
-    return write_synthetic("eyepacs", tmp_path_factory.mktemp("grading") / "eyepacs", num_images=120, seed=3, size=(256, 170),
-                           workers=1, preset="easy")
+    return write_synthetic(
+        "eyepacs",
+        tmp_path_factory.mktemp("grading") / "eyepacs",
+        num_images=120,
+        seed=3,
+        size=(256, 170),
+        workers=1,
+        preset="easy",
+    )
 
 
 def test_paper_001_grader_learns_and_is_not_constant_in_eval_mode(easy_eyepacs, monkeypatch, tmp_path):
@@ -32,12 +39,31 @@ def test_paper_001_grader_learns_and_is_not_constant_in_eval_mode(easy_eyepacs, 
     import torch
 
     monkeypatch.chdir(tmp_path)
-    run = cli(["fit", "--config", str(REPO / "conf/collaborative/idrid_stage1_grading.yaml"), "--data.dataset=eyepacs",
-               "--data.reader_args=null", "--data.root", str(easy_eyepacs), "--data.image_size=96", "--data.target=referable",
-               "--model.num_classes=2", "--data.batch_size=16", "--data.num_workers=0", "--data.split_mode=random",
-               "--data.val_size=4", "--data.test_size=20", "--trainer.max_steps=40", "--trainer.check_val_every_n_epoch=100",
-               "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-               f"--trainer.default_root_dir={tmp_path}"])
+    run = cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "conf/collaborative/idrid_stage1_grading.yaml"),
+            "--data.dataset=eyepacs",
+            "--data.reader_args=null",
+            "--data.root",
+            str(easy_eyepacs),
+            "--data.image_size=96",
+            "--data.target=referable",
+            "--model.num_classes=2",
+            "--data.batch_size=16",
+            "--data.num_workers=0",
+            "--data.split_mode=random",
+            "--data.val_size=4",
+            "--data.test_size=20",
+            "--trainer.max_steps=40",
+            "--trainer.check_val_every_n_epoch=100",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     res = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]  # recalibrated on test start
     model = run.model.eval()
     with torch.no_grad():
@@ -54,10 +80,25 @@ def test_paper_001_generator_learns_lesion_masks(easy_idrid, monkeypatch, tmp_pa
     config's prior initialisation (``generator_prior: 0.01``); with ``--model.generator_prior=null``
     (PyTorch's default: 0.5 everywhere) the same run gives 0.135 and the test fails."""
     monkeypatch.chdir(tmp_path)
-    run = cli(["fit", "--config", str(REPO / "conf/collaborative/idrid_stage1_seg.yaml"), "--data.root", str(easy_idrid / "idrid"),
-               "--data.image_size=64", "--data.batch_size=8", "--data.num_workers=0", "--data.val_size=2",
-               "--model.generator_width=0.125", "--trainer.max_steps=80", "--trainer.check_val_every_n_epoch=100",
-               "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-               f"--trainer.default_root_dir={tmp_path}"])
+    run = cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "conf/collaborative/idrid_stage1_seg.yaml"),
+            "--data.root",
+            str(easy_idrid / "idrid"),
+            "--data.image_size=64",
+            "--data.batch_size=8",
+            "--data.num_workers=0",
+            "--data.val_size=2",
+            "--model.generator_width=0.125",
+            "--trainer.max_steps=80",
+            "--trainer.check_val_every_n_epoch=100",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     res = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]  # recalibrated on test start
     assert res["test/mean/auc_pr"] >= 0.18, res

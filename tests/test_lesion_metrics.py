@@ -51,12 +51,14 @@ def test_quadratic_kappa_and_accuracy_against_the_formula():
 
 
 def test_referable_and_normal_aucs_follow_the_messidor_protocol():
-    probs = torch.tensor([
-        [0.7, 0.2, 0.1, 0.0],  # grade 0
-        [0.2, 0.6, 0.1, 0.1],  # grade 1
-        [0.1, 0.2, 0.4, 0.3],  # grade 2
-        [0.0, 0.1, 0.2, 0.7],  # grade 3
-    ])
+    probs = torch.tensor(
+        [
+            [0.7, 0.2, 0.1, 0.0],  # grade 0
+            [0.2, 0.6, 0.1, 0.1],  # grade 1
+            [0.1, 0.2, 0.4, 0.3],  # grade 2
+            [0.0, 0.1, 0.2, 0.7],  # grade 3
+        ]
+    )
     grade = torch.tensor([0, 1, 2, 3])
     m = BinaryDRMetrics(referable_from=2)
     m.update(probs, grade)
@@ -92,7 +94,9 @@ def test_pixel_curves_are_exact_where_linear_bins_are_blind():
         m.update(probs, masks)
         out = m.compute()
         assert out["MA/auc_roc"].item() == pytest.approx(1.0) and out["MA/auc_pr"].item() == pytest.approx(1.0)
-    assert BinaryAUROC(thresholds=200)(torch.tensor([0.001] * 1000 + [0.004] * 10), torch.tensor([0] * 1000 + [1] * 10)).item() == pytest.approx(0.5)
+    assert BinaryAUROC(thresholds=200)(
+        torch.tensor([0.001] * 1000 + [0.004] * 10), torch.tensor([0] * 1000 + [1] * 10)
+    ).item() == pytest.approx(0.5)
 
 
 def test_pixel_curves_match_the_sorted_computation_streamed_over_batches():
@@ -102,10 +106,15 @@ def test_pixel_curves_match_the_sorted_computation_streamed_over_batches():
     s[:500] = 0.25  # a block of tied scores
     m = LesionPixelMetrics(["EX"])
     for chunk in np.array_split(np.arange(len(y)), 7):  # batches of images, streamed
-        m.update(torch.from_numpy(s[chunk]).view(1, 1, 1, -1), torch.from_numpy(y[chunk].astype(np.float32)).view(1, 1, 1, -1))
+        m.update(
+            torch.from_numpy(s[chunk]).view(1, 1, 1, -1),
+            torch.from_numpy(y[chunk].astype(np.float32)).view(1, 1, 1, -1),
+        )
     out = m.compute()
     auroc, ap = _exact(y, s)
-    assert out["EX/auc_roc"].item() == pytest.approx(auroc, abs=2e-4) and out["EX/auc_pr"].item() == pytest.approx(ap, abs=2e-4)
+    assert out["EX/auc_roc"].item() == pytest.approx(auroc, abs=2e-4) and out["EX/auc_pr"].item() == pytest.approx(
+        ap, abs=2e-4
+    )
 
 
 def test_soft_targets_score_a_downsized_mask_as_the_full_resolution_one():
@@ -118,13 +127,19 @@ def test_soft_targets_score_a_downsized_mask_as_the_full_resolution_one():
     fraction = full_mask.reshape(8, 4, 8, 4).mean(axis=(1, 3)).astype(np.float32)
     soft, full = LesionPixelMetrics(["HE"]), LesionPixelMetrics(["HE"])
     soft.update(torch.from_numpy(small_scores).view(1, 1, 8, 8), torch.from_numpy(fraction).view(1, 1, 8, 8))
-    full.update(torch.from_numpy(full_scores).view(1, 1, 32, 32), torch.from_numpy(full_mask.astype(np.float32)).view(1, 1, 32, 32))
+    full.update(
+        torch.from_numpy(full_scores).view(1, 1, 32, 32),
+        torch.from_numpy(full_mask.astype(np.float32)).view(1, 1, 32, 32),
+    )
     a, b = soft.compute(), full.compute()
     assert a["HE/auc_roc"].item() == pytest.approx(b["HE/auc_roc"].item(), abs=1e-9)
     assert a["HE/auc_pr"].item() == pytest.approx(b["HE/auc_pr"].item(), abs=1e-9)
     # a binary mask made by "any lesion pixel" (what the patch labels use) inflates the positives
     inflated = LesionPixelMetrics(["HE"])
-    inflated.update(torch.from_numpy(small_scores).view(1, 1, 8, 8), torch.from_numpy((fraction > 0).astype(np.float32)).view(1, 1, 8, 8))
+    inflated.update(
+        torch.from_numpy(small_scores).view(1, 1, 8, 8),
+        torch.from_numpy((fraction > 0).astype(np.float32)).view(1, 1, 8, 8),
+    )
     assert float(inflated.positives[0]) > float(soft.positives[0]) == pytest.approx(full_mask.sum() / 16)
 
 
@@ -148,7 +163,8 @@ def test_score_bins_and_curves_at_their_edges():
     m.update(torch.tensor([0.9, 0.2, 0.4]), torch.tensor([1.5, -0.5, 0.25]))
     assert float(m.pos.sum()) == pytest.approx(1.25) and float(m.neg.sum()) == pytest.approx(1.75)
     auroc, ap = m.compute()
-    # positives 1 @0.9 and 0.25 @0.4; negatives 1 @0.2 and 0.75 @0.4: pairs ordered 1*1 + 1*0.75 + 0.25*1, tied 0.25*0.75
+    # positives 1 @0.9 and 0.25 @0.4; negatives 1 @0.2 and 0.75 @0.4: pairs ordered 1*1 + 1*0.75 + 0.25*1, tied
+    # 0.25*0.75
     assert float(auroc) == pytest.approx((1 + 0.75 + 0.25 + 0.5 * 0.25 * 0.75) / (1.25 * 1.75))
     assert float(ap) == pytest.approx((1 / 1.25) * 1.0 + (0.25 / 1.25) * (1.25 / 2.0))
 

@@ -14,8 +14,7 @@ from retinalab.models import ConvLarge, build_patch_model
 
 def expected_params(c1=96, c2=192, k=2):
     conv = lambda cin, cout, ks=3: cin * cout * ks * ks + cout + cout  # weight + bias + weight-norm g  # noqa: E731
-    return (conv(3, c1) + 2 * conv(c1, c1) + conv(c1, c2) + 4 * conv(c2, c2) + 2 * conv(c2, c2, 1)
-            + c2 * k + k + k)
+    return conv(3, c1) + 2 * conv(c1, c1) + conv(c1, c2) + 4 * conv(c2, c2) + 2 * conv(c2, c2, 1) + c2 * k + k + k
 
 
 def test_convlarge_matches_table3():
@@ -63,7 +62,8 @@ def test_networks_train_in_channels_last_layout_and_compute_the_same_function(mo
     # (network, inputs, gradient tolerance relative to the gradient's largest entry: G's batch-norm
     # statistics over a few images sum in another order, and its gradients reach ~50 with this loss)
     cases = (
-        (lambda: ConvLarge(width=0.125, dropout_in=0.0, dropout=0.0), (x,), False), (lambda: LeNet(in_size=32), (x,), False),
+        (lambda: ConvLarge(width=0.125, dropout_in=0.0, dropout=0.0), (x,), False),
+        (lambda: LeNet(in_size=32), (x,), False),
         (lambda: PatchGenerator(width=0.125).eval(), (torch.rand(6, 100, generator=gen),), False),
         (lambda: XceptionUNet(width=0.125, depth=3), (img,), True),  # training mode: batch statistics
         (lambda: LesionDiscriminator(width=0.125, tuples=3), (img, torch.rand(3, 4, 32, 32, generator=gen)), True),
@@ -149,7 +149,12 @@ def test_image_level_scores_by_hand():
 
     m = ImageLevelScores()
     m.update(torch.tensor([0.9, 0.8, 0.1]), torch.tensor([1, 0, 0]), torch.tensor([4, 4, 2]), torch.tensor([0, 1, 0]))
-    m.update(torch.tensor([0.7, 0.2, 0.3, 0.6]), torch.tensor([0, 0, 0, 0]), torch.tensor([4, 2, 9, 9]), torch.tensor([1, 2, 0, 2]))
+    m.update(
+        torch.tensor([0.7, 0.2, 0.3, 0.6]),
+        torch.tensor([0, 0, 0, 0]),
+        torch.tensor([4, 2, 9, 9]),
+        torch.tensor([1, 2, 0, 2]),
+    )
     images, score, label = m.scores()
     assert images.tolist() == [2, 4, 9]
     assert score.tolist() == pytest.approx([0.1 + 0.2, 0.9 + 0.8, 0.3 + 0.6])
@@ -190,7 +195,9 @@ def test_localisation_auroc_is_exact_even_for_faint_heatmaps():
     rng = np.random.default_rng(0)
     mask = rng.random((32, 32)) < 0.1
     heat = (rng.random((32, 32)) + mask) / 2
-    assert localisation_auroc(heat.astype(np.float32), mask) == pytest.approx(exact_auroc(heat.ravel(), mask.ravel()), abs=1e-6)
+    assert localisation_auroc(heat.astype(np.float32), mask) == pytest.approx(
+        exact_auroc(heat.ravel(), mask.ravel()), abs=1e-6
+    )
     faint = (0.001 + 0.002 * mask).astype(np.float32)  # all below 0.005, perfectly separated
     assert localisation_auroc(faint, mask) == pytest.approx(1.0)
     assert localisation_auroc(faint, mask, thresholds=200) == pytest.approx(0.5)  # the binned failure, kept reachable

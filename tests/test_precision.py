@@ -26,14 +26,34 @@ def _validate(args: list[str], state: dict, extra: list[str]) -> dict[str, float
     return c.trainer.validate(c.model, c.datamodule, verbose=False)[0]
 
 
-@pytest.mark.parametrize(("config", "key"), [("tests/conf/convnet_tiny.yaml", "val/loss"), ("tests/conf/ssl_gan_tiny.yaml", "val/loss"),
-                                             ("conf/collaborative/idrid_stage1_seg.yaml", "val/mean/auc_roc")])
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ("tests/conf/convnet_tiny.yaml", "val/loss"),
+        ("tests/conf/ssl_gan_tiny.yaml", "val/loss"),
+        ("conf/collaborative/idrid_stage1_seg.yaml", "val/mean/auc_roc"),
+    ],
+)
 def test_bf16_and_channels_last_match_fp32(config, key, syn, tmp_path):
-    args = ["--config", str(REPO / config), f"--data.root={syn}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            "--trainer.max_epochs=1", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "--config",
+        str(REPO / config),
+        f"--data.root={syn}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     if "collaborative" in config:
-        args += ["--data.image_size=64", "--data.num_workers=0", "--data.batch_size=2", "--data.val_size=2", "--model.generator_width=0.0625",
-                 "--trainer.callbacks=[]"]
+        args += [
+            "--data.image_size=64",
+            "--data.num_workers=0",
+            "--data.batch_size=2",
+            "--data.val_size=2",
+            "--model.generator_width=0.0625",
+            "--trainer.callbacks=[]",
+        ]
     else:
         args += [f"--data.cache_dir={tmp_path / 'cache'}"]
     c = cli(args, run=False)
@@ -78,9 +98,17 @@ COMPILE = '--trainer.callbacks+={"class_path": "retinalab.callbacks.Compile", "i
 
 
 def _compile_round_trip(syn, tmp_path, backend: str) -> None:
-    args = ["--config", str(REPO / "tests/conf/convnet_tiny.yaml"), f"--data.root={syn}", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
-            f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"]
+    args = [
+        "--config",
+        str(REPO / "tests/conf/convnet_tiny.yaml"),
+        f"--data.root={syn}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+    ]
     c = cli([*args, COMPILE % backend], run=False)
     c.trainer.fit(c.model, c.datamodule)
     assert [type(cb).__name__ for cb in c.trainer.callbacks].count("Compile") == 1

@@ -89,7 +89,9 @@ def test_load_fundus_aligns_masks_with_the_image(tmp_path):
     img = fundus((96, 64))
     mask = square_mask((96, 64), 32, 48, r=3)  # centre of the disc
     img[mask] = (255, 255, 0)  # paint the lesion so we can find it in the output
-    rec = FundusRecord("a", save_jpg(tmp_path / "a.jpg", img), masks={"EX": save_mask(tmp_path / "a_EX.png", mask), "MA": None})
+    rec = FundusRecord(
+        "a", save_jpg(tmp_path / "a.jpg", img), masks={"EX": save_mask(tmp_path / "a_EX.png", mask), "MA": None}
+    )
     pre = load_fundus(rec, size=64, fast_decode=False)
     assert pre.image.shape == (64, 64, 3) and pre.image.max() == 255
     assert set(pre.masks) == {"EX", "MA"} and not pre.masks["MA"].any()

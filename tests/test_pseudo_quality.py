@@ -26,10 +26,23 @@ def syn_idrid(tmp_path_factory) -> Path:
     return write_synthetic("idrid", tmp_path_factory.mktemp("syn") / "IDRiD", num_images=24, seed=3, size=(96, 64))
 
 
-def _dm(root: Path, tmp_path: Path, truth: str = "eval", augment: bool = False, graded_val: int = 3) -> SegmentationDataModule:
-    dm = SegmentationDataModule("idrid", str(root), image_size=32, val_size=1, batch_size=2, num_workers=0, image_level_dataset="idrid",
-                                image_level_root=str(root), image_level_val_size=graded_val, augment=augment, split_file=str(tmp_path / "split.json"),
-                                image_level_truth=truth)
+def _dm(
+    root: Path, tmp_path: Path, truth: str = "eval", augment: bool = False, graded_val: int = 3
+) -> SegmentationDataModule:
+    dm = SegmentationDataModule(
+        "idrid",
+        str(root),
+        image_size=32,
+        val_size=1,
+        batch_size=2,
+        num_workers=0,
+        image_level_dataset="idrid",
+        image_level_root=str(root),
+        image_level_val_size=graded_val,
+        augment=augment,
+        split_file=str(tmp_path / "split.json"),
+        image_level_truth=truth,
+    )
     dm.setup("fit")
     return dm
 
@@ -37,7 +50,9 @@ def _dm(root: Path, tmp_path: Path, truth: str = "eval", augment: bool = False, 
 def test_the_drawn_masks_reach_only_the_image_level_batches_asked_for(syn_idrid, tmp_path, idrid_root):
     dm = _dm(syn_idrid, tmp_path)
     pixel_val, image_val = dm.val_dataloader()
-    assert all("truth_fraction" not in b and "truth" not in b for b in pixel_val)  # published masks stay the only masks there
+    assert all(
+        "truth_fraction" not in b and "truth" not in b for b in pixel_val
+    )  # published masks stay the only masks there
     train = next(iter(dm.train_dataloader()))[0]  # CombinedLoader: (batch, batch_idx, dataloader_idx)
     assert "truth" not in train["image"] and "truth" not in train["pixel"]  # eval: training never sees them
     for batch in image_val:
@@ -55,7 +70,11 @@ def test_the_drawn_masks_reach_only_the_image_level_batches_asked_for(syn_idrid,
     assert all("truth_fraction" not in b for b in _dm(syn_idrid, tmp_path, "off").val_dataloader()[1])
     # a dataset without drawn masks (a real layout): eval quietly has none, all stops with what to do
     assert all("truth_fraction" not in b for b in _dm(idrid_root, tmp_path, graded_val=1).val_dataloader()[1])
-    with pytest.raises(ValueError, match=rf"image_level_truth: all .* needs the lesion masks retinalab synth keeps under .*{TRUTH_DIR}.* draw it again"):
+    with pytest.raises(
+        ValueError,
+        match=rf"image_level_truth: all .* needs the lesion masks retinalab synth keeps under .*{TRUTH_DIR}.* draw it "
+        r"again",
+    ):
         _dm(idrid_root, tmp_path, "all", graded_val=1)
     with pytest.raises(ValueError, match="image_level_truth must be"):
         SegmentationDataModule(image_level_truth="train")
@@ -85,12 +104,22 @@ def test_quality_of_g_attention_and_pseudo_masks_against_a_hand_computation():
     truth[0, 0, 4:9, 6:12] = 1.0
     truth[1, 0, 20:24, 3:5] = 0.5  # soft: half of these pixels is lesion
     truth[:, 1:, 10:20, 10:20] = (torch.rand(2, 3, 10, 10, generator=g) > 0.5).float()
-    batches = [{"image": torch.rand(2, 3, 32, 32, generator=g), "truth_fraction": truth, "image_id": ["a", "b"], "label": torch.tensor([0, 2])}]
+    batches = [
+        {
+            "image": torch.rand(2, 3, 32, 32, generator=g),
+            "truth_fraction": truth,
+            "image_id": ["a", "b"],
+            "label": torch.tensor([0, 2]),
+        }
+    ]
     got = pseudo_mask_quality(task, batches + [None])
     task.eval()
     with torch.no_grad():
         maps = quality_maps(task, batches[0])
-    assert set(maps) == {"G", "attention", "pseudo"} and maps["attention"].shape[-2:] == (8, 8)  # f_low: a quarter of the input
+    assert set(maps) == {"G", "attention", "pseudo"} and maps["attention"].shape[-2:] == (
+        8,
+        8,
+    )  # f_low: a quarter of the input
     assert set(torch.unique(maps["pseudo"]).tolist()) <= {0.0, 1.0}  # thresholded as the loss uses them
     for source, m in maps.items():
         t = F.avg_pool2d(truth, 4) if source == "attention" else truth  # the truth's share of each attention cell
@@ -129,12 +158,35 @@ def test_oracle_overlay_runs_two_steps_and_logs_the_quality_and_its_picture(syn_
 
     conf = REPO / "conf" / "collaborative"
     out = tmp_path / "oracle"
-    assert main(["fit", "--config", str(conf / "idrid_stage2.yaml"), "--config", str(conf / "overlays" / "oracle.yaml"),
-                 f"--data.root={syn_idrid}", f"--data.image_level_root={syn_idrid}", "--data.val_size=1", "--data.image_level_val_size=3",
-                 "--data.image_size=32", "--data.num_workers=0", "--data.batch_size=2", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-                 "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-                 f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", "--model.generator_width=0.0625",
-                 "--model.discriminator_width=0.0625", "--model.num_overlays=2"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(conf / "idrid_stage2.yaml"),
+                "--config",
+                str(conf / "overlays" / "oracle.yaml"),
+                f"--data.root={syn_idrid}",
+                f"--data.image_level_root={syn_idrid}",
+                "--data.val_size=1",
+                "--data.image_level_val_size=3",
+                "--data.image_size=32",
+                "--data.num_workers=0",
+                "--data.batch_size=2",
+                "--trainer.max_epochs=1",
+                "--trainer.limit_train_batches=2",
+                "--trainer.accelerator=cpu",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.log_every_n_steps=1",
+                f"--trainer.default_root_dir={out}",
+                f"--trainer.logger.init_args.save_dir={out}",
+                "--model.generator_width=0.0625",
+                "--model.discriminator_width=0.0625",
+                "--model.num_overlays=2",
+            ]
+        )
+        == 0
+    )
     run = next(out.glob("logs/version_*"))
     metrics = read_run_metrics(run)
     assert metrics["train/loss_ce_pseudo"].notna().sum() == 2  # both batches: no warm-up for the true masks
@@ -142,9 +194,14 @@ def test_oracle_overlay_runs_two_steps_and_logs_the_quality_and_its_picture(syn_
     # the drawn masks as 0/1 targets (a pixel any part of which is lesion, as G's masks on the pixel-annotated
     # photographs): they rank every lesion pixel first (AUROC ~1) but count a pixel 1/4 lesion wholly (AUC-PR < 1)
     assert last["val/vs_truth/pseudo/mean/auc_roc"] > 0.98
-    assert last["val/vs_truth/pseudo/mean/auc_pr"] > 10 * max(last["val/vs_truth/G/mean/auc_pr"], last["val/vs_truth/attention/mean/auc_pr"])
+    assert last["val/vs_truth/pseudo/mean/auc_pr"] > 10 * max(
+        last["val/vs_truth/G/mean/auc_pr"], last["val/vs_truth/attention/mean/auc_pr"]
+    )
     sheets = sorted(run.glob("wandb/offline-run-*/files/media/images/val/pseudo_masks_*.png"))
-    assert len(sheets) == 2 and Image.open(sheets[0]).size == (5 * 32, 32)  # photograph | truth | G | attention | pseudo
+    assert len(sheets) == 2 and Image.open(sheets[0]).size == (
+        5 * 32,
+        32,
+    )  # photograph | truth | G | attention | pseudo
 
 
 def test_mask_dependence_tells_a_grader_that_ignores_the_masks_from_one_that_uses_them():
@@ -165,7 +222,9 @@ def test_mask_dependence_tells_a_grader_that_ignores_the_masks_from_one_that_use
         for conv in task.grader.w_low:
             conv.weight[:, 0] = 20.0
     assert mask_dependence(task, batches)["alpha_change"] > 1e-3
-    frozen = CollaborativeTask(stage="joint", semi=False, adversarial=False, lesion_features="masks", generator_prior=0.5, **TINY)
+    frozen = CollaborativeTask(
+        stage="joint", semi=False, adversarial=False, lesion_features="masks", generator_prior=0.5, **TINY
+    )
     seeing = mask_dependence(frozen, batches)
     assert 0.0 <= seeing["grade_change"] <= 1.0 and np.isnan(seeing["alpha_change"]) and np.isnan(seeing["alpha_std"])
     with pytest.raises(ValueError, match="no photograph"):

@@ -18,7 +18,7 @@ from retinalab.utils.registry import Registry
 from tests.test_active_loop import assert_top, loop, synth_eophtha  # noqa: F401  (fixture)
 from tests.test_cli import TINY, run, synth_idrid  # noqa: F401  (fixture)
 
-TOY_BACKBONE = '''
+TOY_BACKBONE = """
 from torch import nn
 
 from retinalab.models import register_backbone
@@ -30,7 +30,7 @@ def tiny(num_classes: int, width: float, weights, dropout: float = 0.0) -> nn.Mo
                         nn.Dropout(dropout), nn.Linear(5, num_classes))
     net.toy_dropout = dropout
     return net
-'''
+"""
 
 TOY_HEURISTIC = '''
 from retinalab.active import Heuristic, register_heuristic
@@ -83,8 +83,24 @@ def test_a_toy_backbone_is_one_module_and_a_config(plugin, synth_idrid, tmp_path
     config["model"]["init_args"].update(backbone="toynets:tiny", dropout=0.25)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "fit"
-    run(["fit", "--config", str(tmp_path / "tiny.yaml"), "--data.root", "syn", "--trainer.max_epochs", "1", "--trainer.logger", "false",
-         "--trainer.default_root_dir", str(out), "--data.split_file", str(tmp_path / "split.json")], synth_idrid)
+    run(
+        [
+            "fit",
+            "--config",
+            str(tmp_path / "tiny.yaml"),
+            "--data.root",
+            "syn",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(out),
+            "--data.split_file",
+            str(tmp_path / "split.json"),
+        ],
+        synth_idrid,
+    )
     ckpt = torch.load(next(out.rglob("*.ckpt")), map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["backbone"] == "toynets:tiny"
     weights = {k.removeprefix("model.") for k in ckpt["state_dict"] if k.startswith("model.")}
@@ -97,8 +113,23 @@ def test_a_toy_backbone_is_one_module_and_a_config(plugin, synth_idrid, tmp_path
 
 
 def test_an_unknown_backbone_is_one_line_listing_the_registered_ones(synth_idrid, tmp_path):  # noqa: F811
-    res = run(["fit", "--config", str(TINY), "--data.root", "syn", "--model.backbone", "vgg", "--trainer.logger", "false",
-               "--trainer.default_root_dir", str(tmp_path)], synth_idrid, check=False)
+    res = run(
+        [
+            "fit",
+            "--config",
+            str(TINY),
+            "--data.root",
+            "syn",
+            "--model.backbone",
+            "vgg",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        synth_idrid,
+        check=False,
+    )
     assert res.returncode == 2
     line = res.stderr.strip().splitlines()[-1]
     assert "unknown backbone 'vgg'; choose one of convnet, resnet18, resnet34, resnet50" in line, res.stderr[-2000:]
@@ -107,8 +138,16 @@ def test_an_unknown_backbone_is_one_line_listing_the_registered_ones(synth_idrid
 def test_a_toy_acquisition_is_one_module_and_a_config(plugin, synth_eophtha, tmp_path):  # noqa: F811
     (plugin / "toyheuristics.py").write_text(TOY_HEURISTIC)
     out = tmp_path / "most_exudate"
-    al = loop(synth_eophtha, out, acquisition="toyheuristics:most_exudate", select="patches", max_rounds=1, keep_checkpoints=True,
-              track_images=0, score_batch_size=100_000)
+    al = loop(
+        synth_eophtha,
+        out,
+        acquisition="toyheuristics:most_exudate",
+        select="patches",
+        max_rounds=1,
+        keep_checkpoints=True,
+        track_images=0,
+        score_batch_size=100_000,
+    )
     assert al.run() == "finished"
     assert "most_exudate" in heuristic_names()
     state = json.loads((out / "state.json").read_text())
@@ -130,7 +169,8 @@ def test_a_toy_acquisition_is_one_module_and_a_config(plugin, synth_eophtha, tmp
 
 
 def test_a_toy_reader_is_one_module_and_a_config(plugin, tmp_path, capsys):
-    (plugin / "toyreaders.py").write_text(textwrap.dedent('''
+    (plugin / "toyreaders.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
 
         from retinalab.datasets import FundusRecord, register_reader
@@ -140,7 +180,8 @@ def test_a_toy_reader_is_one_module_and_a_config(plugin, tmp_path, capsys):
         def read_toy(root, grade: int = 0, on_error="raise"):
             return [FundusRecord(image_id=p.stem, image_path=p, dataset="toy_layout", split="train", grade=grade)
                     for p in sorted(Path(root).glob("*.png"))]
-    '''))
+    """)
+    )
     from PIL import Image
 
     for i in range(2):

@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------- the balanced sampler
 def test_the_balanced_sampler_draws_by_epoch():
     """The draws are a function of (seed, epoch): a run resumed at epoch 3 draws epoch 3's."""
-    w = torch.tensor([1 / 3, 1 / 3, 1 / 3, 1 / 2, 1 / 2], dtype=torch.double)  # two classes of 3 and 2 images, 1/count weights
+    w = torch.tensor(
+        [1 / 3, 1 / 3, 1 / 3, 1 / 2, 1 / 2], dtype=torch.double
+    )  # two classes of 3 and 2 images, 1/count weights
 
     def draws(seed: int, epoch: int) -> list[int]:
         s = EpochWeightedSampler(w, 4000, seed=seed)
@@ -41,20 +43,50 @@ EPOCHS = {"ssl_gan": 3, "stage2": 3, "convnet": 4, "fixmatch": 3}
 
 
 def _fit_args(kind: str, data: Path, out: Path) -> list[str]:
-    common = [f"--trainer.max_epochs={EPOCHS[kind]}", "--trainer.logger=false", "--trainer.callbacks+=tests.ddp_helpers.KillAtEpochStart"]
+    common = [
+        f"--trainer.max_epochs={EPOCHS[kind]}",
+        "--trainer.logger=false",
+        "--trainer.callbacks+=tests.ddp_helpers.KillAtEpochStart",
+    ]
     if kind == "stage2":  # paper 001's joint stage, from scratch, on the fake IDRiD layout
-        return ["fit", "--config", str(REPO / "conf/collaborative/idrid_stage2.yaml"), f"--data.root={data}", f"--data.image_level_root={data}",
-                "--data.val_size=1", "--data.image_level_val_size=1", "--model.pseudo_warmup_steps=0", "--data.image_size=64",
-                "--data.num_workers=0", "--data.batch_size=2", "--model.generator_width=0.0625", "--model.discriminator_width=0.0625",
-                "--model.num_overlays=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-                f"--trainer.default_root_dir={out}", *common]
+        return [
+            "fit",
+            "--config",
+            str(REPO / "conf/collaborative/idrid_stage2.yaml"),
+            f"--data.root={data}",
+            f"--data.image_level_root={data}",
+            "--data.val_size=1",
+            "--data.image_level_val_size=1",
+            "--model.pseudo_warmup_steps=0",
+            "--data.image_size=64",
+            "--data.num_workers=0",
+            "--data.batch_size=2",
+            "--model.generator_width=0.0625",
+            "--model.discriminator_width=0.0625",
+            "--model.num_overlays=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={out}",
+            *common,
+        ]
     if kind == "ssl_gan":  # the learning-rate decay starts after epoch 1, so the resumed epochs decay it
-        return tiny_patch_fit("conf/ssl_gan/synthetic.yaml", data, out, "--model.gen_width=0.05", "--model.lr_decay_start=1", *common)
+        return tiny_patch_fit(
+            "conf/ssl_gan/synthetic.yaml", data, out, "--model.gen_width=0.05", "--model.lr_decay_start=1", *common
+        )
     if kind == "fixmatch":  # the strong views' stream, the EMA and p_model (distribution alignment) must resume too
         return tiny_patch_fit("conf/fixmatch/synthetic.yaml", data, out, *common)
     # the ConvNet with a plateau scheduler that halves the rate whenever val/loss does not improve:
     # Lightning steps it after writing the epoch's checkpoint, so the resumed run must step it again
-    return tiny_patch_fit("conf/convnet/synthetic.yaml", data, out, "--model.lr_plateau_patience=0", "--model.lr_plateau_factor=0.5", "--model.lr=0.01", *common)
+    return tiny_patch_fit(
+        "conf/convnet/synthetic.yaml",
+        data,
+        out,
+        "--model.lr_plateau_patience=0",
+        "--model.lr_plateau_factor=0.5",
+        "--model.lr=0.01",
+        *common,
+    )
 
 
 # slow tier (make test-slow; CI runs it after make test): three Lightning start-ups and fits each, ~45 s per kind
@@ -77,8 +109,14 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(kind, tmp_path):
 
     def fit(out: Path, kill_epoch: int, *extra: str) -> subprocess.CompletedProcess:
         out.mkdir(exist_ok=True)
-        return subprocess.run([sys.executable, "-m", "retinalab", *_fit_args(kind, data, out), *extra], cwd=out, capture_output=True, text=True,
-                              env={**env, "RETINALAB_TEST_KILL_EPOCH": str(kill_epoch)}, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "retinalab", *_fit_args(kind, data, out), *extra],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            env={**env, "RETINALAB_TEST_KILL_EPOCH": str(kill_epoch)},
+            timeout=600,
+        )
 
     res = fit(tmp_path / "ref", 99)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -88,7 +126,9 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(kind, tmp_path):
     assert torch.load(last, weights_only=True)["epoch"] == 1  # readable without running pickled code
     res = fit(tmp_path / "run", 99, "--ckpt_path", "last")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "Restoring states from the checkpoint path" in res.stderr + res.stdout and "resumed at epoch" not in res.stderr
+    assert (
+        "Restoring states from the checkpoint path" in res.stderr + res.stdout and "resumed at epoch" not in res.stderr
+    )
 
     (ref,) = (tmp_path / "ref").rglob("last.ckpt")
     a, b = torch.load(ref, weights_only=False), torch.load(last, weights_only=False)
@@ -100,10 +140,14 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(kind, tmp_path):
         assert any(k.startswith("ema.") for k in a["state_dict"]) and "image_threshold" in a["state_dict"]
         assert a["lr_schedulers"][0]["_last_lr"][0] < 3e-4  # the resumed epochs did decay the rate
     if kind == "convnet":
-        assert a["lr_schedulers"][0]["_last_lr"][0] < 0.01  # the plateau scheduler did act (halved from --model.lr=0.01)
+        assert (
+            a["lr_schedulers"][0]["_last_lr"][0] < 0.01
+        )  # the plateau scheduler did act (halved from --model.lr=0.01)
     assert a["lr_schedulers"] == b["lr_schedulers"]
     for oa, ob in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
         for k, s in oa["state"].items():
             assert all(torch.equal(s[n], ob["state"][k][n]) for n in s)
     best = [k for k in a["callbacks"] if k.startswith("ModelCheckpoint")]
-    assert [a["callbacks"][k]["best_model_score"] for k in best] == [b["callbacks"][k]["best_model_score"] for k in best]
+    assert [a["callbacks"][k]["best_model_score"] for k in best] == [
+        b["callbacks"][k]["best_model_score"] for k in best
+    ]

@@ -17,8 +17,17 @@ from tests.fit_args import tiny_patch_fit
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
-SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
-         "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "retinalab", "SLURM_NODELIST": "node001"}
+SLURM = {
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NNODES": "1",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_JOB_NAME": "retinalab",
+    "SLURM_NODELIST": "node001",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +38,24 @@ def syn(tmp_path_factory):
 
 
 def _fit(syn, out: Path, *extra: str) -> Path:
-    assert main(["fit", "--config", str(TINY), f"--data.root={syn}", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=2",
-                 f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", f"--data.cache_dir={out.parent / 'cache'}",
-                 f"--data.split_file={out / 'split.json'}", *extra]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(TINY),
+                f"--data.root={syn}",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.max_epochs=2",
+                f"--trainer.default_root_dir={out}",
+                f"--trainer.logger.init_args.save_dir={out}",
+                f"--data.cache_dir={out.parent / 'cache'}",
+                f"--data.split_file={out / 'split.json'}",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return next(out.glob("logs/version_*"))
 
 
@@ -43,7 +67,11 @@ def test_same_config_and_seed_give_the_same_metrics_and_a_manifest(syn, tmp_path
     m = json.loads((a / "manifest.json").read_text())
     split = json.loads((tmp_path / "a" / "split.json").read_text())
     assert m["seed"] == 0 and m["split_hash"] == split["hash"] and m["stage"] == "fit"
-    assert m["packages"]["torch"] and m["packages"]["pytorch-lightning"] and m["config"]["model"]["init_args"]["width"] == 0.1
+    assert (
+        m["packages"]["torch"]
+        and m["packages"]["pytorch-lightning"]
+        and m["config"]["model"]["init_args"]["width"] == 0.1
+    )
     assert m["git_commit"] is None or len(m["git_commit"].split("+")[0]) == 40
     # another seed changes the split and the result
     c = _fit(syn, tmp_path / "c", "--seed_everything=1", "--data.seed=1")
@@ -58,7 +86,9 @@ def test_slurm_is_detected_with_requeue(monkeypatch, tmp_path):
     c = cli(["--config", str(TINY), "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
     env = c.trainer._accelerator_connector.cluster_environment
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.job_id() == 4242
-    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: Lightning must not treat it as a batch job
+    monkeypatch.setenv(
+        "SLURM_JOB_NAME", "bash"
+    )  # an interactive allocation: Lightning must not treat it as a batch job
     c = cli(["--config", str(TINY), "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
     assert not isinstance(c.trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
 
@@ -69,10 +99,22 @@ def test_sbatch_script_passes_nodes_and_tasks_to_lightning(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
     (bin_dir / "srun").chmod(0o755)
-    env = {**os.environ, **SLURM, "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4", "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "RETINALAB": f"{sys.executable} -m retinalab"}
-    res = subprocess.run(["bash", str(REPO / "docker" / "slurm" / "fit.sbatch"), str(TINY), "--data.root", "x", "--print_config"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        **SLURM,
+        "SLURM_NNODES": "2",
+        "SLURM_NTASKS_PER_NODE": "4",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RETINALAB": f"{sys.executable} -m retinalab",
+    }
+    res = subprocess.run(
+        ["bash", str(REPO / "docker" / "slurm" / "fit.sbatch"), str(TINY), "--data.root", "x", "--print_config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     import yaml
 
@@ -83,8 +125,14 @@ def test_sbatch_script_passes_nodes_and_tasks_to_lightning(tmp_path):
     env["RETINALAB"] = "echo"
 
     def args(*extra: str, restarts: str) -> list[str]:
-        res = subprocess.run(["bash", str(REPO / "docker" / "slurm" / "fit.sbatch"), "c.yaml", *extra], cwd=tmp_path,
-                             env={**env, "SLURM_RESTART_COUNT": restarts}, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            ["bash", str(REPO / "docker" / "slurm" / "fit.sbatch"), "c.yaml", *extra],
+            cwd=tmp_path,
+            env={**env, "SLURM_RESTART_COUNT": restarts},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         return res.stdout.split()
 
@@ -120,11 +168,27 @@ def test_kill_9_while_writing_last_keeps_the_previous_epoch_readable(tmp_path):
     from retinalab.synthetic import write_synthetic
 
     write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
-    args = tiny_patch_fit("conf/convnet/synthetic.yaml", tmp_path / "syn", tmp_path, "--data.num_labeled_images=null", "--data.batch_size=100",
-                          "--model.width=0.125", "--model.lr=0.0", "--trainer.max_epochs=6", "--trainer.logger=false",
-                          "--trainer.callbacks+=tests.ddp_helpers.KillWhileWritingLast")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_KILL_WRITE_EPOCH": "3"}
-    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    args = tiny_patch_fit(
+        "conf/convnet/synthetic.yaml",
+        tmp_path / "syn",
+        tmp_path,
+        "--data.num_labeled_images=null",
+        "--data.batch_size=100",
+        "--model.width=0.125",
+        "--model.lr=0.0",
+        "--trainer.max_epochs=6",
+        "--trainer.logger=false",
+        "--trainer.callbacks+=tests.ddp_helpers.KillWhileWritingLast",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RETINALAB_CACHE": str(tmp_path / "cache"),
+        "RETINALAB_TEST_KILL_WRITE_EPOCH": "3",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     ckpts = tmp_path / "runs" / "convnet_synthetic" / "checkpoints"
     (half,) = ckpts.glob(".last.ckpt.*.tmp")  # the write the kill cut short
@@ -146,14 +210,32 @@ def test_sigterm_mid_epoch_writes_the_moment_and_last_resumes_inside_that_epoch(
     from retinalab.synthetic import write_synthetic
 
     write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
-    args = tiny_patch_fit("conf/convnet/synthetic.yaml", tmp_path / "syn", tmp_path, "--trainer.max_epochs=2", "--trainer.logger=false",
-                          "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RETINALAB_CACHE": str(tmp_path / "cache"), "RETINALAB_TEST_SIGTERM_EPOCH": "1",
-           "RETINALAB_TEST_SIGTERM_BATCH": "1"}
-    res = subprocess.run([sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 143 and "SIGTERM: the state after" in res.stderr, res.stderr[-3000:]  # 128 + SIGTERM, not 0
+    args = tiny_patch_fit(
+        "conf/convnet/synthetic.yaml",
+        tmp_path / "syn",
+        tmp_path,
+        "--trainer.max_epochs=2",
+        "--trainer.logger=false",
+        "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RETINALAB_CACHE": str(tmp_path / "cache"),
+        "RETINALAB_TEST_SIGTERM_EPOCH": "1",
+        "RETINALAB_TEST_SIGTERM_BATCH": "1",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "retinalab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 143 and "SIGTERM: the state after" in res.stderr, res.stderr[
+        -3000:
+    ]  # 128 + SIGTERM, not 0
     ckpts = tmp_path / "runs" / "convnet_synthetic" / "checkpoints"
-    last, moment = torch.load(ckpts / "last.ckpt", weights_only=True), torch.load(ckpts / "last-sigterm.ckpt", weights_only=True)
+    last, moment = (
+        torch.load(ckpts / "last.ckpt", weights_only=True),
+        torch.load(ckpts / "last-sigterm.ckpt", weights_only=True),
+    )
     per_epoch = last["global_step"]  # last.ckpt: the end of epoch 0
     assert last["epoch"] == 0 and moment["epoch"] == 1 and moment["global_step"] == per_epoch + 2 and per_epoch > 2
     monkeypatch.setenv("RETINALAB_TEST_SIGTERM_EPOCH", "-1")  # the resumed run, in this process
@@ -219,9 +301,22 @@ def test_a_resumed_fit_goes_on_in_its_run_folder_and_wandb_run(tmp_path, caplog)
 
     def fit(epochs: int, *extra: str) -> None:
         # learning rate 0: val/image_auroc is the same in every epoch, so epoch 0 stays the best
-        assert main(tiny_patch_fit("conf/convnet/idrid.yaml", data, tmp_path, "--model.lr=0.0", f"--trainer.max_epochs={epochs}",
-                                   f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}", "--trainer.log_every_n_steps=1",
-                                   f"--data.cache_dir={tmp_path / 'cache'}", *extra)) == 0
+        assert (
+            main(
+                tiny_patch_fit(
+                    "conf/convnet/idrid.yaml",
+                    data,
+                    tmp_path,
+                    "--model.lr=0.0",
+                    f"--trainer.max_epochs={epochs}",
+                    f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}",
+                    "--trainer.log_every_n_steps=1",
+                    f"--data.cache_dir={tmp_path / 'cache'}",
+                    *extra,
+                )
+            )
+            == 0
+        )
 
     fit(1)
     (run,) = logs.glob("version_*")
@@ -239,9 +334,13 @@ def test_a_resumed_fit_goes_on_in_its_run_folder_and_wandb_run(tmp_path, caplog)
     assert last["epoch"] == 2 and last["global_step"] == 3 * first["global_step"]
     assert best["epoch"] == 0  # tracked on from epoch 0's score; a new folder's best.ckpt would be epoch 1's
     m = json.loads((run / "manifest.json").read_text())
-    assert m["ckpt_path"] == str(ckpts / "last.ckpt") and [e["ckpt_path"] for e in m["earlier"]] == [None]  # each piece on record
+    assert m["ckpt_path"] == str(ckpts / "last.ckpt") and [e["ckpt_path"] for e in m["earlier"]] == [
+        None
+    ]  # each piece on record
     pieces = sorted(run.glob("wandb/offline-run-*"))
-    assert len(pieces) == 2 and all(run_piece_id(p) == run_id for p in pieces)  # -<n> appended when both start in one second
+    assert len(pieces) == 2 and all(
+        run_piece_id(p) == run_id for p in pieces
+    )  # -<n> appended when both start in one second
     # back to the end of epoch 0 (epochs 1-2 trained again): the history keeps the new epochs 1-2 only
     fit(3, f"--ckpt_path={ckpts / 'epoch0.ckpt'}")
     history = read_run_metrics(run)
@@ -258,7 +357,11 @@ def test_run_pieces_started_in_one_second_keep_their_id_and_order(tmp_path):
     ``1`` as the run id)."""
     from retinalab.loggers import run_piece_id, run_piece_order
 
-    names = ["offline-run-20261202_161706-648t14z9-1", "offline-run-20261202_161706-648t14z9", "offline-run-20261202_161705-zzz"]
+    names = [
+        "offline-run-20261202_161706-648t14z9-1",
+        "offline-run-20261202_161706-648t14z9",
+        "offline-run-20261202_161705-zzz",
+    ]
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / f"run-{name.split('-')[3]}.wandb").touch()
@@ -278,26 +381,70 @@ def test_an_online_run_logs_its_best_and_last_checkpoints_as_one_model_artifact(
     from retinalab.loggers.wandb_offline import iter_records
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    logger = ["--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={tmp_path / 'on'}",
-              "--trainer.logger.init_args.offline=false"]
-    callbacks = ["--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint", "--trainer.callbacks.monitor=val/image_auroc",
-                 "--trainer.callbacks.mode=max", "--trainer.callbacks.filename=best", "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint"]
-    assert main(["fit", "--config", str(TINY), f"--data.root={syn}", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
-                 f"--trainer.default_root_dir={tmp_path / 'on'}", f"--data.cache_dir={tmp_path / 'cache'}", *logger, *callbacks]) == 0
+    logger = [
+        "--trainer.logger=retinalab.loggers.WandbLogger",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'on'}",
+        "--trainer.logger.init_args.offline=false",
+    ]
+    callbacks = [
+        "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.monitor=val/image_auroc",
+        "--trainer.callbacks.mode=max",
+        "--trainer.callbacks.filename=best",
+        "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint",
+    ]
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(TINY),
+                f"--data.root={syn}",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.max_epochs=1",
+                f"--trainer.default_root_dir={tmp_path / 'on'}",
+                f"--data.cache_dir={tmp_path / 'cache'}",
+                *logger,
+                *callbacks,
+            ]
+        )
+        == 0
+    )
     (run_file,) = (tmp_path / "on").glob("logs/version_0/wandb/offline-run-*/run-*.wandb")
     artifacts = [r.artifact for r in iter_records(run_file) if r.WhichOneof("record_type") == "artifact"]
-    assert {a.type for a in artifacts} == {"model"} and {a.name for a in artifacts} == {f"model-{run_file.stem.removeprefix('run-')}"}
+    assert {a.type for a in artifacts} == {"model"} and {a.name for a in artifacts} == {
+        f"model-{run_file.stem.removeprefix('run-')}"
+    }
     by_file = {json.loads(a.metadata)["original_filename"]: a for a in artifacts}
     assert set(by_file) == {"best.ckpt", "last.ckpt"}
     best = json.loads(by_file["best.ckpt"].metadata)
-    assert best["ModelCheckpoint"]["monitor"] == "val/image_auroc" and best["ModelCheckpoint"]["mode"] == "max" and 0 <= best["score"] <= 1
+    assert (
+        best["ModelCheckpoint"]["monitor"] == "val/image_auroc"
+        and best["ModelCheckpoint"]["mode"] == "max"
+        and 0 <= best["score"] <= 1
+    )
     assert {"best", "latest"} <= set(by_file["best.ckpt"].aliases)
     # offline by retinalab's own choice (no API key): nothing logged, said once on the sync line
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     capsys.readouterr()
-    assert main(["fit", "--config", str(TINY), f"--data.root={syn}", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
-                 f"--trainer.default_root_dir={tmp_path / 'off'}", f"--data.cache_dir={tmp_path / 'cache'}",
-                 "--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={tmp_path / 'off'}", *callbacks]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(TINY),
+                f"--data.root={syn}",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.max_epochs=1",
+                f"--trainer.default_root_dir={tmp_path / 'off'}",
+                f"--data.cache_dir={tmp_path / 'cache'}",
+                "--trainer.logger=retinalab.loggers.WandbLogger",
+                f"--trainer.logger.init_args.save_dir={tmp_path / 'off'}",
+                *callbacks,
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.count("not uploaded as model artifacts offline") == 1
     (run_file,) = (tmp_path / "off").glob("logs/version_0/wandb/offline-run-*/run-*.wandb")
     assert not [r for r in iter_records(run_file) if r.WhichOneof("record_type") == "artifact"]

@@ -44,7 +44,13 @@ def _direct_unsup(lr: torch.Tensor, lf: torch.Tensor) -> float:
 def test_losses_against_direct_formulas():
     torch.manual_seed(0)
     lab, y = torch.randn(6, 2, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
-    direct_sup = sum(-math.log(math.exp(r[c]) / (math.exp(r[0]) + math.exp(r[1]))) for r, c in zip(lab.tolist(), y.tolist(), strict=True)) / 6
+    direct_sup = (
+        sum(
+            -math.log(math.exp(r[c]) / (math.exp(r[0]) + math.exp(r[1])))
+            for r, c in zip(lab.tolist(), y.tolist(), strict=True)
+        )
+        / 6
+    )
     assert supervised_loss(lab, y).item() == pytest.approx(direct_sup, rel=1e-9)
     lr, lf = torch.randn(5, 2, dtype=torch.float64) * 2, torch.randn(7, 2, dtype=torch.float64) * 2
     assert unsupervised_loss(lr, lf).item() == pytest.approx(_direct_unsup(lr, lf), rel=1e-9)
@@ -66,9 +72,22 @@ def test_unsupervised_loss_is_stable_for_extreme_logits():
 @pytest.fixture
 def gan_setup(tmp_path):
     root = make_idrid(tmp_path / "IDRiD", seg=(6, 2), grades={"train": [0, 0, 0, 0], "test": [0, 0]})
-    dm = PatchDataModule("idrid", str(root), image_size=128, patch_size=32, stride=32, patch_out=32, val_size=3, test_size=3,
-                         num_labeled_images=3, unlabeled=True, batch_size=16, cache_dir=str(tmp_path / "c"), cache_workers=0,
-                         split_file=str(tmp_path / "s.json"))
+    dm = PatchDataModule(
+        "idrid",
+        str(root),
+        image_size=128,
+        patch_size=32,
+        stride=32,
+        patch_out=32,
+        val_size=3,
+        test_size=3,
+        num_labeled_images=3,
+        unlabeled=True,
+        batch_size=16,
+        cache_dir=str(tmp_path / "c"),
+        cache_workers=0,
+        split_file=str(tmp_path / "s.json"),
+    )
     task = PatchSSGANTask(width=0.1, gen_width=0.05, lr_decay_start=1)
     return dm, task
 
@@ -76,8 +95,15 @@ def gan_setup(tmp_path):
 def test_ema_differs_from_raw_weights_and_is_evaluated(gan_setup, tmp_path):
     dm, task = gan_setup
     pl.seed_everything(0)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, dm)
     assert bool(task.initialized) and int(task.ema.n_averaged) == trainer.global_step // 2 > 1
     raw = dict(task.discriminator.named_parameters())
@@ -112,7 +138,9 @@ def test_ema_differs_from_raw_weights_and_is_evaluated(gan_setup, tmp_path):
 def test_ssgan_refuses_labelled_only_batches(gan_setup, tmp_path):
     dm, task = gan_setup
     dm.unlabeled = False
-    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     with pytest.raises(ValueError, match="data.unlabeled: true"):
         trainer.fit(task, dm)
 
@@ -125,8 +153,15 @@ def test_overlays_are_logged_to_wandb_offline(gan_setup, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     dm, task = gan_setup
     logger = WandbLogger(project="retinalab-test", save_dir=str(tmp_path), offline=True)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, dm)
     logger.experiment.finish()
     images = list(tmp_path.glob("wandb/offline-run-*/files/media/images/val/overlays_*.png"))
@@ -148,8 +183,15 @@ def test_testing_the_best_checkpoint_restores_its_ema_weights_and_threshold(gan_
     dm, task = gan_setup
     pl.seed_everything(0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/image_auroc", mode="max", save_top_k=1)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[ckpt], enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[ckpt],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, dm)
     stored = torch.load(ckpt.best_model_path, weights_only=False)["state_dict"]
     threshold = float(stored["image_threshold"])
@@ -175,8 +217,16 @@ def test_gan_diagnostics_are_logged_per_epoch_and_the_sample_picture_changes_not
 
     dm, task = gan_setup
     pl.seed_everything(0)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="logs"), enable_checkpointing=False, log_every_n_steps=1,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="logs"),
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, dm)
     rows = pd.read_csv(Path(trainer.log_dir) / "metrics.csv")
     keys = ["gan/d_accuracy", "gan/p_fake_real", "gan/p_fake_generated", "gan/loss_sup", "gan/loss_unsup", "gan/loss_g"]
@@ -185,7 +235,9 @@ def test_gan_diagnostics_are_logged_per_epoch_and_the_sample_picture_changes_not
     assert ((per_epoch[keys[:3]] >= 0) & (per_epoch[keys[:3]] <= 1)).all().all()
     # the epoch's loss terms are the means of what the steps logged
     steps = rows.dropna(subset=["train/loss_sup"])
-    assert per_epoch["gan/loss_sup"].iloc[0] == pytest.approx(steps[steps["epoch"] == 0]["train/loss_sup"].mean(), rel=1e-4)
+    assert per_epoch["gan/loss_sup"].iloc[0] == pytest.approx(
+        steps[steps["epoch"] == 0]["train/loss_sup"].mean(), rel=1e-4
+    )
     pictures = sorted((Path(trainer.log_dir) / "overlays").glob("gan_samples_epoch*.png"))
     assert [p.name for p in pictures] == ["gan_samples_epoch0000.png", "gan_samples_epoch0001.png"]
     side = 2 * (8 * 34 + 2)

@@ -24,10 +24,20 @@ def syn(tmp_path_factory):
 
 def _config(tmp_path: Path, syn: Path, **extra) -> Path:
     cfg = {
-        "name": "tiny", "out_dir": str(tmp_path / "study"),
-        "methods": {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml"), "ssl_gan": str(REPO / "tests/conf/ssl_gan_tiny.yaml")},
-        "labelled": [2, 4], "seeds": [0], "metrics": ["test/image_auroc", "test/patch_auroc"],
-        "overrides": [f"--data.root={syn}", f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.enable_progress_bar=false"],
+        "name": "tiny",
+        "out_dir": str(tmp_path / "study"),
+        "methods": {
+            "convnet": str(REPO / "tests/conf/convnet_tiny.yaml"),
+            "ssl_gan": str(REPO / "tests/conf/ssl_gan_tiny.yaml"),
+        },
+        "labelled": [2, 4],
+        "seeds": [0],
+        "metrics": ["test/image_auroc", "test/patch_auroc"],
+        "overrides": [
+            f"--data.root={syn}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--trainer.enable_progress_bar=false",
+        ],
         **extra,
     }
     path = tmp_path / "study.yaml"
@@ -39,7 +49,10 @@ def test_study_runs_the_grid_on_shared_splits_and_resumes(syn, tmp_path, capsys)
     cfg = _config(tmp_path, syn, method_overrides={"ssl_gan": ["--model.width=0.1"]})
     assert main(["study", "--config", str(cfg)]) == 0
     out = tmp_path / "study"
-    cells = {p.parent.relative_to(out / "cells").as_posix(): json.loads(p.read_text()) for p in out.glob("cells/*/*/cell.json")}
+    cells = {
+        p.parent.relative_to(out / "cells").as_posix(): json.loads(p.read_text())
+        for p in out.glob("cells/*/*/cell.json")
+    }
     assert set(cells) == {"convnet/n2_s0", "convnet/n4_s0", "ssl_gan/n2_s0", "ssl_gan/n4_s0"}
     # same split and same labelled images for both methods at a count and seed; nested across counts
     for n in (2, 4):
@@ -49,7 +62,9 @@ def test_study_runs_the_grid_on_shared_splits_and_resumes(syn, tmp_path, capsys)
     four = json.loads((out / "cells/convnet/n4_s0/split.json").read_text())["labeled"]
     assert set(two) <= set(four)
     results = pd.read_csv(out / "results.csv")
-    assert len(results) == 4 and {"test/image_auroc", "test/patch_auroc", "test_last/image_auroc"} <= set(results.columns)
+    assert len(results) == 4 and {"test/image_auroc", "test/patch_auroc", "test_last/image_auroc"} <= set(
+        results.columns
+    )
     # the tiny configs monitor no checkpoint: "best" is the final weights, so both tests agree
     m = cells["convnet/n2_s0"]["metrics"]
     assert m["test_last/patch_auroc"] == m["test/patch_auroc"] and m["test/loss"] == m["test_last/loss"]
@@ -120,12 +135,20 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[4], wandb={"project": "retinalab-test"})
+    cfg = _config(
+        tmp_path,
+        syn,
+        methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")},
+        labelled=[4],
+        wandb={"project": "retinalab-test"},
+    )
     assert main(["study", "--config", str(cfg)]) == 0
     run_dir = next((tmp_path / "study" / "cells" / "convnet" / "n4_s0").glob("logs/version_0/wandb/offline-run-*"))
     run = read_offline_run(run_dir)
     assert run["config"]["config"]["model"]["init_args"]["width"] == 0.1 and run["config"]["data/split_hash"]
-    assert any("test/image_auroc" in row for row in run["history"]) and any("val/patch_auroc" in row for row in run["history"])
+    assert any("test/image_auroc" in row for row in run["history"]) and any(
+        "val/patch_auroc" in row for row in run["history"]
+    )
     meta = next(r.run for r in iter_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run")
     assert meta.run_group == "tiny" and meta.display_name == "tiny/convnet/n4_s0"
     assert set(meta.tags) == {"convnet", "idrid", "labelled_4", "seed_0", "random"}
@@ -135,7 +158,9 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
     # the study's summary run: results.csv as a Table, mean +- std per count, a curve and a plot per metric
     summary_dir = next((tmp_path / "study" / "summary").glob("wandb/offline-run-*"))
     summary = read_offline_run(summary_dir)
-    meta = next(r.run for r in iter_records(next(summary_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run")
+    meta = next(
+        r.run for r in iter_records(next(summary_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"
+    )
     assert meta.run_group == "tiny" and meta.job_type == "study-summary"
     (row,) = summary["history"]  # nested values come back flattened: "results/_type", ...
     assert row["results/_type"] == "table-file" and row["results/nrows"] == 1
@@ -144,14 +169,18 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
     col = table["columns"].index("test/image_auroc")
     assert table["data"][0][col] == pytest.approx(cell["metrics"]["test/image_auroc"])
     curve = json.loads((summary_dir / "files" / row["curves/test/image_auroc_table/path"]).read_text())
-    assert curve["columns"] == ["step", "lineKey", "lineVal"] and curve["data"] == [[4, "convnet", pytest.approx(cell["metrics"]["test/image_auroc"])]]
+    assert curve["columns"] == ["step", "lineKey", "lineVal"] and curve["data"] == [
+        [4, "convnet", pytest.approx(cell["metrics"]["test/image_auroc"])]
+    ]
     assert summary["summary"]["test/image_auroc/convnet/n4"] == pytest.approx(cell["metrics"]["test/image_auroc"])
     # the cell's W&B run is named in cell.json and in the summary's models table; offline, no artifact was logged
     from retinalab.loggers import run_piece_id
 
     assert cell["wandb_run"]["id"] == run_piece_id(run_dir) and cell["wandb_run"]["artifact"] is None
     models = json.loads((summary_dir / "files" / row["models/path"]).read_text())
-    assert models["columns"] == ["method", "labelled", "seed", "run", "artifact"] and models["data"] == [["convnet", "4", 0, run_piece_id(run_dir), ""]]
+    assert models["columns"] == ["method", "labelled", "seed", "run", "artifact"] and models["data"] == [
+        ["convnet", "4", 0, run_piece_id(run_dir), ""]
+    ]
 
 
 def test_an_online_summary_links_each_cells_best_model_artifact():
@@ -159,9 +188,26 @@ def test_an_online_summary_links_each_cells_best_model_artifact():
     weights); a cell without an artifact is left out, and one W&B cannot find is skipped, not fatal."""
     from retinalab.experiments.report import link_model_artifacts, model_rows
 
-    rows = [{"method": "convnet", "labelled": 10, "seed": 0, "wandb_run": {"id": "a1", "project": "p", "entity": "lab", "artifact": "model-a1"}},
-            {"method": "ssl_gan", "labelled": None, "seed": 1, "wandb_run": {"id": "b2", "project": "p", "entity": None, "artifact": "model-b2"}},
-            {"method": "fixmatch", "labelled": 10, "seed": 0, "wandb_run": {"id": "c3", "project": "p", "entity": None, "artifact": None}}]
+    rows = [
+        {
+            "method": "convnet",
+            "labelled": 10,
+            "seed": 0,
+            "wandb_run": {"id": "a1", "project": "p", "entity": "lab", "artifact": "model-a1"},
+        },
+        {
+            "method": "ssl_gan",
+            "labelled": None,
+            "seed": 1,
+            "wandb_run": {"id": "b2", "project": "p", "entity": None, "artifact": "model-b2"},
+        },
+        {
+            "method": "fixmatch",
+            "labelled": 10,
+            "seed": 0,
+            "wandb_run": {"id": "c3", "project": "p", "entity": None, "artifact": None},
+        },
+    ]
 
     class Run:
         offline = False
@@ -174,8 +220,11 @@ def test_an_online_summary_links_each_cells_best_model_artifact():
 
     run = Run()
     assert link_model_artifacts(run, rows) == 1 and run.used == [("lab/p/model-a1:best", "model")]
-    assert model_rows(rows) == [["convnet", "10", 0, "a1", "model-a1:best"], ["ssl_gan", "all", 1, "b2", "model-b2:best"],
-                                ["fixmatch", "10", 0, "c3", ""]]
+    assert model_rows(rows) == [
+        ["convnet", "10", 0, "a1", "model-a1:best"],
+        ["ssl_gan", "all", 1, "b2", "model-b2:best"],
+        ["fixmatch", "10", 0, "c3", ""],
+    ]
     run.offline = True
     assert link_model_artifacts(run, rows) == 0
 
@@ -206,18 +255,36 @@ def test_a_study_runs_as_a_sweep_of_its_cells(syn, tmp_path):
     loaded = load_sweep(sweep)
     assert [a["cell"] for a in assignments(loaded, None)] == [0, 1] and "  - ${args}" in sweep.read_text()
     assert main(["sweep", str(sweep), "--count", "1", "--out", str(tmp_path / "sw")]) == 0  # what a W&B agent would run
-    assert (tmp_path / "study/cells/convnet/n2_s0/cell.json").is_file() and not (tmp_path / "study/cells/convnet/n4_s0").exists()
+    assert (tmp_path / "study/cells/convnet/n2_s0/cell.json").is_file() and not (
+        tmp_path / "study/cells/convnet/n4_s0"
+    ).exists()
 
 
 def test_each_cell_keeps_its_checkpoints_in_its_own_folder(syn, tmp_path):
     """A config's checkpoint dirpath (relative, as in conf/) would be one folder for every cell."""
-    cfg = _config(tmp_path, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4],
-                  method_overrides={"convnet": ["--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
-                                                "--trainer.callbacks.dirpath=shared/checkpoints", "--trainer.callbacks.monitor=val/patch_auroc",
-                                                "--trainer.callbacks.mode=max", "--trainer.callbacks.filename=best"]})
+    cfg = _config(
+        tmp_path,
+        syn,
+        methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")},
+        labelled=[2, 4],
+        method_overrides={
+            "convnet": [
+                "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+                "--trainer.callbacks.dirpath=shared/checkpoints",
+                "--trainer.callbacks.monitor=val/patch_auroc",
+                "--trainer.callbacks.mode=max",
+                "--trainer.callbacks.filename=best",
+            ]
+        },
+    )
     assert main(["study", "--config", str(cfg)]) == 0
-    paths = [json.loads((tmp_path / "study/cells/convnet" / c / "cell.json").read_text())["checkpoint"] for c in ("n2_s0", "n4_s0")]
-    assert [Path(p).parent for p in paths] == [tmp_path / "study/cells/convnet" / c / "checkpoints" for c in ("n2_s0", "n4_s0")]
+    paths = [
+        json.loads((tmp_path / "study/cells/convnet" / c / "cell.json").read_text())["checkpoint"]
+        for c in ("n2_s0", "n4_s0")
+    ]
+    assert [Path(p).parent for p in paths] == [
+        tmp_path / "study/cells/convnet" / c / "checkpoints" for c in ("n2_s0", "n4_s0")
+    ]
     assert all(Path(p).is_file() for p in paths)
 
 
@@ -229,7 +296,10 @@ def test_parallel_cells_overlap_and_match_a_sequential_run(syn, tmp_path, capsys
     same cells run one after another in this process."""
     (tmp_path / "seq").mkdir()
     (tmp_path / "par").mkdir()
-    seq, par = (_config(tmp_path / d, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4]) for d in ("seq", "par"))
+    seq, par = (
+        _config(tmp_path / d, syn, methods={"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}, labelled=[2, 4])
+        for d in ("seq", "par")
+    )
     assert main(["study", "--config", str(seq)]) == 0
     capsys.readouterr()
     assert main(["study", "--config", str(par), "--parallel", "2", "--devices", "cpu"]) == 0
@@ -238,7 +308,9 @@ def test_parallel_cells_overlap_and_match_a_sequential_run(syn, tmp_path, capsys
     cells = {}
     for run in ("seq", "par"):
         for n in (2, 4):
-            cells[run, n] = json.loads((tmp_path / run / "study" / "cells" / "convnet" / f"n{n}_s0" / "cell.json").read_text())
+            cells[run, n] = json.loads(
+                (tmp_path / run / "study" / "cells" / "convnet" / f"n{n}_s0" / "cell.json").read_text()
+            )
     a, b = cells["par", 2], cells["par", 4]
     assert a["started"] < b["finished"] and b["started"] < a["finished"], "the two cells did not run at the same time"
     assert a["torch_threads"] == b["torch_threads"] == 1 and "--trainer.accelerator=cpu" in a["args"]
@@ -271,7 +343,9 @@ def test_a_parallel_cell_that_dies_is_recorded_and_the_rest_go_on(syn, tmp_path,
     assert plan_slots(1, "cpu", cores=1)[0].env()["OMP_NUM_THREADS"] == "1"
 
 
-def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one(syn, tmp_path, capsys, caplog, monkeypatch):
+def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one(
+    syn, tmp_path, capsys, caplog, monkeypatch
+):
     """`retinalab study` killed with SIGKILL as its second cell starts epoch 2 of 3: the first cell's
     result is kept; the rerun does only the second cell, from the `last.ckpt` of its epoch 1 (before,
     it started that cell over), and ends with the metrics of the same cell run without a kill."""
@@ -285,11 +359,31 @@ def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one
     convnet = {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}
     every = ["--trainer.max_epochs=3", "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint"]
     (tmp_path / "ref").mkdir()
-    assert main(["study", "--config", str(_config(tmp_path / "ref", syn, methods=convnet, labelled=[4], method_overrides={"convnet": every}))]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--config",
+                str(_config(tmp_path / "ref", syn, methods=convnet, labelled=[4], method_overrides={"convnet": every})),
+            ]
+        )
+        == 0
+    )
     reference = json.loads((tmp_path / "ref/study/cells/convnet/n4_s0/cell.json").read_text())["metrics"]
-    cfg = _config(tmp_path, syn, methods=convnet, labelled=[2, 4],
-                  method_overrides={"convnet": [*every, "--trainer.callbacks+=tests.ddp_helpers.KillOnNthFit"]})
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "RETINALAB_TEST_KILL_FIT": "2", "RETINALAB_TEST_KILL_FIT_EPOCH": "2"}
+    cfg = _config(
+        tmp_path,
+        syn,
+        methods=convnet,
+        labelled=[2, 4],
+        method_overrides={"convnet": [*every, "--trainer.callbacks+=tests.ddp_helpers.KillOnNthFit"]},
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "RETINALAB_TEST_KILL_FIT": "2",
+        "RETINALAB_TEST_KILL_FIT_EPOCH": "2",
+    }
     cmd = [sys.executable, "-m", "retinalab", "study", "--config", str(cfg)]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]

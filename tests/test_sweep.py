@@ -25,11 +25,21 @@ def test_shipped_sweeps_are_wandb_format(path):
 
 
 def test_grid_and_random_assignments():
-    grid = {"method": "grid", "command": ["${args}"], "parameters": {"model.a": {"values": [1, 2]}, "model.b": {"values": ["x", "y", "z"]}}}
+    grid = {
+        "method": "grid",
+        "command": ["${args}"],
+        "parameters": {"model.a": {"values": [1, 2]}, "model.b": {"values": ["x", "y", "z"]}},
+    }
     combos = assignments(grid, None)
     assert len(combos) == 6 and combos[0] == {"model.a": 1, "model.b": "x"} and len(assignments(grid, 4)) == 4
-    rnd = {"method": "random", "command": ["${args}"], "parameters": {"model.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-3},
-                                                                   "model.k": {"min": 1, "max": 3}}}
+    rnd = {
+        "method": "random",
+        "command": ["${args}"],
+        "parameters": {
+            "model.lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-3},
+            "model.k": {"min": 1, "max": 3},
+        },
+    }
     draws = assignments(rnd, 50, seed=3)
     assert all(1e-5 <= d["model.lr"] <= 1e-3 and d["model.k"] in (1, 2, 3) for d in draws)
     assert draws == assignments(rnd, 50, seed=3) and draws != assignments(rnd, 50, seed=4)
@@ -37,10 +47,14 @@ def test_grid_and_random_assignments():
 
 def test_bad_sweeps_are_named(tmp_path):
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump({"method": "bayes", "parameters": {"model.lr": {"values": [1]}}, "command": ["${args}"]}))
+    p.write_text(
+        yaml.safe_dump({"method": "bayes", "parameters": {"model.lr": {"values": [1]}}, "command": ["${args}"]})
+    )
     with pytest.raises(ValueError, match="W&B server"):
         load_sweep(p)
-    p.write_text(yaml.safe_dump({"method": "grid", "parameters": {"model.lr": {"min": 1, "max": 2}}, "command": ["${args}"]}))
+    p.write_text(
+        yaml.safe_dump({"method": "grid", "parameters": {"model.lr": {"min": 1, "max": 2}}, "command": ["${args}"]})
+    )
     with pytest.raises(ValueError, match="needs `values`"):
         load_sweep(p)
     p.write_text(yaml.safe_dump({"method": "grid", "parameters": {"model.lr": {"values": [1]}}, "command": ["fit"]}))
@@ -62,12 +76,26 @@ def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
 
     syn = write_synthetic("idrid", tmp_path / "syn", 20, 2, (128, 96), 1.0, 1.0, 1)
     sweep = {
-        "method": "grid", "metric": {"name": "val/patch_auroc", "goal": "maximize"},
+        "method": "grid",
+        "metric": {"name": "val/patch_auroc", "goal": "maximize"},
         "parameters": {"model.width": {"values": [0.1, 0.15]}},
-        "command": ["${env}", "${interpreter}", "-m", "retinalab", "fit", "--config", str(REPO / "tests/conf/convnet_tiny.yaml"),
-                    f"--data.root={syn}", f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.enable_progress_bar=false",
-                    "--trainer.logger=retinalab.loggers.WandbLogger", "--trainer.max_epochs=2",
-                    "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint", "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch", "${args}"],
+        "command": [
+            "${env}",
+            "${interpreter}",
+            "-m",
+            "retinalab",
+            "fit",
+            "--config",
+            str(REPO / "tests/conf/convnet_tiny.yaml"),
+            f"--data.root={syn}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.logger=retinalab.loggers.WandbLogger",
+            "--trainer.max_epochs=2",
+            "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint",
+            "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch",
+            "${args}",
+        ],
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -93,11 +121,17 @@ def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
             records = {r.WhichOneof("record_type"): r for r in iter_records(next(pieces[0].glob("run-*.wandb")))}
             assert "preempting" in records and records["exit"].exit.exit_code == 143
         history = read_run_metrics(version).dropna(subset=["val/patch_auroc"])
-        assert history["epoch"].tolist() == [0, 1]  # run 0: epoch 0 from the stopped piece, epoch 1 from the resumed one
+        assert history["epoch"].tolist() == [
+            0,
+            1,
+        ]  # run 0: epoch 0 from the stopped piece, epoch 1 from the resumed one
         logged.append(history["val/patch_auroc"].max())
     assert list(runs["val/patch_auroc"]) == pytest.approx(logged)
     best = int(np.argmax(logged))
-    assert f"[sweep] best val/patch_auroc = {logged[best]:.4f}: run {runs['run'][best]} model.width={runs['model.width'][best]}" in text
+    assert (
+        f"[sweep] best val/patch_auroc = {logged[best]:.4f}: run {runs['run'][best]} "
+        f"model.width={runs['model.width'][best]}" in text
+    )
     manifest = yaml.safe_load(next((tmp_path / "out" / "run_001").glob("logs/version_*/manifest.json")).read_text())
     assert manifest["config"]["model"]["init_args"]["width"] == 0.15
     assert main(args) == 0

@@ -68,12 +68,20 @@ def test_synthetic_idrid_patch_labels_match_drawn_lesions(tmp_path):
 
     root = write_synthetic("idrid", tmp_path / "s", num_images=6, seed=1, size=(256, 170), lesion_scale=2)
     recs = read_dataset("idrid", root, subsets=["segmentation"])
-    cache = PatchCache.build(recs, tmp_path / "cache", PatchCacheConfig(grid=PatchGrid(128, 16, 16, 8), thumb_size=32, crop_fov=False),
-                             progress=False)
+    cache = PatchCache.build(
+        recs,
+        tmp_path / "cache",
+        PatchCacheConfig(grid=PatchGrid(128, 16, 16, 8), thumb_size=32, crop_fov=False),
+        progress=False,
+    )
     assert (cache.image_labels == 1).all() and len(cache.images) == len(recs) == 2
     by_id = {r.image_id: r for r in recs}
     for i, meta in enumerate(cache.images):
-        masks = [np.asarray(Image.open(p).convert("L")) > 0 for name, p in by_id[meta["image_id"]].masks.items() if name != "OD" and p]
+        masks = [
+            np.asarray(Image.open(p).convert("L")) > 0
+            for name, p in by_id[meta["image_id"]].masks.items()
+            if name != "OD" and p
+        ]
         union = np.logical_or.reduce(masks)
         h, w = union.shape
         expected = np.zeros((8, 8), np.int8)
@@ -118,8 +126,27 @@ def test_presets_are_named_recorded_and_classic_is_the_default(tmp_path):
     from retinalab.main import main
     from retinalab.synthetic import PRESETS, read_settings
 
-    assert main(["synth", "idrid", "--out", str(tmp_path / "b"), "--num-images", "9", "--size", "96x64", "--workers", "1",
-                 "--preset", "benchmark", "--lesion-contrast", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "idrid",
+                "--out",
+                str(tmp_path / "b"),
+                "--num-images",
+                "9",
+                "--size",
+                "96x64",
+                "--workers",
+                "1",
+                "--preset",
+                "benchmark",
+                "--lesion-contrast",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     settings = read_settings(tmp_path / "b")
     assert settings["preset"]["name"] == "benchmark" and settings["preset"]["placement"] == "fov"
     assert settings["lesion_contrast"] == 0.5 and settings["num_images"] == 9
@@ -143,7 +170,12 @@ def test_collaborative_preset_has_idrids_proportions_and_one_grade_mix(tmp_path)
     from retinalab.synthetic.layouts import idrid_plan
 
     plan = idrid_plan(600, "collaborative", 1234)
-    assert {k: len(v) for k, v in plan.items()} == {"segmentation/train": 54, "segmentation/test": 27, "grading/train": 415, "grading/test": 104}
+    assert {k: len(v) for k, v in plan.items()} == {
+        "segmentation/train": 54,
+        "segmentation/test": 27,
+        "grading/train": 415,
+        "grading/test": 104,
+    }
 
     def shares(grades):
         return np.bincount(grades, minlength=5) / len(grades)
@@ -154,7 +186,9 @@ def test_collaborative_preset_has_idrids_proportions_and_one_grade_mix(tmp_path)
         graded = shares(big["grading/train"] + big["grading/test"])
         assert (np.abs(seg - graded).max() < 0.05) == same, (preset, seg, graded)
     # the written layout follows the plan: grades in the CSVs, lesion masks exactly on the diseased photographs
-    root = write_synthetic("idrid", tmp_path / "c", num_images=40, seed=3, size=(128, 85), workers=1, preset="collaborative")
+    root = write_synthetic(
+        "idrid", tmp_path / "c", num_images=40, seed=3, size=(128, 85), workers=1, preset="collaborative"
+    )
     plan = idrid_plan(40, "collaborative", 3)
     import pandas as pd
 
@@ -162,7 +196,10 @@ def test_collaborative_preset_has_idrids_proportions_and_one_grade_mix(tmp_path)
         csv = pd.read_csv(root / "B. Disease Grading" / "2. Groundtruths" / GRADING_CSV[split])
         assert csv["Retinopathy grade"].tolist() == plan[f"grading/{split}"]
     recs = read_dataset("idrid", root, subsets=["segmentation"])
-    with_masks = [any(r.masks.get(les) is not None for les in ("MA", "HE", "EX", "SE")) for r in sorted(recs, key=lambda r: (r.split != "train", r.image_id))]
+    with_masks = [
+        any(r.masks.get(les) is not None for les in ("MA", "HE", "EX", "SE"))
+        for r in sorted(recs, key=lambda r: (r.split != "train", r.image_id))
+    ]
     assert with_masks == [g > 0 for g in plan["segmentation/train"] + plan["segmentation/test"]]
     assert 0 in plan["segmentation/train"] + plan["segmentation/test"]
 
@@ -204,14 +241,22 @@ def test_scarce_preset_draws_looks_lookalikes_and_backgrounds_per_photograph():
             colours[preset].append(f.image[f.image.max(2) > 0].mean(0))
     assert all(len(seen[k]) >= min(3, len(FAMILIES[k])) for k in FAMILIES), seen
     assert synth_fundus(np.random.default_rng(0), (128, 85), grade=2, preset="benchmark").families is None
-    total = {k: sum(synth_fundus(np.random.default_rng(i), (128, 85), grade=0, preset="scarce").distractors[k] for i in range(24))
-             for k in ("drusen", "reflex", "crossing", "pigment")}
+    total = {
+        k: sum(
+            synth_fundus(np.random.default_rng(i), (128, 85), grade=0, preset="scarce").distractors[k]
+            for i in range(24)
+        )
+        for k in ("drusen", "reflex", "crossing", "pigment")
+    }
     assert all(v > 0 for v in total.values()), total
     assert 4 <= cut <= 20
     # pigmentation and colour cast: brightness and hue (green over red) of the fundus vary more
     brightness = {p: float(np.std(np.array(c).mean(1))) for p, c in colours.items()}
     hue = {p: float(np.std(np.array(c)[:, 1] / np.array(c)[:, 0])) for p, c in colours.items()}
-    assert brightness["scarce"] > 1.4 * brightness["benchmark"] and hue["scarce"] > 1.4 * hue["benchmark"], (brightness, hue)
+    assert brightness["scarce"] > 1.4 * brightness["benchmark"] and hue["scarce"] > 1.4 * hue["benchmark"], (
+        brightness,
+        hue,
+    )
 
 
 @pytest.mark.parametrize("dataset", ["idrid", "eophtha", "eyepacs", "messidor", "folder"])

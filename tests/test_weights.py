@@ -65,10 +65,14 @@ def test_imagenet_weights_load_exactly_from_the_offline_cache_with_their_normali
     seen = {}
     model.conv1.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
     model.eval()(torch.full((1, 3, 32, 32), 0.485))
-    assert seen["x"][0, 0].abs().max() < 1e-6 and seen["x"][0, 1].mean() == pytest.approx((0.485 - 0.456) / 0.224, abs=1e-5)
+    assert seen["x"][0, 0].abs().max() < 1e-6 and seen["x"][0, 1].mean() == pytest.approx(
+        (0.485 - 0.456) / 0.224, abs=1e-5
+    )
     # from scratch: no normalisation, weights not the cached ones
     scratch = create_timm_model("resnet18", None, num_classes=2)
-    assert not torch.equal(scratch.state_dict()["conv1.weight"], saved["conv1.weight"]) and not hasattr(scratch, "input_mean")
+    assert not torch.equal(scratch.state_dict()["conv1.weight"], saved["conv1.weight"]) and not hasattr(
+        scratch, "input_mean"
+    )
 
 
 def test_missing_weights_offline_are_one_message_with_the_id_cache_and_command(offline_hub, capsys, tmp_path):
@@ -79,8 +83,15 @@ def test_missing_weights_offline_are_one_message_with_the_id_cache_and_command(o
     assert "'timm/resnet34.a1_in1k'" in text and str(home / "hub") in text and "HF_HUB_OFFLINE=1 is set" in text
     assert "retinalab weights fetch resnet34=hf-hub:timm/resnet34.a1_in1k" in text
     # through the command line: one line, exit 2
-    argv = ["fit", "--config", str(REPO / "conf/resnet34_patch/idrid.yaml"), "--model.weights=imagenet", "--trainer.logger=false",
-            f"--trainer.default_root_dir={tmp_path}", f"--data.root={tmp_path}"]
+    argv = [
+        "fit",
+        "--config",
+        str(REPO / "conf/resnet34_patch/idrid.yaml"),
+        "--model.weights=imagenet",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--data.root={tmp_path}",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("error: ") == 1 and "timm/resnet34.a1_in1k" in err and "Traceback" not in err
@@ -102,7 +113,10 @@ def test_weights_fetch_lists_a_configs_ids_and_downloads_through_the_hub_client(
     import huggingface_hub
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model:\n  class_path: retinalab.tasks.PatchClassifierTask\n  init_args:\n    backbone: resnet34\n    weights: imagenet\n")
+    cfg.write_text(
+        "model:\n  class_path: retinalab.tasks.PatchClassifierTask\n  init_args:\n    backbone: resnet34\n    weights: "
+        "imagenet\n"
+    )
     assert config_sources(cfg) == [WeightsSource("resnet34", "hub", "timm/resnet34.a1_in1k")]
     asked = []
 
@@ -112,7 +126,9 @@ def test_weights_fetch_lists_a_configs_ids_and_downloads_through_the_hub_client(
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     assert main(["weights", "fetch", "--config", str(cfg), "resnet50=hf-hub:timm/resnet50.tv_in1k"]) == 0
-    assert [a[0] for a in asked] == ["timm/resnet34.a1_in1k", "timm/resnet50.tv_in1k"] and "*.safetensors" in asked[0][1]
+    assert [a[0] for a in asked] == ["timm/resnet34.a1_in1k", "timm/resnet50.tv_in1k"] and "*.safetensors" in asked[0][
+        1
+    ]
     out = capsys.readouterr().out
     assert "timm/resnet34.a1_in1k" in out and str(tmp_path / "snap") in out
     # a config that needs nothing says so
@@ -148,7 +164,9 @@ def test_smp_encoder_weights_for_g_load_from_the_offline_cache(offline_hub, tmp_
     encoder = smp.encoders.get_encoder("resnet18", weights=None)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(snapshot / "model.safetensors"))
     # smp's config.json of the weights carries their preprocessing (as smp-hub's do)
-    (snapshot / "config.json").write_text('{"input_space": "RGB", "input_range": [0, 1], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}')
+    (snapshot / "config.json").write_text(
+        '{"input_space": "RGB", "input_range": [0, 1], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}'
+    )
     g = build_generator(encoder="resnet18", num_lesions=4, weights="imagenet")
     assert torch.equal(g.encoder.layer1[0].conv1.weight, encoder.layer1[0].conv1.weight)
     assert torch.allclose(g.input_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
@@ -158,5 +176,8 @@ def test_smp_encoder_weights_for_g_load_from_the_offline_cache(offline_hub, tmp_
         build_generator(weights="imagenet")
     # a config's G weights are among what `retinalab weights fetch --config` fetches
     cfg = tmp_path / "g.yaml"
-    cfg.write_text("model:\n  init_args:\n    generator_encoder: resnet18\n    generator_weights: imagenet\n    backbone: resnet18\n")
+    cfg.write_text(
+        "model:\n  init_args:\n    generator_encoder: resnet18\n    generator_weights: imagenet\n    backbone: "
+        "resnet18\n"
+    )
     assert config_sources(cfg) == [source]

@@ -40,14 +40,34 @@ class Target:
 
 
 TARGETS = (
-    Target("selection", "retinalab/active/selection.py", ("*",), ("tests/test_selection.py", "tests/test_image_selection.py")),
+    Target(
+        "selection",
+        "retinalab/active/selection.py",
+        ("*",),
+        ("tests/test_selection.py", "tests/test_image_selection.py"),
+    ),
     Target("egl", "retinalab/active/egl.py", ("*",), ("tests/test_egl.py",)),
     # the losses live in their own module: mutmut's trampolines hide __init__'s arguments from Lightning's
     # save_hyperparameters, so a LightningModule's file cannot be mutated
     Target("ssgan_losses", "retinalab/tasks/ssgan_losses.py", ("*",), ("tests/test_ssgan.py",)),
-    Target("image_level", "retinalab/metrics/image_level.py", ("*",), ("tests/test_models_metrics.py", "tests/test_bootstrap.py")),
-    Target("lesion_metrics", "retinalab/metrics/lesions.py", ("*",), ("tests/test_lesion_metrics.py", "tests/test_models_metrics.py")),
-    Target("focal_attention", "retinalab/models/lesion_attention.py", ("x_focal_loss*", "*LesionAttentionGrader*", "*BranchBatchNorm2d*"), ("tests/test_collaborative_models.py",)),
+    Target(
+        "image_level",
+        "retinalab/metrics/image_level.py",
+        ("*",),
+        ("tests/test_models_metrics.py", "tests/test_bootstrap.py"),
+    ),
+    Target(
+        "lesion_metrics",
+        "retinalab/metrics/lesions.py",
+        ("*",),
+        ("tests/test_lesion_metrics.py", "tests/test_models_metrics.py"),
+    ),
+    Target(
+        "focal_attention",
+        "retinalab/models/lesion_attention.py",
+        ("x_focal_loss*", "*LesionAttentionGrader*", "*BranchBatchNorm2d*"),
+        ("tests/test_collaborative_models.py",),
+    ),
 )
 
 
@@ -56,7 +76,9 @@ def workspace(t: Target, base: Path) -> Path:
     ws = base / t.name
     ws.mkdir(parents=True, exist_ok=True)
     for folder in ("retinalab", "tests"):
-        shutil.copytree(ROOT / folder, ws / folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / folder, ws / folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     project = (ROOT / "pyproject.toml").read_text()
     project += (
         "\n[tool.mutmut]\n"
@@ -78,7 +100,9 @@ def run(t: Target, base: Path, mutmut: str) -> dict:
     with (ws / "mutmut.log").open("w") as log:
         subprocess.run([mutmut, "run", *names], cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     seconds = time.perf_counter() - start
-    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=ws, env=env, capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        [mutmut, "results", "--all", "true"], cwd=ws, env=env, capture_output=True, text=True, check=False
+    ).stdout
     status: dict[str, str] = {}
     for line in out.splitlines():
         name, _, state = line.strip().rpartition(": ")
@@ -88,12 +112,26 @@ def run(t: Target, base: Path, mutmut: str) -> dict:
     survivors = {}
     for name, state in status.items():
         if state in ("survived", "no tests"):
-            diff = subprocess.run([mutmut, "show", name], cwd=ws, env=env, capture_output=True, text=True, check=False).stdout
-            survivors[name] = [ln for ln in diff.splitlines() if ln.startswith(("-    ", "+    ", "- ", "+ ")) and not ln.startswith(("---", "+++"))]
+            diff = subprocess.run(
+                [mutmut, "show", name], cwd=ws, env=env, capture_output=True, text=True, check=False
+            ).stdout
+            survivors[name] = [
+                ln
+                for ln in diff.splitlines()
+                if ln.startswith(("-    ", "+    ", "- ", "+ ")) and not ln.startswith(("---", "+++"))
+            ]
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     decided = killed + counts.get("survived", 0) + counts.get("no tests", 0)
-    return {"name": t.name, "module": t.module, "functions": list(t.functions), "tests": list(t.tests), "counts": counts,
-            "kill_rate": killed / decided if decided else float("nan"), "survivors": survivors, "seconds": seconds}
+    return {
+        "name": t.name,
+        "module": t.module,
+        "functions": list(t.functions),
+        "tests": list(t.tests),
+        "counts": counts,
+        "kill_rate": killed / decided if decided else float("nan"),
+        "survivors": survivors,
+        "seconds": seconds,
+    }
 
 
 def _match(name: str, pattern: str) -> bool:
@@ -103,14 +141,18 @@ def _match(name: str, pattern: str) -> bool:
 
 
 def report(results: list[dict]) -> str:
-    lines = ["| module | functions | mutants | killed | survived | kill rate | target >= 80% | time |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| module | functions | mutants | killed | survived | kill rate | target >= 80% | time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         c = r["counts"]
         total = sum(c.values())
         rate = r["kill_rate"]
         lines.append(
             f"| `{r['module']}` | {', '.join(r['functions'])} | {total} | {c.get('killed', 0) + c.get('timeout', 0)} | "
-            f"{c.get('survived', 0) + c.get('no tests', 0)} | {rate:.0%} | {'met' if rate >= 0.8 else 'MISSED'} | {r['seconds'] / 60:.1f} min |"
+            f"{c.get('survived', 0) + c.get('no tests', 0)} | {rate:.0%} | {'met' if rate >= 0.8 else 'MISSED'} | "
+            f"{r['seconds'] / 60:.1f} min |"
         )
     for r in results:
         if r["survivors"]:

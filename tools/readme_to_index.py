@@ -21,7 +21,7 @@ def convert(text: str) -> str:
         if re.match(r"^[a-z]+://|^#|^mailto:", target):
             return m.group(0)
         if target.startswith("docs/"):
-            return f"[{label}]({target[len('docs/'):]})"
+            return f"[{label}]({target[len('docs/') :]})"
         return f"[{label}]({REPO_URL}{target})"
 
     return HEADER + re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", link, text)

@@ -31,7 +31,10 @@ def check_options(o: dict) -> float:
     """Refuse inconsistent :class:`~retinalab.active.ActiveLearning` arguments ``o`` with a message
     naming the option; returns the network's dropout rate (``None``: 0.5 for BALD, else 0)."""
     if o["oracle"] == "human" and o["pool_kind"] == "centred":
-        raise ConfigError("pool_kind: centred samples patches from the ground-truth masks, which a human-oracle run does not use; set pool_kind: grid")
+        raise ConfigError(
+            "pool_kind: centred samples patches from the ground-truth masks, which a human-oracle run does not use; "
+            "set pool_kind: grid"
+        )
     for name in ("k", "images_per_round", "initial_batches", "initial_images", "max_rounds", "patience", "plot_every"):
         if o[name] is None and name == "plot_every":  # never
             continue
@@ -42,7 +45,10 @@ def check_options(o: dict) -> float:
     if o["select"] == "images" and o["images_per_round"] == 0 and o["k"] == 0:
         raise ConfigError("select: images with images_per_round 0 and k 0 would never label anything")
     if o["select"] == "images" and o["image_patches"] == "selected_images" and o["k"] == 0:
-        raise ConfigError("image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or image_patches: pool)")
+        raise ConfigError(
+            "image_patches: selected_images labels k patches of the chosen images each round; set k >= 1 (or "
+            "image_patches: pool)"
+        )
     acquisition = o["acquisition"]
     heuristic = get_heuristic(acquisition)  # an unknown one: one line listing the registered ones
     for name, kind in CHOICES.items():
@@ -55,11 +61,17 @@ def check_options(o: dict) -> float:
     if not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     if heuristic.needs_dropout and dropout == 0:
-        raise ConfigError(f"acquisition: {acquisition} needs dropout (Monte-Carlo passes); set dropout > 0 (e.g. {heuristic.default_dropout}) or leave it unset")
+        raise ConfigError(
+            f"acquisition: {acquisition} needs dropout (Monte-Carlo passes); set dropout > 0 (e.g. "
+            f"{heuristic.default_dropout}) or leave it unset"
+        )
     if o["mc_samples"] < 1:
         raise ConfigError(f"mc_samples must be >= 1, got {o['mc_samples']}")
     if o["match_labels"] is not None and heuristic.scored:
-        raise ConfigError(f"match_labels copies another run's label counts into a random arm; it needs acquisition: random, not {acquisition}")
+        raise ConfigError(
+            "match_labels copies another run's label counts into a random arm; it needs acquisition: random, not "
+            f"{acquisition}"
+        )
     return float(dropout)
 
 
@@ -72,9 +84,21 @@ class Choosing:
         """The acquisition's scores (EGL, entropy, margin, BALD; random runs score by EGL, for heatmaps
         and interestingness) and p(exudate) of pool ``items``; each rank scores a shard under DDP."""
         acquisition = self.acquisition if get_heuristic(self.acquisition).scored else "egl"
-        return score_items(self.net, self.pool, items, self.scope, self.score_batch_size, self.fabric, acquisition, self.mc_samples, self._score_seed)
+        return score_items(
+            self.net,
+            self.pool,
+            items,
+            self.scope,
+            self.score_batch_size,
+            self.fabric,
+            acquisition,
+            self.mc_samples,
+            self._score_seed,
+        )
 
-    def describe_queries(self, items: list[int], images: list[int]) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    def describe_queries(
+        self, items: list[int], images: list[int]
+    ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """What a human oracle is shown beside the queries: p(exudate) of ``items`` under the current
         model, and the acquisition's score of every grid patch of ``images`` (their heatmaps; EGL for a
         random run), from one scoring pass."""
@@ -106,9 +130,13 @@ class Choosing:
     def _initial(self, state: LoopState) -> Query:
         if self.select == "patches":
             labels = np.asarray(self.pool.labels) if self.initial_draw == "stratified" else None
-            return rounds.initial_patches(self.pool_items, self._budget(state, self.initial_batches * self.batch_size), self.seed, labels)
+            return rounds.initial_patches(
+                self.pool_items, self._budget(state, self.initial_batches * self.batch_size), self.seed, labels
+            )
         limit = self._budget(state, len(self.pool_items))
-        return rounds.initial_images(self.split["train"], self.has_exudate, self.items_of_image, self.initial_images, limit, self.seed)
+        return rounds.initial_images(
+            self.split["train"], self.has_exudate, self.items_of_image, self.initial_images, limit, self.seed
+        )
 
     def _choose(self, state: LoopState, r: int) -> Query:
         """Round ``r``'s queries (:mod:`retinalab.active.rounds`); the time it took is kept in
@@ -137,11 +165,27 @@ class Choosing:
         if self.match_labels is not None:
             n_labels, n_images = matched_counts(Path(self.match_labels), self.config, state, r)
             return rounds.matched_random(
-                self.select, self.image_patches, remaining, candidates, self.items_of_image, n_images, min(n_labels, limit), seed,
+                self.select,
+                self.image_patches,
+                remaining,
+                candidates,
+                self.items_of_image,
+                n_images,
+                min(n_labels, limit),
+                seed,
             )
         if self.select == "images" and self.images_per_round:
             return rounds.algorithm2(
-                self.acquisition, self.image_patches, remaining, candidates, self.items_of_image, self.images_per_round, self.k, limit,
-                seed, phi_of, self._sigma,
+                self.acquisition,
+                self.image_patches,
+                remaining,
+                candidates,
+                self.items_of_image,
+                self.images_per_round,
+                self.k,
+                limit,
+                seed,
+                phi_of,
+                self._sigma,
             )
         return rounds.patches_round(self.acquisition, remaining, min(self.k, limit), seed, phi_of)

@@ -17,6 +17,11 @@ def active_parser():
 
     p = Parser(prog="retinalab active", description="active learning (paper 002)", default_env=False)
     p.add_argument("--config", action=ActionConfigFile, help="YAML config (conf/active/*.yaml)")
-    p.add_argument("--resume", type=bool, default=False, help="continue the run in out_dir (after a fault, or once labels.csv is filled in)")
+    p.add_argument(
+        "--resume",
+        type=bool,
+        default=False,
+        help="continue the run in out_dir (after a fault, or once labels.csv is filled in)",
+    )
     p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
     return p

@@ -90,7 +90,9 @@ def _scope_params(model: nn.Module, scope: Scope) -> dict[str, torch.Tensor]:
     return {n: p for n, p in named.items() if id(p) in ids}
 
 
-def egl_func(model: nn.Module, x: torch.Tensor, scope: Scope = "all", chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def egl_func(
+    model: nn.Module, x: torch.Tensor, scope: Scope = "all", chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """EGL from exact per-sample gradients (torch.func), ``chunk`` samples at a time."""
     from torch.func import functional_call, grad, vmap
 
@@ -121,7 +123,12 @@ def egl_func(model: nn.Module, x: torch.Tensor, scope: Scope = "all", chunk: int
 
 def _layerwise_ok(model: nn.Module) -> bool:
     """True when every parameter belongs to a Linear or an ungrouped Conv2d (the layerwise method's case)."""
-    covered = {id(p) for m in model.modules() if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1) for p in m.parameters(recurse=False)}
+    covered = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+        for p in m.parameters(recurse=False)
+    }
     return all(id(p) in covered for p in model.parameters())
 
 
@@ -179,7 +186,11 @@ def egl_layerwise(model: nn.Module, x: torch.Tensor, chunk: int = 128) -> tuple[
 
 
 def egl(
-    model: nn.Module, x: torch.Tensor, scope: Scope = "fc", chunk: int = 128, method: Literal["auto", "layerwise", "func"] = "auto"
+    model: nn.Module,
+    x: torch.Tensor,
+    scope: Scope = "fc",
+    chunk: int = 128,
+    method: Literal["auto", "layerwise", "func"] = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Phi (Eq. 1 of paper 002) and class probabilities for a batch ``x``.
 
@@ -200,7 +211,9 @@ def egl(
             if method == "func" or (method == "auto" and not _layerwise_ok(model)):
                 return egl_func(model, x, scope, chunk)
             if not _layerwise_ok(model):
-                raise TypeError(f"{type(model).__name__} has parameters outside Linear/Conv2d layers; use method='func'")
+                raise TypeError(
+                    f"{type(model).__name__} has parameters outside Linear/Conv2d layers; use method='func'"
+                )
             return egl_layerwise(model, x, chunk)
         return egl_fc(model, x, scope)
     finally:
@@ -208,7 +221,9 @@ def egl(
 
 
 @torch.no_grad()
-def score_pool(model: nn.Module, batches: Iterable[torch.Tensor], scope: Scope = "fc", device: str | torch.device = "cpu") -> torch.Tensor:
+def score_pool(
+    model: nn.Module, batches: Iterable[torch.Tensor], scope: Scope = "fc", device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Phi over a pool given as an iterable of batches; memory is bounded by one batch."""
     out = []
     for xb in batches:
@@ -228,7 +243,9 @@ def egl_naive(model: nn.Module, x: torch.Tensor, scope: Scope = "fc") -> torch.T
         p = torch.softmax(logits, 1)[0].detach()
         total = 0.0
         for j in range(len(p)):
-            gr = torch.autograd.grad(F.cross_entropy(logits, torch.tensor([j], device=x.device)), params, retain_graph=True)
+            gr = torch.autograd.grad(
+                F.cross_entropy(logits, torch.tensor([j], device=x.device)), params, retain_graph=True
+            )
             total = total + p[j] * torch.sqrt(sum(g.pow(2).sum() for g in gr))
         phis.append(total)
     model.train(was)

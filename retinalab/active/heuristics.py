@@ -145,7 +145,9 @@ class Heuristic:
     default_dropout: ClassVar[float] = 0.5
     scored: ClassVar[bool] = True
 
-    def scores(self, model: nn.Module, x: torch.Tensor, scope: Scope = "fc", mc_samples: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(
+        self, model: nn.Module, x: torch.Tensor, scope: Scope = "fc", mc_samples: int = 20, seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of a batch ``x`` (B x C x H x W) -> ``(scores B, class probabilities B x K)``."""
         raise NotImplementedError
 
@@ -244,7 +246,12 @@ class Random(EGL):
 
 
 def acquisition_scores(
-    model: nn.Module, x: torch.Tensor, acquisition: str, scope: Scope = "fc", mc_samples: int = 20, seed: int = 0,
+    model: nn.Module,
+    x: torch.Tensor,
+    acquisition: str,
+    scope: Scope = "fc",
+    mc_samples: int = 20,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of a batch ``x`` under the scored heuristic ``acquisition`` and the model's class
     probabilities (eval mode). Shapes: ``x`` B x C x H x W -> ``(scores B, probs B x K)``.

@@ -43,7 +43,9 @@ def _patches(cache: PatchCache, images: Sequence[int]) -> tuple[torch.Tensor, to
     return x, y, owner
 
 
-def _score_images(model: LeNet, cache: PatchCache, images: Sequence[int], batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_images(
+    model: LeNet, cache: PatchCache, images: Sequence[int], batch: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """EGL of every patch of ``images`` and the image each belongs to, read a few images at a time:
     memory holds one batch of float patches (about ``batch`` of them), not the whole candidate set."""
     per_batch = max(1, batch // cache.patches.shape[1])  # whole images per batch
@@ -56,8 +58,15 @@ def _score_images(model: LeNet, cache: PatchCache, images: Sequence[int], batch:
 
 
 def egl_image_order(
-    cache: PatchCache, candidates: Sequence[int], count: int, seed: int = 0, initial: int = 2, step: int = 1,
-    epochs: int = 3, lr: float = 0.01, batch_size: int = 64,
+    cache: PatchCache,
+    candidates: Sequence[int],
+    count: int,
+    seed: int = 0,
+    initial: int = 2,
+    step: int = 1,
+    epochs: int = 3,
+    lr: float = 0.01,
+    batch_size: int = 64,
 ) -> list[int]:
     """The first ``count`` of ``candidates`` (patch-cache rows with patch labels) in EGL order.
 
@@ -104,7 +113,9 @@ def egl_image_order(
 def cached_egl_order(cache: PatchCache, candidates: Sequence[int], count: int, seed: int = 0, **kw) -> list[int]:
     """:func:`egl_image_order`, memoised in ``<cache>/egl_orders/``: a longer stored order serves any
     shorter count (orders are nested), a shorter one is recomputed and replaced."""
-    key = hashlib.sha256(json.dumps({"candidates": sorted(int(c) for c in candidates), "seed": seed, **kw}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps({"candidates": sorted(int(c) for c in candidates), "seed": seed, **kw}, sort_keys=True).encode()
+    ).hexdigest()[:16]
     path = cache.path / "egl_orders" / f"{key}.json"
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -131,7 +142,9 @@ class EGLChooser(LabeledChooser):
         self.initial, self.step, self.epochs = initial, step, epochs
 
     def choose(self, cache: PatchCache, candidates: Sequence[int], count: int, seed: int) -> list[int]:
-        return cached_egl_order(cache, candidates, count, seed, initial=self.initial, step=self.step, epochs=self.epochs)
+        return cached_egl_order(
+            cache, candidates, count, seed, initial=self.initial, step=self.step, epochs=self.epochs
+        )
 
     def __repr__(self) -> str:
         return f"EGLChooser(initial={self.initial}, step={self.step}, epochs={self.epochs})"

@@ -18,7 +18,6 @@ picture), 409 (a round that is not the one waiting, or one that is training) and
 other address every request needs the random token printed in the page's URL.
 """
 
-
 import ipaddress
 import secrets
 import socket
@@ -72,7 +71,9 @@ def create_app(session: LabelSession, token: str | None = None):
         if not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "this page needs the token printed by `retinalab label` (…/?token=…)")
 
-    app = FastAPI(title="retinalab label", dependencies=[Depends(check_token)], docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="retinalab label", dependencies=[Depends(check_token)], docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.exception_handler(LabelRequestError)
     async def refused(_request: Request, e: LabelRequestError) -> JSONResponse:
@@ -103,7 +104,9 @@ def create_app(session: LabelSession, token: str | None = None):
 
     @app.get("/api/files/{round_}/{query_id}/{kind}")
     def picture(round_: int, query_id: str, kind: str) -> FileResponse:
-        return FileResponse(session.file(round_, query_id, kind), media_type="image/png", headers={"Cache-Control": "no-store"})
+        return FileResponse(
+            session.file(round_, query_id, kind), media_type="image/png", headers={"Cache-Control": "no-store"}
+        )
 
     return app
 
@@ -115,7 +118,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def serve(session: LabelSession, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, open_browser: bool = False, log_level: str = "warning") -> None:
+def serve(
+    session: LabelSession,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    open_browser: bool = False,
+    log_level: str = "warning",
+) -> None:
     """Serve the page until Ctrl-C; print its URL (with the token where ``host`` is not loopback)."""
     import uvicorn
 
@@ -127,11 +137,16 @@ def serve(session: LabelSession, host: str = "127.0.0.1", port: int = 8765, toke
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as e:
-        raise UserError(f"cannot serve on {host}:{port} ({e.strerror or e}); another program (another `retinalab label`?) uses it: pass --port 0 for any free port") from None
+        raise UserError(
+            f"cannot serve on {host}:{port} ({e.strerror or e}); another program (another `retinalab label`?) uses it: "
+            "pass --port 0 for any free port"
+        ) from None
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     server = uvicorn.Server(uvicorn.Config(create_app(session, token), host=host, port=port, log_level=log_level))
-    print(f"retinalab label: {session.run}: open {url} (Ctrl-C stops; every answer is saved as it is given)", flush=True)
+    print(
+        f"retinalab label: {session.run}: open {url} (Ctrl-C stops; every answer is saved as it is given)", flush=True
+    )
     if open_browser:
         import webbrowser
 

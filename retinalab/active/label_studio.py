@@ -43,7 +43,10 @@ def _waiting(run: Path) -> PendingRound:
     check_run(run)
     pending = pending_round(run)
     if pending is None:
-        raise InputMissingError(f"{run}: no round waits for labels (the run is stopped, or has not written its first queries: run `retinalab active --resume`)")
+        raise InputMissingError(
+            f"{run}: no round waits for labels (the run is stopped, or has not written its first queries: run "
+            "`retinalab active --resume`)"
+        )
     return pending
 
 
@@ -52,13 +55,20 @@ def _reference(path: Path, document_root: Path | None, url_prefix: str | None) -
     try:
         rel = str(path.resolve().relative_to(root)).replace("\\", "/")
     except ValueError:
-        raise InputMissingError(f"{path} is not under the Label Studio document root {root}; pass a --ls-document-root above it") from None
+        raise InputMissingError(
+            f"{path} is not under the Label Studio document root {root}; pass a --ls-document-root above it"
+        ) from None
     if url_prefix:
         return url_prefix.rstrip("/") + "/" + quote(rel)
     return "/data/local-files/?d=" + quote(rel)
 
 
-def export_tasks(run: str | Path, out: str | Path | None = None, document_root: str | Path | None = None, url_prefix: str | None = None) -> Path:
+def export_tasks(
+    run: str | Path,
+    out: str | Path | None = None,
+    document_root: str | Path | None = None,
+    url_prefix: str | None = None,
+) -> Path:
     """Write the waiting round's queries as Label Studio tasks (``out``, default
     ``queries/round_NNN/label_studio/tasks.json``) and ``label_config.xml`` beside them; returns the
     tasks file. ``document_root``: the folder Label Studio serves local files from (default: the run's
@@ -75,8 +85,13 @@ def export_tasks(run: str | Path, out: str | Path | None = None, document_root: 
         data = {
             "image": _reference(pending.folder / q["patch_png"], root, url_prefix),
             "photo": _reference(pending.folder / q["image_png"], root, url_prefix),
-            "query_id": q["query_id"], "round": pending.round, "item": int(q["item"]), "image_id": q.get("image_id", ""),
-            "centre_y": int(q["centre_y"]), "centre_x": int(q["centre_x"]), "run": str(run),
+            "query_id": q["query_id"],
+            "round": pending.round,
+            "item": int(q["item"]),
+            "image_id": q.get("image_id", ""),
+            "centre_y": int(q["centre_y"]),
+            "centre_x": int(q["centre_x"]),
+            "run": str(run),
             "answered_before": int(q["item"]) in answers,
         }
         task = {"id": n + 1, "data": data}
@@ -84,11 +99,15 @@ def export_tasks(run: str | Path, out: str | Path | None = None, document_root: 
         if p not in (None, ""):
             p = float(p)
             choice = CLASS_NAMES[int(p >= 0.5)]
-            task["predictions"] = [{
-                "model_version": f"retinalab {config.get('acquisition', '')} round {pending.round - 1}".strip(),
-                "score": round(max(p, 1 - p), 4),
-                "result": [{"from_name": "label", "to_name": "patch", "type": "choices", "value": {"choices": [choice]}}],
-            }]
+            task["predictions"] = [
+                {
+                    "model_version": f"retinalab {config.get('acquisition', '')} round {pending.round - 1}".strip(),
+                    "score": round(max(p, 1 - p), 4),
+                    "result": [
+                        {"from_name": "label", "to_name": "patch", "type": "choices", "value": {"choices": [choice]}}
+                    ],
+                }
+            ]
             data["probability"] = round(p, 4)
         tasks.append(task)
     write_json_atomic(out, tasks)
@@ -138,7 +157,10 @@ def import_annotations(run: str | Path, file: str | Path) -> tuple[int, int, lis
             continue
         where = f"task {task.get('id', n)}"
         if str(data.get("round")) != str(pending.round):
-            problems.append(f"{where}: {data['query_id']} is from round {data.get('round')}, not the round waiting for labels ({pending.round})")
+            problems.append(
+                f"{where}: {data['query_id']} is from round {data.get('round')}, not the round waiting for labels "
+                f"({pending.round})"
+            )
             continue
         rows.append((where, str(data["query_id"]), _choice(task)))
     with run_lock(run, "retinalab label --import-ls"):
@@ -152,7 +174,12 @@ def import_annotations(run: str | Path, file: str | Path) -> tuple[int, int, lis
     open_ = sum(1 for i in queries.values() if i not in answers)
     problems += bad
     if problems:
-        err = LabelFileError(f"{file}: " + "; ".join(problems) + f". The {len(labels)} valid labels were journalled; {open_} queries of round {pending.round} still have none.")
+        err = LabelFileError(
+            f"{file}: "
+            + "; ".join(problems)
+            + f". The {len(labels)} valid labels were journalled; {open_} queries of round {pending.round} still have "
+            "none."
+        )
         err.partial = labels
         raise err
     return len(labels), open_, problems

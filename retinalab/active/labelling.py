@@ -67,12 +67,16 @@ def check_run(run: Path) -> dict:
     """The saved config of an active-learning run folder; refused unless it is a human-oracle run."""
     path = run / "config.yaml"
     if not path.is_file():
-        raise InputMissingError(f"{run}: no config.yaml; pass the out_dir of a `retinalab active` run (e.g. runs/active/eophtha_human/egl)")
+        raise InputMissingError(
+            f"{run}: no config.yaml; pass the out_dir of a `retinalab active` run (e.g. runs/active/eophtha_human/egl)"
+        )
     import yaml
 
     config = yaml.safe_load(path.read_text()) or {}
     if config.get("oracle") != "human":
-        raise ConfigError(f"{path}: oracle is {config.get('oracle')!r}; labels are asked for only in runs with oracle: human")
+        raise ConfigError(
+            f"{path}: oracle is {config.get('oracle')!r}; labels are asked for only in runs with oracle: human"
+        )
     return config
 
 
@@ -85,7 +89,9 @@ def pending_round(run: Path) -> PendingRound | None:
     folder = run / "queries" / f"round_{r:03d}"
     queries = read_queries(folder)
     if sorted(int(q["item"]) for q in queries) != sorted(int(i) for i in pending["items"]):
-        raise LabelFileError(f"{folder / 'queries.csv'} does not hold round {r}'s queries of {run / 'state.json'}; it was changed")
+        raise LabelFileError(
+            f"{folder / 'queries.csv'} does not hold round {r}'s queries of {run / 'state.json'}; it was changed"
+        )
     return PendingRound(r, folder, queries)
 
 
@@ -163,14 +169,26 @@ class LabelSession:
             metrics = state.get("metrics") or self._last_metrics
             self._last_metrics = metrics
             out = {
-                "run": str(self.run), "status": self.status, "error": self.error, "stopped": state.get("stopped"),
-                "acquisition": self.config.get("acquisition"), "score_name": score_label(self.config.get("acquisition") or "egl"),
+                "run": str(self.run),
+                "status": self.status,
+                "error": self.error,
+                "stopped": state.get("stopped"),
+                "acquisition": self.config.get("acquisition"),
+                "score_name": score_label(self.config.get("acquisition") or "egl"),
                 "max_rounds": self.config.get("max_rounds"),
-                "phase": self.phase, "phase_round": self.phase_round, "elapsed": round(time.time() - self.since, 1),
-                "labels": len(state.get("labelled", {})) if state else None, "history": [
-                    {k: m.get(k) for k in ("round", "labels", "test/f1", "test/auroc", "val/loss")} for m in metrics or []
+                "phase": self.phase,
+                "phase_round": self.phase_round,
+                "elapsed": round(time.time() - self.since, 1),
+                "labels": len(state.get("labelled", {})) if state else None,
+                "history": [
+                    {k: m.get(k) for k in ("round", "labels", "test/f1", "test/auroc", "val/loss")}
+                    for m in metrics or []
                 ],
-                "round": None, "queries": [], "answered": 0, "total": 0, "classes": list(CLASS_NAMES),
+                "round": None,
+                "queries": [],
+                "answered": 0,
+                "total": 0,
+                "classes": list(CLASS_NAMES),
             }
             pending = self.pending if self.status == "labelling" else None
             if pending is not None:
@@ -178,14 +196,26 @@ class LabelSession:
                 for q in pending.queries:
                     item = int(q["item"])
                     given = self.answers.get(item)
-                    queries.append({
-                        "id": q["query_id"], "item": item, "image_id": q.get("image_id"),
-                        "centre": [int(q["centre_y"]), int(q["centre_x"])], "patch_size": int(q["patch_size"]),
-                        "image_size": int(q.get("image_size") or 0) or None, "score": _number(q.get("score")),
-                        "probability": _number(q.get("probability")), "heat": bool(q.get("heat_png")),
-                        "label": None if given is None else int(given["label"]),
-                    })
-                out.update(round=pending.round, queries=queries, total=len(queries), answered=sum(q["label"] is not None for q in queries))
+                    queries.append(
+                        {
+                            "id": q["query_id"],
+                            "item": item,
+                            "image_id": q.get("image_id"),
+                            "centre": [int(q["centre_y"]), int(q["centre_x"])],
+                            "patch_size": int(q["patch_size"]),
+                            "image_size": int(q.get("image_size") or 0) or None,
+                            "score": _number(q.get("score")),
+                            "probability": _number(q.get("probability")),
+                            "heat": bool(q.get("heat_png")),
+                            "label": None if given is None else int(given["label"]),
+                        }
+                    )
+                out.update(
+                    round=pending.round,
+                    queries=queries,
+                    total=len(queries),
+                    answered=sum(q["label"] is not None for q in queries),
+                )
             return out
 
     def file(self, round_: int, query_id: str, kind: str) -> Path:
@@ -211,7 +241,9 @@ class LabelSession:
         if self.pending is None:
             raise LabelRequestError("no round waits for labels", 409)
         if round_ != self.pending.round:
-            raise LabelRequestError(f"round {round_} is not the round waiting for labels (round {self.pending.round}); reload the page", 409)
+            raise LabelRequestError(
+                f"round {round_} is not the round waiting for labels (round {self.pending.round}); reload the page", 409
+            )
         for row in self.pending.queries:
             if row["query_id"] == query_id:
                 return row

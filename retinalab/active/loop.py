@@ -52,6 +52,7 @@ from .train import balanced_weights, evaluate_patches, sgd_epochs
 
 log = logging.getLogger(__name__)
 
+
 class ActiveLearning(RunSetup, Choosing, RunOutputs):
     """``retinalab active``: EGL (or random) active learning of a LeNet exudate patch classifier.
 
@@ -208,7 +209,11 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
         keep_checkpoints: bool = False,
         plot_every: int | None = 1,
     ) -> None:
-        args = {name: value for name, value in locals().items() if name in inspect.signature(ActiveLearning.__init__).parameters and name != "self"}
+        args = {
+            name: value
+            for name, value in locals().items()
+            if name in inspect.signature(ActiveLearning.__init__).parameters and name != "self"
+        }
         args["dropout"] = check_options(args)
         check_reader_args(dataset, {"on_error": on_error, **(reader_args or {})}, "reader_args")
         self.__dict__.update(args)
@@ -226,9 +231,18 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
         x = self.pool.tensor(items)
         y = torch.tensor([state.labelled[int(i)] for i in items])
         return sgd_epochs(
-            self.model, self.optimizer, self.fabric.backward, x, y, epochs=epochs, batch_size=self.batch_size,
-            variants=8 if self.augment and (r > 0 or self.initial_augment) else 1, generator=torch.Generator().manual_seed(self.seed * 100_003 + r),
-            device=self.fabric.device, rank=self.fabric.global_rank, world=self.fabric.world_size,
+            self.model,
+            self.optimizer,
+            self.fabric.backward,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=self.batch_size,
+            variants=8 if self.augment and (r > 0 or self.initial_augment) else 1,
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + r),
+            device=self.fabric.device,
+            rank=self.fabric.global_rank,
+            world=self.fabric.world_size,
             class_weight=balanced_weights(y) if self.class_weight == "balanced" else None,
         )
 
@@ -284,7 +298,13 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
                 log.info("%s: the run already stopped (%s); outputs refreshed", self.out, state.stopped)
             return "finished"
         answers = read_answers(self.out)
-        bar = tqdm(total=self.max_rounds + 1, initial=state.round + 1, desc=f"Active learning ({self.acquisition}, {self.select})", unit="round", disable=not (self.progress and self.rank0))
+        bar = tqdm(
+            total=self.max_rounds + 1,
+            initial=state.round + 1,
+            desc=f"Active learning ({self.acquisition}, {self.select})",
+            unit="round",
+            disable=not (self.progress and self.rank0),
+        )
         try:
             while state.stopped is None:
                 r = state.round + 1
@@ -315,14 +335,28 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
                     train_loss = self._take_initial(state)
                 else:
                     train_loss = self._train(state, self.initial_epochs if r == 0 else self.epochs_per_round, r)
-                metrics = {"round": r, "labels": len(state.labelled), "images": len(state.labelled_images), "train/loss": train_loss, **self.evaluate()}
+                metrics = {
+                    "round": r,
+                    "labels": len(state.labelled),
+                    "images": len(state.labelled_images),
+                    "train/loss": train_loss,
+                    **self.evaluate(),
+                }
                 metrics["exudate_labels"] = int(sum(state.labelled.values()))
                 metrics["select_seconds"] = self.select_seconds if r > 0 else 0.0
                 state.metrics.append(metrics)
                 metrics["test/f1_area"] = area_under(state.metrics, "test/f1")  # over the labels used so far
                 if get_heuristic(self.acquisition).scored or self.track_images:
                     tracked = self._sigma(self.tracked)
-                    state.interestingness += [{"round": r, "labels": len(state.labelled), "image_id": self.pool.images[i]["image_id"], "sigma": s} for i, s in tracked.items()]
+                    state.interestingness += [
+                        {
+                            "round": r,
+                            "labels": len(state.labelled),
+                            "image_id": self.pool.images[i]["image_id"],
+                            "sigma": s,
+                        }
+                        for i, s in tracked.items()
+                    ]
                     self._round_sigma = sigma
                     if sigma:
                         best = max(sigma, key=sigma.get)
@@ -334,11 +368,21 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
                 self._save(state)
                 self._log(state, metrics)
                 bar.update(1)
-                bar.set_postfix(labels=len(state.labelled), f1=f"{metrics.get('test/f1', math.nan):.3f}", val_loss=f"{metrics.get('val/loss', math.nan):.3f}")
+                bar.set_postfix(
+                    labels=len(state.labelled),
+                    f1=f"{metrics.get('test/f1', math.nan):.3f}",
+                    val_loss=f"{metrics.get('val/loss', math.nan):.3f}",
+                )
         finally:
             bar.close()
         if self.rank0:
-            log.info("%s: stopped after round %d (%s) with %d labelled patches", self.out, state.round, state.stopped, len(state.labelled))
+            log.info(
+                "%s: stopped after round %d (%s) with %d labelled patches",
+                self.out,
+                state.round,
+                state.stopped,
+                len(state.labelled),
+            )
         return "finished"
 
     def _ask(self, items: list[int], scores: list[float], r: int, answers: dict[int, dict]) -> dict[int, int]:
@@ -347,6 +391,12 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
 
     def _stop_reason(self, state: LoopState, metrics: dict) -> str | None:
         return stop_reason(
-            state, metrics, monitor=self.monitor, min_delta=self.min_delta, patience=self.patience, max_rounds=self.max_rounds,
-            max_labels=self.max_labels, pool_left=len(self._remaining(state)),
+            state,
+            metrics,
+            monitor=self.monitor,
+            min_delta=self.min_delta,
+            patience=self.patience,
+            max_rounds=self.max_rounds,
+            max_labels=self.max_labels,
+            pool_left=len(self._remaining(state)),
         )

@@ -44,11 +44,15 @@ class LabelFileError(UserError, ValueError):
 #: what the loop tells a human oracle about a round's queries: ``describe(items, images)`` returns
 #: p(exudate) of each item under the current model and, per image, its grid items and their
 #: acquisition scores (the heatmap); None where the model is not trained yet (round 0)
-Describe = Callable[[Sequence[int], Sequence[int]], "tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]] | None"]
+Describe = Callable[
+    [Sequence[int], Sequence[int]], "tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]] | None"
+]
 
 
 def validate_labels(
-    rows: Iterable[tuple[str, str, str]], queries: dict[str, int], wanted: set[int],
+    rows: Iterable[tuple[str, str, str]],
+    queries: dict[str, int],
+    wanted: set[int],
 ) -> tuple[dict[int, int], list[str], set[str]]:
     """Check answers against a round's ``queries`` (query id -> pool item).
 
@@ -92,7 +96,9 @@ def read_queries(d: Path) -> list[dict[str, str]]:
     except OSError as e:
         raise LabelFileError(f"{path}: cannot be read ({e.strerror or e})") from e
     if rows and not {"query_id", "item"} <= set(rows[0]):
-        raise LabelFileError(f"{path}: needs the columns query_id and item; it was changed or is not a retinalab query file")
+        raise LabelFileError(
+            f"{path}: needs the columns query_id and item; it was changed or is not a retinalab query file"
+        )
     return rows
 
 
@@ -125,7 +131,9 @@ class HumanOracle:
             heatmap of each queried photograph; without it (or in round 0) neither is written.
     """
 
-    def __init__(self, pool: ExudatePatches, folder: str | Path, crop_zoom: int = 4, describe: Describe | None = None) -> None:
+    def __init__(
+        self, pool: ExudatePatches, folder: str | Path, crop_zoom: int = 4, describe: Describe | None = None
+    ) -> None:
         self.pool = pool
         self.folder = Path(folder)
         self.crop_zoom = crop_zoom
@@ -151,7 +159,9 @@ class HumanOracle:
     def _queries(d: Path, items: Sequence[int]) -> dict[str, int]:
         queries = {row["query_id"]: int(row["item"]) for row in read_queries(d)}
         if not {int(i) for i in items} <= set(queries.values()):
-            raise LabelFileError(f"{d / 'queries.csv'} does not hold this round's queries; it was changed or belongs to another run")
+            raise LabelFileError(
+                f"{d / 'queries.csv'} does not hold this round's queries; it was changed or belongs to another run"
+            )
         return queries
 
     @staticmethod
@@ -181,10 +191,32 @@ class HumanOracle:
             sheet = f"images/{image_id.replace('/', '__')}.png"
             by_image.setdefault(img, (sheet, []))[1].append((qid, cy, cx))
             value = None if scores is None else scores[q]
-            score = "" if value is None or value != value else f"{float(value):.6g}"  # None/NaN: no score (random, initial)
+            score = (
+                "" if value is None or value != value else f"{float(value):.6g}"
+            )  # None/NaN: no score (random, initial)
             p = "" if prob is None else f"{float(prob[q]):.4f}"
-            plain, overlay = sheet.replace(".png", ".plain.png"), sheet.replace(".png", ".heat.png") if img in heat else ""
-            rows.append([qid, int(item), image_id, pool.images[img]["image_path"], cy, cx, cfg.patch_size, score, name, sheet, p, plain, overlay, cfg.image_size])
+            plain, overlay = (
+                sheet.replace(".png", ".plain.png"),
+                sheet.replace(".png", ".heat.png") if img in heat else "",
+            )
+            rows.append(
+                [
+                    qid,
+                    int(item),
+                    image_id,
+                    pool.images[img]["image_path"],
+                    cy,
+                    cx,
+                    cfg.patch_size,
+                    score,
+                    name,
+                    sheet,
+                    p,
+                    plain,
+                    overlay,
+                    cfg.image_size,
+                ]
+            )
         for img, (sheet, boxes) in by_image.items():
             save_png_atomic(pool.view(img), d / sheet.replace(".png", ".plain.png"))
             if img in heat:
@@ -196,11 +228,31 @@ class HumanOracle:
                 p0 = (round((cx - half) * s), round((cy - half) * s))
                 p1 = (round((cx + half) * s), round((cy + half) * s))
                 cv2.rectangle(view, p0, p1, (0, 255, 255), 1)
-                cv2.putText(view, qid[1:].lstrip("0") or "0", (p0[0], max(8, p0[1] - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 0), 1)
+                cv2.putText(
+                    view,
+                    qid[1:].lstrip("0") or "0",
+                    (p0[0], max(8, p0[1] - 2)),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.3,
+                    (255, 255, 0),
+                    1,
+                )
             save_png_atomic(view, d / sheet)
         header = [
-            "query_id", "item", "image_id", "image_path", "centre_y", "centre_x", "patch_size", "score", "patch_png", "image_png",
-            "probability", "plain_png", "heat_png", "image_size",
+            "query_id",
+            "item",
+            "image_id",
+            "image_path",
+            "centre_y",
+            "centre_x",
+            "patch_size",
+            "score",
+            "patch_png",
+            "image_png",
+            "probability",
+            "plain_png",
+            "heat_png",
+            "image_size",
         ]
         write_csv_atomic(d / "queries.csv", header, rows)
         if not (d / "labels.csv").is_file():
@@ -227,14 +279,23 @@ class HumanOracle:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "query_id" not in reader.fieldnames or "label" not in reader.fieldnames:
                 raise LabelFileError(f"{path}: needs the columns query_id,label (got {reader.fieldnames})")
-            rows = [(f"line {line}", row.get("query_id") or "", row.get("label") or "") for line, row in enumerate(reader, start=2)]
+            rows = [
+                (f"line {line}", row.get("query_id") or "", row.get("label") or "")
+                for line, row in enumerate(reader, start=2)
+            ]
         labels, problems, flagged = validate_labels(rows, queries, wanted)
         labels = {i: y for i, y in labels.items() if i in wanted}  # labels already journalled stay as they were
         missing = [q for q, item in queries.items() if item in wanted and item not in labels and q not in flagged]
         if missing:
-            problems.append(f"{len(missing)} queries have no label: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+            problems.append(
+                f"{len(missing)} queries have no label: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}"
+            )
         if problems:
-            err = LabelFileError(f"{path}: " + "; ".join(problems) + f". The {len(labels)} valid labels are kept; fix the rest and resume.")
+            err = LabelFileError(
+                f"{path}: "
+                + "; ".join(problems)
+                + f". The {len(labels)} valid labels are kept; fix the rest and resume."
+            )
             err.partial = labels
             raise err
         return labels

@@ -21,16 +21,32 @@ class RunOutputs:
         from ..loggers import WandbLogger
 
         return WandbLogger(
-            save_dir=self.out, project="retinalab", name=f"active/{self.dataset}-{self.acquisition}-{self.select}-s{self.seed}",
-            group=f"active/{self.dataset}", tags=["active", self.acquisition, self.select, self.dataset, f"seed_{self.seed}"],
+            save_dir=self.out,
+            project="retinalab",
+            name=f"active/{self.dataset}-{self.acquisition}-{self.select}-s{self.seed}",
+            group=f"active/{self.dataset}",
+            tags=["active", self.acquisition, self.select, self.dataset, f"seed_{self.seed}"],
         )
 
     def _log(self, state: LoopState, metrics: dict) -> None:
-        clean = {k_: float(v) for k_, v in metrics.items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+        clean = {
+            k_: float(v)
+            for k_, v in metrics.items()
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+        }
         self.fabric.log_dict({f"active/{k_}": v for k_, v in clean.items()}, step=state.round)
-        if self.rank0 and self.logger is not None and hasattr(self.logger, "log_image") and getattr(self, "_plotted", None) == state.round:
+        if (
+            self.rank0
+            and self.logger is not None
+            and hasattr(self.logger, "log_image")
+            and getattr(self, "_plotted", None) == state.round
+        ):
             # one key per plot: W&B shows the images of one key side by side and wants them the same size
-            plots = {"curves": self.out / "curves.png", "interestingness": self.out / "interestingness.png", "heatmap": self.out / "heatmaps" / f"round_{state.round:03d}.png"}
+            plots = {
+                "curves": self.out / "curves.png",
+                "interestingness": self.out / "interestingness.png",
+                "heatmap": self.out / "heatmaps" / f"round_{state.round:03d}.png",
+            }
             for name, png in plots.items():
                 if png.is_file():
                     self.logger.log_image(f"active/{name}", images=[str(png)], step=state.round, caption=[png.stem])
@@ -53,10 +69,14 @@ class RunOutputs:
         phi, _ = self.score(items)
         return img, items, phi.numpy()
 
-    def _write_outputs(self, state: LoopState, heat: tuple[int, np.ndarray, np.ndarray] | None = None, plots: bool = True) -> None:
+    def _write_outputs(
+        self, state: LoopState, heat: tuple[int, np.ndarray, np.ndarray] | None = None, plots: bool = True
+    ) -> None:
         from .plots import write_run_plots
 
-        write_tables(self.out, state, {k_: [self.pool.images[i]["image_id"] for i in v] for k_, v in self.split.items()})
+        write_tables(
+            self.out, state, {k_: [self.pool.images[i]["image_id"] for i in v] for k_, v in self.split.items()}
+        )
         if plots:
             write_run_plots(self.out, state, self.pool, heat, self.acquisition)
             self._plotted = state.round

@@ -31,7 +31,9 @@ def _colour(name: str) -> str | None:
     return None
 
 
-def plot_curves(runs: dict[str, list[dict] | list[list[dict]]], path: str | Path, initial_labels: float | None = None) -> Path:
+def plot_curves(
+    runs: dict[str, list[dict] | list[list[dict]]], path: str | Path, initial_labels: float | None = None
+) -> Path:
     """Figure 2: one panel per test metric against labelled patches, one colour per run.
 
     Args:
@@ -47,20 +49,35 @@ def plot_curves(runs: dict[str, list[dict] | list[list[dict]]], path: str | Path
             seeds = rows if rows and isinstance(rows[0], list) else [rows]
             curves = []
             for seed_rows in seeds:
-                pts = [(float(r["labels"]), float(r[key])) for r in seed_rows if r.get(key) is not None and not math.isnan(float(r[key]))]
+                pts = [
+                    (float(r["labels"]), float(r[key]))
+                    for r in seed_rows
+                    if r.get(key) is not None and not math.isnan(float(r[key]))
+                ]
                 if pts:
                     curves.append(np.array(pts))
             if not curves:
                 continue
             colour = _colour(name)
-            if len(curves) == 1 or any(len(c) != len(curves[0]) or not np.array_equal(c[:, 0], curves[0][:, 0]) for c in curves):
+            if len(curves) == 1 or any(
+                len(c) != len(curves[0]) or not np.array_equal(c[:, 0], curves[0][:, 0]) for c in curves
+            ):
                 for n, c in enumerate(curves):
-                    line = ax.plot(c[:, 0], c[:, 1], marker=".", label=name if n == 0 else None, color=colour, linewidth=1 if len(curves) > 1 else 1.5)[0]
+                    line = ax.plot(
+                        c[:, 0],
+                        c[:, 1],
+                        marker=".",
+                        label=name if n == 0 else None,
+                        color=colour,
+                        linewidth=1 if len(curves) > 1 else 1.5,
+                    )[0]
                     colour = line.get_color()
             else:
                 ys = np.stack([c[:, 1] for c in curves])
                 mean, std = ys.mean(0), ys.std(0)
-                line = ax.plot(curves[0][:, 0], mean, marker=".", label=f"{name} (mean of {len(curves)})", color=colour)[0]
+                line = ax.plot(
+                    curves[0][:, 0], mean, marker=".", label=f"{name} (mean of {len(curves)})", color=colour
+                )[0]
                 ax.fill_between(curves[0][:, 0], mean - std, mean + std, alpha=0.2, color=line.get_color())
         if initial_labels is not None:
             ax.axvline(initial_labels, color="tab:orange", linestyle="--", linewidth=1)
@@ -161,7 +178,13 @@ def write_heatmap(
     return save_figure_atomic(fig, path)
 
 
-def write_run_plots(out: Path, state, pool: ExudatePatches, heat: tuple[int, np.ndarray, np.ndarray] | None = None, acquisition: str = "egl") -> None:
+def write_run_plots(
+    out: Path,
+    state,
+    pool: ExudatePatches,
+    heat: tuple[int, np.ndarray, np.ndarray] | None = None,
+    acquisition: str = "egl",
+) -> None:
     """A run's ``curves.png``, ``interestingness.png`` and ``heatmaps/round_NNN.png`` (``heat``: the image,
     its grid items and their ``acquisition`` scores), and ``figure2.png`` in its parent folder."""
     if state.metrics:
@@ -173,4 +196,12 @@ def write_run_plots(out: Path, state, pool: ExudatePatches, heat: tuple[int, np.
         image_id = pool.images[heat[0]]["image_id"]
         name = "EGL" if acquisition == "egl" else acquisition
         title = f"{image_id}: {name} after round {state.round} ({len(state.labelled)} labelled patches)"
-        write_heatmap(pool, heat[0], heat[1], heat[2], out / "heatmaps" / f"round_{state.round:03d}.png", title, acquisition=acquisition)
+        write_heatmap(
+            pool,
+            heat[0],
+            heat[1],
+            heat[2],
+            out / "heatmaps" / f"round_{state.round:03d}.png",
+            title,
+            acquisition=acquisition,
+        )

@@ -116,7 +116,9 @@ def window_sums(mask: np.ndarray, size: int) -> np.ndarray:
     return ii[size:, size:] - ii[:-size, size:] - ii[size:, :-size] + ii[:-size, :-size]
 
 
-def image_patches(image: np.ndarray, lesion: np.ndarray | None, cfg: ExudatePatchConfig, seed: int) -> dict[str, np.ndarray]:
+def image_patches(
+    image: np.ndarray, lesion: np.ndarray | None, cfg: ExudatePatchConfig, seed: int
+) -> dict[str, np.ndarray]:
     """Cut the centred and grid patches of one preprocessed image.
 
     Args:
@@ -166,7 +168,11 @@ def image_patches(image: np.ndarray, lesion: np.ndarray | None, cfg: ExudatePatc
         labels.append((ex_sum[grid_tops[:, 0], grid_tops[:, 1]] > 0).astype(np.int8))
     kinds.append(np.ones(len(grid_tops), np.uint8))
     all_tops = np.concatenate(tops).astype(np.int32) if tops else np.zeros((0, 2), np.int32)
-    patches = np.stack([image[y : y + p, x : x + p] for y, x in all_tops]) if len(all_tops) else np.zeros((0, p, p, 3), np.uint8)
+    patches = (
+        np.stack([image[y : y + p, x : x + p] for y, x in all_tops])
+        if len(all_tops)
+        else np.zeros((0, p, p, 3), np.uint8)
+    )
     return {
         "patches": patches,
         "labels": np.concatenate(labels).astype(np.int8),
@@ -242,10 +248,19 @@ class ExudatePatches:
         config = config or ExudatePatchConfig()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"exudate-{cache_key(records, config)}"
-        return cls(build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress)))
+        return cls(
+            build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress))
+        )
 
     @staticmethod
-    def _build_into(tmp: Path, records: Sequence[FundusRecord], cfg: ExudatePatchConfig, num_workers: int, on_error: OnError, progress: bool) -> None:
+    def _build_into(
+        tmp: Path,
+        records: Sequence[FundusRecord],
+        cfg: ExudatePatchConfig,
+        num_workers: int,
+        on_error: OnError,
+        progress: bool,
+    ) -> None:
         start = time.perf_counter()
         (tmp / "shards").mkdir()
         (tmp / "views").mkdir()
@@ -283,7 +298,12 @@ class ExudatePatches:
         for name in ("labels", "image", "centre", "kind"):
             np.save(tmp / f"{name}.npy", out[name])
         shutil.rmtree(tmp / "shards")
-        index = {"config": asdict(cfg), "images": images, "skipped": [errors[i] for i in sorted(errors)], "build_seconds": time.perf_counter() - start}
+        index = {
+            "config": asdict(cfg),
+            "images": images,
+            "skipped": [errors[i] for i in sorted(errors)],
+            "build_seconds": time.perf_counter() - start,
+        }
         (tmp / "index.json").write_text(json.dumps(index, indent=1))
 
 

@@ -40,7 +40,9 @@ class Query:
     """One round's questions to the oracle."""
 
     items: list[int]  # pool items to label
-    scores: list[float]  # acquisition score of each patch, its image's sigma when it came with its image, NaN for random/initial
+    scores: list[
+        float
+    ]  # acquisition score of each patch, its image's sigma when it came with its image, NaN for random/initial
     images: list[int] = field(default_factory=list)  # images opened this round (Algorithm 2)
     sigma: dict[int, float] = field(default_factory=dict)  # Algorithm 2: sigma of every candidate image
 
@@ -74,7 +76,9 @@ def initial_patches(pool_items: np.ndarray, n: int, seed: int, labels: np.ndarra
     return Query(sorted(int(i) for i in picked), [math.nan] * len(picked))
 
 
-def initial_images(train: Sequence[int], has_exudate: np.ndarray, items_of_image: dict[int, np.ndarray], mu: int, limit: int, seed: int) -> Query:
+def initial_images(
+    train: Sequence[int], has_exudate: np.ndarray, items_of_image: dict[int, np.ndarray], mu: int, limit: int, seed: int
+) -> Query:
     """Algorithm 2, lines 1-2: T_mu, ``mu`` random training images (half with exudates, half without, so
     that M sees both classes), and their ground-truth patches (at most ``limit``)."""
     rng = np.random.default_rng(seed + 10)
@@ -82,7 +86,9 @@ def initial_images(train: Sequence[int], has_exudate: np.ndarray, items_of_image
     pos, neg = train[has_exudate[train]], train[~has_exudate[train]]
     n_pos = min(len(pos), math.ceil(mu / 2))
     n_neg = min(len(neg), mu - n_pos)
-    images = sorted(int(i) for i in np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]))
+    images = sorted(
+        int(i) for i in np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
+    )
     items = [int(i) for img in images for i in items_of_image[img]][:limit]
     return Query(items, [math.nan] * len(items), images)
 
@@ -136,8 +142,17 @@ def _free_counts(images: list[int], items_of_image: dict[int, np.ndarray], remai
 
 
 def algorithm2(
-    acquisition: str, reading: str, remaining: np.ndarray, candidates: list[int], items_of_image: dict[int, np.ndarray],
-    n_images: int, k: int, limit: int, seed: int, phi_of: PhiFn, sigma_of: SigmaFn,
+    acquisition: str,
+    reading: str,
+    remaining: np.ndarray,
+    candidates: list[int],
+    items_of_image: dict[int, np.ndarray],
+    n_images: int,
+    k: int,
+    limit: int,
+    seed: int,
+    phi_of: PhiFn,
+    sigma_of: SigmaFn,
 ) -> Query:
     """One round of Algorithm 2 (or its random baseline): the image(s) (lines 4-8), then line 10 as
     ``reading`` says, ``limit`` labels at most. ``acquisition`` is ``random`` or a scored strategy (EGL
@@ -174,8 +189,14 @@ def algorithm2(
 
 
 def matched_random(
-    select: str, reading: str, remaining: np.ndarray, candidates: list[int], items_of_image: dict[int, np.ndarray],
-    n_images: int, n_labels: int, seed: int,
+    select: str,
+    reading: str,
+    remaining: np.ndarray,
+    candidates: list[int],
+    items_of_image: dict[int, np.ndarray],
+    n_images: int,
+    n_labels: int,
+    seed: int,
 ) -> Query:
     """The random arm at another run's counts: ``n_labels`` new labels (and ``n_images`` new images for
     Algorithm 2) drawn uniformly. ``pool``: the images' unlabelled patches (a random subset of them where
@@ -192,7 +213,9 @@ def matched_random(
     n_images = max(n_images, 0)
     if reading == "selected_images" and n_images:
         enough = _free_counts(order, items_of_image, remaining) >= math.ceil(n_labels / n_images)
-        order = [i for i, e in zip(order, enough, strict=True) if e] + [i for i, e in zip(order, enough, strict=True) if not e]
+        order = [i for i, e in zip(order, enough, strict=True) if e] + [
+            i for i, e in zip(order, enough, strict=True) if not e
+        ]
     images, extra = order[:n_images], order[n_images:]
     per_image = [(img, _free_patches([img], items_of_image, remaining)) for img in images]
     own = [i for _, items in per_image for i in items]
@@ -212,4 +235,8 @@ def matched_random(
 
 def patches_round(acquisition: str, remaining: np.ndarray, k: int, seed: int, phi_of: PhiFn) -> Query:
     """One round of Algorithm 1 with a scored ``acquisition`` (or its random baseline, seeded with ``seed + 500``)."""
-    return algorithm1(remaining, k, phi_of) if get_heuristic(acquisition).scored else random_patches(remaining, k, seed + 500)
+    return (
+        algorithm1(remaining, k, phi_of)
+        if get_heuristic(acquisition).scored
+        else random_patches(remaining, k, seed + 500)
+    )

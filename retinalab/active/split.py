@@ -42,7 +42,12 @@ class PoolSplit:
 
 
 def split_pool(
-    pool: ExudatePatches, val_size: float, test_size: float, seed: int, pool_kind: Literal["centred", "grid"], track_images: int,
+    pool: ExudatePatches,
+    val_size: float,
+    test_size: float,
+    seed: int,
+    pool_kind: Literal["centred", "grid"],
+    track_images: int,
     eval_kind: Literal["centred", "grid"] = "centred",
 ) -> PoolSplit:
     """Split ``pool``'s images by patient (stratified by whether they hold exudates) with ``seed``."""
@@ -68,9 +73,15 @@ def split_pool(
     rng = np.random.default_rng(seed + 3)
     train = np.array(split["train"])
     order = [train[~has_exudate[train]], train[has_exudate[train]]]
-    tracked = sorted(int(i) for part in order for i in rng.permutation(part)[: math.ceil(track_images / 2)])[:track_images]
+    tracked = sorted(int(i) for part in order for i in rng.permutation(part)[: math.ceil(track_images / 2)])[
+        :track_images
+    ]
     return PoolSplit(
-        split=split, has_exudate=has_exudate, eval_items=eval_items, pool_items=pool_items,
+        split=split,
+        has_exudate=has_exudate,
+        eval_items=eval_items,
+        pool_items=pool_items,
         items_of_image=group_by_image(pool_items, image, split["train"]),
-        grid_of_image=group_by_image(np.flatnonzero(kind == GRID), image, range(n_img)), tracked=tracked,
+        grid_of_image=group_by_image(np.flatnonzero(kind == GRID), image, range(n_img)),
+        tracked=tracked,
     )

@@ -35,12 +35,39 @@ from .oracle import LabelFileError
 STATE_VERSION = 1
 #: config fields that must not change between a run and its resumption
 FROZEN = (
-    "dataset", "root", "reader_args", "patches", "acquisition", "select", "pool_kind", "seed", "val_size", "test_size",
-    "scope", "initial_batches", "initial_images", "conv_channels", "hidden", "image_patches", "match_labels",
-    "initial_draw", "dropout", "mc_samples", "eval_kind", "class_weight",
+    "dataset",
+    "root",
+    "reader_args",
+    "patches",
+    "acquisition",
+    "select",
+    "pool_kind",
+    "seed",
+    "val_size",
+    "test_size",
+    "scope",
+    "initial_batches",
+    "initial_images",
+    "conv_channels",
+    "hidden",
+    "image_patches",
+    "match_labels",
+    "initial_draw",
+    "dropout",
+    "mc_samples",
+    "eval_kind",
+    "class_weight",
 )
 #: what a frozen field meant in runs saved before it existed
-LEGACY = {"image_patches": "pool", "match_labels": None, "initial_draw": "random", "dropout": 0.0, "mc_samples": 20, "eval_kind": "centred", "class_weight": "none"}
+LEGACY = {
+    "image_patches": "pool",
+    "match_labels": None,
+    "initial_draw": "random",
+    "dropout": 0.0,
+    "mc_samples": 20,
+    "eval_kind": "centred",
+    "class_weight": "none",
+}
 #: fields a random arm may hold differently from the run whose label counts it copies (match_labels)
 MATCH_FREE = ("acquisition", "match_labels", "dropout", "mc_samples")
 #: the initial model's checkpoint, kept beside the latest one
@@ -90,9 +117,16 @@ def read_state(path: Path, config: dict, frozen: tuple[str, ...] = FROZEN) -> Lo
         state = LoopState.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: unreadable state ({e}); it was not written by this version of retinalab") from e
-    changed = [k for k in frozen if json.dumps(state.config.get(k, LEGACY.get(k)), sort_keys=True) != json.dumps(config.get(k), sort_keys=True)]
+    changed = [
+        k
+        for k in frozen
+        if json.dumps(state.config.get(k, LEGACY.get(k)), sort_keys=True) != json.dumps(config.get(k), sort_keys=True)
+    ]
     if changed:
-        raise ConfigError(f"{path}: the run was started with different {', '.join(changed)}; resume with the same config or choose another out_dir")
+        raise ConfigError(
+            f"{path}: the run was started with different {', '.join(changed)}; resume with the same config or choose "
+            "another out_dir"
+        )
     return state
 
 
@@ -100,12 +134,16 @@ def write_state(path: Path, state: LoopState) -> None:
     write_json_atomic(path, state.to_json())
 
 
-def save_checkpoint(out: Path, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep_old: bool = False) -> None:
+def save_checkpoint(
+    out: Path, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep_old: bool = False
+) -> None:
     """``model-roundNNN.pt`` (atomically), then ``state.json`` naming it; the previous checkpoint is
     deleted afterwards unless ``keep_old`` or it is round 0's (the initial model, which other runs may
     start from: ``initial_from``)."""
     name = f"model-round{state.round:03d}.pt"
-    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": state.round}, out / name)
+    atomic_torch_save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": state.round}, out / name
+    )
     old, state.checkpoint = state.checkpoint, name
     write_state(out / "state.json", state)
     if old and old != name and not keep_old and old != INITIAL_CHECKPOINT:
@@ -126,18 +164,33 @@ def record_round(state: LoopState, pool, r: int, query, labels: dict[int, int], 
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     for item, score in zip(query.items, nan_to_none(query.scores), strict=True):
         item = int(item)
-        state.history.append({
-            "round": r, "item": item, "image_id": pool.images[int(pool.image[item])]["image_id"],
-            "centre_y": int(pool.centre[item][0]), "centre_x": int(pool.centre[item][1]),
-            "score": score, "label": int(labels[item]), "time": answers[item]["time"] if item in answers else now,
-        })
+        state.history.append(
+            {
+                "round": r,
+                "item": item,
+                "image_id": pool.images[int(pool.image[item])]["image_id"],
+                "centre_y": int(pool.centre[item][0]),
+                "centre_x": int(pool.centre[item][1]),
+                "score": score,
+                "label": int(labels[item]),
+                "time": answers[item]["time"] if item in answers else now,
+            }
+        )
         state.labelled[item] = int(labels[item])
     state.labelled_images = sorted(set(state.labelled_images) | set(query.images))
     state.pending = None
 
 
 def stop_reason(
-    state: LoopState, metrics: dict, *, monitor: str, min_delta: float, patience: int, max_rounds: int, max_labels: int | None, pool_left: int,
+    state: LoopState,
+    metrics: dict,
+    *,
+    monitor: str,
+    min_delta: float,
+    patience: int,
+    max_rounds: int,
+    max_labels: int | None,
+    pool_left: int,
 ) -> str | None:
     """Why the run stops after this round (None: it goes on); updates the patience counters of ``state``.
     ``monitor`` improves when it falls by more than ``min_delta`` (a loss) or rises by more (an accuracy)."""
@@ -179,7 +232,9 @@ def journal(answers: dict[int, dict], got: dict[int, int], r: int, source: str |
         answers[int(i)] = {"label": int(y), "round": r, "time": now, **({"source": source} if source else {})}
 
 
-def ask_oracle(oracle, items: list[int], scores: list[float], r: int, answers: dict[int, dict], out: Path | None) -> dict[int, int]:
+def ask_oracle(
+    oracle, items: list[int], scores: list[float], r: int, answers: dict[int, dict], out: Path | None
+) -> dict[int, int]:
     """Labels of round ``r``'s ``items``: from the journal ``answers`` where known, else from ``oracle``;
     every new answer (also the valid part of a bad label file) is journalled to ``out/answers.json`` at
     once (``out`` None: kept in memory only, as on the other DDP ranks)."""
@@ -219,11 +274,15 @@ def matched_counts(folder: Path, config: dict, state: LoopState, r: int) -> tupl
     """New labels and new images of round ``r`` in the run at ``folder`` (``match_labels``), for a run with
     ``config`` at ``state``; that run must share every frozen field but the acquisition and the
     network's dropout (a BALD arm's dropout layers need not be in the random arm matched to it)."""
-    ref = read_reference(folder, config, tuple(k for k in FROZEN if k not in MATCH_FREE), "match_labels", "the arm to match (e.g. EGL)")
+    ref = read_reference(
+        folder, config, tuple(k for k in FROZEN if k not in MATCH_FREE), "match_labels", "the arm to match (e.g. EGL)"
+    )
     rows = {int(m["round"]): m for m in ref.metrics}
     if r not in rows:
         if ref.stopped is None:
-            raise ConfigError(f"match_labels: {folder} has completed {ref.round + 1} rounds, not round {r}; run it further first")
+            raise ConfigError(
+                f"match_labels: {folder} has completed {ref.round + 1} rounds, not round {r}; run it further first"
+            )
         return 0, 0  # the matched run stopped: so does this one
     return int(rows[r]["labels"]) - len(state.labelled), int(rows[r]["images"]) - len(state.labelled_images)
 
@@ -233,15 +292,24 @@ def initial_model(folder: Path, config: dict, state: LoopState) -> tuple[Path, f
     with ``config`` whose round 0 labelled ``state.labelled``. That run must share every frozen field but
     the acquisition (a BALD arm's dropout LeNet is another network) and every field that decides the
     initial model, and its round 0 must have labelled the same patches."""
-    ref = read_reference(folder, config, tuple(k for k in FROZEN if k not in INITIAL_FREE) + INITIAL_FIELDS, "initial_from",
-                         "the arm whose initial model this one takes")
+    ref = read_reference(
+        folder,
+        config,
+        tuple(k for k in FROZEN if k not in INITIAL_FREE) + INITIAL_FIELDS,
+        "initial_from",
+        "the arm whose initial model this one takes",
+    )
     ckpt = folder / INITIAL_CHECKPOINT
     if ref.round < 0 or not ckpt.is_file():
-        raise InputMissingError(f"initial_from: {ckpt} does not exist; that run has not finished its round 0 (or it ran before "
-                                "round-0 models were kept)")
+        raise InputMissingError(
+            f"initial_from: {ckpt} does not exist; that run has not finished its round 0 (or it ran before "
+            "round-0 models were kept)"
+        )
     first = {int(row["item"]) for row in ref.history if int(row["round"]) == 0}
     if first != set(state.labelled):
-        raise ConfigError(f"initial_from: {folder}'s initial model was trained on other patches than this run's initial set")
+        raise ConfigError(
+            f"initial_from: {folder}'s initial model was trained on other patches than this run's initial set"
+        )
     return ckpt, float(ref.metrics[0]["train/loss"])
 
 
@@ -250,7 +318,9 @@ def write_tables(out: Path, state: LoopState, split: dict[str, list[str]]) -> No
     if state.metrics:
         keys = list(dict.fromkeys(k for row in state.metrics for k in row))
         write_csv_atomic(out / "metrics.csv", keys, [[row.get(k, "") for k in keys] for row in state.metrics])
-    write_csv_atomic(out / "queries.csv", QUERY_COLUMNS, [[row.get(k, "") for k in QUERY_COLUMNS] for row in state.history])
+    write_csv_atomic(
+        out / "queries.csv", QUERY_COLUMNS, [[row.get(k, "") for k in QUERY_COLUMNS] for row in state.history]
+    )
     if state.interestingness:
         ik = ["round", "labels", "image_id", "sigma"]
         write_csv_atomic(out / "interestingness.csv", ik, [[row[k] for k in ik] for row in state.interestingness])
@@ -260,7 +330,9 @@ def write_tables(out: Path, state: LoopState, split: dict[str, list[str]]) -> No
 def area_under(rows: list[dict], key: str = "test/f1") -> float:
     """Area under ``key`` against labels used (trapezoids over the rounds), divided by the label range:
     the mean of ``key`` over the labels a run has spent (NaN rows are skipped; one row: its value)."""
-    pts = [(float(r["labels"]), float(r[key])) for r in rows if r.get(key) is not None and not math.isnan(float(r[key]))]
+    pts = [
+        (float(r["labels"]), float(r[key])) for r in rows if r.get(key) is not None and not math.isnan(float(r[key]))
+    ]
     if not pts:
         return math.nan
     x, y = (np.array(v) for v in zip(*pts, strict=True))

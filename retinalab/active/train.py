@@ -1,6 +1,6 @@
-"""The active learner's LeNet: scoring pool patches by EGL or another acquisition (sharded over DDP ranks), updating it with
-SGD (paper 002: lr 0.01, batch 32, the 8 dihedral variants of every labelled patch; Algorithm 1's line 7)
-and the per-round validation and test metrics."""
+"""The active learner's LeNet: scoring pool patches by EGL or another acquisition (sharded over DDP ranks),
+updating it with SGD (paper 002: lr 0.01, batch 32, the 8 dihedral variants of every labelled patch;
+Algorithm 1's line 7) and the per-round validation and test metrics."""
 
 from __future__ import annotations
 
@@ -33,8 +33,19 @@ def apply_dihedral(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
 
 
 def sgd_epochs(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, backward, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
-    batch_size: int, variants: int, generator: torch.Generator, device: torch.device, rank: int = 0, world: int = 1,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    backward,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    variants: int,
+    generator: torch.Generator,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
     class_weight: torch.Tensor | None = None,
 ) -> float:
     """``epochs`` shuffled passes over ``x`` (each sample in ``variants`` dihedral versions: 8 or 1),
@@ -71,7 +82,9 @@ def balanced_weights(y: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_patches(net: torch.nn.Module, pool: ExudatePatches, eval_items: dict[str, np.ndarray], batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate_patches(
+    net: torch.nn.Module, pool: ExudatePatches, eval_items: dict[str, np.ndarray], batch_size: int, device: torch.device
+) -> dict[str, float]:
     """``<split>/{loss,acc,f1,sensitivity,specificity,auroc}`` of ``net`` on each split's pool items
     (exudate = positive class, threshold 0.5 on the softmax, as paper 002 reports).
 
@@ -88,7 +101,12 @@ def evaluate_patches(net: torch.nn.Module, pool: ExudatePatches, eval_items: dic
     for name, items in eval_items.items():
         if not len(items):
             continue
-        logits = torch.cat([net(pool.tensor(items[s : s + batch_size]).to(device)).float().cpu() for s in range(0, len(items), batch_size)])
+        logits = torch.cat(
+            [
+                net(pool.tensor(items[s : s + batch_size]).to(device)).float().cpu()
+                for s in range(0, len(items), batch_size)
+            ]
+        )
         y = torch.from_numpy(labels[items].astype(np.int64))
         p = torch.softmax(logits, 1)[:, 1]
         scored[name] = (p, y)
@@ -133,8 +151,15 @@ def best_f1_threshold(p: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def score_items(
-    net: torch.nn.Module, pool: ExudatePatches, items: np.ndarray, scope: Scope, batch_size: int, fabric,
-    acquisition: str = "egl", mc_samples: int = 20, seed: int = 0,
+    net: torch.nn.Module,
+    pool: ExudatePatches,
+    items: np.ndarray,
+    scope: Scope,
+    batch_size: int,
+    fabric,
+    acquisition: str = "egl",
+    mc_samples: int = 20,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Acquisition scores (EGL by default; :mod:`retinalab.active.heuristics`) and p(exudate) of pool
     ``items`` in batches of ``batch_size`` (on the CPU, in ``items``' order); under DDP each rank of

@@ -84,11 +84,15 @@ class FundusImageDataset(Dataset):
         if mask_fraction and transform is not None:
             raise ValueError("mask_fraction is for evaluation images: it cannot go with a (training) transform")
         if with_masks and truth_dataset_root is not None:
-            raise ValueError("truth_dataset_root is for photographs without published masks: it cannot go with with_masks")
+            raise ValueError(
+                "truth_dataset_root is for photographs without published masks: it cannot go with with_masks"
+            )
         self.records = list(records)
         self.size, self.target, self.with_masks, self.lesions = size, target, with_masks, tuple(lesions)
         self.transform, self.crop_fov, self.normalize, self.on_error = transform, crop_fov, normalize, on_error
-        self.truth_dataset_root = None if truth_dataset_root is None else Path(truth_dataset_root).expanduser().resolve()
+        self.truth_dataset_root = (
+            None if truth_dataset_root is None else Path(truth_dataset_root).expanduser().resolve()
+        )
         self.mask_fraction = mask_fraction and (with_masks or self.truth_dataset_root is not None)
 
     def _with_truth(self, r: FundusRecord) -> FundusRecord:
@@ -97,7 +101,9 @@ class FundusImageDataset(Dataset):
         try:
             found = truth_masks(self.truth_dataset_root, image)
         except ValueError as e:
-            raise DataFormatError(f"{r.image_path}: not under {self.truth_dataset_root}, whose _truth folder holds the drawn masks") from e
+            raise DataFormatError(
+                f"{r.image_path}: not under {self.truth_dataset_root}, whose _truth folder holds the drawn masks"
+            ) from e
         return replace(r, masks={les: found.get(les) for les in self.lesions})
 
     def __len__(self) -> int:
@@ -107,8 +113,14 @@ class FundusImageDataset(Dataset):
         r = self.records[k]
         truth = self.truth_dataset_root is not None
         try:
-            pre = load_fundus(self._with_truth(r) if truth else r, self.size, self.crop_fov, self.normalize,
-                              self.lesions if self.with_masks or truth else None, mask_mode="fraction" if self.mask_fraction else "any")
+            pre = load_fundus(
+                self._with_truth(r) if truth else r,
+                self.size,
+                self.crop_fov,
+                self.normalize,
+                self.lesions if self.with_masks or truth else None,
+                mask_mode="fraction" if self.mask_fraction else "any",
+            )
         except DataFormatError as e:
             if self.on_error == "raise":
                 raise

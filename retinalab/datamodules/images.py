@@ -41,14 +41,28 @@ class _ImageDataModule(FundusDataModule):
     batch_size: int
     num_workers: int
 
-    def _init_common(self, dataset: str, root: str, reader_args: dict[str, Any] | None, idrid_subset: str, **kw: Any) -> None:
+    def _init_common(
+        self, dataset: str, root: str, reader_args: dict[str, Any] | None, idrid_subset: str, **kw: Any
+    ) -> None:
         """Store the arguments both image datamodules share; IDRiD defaults to ``idrid_subset``."""
         if dataset == "idrid" and not reader_args:
             reader_args = {"subsets": [idrid_subset]}
         self.dataset, self.root, self.reader_args = dataset, root, reader_args or {}
         check_reader_args(dataset, self.reader_args)  # before anything is read
-        for name in ("image_size", "crop_fov", "normalize", "split_mode", "val_size", "test_size", "seed",
-                     "batch_size", "num_workers", "augment", "on_error", "split_file"):
+        for name in (
+            "image_size",
+            "crop_fov",
+            "normalize",
+            "split_mode",
+            "val_size",
+            "test_size",
+            "seed",
+            "batch_size",
+            "num_workers",
+            "augment",
+            "on_error",
+            "split_file",
+        ):
             setattr(self, name, kw[name])
         self.parts: dict[str, list[FundusRecord]] = {}
 
@@ -59,13 +73,18 @@ class _ImageDataModule(FundusDataModule):
         if self.split_mode == "official":
             official = [r.split for r in records]
             if "test" not in official:
-                raise ConfigError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
+                raise ConfigError(
+                    f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'"
+                )
         idx = split_indices([r.group for r in records], self.val_size, self.test_size, self.seed, strata, official)
         return {k: [records[i] for i in v] for k, v in idx.items()}
 
     def _check_trainable(self) -> None:
         if not self.parts.get("train"):
-            raise ConfigError(f"{self.dataset}: split_mode={self.split_mode!r} leaves no training images; use `retinalab test` with it, or another split_mode")
+            raise ConfigError(
+                f"{self.dataset}: split_mode={self.split_mode!r} leaves no training images; use `retinalab test` with "
+                "it, or another split_mode"
+            )
 
     def _ds(self, part: str, train: bool) -> FundusImageDataset:
         raise NotImplementedError
@@ -145,9 +164,22 @@ class GradingDataModule(_ImageDataModule):
         super().__init__()
         self.sampler = sampler
         self._init_common(
-            dataset, root, reader_args, "grading", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
-            split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
-            num_workers=num_workers, augment=augment, on_error=on_error, split_file=split_file,
+            dataset,
+            root,
+            reader_args,
+            "grading",
+            image_size=image_size,
+            crop_fov=crop_fov,
+            normalize=normalize,
+            split_mode=split_mode,
+            val_size=val_size,
+            test_size=test_size,
+            seed=seed,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            augment=augment,
+            on_error=on_error,
+            split_file=split_file,
         )
         self.target = target
 
@@ -178,8 +210,14 @@ class GradingDataModule(_ImageDataModule):
     def _ds(self, part: str, train: bool) -> FundusImageDataset:
         tf = image_train_transform(self.image_size) if (train and self.augment) else None
         return FundusImageDataset(
-            self.parts[part], self.image_size, self.target, False, transform=tf, crop_fov=self.crop_fov,
-            normalize=self.normalize, on_error=self.on_error,
+            self.parts[part],
+            self.image_size,
+            self.target,
+            False,
+            transform=tf,
+            crop_fov=self.crop_fov,
+            normalize=self.normalize,
+            on_error=self.on_error,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -269,12 +307,29 @@ class SegmentationDataModule(_ImageDataModule):
         super().__init__()
         if image_level_truth not in ("eval", "all", "off"):
             raise ConfigError(f"image_level_truth must be 'eval', 'all' or 'off', got {image_level_truth!r}")
-        self.eval_masks, self.image_level_sampler, self.image_level_truth = eval_masks, image_level_sampler, image_level_truth
+        self.eval_masks, self.image_level_sampler, self.image_level_truth = (
+            eval_masks,
+            image_level_sampler,
+            image_level_truth,
+        )
         self.truth_root: Path | None = None  # the image-level root when its photographs carry drawn masks (setup)
         self._init_common(
-            dataset, root, reader_args, "segmentation", image_size=image_size, crop_fov=crop_fov, normalize=normalize,
-            split_mode=split_mode, val_size=val_size, test_size=test_size, seed=seed, batch_size=batch_size,
-            num_workers=num_workers, augment=augment, on_error=on_error, split_file=split_file,
+            dataset,
+            root,
+            reader_args,
+            "segmentation",
+            image_size=image_size,
+            crop_fov=crop_fov,
+            normalize=normalize,
+            split_mode=split_mode,
+            val_size=val_size,
+            test_size=test_size,
+            seed=seed,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            augment=augment,
+            on_error=on_error,
+            split_file=split_file,
         )
         self.lesions = tuple(lesions or LESIONS)
         bad = [k for k in self.lesions if k not in LESIONS]
@@ -305,11 +360,17 @@ class SegmentationDataModule(_ImageDataModule):
             held = {r.image_path for p in ("val", "test") for r in self.parts[p]}
             extra = [r for r in extra if not r.has_lesion_masks and r.image_path not in held and r.grade is not None]
             if not extra:
-                raise ConfigError(f"{self.image_level_dataset} at {self.image_level_root}: no graded images without masks")
+                raise ConfigError(
+                    f"{self.image_level_dataset} at {self.image_level_root}: no graded images without masks"
+                )
             official = [r.split for r in extra] if any(r.split == "test" for r in extra) else None
             idx = split_indices(
-                [r.group for r in extra], self.image_level_val_size, self.image_level_test_size, self.seed,
-                [int(r.grade) for r in extra], official,
+                [r.group for r in extra],
+                self.image_level_val_size,
+                self.image_level_test_size,
+                self.seed,
+                [int(r.grade) for r in extra],
+                official,
             )
             for part, name in (("train", "image_level"), ("val", "image_level_val"), ("test", "image_level_test")):
                 self.parts[name] = [extra[i] for i in idx[part]]
@@ -325,9 +386,11 @@ class SegmentationDataModule(_ImageDataModule):
         root = Path(str(self.image_level_root)).expanduser()
         if truth_folder(root) is None:
             if self.image_level_truth == "all":
-                raise ConfigError(f"data.image_level_truth: all (the oracle arm) needs the lesion masks retinalab synth keeps under "
-                                 f"{root / TRUTH_DIR}; {root} has none (not a synthetic dataset, or drawn by an older retinalab): "
-                                 f"draw it again with retinalab synth, or use image_level_truth: eval")
+                raise ConfigError(
+                    f"data.image_level_truth: all (the oracle arm) needs the lesion masks retinalab synth keeps under "
+                    f"{root / TRUTH_DIR}; {root} has none (not a synthetic dataset, or drawn by an older retinalab): "
+                    f"draw it again with retinalab synth, or use image_level_truth: eval"
+                )
             return None
         return root
 
@@ -337,11 +400,24 @@ class SegmentationDataModule(_ImageDataModule):
     def _ds(self, part: str, train: bool, with_masks: bool = True) -> FundusImageDataset:
         tf = image_train_transform(self.image_size) if (train and self.augment) else None
         truth = None
-        if part.startswith("image_level") and self.truth_root is not None and (not train or self.image_level_truth == "all"):
+        if (
+            part.startswith("image_level")
+            and self.truth_root is not None
+            and (not train or self.image_level_truth == "all")
+        ):
             truth = self.truth_root
         return FundusImageDataset(
-            self.parts[part], self.image_size, "grade", with_masks, self.lesions, tf, self.crop_fov, self.normalize, self.on_error,
-            mask_fraction=not train and self.eval_masks == "fraction", truth_dataset_root=truth,
+            self.parts[part],
+            self.image_size,
+            "grade",
+            with_masks,
+            self.lesions,
+            tf,
+            self.crop_fov,
+            self.normalize,
+            self.on_error,
+            mask_fraction=not train and self.eval_masks == "fraction",
+            truth_dataset_root=truth,
         )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
@@ -349,8 +425,12 @@ class SegmentationDataModule(_ImageDataModule):
         pixel = self._loader(self._ds("train", True), shuffle=True)
         if "image_level" not in self.parts:
             return pixel
-        image = self._loader(self._ds("image_level", True, with_masks=False), True, self.image_level_batch_size,
-                             balanced=self.image_level_sampler == "balanced")
+        image = self._loader(
+            self._ds("image_level", True, with_masks=False),
+            True,
+            self.image_level_batch_size,
+            balanced=self.image_level_sampler == "balanced",
+        )
         return CombinedLoader({"pixel": pixel, "image": image}, mode="max_size_cycle")
 
     def _eval_loaders(self, part: str) -> DataLoader | list[DataLoader]:
@@ -358,7 +438,10 @@ class SegmentationDataModule(_ImageDataModule):
         pixel = self._loader(self._ds(part, False), shuffle=False)
         if f"image_level_{part}" not in self.parts or not self.parts[f"image_level_{part}"]:
             return pixel
-        return [pixel, self._loader(self._ds(f"image_level_{part}", False, with_masks=False), False, self.image_level_batch_size)]
+        return [
+            pixel,
+            self._loader(self._ds(f"image_level_{part}", False, with_masks=False), False, self.image_level_batch_size),
+        ]
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._eval_loaders("val")

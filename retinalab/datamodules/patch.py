@@ -165,7 +165,10 @@ class PatchDataModule(FundusDataModule):
         )
         self.include_unknown = include_unknown
         if split_mode not in ("random", "official"):
-            raise ValueError(f"PatchDataModule: split_mode must be 'random' or 'official', got {split_mode!r} (score a whole dataset with --data.predict_split all)")
+            raise ValueError(
+                f"PatchDataModule: split_mode must be 'random' or 'official', got {split_mode!r} (score a whole "
+                "dataset with --data.predict_split all)"
+            )
         self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
         self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
         if unlabeled_pool not in ("all", "rest"):
@@ -174,20 +177,35 @@ class PatchDataModule(FundusDataModule):
         if isinstance(unlabeled_ratio, bool) or not isinstance(unlabeled_ratio, int) or unlabeled_ratio < 1:
             raise ConfigError(f"unlabeled_ratio must be a positive int (FixMatch's mu), got {unlabeled_ratio!r}")
         if not 0 <= strong_cutout <= 1 or strong_ops < 0:
-            raise ValueError(f"strong_cutout must lie in [0, 1] and strong_ops be >= 0, got {strong_cutout!r} and {strong_ops!r}")
+            raise ValueError(
+                f"strong_cutout must lie in [0, 1] and strong_ops be >= 0, got {strong_cutout!r} and {strong_ops!r}"
+            )
         self.unlabeled_ratio, self.unlabeled_strong = unlabeled_ratio, unlabeled_strong
         check_strong_policy(strong_policy)
         self.strong_ops, self.strong_cutout, self.strong_policy = strong_ops, strong_cutout, strong_policy
-        if batches_per_epoch is not None and batches_per_epoch != "unlabeled" and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
-            raise ConfigError(f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}")
+        if (
+            batches_per_epoch is not None
+            and batches_per_epoch != "unlabeled"
+            and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1)
+        ):
+            raise ConfigError(
+                f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}"
+            )
         self.batches_per_epoch = batches_per_epoch
         if labeled_selection is not None and not isinstance(labeled_selection, LabeledChooser):
-            raise ConfigError(f"labeled_selection must be None (random) or a LabeledChooser such as retinalab.active.EGLChooser, "
-                              f"got {labeled_selection!r}")
+            raise ConfigError(
+                f"labeled_selection must be None (random) or a LabeledChooser such as retinalab.active.EGLChooser, "
+                f"got {labeled_selection!r}"
+            )
         self.labeled_selection = labeled_selection
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir, self.cache_workers = cache_dir, cache_workers
-        self.augment, self.augment_policy, self.on_error, self.split_file = augment, augment_policy, on_error, split_file
+        self.augment, self.augment_policy, self.on_error, self.split_file = (
+            augment,
+            augment_policy,
+            on_error,
+            split_file,
+        )
         self.cache: PatchCache | None = None
         self.rows: dict[str, np.ndarray] = {}
 
@@ -237,7 +255,9 @@ class PatchDataModule(FundusDataModule):
         if self.split_mode == "official":
             official = [cache.images[i]["split"] for i in known_rows]
             if "test" not in official:
-                raise ValueError(f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'")
+                raise ValueError(
+                    f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'"
+                )
         parts = split_indices(groups, self.val_size, self.test_size, self.seed, strata, official)
         train = known_rows[parts["train"]]
         if self.labeled_selection is not None and self.num_labeled_images is not None:
@@ -307,8 +327,15 @@ class PatchDataModule(FundusDataModule):
         return np.array([(lab == 0).sum(), (lab == 1).sum()], dtype=np.int64)
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, rows: np.ndarray, train: bool, hide: bool = False, num_batches: int | None = None, batch_size: int | None = None,
-                strong: bool = False) -> DataLoader:
+    def _loader(
+        self,
+        rows: np.ndarray,
+        train: bool,
+        hide: bool = False,
+        num_batches: int | None = None,
+        batch_size: int | None = None,
+        strong: bool = False,
+    ) -> DataLoader:
         """A loader over ``rows``; ``num_batches`` makes an epoch that many batches, drawn from
         successive random permutations of the data (so a small labelled set is cycled); ``strong``
         adds FixMatch's strongly augmented view (``image_strong``)."""
@@ -326,8 +353,17 @@ class PatchDataModule(FundusDataModule):
                 make = patch_table5_transform if self.augment_policy == "table5" else patch_train_transform
                 tf = make(self.cache_config.grid.out_size, seed=seed)
             # the strong view draws a stream of its own (stream 2), apart from the weak view's
-            strong_tf = patch_strong_transform(self.cache_config.grid.out_size, ops=self.strong_ops, cutout=self.strong_cutout,
-                                               policy=self.strong_policy, seed=default_seed(stream=2)) if strong else None
+            strong_tf = (
+                patch_strong_transform(
+                    self.cache_config.grid.out_size,
+                    ops=self.strong_ops,
+                    cutout=self.strong_cutout,
+                    policy=self.strong_policy,
+                    seed=default_seed(stream=2),
+                )
+                if strong
+                else None
+            )
             ds = PatchDataset(self.cache, rows, tf, hide_labels=hide, strong_transform=strong_tf)
         sampler = RandomSampler(ds, num_samples=num_batches * batch_size) if num_batches is not None else None
         return DataLoader(
@@ -352,18 +388,28 @@ class PatchDataModule(FundusDataModule):
         if len(self.rows["labeled"]) == 0:
             raise ConfigError("num_labeled_images=0: there is no labelled training image")
         if self.batches_per_epoch == "unlabeled" and len(self.rows["unlabeled"]) == 0:
-            raise ConfigError("batches_per_epoch='unlabeled' but the unlabelled pool is empty; set unlabeled_pool: all or an int")
+            raise ConfigError(
+                "batches_per_epoch='unlabeled' but the unlabelled pool is empty; set unlabeled_pool: all or an int"
+            )
         n = self.train_batches_per_epoch()
         labeled = self._loader(self.rows["labeled"], train=True, num_batches=n)
         if not self.unlabeled:
             return labeled
         if len(self.rows["unlabeled"]) == 0:
-            raise ConfigError("unlabeled=True but the unlabelled pool is empty: every training image is labelled and "
-                             "unlabeled_pool='rest'; use unlabeled_pool: all or lower num_labeled_images")
+            raise ConfigError(
+                "unlabeled=True but the unlabelled pool is empty: every training image is labelled and "
+                "unlabeled_pool='rest'; use unlabeled_pool: all or lower num_labeled_images"
+            )
         if self.unlabeled_strong and self.serve == "images":
             raise ConfigError("unlabeled_strong (FixMatch's strong view) is for patches; set serve: patches")
-        unlabeled = self._loader(self.rows["unlabeled"], train=True, hide=True, num_batches=n,
-                                 batch_size=self.batch_size * self.unlabeled_ratio, strong=self.unlabeled_strong)
+        unlabeled = self._loader(
+            self.rows["unlabeled"],
+            train=True,
+            hide=True,
+            num_batches=n,
+            batch_size=self.batch_size * self.unlabeled_ratio,
+            strong=self.unlabeled_strong,
+        )
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
@@ -375,7 +421,9 @@ class PatchDataModule(FundusDataModule):
     def predict_dataloader(self) -> DataLoader:
         """One image per step (all its patches): a cached split, or ``predict_folder``."""
         if self.predict_folder is not None:
-            ds: Dataset = FolderImagePatches(self.predict_folder, self.cache_config, self.serve == "images", self.already_predicted())
+            ds: Dataset = FolderImagePatches(
+                self.predict_folder, self.cache_config, self.serve == "images", self.already_predicted()
+            )
         else:
             assert self.cache is not None
             rows = np.arange(len(self.cache)) if self.predict_split == "all" else self.rows[self.predict_split]

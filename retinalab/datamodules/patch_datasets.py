@@ -36,8 +36,14 @@ class PatchDataset(Dataset):
             (FixMatch's strongly augmented view; ``image`` is then the weak view).
     """
 
-    def __init__(self, cache: PatchCache, rows: np.ndarray, transform: Any = None, hide_labels: bool = False,
-                 strong_transform: Any = None) -> None:
+    def __init__(
+        self,
+        cache: PatchCache,
+        rows: np.ndarray,
+        transform: Any = None,
+        hide_labels: bool = False,
+        strong_transform: Any = None,
+    ) -> None:
         self.cache = cache
         self.rows = np.asarray(rows, dtype=np.int64)
         self.g = cache.patches_per_image
@@ -73,7 +79,12 @@ class CachedImages(Dataset):
     """
 
     def __init__(self, cache: PatchCache, rows: np.ndarray, transform: Any = None, hide_labels: bool = False) -> None:
-        self.cache, self.rows, self.transform, self.hide_labels = cache, np.asarray(rows, dtype=np.int64), transform, hide_labels
+        self.cache, self.rows, self.transform, self.hide_labels = (
+            cache,
+            np.asarray(rows, dtype=np.int64),
+            transform,
+            hide_labels,
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,7 +110,9 @@ class CachedImagePatches(Dataset):
     (t x t bool union lesion mask, or ``None`` when the image has no pixel annotation).
     """
 
-    def __init__(self, cache: PatchCache, rows: np.ndarray, whole_image: bool = False, skip: set[str] | None = None) -> None:
+    def __init__(
+        self, cache: PatchCache, rows: np.ndarray, whole_image: bool = False, skip: set[str] | None = None
+    ) -> None:
         if skip:
             rows = [i for i in rows if cache.images[int(i)]["image_id"] not in skip]
         self.cache, self.rows, self.whole_image = cache, np.asarray(rows, dtype=np.int64), whole_image
@@ -128,13 +141,17 @@ class FolderImagePatches(Dataset):
     whose id (path relative to ``folder``) is in ``skip`` are left out (a resumed prediction).
     """
 
-    def __init__(self, folder: str | Path, config: PatchCacheConfig, whole_image: bool = False, skip: set[str] | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, config: PatchCacheConfig, whole_image: bool = False, skip: set[str] | None = None
+    ) -> None:
         self.whole_image = whole_image
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"predict_folder={str(self.folder)!r} is not a folder")
         self.files = sorted(
-            p for p in self.folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            p
+            for p in self.folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
         )
         others = [p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
         if others:
@@ -153,7 +170,9 @@ class FolderImagePatches(Dataset):
         image_id = path.relative_to(self.folder).as_posix()
         cfg = self.config
         try:
-            pre = load_fundus(FundusRecord(image_id, path), cfg.grid.image_size, cfg.crop_fov, cfg.normalize, None, cfg.fast_decode)
+            pre = load_fundus(
+                FundusRecord(image_id, path), cfg.grid.image_size, cfg.crop_fov, cfg.normalize, None, cfg.fast_decode
+            )
         except DataFormatError as e:
             return {"image_id": image_id, "error": str(e)}
         t = cfg.thumb_size

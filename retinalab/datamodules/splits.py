@@ -111,7 +111,9 @@ def choose_labeled(
         return sorted(candidates), []
     k = _target(num_labeled_images, len(candidates), "num_labeled_images")
     if k > len(candidates):
-        raise ConfigError(f"num_labeled_images={num_labeled_images} but only {len(candidates)} training images have labels")
+        raise ConfigError(
+            f"num_labeled_images={num_labeled_images} but only {len(candidates)} training images have labels"
+        )
     perm = np.random.default_rng(seed + 1_000_003).permutation(len(candidates))
     chosen = {candidates[p] for p in perm[:k]}
     return sorted(chosen), sorted(set(candidates) - chosen)
@@ -134,4 +136,3 @@ class LabeledChooser:
 def split_hash(split: dict[str, Sequence[str]]) -> str:
     """Short content hash of a split (ids per part), for manifests and run names."""
     return hashlib.sha256(json.dumps({k: list(v) for k, v in sorted(split.items())}).encode()).hexdigest()[:12]
-

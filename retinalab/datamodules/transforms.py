@@ -145,8 +145,14 @@ def check_strong_policy(policy: str) -> None:
         raise ValueError(f"strong_policy must be one of {', '.join(map(repr, get_args(StrongPolicy)))}, got {policy!r}")
 
 
-def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float = 0.5, policy: StrongPolicy = "randaugment",
-                           seed: int | None = None) -> A.Compose:
+def patch_strong_transform(
+    size: int,
+    pad: int = 2,
+    ops: int = 2,
+    cutout: float = 0.5,
+    policy: StrongPolicy = "randaugment",
+    seed: int | None = None,
+) -> A.Compose:
     """FixMatch's strong augmentation (Sohn et al. 2020, section 2.3 and appendix D), built from
     albumentations: the weak view's random crop and flips, then ``ops`` operations drawn at random
     (without replacement) from a list, each at a random magnitude, then Cutout: one grey square hole
@@ -157,8 +163,8 @@ def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float 
     shear x/y, solarise, translate x/y by up to 30%). ``lesion_safe``: the operations that keep what
     tells a lesion from a look-alike (its colour) and keep a lesion inside its patch: identity,
     rotate, shear x/y, translate x/y by up to 12.5% (4 of 32 px), sharpness, and an exposure change
-    of up to 20% (all channels times one factor; photographs differ that much anyway). On the ``scarce`` preset, FixMatch with
-    ``randaugment`` fell below the ConvNet trained on the labelled patches alone, and without the
+    of up to 20% (all channels times one factor; photographs differ that much anyway). On the ``scarce``
+    preset, FixMatch with ``randaugment`` fell below the ConvNet trained on the labelled patches alone, and without the
     RandAugment operations it came back level (docs/benchmarks.md): solarised, posterised or equalised
     patches train the classifier to ignore the colours that separate exudates from drusen and
     haemorrhages from pigment.
@@ -206,8 +212,11 @@ def patch_strong_transform(size: int, pad: int = 2, ops: int = 2, cutout: float 
         A.SomeOf(candidates, n=ops, replace=False, p=1.0),
     ]
     if cutout > 0:
-        transforms.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.0, cutout), hole_width_range=(0.0, cutout),
-                                          fill=127, p=1.0))
+        transforms.append(
+            A.CoarseDropout(
+                num_holes_range=(1, 1), hole_height_range=(0.0, cutout), hole_width_range=(0.0, cutout), fill=127, p=1.0
+            )
+        )
     return _compose(transforms, seed)
 
 
@@ -216,7 +225,12 @@ def patch_table5_transform(size: int, seed: int | None = None) -> A.Compose:
     flips, horizontal and vertical shifts of up to 30%."""
     return _compose(
         [
-            A.Affine(rotate=(0, 180), translate_percent={"x": (-0.3, 0.3), "y": (-0.3, 0.3)}, border_mode=cv2.BORDER_REFLECT_101, p=1.0),
+            A.Affine(
+                rotate=(0, 180),
+                translate_percent={"x": (-0.3, 0.3), "y": (-0.3, 0.3)},
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=1.0,
+            ),
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
         ],

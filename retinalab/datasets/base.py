@@ -184,9 +184,7 @@ def read_table(path: Path, required: Sequence[str], dataset: str, **kwargs) -> p
     df = df.dropna(how="all")
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataFormatError(
-            f"{dataset}: label file {path} lacks column(s) {missing}; found {list(df.columns)}"
-        )
+        raise DataFormatError(f"{dataset}: label file {path} lacks column(s) {missing}; found {list(df.columns)}")
     return df
 
 
@@ -200,9 +198,7 @@ def parse_int(value: object, path: Path, row: int, column: str) -> int | None:
     try:
         return int(float(s))
     except ValueError as e:
-        raise DataFormatError(
-            f"{path}: row {row + 2}, column {column!r}: {value!r} is not an integer label"
-        ) from e
+        raise DataFormatError(f"{path}: row {row + 2}, column {column!r}: {value!r} is not an integer label") from e
 
 
 def check_unique(records: Iterable[FundusRecord], dataset: str) -> list[FundusRecord]:

@@ -48,8 +48,11 @@ SPLITS = ("train", "test")
 
 def _images(root: Path) -> list[Path]:
     return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not p.name.startswith(".")
         and p.relative_to(root).parts[0] not in ("masks", "_truth")  # _truth: the synthetic generator's hidden masks
     )
 
@@ -93,7 +96,9 @@ def read_folder(root: str | Path, labels: str = "labels.csv", on_error: OnError 
                 if not hits:
                     raise DataFormatError(f"{table}: row {i + 2} names image {name!r}, which is not under {base}")
                 if len(hits) > 1:
-                    raise DataFormatError(f"{table}: row {i + 2}: {name!r} matches {len(hits)} images; use the path relative to the root")
+                    raise DataFormatError(
+                        f"{table}: row {i + 2}: {name!r} matches {len(hits)} images; use the path relative to the root"
+                    )
                 path = hits[0]
                 if path in info:
                     raise DataFormatError(f"{table}: row {i + 2}: image {name!r} is listed twice")
@@ -106,7 +111,9 @@ def read_folder(root: str | Path, labels: str = "labels.csv", on_error: OnError 
                 split = str(row.get("split") or "").strip().lower() if "split" in cols else ""
                 split = "" if split == "nan" else split
                 if split and split not in SPLITS:
-                    raise DataFormatError(f"{table}: row {i + 2}: split {row.get('split')!r} is not one of {list(SPLITS)}")
+                    raise DataFormatError(
+                        f"{table}: row {i + 2}: split {row.get('split')!r} is not one of {list(SPLITS)}"
+                    )
                 patient = str(row.get("patient") or "").strip() if "patient" in cols else ""
                 patient = "" if patient == "nan" else patient
             except DataFormatError as e:
@@ -156,6 +163,9 @@ def _masks(base: Path, files: list[Path]) -> dict[Path, dict[str, Path | None]]:
             if not owners:
                 raise DataFormatError(f"folder: mask {m} has no image named {m.stem}.* under {base}")
             if len(owners) > 1:
-                raise DataFormatError(f"folder: mask {m} matches {len(owners)} images named {m.stem}.*; image stems must be unique to carry masks")
+                raise DataFormatError(
+                    f"folder: mask {m} matches {len(owners)} images named {m.stem}.*; image stems must be unique to "
+                    "carry masks"
+                )
             out.setdefault(owners[0], {})[lesion] = m
     return out

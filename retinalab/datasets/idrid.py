@@ -6,7 +6,8 @@ or one level above it, and the nested duplicates ``A. Segmentation/A. Segmentati
     A. Segmentation/
       1. Original Images/{a. Training Set,b. Testing Set}/IDRiD_NN.jpg
       2. All Segmentation Groundtruths/{a. Training Set,b. Testing Set}/
-         {1. Microaneurysms,2. Haemorrhages,3. Hard Exudates,4. Soft Exudates,5. Optic Disc}/IDRiD_NN_{MA,HE,EX,SE,OD}.tif
+         1. Microaneurysms/IDRiD_NN_MA.tif    2. Haemorrhages/IDRiD_NN_HE.tif    3. Hard Exudates/IDRiD_NN_EX.tif
+         4. Soft Exudates/IDRiD_NN_SE.tif     5. Optic Disc/IDRiD_NN_OD.tif
     B. Disease Grading/
       1. Original Images/{a. Training Set,b. Testing Set}/IDRiD_NNN.jpg
       2. Groundtruths/{a. IDRiD_Disease Grading_Training Labels.csv,b. IDRiD_Disease Grading_Testing Labels.csv}

@@ -35,7 +35,13 @@ from pathlib import Path
 
 from ..utils.errors import ConfigError
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 #: imported once by the fork server CPU jobs start from (third-party only: retinalab's own modules are
 #: imported by each job, after its environment is set)
 PRELOAD = ("torch", "torchvision", "torchmetrics", "pytorch_lightning", "albumentations", "cv2")
@@ -107,7 +113,10 @@ def plan_slots(parallel: int, devices: str | None = None, cores: int | None = No
         seen = visible_gpus()
         if spec in ("auto", "cuda", "gpu"):
             if not seen and spec != "auto":
-                raise ConfigError(f"--devices {devices}: no CUDA device is visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+                raise ConfigError(
+                    f"--devices {devices}: no CUDA device is visible "
+                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+                )
             gpus = list(seen) or [None]
         else:
             try:
@@ -116,7 +125,9 @@ def plan_slots(parallel: int, devices: str | None = None, cores: int | None = No
                 raise ConfigError(f"--devices {devices!r}: use cpu, cuda, auto or GPU indices such as 0,1") from None
             missing = [g for g in gpus if g not in seen]
             if missing or not gpus:
-                raise ConfigError(f"--devices {devices}: GPU(s) {missing or gpus} not visible; visible: {seen or 'none'}")
+                raise ConfigError(
+                    f"--devices {devices}: GPU(s) {missing or gpus} not visible; visible: {seen or 'none'}"
+                )
     n = parallel * len(gpus)
     threads = max(1, cores // n)
     return [Slot(g, threads) for _ in range(parallel) for g in gpus]
@@ -158,7 +169,9 @@ def cap_workers(datamodule: object, threads: int | None) -> None:
 
 def _fmt(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def run_jobs(
@@ -196,7 +209,9 @@ def run_jobs(
                 if slot.gpu is None and _forkable(job.argv, env, slot_env.keys()):
                     proc = _Forked(job.argv, job.log, env)
                 else:
-                    proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                    proc = subprocess.Popen(
+                        job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                    )
                 running[proc] = (job, slot, time.monotonic(), fh)
             time.sleep(poll)
             for proc in [p for p in running if p.poll() is not None]:
@@ -211,8 +226,11 @@ def run_jobs(
                 elapsed = time.monotonic() - t0
                 left = elapsed / done * (total - done) if done < total else 0.0
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; log {job.log})"
-                print(f"{prefix}{done}/{total} {job.name} {status} in {_fmt(took)} on {slot.label}; "
-                      f"{_fmt(elapsed)} elapsed, ~{_fmt(left)} left", flush=True)
+                print(
+                    f"{prefix}{done}/{total} {job.name} {status} in {_fmt(took)} on {slot.label}; "
+                    f"{_fmt(elapsed)} elapsed, ~{_fmt(left)} left",
+                    flush=True,
+                )
     except BaseException:
         for proc, (job, _slot, _start, fh) in running.items():
             _stop(proc)
@@ -269,7 +287,9 @@ def _forkable(argv: Sequence[str], env: dict[str, str], slot_vars: Iterable[str]
     environment ``env`` must equal the server's except in ``slot_vars``, what its slot sets (thread
     counts and device, read at run time, not at import: safe for a forked job)."""
     global _server_env
-    if os.environ.get("RETINALAB_FORK_SERVER", "1").strip().lower() in ("0", "false", "no", "off") or not _python_entry(argv):
+    if os.environ.get("RETINALAB_FORK_SERVER", "1").strip().lower() in ("0", "false", "no", "off") or not _python_entry(
+        argv
+    ):
         return False
     import multiprocessing as mp
     from multiprocessing import forkserver
@@ -292,7 +312,9 @@ class _Forked:
     def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str]) -> None:
         import multiprocessing as mp
 
-        self._process = mp.get_context("forkserver").Process(target=_run_forked, args=(list(argv), str(log), env), daemon=False)
+        self._process = mp.get_context("forkserver").Process(
+            target=_run_forked, args=(list(argv), str(log), env), daemon=False
+        )
         # multiprocessing re-imports the parent's __main__ in the child (as __mp_main__) when it names a
         # module or a file: an unguarded script, or `python -m retinalab` itself, would run again there.
         # The job runs its own __main__, so the parent's is hidden while the child is made.

@@ -33,17 +33,44 @@ def collect(study: Study) -> dict[str, Any]:
     metrics = study.metrics or sorted({k for r in rows for k in r["metrics"] if not k.startswith("test_last/")})
     # each test metric also for the final weights, after the best-on-validation checkpoint's
     metrics = [*metrics, *(m.replace("test/", "test_last/", 1) for m in metrics if m.startswith("test/"))]
-    write_csv_atomic(study.out_dir / "results.csv", ["method", "labelled", "seed", *metrics],
-                     [[r["method"], "all" if r["labelled"] is None else r["labelled"], r["seed"], *[r["metrics"].get(m, "") for m in metrics]]
-                      for r in rows])
-    md = [f"# Study {study.name}", "", f"{len(rows)} of {len(study.cells())} cells finished, {len(failed)} failed; mean +- std over seeds.", ""]
+    write_csv_atomic(
+        study.out_dir / "results.csv",
+        ["method", "labelled", "seed", *metrics],
+        [
+            [
+                r["method"],
+                "all" if r["labelled"] is None else r["labelled"],
+                r["seed"],
+                *[r["metrics"].get(m, "") for m in metrics],
+            ]
+            for r in rows
+        ],
+    )
+    md = [
+        f"# Study {study.name}",
+        "",
+        f"{len(rows)} of {len(study.cells())} cells finished, {len(failed)} failed; mean +- std over seeds.",
+        "",
+    ]
     counts = study.labelled
     for m in metrics:
-        md += [f"## {m}", "", "| method | " + " | ".join("all" if n is None else str(n) for n in counts) + " |", "|---|" + "---|" * len(counts)]
+        md += [
+            f"## {m}",
+            "",
+            "| method | " + " | ".join("all" if n is None else str(n) for n in counts) + " |",
+            "|---|" + "---|" * len(counts),
+        ]
         for method in study.methods:
             cells = []
             for n in counts:
-                v = [r["metrics"][m] for r in rows if r["method"] == method and r["labelled"] == n and m in r["metrics"] and not math.isnan(r["metrics"][m])]
+                v = [
+                    r["metrics"][m]
+                    for r in rows
+                    if r["method"] == method
+                    and r["labelled"] == n
+                    and m in r["metrics"]
+                    and not math.isnan(r["metrics"][m])
+                ]
                 cells.append(f"{np.mean(v):.3f} +- {np.std(v):.3f} ({len(v)})" if v else "-")
             md.append(f"| {method} | " + " | ".join(cells) + " |")
         md.append("")
@@ -64,11 +91,23 @@ def summary_table(study: Study, rows: list[dict], metric: str) -> list[dict[str,
     out = []
     for method in study.methods:
         for n in study.labelled:
-            v = [r["metrics"][metric] for r in rows if r["method"] == method and r["labelled"] == n and metric in r["metrics"]]
+            v = [
+                r["metrics"][metric]
+                for r in rows
+                if r["method"] == method and r["labelled"] == n and metric in r["metrics"]
+            ]
             v = [x for x in v if not math.isnan(x)]
             if v:
-                out.append({"method": method, "labelled": "all" if n is None else n, "metric": metric,
-                            "mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)})
+                out.append(
+                    {
+                        "method": method,
+                        "labelled": "all" if n is None else n,
+                        "metric": metric,
+                        "mean": float(np.mean(v)),
+                        "std": float(np.std(v)),
+                        "n": len(v),
+                    }
+                )
     return out
 
 
@@ -93,19 +132,36 @@ def log_summary_to_wandb(study: Study) -> Path | None:
     opts = dict(study.wandb or {})
     out = study.out_dir / "summary"
     out.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=opts.get("project", "retinalab"), entity=opts.get("entity"), group=study.name, name=f"{study.name}/summary",
-                     job_type="study-summary", tags=["study-summary", study.selection], dir=str(out), reinit=True,
-                     mode="online" if has_wandb_credentials() else "offline",
-                     config={"study": study.name, "methods": {k: str(v) for k, v in study.methods.items()},
-                             "labelled": ["all" if n is None else n for n in study.labelled], "seeds": study.seeds,
-                             "selection": study.selection, "cells": len(study.cells()), "finished": len(rows), "failed": len(res["failed"])})
+    run = wandb.init(
+        project=opts.get("project", "retinalab"),
+        entity=opts.get("entity"),
+        group=study.name,
+        name=f"{study.name}/summary",
+        job_type="study-summary",
+        tags=["study-summary", study.selection],
+        dir=str(out),
+        reinit=True,
+        mode="online" if has_wandb_credentials() else "offline",
+        config={
+            "study": study.name,
+            "methods": {k: str(v) for k, v in study.methods.items()},
+            "labelled": ["all" if n is None else n for n in study.labelled],
+            "seeds": study.seeds,
+            "selection": study.selection,
+            "cells": len(study.cells()),
+            "finished": len(rows),
+            "failed": len(res["failed"]),
+        },
+    )
     try:
         import pandas as pd
 
         payload: dict[str, Any] = {"results": wandb.Table(dataframe=pd.read_csv(study.out_dir / "results.csv"))}
         summary = [row for m in metrics for row in summary_table(study, rows, m)]
-        payload["summary"] = wandb.Table(columns=["method", "labelled", "metric", "mean", "std", "n"],
-                                         data=[[r["method"], str(r["labelled"]), r["metric"], r["mean"], r["std"], r["n"]] for r in summary])
+        payload["summary"] = wandb.Table(
+            columns=["method", "labelled", "metric", "mean", "std", "n"],
+            data=[[r["method"], str(r["labelled"]), r["metric"], r["mean"], r["std"], r["n"]] for r in summary],
+        )
         numeric = [n for n in study.labelled if n is not None]
         x_all = max(numeric) * 1.25 if numeric else 1
         xs = [x_all if n is None else n for n in study.labelled]
@@ -113,13 +169,23 @@ def log_summary_to_wandb(study: Study) -> Path | None:
             table = {(r["method"], r["labelled"]): r["mean"] for r in summary if r["metric"] == m}
             if not table:
                 continue
-            ys = [[table.get((method, "all" if n is None else n), float("nan")) for n in study.labelled] for method in study.methods]
-            payload[f"curves/{m}"] = wandb.plot.line_series(xs=xs, ys=ys, keys=list(study.methods), title=f"{study.name}: {m} (mean over seeds)",
-                                                            xname="labelled images")
+            ys = [
+                [table.get((method, "all" if n is None else n), float("nan")) for n in study.labelled]
+                for method in study.methods
+            ]
+            payload[f"curves/{m}"] = wandb.plot.line_series(
+                xs=xs,
+                ys=ys,
+                keys=list(study.methods),
+                title=f"{study.name}: {m} (mean over seeds)",
+                xname="labelled images",
+            )
             png = study.out_dir / f"{m.replace('/', '_')}.png"
             if png.is_file():
                 payload[f"plots/{m}"] = wandb.Image(str(png), caption=f"{m}: mean +- std over seeds")
-        payload["models"] = wandb.Table(columns=["method", "labelled", "seed", "run", "artifact"], data=model_rows(rows))
+        payload["models"] = wandb.Table(
+            columns=["method", "labelled", "seed", "run", "artifact"], data=model_rows(rows)
+        )
         link_model_artifacts(run, rows)
         run.log(payload)
         for r in summary:
@@ -146,7 +212,11 @@ def _plot(study: Study, rows: list[dict], metric: str) -> None:
     for method in study.methods:
         xs, means, stds = [], [], []
         for n in study.labelled:
-            v = [r["metrics"][metric] for r in rows if r["method"] == method and r["labelled"] == n and metric in r["metrics"]]
+            v = [
+                r["metrics"][metric]
+                for r in rows
+                if r["method"] == method and r["labelled"] == n and metric in r["metrics"]
+            ]
             v = [x for x in v if not math.isnan(x)]
             if v:
                 xs.append(x_all if n is None else n)
@@ -170,7 +240,15 @@ def model_rows(rows: list[dict]) -> list[list[Any]]:
     for r in rows:
         run = r.get("wandb_run") or {}
         artifact = f"{run['artifact']}:best" if run.get("artifact") else ""
-        out.append([r["method"], "all" if r["labelled"] is None else str(r["labelled"]), r["seed"], run.get("id") or "", artifact])
+        out.append(
+            [
+                r["method"],
+                "all" if r["labelled"] is None else str(r["labelled"]),
+                r["seed"],
+                run.get("id") or "",
+                artifact,
+            ]
+        )
     return out
 
 

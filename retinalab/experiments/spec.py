@@ -54,7 +54,18 @@ class Study:
         missing = [k for k in ("name", "methods", "labelled", "seeds") if k not in raw]
         if missing:
             raise ConfigError(f"{path}: missing key(s) {missing}")
-        known = {"name", "out_dir", "methods", "labelled", "seeds", "selection", "metrics", "overrides", "method_overrides", "wandb"}
+        known = {
+            "name",
+            "out_dir",
+            "methods",
+            "labelled",
+            "seeds",
+            "selection",
+            "metrics",
+            "overrides",
+            "method_overrides",
+            "wandb",
+        }
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -71,16 +82,26 @@ class Study:
             raise ConfigError(f"{path}: method_overrides for unknown method(s) {bad}")
         labelled = [None if v in (None, "all") else int(v) for v in raw["labelled"]]
         return cls(
-            name=str(raw["name"]), out_dir=Path(raw.get("out_dir", f"runs/studies/{raw['name']}")), methods=methods,
-            labelled=labelled, seeds=[int(s) for s in raw["seeds"]], selection=raw.get("selection", "random"),
-            metrics=list(raw.get("metrics", [])), overrides=[str(o) for o in raw.get("overrides", [])],
+            name=str(raw["name"]),
+            out_dir=Path(raw.get("out_dir", f"runs/studies/{raw['name']}")),
+            methods=methods,
+            labelled=labelled,
+            seeds=[int(s) for s in raw["seeds"]],
+            selection=raw.get("selection", "random"),
+            metrics=list(raw.get("metrics", [])),
+            overrides=[str(o) for o in raw.get("overrides", [])],
             method_overrides={k: [str(o) for o in v] for k, v in raw.get("method_overrides", {}).items()},
-            wandb=dict(raw["wandb"]) if raw.get("wandb") else None, source=path,
+            wandb=dict(raw["wandb"]) if raw.get("wandb") else None,
+            source=path,
         )
 
     def _chosen_logger(self, method: str) -> str | None:
         """The logger a ``--trainer.logger=`` override of the study picks for ``method`` (the last one), if any."""
-        chosen = [o.split("=", 1)[1] for o in (*self.overrides, *self.method_overrides.get(method, [])) if o.startswith("--trainer.logger=")]
+        chosen = [
+            o.split("=", 1)[1]
+            for o in (*self.overrides, *self.method_overrides.get(method, []))
+            if o.startswith("--trainer.logger=")
+        ]
         return chosen[-1] if chosen else None
 
     def uses_wandb(self, method: str) -> bool:
@@ -106,26 +127,42 @@ class Study:
         cfg = yaml.safe_load(self.methods[cell.method].read_text()) or {}
         logger = (cfg.get("trainer") or {}).get("logger")
         # the cell's logs go into the cell's folder (CSV, TensorBoard and W&B loggers take save_dir)
-        log_dir = [f"--trainer.logger.init_args.save_dir={d}"] if isinstance(logger, dict) and "class_path" in logger else []
-        if self._chosen_logger(cell.method) is not None:  # the study's overrides pick the logger (e.g. --trainer.logger=false)
+        log_dir = (
+            [f"--trainer.logger.init_args.save_dir={d}"] if isinstance(logger, dict) and "class_path" in logger else []
+        )
+        if (
+            self._chosen_logger(cell.method) is not None
+        ):  # the study's overrides pick the logger (e.g. --trainer.logger=false)
             log_dir = []
-        if self.uses_wandb(cell.method):  # one W&B run per cell, grouped by study, tagged by method / dataset / count / seed / selection
+        if self.uses_wandb(
+            cell.method
+        ):  # one W&B run per cell, grouped by study, tagged by method / dataset / count / seed / selection
             n_tag = "all" if cell.labelled is None else str(cell.labelled)
             dataset = ((cfg.get("data") or {}).get("init_args") or {}).get("dataset", "data")
             for o in (*self.overrides, *self.method_overrides.get(cell.method, [])):
                 if o.startswith(("--data.dataset=", "--data.init_args.dataset=")):
                     dataset = o.split("=", 1)[1]
-            log_dir = ["--trainer.logger=retinalab.loggers.WandbLogger", f"--trainer.logger.init_args.save_dir={d}",
-                       f"--trainer.logger.init_args.group={self.name}", f"--trainer.logger.init_args.name={self.name}/{cell.name}",
-                       f"--trainer.logger.init_args.tags=[{cell.method},{dataset},labelled_{n_tag},seed_{cell.seed},{self.selection}]"]
+            log_dir = [
+                "--trainer.logger=retinalab.loggers.WandbLogger",
+                f"--trainer.logger.init_args.save_dir={d}",
+                f"--trainer.logger.init_args.group={self.name}",
+                f"--trainer.logger.init_args.name={self.name}/{cell.name}",
+                f"--trainer.logger.init_args.tags=[{cell.method},{dataset},labelled_{n_tag},seed_{cell.seed},{self.selection}]",
+            ]
             log_dir += [f"--trainer.logger.init_args.{k}={v}" for k, v in (self.wandb or {}).items()]
         chooser = SELECTIONS[self.selection]
         return [
-            "--config", str(self.methods[cell.method]),
+            "--config",
+            str(self.methods[cell.method]),
             # an EGL active learner picks the labelled images (patch datamodules; paper 000's future work); before
             # the overrides, which may set its arguments (--data.labeled_selection.epochs=1)
             *([f"--data.labeled_selection={chooser}"] if chooser is not None else []),
-            *self.overrides, *self.method_overrides.get(cell.method, []),
-            f"--data.num_labeled_images={n}", f"--data.seed={cell.seed}", f"--seed_everything={cell.seed}",
-            f"--trainer.default_root_dir={d}", f"--data.split_file={d / 'split.json'}", *log_dir,
+            *self.overrides,
+            *self.method_overrides.get(cell.method, []),
+            f"--data.num_labeled_images={n}",
+            f"--data.seed={cell.seed}",
+            f"--seed_everything={cell.seed}",
+            f"--trainer.default_root_dir={d}",
+            f"--data.split_file={d / 'split.json'}",
+            *log_dir,
         ]

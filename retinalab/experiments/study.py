@@ -45,13 +45,19 @@ from .spec import SELECTIONS, Cell, Study  # noqa: F401 (the study's API)
 
 log = logging.getLogger(__name__)
 
+
 def device_args(device: str | None) -> list[str]:
     """Trainer overrides for one process on one device (``--parallel``): ``cpu`` or ``cuda``
     (the one GPU ``CUDA_VISIBLE_DEVICES`` leaves visible); none for ``None``."""
     if device is None:
         return []
     accelerator = {"cpu": "cpu", "cuda": "gpu"}[device]
-    return [f"--trainer.accelerator={accelerator}", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
+    return [
+        f"--trainer.accelerator={accelerator}",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=1",
+        "--trainer.strategy=auto",
+    ]
 
 
 def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int | None = None) -> dict[str, Any]:
@@ -88,17 +94,25 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
         except CheckpointError as e:
             raise CheckpointError(f"{e}; delete it to start this cell afresh") from None
         continue_run(c.trainer, ckpt)  # the same run folder and W&B run
-        print(f"[study {study.name}] cell {cell.name}: resuming from {resumed} (after {ckpt.get('global_step')} optimiser steps)", flush=True)
+        print(
+            f"[study {study.name}] cell {cell.name}: resuming from {resumed} (after {ckpt.get('global_step')} "
+            "optimiser steps)",
+            flush=True,
+        )
         del ckpt
     c.trainer.fit(c.model, c.datamodule, ckpt_path=resumed)
     ckpt = c.trainer.checkpoint_callback
-    best = ckpt.best_model_path if ckpt is not None and getattr(ckpt, "monitor", None) and ckpt.best_model_path else None
+    best = (
+        ckpt.best_model_path if ckpt is not None and getattr(ckpt, "monitor", None) and ckpt.best_model_path else None
+    )
     # the final weights (the paper trains a fixed number of epochs and selects nothing), then the best
     # checkpoint, which replaces them in memory
     last = c.trainer.test(c.model, c.datamodule, verbose=False)
     res = c.trainer.test(c.model, c.datamodule, ckpt_path=best, verbose=False) if best else last
     wandb_run = wandb_run_record(c.trainer)
-    finish_wandb(c.trainer)  # one W&B run per cell (its model artifact logged as it closes): close it before the next cell starts one
+    finish_wandb(
+        c.trainer
+    )  # one W&B run per cell (its model artifact logged as it closes): close it before the next cell starts one
     metrics: dict[str, float] = {}
     for part in res:
         metrics |= {k.split("/dataloader_idx")[0]: float(v) for k, v in part.items()}
@@ -106,11 +120,22 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
         metrics |= {k.split("/dataloader_idx")[0].replace("test/", "test_last/", 1): float(v) for k, v in part.items()}
     import torch
 
-    payload = {"method": cell.method, "labelled": cell.labelled, "seed": cell.seed, "checkpoint": best, "metrics": metrics,
-               "resumed_from": resumed, "wandb_run": wandb_run,
-               "split_hash": getattr(c.datamodule, "split_hash", None), "args": args,
-               "started": started, "finished": time.time(), "seconds": round(time.time() - started, 2),
-               "device": str(c.trainer.strategy.root_device), "torch_threads": torch.get_num_threads()}
+    payload = {
+        "method": cell.method,
+        "labelled": cell.labelled,
+        "seed": cell.seed,
+        "checkpoint": best,
+        "metrics": metrics,
+        "resumed_from": resumed,
+        "wandb_run": wandb_run,
+        "split_hash": getattr(c.datamodule, "split_hash", None),
+        "args": args,
+        "started": started,
+        "finished": time.time(),
+        "seconds": round(time.time() - started, 2),
+        "device": str(c.trainer.strategy.root_device),
+        "torch_threads": torch.get_num_threads(),
+    }
     write_json_atomic(d / "cell.json", payload)
     return payload
 
@@ -123,25 +148,42 @@ def wandb_run_record(trainer: Any) -> dict[str, Any] | None:
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
             exp = lg.experiment
-            return {"id": exp.id, "project": exp.project, "entity": getattr(exp, "entity", None) or None,
-                    "artifact": f"model-{exp.id}" if lg._log_model else None}
+            return {
+                "id": exp.id,
+                "project": exp.project,
+                "entity": getattr(exp, "entity", None) or None,
+                "artifact": f"model-{exp.id}" if lg._log_model else None,
+            }
     return None
 
 
 def _todo(study: Study, cells: list[Cell], rerun_failed: bool) -> tuple[list[Cell], int]:
-    todo = [c for c in cells if not (study.cell_dir(c) / "cell.json").is_file()
-            and (rerun_failed or not (study.cell_dir(c) / "failed.json").is_file())]
+    todo = [
+        c
+        for c in cells
+        if not (study.cell_dir(c) / "cell.json").is_file()
+        and (rerun_failed or not (study.cell_dir(c) / "failed.json").is_file())
+    ]
     return todo, len(cells) - len(todo)
 
 
 def _record_failure(study: Study, cell: Cell, e: BaseException) -> None:
-    write_json_atomic(study.cell_dir(cell) / "failed.json", {"cell": cell.name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-5000:]})
+    write_json_atomic(
+        study.cell_dir(cell) / "failed.json",
+        {"cell": cell.name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-5000:]},
+    )
     log.error("study %s: cell %s failed: %s", study.name, cell.name, e)
     print(f"[study {study.name}] cell {cell.name} FAILED: {type(e).__name__}: {e}", flush=True)
 
 
-def run_study(study: Study, only: int | None = None, rerun_failed: bool = False, collect_after: bool = True,
-              device: str | None = None, threads: int | None = None) -> dict[str, int]:
+def run_study(
+    study: Study,
+    only: int | None = None,
+    rerun_failed: bool = False,
+    collect_after: bool = True,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict[str, int]:
     """Run the cells not finished yet (or only cell ``only``) one after another in this process;
     returns counts of done/failed/skipped. See :func:`run_study_parallel` for several at a time."""
     cells = study.cells()
@@ -168,7 +210,9 @@ def run_study(study: Study, only: int | None = None, rerun_failed: bool = False,
     return stats
 
 
-def run_study_parallel(study: Study, parallel: int, devices: str | None = None, rerun_failed: bool = False) -> dict[str, int]:
+def run_study_parallel(
+    study: Study, parallel: int, devices: str | None = None, rerun_failed: bool = False
+) -> dict[str, int]:
     """Run the unfinished cells as ``parallel`` concurrent ``retinalab study --cell I`` processes per
     visible GPU (or on the CPU), each with its share of the CPU threads (:mod:`retinalab.experiments.launch`).
 
@@ -189,12 +233,26 @@ def run_study_parallel(study: Study, parallel: int, devices: str | None = None, 
     for cell in todo:
         i = by_name[cell.name][0]
         # the slot's device and thread share reach the child as RETINALAB_DEVICE / RETINALAB_THREADS
-        argv = [sys.executable, "-m", "retinalab", "study", "--config", str(study.source), "--cell", str(i), "--no-collect",
-                *(["--rerun-failed"] if rerun_failed else [])]
+        argv = [
+            sys.executable,
+            "-m",
+            "retinalab",
+            "study",
+            "--config",
+            str(study.source),
+            "--cell",
+            str(i),
+            "--no-collect",
+            *(["--rerun-failed"] if rerun_failed else []),
+        ]
         jobs.append(Job(cell.name, argv, study.cell_dir(cell) / "cell.log"))
-    print(f"[study {study.name}] {len(todo)} cell(s) to run ({skipped} already done or failed) as {len(slots)} processes "
-          f"({', '.join(sorted({s.label for s in slots}))}, {slots[0].threads} CPU thread(s) each)" if todo else
-          f"[study {study.name}] nothing to run ({skipped} cells already done or failed)", flush=True)
+    print(
+        f"[study {study.name}] {len(todo)} cell(s) to run ({skipped} already done or failed) as {len(slots)} processes "
+        f"({', '.join(sorted({s.label for s in slots}))}, {slots[0].threads} CPU thread(s) each)"
+        if todo
+        else f"[study {study.name}] nothing to run ({skipped} cells already done or failed)",
+        flush=True,
+    )
 
     def done(job: Job, rc: int, seconds: float) -> None:
         cell = by_name[job.name][1]
@@ -205,8 +263,14 @@ def run_study_parallel(study: Study, parallel: int, devices: str | None = None, 
         else:
             if not (d / "failed.json").is_file() or rc < 0:
                 tail = job.log.read_text(errors="replace")[-3000:] if job.log.is_file() else ""
-                write_json_atomic(d / "failed.json", {"cell": cell.name, "error": f"the cell's process ended with exit code {rc} "
-                             f"without a result; see {job.log}", "traceback": tail})
+                write_json_atomic(
+                    d / "failed.json",
+                    {
+                        "cell": cell.name,
+                        "error": f"the cell's process ended with exit code {rc} without a result; see {job.log}",
+                        "traceback": tail,
+                    },
+                )
             stats["failed"] += 1
         collect(study)
 

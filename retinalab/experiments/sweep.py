@@ -53,7 +53,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict) or "parameters" not in cfg or "command" not in cfg:
         raise ConfigError(f"{path}: a sweep needs `parameters` and `command` (W&B sweep format)")
     if cfg.get("method", "grid") not in METHODS:
-        raise ConfigError(f"{path}: method {cfg.get('method')!r} runs only on a W&B server; locally use one of {list(METHODS)}")
+        raise ConfigError(
+            f"{path}: method {cfg.get('method')!r} runs only on a W&B server; locally use one of {list(METHODS)}"
+        )
     if "${args}" not in cfg["command"]:
         raise ConfigError(f"{path}: `command` must contain ${{args}} (W&B passes the parameters there)")
     for name, spec in cfg["parameters"].items():
@@ -71,7 +73,9 @@ def _sample(spec: dict[str, Any], rng: np.random.Generator) -> Any:
         return spec["value"]
     if "values" in spec:
         return spec["values"][int(rng.integers(len(spec["values"])))]
-    dist = spec.get("distribution", "int_uniform" if isinstance(spec["min"], int) and isinstance(spec["max"], int) else "uniform")
+    dist = spec.get(
+        "distribution", "int_uniform" if isinstance(spec["min"], int) and isinstance(spec["max"], int) else "uniform"
+    )
     lo, hi = spec["min"], spec["max"]
     if dist == "uniform":
         return float(rng.uniform(lo, hi))
@@ -81,7 +85,9 @@ def _sample(spec: dict[str, Any], rng: np.random.Generator) -> Any:
         if dist == "log_uniform":  # W&B: min/max are natural logs
             lo, hi = math.exp(lo), math.exp(hi)
         return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    raise ConfigError(f"distribution {dist!r} is not supported locally (uniform, int_uniform, log_uniform_values, log_uniform)")
+    raise ConfigError(
+        f"distribution {dist!r} is not supported locally (uniform, int_uniform, log_uniform_values, log_uniform)"
+    )
 
 
 def assignments(cfg: dict[str, Any], count: int | None, seed: int = 0) -> list[dict[str, Any]]:
@@ -119,7 +125,12 @@ def command(cfg: dict[str, Any], params: dict[str, Any], run_dir: Path) -> list[
 def _logged_runs(run_dir: Path) -> list[Path]:
     """The folders under ``run_dir`` that hold a logger's record: ``metrics.csv`` or a ``wandb/`` run."""
     found = {f.parent for f in run_dir.rglob("metrics.csv")}
-    found |= {f.parent.parent for pattern in ("offline-run-*", "run-*") for f in run_dir.rglob(f"wandb/{pattern}") if f.is_dir()}
+    found |= {
+        f.parent.parent
+        for pattern in ("offline-run-*", "run-*")
+        for f in run_dir.rglob(f"wandb/{pattern}")
+        if f.is_dir()
+    }
     return sorted(found)
 
 
@@ -145,7 +156,9 @@ def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
     return max(values) if goal == "maximize" else min(values)
 
 
-def run_sweep(path: str | Path, out_dir: str | Path, count: int | None = None, seed: int = 0, dry_run: bool = False) -> list[dict[str, Any]]:
+def run_sweep(
+    path: str | Path, out_dir: str | Path, count: int | None = None, seed: int = 0, dry_run: bool = False
+) -> list[dict[str, Any]]:
     """Run the sweep's assignments one by one; returns the rows of ``sweep_runs.csv``."""
     cfg = load_sweep(path)
     out = Path(out_dir)
@@ -172,17 +185,30 @@ def run_sweep(path: str | Path, out_dir: str | Path, count: int | None = None, s
             continue
         # each run its own W&B service: one inherited from this process would outlive a killed run
         # and keep its id "in use", so that the run could not resume
-        env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", out.name)}
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+            "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", out.name),
+        }
         res = subprocess.run(cmd, env=env)
         best = _best(run_dir, metric, goal)
-        rows.append({"run": i, **params, "status": "ok" if res.returncode == 0 else f"exit {res.returncode}", metric or "metric": "" if best is None else best})
+        rows.append(
+            {
+                "run": i,
+                **params,
+                "status": "ok" if res.returncode == 0 else f"exit {res.returncode}",
+                metric or "metric": "" if best is None else best,
+            }
+        )
         _write(out, rows)
     if rows and not dry_run:
         _write(out, rows)
         scored = [r for r in rows if r.get(metric) not in ("", None)]
         if scored:
             top = (max if goal == "maximize" else min)(scored, key=lambda r: float(r[metric]))
-            print(f"[sweep] best {metric} = {float(top[metric]):.4f}: run {top['run']} " + " ".join(f"{k}={top[k]}" for k in cfg["parameters"]))
+            print(
+                f"[sweep] best {metric} = {float(top[metric]):.4f}: run {top['run']} "
+                + " ".join(f"{k}={top[k]}" for k in cfg["parameters"])
+            )
     return rows
 
 
@@ -194,7 +220,11 @@ def _finished(out: Path, parameters: dict[str, Any]) -> dict[int, dict[str, Any]
         return {}
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return {int(r["run"]): {**r, "run": int(r["run"])} for r in rows if r.get("status") == "ok" and set(parameters) <= set(r)}
+    return {
+        int(r["run"]): {**r, "run": int(r["run"])}
+        for r in rows
+        if r.get("status") == "ok" and set(parameters) <= set(r)
+    }
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:

@@ -14,7 +14,14 @@ from .wandb_offline import read_offline_run, wait_for_offline_run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WandbLogger", "has_wandb_credentials", "next_version_dir", "read_offline_run", "read_run_metrics", "wait_for_offline_run"]
+__all__ = [
+    "WandbLogger",
+    "has_wandb_credentials",
+    "next_version_dir",
+    "read_offline_run",
+    "read_run_metrics",
+    "wait_for_offline_run",
+]
 
 
 def read_run_metrics(run_dir: str | Path):
@@ -36,8 +43,10 @@ def read_run_metrics(run_dir: str | Path):
     if (run_dir / "metrics.csv").is_file():
         return pd.read_csv(run_dir / "metrics.csv")
     # [offline-]run-<YYYYMMDD_HHMMSS>-<id>: an online run keeps the same local record as an offline one
-    runs = sorted((p for pattern in ("offline-run-*", "run-*") for p in run_dir.glob(f"wandb/{pattern}") if p.is_dir()),
-                  key=run_piece_order)
+    runs = sorted(
+        (p for pattern in ("offline-run-*", "run-*") for p in run_dir.glob(f"wandb/{pattern}") if p.is_dir()),
+        key=run_piece_order,
+    )
     if not runs:
         raise FileNotFoundError(f"{run_dir}: no metrics.csv and no wandb/offline-run-* or wandb/run-* folder")
     run_id = run_piece_id(runs[-1])
@@ -119,16 +128,28 @@ class WandbLogger(_LightningWandbLogger):
     ``wandb sync`` command that uploads it later.
     """
 
-    def __init__(self, *args: Any, save_dir: str | Path = ".", local_name: str | None = "logs", offline: bool | None = None,
-                 log_model: bool | str = True, resume_in_place: bool = True, **kwargs: Any) -> None:
-        self.runs_dir = Path(save_dir) / local_name if local_name else None  # where this config's version_<k> folders are
+    def __init__(
+        self,
+        *args: Any,
+        save_dir: str | Path = ".",
+        local_name: str | None = "logs",
+        offline: bool | None = None,
+        log_model: bool | str = True,
+        resume_in_place: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.runs_dir = (
+            Path(save_dir) / local_name if local_name else None
+        )  # where this config's version_<k> folders are
         self.resume_in_place = resume_in_place
         if self.runs_dir is not None:
             save_dir = next_version_dir(self.runs_dir)
         if offline is None:
             offline = not has_wandb_credentials()
             if offline:
-                log.info("no W&B API key found: logging offline (set WANDB_API_KEY or run `wandb login` for online runs)")
+                log.info(
+                    "no W&B API key found: logging offline (set WANDB_API_KEY or run `wandb login` for online runs)"
+                )
         self._artifacts_skipped = bool(offline and log_model)  # said once, with the sync command
         if offline:
             log_model = False
@@ -165,8 +186,14 @@ class WandbLogger(_LightningWandbLogger):
         when that is not this config's run folder, ``resume_in_place`` is off, an ``id`` was given or
         the run has already started. The step goes into the run's config as ``run/resumed_at_step``."""
         run_dir = Path(run_dir)
-        if (not self.resume_in_place or self.runs_dir is None or self._experiment is not None or self._wandb_init.get("id")
-                or not run_dir.is_dir() or run_dir.resolve().parent != self.runs_dir.resolve()):
+        if (
+            not self.resume_in_place
+            or self.runs_dir is None
+            or self._experiment is not None
+            or self._wandb_init.get("id")
+            or not run_dir.is_dir()
+            or run_dir.resolve().parent != self.runs_dir.resolve()
+        ):
             return False
         self._save_dir = self._wandb_init["dir"] = str(run_dir)
         if run_id:
@@ -191,7 +218,19 @@ class WandbLogger(_LightningWandbLogger):
             self._sync_hint_shown = True
             run_dir = Path(getattr(self._experiment, "dir", "") or ".").parent
             # a resumed run's earlier pieces: wandb sync uploads the folders of one run id in start order
-            pieces = sorted((p for p in run_dir.parent.glob("offline-run-*") if p.is_dir() and run_piece_id(p) == self._experiment.id),
-                            key=run_piece_order) or [run_dir]
-            skipped = " (its checkpoints are not uploaded as model artifacts offline: an online run logs them)" if self._artifacts_skipped else ""
-            print(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {' '.join(map(str, pieces))}{skipped}")
+            pieces = sorted(
+                (
+                    p
+                    for p in run_dir.parent.glob("offline-run-*")
+                    if p.is_dir() and run_piece_id(p) == self._experiment.id
+                ),
+                key=run_piece_order,
+            ) or [run_dir]
+            skipped = (
+                " (its checkpoints are not uploaded as model artifacts offline: an online run logs them)"
+                if self._artifacts_skipped
+                else ""
+            )
+            print(
+                f"W&B run saved offline in {run_dir}; upload it with: wandb sync {' '.join(map(str, pieces))}{skipped}"
+            )

@@ -34,7 +34,9 @@ def iter_records(path: str | Path):
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         pos += HEADER
-        if pos + length > len(data):  # the file ends inside this record (a process killed while writing): what came before is whole
+        if pos + length > len(
+            data
+        ):  # the file ends inside this record (a process killed while writing): what came before is whole
             return
         chunk = data[pos : pos + length]
         pos += length

@@ -107,7 +107,9 @@ class _AUROCStatistic:
             self._pos_table = None
             order = np.argsort(group, kind="stable")
             self._photo, self._pos = photo[order], pos[order]  # items sorted by score
-            self._ends = np.flatnonzero(np.append(group[order][1:] != group[order][:-1], True))  # last item of each score
+            self._ends = np.flatnonzero(
+                np.append(group[order][1:] != group[order][:-1], True)
+            )  # last item of each score
 
     def __call__(self, idx: np.ndarray) -> float:
         return exact_auroc(self.scores[idx].ravel(), self.labels[idx].ravel())
@@ -115,11 +117,17 @@ class _AUROCStatistic:
     def many(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx)
         step = max(1, self.CHUNK_CELLS // max(self._items, 1))
-        return np.concatenate([self._many(idx[i:i + step]) for i in range(0, len(idx), step)]) if len(idx) else np.empty(0)
+        return (
+            np.concatenate([self._many(idx[i : i + step]) for i in range(0, len(idx), step)])
+            if len(idx)
+            else np.empty(0)
+        )
 
     def _many(self, idx: np.ndarray) -> np.ndarray:
         b, n = idx.shape
-        counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        counts = (
+            np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        )
         if self._pos_table is not None:
             pos_at, neg_at = counts @ self._pos_table, counts @ self._neg_table  # weights at each distinct score
             neg = np.cumsum(neg_at, axis=1)

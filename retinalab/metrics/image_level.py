@@ -29,7 +29,9 @@ class ImageLevelScores(Metric):
         self.add_state("probs", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: torch.Tensor, target: torch.Tensor, image_index: torch.Tensor, patch_index: torch.Tensor) -> None:
+    def update(
+        self, probs: torch.Tensor, target: torch.Tensor, image_index: torch.Tensor, patch_index: torch.Tensor
+    ) -> None:
         """Args: ``probs`` (B,) p(diseased); ``target`` (B,) 0/1 patch labels; indices (B,) ints."""
         self.probs.append(probs.detach().float().flatten())
         self.target.append(target.detach().long().flatten())
@@ -50,7 +52,9 @@ class ImageLevelScores(Metric):
         img, probs, target = img[first], probs[first], target[first]
         images, inverse = torch.unique(img, return_inverse=True)
         score = torch.zeros(len(images), dtype=probs.dtype, device=probs.device).scatter_add_(0, inverse, probs)
-        label = torch.zeros(len(images), dtype=torch.long, device=probs.device).scatter_reduce_(0, inverse, target, "amax")
+        label = torch.zeros(len(images), dtype=torch.long, device=probs.device).scatter_reduce_(
+            0, inverse, target, "amax"
+        )
         return images, score, label
 
     def per_image(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -60,7 +64,9 @@ class ImageLevelScores(Metric):
         probs, target = self._cat(self.probs), self._cat(self.target)
         if img.numel() == 0:
             return img, probs.view(0, 0), target.view(0, 0)
-        _, first = _unique_first(img * (int(patch.max()) + 1) + patch)  # a patch served twice: its first copy, as scores()
+        _, first = _unique_first(
+            img * (int(patch.max()) + 1) + patch
+        )  # a patch served twice: its first copy, as scores()
         img, patch, probs, target = img[first], patch[first], probs[first], target[first]
         images, row = torch.unique(img, return_inverse=True)
         n = int(patch.max()) + 1

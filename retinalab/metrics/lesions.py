@@ -180,10 +180,14 @@ class BinaryDRMetrics(nn.Module):
     def __init__(self, referable_from: int = 2) -> None:
         super().__init__()
         self.referable_from = referable_from
-        self.metrics = nn.ModuleDict({
-            "referable_auc": BinaryAUROC(), "referable_acc": BinaryAccuracy(),
-            "normal_auc": BinaryAUROC(), "normal_acc": BinaryAccuracy(),
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                "referable_auc": BinaryAUROC(),
+                "referable_acc": BinaryAccuracy(),
+                "normal_auc": BinaryAUROC(),
+                "normal_acc": BinaryAccuracy(),
+            }
+        )
 
     def update(self, probs: torch.Tensor, grade: torch.Tensor) -> None:
         p_ref = probs[:, self.referable_from :].sum(1).clamp(0, 1)

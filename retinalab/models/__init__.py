@@ -18,4 +18,13 @@ from . import timm_backbones  # noqa: F401  (registers resnet18/34/50, listed af
 #: a registered backbone's name (``retinalab.models.BACKBONES``), or ``module:name`` of a module registering one
 PatchBackbone = str
 
-__all__ = ["BACKBONES", "Backbone", "ConvLarge", "PatchBackbone", "build_patch_model", "get_backbone", "grading_backbones", "register_backbone"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "ConvLarge",
+    "PatchBackbone",
+    "build_patch_model",
+    "get_backbone",
+    "grading_backbones",
+    "register_backbone",
+]

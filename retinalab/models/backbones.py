@@ -50,7 +50,10 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 
 
 def register_backbone(
-    name: str, *, pretrained: bool = False, options: tuple[str, ...] = (),
+    name: str,
+    *,
+    pretrained: bool = False,
+    options: tuple[str, ...] = (),
     grading_split: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder as backbone ``name`` (see :class:`Backbone` for the fields)."""
@@ -72,7 +75,11 @@ def get_backbone(name: str, option: str = "model.backbone") -> Backbone:
 
 
 def build_patch_model(
-    name: str, num_classes: int = 2, width: float = 1.0, pretrained_path: str | None = None, weights: str | None = None,
+    name: str,
+    num_classes: int = 2,
+    width: float = 1.0,
+    pretrained_path: str | None = None,
+    weights: str | None = None,
     **options,
 ) -> nn.Module:
     """Patch classifier by registered name (``convnet``: paper 000's conv-large; ``resnet18/34/50``: timm).
@@ -93,7 +100,9 @@ def build_patch_model(
     spec = get_backbone(name)
     if weights and not spec.pretrained:
         takes = [n for n, b in BACKBONES.items() if b.pretrained]
-        raise ConfigError(f"pretrained weights are only for the backbones that take them ({', '.join(takes)}), not {name!r}")
+        raise ConfigError(
+            f"pretrained weights are only for the backbones that take them ({', '.join(takes)}), not {name!r}"
+        )
     kept = {k: v for k, v in options.items() if k in spec.options}
     return spec.build(num_classes=num_classes, width=width, weights=weights, **kept)
 

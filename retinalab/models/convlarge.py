@@ -150,6 +150,8 @@ class ConvLarge(nn.Module):
 
 
 @register_backbone("convnet", options=("dropout_in", "dropout"))
-def convnet(num_classes: int, width: float, weights: str | None, dropout_in: float = 0.2, dropout: float = 0.5) -> nn.Module:
+def convnet(
+    num_classes: int, width: float, weights: str | None, dropout_in: float = 0.2, dropout: float = 0.5
+) -> nn.Module:
     """Paper 000's conv-large (Table 3) as a patch classifier; it trains from scratch (no ``weights``)."""
     return ConvLarge(num_classes=num_classes, width=width, dropout_in=dropout_in, dropout=dropout)

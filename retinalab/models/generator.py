@@ -53,18 +53,26 @@ class PatchGenerator(nn.Module):
 
     WIDTHS = (256, 128, 128, 128, 128)
 
-    def __init__(self, out_size: int = 32, latent_dim: int = 100, base: int | None = None, width: float = 1.0, channels: int = 3) -> None:
+    def __init__(
+        self, out_size: int = 32, latent_dim: int = 100, base: int | None = None, width: float = 1.0, channels: int = 3
+    ) -> None:
         super().__init__()
         self.base, n_up = _plan(out_size, base)
         self.out_size, self.latent_dim = out_size, latent_dim
         c0 = max(1, round(512 * width))
-        self.fc = nn.Sequential(nn.Linear(latent_dim, c0 * self.base * self.base), nn.BatchNorm1d(c0 * self.base * self.base), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim, c0 * self.base * self.base), nn.BatchNorm1d(c0 * self.base * self.base), nn.ReLU()
+        )
         self.c0 = c0
         layers: list[nn.Module] = []
         cin = c0
         for i in range(n_up - 1):
             cout = max(1, round(self.WIDTHS[min(i, len(self.WIDTHS) - 1)] * width))
-            layers += [nn.ConvTranspose2d(cin, cout, 5, 2, padding=2, output_padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 5, 2, padding=2, output_padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
             cin = cout
         layers += [weight_norm(nn.ConvTranspose2d(cin, channels, 5, 2, padding=2, output_padding=1), dim=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)

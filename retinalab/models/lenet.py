@@ -31,7 +31,15 @@ class LeNet(nn.Module):
         ``forward``: ``B x C x S x S`` -> ``B x K`` logits. ``features``: -> ``B x F`` (flattened conv output).
     """
 
-    def __init__(self, num_classes: int = 2, in_size: int = 48, in_channels: int = 3, conv_channels: tuple[int, int] = (20, 50), hidden: int = 500, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_size: int = 48,
+        in_channels: int = 3,
+        conv_channels: tuple[int, int] = (20, 50),
+        hidden: int = 500,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         c1, c2 = conv_channels
         self.conv = nn.Sequential(
@@ -44,7 +52,9 @@ class LeNet(nn.Module):
         if not 0 <= dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         # no parameters: checkpoints of networks with and without dropout have the same keys
-        self.drop1, self.drop2 = (nn.Dropout(dropout), nn.Dropout(dropout)) if dropout else (nn.Identity(), nn.Identity())
+        self.drop1, self.drop2 = (
+            (nn.Dropout(dropout), nn.Dropout(dropout)) if dropout else (nn.Identity(), nn.Identity())
+        )
         self.fc1 = nn.Linear(self.num_features, hidden)
         self.act = nn.ReLU()
         self.fc2 = nn.Linear(hidden, num_classes)

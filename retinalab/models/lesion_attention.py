@@ -32,7 +32,10 @@ def _backbone(name: str, weights: str | None) -> tuple[nn.Module, tuple[tuple[st
     """The grading network registered as ``name`` (without its classifier) and its low/high split."""
     spec = get_backbone(name)
     if spec.grading_split is None:
-        raise ConfigError(f"backbone {name!r} cannot grade (no known stem/stage split); choose one of {', '.join(grading_backbones())}")
+        raise ConfigError(
+            f"backbone {name!r} cannot grade (no known stem/stage split); choose one of "
+            f"{', '.join(grading_backbones())}"
+        )
     # the grader normalises its input itself (input_norm), with the weights' statistics
     return spec.build(num_classes=0, width=1.0, weights=weights, normalise=False), spec.grading_split
 
@@ -62,7 +65,14 @@ class BranchBatchNorm2d(nn.BatchNorm2d):
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d, branches: int) -> BranchBatchNorm2d:
         """The same layer (weights, statistics for every branch) with per-branch statistics."""
-        new = cls(bn.num_features, branches, eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats)
+        new = cls(
+            bn.num_features,
+            branches,
+            eps=bn.eps,
+            momentum=bn.momentum,
+            affine=bn.affine,
+            track_running_stats=bn.track_running_stats,
+        )
         new.load_state_dict(bn.state_dict())  # branch statistics start as copies of the base ones
         return new.to(bn.weight.device if bn.affine else "cpu")
 
@@ -87,14 +97,18 @@ class BranchBatchNorm2d(nn.BatchNorm2d):
                 getattr(self, f"running_var_{b}").fill_(1)
                 getattr(self, f"num_batches_tracked_{b}").zero_()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # a checkpoint without per-branch statistics (a stage-1 grader, an older stage-2 one): every
         # branch starts from the base statistics
         for b in range(1, self.branches):
             for name in self._STATS:
                 if prefix + f"{name}_{b}" not in state_dict and prefix + name in state_dict:
                     state_dict[prefix + f"{name}_{b}"] = state_dict[prefix + name].clone()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 def _branch_batchnorms(module: nn.Module, branches: int) -> list[BranchBatchNorm2d]:
@@ -142,10 +156,18 @@ class LesionAttentionGrader(nn.Module):
         (or with ``attention=False``) it is the plain grading CNN (stage-1 pre-training, ``Ori``).
     """
 
-    def __init__(self, num_classes: int = 5, num_lesions: int = 4, backbone: str = "resnet18", attention: bool = True,
-                 pretrained_path: str | None = None, input_norm: Literal["imagenet", "none"] | None = None,
-                 lesion_features: Literal["attention", "masks"] = "attention", attention_init: Literal["default", "mask"] = "default",
-                 weights: str | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 5,
+        num_lesions: int = 4,
+        backbone: str = "resnet18",
+        attention: bool = True,
+        pretrained_path: str | None = None,
+        input_norm: Literal["imagenet", "none"] | None = None,
+        lesion_features: Literal["attention", "masks"] = "attention",
+        attention_init: Literal["default", "mask"] = "default",
+        weights: str | None = None,
+    ) -> None:
         super().__init__()
         if lesion_features not in ("attention", "masks"):
             raise ConfigError(f"lesion_features must be 'attention' or 'masks', got {lesion_features!r}")
@@ -222,7 +244,10 @@ class LesionAttentionGrader(nn.Module):
             raise ValueError(f"lesion attention needs B x {self.num_lesions} masks from G, got {tuple(masks.shape)}")
         m = F.interpolate(masks, size=f_low.shape[-2:], mode="bilinear", align_corners=False)
         if self.lesion_features == "masks":  # Lesion(Pretrained): the masks weight the features directly
-            vectors = [self._high(m[:, lesion : lesion + 1] * f_low, 1 + lesion).mean((2, 3)) for lesion in range(self.num_lesions)]
+            vectors = [
+                self._high(m[:, lesion : lesion + 1] * f_low, 1 + lesion).mean((2, 3))
+                for lesion in range(self.num_lesions)
+            ]
             return {"logits": self.classifier(torch.cat(vectors, 1))}
         f_high = self.to_context(self._high(f_low, 0)).mean((2, 3), keepdim=True)  # B x C_low x 1 x 1
         alphas, vectors = [], []
@@ -238,7 +263,13 @@ class LesionAttentionGrader(nn.Module):
         return F.interpolate(alpha, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Multi-class focal loss (Lin et al. 2017): -alpha_t (1 - p_t)^gamma log p_t.
 
     Args:

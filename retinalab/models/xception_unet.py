@@ -47,8 +47,12 @@ class XceptionTuple(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            SeparableConv2d(c_in, c_out), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            SeparableConv2d(c_out, c_out), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            SeparableConv2d(c_in, c_out),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            SeparableConv2d(c_out, c_out),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
         )
         self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
@@ -61,8 +65,12 @@ class ConvTuple(nn.Sequential):
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -81,7 +89,9 @@ class XceptionUNet(nn.Module):
         the masks are ``sigmoid(logits)`` (:meth:`predict`). ``features`` returns every tuple's output.
     """
 
-    def __init__(self, in_channels: int = 3, num_lesions: int = 4, width: float = 1.0, depth: int = 5, block: Block = "xception") -> None:
+    def __init__(
+        self, in_channels: int = 3, num_lesions: int = 4, width: float = 1.0, depth: int = 5, block: Block = "xception"
+    ) -> None:
         super().__init__()
         if block not in ("xception", "conv"):
             raise ConfigError(f"block must be 'xception' (CE2) or 'conv' (CE1), got {block!r}")
@@ -90,7 +100,9 @@ class XceptionUNet(nn.Module):
         make = XceptionTuple if block == "xception" else ConvTuple
         chans = [max(4, round(64 * width * 2**i)) for i in range(depth)]
         self.depth = depth
-        self.encoder = nn.ModuleList([ConvTuple(in_channels, chans[0])] + [make(chans[i - 1], chans[i]) for i in range(1, depth)])
+        self.encoder = nn.ModuleList(
+            [ConvTuple(in_channels, chans[0])] + [make(chans[i - 1], chans[i]) for i in range(1, depth)]
+        )
         self.decoder = nn.ModuleList([make(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth - 1))])
         self.head = nn.Conv2d(chans[0], num_lesions, 1)  # the L per-lesion 1x1 convolutions, stacked
         channels_last(self)  # faster on the CPU (layout.py)
@@ -118,8 +130,15 @@ class XceptionUNet(nn.Module):
         return torch.sigmoid(self(x))
 
 
-def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 5, encoder: str | None = None, num_lesions: int = 4,
-                    prior: float | None = None, weights: str | None = None) -> nn.Module:
+def build_generator(
+    block: Block = "xception",
+    width: float = 1.0,
+    depth: int = 5,
+    encoder: str | None = None,
+    num_lesions: int = 4,
+    prior: float | None = None,
+    weights: str | None = None,
+) -> nn.Module:
     """G: paper 001's Xception U-Net, or with ``encoder`` a segmentation-models-pytorch U-Net on that
     encoder (``resnet34``, ``tu-efficientnet_b0``, ... any smp/timm encoder name), from scratch unless
     ``weights`` names the encoder's pretrained weights (smp's tag, e.g. ``imagenet``: fetched from the
@@ -137,12 +156,14 @@ def build_generator(block: Block = "xception", width: float = 1.0, depth: int = 
     if prior is not None and not 0 < prior < 1:
         raise ConfigError(f"prior must be in (0, 1), got {prior}")
     if weights and encoder is None:
-        raise ConfigError("generator weights are for an smp encoder (generator_encoder); paper 001's Xception U-Net trains from scratch")
+        raise ConfigError(
+            "generator weights are for an smp encoder (generator_encoder); paper 001's Xception U-Net trains from "
+            "scratch"
+        )
     if encoder is None:
         net: nn.Module = XceptionUNet(3, num_lesions, width, depth, block)
         head = net.head
     else:
-
         from ..weights import smp_unet
 
         net = smp_unet(encoder, weights, num_lesions)

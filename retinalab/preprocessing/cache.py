@@ -58,7 +58,8 @@ def build_lock(final: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``final``'s build (a ``flock`` on ``.<name>.lock`` beside it), so that
     processes started together (``retinalab study --parallel``) build a cache once and the others wait
     for it instead of each decoding every image with every core. The kernel drops the lock of a
-    process that dies; the file goes when the build ends. Without ``fcntl`` (Windows) there is no lock: builds race, as before, safely."""
+    process that dies; the file goes when the build ends. Without ``fcntl`` (Windows) there is no lock: builds
+    race, as before, safely."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -146,7 +147,11 @@ def pool_context() -> mp.context.BaseContext:
 
 @contextmanager
 def parallel_map(
-    fn: Callable[[Any], Any], jobs: Sequence[Any], num_workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
+    fn: Callable[[Any], Any],
+    jobs: Sequence[Any],
+    num_workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
 ) -> Iterator[Iterator[Any]]:
     """``fn`` over ``jobs``: in this process (``num_workers=0``) or a worker pool (``-1`` = all cores),
     results in completion order. The pool is torn down when the block exits, also on errors."""
@@ -166,8 +171,14 @@ def parallel_map(
 
 
 def run_image_jobs(
-    fn: Callable[[Any], tuple[int, str | None, Any]], jobs: Sequence[Any], num_workers: int, on_error: OnError,
-    desc: str, progress: bool = True, initializer: Callable[..., None] | None = None, initargs: tuple = (),
+    fn: Callable[[Any], tuple[int, str | None, Any]],
+    jobs: Sequence[Any],
+    num_workers: int,
+    on_error: OnError,
+    desc: str,
+    progress: bool = True,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
 ) -> tuple[dict[int, Any], dict[int, str]]:
     """Run per-image jobs (``fn`` returns ``(index, error or None, value)``) with a progress bar and the
     error policy: a failure raises :class:`DataFormatError` (``on_error="raise"``) or is logged and
@@ -192,7 +203,9 @@ def run_image_jobs(
     finally:
         bar.close()
     if jobs and len(errors) == len(jobs):
-        raise DataFormatError(f"none of the {len(jobs)} images could be read; first error: {next(iter(errors.values()))}")
+        raise DataFormatError(
+            f"none of the {len(jobs)} images could be read; first error: {next(iter(errors.values()))}"
+        )
     return values, errors
 
 
@@ -307,13 +320,16 @@ def _process(job: tuple[int, FundusRecord, PatchCacheConfig]) -> tuple[int, str 
         labels = grid.labels(fractions)
         image_label = DISEASED if labels.max() > 0 else HEALTHY
     t = cfg.thumb_size
-    _write_row(i, {
-        "patches": grid.extract(pre.image),
-        "labels": labels,
-        "fractions": fractions,
-        "thumbs": cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA),
-        "mask_thumbs": cv2.resize(union.astype(np.float32), (t, t), interpolation=cv2.INTER_AREA) > 0,
-    })
+    _write_row(
+        i,
+        {
+            "patches": grid.extract(pre.image),
+            "labels": labels,
+            "fractions": fractions,
+            "thumbs": cv2.resize(pre.image, (t, t), interpolation=cv2.INTER_AREA),
+            "mask_thumbs": cv2.resize(union.astype(np.float32), (t, t), interpolation=cv2.INTER_AREA) > 0,
+        },
+    )
     return i, None, image_label
 
 
@@ -411,7 +427,9 @@ class PatchCache:
         config = config or PatchCacheConfig()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"{name}-{cache_key(records, config)}"
-        return cls(build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress)))
+        return cls(
+            build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress))
+        )
 
     @staticmethod
     def _build_into(
@@ -437,7 +455,9 @@ class PatchCache:
         start = time.perf_counter()
         desc = f"Caching patches ({tmp.name.split('.tmp')[0].lstrip('.')})"
         try:
-            labels, errors = run_image_jobs(_process, jobs, num_workers, on_error, desc, progress, _worker_init, (str(tmp),))
+            labels, errors = run_image_jobs(
+                _process, jobs, num_workers, on_error, desc, progress, _worker_init, (str(tmp),)
+            )
         finally:
             _WORKER.clear()
         image_labels = np.full(n, UNKNOWN, dtype=np.int8)

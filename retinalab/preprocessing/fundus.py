@@ -62,7 +62,13 @@ def find_fov(image: np.ndarray, threshold: float = 0.1, min_fraction: float = 0.
     """
     h, w = image.shape[:2]
     small_scale = 256 / max(h, w)
-    small = cv2.resize(image, (max(1, round(w * small_scale)), max(1, round(h * small_scale))), interpolation=cv2.INTER_AREA) if small_scale < 1 else image
+    small = (
+        cv2.resize(
+            image, (max(1, round(w * small_scale)), max(1, round(h * small_scale))), interpolation=cv2.INTER_AREA
+        )
+        if small_scale < 1
+        else image
+    )
     lum = small.max(axis=2).astype(np.float32)
     hi = float(np.percentile(lum, 99))
     if hi <= 0:
@@ -164,7 +170,9 @@ def load_fundus(
     return Preprocessed(out, masks, box, full)
 
 
-def stack_masks(masks: Mapping[str, np.ndarray], size: int, lesions: tuple[str, ...] = LESIONS, dtype: Any = np.uint8) -> tuple[np.ndarray, np.ndarray]:
+def stack_masks(
+    masks: Mapping[str, np.ndarray], size: int, lesions: tuple[str, ...] = LESIONS, dtype: Any = np.uint8
+) -> tuple[np.ndarray, np.ndarray]:
     """Stack lesion masks as L x H x W ``dtype`` (uint8 0/1, or float32 fractions) plus an L-vector
     saying which ones are annotated."""
     arr = np.zeros((len(lesions), size, size), dtype=dtype)

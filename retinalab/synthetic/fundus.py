@@ -98,7 +98,16 @@ def _branch(
         pts.append(p.copy())
         if depth > 0 and k > 2 and rng.random() < 0.09:
             side = rng.choice([-1, 1])
-            _branch(rng, layer, p, a + side * rng.uniform(0.4, 1.0), length * rng.uniform(0.3, 0.55), width * 0.65, depth - 1, curl * 0.5)
+            _branch(
+                rng,
+                layer,
+                p,
+                a + side * rng.uniform(0.4, 1.0),
+                length * rng.uniform(0.3, 0.55),
+                width * 0.65,
+                depth - 1,
+                curl * 0.5,
+            )
     thickness = max(1, int(round(width)))
     cv2.polylines(layer, [np.asarray(pts, dtype=np.int32)], False, 1.0, thickness, cv2.LINE_AA)
 
@@ -186,11 +195,13 @@ def synth_fundus(
     dd = np.sqrt((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / disc_r
     da = np.clip(1.3 - dd, 0, 1)[..., None] ** 0.7
     img = img * (1 - 0.85 * da) + np.array(COLOURS["disc"], np.float32) * 0.85 * da
-    img += 0.12 * np.exp(-(dd / 0.45) ** 2)[..., None]
+    img += 0.12 * np.exp(-((dd / 0.45) ** 2))[..., None]
     masks: dict[str, np.ndarray] = {"OD": (dd <= 1.0) & fov}
     drawn_distractors: dict[str, int] = {}
     if style.distractors > 0:  # look-alikes, never in a mask, as many in healthy as in diseased photographs
-        drawn_distractors = draw_distractors(rng, img, fov, vessels, (cx, cy), R, macula, style.distractors, style.ma_radius)
+        drawn_distractors = draw_distractors(
+            rng, img, fov, vessels, (cx, cy), R, macula, style.distractors, style.ma_radius
+        )
 
     # lesions
     counts = LESION_COUNTS[grade]
@@ -225,11 +236,28 @@ def synth_fundus(
                     continue
                 if kind == "EX":
                     ex_centres.append(p)
-                draw_lesion(rng, kind, families[kind], mask_layers[kind], centre_layer if kind == "HE" else layers[kind], p, s,
-                            style.ma_radius)
+                draw_lesion(
+                    rng,
+                    kind,
+                    families[kind],
+                    mask_layers[kind],
+                    centre_layer if kind == "HE" else layers[kind],
+                    p,
+                    s,
+                    style.ma_radius,
+                )
         for kind in ("SE", "HE", "MA", "EX"):
-            masks[kind] = paint_lesions(rng, img, kind, families[kind], mask_layers[kind], centre_layer if kind == "HE" else layers[kind],
-                                        fov, R, style.lesion_contrast)
+            masks[kind] = paint_lesions(
+                rng,
+                img,
+                kind,
+                families[kind],
+                mask_layers[kind],
+                centre_layer if kind == "HE" else layers[kind],
+                fov,
+                R,
+                style.lesion_contrast,
+            )
     for kind in ("MA", "HE", "EX", "SE") if not style.lesion_families else ():  # the other presets' lesions
         lo, hi = counts[kind]
         for _ in range(int(rng.integers(lo, hi + 1))):
@@ -276,4 +304,6 @@ def synth_fundus(
         dme = 2 if dist < 2 * disc_r else 1
     masks = {k: masks[k] for k in STRUCTURES}
     names = {k: f.name for k, f in families.items()} if families is not None else None
-    return SyntheticFundus(image=image, masks=masks, grade=grade, dme_risk=dme, eye=eye, families=names, distractors=drawn_distractors)
+    return SyntheticFundus(
+        image=image, masks=masks, grade=grade, dme_risk=dme, eye=eye, families=names, distractors=drawn_distractors
+    )

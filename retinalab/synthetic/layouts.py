@@ -147,8 +147,12 @@ def idrid_plan(n: int, preset: str | SynthPreset, seed: int) -> dict[str, list[i
     grad_train = max(1, round(n_grad * 0.8))
     seg = _grades(rng, n_seg, list(style.idrid_seg_grades or IDRID_GRADE_MIX))
     grad = _grades(rng, n_grad, list(IDRID_GRADE_MIX), minimum=(0, 0, 2, 3))
-    return {"segmentation/train": seg[:seg_train], "segmentation/test": seg[seg_train:],
-            "grading/train": grad[:grad_train], "grading/test": grad[grad_train:]}
+    return {
+        "segmentation/train": seg[:seg_train],
+        "segmentation/test": seg[seg_train:],
+        "grading/train": grad[:grad_train],
+        "grading/test": grad[grad_train:],
+    }
 
 
 def _idrid(out: Path, n: int, opt: Options, workers: int) -> None:
@@ -256,7 +260,20 @@ def _eyepacs(out: Path, n: int, opt: Options, workers: int) -> None:
         ).to_csv(out / "retinopathy_solution.csv", index=False)
 
 
-MESSIDOR_BASES = ["Base11", "Base12", "Base13", "Base14", "Base21", "Base22", "Base23", "Base24", "Base31", "Base32", "Base33", "Base34"]
+MESSIDOR_BASES = [
+    "Base11",
+    "Base12",
+    "Base13",
+    "Base14",
+    "Base21",
+    "Base22",
+    "Base23",
+    "Base24",
+    "Base31",
+    "Base32",
+    "Base33",
+    "Base34",
+]
 MESSIDOR_DEPTS = {"1": "Service Ophtalmologie Lariboisière", "2": "CHU de St Etienne", "3": "LaTIM - CHU de BREST"}
 
 
@@ -320,9 +337,26 @@ def _folder(out: Path, n: int, opt: Options, workers: int) -> None:
         path = out / clinic / ("images" if clinic == "clinic_a" else "photos") / f"{stem}{'.jpg' if i % 3 else '.png'}"
         masked = i % 3 == 0
         masks = {les: out / "masks" / les / f"{stem}.png" for les in ("MA", "HE", "EX", "SE")} if masked else {}
-        jobs.append(Job(i, grades[i], path, masks, write_empty_masks=True, mask_style="gray", eye="left" if i % 2 == 0 else "right"))
+        jobs.append(
+            Job(
+                i,
+                grades[i],
+                path,
+                masks,
+                write_empty_masks=True,
+                mask_style="gray",
+                eye="left" if i % 2 == 0 else "right",
+            )
+        )
         label_kind = "grade" if i % 10 < 7 else ("referable" if i % 10 == 7 else "none")
-        rows.append((path.relative_to(out).as_posix(), label_kind, f"P{pat:04d}", "test" if pat >= n_pat - n_test_pat else "train"))
+        rows.append(
+            (
+                path.relative_to(out).as_posix(),
+                label_kind,
+                f"P{pat:04d}",
+                "test" if pat >= n_pat - n_test_pat else "train",
+            )
+        )
     res = _run(jobs, opt, workers, "synth folder", out)
     table = {"image": [], "grade": [], "referable": [], "patient": [], "split": []}
     for i, (rel, kind, patient, split) in enumerate(rows):
@@ -387,12 +421,25 @@ def write_synthetic(
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        WRITERS[dataset](tmp, num_images, Options(seed, tuple(size), lesion_scale, lesion_contrast, preset=style), workers)
+        WRITERS[dataset](
+            tmp, num_images, Options(seed, tuple(size), lesion_scale, lesion_contrast, preset=style), workers
+        )
         # how the set was drawn (readers ignore it): a later run can tell whether it may reuse the folder
-        settings = {"layout": dataset, "num_images": num_images, "seed": seed, "size": list(size), "lesion_scale": lesion_scale,
-                    "lesion_contrast": lesion_contrast, "preset": asdict(style),
-                    "truth": {"folder": TRUTH_DIR, "what": "drawn lesion masks of the photographs the layout labels per image only: "
-                              "<folder>/<image path without suffix>_<structure>.png, grey, absent structures without a file; no reader looks here"}}
+        settings = {
+            "layout": dataset,
+            "num_images": num_images,
+            "seed": seed,
+            "size": list(size),
+            "lesion_scale": lesion_scale,
+            "lesion_contrast": lesion_contrast,
+            "preset": asdict(style),
+            "truth": {
+                "folder": TRUTH_DIR,
+                "what": "drawn lesion masks of the photographs the layout labels per image only: "
+                "<folder>/<image path without suffix>_<structure>.png, grey, absent structures without a file; no "
+                "reader looks here",
+            },
+        }
         (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
         if out.exists():
             shutil.rmtree(out)

@@ -95,7 +95,9 @@ class SynthPreset:
         """This preset with its lesion size and opacity multiplied."""
         if lesion_scale == 1.0 and lesion_contrast == 1.0:
             return self
-        return replace(self, lesion_scale=self.lesion_scale * lesion_scale, lesion_contrast=self.lesion_contrast * lesion_contrast)
+        return replace(
+            self, lesion_scale=self.lesion_scale * lesion_scale, lesion_contrast=self.lesion_contrast * lesion_contrast
+        )
 
 
 PRESETS: dict[str, SynthPreset] = {
@@ -122,11 +124,20 @@ PRESETS: dict[str, SynthPreset] = {
 }
 
 # the benchmark's photographs in IDRiD's proportions, pixel-annotated ones of the graded ones' grade mix
-PRESETS["collaborative"] = replace(PRESETS["benchmark"], name="collaborative", idrid_seg_grades=None, idrid_seg_fraction=81 / 597)
+PRESETS["collaborative"] = replace(
+    PRESETS["benchmark"], name="collaborative", idrid_seg_grades=None, idrid_seg_fraction=81 / 597
+)
 # the benchmark's placement and shortcut controls, with the variety that makes 10 labelled photographs
 # scarce; lesion size, opacity and the number of look-alikes calibrated on the ConvNet alone (docs/synthetic.md)
-PRESETS["scarce"] = replace(PRESETS["benchmark"], name="scarce", lesion_families=True, distractors=0.5, background="varied",
-                            lesion_scale=1.3, lesion_contrast=1.2 * 1.4)
+PRESETS["scarce"] = replace(
+    PRESETS["benchmark"],
+    name="scarce",
+    lesion_families=True,
+    distractors=0.5,
+    background="varied",
+    lesion_scale=1.3,
+    lesion_contrast=1.2 * 1.4,
+)
 
 
 def get_preset(preset: str | SynthPreset) -> SynthPreset:

@@ -98,7 +98,13 @@ def _pt(p: np.ndarray) -> tuple[int, int]:
 
 
 def draw_lesion(
-    rng: np.random.Generator, kind: str, fam: Family, hard: np.ndarray, centre_layer: np.ndarray, p: np.ndarray, s: float,
+    rng: np.random.Generator,
+    kind: str,
+    fam: Family,
+    hard: np.ndarray,
+    centre_layer: np.ndarray,
+    p: np.ndarray,
+    s: float,
     ma_radius: tuple[float, float],
 ) -> None:
     """Draw one lesion of ``kind`` in family ``fam`` at ``p`` into ``hard`` (its 0/1 shape) and, for
@@ -143,15 +149,31 @@ def draw_lesion(
         elif fam.shape == "ring":  # circinate: dots on an ellipse around a leaking centre
             ra, rb, phi = s * rng.uniform(0.03, 0.06), s * rng.uniform(0.025, 0.05), rng.uniform(0, np.pi)
             for t in rng.uniform(0, 2 * np.pi, int(rng.integers(8, 17))):
-                q = p + np.array([ra * np.cos(t) * np.cos(phi) - rb * np.sin(t) * np.sin(phi),
-                                  ra * np.cos(t) * np.sin(phi) + rb * np.sin(t) * np.cos(phi)])
+                q = p + np.array(
+                    [
+                        ra * np.cos(t) * np.cos(phi) - rb * np.sin(t) * np.sin(phi),
+                        ra * np.cos(t) * np.sin(phi) + rb * np.sin(t) * np.cos(phi),
+                    ]
+                )
                 cv2.circle(hard, _pt(q), max(1, int(round(s * k * rng.uniform(0.003, 0.008)))), 1, -1)
         elif fam.shape == "speckle":  # many fine glints spread wide
             for _ in range(int(rng.integers(8, 25))):
-                cv2.circle(hard, _pt(p + rng.normal(0, 0.04 * s, 2)), max(1, int(round(s * k * rng.uniform(0.004, 0.008)))), 1, -1)
+                cv2.circle(
+                    hard,
+                    _pt(p + rng.normal(0, 0.04 * s, 2)),
+                    max(1, int(round(s * k * rng.uniform(0.004, 0.008)))),
+                    1,
+                    -1,
+                )
         else:  # cluster (the other presets' exudate)
             for _ in range(int(rng.integers(4, 18))):
-                cv2.circle(hard, _pt(p + rng.normal(0, 0.025 * s, 2)), max(1, int(round(s * k * rng.uniform(0.003, 0.011)))), 1, -1)
+                cv2.circle(
+                    hard,
+                    _pt(p + rng.normal(0, 0.025 * s, 2)),
+                    max(1, int(round(s * k * rng.uniform(0.003, 0.011)))),
+                    1,
+                    -1,
+                )
         return
     # SE: a fuzzy ellipse
     axes = (max(2, int(s * k * rng.uniform(0.025, 0.05))), max(2, int(s * k * rng.uniform(0.018, 0.035))))
@@ -159,8 +181,15 @@ def draw_lesion(
 
 
 def paint_lesions(
-    rng: np.random.Generator, img: np.ndarray, kind: str, fam: Family, hard: np.ndarray, centre_layer: np.ndarray, fov: np.ndarray,
-    R: float, contrast: float,
+    rng: np.random.Generator,
+    img: np.ndarray,
+    kind: str,
+    fam: Family,
+    hard: np.ndarray,
+    centre_layer: np.ndarray,
+    fov: np.ndarray,
+    R: float,
+    contrast: float,
 ) -> np.ndarray:
     """Blend the lesions of one type (``hard``: their 0/1 shapes) into ``img`` in place; returns their mask."""
     shape = hard.astype(np.float32)
@@ -243,8 +272,15 @@ DISTRACTORS: dict[str, tuple[float, tuple[int, int]]] = {
 
 
 def draw_distractors(
-    rng: np.random.Generator, img: np.ndarray, fov: np.ndarray, vessels: np.ndarray, centre: tuple[float, float], R: float,
-    macula: np.ndarray, rate: float, ma_radius: tuple[float, float],
+    rng: np.random.Generator,
+    img: np.ndarray,
+    fov: np.ndarray,
+    vessels: np.ndarray,
+    centre: tuple[float, float],
+    R: float,
+    macula: np.ndarray,
+    rate: float,
+    ma_radius: tuple[float, float],
 ) -> dict[str, int]:
     """Paint look-alikes that are not lesions into ``img`` (in place): drusen, light reflexes, dark
     dots at vessel crossings and pigment clumps. ``rate`` multiplies how many; the counts drawn do
@@ -281,10 +317,21 @@ def draw_distractors(
                 p = anywhere()
                 axes = (max(3, int(R * rng.uniform(0.1, 0.35))), max(2, int(R * rng.uniform(0.05, 0.2))))
                 start = rng.uniform(0, 360)
-                cv2.ellipse(layer, _pt(p), axes, rng.uniform(0, 180), start, start + rng.uniform(40, 140), 1.0,
-                            max(1, int(R * rng.uniform(0.006, 0.015))), cv2.LINE_AA)
+                cv2.ellipse(
+                    layer,
+                    _pt(p),
+                    axes,
+                    rng.uniform(0, 180),
+                    start,
+                    start + rng.uniform(40, 140),
+                    1.0,
+                    max(1, int(R * rng.uniform(0.006, 0.015))),
+                    cv2.LINE_AA,
+                )
                 for _ in range(int(rng.integers(0, 4))):
-                    cv2.circle(layer, _pt(p + rng.normal(0, 0.08 * R, 2)), max(1, int(R * rng.uniform(0.004, 0.008))), 1.0, -1)
+                    cv2.circle(
+                        layer, _pt(p + rng.normal(0, 0.08 * R, 2)), max(1, int(R * rng.uniform(0.004, 0.008))), 1.0, -1
+                    )
             layer = cv2.GaussianBlur(layer, (0, 0), max(0.8, 0.005 * R))
             blend(layer / max(float(layer.max()), 1e-6), (0.98, 0.96, 0.90), float(rng.uniform(0.3, 0.55)))
         elif kind == "crossing":  # dark dots where vessels cross or kink: the microaneurysm's twin

@@ -42,7 +42,9 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
             torch.distributed.broadcast(t, src=0)
 
 
-def warm_ema(avg: torch.Tensor, new: torch.Tensor, num_averaged: torch.Tensor, decay: float, warmup: bool) -> torch.Tensor:
+def warm_ema(
+    avg: torch.Tensor, new: torch.Tensor, num_averaged: torch.Tensor, decay: float, warmup: bool
+) -> torch.Tensor:
     """One step of an exponential moving average of weights: ``decay * avg + (1 - decay) * new``, with
     the decay capped at (1 + t) / (10 + t) after t updates when ``warmup`` (so a short run is not
     evaluated with an average dominated by its initial weights). The ``avg_fn`` of the SSL-GAN's and
@@ -180,7 +182,9 @@ class PatchTask(pl.LightningModule):
                 overlays.append((cache.images[i]["image_id"], side_by_side(np.array(cache.thumbs[i]), heat)))
         if scores:
             self.log(f"{stage}/localisation_auroc", float(np.mean(scores)))
-        log_overlays(self, f"{stage}/overlays", overlays, png_name=stage)  # on every rank: Trainer.log_dir is a collective
+        log_overlays(
+            self, f"{stage}/overlays", overlays, png_name=stage
+        )  # on every rank: Trainer.log_dir is a collective
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

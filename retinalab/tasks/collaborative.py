@@ -156,41 +156,81 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
         if pseudo_source not in ("attention", "truth"):
             raise ConfigError(f"pseudo_source must be 'attention' or 'truth', got {pseudo_source!r}")
         if pseudo_source == "truth" and not semi:
-            raise ConfigError("pseudo_source='truth' (the oracle arm) gives G pseudo masks on the graded photographs: it needs semi: true")
+            raise ConfigError(
+                "pseudo_source='truth' (the oracle arm) gives G pseudo masks on the graded photographs: it needs semi: "
+                "true"
+            )
         if lesion_features == "masks" and semi and attention and pseudo_source == "attention":
-            raise ConfigError("lesion_features='masks' (Lesion(Pretrained)) has no attention maps to use as pseudo masks: set semi: false")
+            raise ConfigError(
+                "lesion_features='masks' (Lesion(Pretrained)) has no attention maps to use as pseudo masks: set semi: "
+                "false"
+            )
         if pseudo_warmup_steps < 0 or (pseudo_threshold is not None and not 0 < pseudo_threshold < 1):
-            raise ConfigError(f"pseudo_warmup_steps must be >= 0 and pseudo_threshold in (0, 1), got {pseudo_warmup_steps}, {pseudo_threshold}")
+            raise ConfigError(
+                f"pseudo_warmup_steps must be >= 0 and pseudo_threshold in (0, 1), got {pseudo_warmup_steps}, "
+                f"{pseudo_threshold}"
+            )
         if accumulate_grad_batches < 1:
             raise ConfigError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if accumulate_grad_batches > 1 and stage != "joint":
-            raise ConfigError(f"model.accumulate_grad_batches is for the joint stage (manual optimisation); the {stage} stage "
-                             f"accumulates with trainer.accumulate_grad_batches")
+            raise ConfigError(
+                f"model.accumulate_grad_batches is for the joint stage (manual optimisation); the {stage} stage "
+                f"accumulates with trainer.accumulate_grad_batches"
+            )
         self.save_hyperparameters()
         self.lesions = list(lesions or LESIONS)
         self.stage = stage
-        self.generator = build_generator(generator_block, generator_width, generator_depth, generator_encoder, len(self.lesions), generator_prior,
-                                         generator_weights)
-        self.grader = LesionAttentionGrader(num_classes, len(self.lesions), backbone, attention, pretrained_path, grader_input_norm,
-                                            lesion_features, attention_init, weights=weights)
+        self.generator = build_generator(
+            generator_block,
+            generator_width,
+            generator_depth,
+            generator_encoder,
+            len(self.lesions),
+            generator_prior,
+            generator_weights,
+        )
+        self.grader = LesionAttentionGrader(
+            num_classes,
+            len(self.lesions),
+            backbone,
+            attention,
+            pretrained_path,
+            grader_input_norm,
+            lesion_features,
+            attention_init,
+            weights=weights,
+        )
         self.use_attention = attention and stage == "joint"
         self.update_generator = stage == "segmentation" or (stage == "joint" and (semi or adversarial))
-        self.discriminator = LesionDiscriminator(3, len(self.lesions), discriminator_width) if stage == "joint" and adversarial else None
+        self.discriminator = (
+            LesionDiscriminator(3, len(self.lesions), discriminator_width) if stage == "joint" and adversarial else None
+        )
         if stage == "joint":
             self.automatic_optimization = False
             if generator_ckpt:
                 load_part(generator_ckpt, "generator", self.generator, strict=True)
             if grader_ckpt:
                 # Lesion(Pretrained) has no attention module: the stage-1b checkpoint's untrained one is left out
-                load_part(grader_ckpt, "grader", self.grader, strict=False,
-                           ignore=("w_low.", "w_high.", "to_context.") if lesion_features == "masks" or attention_init == "mask" else ())
-        self.pixel_metrics = torch.nn.ModuleDict({s: LesionPixelMetrics(self.lesions, pixel_thresholds) for s in ("val", "test")})
+                load_part(
+                    grader_ckpt,
+                    "grader",
+                    self.grader,
+                    strict=False,
+                    ignore=("w_low.", "w_high.", "to_context.")
+                    if lesion_features == "masks" or attention_init == "mask"
+                    else (),
+                )
+        self.pixel_metrics = torch.nn.ModuleDict(
+            {s: LesionPixelMetrics(self.lesions, pixel_thresholds) for s in ("val", "test")}
+        )
         self.grade_metrics = torch.nn.ModuleDict({s: grading_metrics(num_classes) for s in ("val", "test")})
         self.binary_metrics = torch.nn.ModuleDict({s: BinaryDRMetrics() for s in ("val", "test")})
         # Messidor's referable / normal protocol reads DR grades; a two-class target (referable) is binary
         # already, and with it the protocol found no grade >= 2 and logged a referable AUC of 0
         self._binary_protocol = num_classes > 2
-        self.pseudo_quality = torch.nn.ModuleDict({s: PseudoMaskQuality(self.lesions, pixel_thresholds) for s in ("val", "test")})
+        self.pseudo_quality = torch.nn.ModuleDict(
+            {s: PseudoMaskQuality(self.lesions, pixel_thresholds) for s in ("val", "test")}
+        )
         self._quality_sheets: list[tuple[str, np.ndarray]] = []
         self._overlays: list[tuple[str, np.ndarray]] = []
 
@@ -248,14 +288,21 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
             y = batch["label"]
             logits = self.grader(batch["image"])["logits"]
             loss = focal_loss(logits, y, self.hparams.focal_gamma)
-            self.log_dict({"train/loss_cls": loss, "train/acc": (logits.argmax(1) == y).float().mean()}, prog_bar=True, batch_size=len(y))
+            self.log_dict(
+                {"train/loss_cls": loss, "train/acc": (logits.argmax(1) == y).float().mean()},
+                prog_bar=True,
+                batch_size=len(y),
+            )
             return loss
         return self._joint_step(batch, batch_idx)
 
     def _joint_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         h = self.hparams
         if "pixel" not in batch or "image" not in batch:
-            raise ConfigError("the joint stage needs a SegmentationDataModule with image_level_dataset set (batches {'pixel', 'image'})")
+            raise ConfigError(
+                "the joint stage needs a SegmentationDataModule with image_level_dataset set (batches {'pixel', "
+                "'image'})"
+            )
         opts = self.optimizers()
         opt_g, opt_c, opt_d = (list(opts) + [None, None])[:3] if isinstance(opts, (list, tuple)) else (opts, None, None)
         if not self.update_generator:
@@ -270,12 +317,19 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
             with torch.no_grad():
                 gp, gi = self.generator(xp), self.generator(xi)
         mp, mi = torch.sigmoid(gp), torch.sigmoid(gi)
-        out = self.grader(xi, mi if h.end_to_end and self.update_generator else mi.detach()) if self.use_attention else self.grader(xi)
+        out = (
+            self.grader(xi, mi if h.end_to_end and self.update_generator else mi.detach())
+            if self.use_attention
+            else self.grader(xi)
+        )
         loss_cls = focal_loss(out["logits"], yi, h.focal_gamma)
         loss_ce = masked_bce(gp, sp, kp)
         logs = {"train/loss_cls": loss_cls, "train/loss_ce_pixel": loss_ce}
-        if (h.semi and ("alpha" in out or h.pseudo_source == "truth")
-                and self.trainer.fit_loop.total_batch_idx >= h.pseudo_warmup_steps):
+        if (
+            h.semi
+            and ("alpha" in out or h.pseudo_source == "truth")
+            and self.trainer.fit_loop.total_batch_idx >= h.pseudo_warmup_steps
+        ):
             pseudo = pseudo_targets(self, out.get("alpha"), ib, gi.shape[-2:]).detach()
             loss_pseudo = masked_bce(gi, pseudo)
             loss_ce = loss_ce + loss_pseudo
@@ -300,7 +354,11 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
             for p in self.discriminator.parameters():
                 p.requires_grad_(True)
             loss_g = loss_g + adv
-            logs |= {"train/loss_d": loss_d, "train/loss_adv_g": adv, "train/l_seg": l_seg(d_real.detach(), d_fake.detach(), loss_ce.detach(), h.lam)}
+            logs |= {
+                "train/loss_d": loss_d,
+                "train/loss_adv_g": adv,
+                "train/l_seg": l_seg(d_real.detach(), d_fake.detach(), loss_ce.detach(), h.lam),
+            }
         total = loss_cls + (loss_g if self.update_generator else 0.0)
         self.manual_backward(total / k)
         if step_now:

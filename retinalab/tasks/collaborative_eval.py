@@ -47,8 +47,12 @@ class CollaborativeEvaluation:
             for i in range(len(x)):
                 if len(self._quality_sheets) >= self.hparams.num_overlays or self.trainer.sanity_checking:
                     break
-                self._quality_sheets.append((f"{batch['image_id'][i]}: photograph | truth | " + " | ".join(maps),
-                                             quality_sheet(x[i], truth[i], {k: v[i] for k, v in maps.items()}, self.lesions)))
+                self._quality_sheets.append(
+                    (
+                        f"{batch['image_id'][i]}: photograph | truth | " + " | ".join(maps),
+                        quality_sheet(x[i], truth[i], {k: v[i] for k, v in maps.items()}, self.lesions),
+                    )
+                )
 
     def _keep_overlays(self, batch: dict[str, Any], maps: torch.Tensor, kind: str) -> None:
         if self.trainer.sanity_checking:
@@ -74,7 +78,13 @@ class CollaborativeEvaluation:
             return {"image_id": [], "image": torch.zeros(0), "masks": torch.zeros(0)}
         x = batch["image"]
         masks = self.masks(x)
-        out: dict[str, Any] = {"image_id": list(batch["image_id"]), "image": x.float().cpu(), "masks": masks.float().cpu(), "alpha": None, "grade_probs": None}
+        out: dict[str, Any] = {
+            "image_id": list(batch["image_id"]),
+            "image": x.float().cpu(),
+            "masks": masks.float().cpu(),
+            "alpha": None,
+            "grade_probs": None,
+        }
         if self.stage != "segmentation":
             g = self.grade(x, masks)
             out["grade_probs"] = torch.softmax(g["logits"].float(), 1).cpu()

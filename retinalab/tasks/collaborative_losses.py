@@ -27,7 +27,9 @@ def l_seg(d_real: torch.Tensor, d_fake: torch.Tensor, l_ce: torch.Tensor, lam: f
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     """-L_Adv: binary cross-entropy with real = pixel-annotated, fake = image-level."""
-    return F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+    return F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy_with_logits(
+        d_fake, torch.zeros_like(d_fake)
+    )
 
 
 def generator_adversarial_loss(d_fake: torch.Tensor) -> torch.Tensor:
@@ -47,10 +49,18 @@ def load_part(path: str, prefix: str, module: torch.nn.Module, strict: bool, ign
     weights = {k[len(prefix) + 1 :]: v for k, v in state.get("state_dict", state).items() if k.startswith(prefix + ".")}
     weights = {k: v for k, v in weights.items() if not k.startswith(ignore)} if ignore else weights
     if not weights:
-        raise CheckpointError(f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}")
+        raise CheckpointError(
+            f"{p}: no '{prefix}.' weights in this checkpoint; pass the checkpoint of the stage that trains the {prefix}"
+        )
     shapes, listed = shape_mismatches(weights, module)
     if shapes:
-        raise CheckpointError(f"{p}: {len(shapes)} '{prefix}' weight(s) of another shape ({listed}); same widths/backbone as the checkpoint?")
+        raise CheckpointError(
+            f"{p}: {len(shapes)} '{prefix}' weight(s) of another shape ({listed}); same widths/backbone as the "
+            "checkpoint?"
+        )
     missing, unexpected = module.load_state_dict(weights, strict=False)
     if unexpected or (strict and missing):
-        raise CheckpointError(f"{p}: '{prefix}' weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); same widths/backbone as the checkpoint?")
+        raise CheckpointError(
+            f"{p}: '{prefix}' weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); same "
+            "widths/backbone as the checkpoint?"
+        )

@@ -93,8 +93,16 @@ def pseudo_label_counts(pseudo: torch.Tensor, mask: torch.Tensor, truth: torch.T
     known = truth >= 0
     conf = mask & known
     lesion_pred, lesion_true = conf & (pseudo > 0), known & (truth > 0)
-    return torch.stack([conf.sum(), (conf & (pseudo == truth)).sum(), lesion_pred.sum(), (lesion_pred & (pseudo == truth)).sum(),
-                        lesion_true.sum(), known.sum()]).float()
+    return torch.stack(
+        [
+            conf.sum(),
+            (conf & (pseudo == truth)).sum(),
+            lesion_pred.sum(),
+            (lesion_pred & (pseudo == truth)).sum(),
+            lesion_true.sum(),
+            known.sum(),
+        ]
+    ).float()
 
 
 def pseudo_label_quality(counts: torch.Tensor) -> dict[str, float]:
@@ -102,15 +110,23 @@ def pseudo_label_quality(counts: torch.Tensor) -> dict[str, float]:
     from summed :func:`pseudo_label_counts`; a ratio without a denominator is left out."""
     conf, right, lesion_pred, lesion_right, lesion_true, known = counts.tolist()
     out = {}
-    for name, num, den in (("pseudo_accuracy", right, conf), ("pseudo_lesion_precision", lesion_right, lesion_pred),
-                           ("pseudo_lesion_recall", lesion_right, lesion_true), ("true_lesion_share", lesion_true, known)):
+    for name, num, den in (
+        ("pseudo_accuracy", right, conf),
+        ("pseudo_lesion_precision", lesion_right, lesion_pred),
+        ("pseudo_lesion_recall", lesion_right, lesion_true),
+        ("true_lesion_share", lesion_true, known),
+    ):
         if den > 0:
             out[name] = num / den
     return out
 
 
-def fixmatch_unsup_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float | torch.Tensor,
-                        align: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fixmatch_unsup_loss(
+    logits_weak: torch.Tensor,
+    logits_strong: torch.Tensor,
+    threshold: float | torch.Tensor,
+    align: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FixMatch's unlabelled loss (Eq. 4 of Sohn et al. 2020).
 
     Args:
@@ -202,7 +218,13 @@ class FixMatchTask(PatchTask):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         self.model = build_patch_model(
-            backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, dropout_in=dropout_in, dropout=dropout
+            backbone,
+            num_classes=num_classes,
+            width=width,
+            pretrained_path=pretrained_path,
+            weights=weights,
+            dropout_in=dropout_in,
+            dropout=dropout,
         )
         self.ema = AveragedModel(self.model, multi_avg_fn=None, avg_fn=self._ema_avg, use_buffers=True)
         self.ema.requires_grad_(False)
@@ -242,8 +264,13 @@ class FixMatchTask(PatchTask):
         if stage == "fit" and getattr(dm, "cache", None) is not None:
             labels = getattr(dm.cache, "labels", None)
             self._hidden_labels = torch.from_numpy(np.array(labels, dtype=np.int8)) if labels is not None else None
-        if self.hparams.thresholding == "flexmatch" and getattr(dm, "cache", None) is not None and "unlabeled" in getattr(dm, "rows", {}):
-            # before a checkpoint is restored (fit, test, ...), so that its FlexMatch state loads into buffers of its size
+        if (
+            self.hparams.thresholding == "flexmatch"
+            and getattr(dm, "cache", None) is not None
+            and "unlabeled" in getattr(dm, "rows", {})
+        ):
+            # before a checkpoint is restored (fit, test, ...), so that its FlexMatch state loads into
+            # buffers of its size
             rows, g = dm.rows["unlabeled"], dm.cache.patches_per_image
             offset = torch.full((len(dm.cache),), -1, dtype=torch.long)
             offset[torch.as_tensor(rows, dtype=torch.long)] = torch.arange(len(rows)) * g
@@ -263,7 +290,9 @@ class FixMatchTask(PatchTask):
         if self.hparams.thresholding != "flexmatch":
             return self.hparams.threshold
         if self.flex_seen.numel() == 0:
-            raise RuntimeError("thresholding: flexmatch needs the patch datamodule's unlabelled pool (set up in FixMatchTask.setup)")
+            raise RuntimeError(
+                "thresholding: flexmatch needs the patch datamodule's unlabelled pool (set up in FixMatchTask.setup)"
+            )
         return flexmatch_thresholds(self.flex_seen, self.hparams.num_classes, self.hparams.threshold)
 
     @torch.no_grad()
@@ -271,7 +300,9 @@ class FixMatchTask(PatchTask):
         """Record each unlabelled patch's prediction where it reached tau (FlexMatch's sigma counts)."""
         pos = self.flex_offset[batch["image_index"].long()] + batch["patch_index"].long()
         conf, pred = torch.softmax(logits_weak.detach().float(), dim=1).max(1)
-        pred = torch.where(conf >= self.hparams.threshold, pred, torch.full_like(pred, -2))  # -2: not confident, leave as is
+        pred = torch.where(
+            conf >= self.hparams.threshold, pred, torch.full_like(pred, -2)
+        )  # -2: not confident, leave as is
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank keeps the whole record
             pos, pred = self.all_gather(pos).flatten(), self.all_gather(pred).flatten()
         keep = (pred >= 0) & (pos >= 0)
@@ -306,12 +337,16 @@ class FixMatchTask(PatchTask):
         if "labeled" not in batch or "unlabeled" not in batch:
             raise ConfigError("FixMatchTask needs labelled and unlabelled batches: set data.unlabeled: true")
         if "image_strong" not in batch["unlabeled"]:
-            raise ConfigError("FixMatchTask needs a weak and a strong view of every unlabelled patch: set data.unlabeled_strong: true")
+            raise ConfigError(
+                "FixMatchTask needs a weak and a strong view of every unlabelled patch: set data.unlabeled_strong: true"
+            )
         x, y = batch["labeled"]["image"], batch["labeled"]["label"]
         u_w, u_s = batch["unlabeled"]["image"], batch["unlabeled"]["image_strong"]
         n, m = len(x), len(u_w)
         self._maybe_data_init(torch.cat([x, u_w]))
-        if self._batch_norm:  # one pass over all three, so that batch norm normalises them together (as FixMatch's code)
+        if (
+            self._batch_norm
+        ):  # one pass over all three, so that batch norm normalises them together (as FixMatch's code)
             logits = self(torch.cat([x, u_w, u_s]))
             l_x, l_w, l_s = logits[:n], logits[n : n + m], logits[n + m :]
         else:  # no batch norm (conv-large): the same logits, without back-propagating through the weak views
@@ -334,15 +369,30 @@ class FixMatchTask(PatchTask):
                 if self._hidden_labels.device != pseudo.device:
                     self._hidden_labels = self._hidden_labels.to(pseudo.device)
                 i, j = batch["unlabeled"]["image_index"].long(), batch["unlabeled"]["patch_index"].long()
-                self._pseudo_counts = self._pseudo_counts.to(pseudo.device) + pseudo_label_counts(pseudo, mask, self._hidden_labels[i, j])
+                self._pseudo_counts = self._pseudo_counts.to(pseudo.device) + pseudo_label_counts(
+                    pseudo, mask, self._hidden_labels[i, j]
+                )
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", (l_x.argmax(1) == y).float().mean(), batch_size=n)
-        self.log_dict({"fixmatch/loss_sup": loss_sup.detach(), "fixmatch/loss_unsup": loss_unsup.detach(), "fixmatch/mask_rate": confident,
-                       "fixmatch/pseudo_lesion_share": lesion_share, "fixmatch/p_model_lesion": self.p_model[1:].sum()},
-                      on_step=False, on_epoch=True, batch_size=m)
+        self.log_dict(
+            {
+                "fixmatch/loss_sup": loss_sup.detach(),
+                "fixmatch/loss_unsup": loss_unsup.detach(),
+                "fixmatch/mask_rate": confident,
+                "fixmatch/pseudo_lesion_share": lesion_share,
+                "fixmatch/p_model_lesion": self.p_model[1:].sum(),
+            },
+            on_step=False,
+            on_epoch=True,
+            batch_size=m,
+        )
         if isinstance(thresholds, torch.Tensor):
-            self.log_dict({"fixmatch/threshold_healthy": thresholds[0], "fixmatch/threshold_lesion": thresholds[1:].min()},
-                          on_step=False, on_epoch=True, batch_size=m)
+            self.log_dict(
+                {"fixmatch/threshold_healthy": thresholds[0], "fixmatch/threshold_lesion": thresholds[1:].min()},
+                on_step=False,
+                on_epoch=True,
+                batch_size=m,
+            )
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

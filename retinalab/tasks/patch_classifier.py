@@ -68,7 +68,13 @@ class PatchClassifierTask(PatchTask):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_patch_model(
-            backbone, num_classes=num_classes, width=width, pretrained_path=pretrained_path, weights=weights, dropout_in=dropout_in, dropout=dropout
+            backbone,
+            num_classes=num_classes,
+            width=width,
+            pretrained_path=pretrained_path,
+            weights=weights,
+            dropout_in=dropout_in,
+            dropout=dropout,
         )
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
         # saved in checkpoints, so a resumed run does not initialise again
@@ -111,5 +117,7 @@ class PatchClassifierTask(PatchTask):
         opt = torch.optim.Adam(self.parameters(), lr=h.lr, betas=(h.beta1, h.beta2), weight_decay=h.weight_decay)
         if h.lr_plateau_patience is None:
             return opt
-        sch = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=h.lr_plateau_factor, patience=h.lr_plateau_patience)
+        sch = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=h.lr_plateau_factor, patience=h.lr_plateau_patience
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "monitor": "val/loss", "interval": "epoch"}}

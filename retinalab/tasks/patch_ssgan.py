@@ -170,10 +170,18 @@ class PatchSSGANTask(PatchTask):
         acc = (l_lab.argmax(1) == y).float().mean()
         self._log_diagnostics(loss_sup, loss_unsup, loss_g, l_unl, l_fake)
         real = batch["unlabeled"]["image"]
-        if self._last_real is None or len(real) >= self.num_samples:  # a full picture: an epoch's last batch can be short
+        if (
+            self._last_real is None or len(real) >= self.num_samples
+        ):  # a full picture: an epoch's last batch can be short
             self._last_real = real[: self.num_samples].detach()
         self.log_dict(
-            {"train/loss_d": loss_d, "train/loss_sup": loss_sup, "train/loss_unsup": loss_unsup, "train/loss_g": loss_g, "train/acc": acc},
+            {
+                "train/loss_d": loss_d,
+                "train/loss_sup": loss_sup,
+                "train/loss_unsup": loss_unsup,
+                "train/loss_g": loss_g,
+                "train/acc": acc,
+            },
             prog_bar=False,
             batch_size=n_l,
         )
@@ -188,14 +196,26 @@ class PatchSSGANTask(PatchTask):
         """p(fake | x) = 1 / (1 + sum_k exp(l_k)) = sigmoid(-LSE), from the K real-class logits."""
         return torch.sigmoid(-torch.logsumexp(logits, dim=1))
 
-    def _log_diagnostics(self, loss_sup: torch.Tensor, loss_unsup: torch.Tensor, loss_g: torch.Tensor, l_unl: torch.Tensor,
-                         l_fake: torch.Tensor) -> None:
+    def _log_diagnostics(
+        self,
+        loss_sup: torch.Tensor,
+        loss_unsup: torch.Tensor,
+        loss_g: torch.Tensor,
+        l_unl: torch.Tensor,
+        l_fake: torch.Tensor,
+    ) -> None:
         """What the GAN game is doing, as epoch means (see the module docstring)."""
         with torch.no_grad():
             p_real, p_gen = self.p_fake(l_unl.float()), self.p_fake(l_fake.float())
             d_acc = 0.5 * ((p_real < 0.5).float().mean() + (p_gen > 0.5).float().mean())
-        values = {"gan/loss_sup": loss_sup.detach(), "gan/loss_unsup": loss_unsup.detach(), "gan/loss_g": loss_g.detach(),
-                  "gan/p_fake_real": p_real.mean(), "gan/p_fake_generated": p_gen.mean(), "gan/d_accuracy": d_acc}
+        values = {
+            "gan/loss_sup": loss_sup.detach(),
+            "gan/loss_unsup": loss_unsup.detach(),
+            "gan/loss_g": loss_g.detach(),
+            "gan/p_fake_real": p_real.mean(),
+            "gan/p_fake_generated": p_gen.mean(),
+            "gan/d_accuracy": d_acc,
+        }
         self.log_dict(values, on_step=False, on_epoch=True, batch_size=len(l_unl))
 
     @torch.no_grad()
@@ -220,7 +240,9 @@ class PatchSSGANTask(PatchTask):
             v.copy_(saved[k])
         tiles = [make_grid(fake.clamp(0, 1).cpu(), nrow=8, padding=2, pad_value=1.0)]
         if real is not None and len(real):
-            tiles.append(make_grid(real[: self.num_samples].float().clamp(0, 1).cpu(), nrow=8, padding=2, pad_value=1.0))
+            tiles.append(
+                make_grid(real[: self.num_samples].float().clamp(0, 1).cpu(), nrow=8, padding=2, pad_value=1.0)
+            )
         h = max(t.shape[1] for t in tiles)
         tiles = [torch.nn.functional.pad(t, (0, 0, 0, h - t.shape[1]), value=1.0) for t in tiles]
         gap = torch.ones(3, h, 8)
@@ -231,8 +253,17 @@ class PatchSSGANTask(PatchTask):
 
     def on_train_epoch_end(self) -> None:
         if self._trainer is not None and not self.trainer.sanity_checking:
-            log_overlays(self, "gan/samples", [(f"generated (left) | real unlabelled (right), epoch {self.current_epoch}",
-                                                self.sample_picture(self._last_real))], png_name="gan_samples")
+            log_overlays(
+                self,
+                "gan/samples",
+                [
+                    (
+                        f"generated (left) | real unlabelled (right), epoch {self.current_epoch}",
+                        self.sample_picture(self._last_real),
+                    )
+                ],
+                png_name="gan_samples",
+            )
         schedulers = self.lr_schedulers()
         for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
             if sch is not None:
@@ -241,9 +272,19 @@ class PatchSSGANTask(PatchTask):
     def configure_optimizers(self):
         h = self.hparams
         d_params, g_params = self.discriminator.parameters(), self.generator.parameters()
-        opt_d = self.optimizer_d(d_params) if self.optimizer_d else torch.optim.Adam(d_params, lr=h.lr_d, betas=(h.beta1, h.beta2))
-        opt_g = self.optimizer_g(g_params) if self.optimizer_g else torch.optim.Adam(g_params, lr=h.lr_g, betas=(h.beta1, h.beta2))
-        max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else h.lr_decay_start
+        opt_d = (
+            self.optimizer_d(d_params)
+            if self.optimizer_d
+            else torch.optim.Adam(d_params, lr=h.lr_d, betas=(h.beta1, h.beta2))
+        )
+        opt_g = (
+            self.optimizer_g(g_params)
+            if self.optimizer_g
+            else torch.optim.Adam(g_params, lr=h.lr_g, betas=(h.beta1, h.beta2))
+        )
+        max_epochs = (
+            self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else h.lr_decay_start
+        )
 
         def factor(epoch: int) -> float:
             """1 until ``lr_decay_start``, then linearly to 0 at ``max_epochs``."""

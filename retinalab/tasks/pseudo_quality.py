@@ -58,8 +58,10 @@ def pseudo_targets(task: Any, alpha: torch.Tensor | None, batch: dict[str, Any],
     if task.hparams.pseudo_source == "truth":
         truth = batch.get("truth")
         if truth is None:
-            raise ConfigError("pseudo_source='truth' (the oracle arm) needs the drawn masks on the graded photographs: "
-                             "a synthetic dataset from retinalab synth with data.image_level_truth: all")
+            raise ConfigError(
+                "pseudo_source='truth' (the oracle arm) needs the drawn masks on the graded photographs: "
+                "a synthetic dataset from retinalab synth with data.image_level_truth: all"
+            )
         return at_size(truth.float(), size)
     pseudo = task.grader.pseudo_masks(alpha, size)
     if task.hparams.pseudo_threshold is not None:
@@ -67,7 +69,9 @@ def pseudo_targets(task: Any, alpha: torch.Tensor | None, batch: dict[str, Any],
     return pseudo
 
 
-def quality_maps(task: Any, batch: dict[str, Any], masks: torch.Tensor | None = None, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def quality_maps(
+    task: Any, batch: dict[str, Any], masks: torch.Tensor | None = None, out: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The maps scored on a graded batch of ``task``: ``G`` (G's masks),
     ``attention`` (the attention maps at their resolution; with the lesion attention) and ``pseudo``
     (G's targets as the loss uses them; with ``semi``). ``masks`` / ``out``: already computed."""
@@ -118,7 +122,9 @@ class PseudoMaskQuality(nn.Module):
 
 
 @torch.no_grad()
-def pseudo_mask_quality(task: Any, batches: Iterable[dict[str, Any] | None], thresholds: int | None = None) -> dict[str, float]:
+def pseudo_mask_quality(
+    task: Any, batches: Iterable[dict[str, Any] | None], thresholds: int | None = None
+) -> dict[str, float]:
     """Score ``task``'s (a joint-stage :class:`retinalab.tasks.CollaborativeTask`) G masks, attention
     maps and pseudo masks against the truth on every batch that carries it (e.g. the image-level
     validation loader of ``SegmentationDataModule(image_level_truth="eval")`` on synthetic data), in
@@ -140,12 +146,16 @@ def pseudo_mask_quality(task: Any, batches: Iterable[dict[str, Any] | None], thr
     finally:
         task.train(was_training)
     if not quality.updated:
-        raise ValueError("no batch carries the drawn lesion masks (truth / truth_fraction): pseudo-mask quality needs a synthetic "
-                         "dataset drawn by retinalab synth and SegmentationDataModule(image_level_truth='eval')")
+        raise ValueError(
+            "no batch carries the drawn lesion masks (truth / truth_fraction): pseudo-mask quality needs a synthetic "
+            "dataset drawn by retinalab synth and SegmentationDataModule(image_level_truth='eval')"
+        )
     return {k: float(v) for k, v in quality.compute().items()}
 
 
-def quality_sheet(image: torch.Tensor, truth: torch.Tensor, maps: dict[str, torch.Tensor], lesions: Sequence[str]) -> np.ndarray:
+def quality_sheet(
+    image: torch.Tensor, truth: torch.Tensor, maps: dict[str, torch.Tensor], lesions: Sequence[str]
+) -> np.ndarray:
     """One photograph's row for W&B: the photograph, then the truth, G's masks, the attention maps and
     the pseudo masks over it (each resized to the photograph), side by side.
 
@@ -154,7 +164,11 @@ def quality_sheet(image: torch.Tensor, truth: torch.Tensor, maps: dict[str, torc
     size = rgb.shape[:2]
     panels = [rgb]
     for m in (truth, *(maps[s] for s in SOURCES if s in maps)):
-        m = F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0] if tuple(m.shape[-2:]) != size else m.float()
+        m = (
+            F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+            if tuple(m.shape[-2:]) != size
+            else m.float()
+        )
         panels.append(lesion_overlay(rgb, m.clamp(0, 1).cpu().numpy(), list(lesions)))
     return np.concatenate(panels, axis=1)
 
@@ -189,5 +203,8 @@ def mask_dependence(task: Any, batches: Iterable[dict[str, Any] | None]) -> dict
         task.train(was_training)
     if not images:
         raise ValueError("mask_dependence: no photograph in the batches")
-    return {"grade_change": changed / images, "alpha_change": float(np.mean(alpha_change)) if alpha_change else float("nan"),
-            "alpha_std": float(torch.cat(alphas).std()) if alphas else float("nan")}
+    return {
+        "grade_change": changed / images,
+        "alpha_change": float(np.mean(alpha_change)) if alpha_change else float("nan"),
+        "alpha_std": float(torch.cat(alphas).std()) if alphas else float("nan"),
+    }

@@ -125,7 +125,9 @@ def class_parameters(class_path: str) -> list[str]:
     return names
 
 
-def check_arguments(func: Callable[..., Any], args: Mapping[str, Any], what: str, option: str, skip: Iterable[str] = ()) -> None:
+def check_arguments(
+    func: Callable[..., Any], args: Mapping[str, Any], what: str, option: str, skip: Iterable[str] = ()
+) -> None:
     """Check ``args`` (keyword arguments from a config) against ``func``'s signature before calling it.
 
     Raises:
@@ -144,7 +146,8 @@ def check_arguments(func: Callable[..., Any], args: Mapping[str, Any], what: str
         name = f"`{key}` in {option}" if option.startswith("--") else f"`{option}.{key}`"
         if key not in params:
             raise ConfigError(
-                f"{name} is not an option of the {what}; its options are {options}.{suggest(key, params, prefix='' if option.startswith('--') else option + '.')} "
+                f"{name} is not an option of the {what}; its options are "
+                f"{options}.{suggest(key, params, prefix='' if option.startswith('--') else option + '.')} "
                 f"Remove it, or use {flag} '{{}}' for the defaults"
             )
         hint = hints.get(key)
@@ -181,8 +184,10 @@ class ArgumentParser(argparse.ArgumentParser):
         if m:
             first = m.group(1).split()[0]
             known = [s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")]
-            raise ConfigError(f"{self.prog}: unknown option {first}.{suggest(first.lstrip('-').split('=')[0], known)} "
-                              f"Run `{self.prog} --help` for the options")
+            raise ConfigError(
+                f"{self.prog}: unknown option {first}.{suggest(first.lstrip('-').split('=')[0], known)} "
+                f"Run `{self.prog} --help` for the options"
+            )
         raise ConfigError(f"{self.prog}: {message}. Run `{self.prog} --help` for the options")
 
 
@@ -201,7 +206,8 @@ class OneLineParserErrors:
 
 
 _BOILERPLATE = re.compile(
-    r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|Given value( type)?:|- Expected a <class 'NoneType'>|"
+    r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|Given value( type)?:|- Expected a <class "
+    r"'NoneType'>|"
     r"Parser key \"\w+\":$)"
 )
 
@@ -221,7 +227,9 @@ def condense_parser_error(message: str, known: Iterable[str]) -> str:
     group = re.match(r'\s*Parser key "([\w.]+)"', message)
     cls = re.search(r"class_path '([\w.]+)'", message)
     owner = cls.group(1).rsplit(".", 1)[-1] if cls else None
-    m = re.search(r"Option '(\w+)' is not accepted|No action for key \"([\w.]+)\"|Key \"([\w.]+)\" is not expected", message)
+    m = re.search(
+        r"Option '(\w+)' is not accepted|No action for key \"([\w.]+)\"|Key \"([\w.]+)\" is not expected", message
+    )
     if m:
         key = next(g for g in m.groups() if g)
         name = f"{group.group(1)}.{key}" if group and not key.startswith(group.group(1) + ".") else key
@@ -238,7 +246,9 @@ def condense_parser_error(message: str, known: Iterable[str]) -> str:
         return f"--{name}: expected the import path of a class (package.module.ClassName), got {m.group(2)!r}{hint}"
     m = re.search(r"Expected a (.+?)\. Got value: (.*)", message)
     if m and keys:  # keys: the group ("model") and, nested inside its class's report, the option
-        name = keys[0] if len(keys) == 1 else keys[-1] if keys[-1].startswith(keys[0] + ".") else f"{keys[0]}.{keys[-1]}"
+        name = (
+            keys[0] if len(keys) == 1 else keys[-1] if keys[-1].startswith(keys[0] + ".") else f"{keys[0]}.{keys[-1]}"
+        )
         expected = _type_name(m.group(1))
         return f"--{name}: expected {expected}, got {m.group(2).strip()!r}"
     single = re.fullmatch(r'Parser key "([\w.]+)": ([^\n]+)', message.strip())

@@ -80,10 +80,14 @@ class Registry(Generic[T]):
             try:
                 importlib.import_module(module)
             except ImportError as e:
-                raise ConfigError(f"{where}{name!r}: cannot import {module!r} to find {self.kind} {short!r} ({e})") from e
+                raise ConfigError(
+                    f"{where}{name!r}: cannot import {module!r} to find {self.kind} {short!r} ({e})"
+                ) from e
             if short in self._entries:
                 return self._entries[short]
-            raise ConfigError(f"{where}{module} registers no {self.kind} {short!r}; registered: {', '.join(self._entries)}")
+            raise ConfigError(
+                f"{where}{module} registers no {self.kind} {short!r}; registered: {', '.join(self._entries)}"
+            )
         raise ConfigError(
             f"{where}unknown {self.kind} {name!r}; choose one of {', '.join(self._entries)} "
             f"(or module:name of a module that registers one)"

@@ -70,4 +70,3 @@ def localisation_auroc(heat: np.ndarray, mask: np.ndarray, thresholds: int | Non
         return float("nan")
     h = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32)).flatten().clamp(0, 1)
     return float(binary_auroc(h, m.long(), thresholds=thresholds))
-

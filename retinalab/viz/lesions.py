@@ -8,7 +8,9 @@ import numpy as np
 LESION_COLOURS = {"MA": (0, 255, 0), "HE": (255, 0, 0), "EX": (255, 255, 0), "SE": (0, 160, 255)}
 
 
-def lesion_overlay(image: np.ndarray, maps: np.ndarray, lesions: list[str] | tuple[str, ...], alpha: float = 0.6) -> np.ndarray:
+def lesion_overlay(
+    image: np.ndarray, maps: np.ndarray, lesions: list[str] | tuple[str, ...], alpha: float = 0.6
+) -> np.ndarray:
     """Blend per-lesion maps in [0, 1] over an RGB uint8 image.
 
     Args:

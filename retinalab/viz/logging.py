@@ -10,7 +10,9 @@ import pytorch_lightning as pl
 from ..utils.io import save_png_atomic
 
 
-def log_overlays(module: pl.LightningModule, key: str, overlays: list[tuple[str, np.ndarray]], png_name: str | None = None) -> Path | None:
+def log_overlays(
+    module: pl.LightningModule, key: str, overlays: list[tuple[str, np.ndarray]], png_name: str | None = None
+) -> Path | None:
     """Log ``(caption, RGB image)`` pairs under ``key``. Call it on every rank: ``Trainer.log_dir`` is
     a collective under DDP (it broadcasts rank 0's path); only rank 0 writes.
 
@@ -31,4 +33,7 @@ def log_overlays(module: pl.LightningModule, key: str, overlays: list[tuple[str,
         return None
     width = max(o.shape[1] for _, o in overlays)
     rows = [np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0))) for _, o in overlays]
-    return save_png_atomic(np.concatenate(rows, axis=0), Path(base) / "overlays" / f"{png_name or key.replace('/', '_')}_epoch{module.current_epoch:04d}.png")
+    return save_png_atomic(
+        np.concatenate(rows, axis=0),
+        Path(base) / "overlays" / f"{png_name or key.replace('/', '_')}_epoch{module.current_epoch:04d}.png",
+    )

@@ -8,7 +8,16 @@ import pandas as pd
 
 from ..common import fundus, save_jpg
 
-TRAIN = {"10_left": 0, "10_right": 0, "13_left": 2, "13_right": 3, "15_left": 1, "15_right": 0, "16_left": 4, "16_right": 4}
+TRAIN = {
+    "10_left": 0,
+    "10_right": 0,
+    "13_left": 2,
+    "13_right": 3,
+    "15_left": 1,
+    "15_right": 0,
+    "16_left": 4,
+    "16_right": 4,
+}
 TEST = {"1_left": 0, "1_right": 1, "2_left": 2, "2_right": 2}
 
 
@@ -19,7 +28,7 @@ def make_eyepacs(root: Path, test: bool = True) -> Path:
     if test:
         for i, name in enumerate(TEST):
             save_jpg(root / "test" / f"{name}.jpeg", fundus(seed=50 + i))
-        pd.DataFrame({"image": list(TEST), "level": list(TEST.values()), "Usage": ["Public", "Private", "Private", "Public"]}).to_csv(
-            root / "retinopathy_solution.csv", index=False
-        )
+        pd.DataFrame(
+            {"image": list(TEST), "level": list(TEST.values()), "Usage": ["Public", "Private", "Private", "Public"]}
+        ).to_csv(root / "retinopathy_solution.csv", index=False)
     return root

@@ -40,9 +40,16 @@ def make_folder(root: Path) -> Path:
         if masked:
             stem = Path(rel).stem
             save_mask(root / "masks" / "EX" / f"{stem}.png", square_mask(SIZE, 30, 45), "grey")
-            save_mask(root / "masks" / "MA" / f"{stem}.png", square_mask(SIZE, 20, 30, 1) if stem != "007" else square_mask(SIZE, 0, 0, -1), "binary")
+            save_mask(
+                root / "masks" / "MA" / f"{stem}.png",
+                square_mask(SIZE, 20, 30, 1) if stem != "007" else square_mask(SIZE, 0, 0, -1),
+                "binary",
+            )
     df = pd.DataFrame(
-        [{"image": rel if i % 2 == 0 else Path(rel).name, "grade": g, "referable": r, "patient": p, "split": s} for i, (rel, g, r, p, s, _) in enumerate(ROWS)]
+        [
+            {"image": rel if i % 2 == 0 else Path(rel).name, "grade": g, "referable": r, "patient": p, "split": s}
+            for i, (rel, g, r, p, s, _) in enumerate(ROWS)
+        ]
     )
     df.to_csv(root / "labels.csv", index=False)
     return root

@@ -15,7 +15,13 @@ from ..common import SIZE, fundus, save_jpg, save_mask, square_mask
 SEG = "A. Segmentation"
 GRAD = "B. Disease Grading"
 SPLITS = {"train": "a. Training Set", "test": "b. Testing Set"}
-FOLDERS = {"MA": "1. Microaneurysms", "HE": "2. Haemorrhages", "EX": "3. Hard Exudates", "SE": "4. Soft Exudates", "OD": "5. Optic Disc"}
+FOLDERS = {
+    "MA": "1. Microaneurysms",
+    "HE": "2. Haemorrhages",
+    "EX": "3. Hard Exudates",
+    "SE": "4. Soft Exudates",
+    "OD": "5. Optic Disc",
+}
 CSV = {"train": "a. IDRiD_Disease Grading_Training Labels.csv", "test": "b. IDRiD_Disease Grading_Testing Labels.csv"}
 #: lesion centres (y, x) planted in every segmentation image, in original pixels
 LESION_AT = {"MA": (20, 30), "HE": (40, 60), "EX": (30, 45), "SE": (25, 55), "OD": (32, 70)}
@@ -54,7 +60,9 @@ def make_idrid(
         rows = []
         for k, g in enumerate(gs, start=1):
             stem = f"IDRiD_{k:03d}"  # names restart per split; the photographs differ
-            save_jpg(grad_dir / "1. Original Images" / SPLITS[split] / f"{stem}.jpg", fundus(seed=100 * (s_idx + 1) + k))
+            save_jpg(
+                grad_dir / "1. Original Images" / SPLITS[split] / f"{stem}.jpg", fundus(seed=100 * (s_idx + 1) + k)
+            )
             rows.append([stem, g, min(g, 2), "", ""])
         df = pd.DataFrame(rows, columns=["Image name", "Retinopathy grade", "Risk of macular edema ", "", " "])
         path = grad_dir / "2. Groundtruths" / CSV[split]
