@@ -35,8 +35,8 @@ def fit_and_test(
     ``val_best`` (the monitored validation metric of the best checkpoint), ``steps`` (optimiser steps
     of the classifier), ``fit_s``, ``diagnostics`` and where the test predictions went
     (``<work>/predictions/<tag>.npz``)."""
-    from retinalab.cli import cli
     from retinalab.experiments.launch import cap_workers, limit_threads
+    from retinalab.lightning.cli import cli
 
     threads = limit_threads()  # $RETINALAB_THREADS under --parallel
     out = work / "runs" / tag

@@ -81,9 +81,9 @@ from _common import (  # benchmarks/ is on sys.path when a script runs
     read_jsonl,
 )
 
-from retinalab.callbacks import RecalibrateBatchNorm
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
 from retinalab.experiments.launch import limit_threads, plan_slots
+from retinalab.lightning import RecalibrateBatchNorm
 from retinalab.models import layout
 from retinalab.synthetic import read_settings, write_synthetic
 from retinalab.tasks import CollaborativeTask

@@ -1,6 +1,6 @@
 """Starting a CPU job: a plain subprocess against retinalab.experiments.launch's fork server, side by side in one run.
 
-Every job imports what a benchmark fit imports before its first step (``retinalab.cli``, Lightning,
+Every job imports what a benchmark fit imports before its first step (``retinalab.lightning.cli``, Lightning,
 torch) and does one small tensor operation; ``--jobs`` of them run ``--parallel`` at a time with one
 thread each, as ``benchmarks/label_efficiency.py --parallel 2`` runs its fits, first as subprocesses
 (``RETINALAB_FORK_SERVER=0``), then from the fork server (whose own start, importing the same packages
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import machine  # benchmarks/ is on sys.path when a script runs
 
-JOB = "import retinalab.cli, pytorch_lightning, torch; torch.ones(2).sum()"
+JOB = "import retinalab.lightning.cli, pytorch_lightning, torch; torch.ones(2).sum()"
 
 
 def batch(mode: str, n: int, parallel: int, folder: Path, tag: str) -> float:

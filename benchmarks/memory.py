@@ -51,7 +51,7 @@ CONFIGS = {
 # runs one `retinalab fit` in this process and prints its peak memory
 PROBE = r"""
 import json, resource, sys, torch
-from retinalab.main import main
+from retinalab.cli import main
 rc = main(sys.argv[1:])
 peak = {"rc": rc, "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 if torch.cuda.is_available():

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from .cli import cli, finish_wandb, parse_size
+from .lightning.cli import cli, finish_wandb, parse_size
 from .synthetic import read_settings, write_synthetic
 
 METHODS = (

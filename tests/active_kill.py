@@ -15,7 +15,7 @@ import signal
 import sys
 
 from retinalab.active import ActiveLearning
-from retinalab.main import main
+from retinalab.cli import main
 
 _train, _setup = ActiveLearning._train, ActiveLearning._setup
 

@@ -14,8 +14,8 @@ import torch
 from retinalab.active import ActiveLearning, ExudatePatchConfig, ExudatePatches
 from retinalab.active.oracle import LabelFileError
 from retinalab.active.pool import CENTRED, EXUDATE, GRID, HEALTHY, dihedral, window_sums
+from retinalab.cli import main
 from retinalab.datasets import read_dataset
-from retinalab.main import main
 from retinalab.models.lenet import LeNet
 from retinalab.preprocessing import load_fundus
 from retinalab.synthetic import write_synthetic
@@ -570,7 +570,7 @@ def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, c
     assert (out / "metrics.csv").is_file() and (out / "queries.csv").is_file()
     # one run folder and one W&B run for the whole loop, though it stopped for labels after round 0
     # (before, every --resume started a W&B run of its own)
-    from retinalab.loggers import read_run_metrics
+    from retinalab.lightning.loggers import read_run_metrics
 
     (version,) = (out / "logs").glob("version_*")
     pieces = sorted(version.glob("wandb/offline-run-*"))
@@ -602,7 +602,7 @@ def test_all_active_configs_parse(monkeypatch, tmp_path):
     """Every conf/active config builds, logging to W&B (offline without an API key), named and tagged per run."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from retinalab.loggers import WandbLogger
+    from retinalab.lightning.loggers import WandbLogger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

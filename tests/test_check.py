@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from retinalab.check import check_dataset
-from retinalab.main import main
+from retinalab.cli import main
 
 
 def kinds(report) -> set[str]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retinalab.checkpoints import CheckpointError, check_checkpoint, read_checkpoint
-from retinalab.main import main
+from retinalab.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
@@ -17,7 +17,7 @@ TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A fitted tiny ConvNet's checkpoint and the synthetic data it was trained on."""
-    from retinalab.cli import cli
+    from retinalab.lightning.cli import cli
     from retinalab.synthetic import write_synthetic
 
     root = tmp_path_factory.mktemp("ckpt")
@@ -64,7 +64,7 @@ def test_checkpoints_are_written_beside_the_target_and_renamed(fitted, tmp_path,
 
 def test_retinalab_trainers_use_the_atomic_writer(tmp_path):
     from retinalab.checkpoints import AtomicCheckpointIO
-    from retinalab.cli import cli
+    from retinalab.lightning.cli import cli
 
     c = cli(["--config", str(TINY), f"--data.root={tmp_path}", "--trainer.logger=false"], run=False)
     assert type(c.trainer.strategy.checkpoint_io) is AtomicCheckpointIO

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from retinalab.main import main
+from retinalab.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
@@ -260,8 +260,8 @@ def test_every_shipped_config_instantiates_with_the_wandb_logger_offline(config,
     """Lightning configs (conf/active/ is `retinalab active`'s: see test_active_loop.py; overlays/ are partial
     configs; studies/ and sweeps/ have their own tests). Each logs to W&B by default, offline without an
     API key, named, grouped and tagged from the config, its local files in a fresh logs/version_<k>."""
-    from retinalab.cli import cli
-    from retinalab.loggers import WandbLogger
+    from retinalab.lightning.cli import cli
+    from retinalab.lightning.loggers import WandbLogger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -299,7 +299,7 @@ def test_every_shipped_config_instantiates_with_the_wandb_logger_offline(config,
 
 def test_a_second_run_gets_a_fresh_logs_folder_and_the_logger_can_be_switched_off(tmp_path, monkeypatch):
     """What the shipped configs share (their logger block), checked once rather than per config."""
-    from retinalab.cli import cli
+    from retinalab.lightning.cli import cli
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     config = str(REPO / "conf/convnet/synthetic.yaml")
@@ -363,7 +363,7 @@ def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
 
 
 def test_gan_optimisers_come_from_the_config(tmp_path):
-    from retinalab.cli import cli
+    from retinalab.lightning.cli import cli
 
     c = cli(
         [
@@ -424,7 +424,7 @@ def test_ssgan_under_ddp_ranks_end_identical_and_metrics_cover_the_whole_validat
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     assert any(k.startswith("generator.") for k in r0) and any(k.startswith("ema.") for k in r0)
     ddp_auroc = metrics["val/patch_auroc"].dropna().iloc[-1]
-    from retinalab.cli import cli
+    from retinalab.lightning.cli import cli
 
     c = cli(
         [

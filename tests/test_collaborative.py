@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import retinalab.tasks.collaborative as collab
+from retinalab.cli import main
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
-from retinalab.main import main
 from retinalab.tasks import CollaborativeTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,7 +291,7 @@ def test_both_stages_fit_from_the_cli_on_fake_idrid_and_eyepacs(
     )
     import pandas as pd
 
-    from retinalab.loggers import read_run_metrics
+    from retinalab.lightning.loggers import read_run_metrics
 
     metrics = read_run_metrics(next(joint_dir.glob("logs/version_*")))  # the run's offline W&B history
     for col in (
@@ -496,7 +496,7 @@ def test_one_command_runs_both_stages(idrid_root, tmp_path):
     "overlay", sorted(p.name for p in (REPO / "conf" / "collaborative" / "overlays").glob("*.yaml"))
 )
 def test_overlays_merge_with_the_stage_configs(overlay, tmp_path):
-    from retinalab.cli import cli
+    from retinalab.lightning.cli import cli
 
     stages = (
         ["idrid_stage2.yaml"]
@@ -574,7 +574,7 @@ def test_joint_stage_fits_under_ddp_on_two_cpu_processes(idrid_root, tmp_path):
         timeout=600,
     )
     assert res.returncode == 0, res.stderr[-4000:]
-    from retinalab.loggers import read_run_metrics
+    from retinalab.lightning.loggers import read_run_metrics
 
     (run,) = tmp_path.glob("logs/version_*")  # rank 1 logs nowhere: one W&B run, rank 0's
     metrics = read_run_metrics(run)
@@ -611,7 +611,7 @@ def test_balanced_sampler_draws_every_grade_equally_often(eyepacs_root, tmp_path
 def test_batch_norm_recalibration_uses_the_current_weights_and_restores_momentum(eyepacs_root, tmp_path):
     """RecalibrateBatchNorm replaces stale running statistics by the average over training batches of
     the current weights, touching only the stage's networks, and leaves momentum and eval mode as they were."""
-    from retinalab.callbacks import RecalibrateBatchNorm
+    from retinalab.lightning import RecalibrateBatchNorm
 
     dm = GradingDataModule(
         "eyepacs",

@@ -247,7 +247,7 @@ def test_resumed_prediction_leaves_written_images_out(eyepacs_root, tmp_path):
     """A prediction writer's ``done`` set (images already in its CSV) shrinks the predict dataset."""
     from types import SimpleNamespace
 
-    from retinalab.callbacks import LesionMapWriter
+    from retinalab.lightning import LesionMapWriter
 
     dm = GradingDataModule(
         "eyepacs",

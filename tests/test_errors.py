@@ -3,7 +3,7 @@ option named, and nothing already written changed or lost (issue 33).
 
 Each case builds what it needs in a work folder that also holds earlier results (a checkpoint, a patch
 cache, a study's results, an active-learning state); every file there must be byte-identical after
-the failed command. The commands run in-process through :func:`retinalab.main.main`, the function the
+the failed command. The commands run in-process through :func:`retinalab.cli.main`, the function the
 ``retinalab`` script calls; ``tests/test_cli.py`` runs the installed command once for the same check.
 """
 
@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from retinalab.main import main
+from retinalab.cli import main
 from retinalab.utils.errors import (
     ConfigError,
     condense_parser_error,
@@ -325,9 +325,9 @@ def test_debug_shows_the_traceback_and_unexpected_errors_keep_theirs(syn, tmp_pa
     with pytest.raises(DatasetNotFoundError):
         main(_fit(tmp_path / "nope", tmp_path))
     monkeypatch.delenv("RETINALAB_DEBUG")
-    import retinalab.main as m
+    import retinalab.cli.synth as m
 
-    monkeypatch.setattr(m, "synth_main", lambda argv: 1 / 0)
+    monkeypatch.setattr(m, "main", lambda argv: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["synth", "idrid", "--out", str(tmp_path / "x")])
 
@@ -367,6 +367,31 @@ def test_suggestions_and_condensed_parser_messages():
         "('egl' is now --data.labeled_selection retinalab.active.EGLChooser)"
     )
     assert "is now" not in condense_parser_error(word.replace("'egl'", "'bald'"), [])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("retinalab.lightning.WandbLogger", "retinalab.loggers.WandbLogger"),
+        ("retinalab.lightning.PatchPredictionWriter", "retinalab.callbacks.PatchPredictionWriter"),
+    ],
+)
+def test_an_earlier_runs_config_naming_a_moved_class_says_where_it_went(tmp_path, capsys, old, new):
+    # the callbacks and the logger moved to retinalab.lightning; configs saved by earlier runs name the old paths
+    text = (Path(__file__).parent / "conf" / "convnet_tiny.yaml").read_text()
+    if "WandbLogger" in old:
+        text = text.replace("pytorch_lightning.loggers.CSVLogger", new).replace("      name: logs\n", "")
+    else:
+        text = text.replace(old, new)
+    assert new in text
+    (tmp_path / "config.yaml").write_text(text)
+    assert main(["fit", "--config", str(tmp_path / "config.yaml"), f"--trainer.default_root_dir={tmp_path}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        f"error: {new} is now {new.replace('.callbacks.', '.lightning.').replace('.loggers.', '.lightning.')}; "
+        "change the class_path in the config (an earlier run's config.yaml too)."
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "config.yaml"]  # nothing written
 
 
 def test_format_error_one_line_pointer_and_wrapped_causes():

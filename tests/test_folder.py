@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from retinalab.cli import main
 from retinalab.datamodules import GradingDataModule, PatchDataModule, SegmentationDataModule
 from retinalab.datasets import DataFormatError, DatasetNotFoundError, read_dataset
-from retinalab.main import main
 from tests.data.folder.data import ROWS, UNLISTED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,7 +268,7 @@ def test_synth_writes_the_folder_layout(tmp_path):
 def test_every_run_records_its_dataset_report(folder_root, tmp_path, monkeypatch):
     """The datamodule's counts (labelled / unlabelled / val / test images and patches per class) reach
     the run's logger config (the W&B run's, offline) and split.json."""
-    from retinalab.loggers import read_offline_run
+    from retinalab.lightning.loggers import read_offline_run
 
     monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
     assert (

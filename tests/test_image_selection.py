@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from retinalab.active.image_selection import EGLChooser, cached_egl_order, egl_image_order
+from retinalab.cli import main
 from retinalab.datamodules import PatchDataModule
-from retinalab.main import main
 from retinalab.utils.errors import ConfigError
 from tests.egl_by_hand import phi_by_hand
 

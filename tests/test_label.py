@@ -20,7 +20,7 @@ from retinalab.active.label_server import create_app, free_port, is_loopback
 from retinalab.active.labelling import LabelSession
 from retinalab.active.oracle import LabelFileError
 from retinalab.active.state import RunBusyError
-from retinalab.main import main
+from retinalab.cli import main
 from retinalab.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

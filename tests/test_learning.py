@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinalab.cli import cli
+from retinalab.lightning.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 

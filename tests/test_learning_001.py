@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from retinalab.cli import cli
+from retinalab.lightning.cli import cli
 from retinalab.synthetic import write_synthetic
 from tests.test_learning import REPO
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retinalab.cli import cli
+from retinalab.lightning.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_bf16_and_channels_last_match_fp32(config, key, syn, tmp_path):
     c.trainer.fit(c.model, c.datamodule)
     state = {k: v.clone() for k, v in c.model.state_dict().items()}
     fp32 = _validate(args, state, [])[key]
-    nhwc = _validate(args, state, ["--trainer.callbacks+=retinalab.callbacks.ChannelsLast"])[key]
+    nhwc = _validate(args, state, ["--trainer.callbacks+=retinalab.lightning.ChannelsLast"])[key]
     bf16 = _validate(args, state, ["--trainer.precision=bf16-mixed"])[key]
     assert nhwc == pytest.approx(fp32, rel=1e-4, abs=1e-5)
     if not key.endswith("auc_roc"):
@@ -80,7 +80,7 @@ def test_bf16_and_channels_last_match_fp32(config, key, syn, tmp_path):
 def test_channels_last_callback_converts_the_weights():
     import pytorch_lightning as pl
 
-    from retinalab.callbacks import ChannelsLast
+    from retinalab.lightning import ChannelsLast
     from retinalab.models.lenet import LeNet
 
     class M(pl.LightningModule):
@@ -94,7 +94,7 @@ def test_channels_last_callback_converts_the_weights():
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
-COMPILE = '--trainer.callbacks+={"class_path": "retinalab.callbacks.Compile", "init_args": {"backend": "%s"}}'
+COMPILE = '--trainer.callbacks+={"class_path": "retinalab.lightning.Compile", "init_args": {"backend": "%s"}}'
 
 
 def _compile_round_trip(syn, tmp_path, backend: str) -> None:
@@ -138,7 +138,7 @@ def test_compile_with_inductor(syn, tmp_path):
 def test_compile_names_an_unknown_network():
     import pytorch_lightning as pl
 
-    from retinalab.callbacks import Compile
+    from retinalab.lightning import Compile
     from retinalab.models.lenet import LeNet
 
     class M(pl.LightningModule):

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from retinalab.cli import main
 from retinalab.datamodules import SegmentationDataModule
-from retinalab.main import main
 from retinalab.metrics.lesions import score_bins
 from retinalab.synthetic import TRUTH_DIR, truth_masks, write_synthetic
 from retinalab.tasks import CollaborativeTask
@@ -154,7 +154,7 @@ def test_oracle_overlay_runs_two_steps_and_logs_the_quality_and_its_picture(syn_
     scored beside them at validation, and W&B gets the side-by-side picture."""
     from PIL import Image
 
-    from retinalab.loggers import read_run_metrics
+    from retinalab.lightning.loggers import read_run_metrics
 
     conf = REPO / "conf" / "collaborative"
     out = tmp_path / "oracle"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retinalab.cli import cli
-from retinalab.main import main
+from retinalab.cli import main
+from retinalab.lightning.cli import cli
 from tests.fit_args import tiny_patch_fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +259,7 @@ def test_ckpt_path_last_finds_earlier_runs_and_the_slurm_checkpoint(syn, tmp_pat
     import torch
 
     out = tmp_path / "run"
-    latest = "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint"
+    latest = "--trainer.callbacks+=retinalab.lightning.LatestCheckpoint"
 
     def fit(*extra: str) -> Path:  # the new run's folder
         _fit(syn, out, latest, *extra)
@@ -293,7 +293,7 @@ def test_a_resumed_fit_goes_on_in_its_run_folder_and_wandb_run(tmp_path, caplog)
 
     import torch
 
-    from retinalab.loggers import read_run_metrics, run_piece_id
+    from retinalab.lightning.loggers import read_run_metrics, run_piece_id
     from retinalab.synthetic import write_synthetic
 
     data = write_synthetic("idrid", tmp_path / "syn", 24, 3, (128, 96), workers=1)
@@ -355,7 +355,7 @@ def test_run_pieces_started_in_one_second_keep_their_id_and_order(tmp_path):
     """W&B names a piece that starts in the same second as the one before ``...-<id>-1``: the id comes
     from its ``run-<id>.wandb`` file, and the suffix orders it after the first piece (CI once read
     ``1`` as the run id)."""
-    from retinalab.loggers import run_piece_id, run_piece_order
+    from retinalab.lightning.loggers import run_piece_id, run_piece_order
 
     names = [
         "offline-run-20261202_161706-648t14z9-1",
@@ -378,11 +378,11 @@ def test_an_online_run_logs_its_best_and_last_checkpoints_as_one_model_artifact(
     file records what an online run would upload) logs best.ckpt (aliases best and latest, with the
     monitored metric and its score in the metadata) and last.ckpt as versions of model-<run id>. A run
     retinalab puts offline by itself logs none and says so on its sync line."""
-    from retinalab.loggers.wandb_offline import iter_records
+    from retinalab.lightning.loggers.wandb_offline import iter_records
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     logger = [
-        "--trainer.logger=retinalab.loggers.WandbLogger",
+        "--trainer.logger=retinalab.lightning.loggers.WandbLogger",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'on'}",
         "--trainer.logger.init_args.offline=false",
     ]
@@ -391,7 +391,7 @@ def test_an_online_run_logs_its_best_and_last_checkpoints_as_one_model_artifact(
         "--trainer.callbacks.monitor=val/image_auroc",
         "--trainer.callbacks.mode=max",
         "--trainer.callbacks.filename=best",
-        "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint",
+        "--trainer.callbacks+=retinalab.lightning.LatestCheckpoint",
     ]
     assert (
         main(
@@ -438,7 +438,7 @@ def test_an_online_run_logs_its_best_and_last_checkpoints_as_one_model_artifact(
                 "--trainer.max_epochs=1",
                 f"--trainer.default_root_dir={tmp_path / 'off'}",
                 f"--data.cache_dir={tmp_path / 'cache'}",
-                "--trainer.logger=retinalab.loggers.WandbLogger",
+                "--trainer.logger=retinalab.lightning.loggers.WandbLogger",
                 f"--trainer.logger.init_args.save_dir={tmp_path / 'off'}",
                 *callbacks,
             ]

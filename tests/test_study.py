@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from retinalab.cli import main
 from retinalab.experiments.study import Study
-from retinalab.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,8 +128,8 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
     group and tags of the cell and the test metrics."""
     from wandb.proto import wandb_internal_pb2  # noqa: F401  (the reader needs it)
 
-    from retinalab.loggers import read_offline_run
-    from retinalab.loggers.wandb_offline import iter_records
+    from retinalab.lightning.loggers import read_offline_run
+    from retinalab.lightning.loggers.wandb_offline import iter_records
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -174,7 +174,7 @@ def test_study_cells_are_grouped_and_tagged_wandb_runs(syn, tmp_path, monkeypatc
     ]
     assert summary["summary"]["test/image_auroc/convnet/n4"] == pytest.approx(cell["metrics"]["test/image_auroc"])
     # the cell's W&B run is named in cell.json and in the summary's models table; offline, no artifact was logged
-    from retinalab.loggers import run_piece_id
+    from retinalab.lightning.loggers import run_piece_id
 
     assert cell["wandb_run"]["id"] == run_piece_id(run_dir) and cell["wandb_run"]["artifact"] is None
     models = json.loads((summary_dir / "files" / row["models/path"]).read_text())
@@ -230,7 +230,7 @@ def test_an_online_summary_links_each_cells_best_model_artifact():
 
 
 def test_wandb_credentials_decide_online_or_offline(monkeypatch, tmp_path):
-    from retinalab.loggers import has_wandb_credentials
+    from retinalab.lightning.loggers import has_wandb_credentials
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -357,7 +357,7 @@ def test_a_study_killed_mid_cell_keeps_finished_cells_and_resumes_the_killed_one
     import torch
 
     convnet = {"convnet": str(REPO / "tests/conf/convnet_tiny.yaml")}
-    every = ["--trainer.max_epochs=3", "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint"]
+    every = ["--trainer.max_epochs=3", "--trainer.callbacks+=retinalab.lightning.LatestCheckpoint"]
     (tmp_path / "ref").mkdir()
     assert (
         main(
@@ -415,7 +415,7 @@ def test_waiting_for_an_offline_run_ends_at_its_exit_record(tmp_path):
     the timeout on a file that never gets one."""
     import wandb
 
-    from retinalab.loggers import read_offline_run, wait_for_offline_run
+    from retinalab.lightning.loggers import read_offline_run, wait_for_offline_run
 
     run = wandb.init(project="t", dir=str(tmp_path), mode="offline")
     run.log({"x": 1.0})

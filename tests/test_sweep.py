@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from retinalab.cli import main
 from retinalab.experiments.sweep import assignments, load_sweep
-from retinalab.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,8 +70,8 @@ def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
     sweeps ranked nothing). A run stopped by SIGTERM inside epoch 1 (a preemption) is reported; the
     sweep run again resumes it from its last checkpoint in the same folder and W&B run, and its row's
     best value covers both pieces; a third call keeps the finished rows and trains nothing."""
-    from retinalab.loggers import read_run_metrics
-    from retinalab.loggers.wandb_offline import iter_records
+    from retinalab.lightning.loggers import read_run_metrics
+    from retinalab.lightning.loggers.wandb_offline import iter_records
     from retinalab.synthetic import write_synthetic
 
     syn = write_synthetic("idrid", tmp_path / "syn", 20, 2, (128, 96), 1.0, 1.0, 1)
@@ -90,9 +90,9 @@ def test_local_grid_sweep_runs_ranks_and_resumes(tmp_path, capsys, monkeypatch):
             f"--data.root={syn}",
             f"--data.cache_dir={tmp_path / 'cache'}",
             "--trainer.enable_progress_bar=false",
-            "--trainer.logger=retinalab.loggers.WandbLogger",
+            "--trainer.logger=retinalab.lightning.loggers.WandbLogger",
             "--trainer.max_epochs=2",
-            "--trainer.callbacks+=retinalab.callbacks.LatestCheckpoint",
+            "--trainer.callbacks+=retinalab.lightning.LatestCheckpoint",
             "--trainer.callbacks+=tests.ddp_helpers.SigtermAtBatch",
             "${args}",
         ],

@@ -123,7 +123,7 @@ def test_benchmark_preset_offers_no_brightness_or_position_shortcut():
 
 
 def test_presets_are_named_recorded_and_classic_is_the_default(tmp_path):
-    from retinalab.main import main
+    from retinalab.cli import main
     from retinalab.synthetic import PRESETS, read_settings
 
     assert (

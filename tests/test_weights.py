@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retinalab.main import main
+from retinalab.cli import main
 from retinalab.weights import (
     WeightsNotFoundError,
     WeightsSource,

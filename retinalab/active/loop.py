@@ -140,7 +140,7 @@ class ActiveLearning(RunSetup, Choosing, RunOutputs):
             on a shard of every batch (DDP).
         strategy: Lightning Fabric's strategy.
         num_nodes: Lightning Fabric's nodes.
-        logger: ``"wandb"`` (the shipped configs) = :class:`retinalab.loggers.WandbLogger` under
+        logger: ``"wandb"`` (the shipped configs) = :class:`retinalab.lightning.loggers.WandbLogger` under
             ``out_dir/logs/version_<k>``, online with a W&B key and offline otherwise, named
             ``active/<dataset>-<acquisition>-<select>-s<seed>``, grouped by dataset, tagged with the
             acquisition, selection, dataset and seed; or any Lightning logger; ``None``: none.

@@ -18,7 +18,7 @@ class RunOutputs:
         """The W&B logger of ``logger: wandb`` (online with credentials, offline otherwise; no run is
         started until the first metric): under ``out_dir/logs/version_<k>``, named
         ``active/<dataset>-<acquisition>-<select>-s<seed>``, grouped by dataset, tagged."""
-        from ..loggers import WandbLogger
+        from ..lightning.loggers import WandbLogger
 
         return WandbLogger(
             save_dir=self.out,

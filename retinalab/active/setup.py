@@ -127,7 +127,7 @@ class RunSetup:
 
     def _remember_run(self, state: LoopState) -> None:
         """Keep the W&B run this loop logs into in ``state.json``, once it has started."""
-        from ..resume import run_record
+        from ..lightning.resume import run_record
 
         record = run_record(self.logger) if getattr(self, "_own_logger", False) else None
         if record is not None and (record["wandb_id"] or state.run is None):

@@ -95,7 +95,9 @@ class LoopState:
     checkpoint: str | None = None
     pending: dict | None = None  # queries of a round waiting for a human oracle
     config: dict = field(default_factory=dict)
-    run: dict | None = None  # the W&B run it logs into (retinalab.resume.run_record), which --resume goes on with
+    run: dict | None = (
+        None  # the W&B run it logs into (retinalab.lightning.resume.run_record), which --resume goes on with
+    )
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -121,7 +121,7 @@ def log_summary_to_wandb(study: Study) -> Path | None:
     (under ``<out_dir>/summary``) otherwise. Returns the local run folder."""
     import wandb
 
-    from ..loggers import has_wandb_credentials
+    from ..lightning.loggers import has_wandb_credentials
 
     res = collect(study)
     rows = res["rows"]
@@ -194,7 +194,7 @@ def log_summary_to_wandb(study: Study) -> Path | None:
         run_dir = Path(run.dir).parent
         run.finish()
     if not has_wandb_credentials():
-        from ..loggers import wait_for_offline_run
+        from ..lightning.loggers import wait_for_offline_run
 
         wait_for_offline_run(run_dir)  # the file complete before anyone reads it back
     return run_dir

@@ -143,7 +143,7 @@ class Study:
                 if o.startswith(("--data.dataset=", "--data.init_args.dataset=")):
                     dataset = o.split("=", 1)[1]
             log_dir = [
-                "--trainer.logger=retinalab.loggers.WandbLogger",
+                "--trainer.logger=retinalab.lightning.loggers.WandbLogger",
                 f"--trainer.logger.init_args.save_dir={d}",
                 f"--trainer.logger.init_args.group={self.name}",
                 f"--trainer.logger.init_args.name={self.name}/{cell.name}",

@@ -22,7 +22,7 @@ weights when the config has no monitored checkpoint) and on the final weights (`
 paper trains a fixed number of epochs and selects nothing). A finished cell leaves ``cell.json``, written atomically: a
 rerun skips it, so a killed study resumes; the cell that was training when it was killed resumes from
 its newest ``checkpoints/last*.ckpt`` (``LatestCheckpoint``: the end of its last epoch, or the moment
-of a SIGTERM) or SLURM's ``hpc_ckpt`` (:func:`retinalab.resume.find_last`) instead of starting over,
+of a SIGTERM) or SLURM's ``hpc_ckpt`` (:func:`retinalab.lightning.resume.find_last`) instead of starting over,
 in the same run folder. A failing cell writes ``failed.json`` and the study goes
 on. ``results.csv``, ``results.md`` (mean +- std per method and count) and ``<metric>.png`` (metric
 against labelled images, error bars) are rewritten after every cell. ``--cell i`` runs one cell (a
@@ -66,7 +66,7 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
     ``device`` (``cpu``/``cuda``) pins the trainer to one device; ``threads`` caps the loader and
     cache workers (:func:`retinalab.experiments.launch.cap_workers`), as ``--parallel`` does for each cell.
     """
-    from ..cli import cli, finish_wandb
+    from ..lightning.cli import cli, finish_wandb
     from .launch import cap_workers
 
     d = study.cell_dir(cell)
@@ -81,7 +81,7 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
             # a config's dirpath (runs/<name>/checkpoints) would be shared by every cell, and cells that
             # run at the same time (--parallel) would overwrite each other's best.ckpt
             cb.dirpath = str(d / "checkpoints")
-    from ..resume import continue_run, find_last
+    from ..lightning.resume import continue_run, find_last
 
     # the cell was killed while it trained: go on from its latest state (last*.ckpt in its checkpoint
     # folder, or SLURM's hpc_ckpt in the cell's folder, whichever is newest)

@@ -138,7 +138,7 @@ def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
     """The best value of ``metric`` that the run logged (W&B, offline or online, or CSV)."""
     from google.protobuf.message import DecodeError
 
-    from ..loggers import read_run_metrics
+    from ..lightning.loggers import read_run_metrics
 
     if not metric:
         return None

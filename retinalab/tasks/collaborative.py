@@ -258,7 +258,7 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
 
     # ------------------------------------------------------------------ batch-norm recalibration
     def recalibration_modules(self) -> list[torch.nn.Module]:
-        """The networks this stage trains (:class:`retinalab.callbacks.RecalibrateBatchNorm`): a frozen
+        """The networks this stage trains (:class:`retinalab.lightning.RecalibrateBatchNorm`): a frozen
         G keeps the statistics it was trained with."""
         if self.stage == "segmentation":
             return [self.generator]

@@ -73,7 +73,7 @@ class CollaborativeEvaluation:
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Lesion masks, attention maps (joint stage) and grade probabilities (grading stages) of a batch,
-        on the CPU, for :class:`retinalab.callbacks.LesionMapWriter`."""
+        on the CPU, for :class:`retinalab.lightning.LesionMapWriter`."""
         if batch is None:
             return {"image_id": [], "image": torch.zeros(0), "masks": torch.zeros(0)}
         x = batch["image"]

@@ -1,7 +1,7 @@
 """Errors a user can fix, and how every ``retinalab`` command reports them.
 
 A :class:`UserError` names the file or option at fault and says what to do. The command line
-(:mod:`retinalab.main`) prints it as one line, ``error: <what>. <what to do>``, and exits with code
+(:mod:`retinalab.cli`) prints it as one line, ``error: <what>. <what to do>``, and exits with code
 2; the traceback appears only with ``--debug`` or ``RETINALAB_DEBUG=1``. Anything else (a bug, an
 out-of-memory) keeps its traceback.
 
@@ -214,12 +214,18 @@ _BOILERPLATE = re.compile(
 
 #: option values that became classes: (option, old value) -> the class path to give instead
 RENAMED_VALUES = {("labeled_selection", "egl"): "retinalab.active.EGLChooser"}
+#: class paths that moved (an earlier run's saved config.yaml still names them): old module -> new one
+MOVED_MODULES = {"retinalab.callbacks": "retinalab.lightning", "retinalab.loggers": "retinalab.lightning"}
 
 
 def condense_parser_error(message: str, known: Iterable[str]) -> str:
     """One line from jsonargparse's nested error message, naming the option (``--model.width``) and,
     for an unknown one, the closest of ``known`` (dotted keys: ``model.width``, ``trainer.max_epochs``)."""
     known = list(known)
+    moved = re.search(r"\b(" + "|".join(re.escape(k) for k in MOVED_MODULES) + r")\.(\w+)", message)
+    if moved:
+        old, new = f"{moved.group(1)}.{moved.group(2)}", f"{MOVED_MODULES[moved.group(1)]}.{moved.group(2)}"
+        return f"{old} is now {new}; change the class_path in the config (an earlier run's config.yaml too)"
     m = re.search(r"[Uu]nrecognized arguments: (\S+)", message)
     if m:
         name = m.group(1).lstrip("-").split("=")[0]

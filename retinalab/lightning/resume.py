@@ -2,7 +2,7 @@
 
 Lightning saves the weights, optimisers, schedulers and loop counters, but not the random state, and
 writes its end-of-epoch checkpoints before the epoch's learning-rate schedulers step. ``last.ckpt``
-(:class:`retinalab.callbacks.LatestCheckpoint`) therefore also holds :func:`collect`'s state, and the
+(:class:`retinalab.lightning.LatestCheckpoint`) therefore also holds :func:`collect`'s state, and the
 resumed run calls :func:`restore` as its first epoch starts:
 
 * the global random states (torch, CUDA, numpy, Python) as they are after the epoch, which decide
@@ -32,7 +32,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .datamodules.transforms import as_tuple, loader_transforms, set_stream_state, stream_state
+from ..datamodules.transforms import as_tuple, loader_transforms, set_stream_state, stream_state
 
 
 def _training_transforms(trainer: pl.Trainer) -> list[Any]:
@@ -172,7 +172,8 @@ def find_last(trainer: pl.Trainer) -> str | None:
 
 def run_record(logger: Any) -> dict[str, Any] | None:
     """The run ``logger`` logs into: ``{"dir": its version_<k> folder, "wandb_id": its W&B run id}``
-    (the id is ``None`` until the run has started); ``None`` unless it is :class:`retinalab.loggers.WandbLogger`."""
+    (the id is ``None`` until the run has started); ``None`` unless it is
+    :class:`retinalab.lightning.loggers.WandbLogger`."""
     from .loggers import WandbLogger
 
     if not isinstance(logger, WandbLogger) or logger.save_dir is None:
@@ -191,7 +192,7 @@ def run_of(trainer: pl.Trainer) -> dict[str, Any] | None:
 
 def continue_run(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> str | None:
     """Before ``trainer.fit(ckpt_path=...)``: point its logger at the run that wrote ``checkpoint``
-    (see :meth:`retinalab.loggers.WandbLogger.continue_run` for when it does), so that the resumed fit
+    (see :meth:`retinalab.lightning.loggers.WandbLogger.continue_run` for when it does), so that the resumed fit
     writes into that run's folder, where Lightning reloads the monitored checkpoint's best score only
     (it compares the folder), and goes on with its W&B run. Returns the run folder, or ``None`` when
     the fit starts a run of its own."""

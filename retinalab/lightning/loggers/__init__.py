@@ -124,7 +124,7 @@ class WandbLogger(_LightningWandbLogger):
         **kwargs: everything Lightning's ``WandbLogger`` takes (``project``, ``group``, ``tags``, ``name``, ...).
 
     ``retinalab fit`` fills in a project, name, group and tags the config does not set
-    (:func:`retinalab.cli.wandb_run_defaults`). An offline run prints where it is and the
+    (:func:`retinalab.lightning.cli.wandb_run_defaults`). An offline run prints where it is and the
     ``wandb sync`` command that uploads it later.
     """
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from .utils.io import write_json_atomic
+from ..utils.io import write_json_atomic
 
 PACKAGES = (
     "retinalab",
@@ -87,7 +87,7 @@ class RunManifest(pl.Callback):
     """Writes ``<log_dir>/manifest.json`` when fitting or testing starts (rank 0). ``retinalab fit``
     adds it to every run; ``config`` is the resolved CLI configuration; ``ckpt_path`` the checkpoint
     a fit resumed from or a test loaded. A fit resumed in the run folder of an earlier one
-    (:func:`retinalab.resume.continue_run`) keeps that fit's manifest, and those before it, under
+    (:func:`retinalab.lightning.resume.continue_run`) keeps that fit's manifest, and those before it, under
     ``"earlier"`` (oldest first)."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:

@@ -1,7 +1,7 @@
-"""retinalab's LightningCLI builder, shared by ``retinalab fit`` (:mod:`retinalab.main`),
+"""retinalab's LightningCLI builder, shared by ``retinalab fit`` (:mod:`retinalab.cli`),
 ``retinalab study`` (:mod:`retinalab.experiments.study`), the demo and the benchmarks.
 
-It lives apart from :mod:`retinalab.main` so that the modules running fits import it without
+It lives apart from :mod:`retinalab.cli` so that the modules running fits import it without
 importing the command dispatcher (which imports them back).
 """
 
@@ -83,7 +83,7 @@ def _fill_wandb_defaults(config: Any) -> None:
 def cli(argv: Sequence[str], run: bool = True):
     """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate).
 
-    Every run also gets :class:`retinalab.manifest.RunManifest` (``manifest.json`` beside the run),
+    Every run also gets :class:`retinalab.lightning.manifest.RunManifest` (``manifest.json`` beside the run),
     and a W&B logger without a project, name, group or tags gets them from the config
     (:func:`wandb_run_defaults`) unless W&B's environment variables set them.
     """
@@ -91,8 +91,8 @@ def cli(argv: Sequence[str], run: bool = True):
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+    from ..utils.errors import OneLineParserErrors
     from .manifest import RunManifest
-    from .utils.errors import OneLineParserErrors
 
     class RetinalabArgumentParser(OneLineParserErrors, LightningArgumentParser):
         """One line for a misspelt or mistyped option (retinalab.utils.errors.OneLineParserErrors)."""
@@ -114,7 +114,7 @@ def cli(argv: Sequence[str], run: bool = True):
             # a truncated file or another task's checkpoint would fail inside torch.load / jsonargparse
             from pathlib import Path as _Path
 
-            from .checkpoints import CheckpointError, read_checkpoint
+            from ..checkpoints import CheckpointError, read_checkpoint
 
             sub = self.config.get("subcommand")
             path = self.config[sub].get("ckpt_path") if sub else None
@@ -132,10 +132,12 @@ def cli(argv: Sequence[str], run: bool = True):
         def _check_ckpt(self) -> None:
             # a wrong --ckpt_path is named with what is wrong before Lightning loads it ("last" and
             # "best" are Lightning's to resolve)
-            from .checkpoints import check_checkpoint
+            from ..checkpoints import check_checkpoint
 
             path = (self.config.get(self.subcommand) or {}).get("ckpt_path") if self.subcommand else None
-            if path == "last":  # also the earlier runs' folders and SLURM's hpc_ckpt (retinalab.resume.find_last)
+            if (
+                path == "last"
+            ):  # also the earlier runs' folders and SLURM's hpc_ckpt (retinalab.lightning.resume.find_last)
                 from .resume import find_last
 
                 found = find_last(self.trainer)
@@ -146,7 +148,9 @@ def cli(argv: Sequence[str], run: bool = True):
                 cached = getattr(self, "_ckpt", None)
                 ckpt = check_checkpoint(str(path), self.model, cached[1] if cached and cached[0] == str(path) else None)
                 self._ckpt = None
-                if self.subcommand == "fit":  # log on into the run that wrote it (retinalab.resume.continue_run)
+                if (
+                    self.subcommand == "fit"
+                ):  # log on into the run that wrote it (retinalab.lightning.resume.continue_run)
                     from .resume import continue_run
 
                     run = continue_run(self.trainer, ckpt)
@@ -170,7 +174,7 @@ def cli(argv: Sequence[str], run: bool = True):
         def instantiate_trainer(self, **kwargs):
             import json
 
-            from .checkpoints import use_atomic_checkpoints
+            from ..checkpoints import use_atomic_checkpoints
 
             trainer = super().instantiate_trainer(**kwargs)
             use_atomic_checkpoints(trainer)
@@ -207,8 +211,8 @@ def point_to_check_data(e: BaseException, datamodule: Any) -> None:
     """Give a data problem raised while training (a photograph or mask that does not decode, a mask
     of the wrong size: found by the patch cache or a loader worker, not by the reader) the
     ``retinalab check-data`` pointer of the datamodule's dataset whose root holds the file."""
-    from .datasets import DataFormatError
-    from .utils.errors import user_error
+    from ..datasets import DataFormatError
+    from ..utils.errors import user_error
 
     found = user_error(e)
     if not isinstance(found, DataFormatError) or found.check_data is not None:

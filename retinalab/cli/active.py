@@ -1,0 +1,49 @@
+"""``retinalab active``: EGL active learning of exudate patches (paper 002)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DESCRIPTION = (
+    "EGL active learning of exudate patches (paper 002): retinalab active --config conf/active/eophtha_egl.yaml"
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``retinalab active``: see :class:`retinalab.active.ActiveLearning`.
+
+    Returns 0 when the run finished or is waiting for a human oracle's labels, 2 on bad input.
+    """
+    from ..active.command import active_parser
+    from ..active.loop import ActiveLearning
+
+    p = active_parser()
+    p.description = DESCRIPTION
+    argv = list(argv)
+    for i, a in enumerate(argv):  # a bare `--resume` means --resume=true
+        if a == "--resume" and (i + 1 == len(argv) or argv[i + 1].lower() not in ("true", "false")):
+            argv[i] = "--resume=true"
+    cfg = p.parse_args(argv)
+    resume = cfg.pop("resume")
+    cfg.pop("config", None)
+    init = p.instantiate_classes(cfg)
+    loop = ActiveLearning(**init)
+    loop.check_out_dir(resume)  # another run's folder is refused before its config.yaml is replaced
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        out = Path(loop.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(p.dump(cfg, skip_none=False))
+        from ..lightning.manifest import manifest, write_manifest
+
+        write_manifest(out / "manifest.json", manifest(loop.config, loop.seed, stage="active"))
+    status = loop.run(resume=resume)
+    if status == "waiting":
+        print(
+            f"retinalab active: queries written under {loop.out / 'queries'}; label them in the browser with "
+            f"`retinalab label --run {loop.out}`, or fill in labels.csv there and run the same command with --resume",
+            file=sys.stderr,
+        )
+    return 0
