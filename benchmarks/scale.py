@@ -142,7 +142,7 @@ def stage(name: str, work: Path, n: int) -> None:
         loader = DataLoader(PatchDataset(cache, np.arange(len(cache))), batch_size=256, shuffle=True, num_workers=2)
         count = sum(len(b["label"]) for b in loader)
     elif name == "images":
-        from retinalab.datamodules.images import FundusImageDataset
+        from retinalab.datamodules.image_datasets import FundusImageDataset
 
         ds = FundusImageDataset(_records(work, n), IMAGE_SIZE, target="grade")
         t = time.perf_counter()

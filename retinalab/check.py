@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .datasets import STRUCTURES, DataFormatError, FundusRecord, read_dataset
-from .preprocessing.cache import parallel_map
+from .preprocessing.building import parallel_map
 from .preprocessing.fundus import find_fov, load_fundus
 from .preprocessing.io import read_image, read_mask
 from .utils.io import save_png_atomic, write_json_atomic

@@ -168,7 +168,7 @@ def test_pools_never_fork_a_process_that_runs_other_threads(idrid_root, tmp_path
     build the same cache, as do the synthetic writer's."""
     import threading
 
-    from retinalab.preprocessing.cache import pool_context
+    from retinalab.preprocessing.building import pool_context
     from retinalab.synthetic import write_synthetic
 
     stop = threading.Event()

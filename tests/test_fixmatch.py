@@ -11,7 +11,7 @@ import torch
 
 from retinalab.datamodules import PatchDataModule
 from retinalab.tasks import FixMatchTask
-from retinalab.tasks.fixmatch import fixmatch_unsup_loss
+from retinalab.tasks.fixmatch_losses import fixmatch_unsup_loss
 from tests.data.idrid.data import make_idrid
 
 
@@ -148,7 +148,7 @@ def check_fixmatch_run(run) -> None:
 def test_flexmatch_thresholds_by_hand_and_the_record_they_come_from():
     """FlexMatch (Zhang et al. 2021): beta_c = sigma_c / max(max sigma, never confident), T_c =
     beta_c / (2 - beta_c) tau; the record keeps each unlabelled patch's latest confident class."""
-    from retinalab.tasks.fixmatch import flexmatch_thresholds
+    from retinalab.tasks.fixmatch_losses import flexmatch_thresholds
 
     tau = 0.9
     assert flexmatch_thresholds(torch.full((10,), -1, dtype=torch.int8), 2, tau).tolist() == [
@@ -223,7 +223,7 @@ def test_pseudo_label_quality_against_hidden_truth_by_hand():
     """The diagnostics of how good the pseudo-labels are, against labels the loss never sees: unknown
     patches (-1) are left out, precision and recall are about the lesion class, recall counts the
     lesions the threshold dropped."""
-    from retinalab.tasks.fixmatch import pseudo_label_counts, pseudo_label_quality
+    from retinalab.tasks.fixmatch_losses import pseudo_label_counts, pseudo_label_quality
 
     pseudo = torch.tensor([1, 1, 0, 0, 1, 0, 1])
     mask = torch.tensor([True, True, True, False, False, True, True])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from retinalab.datamodules.images import EpochWeightedSampler
+from retinalab.datamodules.image_datasets import EpochWeightedSampler
 from tests.fit_args import tiny_patch_fit
 
 REPO = Path(__file__).resolve().parents[1]

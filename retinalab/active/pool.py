@@ -33,13 +33,8 @@ import torch
 from PIL import Image
 
 from ..datasets.base import DataFormatError, FundusRecord, OnError
-from ..preprocessing.cache import (
-    build_atomically,
-    cache_key,
-    default_cache_dir,
-    record_meta,
-    run_image_jobs,
-)
+from ..preprocessing.building import build_atomically, default_cache_dir, run_image_jobs
+from ..preprocessing.cache import cache_key, record_meta
 from ..preprocessing.fundus import load_fundus
 from ..preprocessing.patches import PatchGrid
 from ..utils.errors import ConfigError

@@ -1,7 +1,9 @@
 """LightningDataModules shared by every method."""
 
-from .images import FundusImageDataset, GradingDataModule, SegmentationDataModule, grade_target
+from .grading import GradingDataModule
+from .image_datasets import FundusImageDataset, grade_target
 from .patch import PatchDataModule, PatchDataset
+from .segmentation import SegmentationDataModule
 from .splits import choose_labeled, split_indices
 
 __all__ = [

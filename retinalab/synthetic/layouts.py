@@ -14,123 +14,23 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from tqdm.auto import tqdm
 
 from ..datasets import eophtha as eo
 from ..datasets import idrid
-from ..datasets.truth import SETTINGS_FILE, TRUTH_DIR, truth_stem
-from ..preprocessing.cache import pool_context
+from ..datasets.truth import SETTINGS_FILE, TRUTH_DIR
 from ..utils.errors import ConfigError, OutputExistsError
-from .fundus import synth_fundus
+from .drawing import Job, Options, run_jobs, sample_grades
 from .presets import IDRID_GRADE_MIX, SynthPreset, get_preset
 
 log = logging.getLogger(__name__)
 
 SynthDataset = Literal["idrid", "eophtha", "eyepacs", "messidor", "folder"]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One image to draw and where its files go."""
-
-    index: int
-    grade: int
-    image_path: Path
-    mask_paths: dict[str, Path]  # structure -> file; written only if the mask is non-empty
-    write_empty_masks: bool = False
-    mask_style: Literal["red_rgb", "gray"] = "red_rgb"
-    eye: str | None = None
-    truth_stem: Path | None = None  # image-level photographs: <root>/_truth/<image path without suffix>
-
-
-@dataclass(frozen=True)
-class Options:
-    seed: int
-    size: tuple[int, int]
-    lesion_scale: float
-    lesion_contrast: float
-    jpeg_quality: int = 92
-    preset: SynthPreset = get_preset("classic")
-
-
-def _save_image(arr: np.ndarray, path: Path, quality: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(arr)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        img.save(path, quality=quality)
-    else:
-        img.save(path)
-
-
-def _save_mask(m: np.ndarray, path: Path, style: Literal["red_rgb", "gray"]) -> None:
-    """One structure's mask: red on black (IDRiD) or grey 0/255; TIFFs LZW-compressed as published masks
-    are (an uncompressed 4288x2848 RGB TIFF is 36 MB)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kw = {"compression": "tiff_lzw"} if path.suffix.lower() in (".tif", ".tiff") else {}
-    if style == "red_rgb":
-        rgb = np.zeros((*m.shape, 3), np.uint8)
-        rgb[m, 0] = 255
-        Image.fromarray(rgb).save(path, **kw)
-    else:
-        Image.fromarray(m.astype(np.uint8) * 255).save(path, **kw)
-
-
-def _draw(args: tuple[Job, Options]) -> dict:
-    job, opt = args
-    rng = np.random.default_rng(np.random.SeedSequence([opt.seed, job.index]))
-    f = synth_fundus(rng, opt.size, job.grade, job.eye, opt.lesion_scale, opt.lesion_contrast, preset=opt.preset)
-    _save_image(f.image, job.image_path, opt.jpeg_quality)
-    written = {}
-    for name, path in job.mask_paths.items():
-        m = f.masks[name]
-        if not m.any() and not job.write_empty_masks:
-            continue  # as in IDRiD: an absent lesion has no mask file
-        _save_mask(m, path, job.mask_style)
-        written[name] = True
-    if job.truth_stem is not None:  # grey PNGs, one per structure drawn (absent ones: no file, as IDRiD)
-        for name, m in f.masks.items():
-            if m.any():
-                _save_mask(m, job.truth_stem.parent / f"{job.truth_stem.name}_{name}.png", "gray")
-    return {"index": job.index, "grade": f.grade, "dme": f.dme_risk, "eye": f.eye, "masks": written}
-
-
-def _grades(rng: np.random.Generator, n: int, probs: list[float], minimum: tuple[int, ...] = ()) -> list[int]:
-    """Sample grades, then force the first few so small sets still contain each required grade."""
-    g = list(rng.choice(len(probs), size=n, p=probs))
-    for i, grade in enumerate(minimum[:n]):
-        g[i] = grade
-    rng.shuffle(g)
-    return [int(x) for x in g]
-
-
-def _run(jobs: list[Job], opt: Options, workers: int, desc: str, root: Path | None = None) -> dict[int, dict]:
-    """Draw ``jobs``; with ``root`` (the dataset folder), every photograph without a published mask
-    gets its drawn masks under ``root/_truth`` (:data:`TRUTH_DIR`)."""
-    if root is not None:
-        jobs = [j if j.mask_paths else replace(j, truth_stem=truth_stem(root, j.image_path)) for j in jobs]
-    args = [(j, opt) for j in jobs]
-    out: dict[int, dict] = {}
-    if workers <= 1:
-        it = map(_draw, args)
-        pool = None
-    else:
-        pool = pool_context().Pool(workers)  # fork only while this process has one thread
-        it = pool.imap_unordered(_draw, args)
-    try:
-        for res in tqdm(it, total=len(jobs), desc=desc, unit="img"):
-            out[res["index"]] = res
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    return out
 
 
 # ------------------------------------------------------------------ layouts
@@ -145,8 +45,8 @@ def idrid_plan(n: int, preset: str | SynthPreset, seed: int) -> dict[str, list[i
     n_grad = max(2, n - n_seg)
     seg_train = max(1, round(n_seg * 2 / 3))
     grad_train = max(1, round(n_grad * 0.8))
-    seg = _grades(rng, n_seg, list(style.idrid_seg_grades or IDRID_GRADE_MIX))
-    grad = _grades(rng, n_grad, list(IDRID_GRADE_MIX), minimum=(0, 0, 2, 3))
+    seg = sample_grades(rng, n_seg, list(style.idrid_seg_grades or IDRID_GRADE_MIX))
+    grad = sample_grades(rng, n_grad, list(IDRID_GRADE_MIX), minimum=(0, 0, 2, 3))
     return {
         "segmentation/train": seg[:seg_train],
         "segmentation/test": seg[seg_train:],
@@ -182,7 +82,7 @@ def _idrid(out: Path, n: int, opt: Options, workers: int) -> None:
     for split in idrid.SPLITS.values():
         for folder in idrid.MASK_FOLDERS.values():
             (seg / "2. All Segmentation Groundtruths" / split / folder).mkdir(parents=True, exist_ok=True)
-    res = _run(jobs, opt, workers, "synth idrid", out)
+    res = run_jobs(jobs, opt, workers, "synth idrid", out)
     for split in ("train", "test"):
         rows = [
             {"Image name": stem, "Retinopathy grade": res[i]["grade"], "Risk of macular edema ": res[i]["dme"]}
@@ -224,7 +124,7 @@ def _eophtha(out: Path, n: int, opt: Options, workers: int) -> None:
                 k += 1
             (top / kind / pid).mkdir(parents=True, exist_ok=True)
             (top / kind / pid / "Thumbs.db").write_bytes(b"\x00" * 16)
-    res = _run(jobs, opt, workers, "synth e-ophtha", out)
+    res = run_jobs(jobs, opt, workers, "synth e-ophtha", out)
     del res
 
 
@@ -232,7 +132,7 @@ def _eyepacs(out: Path, n: int, opt: Options, workers: int) -> None:
     rng = np.random.default_rng(np.random.SeedSequence([opt.seed, 10**6]))
     n_pat = max(2, (n + 1) // 2)
     n_train = max(1, round(n_pat * 0.8))
-    grades = _grades(rng, n_pat, [0.6, 0.1, 0.18, 0.07, 0.05], minimum=(0, 2, 4, 1, 3))
+    grades = sample_grades(rng, n_pat, [0.6, 0.1, 0.18, 0.07, 0.05], minimum=(0, 2, 4, 1, 3))
     jobs: list[Job] = []
     rows: dict[str, list] = {"train": [], "test": []}
     count = 0
@@ -249,7 +149,7 @@ def _eyepacs(out: Path, n: int, opt: Options, workers: int) -> None:
             jobs.append(Job(len(jobs), g, out / split / f"{stem}.jpeg", {}, eye=eye))
             rows[split].append((stem, len(jobs) - 1))
             count += 1
-    res = _run(jobs, opt, workers, "synth eyepacs", out)
+    res = run_jobs(jobs, opt, workers, "synth eyepacs", out)
     pd.DataFrame({"image": [s for s, _ in rows["train"]], "level": [res[i]["grade"] for _, i in rows["train"]]}).to_csv(
         out / "trainLabels.csv", index=False
     )
@@ -279,7 +179,7 @@ MESSIDOR_DEPTS = {"1": "Service Ophtalmologie Lariboisière", "2": "CHU de St Et
 
 def _messidor(out: Path, n: int, opt: Options, workers: int) -> None:
     rng = np.random.default_rng(np.random.SeedSequence([opt.seed, 10**6]))
-    grades = _grades(rng, n, [0.45, 0.15, 0.2, 0.2, 0.0], minimum=(0, 1, 2, 3))
+    grades = sample_grades(rng, n, [0.45, 0.15, 0.2, 0.2, 0.0], minimum=(0, 1, 2, 3))
     jobs: list[Job] = []
     per_base: dict[str, list[tuple[str, int]]] = {}
     for k in range(n):
@@ -287,7 +187,7 @@ def _messidor(out: Path, n: int, opt: Options, workers: int) -> None:
         name = f"2005{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}_{rng.integers(10000, 99999)}_{k:04d}_PP.tif"
         jobs.append(Job(len(jobs), grades[k], out / base / name, {}))
         per_base.setdefault(base, []).append((name, len(jobs) - 1))
-    res = _run(jobs, opt, workers, "synth messidor", out)
+    res = run_jobs(jobs, opt, workers, "synth messidor", out)
     for base, items in per_base.items():
         df = pd.DataFrame(
             {
@@ -325,7 +225,7 @@ def _folder(out: Path, n: int, opt: Options, workers: int) -> None:
     images, referable-only labels for some and none for the rest, an official test split, and
     lesion masks (all four, empty ones included) for a third of the images."""
     rng = np.random.default_rng(np.random.SeedSequence([opt.seed, 10**6]))
-    grades = _grades(rng, n, [0.4, 0.1, 0.25, 0.15, 0.1], minimum=(0, 2, 1, 3, 4))
+    grades = sample_grades(rng, n, [0.4, 0.1, 0.25, 0.15, 0.1], minimum=(0, 2, 1, 3, 4))
     n_pat = (n + 1) // 2
     n_test_pat = max(1, round(n_pat * 0.2))
     jobs: list[Job] = []
@@ -357,7 +257,7 @@ def _folder(out: Path, n: int, opt: Options, workers: int) -> None:
                 "test" if pat >= n_pat - n_test_pat else "train",
             )
         )
-    res = _run(jobs, opt, workers, "synth folder", out)
+    res = run_jobs(jobs, opt, workers, "synth folder", out)
     table = {"image": [], "grade": [], "referable": [], "patient": [], "split": []}
     for i, (rel, kind, patient, split) in enumerate(rows):
         g = res[i]["grade"]

@@ -1,0 +1,188 @@
+"""Building a cache folder once, atomically and in parallel: the patch cache and the exudate-patch cache
+both go through here.
+
+:func:`build_atomically` builds into a hidden temporary sibling and renames it into place only when
+complete, one process at a time (:func:`build_lock`); :func:`run_image_jobs` runs one job per photograph
+in a worker pool (:func:`parallel_map`, started from :func:`pool_context`) with a progress bar and the
+reader's error policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..datasets.base import DataFormatError, OnError
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$RETINALAB_CACHE`` or ``~/.cache/retinalab``."""
+    return Path(os.environ.get("RETINALAB_CACHE", Path.home() / ".cache" / "retinalab")).expanduser()
+
+
+@contextmanager
+def build_lock(final: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``final``'s build (a ``flock`` on ``.<name>.lock`` beside it), so that
+    processes started together (``retinalab study --parallel``) build a cache once and the others wait
+    for it instead of each decoding every image with every core. The kernel drops the lock of a
+    process that dies; the file goes when the build ends. Without ``fcntl`` (Windows) there is no lock: builds
+    race, as before, safely."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    with open(lock, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building %s: waiting for it", final)
+            start = time.perf_counter()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            log.info("waited %.0f s for %s", time.perf_counter() - start, final)
+        try:
+            yield
+        finally:
+            # removed while held: a process still waiting on it finds the finished cache when it gets the
+            # lock, and one arriving later sees the cache before it looks for a lock (if the build failed,
+            # two processes may both build again; build_atomically's rename keeps that safe)
+            lock.unlink(missing_ok=True)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
+    """Return ``final`` if complete; else run ``build(tmp)`` in a fresh temporary folder next to it and
+    rename that to ``final``.
+
+    ``final`` counts as complete when it holds ``index.json`` (written last by ``build``). A stale,
+    incomplete ``final`` is replaced; one process builds at a time (:func:`build_lock`), and a
+    process that waited uses what the first one built. On any error (or interrupt) the temporary
+    folder is removed: nothing half-built is left behind.
+    """
+    if (final / "index.json").is_file():
+        log.info("using cache %s", final)
+        return final
+    with build_lock(final):
+        if (final / "index.json").is_file():  # built by the process that held the lock
+            log.info("using cache %s", final)
+            return final
+        return _build_atomically(final, build)
+
+
+def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        build(tmp)
+        if final.exists() and not (final / "index.json").is_file():
+            shutil.rmtree(final)  # left by a build that died before it completed
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "index.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def pool_context() -> mp.context.BaseContext:
+    """The multiprocessing context for a worker pool started from this process.
+
+    ``fork`` (fast: nothing is imported again) while this process has a single thread; ``forkserver``
+    (else ``spawn``) once it has more. A forked child gets only the forking thread, and every lock
+    another thread held at that moment stays locked in it: after a training run in the same process
+    (torch's and OpenCV's thread pools running), the cache builder's workers hung for good in
+    ``cv2.setNumThreads`` (seen: benchmarks/label_efficiency.py building its second preset's cache).
+    """
+    methods = mp.get_all_start_methods()
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux: count what Python knows of
+        import threading
+
+        threads = threading.active_count()
+    if "fork" in methods and threads == 1:
+        return mp.get_context("fork")
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+@contextmanager
+def parallel_map(
+    fn: Callable[[Any], Any],
+    jobs: Sequence[Any],
+    num_workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> Iterator[Iterator[Any]]:
+    """``fn`` over ``jobs``: in this process (``num_workers=0``) or a worker pool (``-1`` = all cores),
+    results in completion order. The pool is torn down when the block exits, also on errors."""
+    if num_workers < 0:
+        num_workers = os.cpu_count() or 1
+    if num_workers == 0:
+        if initializer is not None:
+            initializer(*initargs)
+        yield map(fn, jobs)
+        return
+    pool = pool_context().Pool(num_workers, initializer=initializer, initargs=initargs)
+    try:
+        yield pool.imap_unordered(fn, jobs, chunksize=max(1, min(16, len(jobs) // (4 * num_workers) or 1)))
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def run_image_jobs(
+    fn: Callable[[Any], tuple[int, str | None, Any]],
+    jobs: Sequence[Any],
+    num_workers: int,
+    on_error: OnError,
+    desc: str,
+    progress: bool = True,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> tuple[dict[int, Any], dict[int, str]]:
+    """Run per-image jobs (``fn`` returns ``(index, error or None, value)``) with a progress bar and the
+    error policy: a failure raises :class:`DataFormatError` (``on_error="raise"``) or is logged and
+    collected. Returns ``(values, errors)`` by index.
+
+    Raises:
+        DataFormatError: for the first bad image with ``on_error="raise"``, or when every image failed.
+    """
+    values: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress)
+    try:
+        with parallel_map(fn, jobs, num_workers, initializer, initargs) as results:
+            for i, err, value in results:
+                bar.update()
+                if err is not None:
+                    if on_error == "raise":
+                        raise DataFormatError(err)
+                    log.warning("skipping: %s", err)
+                    errors[i] = err
+                values[i] = value
+    finally:
+        bar.close()
+    if jobs and len(errors) == len(jobs):
+        raise DataFormatError(
+            f"none of the {len(jobs)} images could be read; first error: {next(iter(errors.values()))}"
+        )
+    return values, errors
