@@ -6,7 +6,7 @@ loop runs EGL first, then each other strategy from the same initial set and mode
 then random selection at the EGL run's label (and image) counts round by round (``match_labels``), so that
 every strategy is compared at equal labels; BALD, whose LeNet has dropout, trains its own initial model in a
 job of its own. Under Algorithm 1 margin is not run but reported as entropy's run: with two classes both
-rank patches by |p - 0.5| (``tests/test_acquisition.py``), so they label the same patches (the run of
+rank patches by |p - 0.5| (``tests/active/test_acquisition.py``), so they label the same patches (the run of
 2026-12-06 ran both: identical on every seed); ``--strategies margin`` without entropy runs it. Pools:
 
 * ``balanced`` (paper 002's setting, the benchmark until now): centred exudate and healthy patches,

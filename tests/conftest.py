@@ -16,6 +16,8 @@ from tests.data.eyepacs.data import make_eyepacs  # noqa: E402
 from tests.data.folder.data import make_folder  # noqa: E402
 from tests.data.idrid.data import make_idrid  # noqa: E402
 from tests.data.messidor.data import make_messidor  # noqa: E402
+from tests.helpers.active import synth_eophtha  # noqa: E402, F401  (a fixture for every test module)
+from tests.helpers.cli import synth_idrid  # noqa: E402, F401  (a fixture for every test module)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +62,7 @@ def folder_root(tmp_path):
 
 @pytest.fixture(scope="module")
 def easy_idrid(tmp_path_factory):
-    """The learning tests' photographs (tests/test_learning.py, tests/test_learning_001.py): 90 in the
+    """The learning tests' photographs (tests/learning/test_learning.py, tests/learning/test_learning_001.py): 90 in the
     IDRiD layout, ``easy`` preset, about 48 of them with patch labels (the pixel-annotated ones and the
     grade-0 ones). Built once per module, so each learning file can run on its own worker."""
     from retinalab.synthetic import write_synthetic

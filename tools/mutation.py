@@ -44,29 +44,29 @@ TARGETS = (
         "selection",
         "retinalab/active/selection.py",
         ("*",),
-        ("tests/test_selection.py", "tests/test_image_selection.py"),
+        ("tests/active/test_selection.py", "tests/active/test_image_selection.py"),
     ),
-    Target("egl", "retinalab/active/egl.py", ("*",), ("tests/test_egl.py",)),
+    Target("egl", "retinalab/active/egl.py", ("*",), ("tests/active/test_egl.py",)),
     # the losses live in their own module: mutmut's trampolines hide __init__'s arguments from Lightning's
     # save_hyperparameters, so a LightningModule's file cannot be mutated
-    Target("ssgan_losses", "retinalab/tasks/ssgan_losses.py", ("*",), ("tests/test_ssgan.py",)),
+    Target("ssgan_losses", "retinalab/tasks/ssgan_losses.py", ("*",), ("tests/tasks/test_ssgan.py",)),
     Target(
         "image_level",
         "retinalab/metrics/image_level.py",
         ("*",),
-        ("tests/test_models_metrics.py", "tests/test_bootstrap.py"),
+        ("tests/models/test_models_metrics.py", "tests/metrics/test_bootstrap.py"),
     ),
     Target(
         "lesion_metrics",
         "retinalab/metrics/lesions.py",
         ("*",),
-        ("tests/test_lesion_metrics.py", "tests/test_models_metrics.py"),
+        ("tests/metrics/test_lesion_metrics.py", "tests/models/test_models_metrics.py"),
     ),
     Target(
         "focal_attention",
         "retinalab/models/lesion_attention.py",
         ("x_focal_loss*", "*LesionAttentionGrader*", "*BranchBatchNorm2d*"),
-        ("tests/test_collaborative_models.py",),
+        ("tests/models/test_collaborative_models.py",),
     ),
 )
 

@@ -27,7 +27,7 @@ A lab's own heuristic is one class in its own module, named in the run's config 
 
 baal 2.x computes entropy, margin and BALD from Monte-Carlo predictions, but it requires Jupyter,
 scikit-learn and structlog < 23 (86 packages on top of retinalab's); the formulas are a few lines,
-tested against hand computations in ``tests/test_acquisition.py``.
+tested against hand computations in ``tests/active/test_acquisition.py``.
 """
 
 from __future__ import annotations

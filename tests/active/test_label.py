@@ -1,0 +1,442 @@
+"""``retinalab label``: the labelling page's API, its journal, locking and resumption, the Label Studio
+files, and (where Chromium is installed) the page itself driven by key presses in a headless browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from retinalab.active.label_server import create_app, free_port, is_loopback
+from retinalab.active.labelling import LabelSession
+from retinalab.active.oracle import LabelFileError
+from retinalab.active.state import RunBusyError
+from retinalab.cli import main
+from retinalab.synthetic import write_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def human_run(tmp_path_factory):
+    """A human-oracle run of conf/active/eophtha_human.yaml on a synthetic e-ophtha set (tiny sizes),
+    waiting for round 0's labels; and its ground truth (query id -> 0/1) per round, from the masks."""
+    base = tmp_path_factory.mktemp("label")
+    root = write_synthetic("eophtha", base / "e-ophtha", 24, 3, (256, 170), 1.5, 1.0, 1, False)
+    out = base / "run"
+    argv = [
+        "active",
+        "--config",
+        str(REPO / "conf" / "active" / "eophtha_human.yaml"),
+        "--root",
+        str(root),
+        "--out_dir",
+        str(out),
+        "--cache_dir",
+        str(base / "cache"),
+        "--patches.image_size=128",
+        "--patches.patch_size=16",
+        "--patches.grid_stride=16",
+        "--patches.view_size=128",
+        "--k=4",
+        "--initial_batches=1",
+        "--batch_size=8",
+        "--hidden=16",
+        "--conv_channels=[4,8]",
+        "--max_rounds=2",
+        "--num_workers=0",
+        "--progress=false",
+        "--accelerator=cpu",
+        "--logger=null",
+    ]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture
+def run(human_run, tmp_path):
+    """A fresh copy of the waiting run (the patch cache is shared)."""
+    return Path(shutil.copytree(human_run, tmp_path / "run"))
+
+
+def truth(run: Path, round_: int) -> dict[str, int]:
+    """The masks' answer to each query of a round (the synthetic data knows them)."""
+    rows = list(csv.DictReader((run / "queries" / f"round_{round_:03d}" / "queries.csv").open()))
+    pool = _pool(_config(run))
+    return {r["query_id"]: int(pool.labels[int(r["item"])] == 1) for r in rows}
+
+
+def _config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+_POOLS: dict = {}
+
+
+def _pool(cfg: dict):
+    from retinalab.active import ExudatePatchConfig, ExudatePatches
+    from retinalab.datasets import read_dataset
+
+    key = cfg["cache_dir"]
+    if key not in _POOLS:
+        records = read_dataset("eophtha", cfg["root"], **cfg["reader_args"])
+        _POOLS[key] = ExudatePatches.build(
+            records, ExudatePatchConfig(**cfg["patches"]), cfg["cache_dir"], progress=False
+        )
+    return _POOLS[key]
+
+
+def wait_until(cond, timeout: float = 120.0) -> None:
+    end = time.time() + timeout
+    while not cond():
+        assert time.time() < end, "timed out"
+        time.sleep(0.1)
+
+
+def client(session: LabelSession, token: str | None = None):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(session, token))
+
+
+# ---------------------------------------------------------------- the API
+def test_answers_are_journalled_at_once_and_bad_requests_write_nothing(run):
+    with LabelSession(run) as session:
+        c = client(session)
+        state = c.get("/api/state").json()
+        assert state["status"] == "labelling" and state["round"] == 0 and state["total"] == 8 and state["answered"] == 0
+        q0, q1 = state["queries"][0]["id"], state["queries"][1]["id"]
+        assert state["queries"][0]["probability"] is None  # round 0: no model yet
+        page = c.get("/")
+        assert page.status_code == 200 and "retinalab label" in page.text and "/api/answer" in page.text
+        for kind in ("patch", "photo", "plain"):
+            r = c.get(f"/api/files/0/{q0}/{kind}")
+            assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+        assert c.get(f"/api/files/0/{q0}/heat").status_code == 404  # round 0 has no heatmap
+        assert c.get(f"/api/files/0/{q0}/mask").status_code == 404
+
+        r = c.post("/api/answer", json={"round": 0, "query_id": q0, "label": 1})
+        assert r.status_code == 200 and r.json()["answered"] == 1
+        journal = json.loads((run / "answers.json").read_text())
+        (entry,) = journal.values()
+        assert entry["label"] == 1 and entry["round"] == 0 and entry["source"] == "page"
+        before = (run / "answers.json").read_bytes()
+        bad = [
+            ({"round": 0, "query_id": "q9999", "label": 1}, 404, "no query"),
+            ({"round": 0, "query_id": q1, "label": 2}, 422, "label"),
+            ({"round": 0, "query_id": q1, "label": "exudate"}, 422, "label"),
+            ({"round": 0, "query_id": q1}, 422, "label"),
+            ({"round": 0, "query_id": q1, "label": 1, "extra": 1}, 422, "extra"),
+            ({"round": 3, "query_id": q1, "label": 1}, 409, "not the round waiting"),
+        ]
+        for body, status, words in bad:
+            r = c.post("/api/answer", json=body)
+            assert r.status_code == status, (body, r.text)
+            assert words in json.dumps(r.json()["detail"]), r.text
+        assert c.post("/api/unanswer", json={"round": 0, "query_id": "q9999"}).status_code == 404
+        assert (run / "answers.json").read_bytes() == before
+        # undo takes the answer back out of the journal
+        assert c.post("/api/unanswer", json={"round": 0, "query_id": q0}).json()["answered"] == 0
+        assert json.loads((run / "answers.json").read_text()) == {}
+        assert c.post("/api/retry").status_code == 409
+
+
+def test_a_token_guards_every_request_off_loopback(run):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    with LabelSession(run) as session:
+        c = client(session, token="s3cret")
+        q0 = session.snapshot()["queries"][0]["id"]
+        assert c.get("/").status_code == 401 and c.get("/api/state?token=wrong").status_code == 401
+        r = c.post("/api/answer", json={"round": 0, "query_id": q0, "label": 1})
+        assert r.status_code == 401 and "token" in r.json()["detail"]
+        assert not (run / "answers.json").exists()
+        assert c.get("/?token=s3cret").status_code == 200
+        assert c.get("/api/state", headers={"X-Retinalab-Token": "s3cret"}).json()["round"] == 0
+        assert c.get(f"/api/files/0/{q0}/patch?token=s3cret").status_code == 200
+
+
+def test_a_complete_round_trains_and_the_next_round_appears(run):
+    answers = truth(run, 0)
+    with LabelSession(run) as session:
+        c = client(session)
+        for qid, y in answers.items():
+            state = c.post("/api/answer", json={"round": 0, "query_id": qid, "label": y}).json()
+        assert state["status"] == "training"
+        busy = c.post("/api/answer", json={"round": 0, "query_id": qid, "label": y})
+        assert busy.status_code == 409 and "being trained" in busy.json()["detail"]
+        wait_until(lambda: session.status != "training")
+        state = c.get("/api/state").json()
+        assert state["status"] == "labelling", state["error"]
+        assert state["round"] == 1 and state["total"] == 4 and state["labels"] == 8
+        assert [h["round"] for h in state["history"]] == [0] and 0 <= state["history"][0]["test/f1"] <= 1
+        q = state["queries"][0]
+        assert 0 <= q["probability"] <= 1 and q["heat"] and q["score"] is not None
+        assert c.get(f"/api/files/1/{q['id']}/heat").status_code == 200
+    saved = json.loads((run / "state.json").read_text())
+    journal = json.loads((run / "answers.json").read_text())
+    assert saved["round"] == 0 and {str(k): v for k, v in saved["labelled"].items()} == {
+        k: v["label"] for k, v in journal.items()
+    }
+
+
+def test_a_second_page_or_a_cli_resume_on_the_same_run_is_refused(run, capsys):
+    with LabelSession(run):
+        with pytest.raises(RunBusyError, match="retinalab label"):
+            LabelSession(run).open()
+        argv = ["active", "--config", str(run / "config.yaml"), "--out_dir", str(run), "--resume"]
+        assert main(argv) == 2
+        assert "in use by retinalab label" in capsys.readouterr().err
+    with LabelSession(run):  # released when the first one closed
+        pass
+
+
+def test_a_port_in_use_is_one_line(run, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["label", "--run", str(run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "--port 0" in err
+    with LabelSession(run):  # the failed start released the run's lock
+        pass
+
+
+def test_label_refuses_a_simulated_run_and_a_folder_without_a_run(tmp_path, run, capsys):
+    assert main(["label", "--run", str(tmp_path / "nothing")]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    cfg = (run / "config.yaml").read_text().replace("oracle: human", "oracle: simulated")
+    (run / "config.yaml").write_text(cfg)
+    assert main(["label", "--run", str(run)]) == 2
+    assert "oracle: human" in capsys.readouterr().err
+
+
+def test_a_killed_server_resumes_at_the_first_unanswered_query(run):
+    """`retinalab label` as a user starts it, killed (SIGKILL) after three answers: the three are in the
+    journal, the lock is free again, and a new session opens on the fourth query."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retinalab", "label", "--run", str(run), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"open http://127.0.0.1:{port}/ " in line, line
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _up(url), 60)
+        state = httpx.get(f"{url}/api/state").json()
+        for q in state["queries"][:3]:
+            assert (
+                httpx.post(f"{url}/api/answer", json={"round": 0, "query_id": q["id"], "label": 0}).status_code == 200
+            )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(json.loads((run / "answers.json").read_text())) == 3
+    with LabelSession(run) as session:
+        state = session.snapshot()
+        assert state["answered"] == 3 and [q["label"] for q in state["queries"]][:4] == [0, 0, 0, None]
+
+
+def _up(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/api/state", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# ---------------------------------------------------------------- Label Studio
+def test_label_studio_export_and_import_round_trip(run, tmp_path, capsys):
+    assert main(["label", "--run", str(run), "--export-ls"]) == 0
+    assert "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT" in capsys.readouterr().out
+    folder = run / "queries" / "round_000" / "label_studio"
+    tasks = json.loads((folder / "tasks.json").read_text())
+    config = (folder / "label_config.xml").read_text()
+    assert len(tasks) == 8 and '<Choice value="exudate" hotkey="1"/>' in config and "$photo" in config
+    for t in tasks:
+        rel = t["data"]["image"].split("?d=")[1]
+        assert t["data"]["image"].startswith("/data/local-files/?d=") and (run / "queries" / rel).is_file()
+        assert t["data"]["round"] == 0 and "predictions" not in t  # round 0: no model to pre-annotate with
+    answers = truth(run, 0)
+    qids = sorted(answers)
+
+    def annotated(task: dict, word: str, cancelled: bool = False) -> dict:
+        result = [{"from_name": "label", "to_name": "patch", "type": "choices", "value": {"choices": [word]}}]
+        return {
+            **task,
+            "annotations": [
+                {"id": 1, "result": result, "was_cancelled": cancelled, "updated_at": "2026-12-03T10:00:00Z"}
+            ],
+        }
+
+    by_id = {t["data"]["query_id"]: t for t in tasks}
+    export = [annotated(by_id[q], "exudate" if answers[q] else "healthy") for q in qids[:5]]
+    export.append(annotated(by_id[qids[5]], "maybe"))  # an unknown label
+    export.append(annotated(by_id[qids[6]], "healthy", cancelled=True))  # skipped in Label Studio: no label
+    other = json.loads(json.dumps(by_id[qids[7]]))
+    other["data"]["round"] = 4
+    export.append(annotated(other, "healthy"))  # another round's task
+    ghost = json.loads(json.dumps(by_id[qids[0]]))
+    ghost["data"]["query_id"] = "q9999"
+    export.append(annotated(ghost, "healthy"))
+    file = tmp_path / "export.json"
+    file.write_text(json.dumps(export))
+    assert main(["label", "--run", str(run), "--import-ls", str(file)]) == 2
+    err = capsys.readouterr().err
+    assert "'maybe'" in err and "q9999" in err and "round 4" in err and "5 valid labels were journalled" in err
+    journal = json.loads((run / "answers.json").read_text())
+    assert len(journal) == 5 and {v["source"] for v in journal.values()} == {"label-studio"}
+    # the rest, in Label Studio's JSON_MIN export: the journal completes and the page sees it all answered
+    minimal = [
+        {**by_id[q]["data"], "id": i, "label": "exudate" if answers[q] else "healthy"} for i, q in enumerate(qids[5:])
+    ]
+    file.write_text(json.dumps(minimal))
+    assert main(["label", "--run", str(run), "--import-ls", str(file)]) == 0
+    assert "3 labels journalled" in capsys.readouterr().out
+    with LabelSession(run) as session:
+        assert session.snapshot()["answered"] == 8
+    # the loop takes the imported labels as the oracle's
+    assert main(["active", "--config", str(run / "config.yaml"), "--out_dir", str(run), "--resume"]) == 0
+    saved = json.loads((run / "state.json").read_text())
+    assert saved["round"] == 0 and {int(k): v for k, v in saved["labelled"].items()} == {
+        int(k): v["label"] for k, v in json.loads((run / "answers.json").read_text()).items()
+    }
+    # round 1's tasks carry the model's probability as a pre-annotation
+    assert (
+        main(
+            [
+                "label",
+                "--run",
+                str(run),
+                "--export-ls",
+                str(tmp_path / "r1.json"),
+                "--ls-url-prefix",
+                "http://files.lab/q",
+            ]
+        )
+        == 0
+    )
+    r1 = json.loads((tmp_path / "r1.json").read_text())
+    assert len(r1) == 4 and r1[0]["data"]["image"].startswith("http://files.lab/q/round_001/patches/")
+    pred = r1[0]["predictions"][0]
+    assert 0.5 <= pred["score"] <= 1 and pred["result"][0]["value"]["choices"][0] in ("exudate", "healthy")
+    assert abs(max(r1[0]["data"]["probability"], 1 - r1[0]["data"]["probability"]) - pred["score"]) < 1e-3
+
+
+def test_label_studio_import_refuses_what_is_not_an_export(run, tmp_path):
+    from retinalab.active.label_studio import import_annotations
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(LabelFileError, match="not a Label Studio JSON export"):
+        import_annotations(run, bad)
+    bad.write_text(json.dumps({"tasks": []}))
+    with pytest.raises(LabelFileError, match="JSON list of tasks"):
+        import_annotations(run, bad)
+    bad.write_text(json.dumps([{"data": {"image": "x.png"}}]))
+    with pytest.raises(LabelFileError, match="no data.query_id"):
+        import_annotations(run, bad)
+    assert not (run / "answers.json").exists()
+
+
+# ---------------------------------------------------------------- the page in a browser
+def _browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if CHROMIUM is None or sync_playwright is None:
+        if os.environ.get("RETINALAB_REQUIRE_BROWSER") == "1":
+            pytest.fail("RETINALAB_REQUIRE_BROWSER=1 but Chromium or Playwright is missing (.ci/run installs them)")
+        pytest.skip("the browser test needs Debian's chromium and the playwright package")
+    return sync_playwright
+
+
+def test_a_round_labelled_with_key_presses_in_a_real_browser(run, tmp_path):
+    """The page as a clinician uses it: headless Chromium, keys 1/0, a skip, an undo; the round trains
+    and round 1 appears on the same page; the journal holds what was typed."""
+    import uvicorn
+
+    sync_playwright = _browser()
+    answers = truth(run, 0)
+    with LabelSession(run) as session:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(session), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_until(lambda: server.started, 30)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(
+                    executable_path=CHROMIUM,
+                    args=[
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-quic",
+                        "--no-first-run",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--disable-sync",
+                    ],
+                )
+                page = browser.new_page(viewport={"width": 1280, "height": 860})
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_selector("#progress:has-text('0 of 8 in round 0')")
+                order = [q["id"] for q in session.snapshot()["queries"]]
+                key = {qid: str(answers[qid]) for qid in order}
+                page.keyboard.press(key[order[0]])  # q0 answered, q1 shown
+                page.keyboard.press("s")  # q1 skipped: q2 shown
+                page.keyboard.press("1" if key[order[2]] == "0" else "0")  # q2 answered wrongly ...
+                page.keyboard.press("u")  # ... and taken back: q2 shown again
+                page.wait_for_selector("#progress:has-text('1 of 8 in round 0')")
+                for qid in order[2:]:
+                    page.keyboard.press(key[qid])
+                page.wait_for_selector("#progress:has-text('7 of 8 in round 0')")
+                assert "q0001" in page.inner_text("#qid")  # back to the skipped query
+                page.reload()  # a closed and reopened page resumes at the first unanswered query
+                page.wait_for_selector("#progress:has-text('7 of 8 in round 0')")
+                assert "q0001" in page.inner_text("#qid")
+                page.keyboard.press(key[order[1]])
+                page.wait_for_selector("#progress:has-text('0 of 4 in round 1')", timeout=120_000)
+                page.keyboard.press("h")  # the heatmap over the photograph
+                page.wait_for_selector("#heat-img:not(.hidden)")
+                shot = tmp_path / "page.png"
+                page.screenshot(path=str(shot))
+                if os.environ.get("RETINALAB_SCREENSHOT"):
+                    shutil.copy(shot, os.environ["RETINALAB_SCREENSHOT"])
+                browser.close()
+        finally:
+            server.should_exit = True
+            thread.join(30)
+    from PIL import Image
+
+    assert Image.open(shot).size == (1280, 860)
+    journal = json.loads((run / "answers.json").read_text())
+    rows = {
+        r["query_id"]: int(r["item"]) for r in csv.DictReader((run / "queries" / "round_000" / "queries.csv").open())
+    }
+    assert {q: journal[str(i)]["label"] for q, i in rows.items()} == answers
+    saved = json.loads((run / "state.json").read_text())
+    assert saved["round"] == 0 and saved["pending"]["round"] == 1 and len(saved["labelled"]) == 8
