@@ -5,9 +5,9 @@
   a PNG, each photograph with the queried regions boxed and numbered, the plain photograph and the
   acquisition's heatmap over it for the labelling page, ``queries.csv`` with the model's probability
   and a ``labels.csv`` to fill in) and stops. The labels come back three ways, all into the loop's
-  answers journal: the labelling page (``retinalab label``, :mod:`retinalab.active.label_server`),
+  answers journal: the labelling page (``retinalab label``, :mod:`retinalab.labelling.server`),
   ``labels.csv`` (read here when the loop resumes) or a Label Studio export
-  (:mod:`retinalab.active.label_studio`). Bad labels get an error that lists every bad row; the good
+  (:mod:`retinalab.labelling.label_studio`). Bad labels get an error that lists every bad row; the good
   rows are kept (:func:`validate_labels`, shared by the CSV and Label Studio readers).
 """
 

@@ -15,8 +15,8 @@ DESCRIPTION = (
 
 
 def main(argv: Sequence[str]) -> int:
-    """``retinalab label``: the labelling page of a human-oracle run (:mod:`retinalab.active.label_server`),
-    or its Label Studio files (:mod:`retinalab.active.label_studio`)."""
+    """``retinalab label``: the labelling page of a human-oracle run (:mod:`retinalab.labelling.server`),
+    or its Label Studio files (:mod:`retinalab.labelling.label_studio`)."""
     p = ArgumentParser(prog="retinalab label", description=DESCRIPTION)
     p.add_argument("--run", required=True, help="the out_dir of a `retinalab active` run with oracle: human")
     p.add_argument(
@@ -51,7 +51,7 @@ def main(argv: Sequence[str]) -> int:
     a = p.parse_args(list(argv))
     run = Path(a.run)
     if a.export_ls is not None:
-        from ..active.label_studio import export_tasks
+        from ..labelling.label_studio import export_tasks
 
         tasks = export_tasks(run, a.export_ls or None, a.ls_document_root, a.ls_url_prefix)
         root = Path(a.ls_document_root or run / "queries").resolve()  # export_tasks' default document root
@@ -68,7 +68,7 @@ def main(argv: Sequence[str]) -> int:
             )
         return 0
     if a.import_ls:
-        from ..active.label_studio import import_annotations
+        from ..labelling.label_studio import import_annotations
 
         got, open_, _ = import_annotations(run, a.import_ls)
         print(
@@ -81,8 +81,8 @@ def main(argv: Sequence[str]) -> int:
             )
         )
         return 0
-    from ..active.label_server import serve
-    from ..active.labelling import LabelSession
+    from ..labelling.server import serve
+    from ..labelling.session import LabelSession
 
     with LabelSession(run) as session:
         try:

@@ -1,7 +1,7 @@
 """``retinalab label``: the labelling page of a human-oracle active-learning run, served on this machine.
 
-A FastAPI app over a :class:`~retinalab.active.labelling.LabelSession`: the page (plain HTML and
-JavaScript, ``label_page.html``, no build step) shows the round's queries one by one (the patch enlarged,
+A FastAPI app over a :class:`~retinalab.labelling.session.LabelSession`: the page (plain HTML and
+JavaScript, ``page.html``, no build step) shows the round's queries one by one (the patch enlarged,
 the photograph with the patch boxed, the acquisition's heatmap as an overlay, the model's probability)
 and sends one answer per key press; every answer is journalled before the reply. The JSON API:
 
@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Literal
 
 from ..utils.errors import UserError
-from .labelling import LabelRequestError, LabelSession
+from .session import LabelRequestError, LabelSession
 
 # no `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time,
 # and those name classes local to create_app
@@ -43,7 +43,7 @@ def is_loopback(host: str) -> bool:
 
 
 def page_html() -> str:
-    return resources.files("retinalab.active").joinpath("label_page.html").read_text()
+    return resources.files("retinalab.labelling").joinpath("page.html").read_text()
 
 
 def create_app(session: LabelSession, token: str | None = None):

@@ -1,8 +1,8 @@
 """A human-oracle run seen from the labelling side: the round waiting for labels, its queries and the
 answers given so far (:class:`PendingRound`), and a :class:`LabelSession` that takes answers one at a
 time, journals each at once and, when a round is complete, runs the loop on (training, then the next
-round's queries) in a background thread. Behind ``retinalab label`` (:mod:`retinalab.active.label_server`)
-and the Label Studio files (:mod:`retinalab.active.label_studio`).
+round's queries) in a background thread. Behind ``retinalab label`` (:mod:`retinalab.labelling.server`)
+and the Label Studio files (:mod:`retinalab.labelling.label_studio`).
 
 Every answer goes into the loop's own journal, ``answers.json`` (:mod:`retinalab.active.state`), through
 the same functions the loop uses, so the loop takes them as if the oracle had given them; the CSV path
@@ -22,10 +22,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..active.heuristics import score_label
+from ..active.oracle import CLASS_NAMES, LabelFileError, read_queries
+from ..active.state import journal, read_answers, run_lock, write_answers
 from ..utils.errors import ConfigError, InputMissingError, UserError, format_error, user_error
-from .heuristics import score_label
-from .oracle import CLASS_NAMES, LabelFileError, read_queries
-from .state import journal, read_answers, run_lock, write_answers
 
 log = logging.getLogger(__name__)
 
@@ -309,12 +309,12 @@ class LabelSession:
 def loop_from_run(run: Path):
     """The :class:`~retinalab.active.ActiveLearning` of a run folder, from its ``config.yaml`` (writing to
     the folder given, wherever the run was first started)."""
-    from .command import active_parser
+    from ..active.command import active_parser
 
     parser = active_parser()
     cfg = parser.parse_args(["--config", str(run / "config.yaml"), "--out_dir", str(run)])
     cfg.pop("resume", None)
     cfg.pop("config", None)
-    from .loop import ActiveLearning
+    from ..active.loop import ActiveLearning
 
     return ActiveLearning(**parser.instantiate_classes(cfg))

@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from urllib.parse import quote
 
+from ..active.oracle import CLASS_NAMES, LabelFileError, validate_labels
+from ..active.state import journal, read_answers, run_lock, write_answers
 from ..utils.errors import InputMissingError
 from ..utils.io import write_json_atomic
-from .labelling import PendingRound, check_run, pending_round
-from .oracle import CLASS_NAMES, LabelFileError, validate_labels
-from .state import journal, read_answers, run_lock, write_answers
+from .session import PendingRound, check_run, pending_round
 
 #: the Label Studio labelling interface the exported tasks are made for
 LABEL_CONFIG = """<View>

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from retinalab.active.label_server import create_app, free_port, is_loopback
-from retinalab.active.labelling import LabelSession
 from retinalab.active.oracle import LabelFileError
 from retinalab.active.state import RunBusyError
 from retinalab.cli import main
+from retinalab.labelling.server import create_app, free_port, is_loopback
+from retinalab.labelling.session import LabelSession
 from retinalab.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -346,7 +346,7 @@ def test_label_studio_export_and_import_round_trip(run, tmp_path, capsys):
 
 
 def test_label_studio_import_refuses_what_is_not_an_export(run, tmp_path):
-    from retinalab.active.label_studio import import_annotations
+    from retinalab.labelling.label_studio import import_annotations
 
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
