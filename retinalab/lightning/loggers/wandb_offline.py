@@ -10,6 +10,7 @@ Used by the tests and by anyone who wants a run's numbers without syncing it.
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,14 @@ def read_offline_run(path: str | Path) -> dict[str, Any]:
     return {"history": history, "summary": summary, "config": config}
 
 
-def wait_for_offline_run(run_dir: str | Path, timeout: float = 15.0) -> bool:
+def wait_for_offline_run(run_dir: str | Path, timeout: float = 120.0) -> bool:
     """Wait until the offline run in ``run_dir`` (an ``offline-run-*`` folder) holds its ``exit`` record.
 
     ``wandb.Run.finish()`` returns before W&B's service has written the run file to its end, so a
     reader right after it (a test, a script that reads the numbers back) can find the last records
-    missing. Returns ``False`` when ``timeout`` seconds pass first.
+    missing. Returns ``False`` when ``timeout`` seconds pass first, with a warning: on a busy machine the
+    service can take tens of seconds after a run that logged its checkpoints as artifacts (15 s, the earlier
+    limit, was once too short on the 2-core CI box: a test read the run file before its artifacts).
     """
     import time
 
@@ -114,5 +117,10 @@ def wait_for_offline_run(run_dir: str | Path, timeout: float = 15.0) -> bool:
             except Exception:  # noqa: BLE001 - a record cut at the end of a file still being written (protobuf DecodeError, ...)
                 pass
         if time.monotonic() > deadline:
+            logging.getLogger(__name__).warning(
+                "W&B's offline run in %s is still being written after %.0f s; reading it now may miss its last records",
+                run_dir,
+                timeout,
+            )
             return False
         time.sleep(0.05)
