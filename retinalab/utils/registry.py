@@ -13,7 +13,7 @@ to retinalab: ``backbone: mylab.nets:tiny`` in the YAML, ``@register_backbone("t
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from .errors import ConfigError
@@ -56,12 +56,6 @@ class Registry(Generic[T]):
         """The registered names, in registration order."""
         return list(self._entries)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
     def items(self) -> list[tuple[str, T]]:
         return list(self._entries.items())
 
@@ -92,11 +86,6 @@ class Registry(Generic[T]):
             f"{where}unknown {self.kind} {name!r}; choose one of {', '.join(self._entries)} "
             f"(or module:name of a module that registers one)"
         )
-
-    def canonical(self, name: str) -> str:
-        """``name`` with a ``module:`` prefix dropped once its module registered it."""
-        self.get(name)
-        return name.partition(":")[2] if ":" in name and name not in self._entries else name
 
 
 def qualname(obj: object) -> str:

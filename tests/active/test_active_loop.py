@@ -20,8 +20,7 @@ from retinalab.models.lenet import LeNet
 from retinalab.preprocessing import load_fundus
 from tests.helpers.active import TINY, assert_top, loop
 from tests.helpers.egl_by_hand import phi_by_hand
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 def history(out: Path) -> list[dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,7 @@ from retinalab.cli import main
 from retinalab.datamodules import PatchDataModule
 from retinalab.utils.errors import ConfigError
 from tests.helpers.egl_by_hand import phi_by_hand
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
+
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 

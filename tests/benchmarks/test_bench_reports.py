@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 

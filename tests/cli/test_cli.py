@@ -12,8 +12,7 @@ import torch
 
 from retinalab.cli import main
 from tests.helpers.cli import TINY, run
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 def test_synth_then_fit_test_predict(synth_idrid, monkeypatch, capsys, caplog):

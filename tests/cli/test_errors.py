@@ -29,8 +29,8 @@ from retinalab.utils.errors import (
     user_error,
 )
 from tests.data.folder.data import make_folder
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
 
 

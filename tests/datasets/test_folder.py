@@ -12,8 +12,7 @@ from retinalab.cli import main
 from retinalab.datamodules import GradingDataModule, PatchDataModule, SegmentationDataModule
 from retinalab.datasets import DataFormatError, DatasetNotFoundError, read_dataset
 from tests.data.folder.data import ROWS, UNLISTED
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 def test_partial_labels_masks_patients_and_splits(folder_root):

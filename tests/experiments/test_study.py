@@ -11,8 +11,7 @@ import yaml
 
 from retinalab.cli import main
 from retinalab.experiments.study import Study
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")

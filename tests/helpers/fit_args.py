@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 def tiny_patch_fit(config: str, data: Path, out: Path, *extra: str) -> list[str]:

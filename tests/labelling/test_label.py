@@ -22,8 +22,8 @@ from retinalab.cli import main
 from retinalab.labelling.server import create_app, free_port, is_loopback
 from retinalab.labelling.session import LabelSession
 from retinalab.synthetic import write_synthetic
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retinalab.lightning.cli import cli
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 # 256 px images cut into an 8x8 grid of 32 px patches (no downsampling); 10 val / 20 test photographs
 SMALL = [

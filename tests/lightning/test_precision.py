@@ -3,14 +3,11 @@ tolerance of fp32 on the CPU, for the patch methods and paper 001's networks."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from retinalab.lightning.cli import cli
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ import torch
 
 from retinalab.datamodules.image_datasets import EpochWeightedSampler
 from tests.helpers.fit_args import tiny_patch_fit
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 # ---------------------------------------------------------------- the balanced sampler

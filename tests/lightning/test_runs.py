@@ -14,8 +14,8 @@ import pytest
 from retinalab.cli import main
 from retinalab.lightning.cli import cli
 from tests.helpers.fit_args import tiny_patch_fit
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
 SLURM = {
     "SLURM_NTASKS": "1",

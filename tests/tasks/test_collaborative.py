@@ -15,8 +15,8 @@ import retinalab.tasks.collaborative as collab
 from retinalab.cli import main
 from retinalab.datamodules import GradingDataModule, SegmentationDataModule
 from retinalab.tasks import CollaborativeTask
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = dict(generator_width=0.0625, discriminator_width=0.0625, backbone="resnet18", num_overlays=1)
 
 

@@ -16,8 +16,8 @@ from retinalab.metrics.lesions import score_bins
 from retinalab.synthetic import TRUTH_DIR, truth_masks, write_synthetic
 from retinalab.tasks import CollaborativeTask
 from retinalab.tasks.pseudo_quality import pseudo_mask_quality, pseudo_targets, quality_maps
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = dict(generator_width=0.0625, discriminator_width=0.0625, backbone="resnet18", num_overlays=1)
 
 
