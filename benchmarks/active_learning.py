@@ -164,7 +164,7 @@ def run_group(job: dict) -> list[dict]:
     model, random at EGL's counts; or BALD). Returns a result line per strategy (each also appended to
     results.jsonl as it ends)."""
     from retinalab.active import ActiveLearning, ExudatePatchConfig
-    from retinalab.active.state import read_metrics
+    from retinalab.active.store import read_metrics
 
     torch.set_num_threads(job["threads"])
     logging.basicConfig(level=logging.WARNING)

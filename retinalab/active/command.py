@@ -4,13 +4,14 @@ from __future__ import annotations
 
 
 def active_parser():
-    """``retinalab active``'s parser: ``--config``, ``--resume`` and every option of
-    :class:`~retinalab.active.ActiveLearning`, with one-line errors."""
+    """``retinalab active``'s parser: ``--config``, ``--resume`` and every field of
+    :class:`~retinalab.active.options.RunOptions`, with one-line errors. ``parse_args`` then
+    ``instantiate_classes`` gives the keywords of :class:`~retinalab.active.options.RunOptions`."""
     from jsonargparse import ActionConfigFile
     from jsonargparse import ArgumentParser as JsonArgumentParser
 
     from ..utils.errors import OneLineParserErrors
-    from .loop import ActiveLearning
+    from .options import RunOptions
 
     class Parser(OneLineParserErrors, JsonArgumentParser):
         pass
@@ -23,5 +24,5 @@ def active_parser():
         default=False,
         help="continue the run in out_dir (after a fault, or once labels.csv is filled in)",
     )
-    p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
+    p.add_class_arguments(RunOptions, None, fail_untyped=True)
     return p

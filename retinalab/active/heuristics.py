@@ -135,7 +135,8 @@ class Heuristic:
         score_name: ``(what the score is, its unit)`` for a heatmap's colour bar.
         needs_dropout: whether the network needs dropout layers (BALD's Monte-Carlo passes); such a run's
             ``dropout`` defaults to :attr:`default_dropout` and 0 is refused.
-        scored: whether it ranks patches by :meth:`scores` (``False``: draws uniformly, the baseline).
+        scored: whether it ranks patches by :meth:`scores` (``False``: draws uniformly, the baseline; its
+            :meth:`scores` are then only shown, in heatmaps and interestingness).
     """
 
     name: ClassVar[str] = ""
@@ -253,15 +254,11 @@ def acquisition_scores(
     mc_samples: int = 20,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of a batch ``x`` under the scored heuristic ``acquisition`` and the model's class
-    probabilities (eval mode). Shapes: ``x`` B x C x H x W -> ``(scores B, probs B x K)``.
+    """Scores of a batch ``x`` under the heuristic ``acquisition`` and the model's class probabilities (eval
+    mode). Shapes: ``x`` B x C x H x W -> ``(scores B, probs B x K)``. A heuristic that draws instead of
+    ranking (``random``) gives the scores its heatmaps show (``random``: EGL's, which it inherits).
 
     Raises:
         ConfigError: an unknown heuristic.
-        ValueError: one that does not score patches (``random``).
     """
-    heuristic = get_heuristic(acquisition)
-    if not heuristic.scored:
-        scored = [n for n, h in HEURISTICS.items() if h.scored]
-        raise ValueError(f"acquisition {acquisition!r} does not score patches; choose one of {', '.join(scored)}")
-    return heuristic.scores(model, x, scope, mc_samples, seed)
+    return get_heuristic(acquisition).scores(model, x, scope, mc_samples, seed)

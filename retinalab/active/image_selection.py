@@ -4,9 +4,11 @@ Paper 000 labels a random subset of the training images; it names active selecti
 :func:`egl_image_order` orders the candidate images the way an EGL active learner would have them
 annotated: ``initial`` random images first, then, round after round, the ``step`` unlabelled images whose
 patches have the largest summed expected gradient length under a LeNet trained on the patches
-labelled so far (``select_images``). The order does not depend on how many images are wanted, so the
-first 10 are among the first 20 (nested budgets, as for random selection), and a study can compare
-``random`` and ``egl`` at the same counts. Orders are cached beside the patch cache.
+labelled so far (``select_images``; trained by the active learner's own loop,
+:func:`~retinalab.active.learner.sgd_epochs`, without the dihedral variants). The order does not
+depend on how many images are wanted, so the first 10 are among the first 20 (nested budgets, as for
+random selection), and a study can compare ``random`` and ``egl`` at the same counts. Orders are cached
+beside the patch cache.
 :class:`EGLChooser` gives the order to a patch datamodule (``--data.labeled_selection
 retinalab.active.EGLChooser``).
 """
@@ -20,13 +22,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..datamodules.splits import LabeledChooser
 from ..models.lenet import LeNet
 from ..preprocessing.cache import PatchCache
 from ..utils.io import write_text_atomic
 from .egl import egl
+from .learner import sgd_epochs
 from .selection import select_images
 
 log = logging.getLogger(__name__)
@@ -96,14 +98,18 @@ def egl_image_order(
         x, y, _ = _patches(cache, order)
         keep = y >= 0
         x, y = x[keep], y[keep]
-        model.train()
-        for _ in range(epochs):
-            perm = torch.randperm(len(y), generator=gen)
-            for s in range(0, len(y), batch_size):
-                b = perm[s : s + batch_size]
-                opt.zero_grad()
-                F.cross_entropy(model(x[b]), y[b]).backward()
-                opt.step()
+        sgd_epochs(
+            model,
+            opt,
+            torch.Tensor.backward,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            variants=1,
+            generator=gen,
+            device=torch.device("cpu"),
+        )
         chosen = set(order)
         phi, owner = _score_images(model, cache, [c for c in candidates if c not in chosen])
         order += select_images(phi, owner, min(step, count - len(order)))

@@ -91,7 +91,7 @@ def plot_curves(
 
 def plot_comparison(study: str | Path) -> Path | None:
     """Figure 2 for every run under ``study`` (sub-folders with a ``metrics.csv``): ``figure2.png``."""
-    from .state import read_metrics
+    from .store import read_metrics
 
     study = Path(study)
     runs = {p.parent.name: read_metrics(p) for p in sorted(study.glob("*/metrics.csv"))}

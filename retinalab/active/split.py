@@ -1,21 +1,54 @@
-"""One run's view of the patch cache: images split by patient, the oracle's pool of training patches,
-the balanced validation and test patches, and the patches of each image."""
+"""One run's view of the patch cache: the pool built from the dataset (:func:`open_pool`), images split by
+patient, the oracle's pool of training patches, the balanced validation and test patches, and the
+patches of each image (:func:`split_pool`)."""
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass, fields
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from ..datamodules.splits import split_indices
+from ..datasets import read_dataset
+from ..utils.errors import ConfigError
 from .pool import CENTRED, EXUDATE, GRID, ExudatePatches, balance, group_by_image
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
+
+    from .options import RunOptions
+
+log = logging.getLogger(__name__)
+
+
+def open_pool(o: RunOptions, fabric: Fabric) -> ExudatePatches:
+    """The patch pool of the run with options ``o``: the dataset read (without the images a simulated
+    oracle cannot answer for: no mask of the lesion), its patches cut once into the cache by rank 0 while
+    the other ranks wait, then opened by every rank."""
+    records = read_dataset(o.dataset, o.root, on_error=o.on_error, **(o.reader_args or {}))
+    lesion = o.patches.lesion
+    if o.oracle == "simulated":
+        unannotated = [r for r in records if lesion not in r.masks]
+        if unannotated:
+            log.info(
+                "leaving out %d images without a %s mask (the simulated oracle needs one)", len(unannotated), lesion
+            )
+        records = [r for r in records if lesion in r.masks]
+    if not records:
+        raise ConfigError(f"{o.dataset} at {o.root}: no images with a {lesion} mask (check reader_args)")
+    build = dict(config=o.patches, cache_dir=o.cache_dir, num_workers=o.num_workers, on_error=o.on_error)
+    if fabric.global_rank == 0:
+        ExudatePatches.build(records, progress=o.progress, **build)
+    fabric.barrier()
+    return ExudatePatches.build(records, progress=False, **build)
 
 
 @dataclass
 class PoolSplit:
-    """What the loop draws from (attributes of :class:`~retinalab.active.ActiveLearning` after set-up).
+    """What the loop draws from (``ActiveLearning.data`` after set-up).
 
     Attributes:
         split: image indices of the ``train`` / ``val`` / ``test`` patients.
@@ -36,9 +69,6 @@ class PoolSplit:
     items_of_image: dict[int, np.ndarray]
     grid_of_image: dict[int, np.ndarray]
     tracked: list[int]
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def split_pool(

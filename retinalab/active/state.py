@@ -1,36 +1,24 @@
-"""What an active-learning run keeps on disk (``out_dir``) and reads back when it resumes.
+"""What survives between the rounds of an active-learning run: :class:`LoopState` (``state.json``: the
+labelled pool, query history, metrics, stopping counters), which of its options may not change when it
+resumes, and the rules read from it: how a round is recorded, when the run stops, and what a run may
+take from another (``match_labels``, ``initial_from``).
 
-* ``state.json``: :class:`LoopState` (labelled pool, query history, metrics, stopping counters), replaced
-  atomically after every round;
-* ``model-roundNNN.pt``: the LeNet and SGD state, written (atomically) before the ``state.json`` that
-  names it, so the checkpoint named in ``state.json`` always exists;
-* ``answers.json``: every oracle label as soon as it arrives (the loop, the labelling page and the
-  Label Studio import all write it through :func:`journal` and :func:`write_answers`);
-* ``.lock``: held by the process working on a human-oracle run (:func:`run_lock`);
-* ``metrics.csv``, ``queries.csv``, ``interestingness.csv``, ``split.json``: tables for people and plots.
-
-No training, scoring or selection here: see :mod:`retinalab.active.loop` and :mod:`retinalab.active.rounds`.
+The files of a run folder are written by :mod:`retinalab.active.store`; no training, scoring or selection
+here (:mod:`retinalab.active.learner`, :mod:`retinalab.active.strategies`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..utils.errors import ConfigError, InputMissingError, UserError
-from ..utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic
-from .oracle import LabelFileError
+from ..utils.errors import ConfigError, InputMissingError
+from ..utils.io import write_json_atomic
 
 STATE_VERSION = 1
 #: config fields that must not change between a run and its resumption
@@ -76,7 +64,6 @@ INITIAL_CHECKPOINT = "model-round000.pt"
 INITIAL_FREE = ("acquisition", "match_labels", "mc_samples")
 #: what else decides the initial model, beside the frozen fields
 INITIAL_FIELDS = ("initial_epochs", "initial_augment", "augment", "lr", "momentum", "weight_decay", "batch_size")
-QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")
 
 
 @dataclass
@@ -136,32 +123,8 @@ def write_state(path: Path, state: LoopState) -> None:
     write_json_atomic(path, state.to_json())
 
 
-def save_checkpoint(
-    out: Path, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep_old: bool = False
-) -> None:
-    """``model-roundNNN.pt`` (atomically), then ``state.json`` naming it; the previous checkpoint is
-    deleted afterwards unless ``keep_old`` or it is round 0's (the initial model, which other runs may
-    start from: ``initial_from``)."""
-    name = f"model-round{state.round:03d}.pt"
-    atomic_torch_save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": state.round}, out / name
-    )
-    old, state.checkpoint = state.checkpoint, name
-    write_state(out / "state.json", state)
-    if old and old != name and not keep_old and old != INITIAL_CHECKPOINT:
-        (out / old).unlink(missing_ok=True)
-
-
-def load_checkpoint(out: Path, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Restore the model and optimiser of the checkpoint ``state`` names (nothing when it names none)."""
-    if state.checkpoint:
-        ckpt = torch.load(out / state.checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-
-
 def record_round(state: LoopState, pool, r: int, query, labels: dict[int, int], answers: dict[int, dict]) -> None:
-    """Add round ``r``'s answered ``query`` (:class:`~retinalab.active.rounds.Query`) to the labelled pool and
+    """Add round ``r``'s answered ``query`` (:class:`~retinalab.active.strategies.Query`) to the labelled pool and
     the query history (with each answer's time from the journal ``answers``)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     for item, score in zip(query.items, nan_to_none(query.scores), strict=True):
@@ -212,52 +175,6 @@ def stop_reason(
     if patience and state.rounds_without_improvement >= patience:
         return f"{monitor} flat for {patience} rounds"
     return None
-
-
-def read_answers(out: Path) -> dict[int, dict]:
-    """The oracle's journal ``answers.json``: item -> ``{label, round, time}``."""
-    path = out / "answers.json"
-    return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
-
-
-def write_answers(out: Path, answers: dict[int, dict]) -> None:
-    write_json_atomic(out / "answers.json", {str(k): v for k, v in sorted(answers.items())})
-
-
-def journal(answers: dict[int, dict], got: dict[int, int], r: int, source: str | None = None) -> None:
-    """Add the labels ``got`` in round ``r`` to ``answers`` (labels must be 0 or 1); ``source`` (the
-    labelling page, Label Studio) is recorded with each where given."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    for i, y in got.items():
-        if y not in (0, 1):
-            raise ValueError(f"oracle answered {y!r} for item {i}; labels are 0 (healthy) or 1 (exudate)")
-        answers[int(i)] = {"label": int(y), "round": r, "time": now, **({"source": source} if source else {})}
-
-
-def ask_oracle(
-    oracle, items: list[int], scores: list[float], r: int, answers: dict[int, dict], out: Path | None
-) -> dict[int, int]:
-    """Labels of round ``r``'s ``items``: from the journal ``answers`` where known, else from ``oracle``;
-    every new answer (also the valid part of a bad label file) is journalled to ``out/answers.json`` at
-    once (``out`` None: kept in memory only, as on the other DDP ranks)."""
-    known = {i: answers[i]["label"] for i in items if i in answers}
-    todo = [i for i in items if i not in answers]
-    if not todo:
-        return known
-
-    def keep(got: dict[int, int]) -> None:
-        if got:
-            journal(answers, got, r)
-            if out is not None:
-                write_answers(out, answers)
-
-    try:
-        got = oracle(todo, r, [s for i, s in zip(items, scores, strict=True) if i not in answers])
-    except LabelFileError as e:
-        keep(getattr(e, "partial", {}))
-        raise
-    keep(got)
-    return {**known, **got}
 
 
 def read_reference(folder: Path, config: dict, frozen: tuple[str, ...], option: str, what: str) -> LoopState:
@@ -315,20 +232,6 @@ def initial_model(folder: Path, config: dict, state: LoopState) -> tuple[Path, f
     return ckpt, float(ref.metrics[0]["train/loss"])
 
 
-def write_tables(out: Path, state: LoopState, split: dict[str, list[str]]) -> None:
-    """``metrics.csv``, ``queries.csv``, ``interestingness.csv`` and ``split.json`` (image ids per split)."""
-    if state.metrics:
-        keys = list(dict.fromkeys(k for row in state.metrics for k in row))
-        write_csv_atomic(out / "metrics.csv", keys, [[row.get(k, "") for k in keys] for row in state.metrics])
-    write_csv_atomic(
-        out / "queries.csv", QUERY_COLUMNS, [[row.get(k, "") for k in QUERY_COLUMNS] for row in state.history]
-    )
-    if state.interestingness:
-        ik = ["round", "labels", "image_id", "sigma"]
-        write_csv_atomic(out / "interestingness.csv", ik, [[row[k] for k in ik] for row in state.interestingness])
-    write_json_atomic(out / "split.json", split)
-
-
 def area_under(rows: list[dict], key: str = "test/f1") -> float:
     """Area under ``key`` against labels used (trapezoids over the rounds), divided by the label range:
     the mean of ``key`` over the labels a run has spent (NaN rows are skipped; one row: its value)."""
@@ -343,59 +246,6 @@ def area_under(rows: list[dict], key: str = "test/f1") -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a run's ``metrics.csv`` as floats (empty cells become NaN)."""
-    with Path(path).open(newline="") as f:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def nan_to_none(values: list[float | None]) -> list[float | None]:
     """JSON has no NaN: missing scores are stored as null."""
     return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in values]
-
-
-class RunBusyError(UserError, RuntimeError):
-    """Another process (a ``retinalab active --resume``, a labelling page) works on the same run."""
-
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one process per run is then the user's to ensure
-    fcntl = None
-_HELD: dict[str, list] = {}  # lock file -> [descriptor, holder] of the locks this process holds
-_GUARD = threading.Lock()
-
-
-@contextmanager
-def run_lock(out: str | Path, holder: str) -> Iterator[None]:
-    """Hold ``out/.lock`` (an exclusive advisory lock, released when the process ends however it ends)
-    while working on a run, so that two processes, or two sessions of one process, never journal or
-    train the same run at once; the second is refused with :class:`RunBusyError` naming the first
-    (``holder`` and its pid). The labelling page holds it for its lifetime and runs the loop's rounds
-    under it (``ActiveLearning.lock_run = False``)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out.resolve() / ".lock"
-    key = str(path)
-    with _GUARD:
-        if key in _HELD:
-            raise RunBusyError(f"{out} is in use by {_HELD[key][1]} (pid {os.getpid()}, this process); stop it first")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                who = path.read_text(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise RunBusyError(f"{out} is in use by {who}; stop that process first (it holds {path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{holder} (pid {os.getpid()})".encode())
-        _HELD[key] = [fd, holder]
-    try:
-        yield
-    finally:
-        with _GUARD:
-            del _HELD[key]
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)

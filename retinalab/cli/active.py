@@ -19,6 +19,7 @@ def main(argv: Sequence[str]) -> int:
     """
     from ..active.command import active_parser
     from ..active.loop import ActiveLearning
+    from ..active.options import RunOptions
 
     p = active_parser()
     p.description = DESCRIPTION
@@ -30,7 +31,7 @@ def main(argv: Sequence[str]) -> int:
     resume = cfg.pop("resume")
     cfg.pop("config", None)
     init = p.instantiate_classes(cfg)
-    loop = ActiveLearning(**init)
+    loop = ActiveLearning(RunOptions(**init))
     loop.check_out_dir(resume)  # another run's folder is refused before its config.yaml is replaced
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         out = Path(loop.out)
@@ -38,7 +39,7 @@ def main(argv: Sequence[str]) -> int:
         (out / "config.yaml").write_text(p.dump(cfg, skip_none=False))
         from ..lightning.manifest import manifest, write_manifest
 
-        write_manifest(out / "manifest.json", manifest(loop.config, loop.seed, stage="active"))
+        write_manifest(out / "manifest.json", manifest(loop.config, loop.options.seed, stage="active"))
     status = loop.run(resume=resume)
     if status == "waiting":
         print(

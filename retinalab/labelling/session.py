@@ -4,7 +4,7 @@ time, journals each at once and, when a round is complete, runs the loop on (tra
 round's queries) in a background thread. Behind ``retinalab label`` (:mod:`retinalab.labelling.server`)
 and the Label Studio files (:mod:`retinalab.labelling.label_studio`).
 
-Every answer goes into the loop's own journal, ``answers.json`` (:mod:`retinalab.active.state`), through
+Every answer goes into the loop's own journal, ``answers.json`` (:mod:`retinalab.active.store`), through
 the same functions the loop uses, so the loop takes them as if the oracle had given them; the CSV path
 (``labels.csv`` + ``retinalab active --resume``) is unchanged. A session holds the run's lock for its
 lifetime: a second page or a ``retinalab active --resume`` on the same run is refused.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..active.heuristics import score_label
 from ..active.oracle import CLASS_NAMES, LabelFileError, read_queries
-from ..active.state import journal, read_answers, run_lock, write_answers
+from ..active.store import journal, read_answers, run_lock, write_answers
 from ..utils.errors import ConfigError, InputMissingError, UserError, format_error, user_error
 
 log = logging.getLogger(__name__)
@@ -316,5 +316,6 @@ def loop_from_run(run: Path):
     cfg.pop("resume", None)
     cfg.pop("config", None)
     from ..active.loop import ActiveLearning
+    from ..active.options import RunOptions
 
-    return ActiveLearning(**parser.instantiate_classes(cfg))
+    return ActiveLearning(RunOptions(**parser.instantiate_classes(cfg)))

@@ -17,7 +17,7 @@ from retinalab.active import (
     margin,
     mc_dropout_probs,
 )
-from retinalab.active.rounds import initial_patches
+from retinalab.active.strategies import initial_patches
 from retinalab.models.lenet import LeNet
 from tests.helpers.active import TINY, assert_top, loop
 
@@ -96,8 +96,8 @@ def test_bald_needs_dropout_and_the_loop_says_so(tmp_path):
         ValueError, match="unknown acquisition 'coreset'; choose one of egl, entropy, margin, bald, random"
     ):
         ActiveLearning(acquisition="coreset", out_dir=str(tmp_path))
-    assert ActiveLearning(acquisition="bald", out_dir=str(tmp_path)).dropout == 0.5  # its default
-    assert ActiveLearning(acquisition="entropy", out_dir=str(tmp_path)).dropout == 0.0  # the paper's LeNet
+    assert ActiveLearning(acquisition="bald", out_dir=str(tmp_path)).options.dropout == 0.5  # its default
+    assert ActiveLearning(acquisition="entropy", out_dir=str(tmp_path)).options.dropout == 0.0  # the paper's LeNet
 
 
 def test_the_initial_patches_hold_both_classes_even_when_exudates_are_rare():
@@ -137,9 +137,9 @@ def test_algorithm1_takes_the_top_k_of_each_strategy(synth_eophtha, tmp_path, ac
     )
     assert al.run() == "finished"
     state = json.loads((out / "state.json").read_text())
-    net = net_of(out, al.dropout)
+    net = net_of(out, al.options.dropout)
     round0 = {row["item"] for row in state["history"] if row["round"] == 0}
-    rest = [int(i) for i in al.pool_items if int(i) not in round0]
+    rest = [int(i) for i in al.data.pool_items if int(i) not in round0]
     x = al.pool.tensor(rest)
     with torch.no_grad():
         if acquisition == "bald":  # round 1's masks: seed (seed * 1000 + round) * 1_000_003, one batch from 0
@@ -167,15 +167,15 @@ def test_algorithm2_with_entropy_opens_the_image_of_largest_summed_entropy(synth
     state = json.loads((out / "state.json").read_text())
     net = net_of(out).eval()
     round0 = {row["item"] for row in state["history"] if row["round"] == 0}
-    candidates = [i for i in al.split["train"] if set(al.items_of_image[i].tolist()) - round0]
+    candidates = [i for i in al.data.split["train"] if set(al.data.items_of_image[i].tolist()) - round0]
     with torch.no_grad():
         sigma = {
-            i: float(entropy(torch.softmax(net(al.pool.tensor(al.grid_of_image[i])), 1)).sum()) for i in candidates
+            i: float(entropy(torch.softmax(net(al.pool.tensor(al.data.grid_of_image[i])), 1)).sum()) for i in candidates
         }
     best = max(sigma, key=sigma.get)
     assert state["labelled_images"] == sorted({int(al.pool.image[i]) for i in round0} | {best})
     assert state["metrics"][1]["selected_sigma"] == pytest.approx(sigma[best], rel=1e-3)
-    own = [int(i) for i in al.items_of_image[best]]
+    own = [int(i) for i in al.data.items_of_image[best]]
     with torch.no_grad():
         ent = dict(zip(own, entropy(torch.softmax(net(al.pool.tensor(own)), 1)).tolist(), strict=True))
     assert_top({row["item"] for row in state["history"] if row["round"] == 1}, ent, 3)
@@ -213,26 +213,26 @@ def test_a_grid_pool_tests_on_every_grid_patch_of_the_test_photographs(synth_eop
     assert al.run() == "finished"
     labels, kind, image = (np.asarray(getattr(al.pool, n)) for n in ("labels", "kind", "image"))
     for name in ("val", "test"):
-        expected = np.flatnonzero(np.isin(image, al.split[name]) & (kind == GRID) & (labels >= 0))
-        assert np.array_equal(np.sort(al.eval_items[name]), expected)
-    test = al.eval_items["test"]
+        expected = np.flatnonzero(np.isin(image, al.data.split[name]) & (kind == GRID) & (labels >= 0))
+        assert np.array_equal(np.sort(al.data.eval_items[name]), expected)
+    test = al.data.eval_items["test"]
     assert 0 < labels[test].mean() < 0.5  # exudates a minority, as in the photographs
-    assert set(al.pool_items.tolist()) <= set(
-        np.flatnonzero(np.isin(image, al.split["train"]) & (kind == GRID)).tolist()
+    assert set(al.data.pool_items.tolist()) <= set(
+        np.flatnonzero(np.isin(image, al.data.split["train"]) & (kind == GRID)).tolist()
     )
     state = json.loads((tmp_path / "grid" / "state.json").read_text())
     first = state["history"]
     assert sum(r["label"] for r in first) == len(first) // 2  # the initial draw: half exudate patches
     # the paper's balanced centred test patches stay the default
     # the operating point on the validation patches, and the test F-measure there, beside the F at 0.5
-    from retinalab.active.state import read_metrics
-    from retinalab.active.train import best_f1_threshold
+    from retinalab.active.learner import best_f1_threshold
+    from retinalab.active.store import read_metrics
 
     row = read_metrics(tmp_path / "grid" / "metrics.csv")[0]
     with torch.no_grad():
-        al.net.eval()
-        p = {n: torch.softmax(al.net(al.pool.tensor(al.eval_items[n])), 1)[:, 1] for n in ("val", "test")}
-    y = {n: torch.from_numpy(labels[al.eval_items[n]]) for n in ("val", "test")}
+        al.learner.net.eval()
+        p = {n: torch.softmax(al.learner.net(al.pool.tensor(al.data.eval_items[n])), 1)[:, 1] for n in ("val", "test")}
+    y = {n: torch.from_numpy(labels[al.data.eval_items[n]]) for n in ("val", "test")}
     t = best_f1_threshold(p["val"], y["val"])
     assert row["val/threshold"] == pytest.approx(t, rel=1e-5)
     pred = p["test"] >= t
@@ -243,7 +243,9 @@ def test_a_grid_pool_tests_on_every_grid_patch_of_the_test_photographs(synth_eop
         synth_eophtha, tmp_path / "centred", pool_kind="grid", select="patches", max_rounds=0, track_images=0
     )
     centred.run()
-    assert labels[centred.eval_items["test"]].mean() == 0.5 and (kind[centred.eval_items["test"]] != GRID).all()
+    assert (
+        labels[centred.data.eval_items["test"]].mean() == 0.5 and (kind[centred.data.eval_items["test"]] != GRID).all()
+    )
 
 
 def test_the_benchmark_compares_strategies_by_labels_to_the_target_then_by_area():
@@ -275,7 +277,7 @@ def test_the_benchmark_compares_strategies_by_labels_to_the_target_then_by_area(
 def test_balanced_class_weights_give_each_class_the_same_total_weight():
     from torch.nn import functional as F
 
-    from retinalab.active.train import balanced_weights, sgd_epochs
+    from retinalab.active.learner import balanced_weights, sgd_epochs
 
     y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
     w = balanced_weights(y)
@@ -316,7 +318,7 @@ def test_entropy_and_margin_rank_a_two_class_pool_identically_even_near_one_half
 
 
 def test_the_validation_threshold_maximises_the_f_measure_by_hand():
-    from retinalab.active.train import best_f1_threshold
+    from retinalab.active.learner import best_f1_threshold
 
     def f1_at(p, y, t):
         pred = p >= t

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from retinalab.active import ActiveLearning, ExudatePatchConfig, ExudatePatches
+from retinalab.active import ActiveLearning, ExudatePatchConfig, ExudatePatches, RunOptions
+from retinalab.active.learner import Learner
 from retinalab.active.oracle import LabelFileError
+from retinalab.active.outputs import make_wandb_logger
 from retinalab.active.pool import CENTRED, EXUDATE, GRID, HEALTHY, dihedral, window_sums
+from retinalab.active.strategies import Strategy
 from retinalab.cli import main
 from retinalab.datasets import read_dataset
 from retinalab.models.lenet import LeNet
@@ -103,7 +106,7 @@ def test_dihedral_variants_are_the_eight_symmetries():
     assert len(flat) == 8  # all distinct for an asymmetric patch
     assert torch.equal(v[2], torch.rot90(x[0], 1, (1, 2))) and torch.equal(v[8], x[0].flip(2))
     # training's per-sample variant (apply_dihedral) is the same symmetry as dihedral()'s variant-major block
-    from retinalab.active.train import apply_dihedral
+    from retinalab.active.learner import apply_dihedral
 
     batch = torch.rand(24, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     variant = torch.arange(24) % 8
@@ -113,18 +116,18 @@ def test_dihedral_variants_are_the_eight_symmetries():
 
 def test_splits_are_by_patient_and_balanced(synth_eophtha, tmp_path):
     al = loop(synth_eophtha, tmp_path / "run")
-    al._setup()
-    groups = {name: {al.pool.images[i]["group"] for i in ids} for name, ids in al.split.items()}
+    al.setup()
+    groups = {name: {al.pool.images[i]["group"] for i in ids} for name, ids in al.data.split.items()}
     assert (
         not (groups["train"] & groups["val"])
         and not (groups["train"] & groups["test"])
         and not (groups["val"] & groups["test"])
     )
     labels = np.asarray(al.pool.labels)
-    for items in (al.eval_items["val"], al.eval_items["test"], al.pool_items):
+    for items in (al.data.eval_items["val"], al.data.eval_items["test"], al.data.pool_items):
         counts = np.bincount(labels[items], minlength=2)
         assert counts[0] == counts[1] > 0
-    assert set(np.asarray(al.pool.image)[al.pool_items]) <= set(al.split["train"])
+    assert set(np.asarray(al.pool.image)[al.data.pool_items]) <= set(al.data.split["train"])
 
 
 # ---------------------------------------------------------------- selection rules in the loop
@@ -144,13 +147,13 @@ def test_algorithm2_opens_the_image_with_the_largest_summed_egl_and_reads_line_1
     )  # the model that chose round 1
     round0 = {row["item"] for row in state["history"] if row["round"] == 0}
     round1 = [row for row in state["history"] if row["round"] == 1]
-    candidates = [i for i in al.split["train"] if set(al.items_of_image[i].tolist()) - round0]
-    sigma = {i: phi_by_hand(net, al.pool.tensor(al.grid_of_image[i])).sum() for i in candidates}
+    candidates = [i for i in al.data.split["train"] if set(al.data.items_of_image[i].tolist()) - round0]
+    sigma = {i: phi_by_hand(net, al.pool.tensor(al.data.grid_of_image[i])).sum() for i in candidates}
     best = max(sigma, key=sigma.get)
     assert sorted(sigma.values())[-1] > sorted(sigma.values())[-2] * (1 + 1e-4)  # a clear winner
     assert state["labelled_images"] == sorted({int(al.pool.image[i]) for i in round0} | {best})
     assert state["metrics"][1]["selected_sigma"] == pytest.approx(sigma[best], rel=1e-3)
-    own = [int(i) for i in al.items_of_image[best]]
+    own = [int(i) for i in al.data.items_of_image[best]]
     items = {row["item"] for row in round1}
     if reading == "selected_images":  # the 3 patches of highest EGL among the opened image's patches
         phi = dict(zip(own, phi_by_hand(net, al.pool.tensor(own)), strict=True))
@@ -159,7 +162,7 @@ def test_algorithm2_opens_the_image_with_the_largest_summed_egl_and_reads_line_1
             assert row["score"] == pytest.approx(phi[row["item"]], rel=1e-3)
     else:  # every patch of the image, then the 3 of highest EGL in the rest of the pool
         assert set(own) <= items and len(items) == len(own) + 3
-        rest = [int(i) for i in al.pool_items if int(i) not in round0 and int(i) not in own]
+        rest = [int(i) for i in al.data.pool_items if int(i) not in round0 and int(i) not in own]
         phi = dict(zip(rest, phi_by_hand(net, al.pool.tensor(rest)), strict=True))
         assert_top(items - set(own), phi, 3)
 
@@ -239,14 +242,14 @@ def test_the_initial_model_takes_the_papers_batches(synth_eophtha, tmp_path, mon
     """Paper 002: M is "initially trained with 5 batches of 32 samples": initial_batches SGD steps,
     unless the dihedral variants are asked for (8 per patch: 8x the steps)."""
     counted: list[int] = []
-    real_setup = ActiveLearning._setup
+    real_setup = ActiveLearning.setup
 
     def setup(self):
         real_setup(self)
-        step = self.optimizer.step
-        self.optimizer.step = lambda *a, **k: (counted.append(1), step(*a, **k))[1]
+        step = self.learner.optimizer.step
+        self.learner.optimizer.step = lambda *a, **k: (counted.append(1), step(*a, **k))[1]
 
-    monkeypatch.setattr(ActiveLearning, "_setup", setup)
+    monkeypatch.setattr(ActiveLearning, "setup", setup)
     al = loop(
         synth_eophtha, tmp_path / "run", select="patches", max_rounds=0, initial_augment=initial_augment, track_images=0
     )
@@ -275,7 +278,7 @@ def test_egl_and_random_share_the_initial_set_and_respect_the_budget(synth_eopht
     net = LeNet(2, TINY.patch_size, 3, (4, 8), 16)
     net.load_state_dict(torch.load(tmp_path / "egl" / "model-round000.pt", weights_only=True)["model"])
     rounds = [{row["item"] for row in runs["egl"]["history"] if row["round"] == r} for r in (0, 1)]
-    rest = [int(i) for i in al.pool_items if int(i) not in rounds[0]]
+    rest = [int(i) for i in al.data.pool_items if int(i) not in rounds[0]]
     assert_top(rounds[1], dict(zip(rest, phi_by_hand(net, al.pool.tensor(rest)), strict=True)), 6)
     first = [{r["item"] for r in runs[a]["history"] if r["round"] == 0} for a in runs]
     assert first[0] == first[1] and len(first[0]) == 16  # 2 batches of 8
@@ -308,7 +311,7 @@ def test_killed_loop_resumes_with_identical_pool_and_history(synth_eophtha, tmp_
     ref.run()
     asked: list[int] = []
     al = loop(synth_eophtha, tmp_path / "run", select=select)
-    real_train, real_choose = ActiveLearning._train, ActiveLearning._choose
+    real_train, real_choose = Learner.train, Strategy.choose
 
     def train(self, state, epochs, r):
         if where == "inside" and r == 2:
@@ -320,27 +323,27 @@ def test_killed_loop_resumes_with_identical_pool_and_history(synth_eophtha, tmp_
             raise Killed
         return real_choose(self, state, r)
 
-    monkeypatch.setattr(ActiveLearning, "_train", train)
-    monkeypatch.setattr(ActiveLearning, "_choose", choose)
+    monkeypatch.setattr(Learner, "train", train)
+    monkeypatch.setattr(Strategy, "choose", choose)
     with pytest.raises(Killed):
         al.run()
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["round"] == 1 and (tmp_path / "run" / state["checkpoint"]).is_file()
     answered = set(json.loads((tmp_path / "run" / "answers.json").read_text()))
-    monkeypatch.setattr(ActiveLearning, "_train", real_train)
-    monkeypatch.setattr(ActiveLearning, "_choose", real_choose)
-    real_setup = ActiveLearning._setup
-    monkeypatch.setattr(ActiveLearning, "_setup", lambda self: pytest.fail("refused only after the set-up"))
+    monkeypatch.setattr(Learner, "train", real_train)
+    monkeypatch.setattr(Strategy, "choose", real_choose)
+    real_setup = ActiveLearning.setup
+    monkeypatch.setattr(ActiveLearning, "setup", lambda self: pytest.fail("refused only after the set-up"))
     with pytest.raises(FileExistsError, match="--resume"):
         loop(synth_eophtha, tmp_path / "run", select=select).run()
     again = loop(synth_eophtha, tmp_path / "run", select=select)
 
     def setup(self):
         real_setup(self)
-        oracle = self.oracle_fn
-        self.oracle_fn = lambda items, r, scores=None: (asked.extend(items), oracle(items, r, scores))[1]
+        oracle = self.oracle
+        self.oracle = lambda items, r, scores=None: (asked.extend(items), oracle(items, r, scores))[1]
 
-    monkeypatch.setattr(ActiveLearning, "_setup", setup)
+    monkeypatch.setattr(ActiveLearning, "setup", setup)
     assert again.run(resume=True) == "finished"
     assert not (set(map(str, asked)) & answered)  # never asked again for a label it had
     assert history(tmp_path / "run") == history(tmp_path / "ref")
@@ -492,7 +495,7 @@ def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, c
         pool_kind="grid",
         accelerator="cpu",
     )
-    al._setup()
+    al.setup()
     answers = truth(al.pool, r0)
     qids = sorted(answers)
     # resuming with the blank labels.csv writes nothing new and keeps waiting
@@ -540,9 +543,9 @@ def test_read_labels_rejects_conflicts_and_a_changed_queries_file(synth_eophtha,
     from retinalab.active.oracle import HumanOracle, LabelsPending
 
     al = loop(synth_eophtha, tmp_path / "run", oracle="human", pool_kind="grid")
-    al._setup()
+    al.setup()
     oracle = HumanOracle(al.pool, tmp_path / "q")
-    items = [int(i) for i in al.pool_items[:3]]
+    items = [int(i) for i in al.data.pool_items[:3]]
     with pytest.raises(LabelsPending):
         oracle(items, 0)
     d = oracle.round_dir(0)
@@ -552,7 +555,7 @@ def test_read_labels_rejects_conflicts_and_a_changed_queries_file(synth_eophtha,
         oracle(items, 0)
     assert e.value.partial == {items[1]: 1, items[2]: 0}
     with pytest.raises(LabelFileError, match="another run"):
-        oracle([*items, int(al.pool_items[5])], 0)
+        oracle([*items, int(al.data.pool_items[5])], 0)
 
 
 def test_all_active_configs_parse(monkeypatch, tmp_path):
@@ -567,17 +570,17 @@ def test_all_active_configs_parse(monkeypatch, tmp_path):
     for cfg in sorted((REPO / "conf" / "active").glob("*.yaml")):
         p = ArgumentParser()
         p.add_argument("--config", action=ActionConfigFile)
-        p.add_class_arguments(ActiveLearning, None, fail_untyped=True)
+        p.add_class_arguments(RunOptions, None, fail_untyped=True)
         parsed = p.parse_args(["--config", str(cfg)])
         init = p.instantiate_classes(parsed)
         init.pop("config", None)
-        al = ActiveLearning(**init)
-        assert al.patches.patch_size in (32, 48) and al.lr == 0.01 and al.batch_size == 32, cfg.name
-        assert al.logger == "wandb", cfg.name
-        lg = al.make_wandb_logger()
+        o = ActiveLearning(RunOptions(**init)).options
+        assert o.patches.patch_size in (32, 48) and o.lr == 0.01 and o.batch_size == 32, cfg.name
+        assert o.logger == "wandb", cfg.name
+        lg = make_wandb_logger(o)
         assert isinstance(lg, WandbLogger) and lg._offline_run and lg._experiment is None
-        assert lg._wandb_init["name"] == f"active/{al.dataset}-{al.acquisition}-{al.select}-s{al.seed}"
-        assert al.acquisition in lg._wandb_init["tags"] and Path(lg.save_dir).parent == Path(al.out_dir) / "logs"
+        assert lg._wandb_init["name"] == f"active/{o.dataset}-{o.acquisition}-{o.select}-s{o.seed}"
+        assert o.acquisition in lg._wandb_init["tags"] and Path(lg.save_dir).parent == Path(o.out_dir) / "logs"
 
 
 # ---------------------------------------------------------------- DDP and W&B
@@ -634,12 +637,12 @@ def test_ddp_ranks_score_shards_and_gather_the_same_ranking(synth_eophtha, tmp_p
     state = json.loads((out / "state.json").read_text())
     assert state["round"] == 1 and state["stopped"] == "max_rounds (1) reached"
     ref = loop(synth_eophtha, tmp_path / "single", **kw)
-    ref._setup()
+    ref.setup()
     ckpt = torch.load(out / "model-round000.pt", weights_only=True)
-    ref.net.load_state_dict(ckpt["model"])
+    ref.learner.net.load_state_dict(ckpt["model"])
     round0 = {row["item"] for row in state["history"] if row["round"] == 0}
-    remaining = np.array([i for i in ref.pool_items if int(i) not in round0])
-    phi, _ = ref.score(remaining)
+    remaining = np.array([i for i in ref.data.pool_items if int(i) not in round0])
+    phi, _ = ref.strategy.score(remaining)
     order = torch.argsort(-phi.double(), stable=True)[:6]
     round1 = [row for row in state["history"] if row["round"] == 1]
     assert [row["item"] for row in round1] == [int(remaining[i]) for i in order]
@@ -663,7 +666,7 @@ def test_metrics_and_plots_reach_an_offline_wandb_run(synth_eophtha, tmp_path, m
     )
     al = loop(synth_eophtha, tmp_path / "run", select="patches", max_rounds=1, logger=logger, plot_every=1)
     assert al.run() == "finished"
-    assert al.score_batch_size == 256  # the CPU default (4096 on a GPU)
+    assert al.learner.score_batch_size == 256  # the CPU default (4096 on a GPU)
     logger.experiment.finish()
     run_dir = next(tmp_path.glob("wandb/offline-run-*"))
     # one key per plot (W&B lays out the images of one key side by side and wants them the same size)
@@ -715,7 +718,7 @@ def test_a_run_takes_another_runs_initial_model_instead_of_training_its_own(synt
     """initial_from: a margin arm starts from the EGL arm's round-0 model (the same weights and round-0
     metrics, no SGD at round 0); every run keeps its round-0 checkpoint beside the latest; a run of another
     seed or with BALD's dropout LeNet is refused, naming the field."""
-    import retinalab.active.loop as loop_module
+    import retinalab.active.learner as learner_module
 
     kw = dict(select="patches", k=4, max_rounds=2, track_images=0, initial_epochs=3)
     assert loop(synth_eophtha, tmp_path / "egl", **kw).run() == "finished"
@@ -724,8 +727,8 @@ def test_a_run_takes_another_runs_initial_model_instead_of_training_its_own(synt
         "model-round002.pt",
     ]
     epochs = []
-    real = loop_module.sgd_epochs
-    monkeypatch.setattr(loop_module, "sgd_epochs", lambda *a, **k: epochs.append(k["epochs"]) or real(*a, **k))
+    real = learner_module.sgd_epochs
+    monkeypatch.setattr(learner_module, "sgd_epochs", lambda *a, **k: epochs.append(k["epochs"]) or real(*a, **k))
     assert (
         loop(synth_eophtha, tmp_path / "margin", acquisition="margin", initial_from=str(tmp_path / "egl"), **kw).run()
         == "finished"

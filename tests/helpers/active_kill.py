@@ -15,9 +15,10 @@ import signal
 import sys
 
 from retinalab.active import ActiveLearning
+from retinalab.active.learner import Learner
 from retinalab.cli import main
 
-_train, _setup = ActiveLearning._train, ActiveLearning._setup
+_train, _setup = Learner.train, ActiveLearning.setup
 
 
 def _killing_train(self, state, epochs, r):  # noqa: ANN001, ANN202
@@ -28,7 +29,7 @@ def _killing_train(self, state, epochs, r):  # noqa: ANN001, ANN202
 
 def _recording_setup(self):  # noqa: ANN001, ANN202
     _setup(self)
-    oracle, path = self.oracle_fn, os.environ.get("RETINALAB_TEST_ASKED")
+    oracle, path = self.oracle, os.environ.get("RETINALAB_TEST_ASKED")
     if path:
 
         def asked(items, r, scores=None):  # noqa: ANN001, ANN202
@@ -36,11 +37,11 @@ def _recording_setup(self):  # noqa: ANN001, ANN202
                 f.write(json.dumps([str(i) for i in items]) + "\n")
             return oracle(items, r, scores)
 
-        self.oracle_fn = asked
+        self.oracle = asked
 
 
-ActiveLearning._train = _killing_train
-ActiveLearning._setup = _recording_setup
+Learner.train = _killing_train
+ActiveLearning.setup = _recording_setup
 
 if __name__ == "__main__":
     sys.exit(main(["active", *sys.argv[1:]]))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from retinalab.active.oracle import LabelFileError
-from retinalab.active.state import RunBusyError
+from retinalab.active.store import RunBusyError
 from retinalab.cli import main
 from retinalab.labelling.server import create_app, free_port, is_loopback
 from retinalab.labelling.session import LabelSession

@@ -153,11 +153,11 @@ def test_a_toy_acquisition_is_one_module_and_a_config(plugin, synth_eophtha, tmp
     state = json.loads((out / "state.json").read_text())
     from retinalab.models.lenet import LeNet
 
-    net = LeNet(2, al.patches.patch_size, 3, (4, 8), 16)
+    net = LeNet(2, al.options.patches.patch_size, 3, (4, 8), 16)
     net.load_state_dict(torch.load(out / "model-round000.pt", weights_only=True)["model"])
     net.eval()
     round0 = {row["item"] for row in state["history"] if row["round"] == 0}
-    rest = [int(i) for i in al.pool_items if int(i) not in round0]
+    rest = [int(i) for i in al.data.pool_items if int(i) not in round0]
     with torch.no_grad():
         p = torch.softmax(net(al.pool.tensor(rest)), 1)[:, 1].tolist()
     phi = dict(zip(rest, p, strict=True))

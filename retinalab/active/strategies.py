@@ -12,24 +12,35 @@
 * the random baseline: the same numbers drawn uniformly, either with the same rule (``k``, images per
   round) or at another run's label and image counts, round by round (:func:`matched_random`).
 
-These functions know nothing of files, devices or training: the loop (:mod:`retinalab.active.loop`)
-passes the pool items and two scorers, ``phi_of(items)`` (the acquisition's score of pool items under M:
-EGL, entropy, margin or BALD, :mod:`retinalab.active.heuristics`) and ``sigma_of(images)``
-(interestingness of images: the sum of those scores), and asks the oracle for the :class:`Query`
-returned. Every scored acquisition goes through the same two algorithms; ``random`` draws instead.
+The functions know nothing of files, devices or training: they take the pool items and two scorers,
+``phi_of(items)`` (the acquisition's score of pool items under M: EGL, entropy, margin or BALD,
+:mod:`retinalab.active.heuristics`) and ``sigma_of(images)`` (interestingness of images: the sum of
+those scores), and return the :class:`Query` to ask. Every scored acquisition goes through the same two
+algorithms; ``random`` draws instead. :class:`Strategy` applies them to one run: its options, its pool
+and split, and its learner's scores (the loop, :mod:`retinalab.active.loop`, asks it each round).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .heuristics import get_heuristic
-from .selection import select_images, select_random, select_top_k
+from .selection import image_interestingness, select_images, select_random, select_top_k
+from .state import LoopState, matched_counts
+
+if TYPE_CHECKING:
+    from .learner import Learner
+    from .options import RunOptions
+    from .pool import ExudatePatches
+    from .split import PoolSplit
 
 PhiFn = Callable[[np.ndarray], torch.Tensor]
 SigmaFn = Callable[[list[int]], dict[int, float]]
@@ -240,3 +251,143 @@ def patches_round(acquisition: str, remaining: np.ndarray, k: int, seed: int, ph
         if get_heuristic(acquisition).scored
         else random_patches(remaining, k, seed + 500)
     )
+
+
+class Strategy:
+    """One run's rounds: Algorithms 1 and 2 (or the random baseline) over its pool and split, scored by its
+    learner's current model.
+
+    Args:
+        options: the run's options (selection fields, seed, budget).
+        config: the run's config (a matched run's frozen fields are checked against it).
+        pool: the patch pool.
+        data: the run's split of it (:class:`~retinalab.active.split.PoolSplit`).
+        learner: scores pool patches (:meth:`~retinalab.active.learner.Learner.score`).
+    """
+
+    def __init__(self, options: RunOptions, config: dict, pool: ExudatePatches, data: PoolSplit, learner: Learner):
+        self.options, self.config, self.pool, self.data, self.learner = options, config, pool, data, learner
+        self.score_seed = 0  # BALD's dropout masks: set per round by choose, so a redone round draws the same
+        #: how long the last :meth:`choose` took, scoring included (NaN: the round's query was chosen before a restart)
+        self.seconds = math.nan
+
+    def score(self, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The acquisition's scores (EGL, entropy, margin, BALD; a random run's are EGL's, for heatmaps and
+        interestingness) and p(exudate) of pool ``items``; each rank scores a shard under DDP."""
+        return self.learner.score(items, self.score_seed)
+
+    def describe_queries(
+        self, items: list[int], images: list[int]
+    ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """What a human oracle is shown beside the queries: p(exudate) of ``items`` under the current
+        model, and the acquisition's score of every grid patch of ``images`` (their heatmaps; EGL for a
+        random run), from one scoring pass."""
+        grids = [np.asarray(self.data.grid_of_image[i], dtype=np.int64) for i in images]
+        scores, prob = self.score(np.concatenate([np.asarray(items, dtype=np.int64), *grids]))
+        heat, at = {}, len(items)
+        for img, grid in zip(images, grids, strict=True):
+            heat[int(img)] = (grid, scores[at : at + len(grid)].numpy())
+            at += len(grid)
+        return prob[: len(items)].numpy(), heat
+
+    def sigma(self, images: list[int]) -> dict[int, float]:
+        """Algorithm 2, line 5: interestingness = sum of the scores over each image's grid patches."""
+        if not images:
+            return {}
+        items = np.concatenate([self.data.grid_of_image[i] for i in images])
+        phi, _ = self.score(items)
+        return image_interestingness(phi, torch.from_numpy(np.asarray(self.pool.image)[items]))
+
+    def remaining(self, state: LoopState) -> np.ndarray:
+        """The pool items not labelled yet."""
+        labelled = np.fromiter(state.labelled, np.int64, len(state.labelled))
+        return self.data.pool_items[~np.isin(self.data.pool_items, labelled)]
+
+    def _budget(self, state: LoopState, wanted: int) -> int:
+        if self.options.max_labels is None:
+            return wanted
+        return max(0, min(wanted, self.options.max_labels - len(state.labelled)))
+
+    def initial(self, state: LoopState) -> Query:
+        """Round 0's queries: Algorithm 1's L' or Algorithm 2's T_mu."""
+        o, data = self.options, self.data
+        if o.select == "patches":
+            labels = np.asarray(self.pool.labels) if o.initial_draw == "stratified" else None
+            return initial_patches(
+                data.pool_items, self._budget(state, o.initial_batches * o.batch_size), o.seed, labels
+            )
+        limit = self._budget(state, len(data.pool_items))
+        return initial_images(
+            data.split["train"], data.has_exudate, data.items_of_image, o.initial_images, limit, o.seed
+        )
+
+    def choose(self, state: LoopState, r: int) -> Query:
+        """Round ``r``'s queries; the time it took is kept in :attr:`seconds` (scoring included)."""
+        start = time.perf_counter()
+        try:
+            return self._choose(state, r)
+        finally:
+            self.seconds = time.perf_counter() - start
+
+    def _choose(self, state: LoopState, r: int) -> Query:
+        o, data = self.options, self.data
+        remaining = self.remaining(state)
+        seed = o.seed * 1_000 + r
+        self.score_seed = seed
+        limit = self._budget(state, len(remaining))
+
+        def phi_of(items: np.ndarray) -> torch.Tensor:
+            return self.score(items)[0]
+
+        candidates: list[int] = []
+        if o.select == "images":
+            free = np.zeros(len(self.pool.labels), dtype=bool)  # unlabelled pool items: O(1) per lookup
+            free[remaining] = True
+            done = set(state.labelled_images)
+            candidates = [i for i in data.split["train"] if i not in done and free[data.items_of_image[i]].any()]
+        if o.match_labels is not None:
+            n_labels, n_images = matched_counts(Path(o.match_labels), self.config, state, r)
+            return matched_random(
+                o.select,
+                o.image_patches,
+                remaining,
+                candidates,
+                data.items_of_image,
+                n_images,
+                min(n_labels, limit),
+                seed,
+            )
+        if o.select == "images" and o.images_per_round:
+            return algorithm2(
+                o.acquisition,
+                o.image_patches,
+                remaining,
+                candidates,
+                data.items_of_image,
+                o.images_per_round,
+                o.k,
+                limit,
+                seed,
+                phi_of,
+                self.sigma,
+            )
+        return patches_round(o.acquisition, remaining, min(o.k, limit), seed, phi_of)
+
+    def heatmap(self, state: LoopState, round_sigma: dict[int, float]) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """The acquisition's scores over the grid of the image to annotate next: the unlabelled training
+        image with the highest interestingness this round (``round_sigma``, Algorithm 2), else the first
+        tracked unlabelled one. None for random selection."""
+        if not get_heuristic(self.options.acquisition).scored or state.round < 0:
+            return None
+        train = self.data.split["train"]
+        done = set(state.labelled_images)
+        unlabelled = [i for i in train if i not in done]
+        free = set(unlabelled)
+        ranked = [i for i in sorted(round_sigma, key=lambda i: -round_sigma[i]) if i in free]
+        ranked += [i for i in self.data.tracked if i in free] + unlabelled + list(train)
+        img = int(ranked[0])
+        items = self.data.grid_of_image[img]
+        if not len(items):
+            return None
+        phi, _ = self.score(items)
+        return img, items, phi.numpy()

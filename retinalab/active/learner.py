@@ -1,10 +1,14 @@
-"""The active learner's LeNet: scoring pool patches by EGL or another acquisition (sharded over DDP ranks),
-updating it with SGD (paper 002: lr 0.01, batch 32, the 8 dihedral variants of every labelled patch;
-Algorithm 1's line 7) and the per-round validation and test metrics."""
+"""The active learner: paper 002's LeNet under Lightning Fabric (:class:`Learner`), scoring pool patches by
+EGL or another acquisition (sharded over DDP ranks), updating it with SGD (paper 002: lr 0.01, batch 32,
+the 8 dihedral variants of every labelled patch; Algorithm 1's line 7) and the per-round validation and
+test metrics. :func:`sgd_epochs` is the one training loop; the EGL image order
+(:mod:`retinalab.active.image_selection`) reuses it."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,9 +21,14 @@ from torchmetrics.functional.classification import (
     binary_specificity,
 )
 
+from ..models.lenet import LeNet
 from .egl import Scope
 from .heuristics import acquisition_scores
 from .pool import ExudatePatches
+
+if TYPE_CHECKING:
+    from .options import RunOptions
+    from .state import LoopState
 
 
 def apply_dihedral(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
@@ -186,3 +195,84 @@ def score_items(
     for r in range(world):
         out[:, r::world] = gathered[r, :, : len(items[r::world])].cpu()
     return out[0], out[1].float()
+
+
+class Learner:
+    """One run's LeNet and SGD optimiser under Lightning Fabric (one device or DDP), with what the loop asks
+    of them: train on the labelled patches, evaluate, score pool patches.
+
+    Args:
+        options: the run's options (network, optimiser, Fabric and scoring fields).
+        loggers: Fabric's loggers (the run's W&B logger, or none).
+    """
+
+    def __init__(self, options: RunOptions, loggers: list) -> None:
+        from lightning_fabric import Fabric
+
+        self.options = o = options
+        self.fabric = Fabric(
+            accelerator=o.accelerator, devices=o.devices, strategy=o.strategy, num_nodes=o.num_nodes, loggers=loggers
+        )
+        self.fabric.launch()
+        self.rank0 = self.fabric.global_rank == 0
+        #: patches per scoring batch: the option, else 256 on a CPU and 4096 on a GPU
+        self.score_batch_size = o.score_batch_size or (256 if self.fabric.device.type == "cpu" else 4096)
+        self.pool: ExudatePatches | None = None
+        self.model = self.optimizer = None
+
+    def build(self, pool: ExudatePatches) -> None:
+        """The seeded LeNet and its SGD optimiser, set up by Fabric, learning from ``pool``'s patches."""
+        o = self.options
+        self.pool = pool
+        torch.manual_seed(o.seed)
+        # LeNet is channels-last (retinalab/models/layout.py): the cached patches are NHWC already
+        model = LeNet(2, o.patches.patch_size, 3, tuple(o.conv_channels), o.hidden, o.dropout)
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.model, self.optimizer = self.fabric.setup(model, opt)
+
+    @property
+    def net(self) -> LeNet:
+        """The plain LeNet (without the Fabric/DDP wrapper)."""
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def train(self, state: LoopState, epochs: int, r: int) -> float:
+        """``epochs`` passes of round ``r`` over the labelled patches of ``state``; the mean training loss."""
+        o = self.options
+        items = np.array(sorted(state.labelled), dtype=np.int64)
+        if not len(items):
+            return math.nan
+        x = self.pool.tensor(items)
+        y = torch.tensor([state.labelled[int(i)] for i in items])
+        return sgd_epochs(
+            self.model,
+            self.optimizer,
+            self.fabric.backward,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=o.batch_size,
+            variants=8 if o.augment and (r > 0 or o.initial_augment) else 1,
+            generator=torch.Generator().manual_seed(o.seed * 100_003 + r),
+            device=self.fabric.device,
+            rank=self.fabric.global_rank,
+            world=self.fabric.world_size,
+            class_weight=balanced_weights(y) if o.class_weight == "balanced" else None,
+        )
+
+    def evaluate(self, eval_items: dict[str, np.ndarray]) -> dict[str, float]:
+        """Validation loss/accuracy and test F-measure, sensitivity, specificity, accuracy, AUROC."""
+        return evaluate_patches(self.net, self.pool, eval_items, self.score_batch_size, self.fabric.device)
+
+    def score(self, items: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The run's acquisition scores and p(exudate) of pool ``items`` (a random run's are EGL's, for its
+        heatmaps and interestingness); BALD's dropout masks drawn from ``seed``."""
+        o = self.options
+        return score_items(
+            self.net, self.pool, items, o.scope, self.score_batch_size, self.fabric, o.acquisition, o.mc_samples, seed
+        )
+
+    def load(self, path: Path) -> None:
+        """The model and optimiser state of the checkpoint at ``path``."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
