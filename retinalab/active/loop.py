@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..utils.errors import ConfigError
+from ..utils.runs import rank0_lock
 from .heuristics import get_heuristic
 from .learner import Learner
 from .options import RunOptions
@@ -35,7 +36,7 @@ from .oracle import HumanOracle, LabelsPending, SimulatedOracle
 from .outputs import RunReport, make_wandb_logger
 from .split import PoolSplit, open_pool, split_pool
 from .state import LoopState, area_under, initial_model, nan_to_none, record_round, stop_reason
-from .store import RunStore, ask_oracle, run_lock
+from .store import RunStore, ask_oracle
 from .strategies import Query, Strategy
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class ActiveLearning:
     #: "evaluating", "saving"): the labelling page shows it while a round trains
     on_phase: Callable[[str, int], None] | None = None
 
-    #: hold ``out_dir/.lock`` while a human-oracle run works (False: the caller holds it, as the labelling page does)
+    #: hold ``out_dir/.lock`` while the run works (False: the caller holds it, as ``retinalab active`` and the
+    #: labelling page do)
     lock_run: bool = True
 
     def __init__(self, options: RunOptions | None = None, **kwargs) -> None:
@@ -115,12 +117,13 @@ class ActiveLearning:
 
     def run(self, resume: bool = False) -> str:
         """Run (or continue) the loop. Returns ``"finished"`` or ``"waiting"`` (a human oracle has queries).
-        A human-oracle run holds ``out_dir/.lock`` meanwhile (:func:`~retinalab.active.store.run_lock`):
-        a second process on the same run (another ``--resume``, a labelling page) is refused."""
+        The run holds ``out_dir/.lock`` meanwhile (:func:`~retinalab.utils.runs.run_lock`, on rank 0): a
+        second process on the same run (another run started there, a ``--resume``, a labelling page) is
+        refused before it writes anything."""
         try:
-            if self.options.oracle != "human" or not self.lock_run:
+            if not self.lock_run:
                 return self._run(resume)
-            with run_lock(self.out, "retinalab active"):
+            with rank0_lock(self.out, "retinalab active"):
                 return self._run(resume)
         finally:
             if self._own_logger:

@@ -5,7 +5,7 @@
   names it, so the checkpoint named in ``state.json`` always exists;
 * ``answers.json``: every oracle label as soon as it arrives (the loop, the labelling page and the
   Label Studio import all write it through :func:`journal` and :func:`write_answers`);
-* ``.lock``: held by the process working on a human-oracle run (:func:`run_lock`);
+* ``.lock``: held by the process writing the run (:func:`retinalab.utils.runs.run_lock`);
 * ``metrics.csv``, ``queries.csv``, ``interestingness.csv``, ``split.json``: tables for people and plots.
 
 :class:`RunStore` is what the loop holds: one run folder, refused when it belongs to another run.
@@ -17,21 +17,33 @@ import csv
 import json
 import logging
 import math
-import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from ..utils.errors import OutputExistsError, UserError
+from ..utils.errors import OutputExistsError
 from ..utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic
+from ..utils.runs import RunBusyError, run_lock
 from .oracle import LabelFileError
 from .state import INITIAL_CHECKPOINT, LoopState, read_state, write_state
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "QUERY_COLUMNS",
+    "RunBusyError",
+    "RunStore",
+    "ask_oracle",
+    "journal",
+    "load_checkpoint",
+    "read_answers",
+    "read_metrics",
+    "run_lock",
+    "save_checkpoint",
+    "write_answers",
+    "write_tables",
+]
 
 QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")
 
@@ -181,50 +193,3 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     """Rows of a run's ``metrics.csv`` as floats (empty cells become NaN)."""
     with Path(path).open(newline="") as f:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-class RunBusyError(UserError, RuntimeError):
-    """Another process (a ``retinalab active --resume``, a labelling page) works on the same run."""
-
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one process per run is then the user's to ensure
-    fcntl = None
-_HELD: dict[str, list] = {}  # lock file -> [descriptor, holder] of the locks this process holds
-_GUARD = threading.Lock()
-
-
-@contextmanager
-def run_lock(out: str | Path, holder: str) -> Iterator[None]:
-    """Hold ``out/.lock`` (an exclusive advisory lock, released when the process ends however it ends)
-    while working on a run, so that two processes, or two sessions of one process, never journal or
-    train the same run at once; the second is refused with :class:`RunBusyError` naming the first
-    (``holder`` and its pid). The labelling page holds it for its lifetime and runs the loop's rounds
-    under it (``ActiveLearning.lock_run = False``)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out.resolve() / ".lock"
-    key = str(path)
-    with _GUARD:
-        if key in _HELD:
-            raise RunBusyError(f"{out} is in use by {_HELD[key][1]} (pid {os.getpid()}, this process); stop it first")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                who = path.read_text(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise RunBusyError(f"{out} is in use by {who}; stop that process first (it holds {path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{holder} (pid {os.getpid()})".encode())
-        _HELD[key] = [fd, holder]
-    try:
-        yield
-    finally:
-        with _GUARD:
-            del _HELD[key]
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,8 @@ def main(argv: Sequence[str]) -> int:
     from ..active.command import active_parser
     from ..active.loop import ActiveLearning
     from ..active.options import RunOptions
+    from ..utils.io import write_text_atomic
+    from ..utils.runs import launch_rank, rank0_lock
 
     p = active_parser()
     p.description = DESCRIPTION
@@ -32,15 +33,17 @@ def main(argv: Sequence[str]) -> int:
     cfg.pop("config", None)
     init = p.instantiate_classes(cfg)
     loop = ActiveLearning(RunOptions(**init))
-    loop.check_out_dir(resume)  # another run's folder is refused before its config.yaml is replaced
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        out = Path(loop.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(p.dump(cfg, skip_none=False))
-        from ..lightning.manifest import manifest, write_manifest
+    # one writer per run folder: a second run started on the same out_dir is refused before it writes
+    with rank0_lock(loop.out, "retinalab active"):
+        loop.check_out_dir(resume)  # another run's folder is refused before its config.yaml is replaced
+        if launch_rank() == 0:
+            from ..lightning.manifest import manifest, write_manifest
 
-        write_manifest(out / "manifest.json", manifest(loop.config, loop.options.seed, stage="active"))
-    status = loop.run(resume=resume)
+            out = Path(loop.out)
+            write_text_atomic(out / "config.yaml", p.dump(cfg, skip_none=False))
+            write_manifest(out / "manifest.json", manifest(loop.config, loop.options.seed, stage="active"))
+        loop.lock_run = False  # held here
+        status = loop.run(resume=resume)
     if status == "waiting":
         print(
             f"retinalab active: queries written under {loop.out / 'queries'}; label them in the browser with "

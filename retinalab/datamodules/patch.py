@@ -2,8 +2,8 @@
 
 Images are split (by patient where the dataset has patients) into train/val/test; ``num_labeled_images``
 training images are labelled, the rest of the training split is unlabelled and its labels never
-reach the model. Patches come from the on-disk :class:`~retinalab.preprocessing.PatchCache`, so no
-image is decoded after the first epoch... or indeed during any epoch.
+reach the model. Patches come from the on-disk :class:`~retinalab.preprocessing.PatchCache`, built once:
+no image is decoded during an epoch.
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..datasets import DatasetName, OnError, check_reader_args
 from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
-from ..preprocessing.patches import UNKNOWN
 from ..utils.errors import ConfigError
 from .base import FundusDataModule
 from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset
-from .splits import LabeledChooser, SplitMode, choose_labeled, split_indices, target_count
+from .splits import LabeledChooser, SplitMode, patch_split
 from .transforms import (
     StrongPolicy,
-    check_strong_policy,
     default_seed,
     image_train_transform,
     patch_strong_transform,
@@ -163,49 +161,37 @@ class PatchDataModule(FundusDataModule):
             grade0_healthy=grade0_healthy,
             thumb_size=thumb_size,
         )
-        self.include_unknown = include_unknown
-        if split_mode not in ("random", "official"):
-            raise ValueError(
-                f"PatchDataModule: split_mode must be 'random' or 'official', got {split_mode!r} (score a whole "
-                "dataset with --data.predict_split all)"
+        # the parser checks every type and choice; what a type cannot say is checked here
+        if split_mode == "test_only":  # a choice of SplitMode that the image datamodules have, not this one
+            raise ConfigError(
+                "PatchDataModule: split_mode must be 'random' or 'official', got 'test_only' (score a whole dataset "
+                "with --data.predict_split all)"
             )
-        self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
-        self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
-        if unlabeled_pool not in ("all", "rest"):
-            raise ConfigError(f"unlabeled_pool must be 'all' or 'rest', got {unlabeled_pool!r}")
-        self.unlabeled_pool = unlabeled_pool
-        if isinstance(unlabeled_ratio, bool) or not isinstance(unlabeled_ratio, int) or unlabeled_ratio < 1:
+        if unlabeled_ratio < 1:
             raise ConfigError(f"unlabeled_ratio must be a positive int (FixMatch's mu), got {unlabeled_ratio!r}")
         if not 0 <= strong_cutout <= 1 or strong_ops < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"strong_cutout must lie in [0, 1] and strong_ops be >= 0, got {strong_cutout!r} and {strong_ops!r}"
             )
-        self.unlabeled_ratio, self.unlabeled_strong = unlabeled_ratio, unlabeled_strong
-        check_strong_policy(strong_policy)
-        self.strong_ops, self.strong_cutout, self.strong_policy = strong_ops, strong_cutout, strong_policy
-        if (
-            batches_per_epoch is not None
-            and batches_per_epoch != "unlabeled"
-            and (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, int) or batches_per_epoch < 1)
-        ):
+        if isinstance(batches_per_epoch, int) and batches_per_epoch < 1:
             raise ConfigError(
                 f"batches_per_epoch must be a positive int, 'unlabeled' or None, got {batches_per_epoch!r}"
             )
+        self.include_unknown = include_unknown
+        self.split_mode, self.val_size, self.test_size, self.stratify = split_mode, val_size, test_size, stratify
+        self.num_labeled_images, self.unlabeled, self.seed = num_labeled_images, unlabeled, seed
+        self.unlabeled_pool, self.unlabeled_ratio, self.unlabeled_strong = (
+            unlabeled_pool,
+            unlabeled_ratio,
+            unlabeled_strong,
+        )
+        self.strong_ops, self.strong_cutout, self.strong_policy = strong_ops, strong_cutout, strong_policy
         self.batches_per_epoch = batches_per_epoch
-        if labeled_selection is not None and not isinstance(labeled_selection, LabeledChooser):
-            raise ConfigError(
-                f"labeled_selection must be None (random) or a LabeledChooser such as retinalab.active.EGLChooser, "
-                f"got {labeled_selection!r}"
-            )
         self.labeled_selection = labeled_selection
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir, self.cache_workers = cache_dir, cache_workers
-        self.augment, self.augment_policy, self.on_error, self.split_file = (
-            augment,
-            augment_policy,
-            on_error,
-            split_file,
-        )
+        self.augment, self.augment_policy = augment, augment_policy
+        self.on_error, self.split_file = on_error, split_file
         self.cache: PatchCache | None = None
         self.rows: dict[str, np.ndarray] = {}
 
@@ -242,44 +228,21 @@ class PatchDataModule(FundusDataModule):
         if self.cache is not None:
             return
         self.cache = cache = self._build_cache(progress=False)
-        known = cache.image_labels != UNKNOWN
-        known_rows = np.flatnonzero(known)
-        if len(known_rows) == 0:
-            raise ValueError(
-                f"{self.dataset} at {self.root}: no image has patch labels (no lesion masks and no grade 0); "
-                "a patch dataset needs pixel annotations"
-            )
-        groups = [cache.images[i]["group"] for i in known_rows]
-        strata = [int(cache.image_labels[i]) for i in known_rows] if self.stratify else None
-        official = None
-        if self.split_mode == "official":
-            official = [cache.images[i]["split"] for i in known_rows]
-            if "test" not in official:
-                raise ValueError(
-                    f"split_mode='official' but {self.dataset} has no official test split; use split_mode='random'"
-                )
-        parts = split_indices(groups, self.val_size, self.test_size, self.seed, strata, official)
-        train = known_rows[parts["train"]]
-        if self.labeled_selection is not None and self.num_labeled_images is not None:
-            n = target_count(self.num_labeled_images, len(train), "num_labeled_images")
-            order = self.labeled_selection.choose(cache, list(train), n, self.seed)
-            labeled, unlabeled = sorted(order), sorted(set(int(t) for t in train) - set(order))
-        else:
-            labeled, unlabeled = choose_labeled(list(train), self.num_labeled_images, self.seed)
-        if self.unlabeled_pool == "all":
-            unlabeled = sorted(int(t) for t in train)
-        extra = []
-        if self.include_unknown:
-            # unknown-label images whose patient is not in val/test join the unlabelled pool
-            held_out = {cache.images[i]["group"] for p in ("val", "test") for i in known_rows[parts[p]]}
-            extra = [i for i in np.flatnonzero(~known) if cache.images[i]["group"] not in held_out]
-        self.rows = {
-            "train": train,
-            "val": known_rows[parts["val"]],
-            "test": known_rows[parts["test"]],
-            "labeled": np.asarray(labeled, dtype=np.int64),
-            "unlabeled": np.asarray(sorted(unlabeled + extra), dtype=np.int64),
-        }
+        self.rows = patch_split(
+            cache,
+            self.split_mode,
+            self.val_size,
+            self.test_size,
+            self.seed,
+            stratify=self.stratify,
+            num_labeled_images=self.num_labeled_images,
+            labeled_selection=self.labeled_selection,
+            unlabeled_pool=self.unlabeled_pool,
+            include_unknown=self.include_unknown,
+            source=f"{self.dataset} at {self.root}",
+        )
+        if stage in (None, "fit"):
+            self._check_training()  # before split.json (and the run's config and manifest) is written
         ids = {k: [cache.images[i]["image_id"] for i in v] for k, v in self.rows.items()}
         self.split_hash = self.write_split(
             ids,
@@ -384,24 +347,28 @@ class PatchDataModule(FundusDataModule):
         samples = len(self.rows["unlabeled"]) * (1 if self.serve == "images" else self.cache_config.grid.num_patches)
         return max(1, -(-samples // self.batch_size))
 
-    def train_dataloader(self) -> DataLoader | CombinedLoader:
+    def _check_training(self) -> None:
+        """Refuse a training set that cannot train (checked in :meth:`setup`, before anything is written)."""
         if len(self.rows["labeled"]) == 0:
             raise ConfigError("num_labeled_images=0: there is no labelled training image")
         if self.batches_per_epoch == "unlabeled" and len(self.rows["unlabeled"]) == 0:
             raise ConfigError(
                 "batches_per_epoch='unlabeled' but the unlabelled pool is empty; set unlabeled_pool: all or an int"
             )
-        n = self.train_batches_per_epoch()
-        labeled = self._loader(self.rows["labeled"], train=True, num_batches=n)
-        if not self.unlabeled:
-            return labeled
-        if len(self.rows["unlabeled"]) == 0:
+        if self.unlabeled and len(self.rows["unlabeled"]) == 0:
             raise ConfigError(
                 "unlabeled=True but the unlabelled pool is empty: every training image is labelled and "
                 "unlabeled_pool='rest'; use unlabeled_pool: all or lower num_labeled_images"
             )
-        if self.unlabeled_strong and self.serve == "images":
+        if self.unlabeled and self.unlabeled_strong and self.serve == "images":
             raise ConfigError("unlabeled_strong (FixMatch's strong view) is for patches; set serve: patches")
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        self._check_training()
+        n = self.train_batches_per_epoch()
+        labeled = self._loader(self.rows["labeled"], train=True, num_batches=n)
+        if not self.unlabeled:
+            return labeled
         unlabeled = self._loader(
             self.rows["unlabeled"],
             train=True,

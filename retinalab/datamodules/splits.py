@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ..utils.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..preprocessing import PatchCache
 
 SplitMode = Literal["random", "official", "test_only"]
 
@@ -136,3 +139,63 @@ class LabeledChooser:
 def split_hash(split: dict[str, Sequence[str]]) -> str:
     """Short content hash of a split (ids per part), for manifests and run names."""
     return hashlib.sha256(json.dumps({k: list(v) for k, v in sorted(split.items())}).encode()).hexdigest()[:12]
+
+
+def patch_split(
+    cache: PatchCache,
+    split_mode: SplitMode,
+    val_size: int | float,
+    test_size: int | float,
+    seed: int,
+    *,
+    stratify: bool = True,
+    num_labeled_images: int | float | None = None,
+    labeled_selection: LabeledChooser | None = None,
+    unlabeled_pool: Literal["all", "rest"] = "all",
+    include_unknown: bool = False,
+    source: str = "the dataset",
+) -> dict[str, np.ndarray]:
+    """The patch-cache rows of each part of a patch dataset: ``train`` / ``val`` / ``test`` (by patient,
+    among the images with patch labels; :func:`split_indices`), the ``labeled`` training images
+    (:func:`choose_labeled`, or ``labeled_selection``'s order) and the ``unlabeled`` stream (every
+    training image, or the rest; with ``include_unknown``, also the images of unknown patch labels whose
+    patient is not in val/test). The arguments are :class:`~retinalab.datamodules.PatchDataModule`'s;
+    ``source`` names the data in messages."""
+    from ..preprocessing.patches import UNKNOWN
+
+    known = cache.image_labels != UNKNOWN
+    known_rows = np.flatnonzero(known)
+    if len(known_rows) == 0:
+        raise ConfigError(
+            f"{source}: no image has patch labels (no lesion masks and no grade 0); a patch dataset needs pixel "
+            "annotations"
+        )
+    groups = [cache.images[i]["group"] for i in known_rows]
+    strata = [int(cache.image_labels[i]) for i in known_rows] if stratify else None
+    official = None
+    if split_mode == "official":
+        official = [cache.images[i]["split"] for i in known_rows]
+        if "test" not in official:
+            raise ConfigError(f"split_mode='official' but {source} has no official test split; use split_mode='random'")
+    parts = split_indices(groups, val_size, test_size, seed, strata, official)
+    train = known_rows[parts["train"]]
+    if labeled_selection is not None and num_labeled_images is not None:
+        n = target_count(num_labeled_images, len(train), "num_labeled_images")
+        order = labeled_selection.choose(cache, list(train), n, seed)
+        labeled, unlabeled = sorted(order), sorted(set(int(t) for t in train) - set(order))
+    else:
+        labeled, unlabeled = choose_labeled(list(train), num_labeled_images, seed)
+    if unlabeled_pool == "all":
+        unlabeled = sorted(int(t) for t in train)
+    extra = []
+    if include_unknown:
+        # unknown-label images whose patient is not in val/test join the unlabelled pool
+        held_out = {cache.images[i]["group"] for p in ("val", "test") for i in known_rows[parts[p]]}
+        extra = [i for i in np.flatnonzero(~known) if cache.images[i]["group"] not in held_out]
+    return {
+        "train": train,
+        "val": known_rows[parts["val"]],
+        "test": known_rows[parts["test"]],
+        "labeled": np.asarray(labeled, dtype=np.int64),
+        "unlabeled": np.asarray(sorted(unlabeled + extra), dtype=np.int64),
+    }

@@ -21,9 +21,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..active.oracle import CLASS_NAMES, LabelFileError, validate_labels
-from ..active.store import journal, read_answers, run_lock, write_answers
+from ..active.store import journal, read_answers, write_answers
 from ..utils.errors import InputMissingError
 from ..utils.io import write_json_atomic
+from ..utils.runs import run_lock
 from .session import PendingRound, check_run, pending_round
 
 #: the Label Studio labelling interface the exported tasks are made for

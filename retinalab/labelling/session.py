@@ -24,8 +24,9 @@ from pathlib import Path
 
 from ..active.heuristics import score_label
 from ..active.oracle import CLASS_NAMES, LabelFileError, read_queries
-from ..active.store import journal, read_answers, run_lock, write_answers
+from ..active.store import journal, read_answers, write_answers
 from ..utils.errors import ConfigError, InputMissingError, UserError, format_error, user_error
+from ..utils.runs import run_lock
 
 log = logging.getLogger(__name__)
 

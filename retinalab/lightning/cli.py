@@ -83,6 +83,7 @@ def _fill_wandb_defaults(config: Any) -> None:
 def cli(argv: Sequence[str], run: bool = True):
     """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate).
 
+    A run holds ``trainer.default_root_dir``'s lock while it runs (:func:`retinalab.utils.runs.run_lock`).
     Every run also gets :class:`retinalab.lightning.manifest.RunManifest` (``manifest.json`` beside the run),
     and a W&B logger without a project, name, group or tags gets them from the config
     (:func:`wandb_run_defaults`) unless W&B's environment variables set them.
@@ -162,8 +163,13 @@ def cli(argv: Sequence[str], run: bool = True):
         def _run_subcommand(self, subcommand: str) -> None:
             from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+            from ..utils.runs import rank0_lock
+
             try:
-                super()._run_subcommand(subcommand)
+                # one writer per run folder: a second fit/test/predict on the same default_root_dir is
+                # refused before it writes its config, split or manifest (retinalab.utils.runs)
+                with rank0_lock(self.trainer.default_root_dir, f"retinalab {subcommand}"):
+                    super()._run_subcommand(subcommand)
             except SIGTERMException:  # preempted: close the W&B run as such, so a resumed run can take its id
                 finish_wandb(self.trainer, exit_code=128 + 15, preempted=True)
                 raise

@@ -12,7 +12,7 @@ import yaml
 from retinalab.active.image_selection import EGLChooser, cached_egl_order, egl_image_order
 from retinalab.cli import main
 from retinalab.datamodules import PatchDataModule
-from retinalab.utils.errors import ConfigError
+from tests.helpers.cli import fit_refused
 from tests.helpers.egl_by_hand import phi_by_hand
 from tests.helpers.paths import REPO
 
@@ -111,8 +111,11 @@ def test_patch_datamodule_labels_the_egl_order(dm, tmp_path):
     assert set(egl_dm.rows["labeled"].tolist()) < set(egl_dm.rows["train"].tolist())
     assert np.array_equal(egl_dm.rows["unlabeled"], np.sort(egl_dm.rows["train"]))  # unlabeled_pool: all
     assert json.loads((tmp_path / "e.json").read_text())["labeled_selection"] == "egl"
-    with pytest.raises(ConfigError, match="labeled_selection must be None .* or a LabeledChooser"):
-        PatchDataModule("idrid", "x", labeled_selection="uncertainty")
+    # anything but a chooser class is the parser's to refuse, in one line naming the option
+    assert fit_refused(dm.root, tmp_path, "--data.labeled_selection=uncertainty") == (
+        "error: --data.labeled_selection: expected the import path of a class (package.module.ClassName), got "
+        "'uncertainty'."
+    )
 
 
 def test_study_with_egl_selection(dm, tmp_path):

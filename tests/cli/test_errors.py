@@ -367,6 +367,20 @@ def test_suggestions_and_condensed_parser_messages():
         "('egl' is now --data.labeled_selection retinalab.active.EGLChooser)"
     )
     assert "is now" not in condense_parser_error(word.replace("'egl'", "'bald'"), [])
+    # an option of a union type that no subtype accepts, inside its class's own union: the inner option,
+    # what it takes and the value, not the group's list of subtypes (issue 48)
+    inner = (
+        'Parser key "data":\n  Does not validate against any of the Union subtypes\n  Subtypes: [<class '
+        "'pytorch_lightning.core.datamodule.LightningDataModule'>, <class 'NoneType'>]\n  Errors:\n    - Problem "
+        "with given class_path 'retinalab.datamodules.PatchDataModule':\n        Parser key \"batches_per_epoch\":\n"
+        "          Does not validate against any of the Union subtypes\n          Subtypes: [<class 'int'>, "
+        "typing.Literal['unlabeled'], <class 'NoneType'>]\n          Errors:\n            - Expected a <class "
+        "'int'>\n            - Expected a typing.Literal['unlabeled']\n            - Expected a <class 'NoneType'>\n"
+        "          Given value type: <class 'str'>\n          Given value: 1.5\n    - Expected a <class 'NoneType'>\n"
+        "  Given value type: <class 'jsonargparse._util.NestedArg'>\n"
+        "  Given value: NestedArg(key='batches_per_epoch', val='1.5')"
+    )
+    assert condense_parser_error(inner, []) == "--data.batches_per_epoch: expected int, 'unlabeled' or None, got '1.5'"
 
 
 @pytest.mark.parametrize(

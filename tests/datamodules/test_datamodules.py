@@ -10,6 +10,7 @@ import torch
 
 from retinalab.datamodules import GradingDataModule, PatchDataModule, SegmentationDataModule
 from tests.data.idrid.data import make_idrid
+from tests.helpers.cli import fit_refused
 
 SMALL = dict(image_size=64, patch_size=16, stride=16, patch_out=8, batch_size=32)
 
@@ -69,8 +70,10 @@ def test_unlabeled_pool_rest_keeps_labelled_images_out_of_the_unlabelled_stream(
     assert np.array_equal(everything.rows["unlabeled"], everything.rows["train"])
     assert sorted([*rest.rows["labeled"], *rest.rows["unlabeled"]]) == sorted(rest.rows["train"])
     assert not set(rest.rows["labeled"]) & set(rest.rows["unlabeled"])
-    with pytest.raises(ValueError, match="unlabeled_pool must be"):
-        make_dm(big_idrid, tmp_path, unlabeled_pool="others")
+    # a value outside the option's choices is the parser's to refuse: one line naming the option and them
+    assert fit_refused(big_idrid, tmp_path, "--data.unlabeled_pool=others") == (
+        "error: --data.unlabeled_pool: expected 'all' or 'rest', got 'others'."
+    )
 
 
 def test_every_image_labelled_still_feeds_the_unlabelled_stream(big_idrid, tmp_path):
@@ -82,9 +85,9 @@ def test_every_image_labelled_still_feeds_the_unlabelled_stream(big_idrid, tmp_p
     batch = batch[0] if isinstance(batch, tuple) else batch
     assert len(batch["unlabeled"]["image"]) == 32 and (batch["unlabeled"]["label"] == -1).all()
     dm = make_dm(big_idrid, tmp_path, num_labeled_images=None, unlabeled=True, unlabeled_pool="rest")
-    dm.setup("fit")
     with pytest.raises(ValueError, match="unlabeled_pool: all"):
-        dm.train_dataloader()
+        dm.setup("fit")  # refused before split.json is written
+    assert not (tmp_path / "split.json").exists() or dm.rows["labeled"].size  # the first module wrote it, not this one
 
 
 def test_batches_per_epoch_cycles_the_labelled_patches(big_idrid, tmp_path):
@@ -105,9 +108,13 @@ def test_batches_per_epoch_cycles_the_labelled_patches(big_idrid, tmp_path):
     default = make_dm(big_idrid, tmp_path, num_labeled_images=2, batch_size=8)
     default.setup("fit")
     assert len(default.train_dataloader()) == 4  # one pass over 32 labelled patches
-    for bad in (0, -2, 1.5, "steps"):
+    for bad in (0, -2):
         with pytest.raises(ValueError, match="batches_per_epoch"):
             make_dm(big_idrid, tmp_path, batches_per_epoch=bad)
+    for bad in ("1.5", "steps"):  # not an int, 'unlabeled' or None: the parser's to refuse, in one line
+        assert fit_refused(big_idrid, tmp_path, f"--data.batches_per_epoch={bad}") == (
+            f"error: --data.batches_per_epoch: expected int, 'unlabeled' or None, got '{bad}'."
+        )
 
 
 def test_labelled_batches_and_hidden_unlabelled_labels(big_idrid, tmp_path):

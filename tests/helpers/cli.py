@@ -33,3 +33,31 @@ def synth_idrid(tmp_path_factory):
         cwd,
     )
     return cwd
+
+
+def fit_refused(root, tmp_path, *flags: str) -> str:
+    """``retinalab fit`` of a tiny patch run on ``root`` with ``flags``, which must be refused (exit 2) before
+    anything is written; its one line."""
+    import contextlib
+    import io
+
+    from retinalab.cli import main
+
+    runs = tmp_path / "refused"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "tests" / "conf" / "convnet_tiny.yaml"),
+                f"--data.root={root}",
+                f"--data.cache_dir={tmp_path / 'cache'}",
+                f"--trainer.default_root_dir={runs}",
+                "--trainer.logger=false",
+                *flags,
+            ]
+        )
+    lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and not runs.exists(), err.getvalue()[-2000:]
+    return lines[0]

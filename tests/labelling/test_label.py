@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from retinalab.active.oracle import LabelFileError
-from retinalab.active.store import RunBusyError
 from retinalab.cli import main
 from retinalab.labelling.server import create_app, free_port, is_loopback
 from retinalab.labelling.session import LabelSession
 from retinalab.synthetic import write_synthetic
+from retinalab.utils.runs import RunBusyError
 from tests.helpers.paths import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
