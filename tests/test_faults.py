@@ -1,5 +1,6 @@
 """Faults that must lose nothing and end in one line (issue 48): two writers on one run folder, a refused run
-on an earlier run's folder, a lock left by a killed process.
+on an earlier run's folder, a lock left by a killed process, a foreign checkpoint, a full disk (at the cache
+build, at a checkpoint), a read-only folder, a torn or cut-short cache.
 
 Each case runs the command as a user would (its own process, or :func:`retinalab.cli.main`), and checks
 the exit code, the one line, and that every file an earlier run left is byte for byte as it was.
@@ -200,11 +201,183 @@ def test_one_process_cannot_take_a_run_twice_and_a_killed_holders_lock_is_taken_
         with pytest.raises(RunBusyError, match="in use by retinalab active"):
             with run_lock(tmp_path / "run", "retinalab label"):
                 pass
-    assert not (tmp_path / "run" / ".lock").exists()  # removed as the run ends
+    assert not (tmp_path / "run").exists()  # the lock file goes as the run ends, and the folder it made, empty
     # what `kill -9` leaves: the file, naming a process that no longer runs, and no lock held on it
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "run").mkdir()
     (tmp_path / "run" / ".lock").write_text(f"retinalab active (pid {dead.stdout.strip()})")
     with caplog.at_level(logging.WARNING, logger="retinalab.utils.runs"):
         with run_lock(tmp_path / "run", "retinalab active"):
             pass
     assert f"taking over the lock left by retinalab active (pid {dead.stdout.strip()})" in caplog.text
+
+
+def test_a_checkpoint_of_another_task_or_backbone_is_refused_unless_the_swap_is_asked_for(
+    earlier_fit, tmp_path, capsys
+):
+    """The issue's second row: `test --config <an SSL-GAN config> --ckpt_path <a ConvNet checkpoint>` printed
+    the ConvNet's metrics as the SSL-GAN's. Now one line says what the checkpoint holds; the flag makes the
+    swap explicit, and the run's config.yaml then names the model that ran."""
+    from retinalab.cli import main
+
+    syn, runs = earlier_fit
+    (ckpt,) = (runs / "checkpoints").glob("*.ckpt")
+    gan = REPO / "tests" / "conf" / "ssl_gan_tiny.yaml"
+    out = tmp_path / "test"
+    argv = [
+        "test",
+        "--config",
+        str(gan),
+        f"--data.root={syn}",
+        f"--data.cache_dir={runs.parent / 'cache'}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={out}",
+        f"--ckpt_path={ckpt}",
+    ]
+    assert main(argv) == 2
+    assert errors(capsys.readouterr().err) == [
+        f"error: {ckpt} holds a PatchClassifierTask (backbone convnet), but the config's model is a PatchSSGANTask; "
+        "run it with the config that trained it (config.yaml in its run folder), or add --model_from_checkpoint true "
+        "to use the checkpoint's model."
+    ]
+    assert not out.exists()
+    convnet = [a.replace(str(gan), str(TINY)) for a in argv]
+    assert main([*convnet, "--model.backbone=resnet18"]) == 2
+    refused = capsys.readouterr().err
+    assert "holds a PatchClassifierTask (backbone convnet), but the config's model is a PatchClassifierTask " in refused
+    assert "(backbone resnet18)" in refused
+    assert main([*argv, "--model_from_checkpoint=true"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["class_path"] == "retinalab.tasks.PatchClassifierTask" and saved["model_from_checkpoint"]
+
+
+# ---------------------------------------------------------------- full disks, read-only folders, torn caches
+def limited(argv: list[str], cwd: Path, max_bytes: int) -> subprocess.CompletedProcess:
+    """``retinalab <argv>`` in a process that may not write a file larger than ``max_bytes`` (RLIMIT_FSIZE,
+    with SIGXFSZ ignored: the write fails with EFBIG, as a full disk fails with ENOSPC, where it happens)."""
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_bytes}, {max_bytes}))\n"
+        "from retinalab.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A ``size`` tmpfs mounted at ``folder`` (``ro`` in ``size`` for a read-only one); skipped where this
+    machine refuses the mount (it needs root)."""
+    folder.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({res.stderr.decode().strip()[:100]})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.slow  # a fit in a process of its own, under a file size limit
+def test_a_full_disk_while_the_cache_is_built_ends_in_one_line_and_leaves_nothing(earlier_fit, tmp_path):
+    """The cache's arrays are memory-mapped: a full disk killed the process with SIGBUS (exit 135), leaving
+    its temporary folder and lock. Now their space is reserved first: one line, nothing left behind."""
+    syn, _ = earlier_fit
+    cache = tmp_path / "cache"
+    res = limited(tiny_fit(syn, tmp_path / "runs", f"--data.cache_dir={cache}"), tmp_path, 1_000_000)
+    assert res.returncode == 2, res.stderr[-3000:]
+    (line,) = errors(res.stderr)
+    assert line.startswith(f"error: {cache}/idrid-") and "(needs 2 MiB)" in line and "ulimit -f" in line
+    assert not [p for p in cache.iterdir()] and not (tmp_path / "runs").exists()
+    with small_disk(tmp_path / "disk", "2m") as disk:  # the same on a file system that is full (ENOSPC)
+        res = limited(tiny_fit(syn, tmp_path / "runs", f"--data.cache_dir={disk}"), tmp_path, 2**40)
+        assert res.returncode == 2, res.stderr[-3000:]
+        (line,) = errors(res.stderr)
+        assert f"error: {disk}/idrid-" in line and "no space left on the device (" in line and "needs 5 MiB" in line
+        assert not list(disk.iterdir())
+
+
+@pytest.mark.slow  # a fit in a process of its own, under a file size limit
+def test_a_full_disk_at_a_checkpoint_keeps_no_partial_checkpoint(earlier_fit, tmp_path):
+    syn, runs = earlier_fit
+    out = tmp_path / "runs"
+    argv = tiny_fit(syn, out, f"--data.cache_dir={runs.parent / 'cache'}", "--trainer.limit_val_batches=0")
+    res = limited(argv, tmp_path, 150_000)  # the run's config, split and manifest fit; its checkpoint does not
+    assert res.returncode == 2, res.stderr[-3000:]
+    (line,) = errors(res.stderr)
+    assert line.startswith(f"error: {out}/checkpoints/epoch=0-step=") and "file size limit" in line
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["config.yaml", "manifest.json", "split.json"]
+
+
+def test_a_read_only_run_folder_is_one_line(earlier_fit, tmp_path, capsys):
+    from retinalab.cli import main
+
+    syn, runs = earlier_fit
+    with small_disk(tmp_path / "ro", "1m,ro") as ro:
+        assert main(tiny_fit(syn, ro / "run", f"--data.cache_dir={runs.parent / 'cache'}")) == 2
+    (line,) = errors(capsys.readouterr().err)
+    assert line == f"error: {ro / 'run'}: cannot create the run folder (Read-only file system)."
+
+
+def test_a_torn_build_is_cleaned_and_a_cut_short_cache_is_rebuilt(earlier_fit, tmp_path, caplog):
+    """What `kill -9` during a build leaves (a hidden temporary folder) goes with the next build of that
+    cache; a finished cache whose array was cut short is built again, with a warning, to the same content."""
+    import numpy as np
+
+    from retinalab.datamodules import PatchDataModule
+
+    syn, _ = earlier_fit
+    kw = dict(image_size=128, patch_size=32, stride=32, patch_out=32, cache_dir=str(tmp_path), cache_workers=0)
+
+    def built():
+        dm = PatchDataModule("idrid", str(syn), val_size=3, test_size=3, split_file=str(tmp_path / "s.json"), **kw)
+        return dm._build_cache(progress=False)
+
+    first = built()
+    patches = np.asarray(first.patches).copy()
+    torn = tmp_path / f".{first.path.name}.tmp-0badc0de"
+    torn.mkdir()
+    (torn / "patches.npy").write_bytes(b"half a build")
+    (first.path / "index.json").unlink()  # as a killed build leaves it: incomplete
+    with caplog.at_level(logging.WARNING, logger="retinalab.preprocessing.building"):
+        again = built()
+    assert not torn.exists() and "left by a build of" in caplog.text
+    assert np.array_equal(np.asarray(again.patches), patches)
+    with open(again.path / "patches.npy", "r+b") as f:  # cut short: np.load's memory map would fail
+        f.truncate(1000)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retinalab.preprocessing.building"):
+        rebuilt = built()
+    assert "is damaged (ValueError" in caplog.text and "building it again" in caplog.text
+    assert np.array_equal(np.asarray(rebuilt.patches), patches)
+
+
+def test_a_cut_short_active_state_says_what_to_do_and_doing_it_reruns_the_same_run(synth_eophtha, tmp_path, capsys):
+    """`active --resume` on a truncated state.json blamed "another version of retinalab"; now the line says
+    the file was changed and how to go on, and going on that way gives the same run, from its answers."""
+    from retinalab.cli import main
+
+    argv = active_argv(synth_eophtha, tmp_path, "--max_rounds=1")
+    assert main(argv) == 0
+    state = tmp_path / "al" / "state.json"
+    first = json.loads(state.read_text())
+    state.write_text(state.read_text()[:200])
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    (line,) = errors(capsys.readouterr().err)
+    assert line.startswith(f"error: {state} is cut short (") and "Move it away and run again with --resume" in line
+    state.rename(tmp_path / "damaged-state.json")
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads(state.read_text())
+    assert again["labelled"] == first["labelled"] and again["history"][-1]["item"] == first["history"][-1]["item"]
+
+
+def test_active_names_its_own_options_when_the_split_leaves_nothing_to_train_on(synth_eophtha, tmp_path, capsys):
+    from retinalab.cli import main
+
+    assert main(active_argv(synth_eophtha, tmp_path, "--val_size=0.6", "--test_size=0.6")) == 2
+    (line,) = errors(capsys.readouterr().err)
+    assert "the split leaves no training data" in line and line.endswith("e.g. --val_size 0.2 --test_size 0.2.")

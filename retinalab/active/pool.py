@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..datasets.base import DataFormatError, FundusRecord, OnError
-from ..preprocessing.building import build_atomically, default_cache_dir, run_image_jobs
+from ..preprocessing.building import create_array, default_cache_dir, open_built, run_image_jobs
 from ..preprocessing.cache import cache_key, record_meta
 from ..preprocessing.fundus import load_fundus
 from ..preprocessing.patches import PatchGrid
@@ -243,8 +243,8 @@ class ExudatePatches:
         config = config or ExudatePatchConfig()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"exudate-{cache_key(records, config)}"
-        return cls(
-            build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress))
+        return open_built(
+            final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress), cls
         )
 
     @staticmethod
@@ -264,8 +264,9 @@ class ExudatePatches:
         keep = [i for i in range(len(records)) if i not in errors]
         total = sum(counts[i] for i in keep)
         p = cfg.patch_size
+        patches = create_array(tmp / "patches.npy", (total, p, p, 3), np.uint8)  # a full disk: ENOSPC, not SIGBUS
         out = {
-            "patches": np.lib.format.open_memmap(tmp / "patches.npy", "w+", np.uint8, (total, p, p, 3)),
+            "patches": patches,
             "labels": np.empty(total, np.int8),
             "image": np.empty(total, np.int32),
             "centre": np.empty((total, 2), np.int32),

@@ -86,7 +86,7 @@ def split_pool(
     has_ex = np.zeros(n_img, np.int64)
     np.maximum.at(has_ex, image, (labels == EXUDATE).astype(np.int64))
     groups = [img["group"] for img in pool.images]
-    split = split_indices(groups, val_size, test_size, seed, strata=has_ex.tolist())
+    split = split_indices(groups, val_size, test_size, seed, strata=has_ex.tolist(), flag="--")
     has_exudate = has_ex.astype(bool)
     in_split = {name: np.isin(image, ids) for name, ids in split.items()}
     centred = kind == CENTRED

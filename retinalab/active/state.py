@@ -103,9 +103,21 @@ class LoopState:
 def read_state(path: Path, config: dict, frozen: tuple[str, ...] = FROZEN) -> LoopState:
     """The state saved at ``path``; refused when it is unreadable or any ``frozen`` field of ``config`` differs."""
     try:
-        state = LoopState.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: unreadable state ({e}); it was not written by this version of retinalab") from e
+        text = path.read_text(errors="replace")
+        saved = json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "cut short" if not text.strip() or e.pos >= len(text.rstrip()) else "damaged"
+        raise ConfigError(
+            f"{path} is {what} ({e.msg} at character {e.pos} of {len(text)}); retinalab writes it whole, so it was "
+            "changed or copied since. Move it away and run again with --resume: the run starts over from round 0 "
+            "and takes every label already given from answers.json instead of asking again"
+        ) from None
+    try:
+        state = LoopState.from_json(saved)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(
+            f"{path}: not an active-learning state of this version of retinalab ({type(e).__name__}: {e})"
+        ) from None
     changed = [
         k
         for k in frozen

@@ -20,7 +20,7 @@ from ..datasets import DatasetName, OnError, check_reader_args
 from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
 from ..utils.errors import ConfigError
 from .base import FundusDataModule
-from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset
+from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset, folder_images
 from .splits import LabeledChooser, SplitMode, patch_split
 from .transforms import (
     StrongPolicy,
@@ -224,6 +224,7 @@ class PatchDataModule(FundusDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.predict_folder is not None:
+            folder_images(self.predict_folder)  # a missing or empty folder: refused before anything is written
             return
         if self.cache is not None:
             return
@@ -259,7 +260,6 @@ class PatchDataModule(FundusDataModule):
         )
         log.info("patch data: %s", self.summary())
 
-    # ------------------------------------------------------------------ info
     def summary(self) -> dict[str, dict[str, int]]:
         """Images and patches per class in each part (labels of unlabelled images included for the record)."""
         assert self.cache is not None

@@ -16,6 +16,7 @@ from ..datasets import DataFormatError, FundusRecord
 from ..datasets.base import IMAGE_SUFFIXES
 from ..preprocessing import PatchCache, PatchCacheConfig, load_fundus
 from ..preprocessing.patches import UNKNOWN
+from ..utils.errors import InputMissingError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,30 @@ class CachedImagePatches(Dataset):
         }
 
 
+def folder_images(folder: str | Path) -> list[Path]:
+    """The photographs under ``folder`` (recursive; jpg/jpeg/png/tif/tiff/bmp, hidden files left out), sorted.
+
+    Raises:
+        InputMissingError: ``folder`` is not a folder or holds no photograph.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputMissingError(f"predict_folder={str(folder)!r} is not a folder")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    others = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        log.warning("predict_folder: ignoring %d non-image file(s), e.g. %s", len(others), others[0])
+    if not files:
+        raise InputMissingError(
+            f"predict_folder={str(folder)!r} holds no photograph ({', '.join(IMAGE_SUFFIXES)}, in it or below)"
+        )
+    return files
+
+
 class FolderImagePatches(Dataset):
     """One item per photograph of a plain folder (recursive; jpg/jpeg/png/tif/tiff/bmp, any size).
 
@@ -146,18 +171,7 @@ class FolderImagePatches(Dataset):
     ) -> None:
         self.whole_image = whole_image
         self.folder = Path(folder).expanduser()
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"predict_folder={str(self.folder)!r} is not a folder")
-        self.files = sorted(
-            p
-            for p in self.folder.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        others = [p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
-        if others:
-            log.warning("predict_folder: ignoring %d non-image file(s), e.g. %s", len(others), others[0])
-        if not self.files:
-            raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) under predict_folder={str(self.folder)!r}")
+        self.files = folder_images(self.folder)
         if skip:
             self.files = [p for p in self.files if p.relative_to(self.folder).as_posix() not in skip]
         self.config = config

@@ -37,6 +37,7 @@ def split_indices(
     seed: int,
     strata: Sequence[int] | None = None,
     official: Sequence[str | None] | None = None,
+    flag: str = "--data.",
 ) -> dict[str, list[int]]:
     """Split items into train/val/test without any group (patient) in two splits.
 
@@ -49,6 +50,8 @@ def split_indices(
             label) so small validation/test sets still contain both classes.
         official: per-item official split names; when given, ``"test"`` items form the test set
             and validation is carved out of the rest.
+        flag: how the command sets ``val_size`` and ``test_size`` (``--data.`` for ``retinalab fit``, ``--``
+            for ``retinalab active``), for the message that suggests other sizes.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}`` item indices, each sorted.
@@ -93,7 +96,7 @@ def split_indices(
     if not out["train"]:
         raise ConfigError(
             f"the split leaves no training data ({n} items, val_size={val_size}, test_size={test_size}); "
-            "use smaller sizes or fractions, e.g. --data.val_size 0.2 --data.test_size 0.2"
+            f"use smaller sizes or fractions, e.g. {flag}val_size 0.2 {flag}test_size 0.2"
         )
     return {k: sorted(v) for k, v in out.items()}
 

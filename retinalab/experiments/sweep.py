@@ -52,7 +52,9 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the sweep ({e})") from e
     if not isinstance(cfg, dict) or "parameters" not in cfg or "command" not in cfg:
         raise ConfigError(f"{path}: a sweep needs `parameters` and `command` (W&B sweep format)")
-    if cfg.get("method", "grid") not in METHODS:
+    if "method" not in cfg:  # W&B refuses such a file; running it as a grid would hide the mistake
+        raise ConfigError(f"{path}: a sweep needs `method` (W&B sweep format); locally use one of {list(METHODS)}")
+    if cfg["method"] not in METHODS:
         raise ConfigError(
             f"{path}: method {cfg.get('method')!r} runs only on a W&B server; locally use one of {list(METHODS)}"
         )
@@ -61,7 +63,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     for name, spec in cfg["parameters"].items():
         if not isinstance(spec, dict) or not ({"values", "value", "distribution", "min"} & set(spec)):
             raise ConfigError(f"{path}: parameter {name!r} needs values, value, or min/max (with a distribution)")
-    if cfg.get("method", "grid") == "grid":
+    if cfg["method"] == "grid":
         bad = [n for n, s in cfg["parameters"].items() if "values" not in s and "value" not in s]
         if bad:
             raise ConfigError(f"{path}: a grid sweep needs `values` for every parameter; {bad} have none")

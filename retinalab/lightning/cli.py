@@ -107,6 +107,15 @@ def cli(argv: Sequence[str], run: bool = True):
                 parser.set_defaults(return_predictions=False)
             return parser
 
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument(
+                "--model_from_checkpoint",
+                type=bool,
+                default=False,
+                help="with --ckpt_path: build the model the checkpoint holds where it differs from the config's "
+                "(another task or backbone); without it such a checkpoint is refused",
+            )
+
         def before_instantiate_classes(self) -> None:
             _fill_wandb_defaults(self.config.get(self.subcommand) if self.subcommand else self.config)
 
@@ -122,6 +131,14 @@ def cli(argv: Sequence[str], run: bool = True):
             if not path or not _Path(str(path)).is_file():
                 return super()._parse_ckpt_path()
             self._ckpt = (str(path), read_checkpoint(str(path)))  # read once more by Lightning when it loads
+            # Lightning would build the model the checkpoint names, whatever the config says: refuse the swap
+            swap = model_swap(self._ckpt[1].get("hyper_parameters") or {}, self.config[sub].get("model"))
+            if swap and not self.config[sub].get("model_from_checkpoint"):
+                raise CheckpointError(
+                    f"{path} holds {swap[0]}, but the config's model is {swap[1]}; run it with the config that "
+                    "trained it (config.yaml in its run folder), or add --model_from_checkpoint true to use the "
+                    "checkpoint's model"
+                )
             try:
                 super()._parse_ckpt_path()
             except (SystemExit, Exception) as e:  # jsonargparse reports a misfit by exiting or raising
@@ -211,6 +228,33 @@ def cli(argv: Sequence[str], run: bool = True):
         auto_configure_optimizers=False,
         run=run,
     )
+
+
+#: the hyper-parameters that decide which network a task builds (compared by :func:`model_swap`)
+NETWORK_KEYS = ("backbone",)
+
+
+def model_swap(hparams: dict[str, Any], model: Any) -> tuple[str, str] | None:
+    """What a checkpoint's ``hparams`` hold and what the config's ``model`` (``class_path`` and
+    ``init_args``) asks for, in words, where the task class or a :data:`NETWORK_KEYS` value differs;
+    ``None`` where they agree (or the checkpoint does not say: it was not written by a LightningCLI run)."""
+    theirs = hparams.get("_class_path")
+    ours = _get(model, "class_path")
+    if not theirs or not ours:
+        return None
+    init = _get(model, "init_args")
+
+    def describe(cls: str, values: dict[str, Any]) -> str:
+        shown = ", ".join(f"{k} {values[k]}" for k in NETWORK_KEYS if values.get(k) is not None)
+        return f"a {cls.rsplit('.', 1)[-1]}" + (f" ({shown})" if shown else "")
+
+    mine = {k: _get(init, k) for k in NETWORK_KEYS}
+    if theirs != ours:
+        return describe(theirs, hparams), describe(ours, mine)
+    differ = [k for k in NETWORK_KEYS if k in hparams and mine[k] is not None and hparams[k] != mine[k]]
+    if differ:
+        return describe(theirs, hparams), describe(ours, mine)
+    return None
 
 
 def point_to_check_data(e: BaseException, datamodule: Any) -> None:

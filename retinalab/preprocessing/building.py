@@ -9,7 +9,9 @@ reader's error policy.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -18,13 +20,15 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..datasets.base import DataFormatError, OnError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def default_cache_dir() -> Path:
@@ -83,8 +87,44 @@ def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
         return _build_atomically(final, build)
 
 
+#: what opening a cache whose files were cut short or changed raises (``np.load``: "mmap length is greater
+#: than file size"; a truncated ``index.json``; a missing array)
+DAMAGED = (ValueError, OSError, EOFError, KeyError)
+
+
+def open_built(final: Path, build: Callable[[Path], None], open_cache: Callable[[Path], T]) -> T:
+    """:func:`build_atomically`, then ``open_cache(final)``. A complete cache that does not open (its files
+    cut short or changed since: :data:`DAMAGED`) is built again, with a warning saying so."""
+    path = build_atomically(final, build)  # a failing build raises as it is
+    try:
+        return open_cache(path)
+    except DAMAGED as e:
+        log.warning("the cache %s is damaged (%s: %s): building it again", final, type(e).__name__, e)
+    with build_lock(final):
+        try:
+            return open_cache(final)  # another process rebuilt it meanwhile
+        except DAMAGED:
+            _discard(final)
+            _build_atomically(final, build)
+    return open_cache(final)
+
+
+def _discard(folder: Path) -> None:
+    """Remove ``folder`` (renamed away first, so that nobody opens it half-removed)."""
+    if folder.exists():
+        gone = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
 def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
+    # a build holds the lock (build_lock): temporary folders of this cache are what killed builds left
+    torn = list(final.parent.glob(f".{final.name}.tmp-*"))
+    if torn:
+        log.warning("removing %d folder(s) left by a build of %s that was killed: %s", len(torn), final.name, torn[0])
+        for folder in torn:
+            shutil.rmtree(folder, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -101,6 +141,30 @@ def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def create_array(path: Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+    """A new ``.npy`` file at ``path`` of ``shape`` and ``dtype``, mapped for writing, its every block
+    allocated now (``posix_fallocate``): a full disk fails here, with ``ENOSPC``, instead of killing the
+    process with ``SIGBUS`` when a page of the map is written later. The error names the cache being built
+    (the temporary folder is removed as it goes up) and the space the array needs."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # cannot reserve: write as is
+                    raise
+            finally:
+                os.close(fd)
+        return arr
+    except OSError as e:
+        folder = path.parent
+        built = folder.parent / folder.name.split(".tmp-")[0].lstrip(".") if ".tmp-" in folder.name else path
+        raise OSError(e.errno, f"{e.strerror} (needs {math.ceil(size / 2**20)} MiB)", str(built)) from None
 
 
 def pool_context() -> mp.context.BaseContext:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from ..datasets.base import LESIONS, DataFormatError, FundusRecord, OnError
-from .building import build_atomically, default_cache_dir, run_image_jobs
+from .building import create_array, default_cache_dir, open_built, run_image_jobs
 from .fundus import load_fundus
 from .patches import DISEASED, HEALTHY, UNKNOWN, PatchGrid
 
@@ -262,8 +262,8 @@ class PatchCache:
         config = config or PatchCacheConfig()
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"{name}-{cache_key(records, config)}"
-        return cls(
-            build_atomically(final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress))
+        return open_built(
+            final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress), cls
         )
 
     @staticmethod
@@ -284,7 +284,7 @@ class PatchCache:
             "mask_thumbs": ((n, t, t), np.uint8),
         }
         for key, (shape, dtype) in shapes.items():
-            np.lib.format.open_memmap(tmp / f"{key}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+            create_array(tmp / f"{key}.npy", shape, dtype).flush()  # a full disk: ENOSPC now, not SIGBUS later
         np.save(tmp / "coords.npy", cfg.grid.coords())
         jobs = [(i, r, cfg) for i, r in enumerate(records)]
         start = time.perf_counter()
@@ -320,7 +320,7 @@ def _compact(tmp: Path, keep: list[int], shapes: dict) -> None:
     """Drop the rows of skipped images, one array at a time, in bounded chunks."""
     for key, (shape, dtype) in shapes.items():
         src = np.load(tmp / f"{key}.npy", mmap_mode="r")
-        dst = np.lib.format.open_memmap(tmp / f"{key}.new.npy", mode="w+", dtype=dtype, shape=(len(keep), *shape[1:]))
+        dst = create_array(tmp / f"{key}.new.npy", (len(keep), *shape[1:]), dtype)
         for start in range(0, len(keep), 256):
             dst[start : start + 256] = src[keep[start : start + 256]]
         dst.flush()

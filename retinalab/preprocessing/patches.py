@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from ..utils.errors import ConfigError
+
 UNKNOWN = -1
 HEALTHY = 0
 DISEASED = 1
@@ -35,12 +37,16 @@ class PatchGrid:
     out_size: int = 32
 
     def __post_init__(self) -> None:
+        # ConfigError: one line naming the option, also from inside a datamodule the parser builds
         if not 0 < self.patch_size <= self.image_size:
-            raise ValueError(f"patch_size={self.patch_size} must be in (0, image_size={self.image_size}]")
+            raise ConfigError(
+                f"patch_size={self.patch_size} must be in (0, image_size={self.image_size}]: a patch is cut from "
+                "the image resized to image_size"
+            )
         if self.stride <= 0:
-            raise ValueError(f"stride must be positive, got {self.stride}")
+            raise ConfigError(f"stride must be a positive number of pixels, got {self.stride}")
         if self.out_size <= 0:
-            raise ValueError(f"out_size must be positive, got {self.out_size}")
+            raise ConfigError(f"patch_out must be a positive number of pixels, got {self.out_size}")
 
     @property
     def per_side(self) -> int:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import inspect
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 DEBUG_ENV = "RETINALAB_DEBUG"
@@ -55,14 +58,56 @@ def debug_requested(argv: list[str]) -> bool:
     return flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+class StorageError(UserError, OSError):
+    """A folder that cannot take what is written there: full, over quota, read-only or not ours."""
+
+
+#: what the system's error numbers mean to a user who has to free space or choose another folder
+STORAGE = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EFBIG: "the file grew beyond what this file system or the process's file size limit allows",
+}
+
+
+def storage_error(e: OSError) -> StorageError:
+    """One line for an :class:`OSError` of :data:`STORAGE`: the file, what went wrong, the free space left
+    there, and what to do."""
+    where = Path(e.filename) if e.filename else None
+    notes = []
+    existing = next((p for p in (where, *where.parents) if p.exists()), None) if where is not None else None
+    if existing is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        left = shutil.disk_usage(existing).free
+        notes.append(f"{left / 2**20:.0f} MiB free there" if left >= 2**20 else f"{left // 1024} KiB free there")
+    needs = re.search(r"needs [\d.]+ \w+", e.strerror or "")  # what retinalab.preprocessing.building.reserve asked for
+    if needs:
+        notes.append(needs.group(0))
+    free = f" ({'; '.join(notes)})" if notes else ""
+    fix = {
+        errno.ENOSPC: "free some space there, or write elsewhere",
+        errno.EDQUOT: "free some space there, or write elsewhere",
+        errno.EFBIG: "raise the file size limit (ulimit -f), or write elsewhere",
+    }.get(e.errno, "choose a folder you can write to")
+    return StorageError(
+        f"{where or 'writing a file'}: {STORAGE[e.errno]}{free}; {fix} (--trainer.default_root_dir, "
+        "--data.cache_dir or $RETINALAB_CACHE, --out_dir); nothing half-written was kept"
+    )
+
+
 def user_error(e: BaseException) -> UserError | None:
     """``e`` if it is a :class:`UserError`, else the first one it was raised from (jsonargparse wraps
-    what a class's ``__init__`` raises in its own ``ValueError ... from``), else ``None``."""
+    what a class's ``__init__`` raises in its own ``ValueError ... from``), else ``None``. A full,
+    read-only or forbidden folder (an :class:`OSError` of :data:`STORAGE`) is one too
+    (:func:`storage_error`)."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         if isinstance(cur, UserError):
             return cur
+        if isinstance(cur, OSError) and cur.errno in STORAGE:
+            return storage_error(cur)
         seen.add(id(cur))
         cur = cur.__cause__
     return None

@@ -49,8 +49,10 @@ def write_atomic(path: str | Path, data: bytes | memoryview | str, *, remove_str
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
+            e.filename = str(target)  # name the file the user knows, not the temporary one that is gone
         raise
     if remove_strays:
         for stray in target.parent.glob(f".{target.name}.*.tmp"):

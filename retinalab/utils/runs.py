@@ -13,6 +13,7 @@ same run write nothing of their own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -66,11 +67,13 @@ def _left_by(text: str) -> tuple[str, int | None]:
 
 @contextmanager
 def run_lock(folder: str | Path, holder: str) -> Iterator[None]:
-    """Hold ``folder/.lock`` while writing the run in ``folder`` (created if missing), so that two processes,
+    """Hold ``folder/.lock`` while writing the run in ``folder`` (created if missing, and removed again if the
+    run left it empty), so that two processes,
     or two sessions of one process, never write the same run at once; the second is refused with
     :class:`RunBusyError` naming the first (``holder`` and its pid). A lock file left by a process that has
     ended is taken over with a warning."""
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -102,6 +105,9 @@ def run_lock(folder: str | Path, holder: str) -> Iterator[None]:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+            if created:  # a run refused before it wrote anything leaves no folder behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _acquire(folder: Path, path: Path) -> int:

@@ -57,6 +57,12 @@ def test_bad_sweeps_are_named(tmp_path):
     p.write_text(yaml.safe_dump({"method": "grid", "parameters": {"model.lr": {"values": [1]}}, "command": ["fit"]}))
     with pytest.raises(ValueError, match="args"):
         load_sweep(p)
+    # without `method` W&B refuses the file: so does a local run, with values everywhere (once run as a
+    # grid) or with a distribution (once blamed on the grid)
+    for lr in ({"values": [1, 2]}, {"distribution": "uniform", "min": 1, "max": 2}):
+        p.write_text(yaml.safe_dump({"parameters": {"model.lr": lr}, "command": ["${args}"]}))
+        with pytest.raises(ValueError, match=r"a sweep needs `method` \(W&B sweep format\); locally use one of"):
+            load_sweep(p)
 
 
 # slow tier (make test-slow; CI runs it after make test): three fits with W&B, ~60 s
