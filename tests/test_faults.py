@@ -381,3 +381,82 @@ def test_active_names_its_own_options_when_the_split_leaves_nothing_to_train_on(
     assert main(active_argv(synth_eophtha, tmp_path, "--val_size=0.6", "--test_size=0.6")) == 2
     (line,) = errors(capsys.readouterr().err)
     assert "the split leaves no training data" in line and line.endswith("e.g. --val_size 0.2 --test_size 0.2.")
+
+
+def test_a_script_without_a_main_guard_builds_the_cache_instead_of_hanging(earlier_fit, tmp_path):
+    """A script calling retinalab at its top level, without `if __name__ == "__main__":`, hung for good at
+    "Caching patches": the workers, started from a forkserver once the process has several threads,
+    imported the script again and ran it. They no longer import the caller's script."""
+    syn, _ = earlier_fit
+    script = tmp_path / "my_script.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        "from retinalab.datasets import read_dataset\n"
+        "from retinalab.preprocessing import PatchCache, PatchCacheConfig, PatchGrid\n"
+        "print('script body ran', flush=True)\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # workers from a forkserver\n"
+        "records = read_dataset('idrid', sys.argv[1])\n"
+        "config = PatchCacheConfig(grid=PatchGrid(128, 32, 32, 32))\n"
+        "cache = PatchCache.build(records, cache_dir=sys.argv[2], config=config, num_workers=2, progress=False)\n"
+        "print('built', len(cache))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, str(script), str(syn), str(tmp_path / "cache")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.splitlines() == ["script body ran", "built 24"]  # the body ran once, in the script's process
+
+
+def test_ddp_as_a_lightning_user_types_it_runs_the_ssl_gan(earlier_fit, caplog):
+    """`--trainer.strategy ddp` ended in DDP's reducer traceback on every rank for the SSL-GAN (each optimiser
+    step updates one network). It now runs as the strategy that allows that, saying so; the ConvNet keeps
+    plain DDP. (A two-process CPU fit of the SSL-GAN under `ddp` runs in tests/cli/test_cli.py's DDP test.)"""
+    from retinalab.lightning.cli import cli
+
+    syn, runs = earlier_fit
+    common = [f"--data.root={syn}", f"--data.cache_dir={runs.parent / 'cache'}", "--trainer.logger=false"]
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=1", "--trainer.accelerator=cpu"]
+    with caplog.at_level(logging.INFO, logger="retinalab.lightning.cli"):
+        gan = cli(["--config", str(REPO / "tests" / "conf" / "ssl_gan_tiny.yaml"), *common, *ddp], run=False)
+    assert gan.trainer.strategy._ddp_kwargs == {"find_unused_parameters": True}
+    assert "PatchSSGANTask updates one network per optimiser step: --trainer.strategy ddp runs as " in caplog.text
+    convnet = cli(["--config", str(TINY), *common, *ddp], run=False)
+    assert convnet.trainer.strategy._ddp_kwargs == {}
+
+
+def test_a_study_cell_another_process_runs_is_refused_naming_it(earlier_fit, tmp_path, capsys):
+    """Two writers on one study cell (its `--cell I` started twice, or a study run twice at once)."""
+    from retinalab.cli import main
+
+    syn, runs = earlier_fit
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "out_dir": str(tmp_path / "study"),
+                "methods": {"convnet": str(TINY)},
+                "labelled": [2],
+                "seeds": [0],
+                "overrides": [
+                    f"--data.root={syn}",
+                    f"--data.cache_dir={runs.parent / 'cache'}",
+                    "--trainer.enable_progress_bar=false",
+                ],
+            }
+        )
+    )
+    cell = tmp_path / "study" / "cells" / "convnet" / "n2_s0"
+    with held_by_another_process(cell, "retinalab study tiny (cell convnet/n2_s0)") as pid:
+        code = main(["study", "--config", str(cfg), "--cell", "0"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert errors(err) == [
+        f"error: {cell} is in use by retinalab study tiny (cell convnet/n2_s0) (pid {pid}); wait for it to finish, "
+        f"stop it, or write to another folder (it holds {cell.resolve() / '.lock'})."
+    ]
+    assert not (cell / "cell.json").exists()

@@ -86,7 +86,7 @@ def main(argv: Sequence[str]) -> int:
             )
         print(
             f"[study {study.name}] {stats['done']} cell(s) run, {stats['failed']} failed, {stats['skipped']} already "
-            "done or failed"
+            "done or failed" + (f", {stats['busy']} run by another process" if stats.get("busy") else "")
         )
         if a.no_collect:
             return 1 if stats["failed"] else 0

@@ -40,6 +40,7 @@ from typing import Any
 
 from ..utils.errors import ConfigError
 from ..utils.io import write_json_atomic
+from ..utils.runs import RunBusyError
 from .report import collect, log_summary_to_wandb, logs_to_wandb, summary_table  # noqa: F401 (the study's API)
 from .spec import SELECTIONS, Cell, Study  # noqa: F401 (the study's API)
 
@@ -65,7 +66,16 @@ def run_cell(study: Study, cell: Cell, device: str | None = None, threads: int |
 
     ``device`` (``cpu``/``cuda``) pins the trainer to one device; ``threads`` caps the loader and
     cache workers (:func:`retinalab.experiments.launch.cap_workers`), as ``--parallel`` does for each cell.
+    The cell's folder is locked meanwhile (:func:`retinalab.utils.runs.run_lock`): a second process on the
+    same cell (another ``--cell I``, a study started twice) is refused before it writes anything.
     """
+    from ..utils.runs import rank0_lock
+
+    with rank0_lock(study.cell_dir(cell), f"retinalab study {study.name} (cell {cell.name})"):
+        return _run_cell(study, cell, device, threads)
+
+
+def _run_cell(study: Study, cell: Cell, device: str | None, threads: int | None) -> dict[str, Any]:
     from ..lightning.cli import cli, finish_wandb
     from .launch import cap_workers
 
@@ -202,6 +212,11 @@ def run_study(
             run_cell(study, cell, device, threads)
             (d / "failed.json").unlink(missing_ok=True)
             stats["done"] += 1
+        except RunBusyError as e:  # another process runs this cell: not a failure, and not ours to write into
+            if only is not None:
+                raise
+            print(f"[study {study.name}] cell {cell.name} skipped: {e}", flush=True)
+            stats["busy"] = stats.get("busy", 0) + 1
         except Exception as e:  # noqa: BLE001 - one failed cell must not stop the study
             _record_failure(study, cell, e)
             stats["failed"] += 1
@@ -260,6 +275,8 @@ def run_study_parallel(
         if (d / "cell.json").is_file():
             (d / "failed.json").unlink(missing_ok=True)
             stats["done"] += 1
+        elif rc == 2 and _held_elsewhere(d):  # refused: another process runs this cell
+            stats["busy"] = stats.get("busy", 0) + 1
         else:
             if not (d / "failed.json").is_file() or rc < 0:
                 tail = job.log.read_text(errors="replace")[-3000:] if job.log.is_file() else ""
@@ -276,6 +293,17 @@ def run_study_parallel(
 
     run_jobs(jobs, slots, done, prefix=f"[study {study.name}] ")
     return stats
+
+
+def _held_elsewhere(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s run lock."""
+    from ..utils.runs import run_lock
+
+    try:
+        with run_lock(folder, "retinalab study (checking a cell)"):
+            return False
+    except RunBusyError:
+        return True
 
 
 def write_sweep(study: Study, config_path: str | Path, path: str | Path, metric: str | None = None) -> Path:

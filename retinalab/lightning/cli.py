@@ -80,6 +80,34 @@ def _fill_wandb_defaults(config: Any) -> None:
                 init[key] = value
 
 
+#: the DDP strategies a task that updates one network per optimiser step runs as instead
+DDP_UNUSED = {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true"}
+
+
+def _ddp_as_typed(config: Any) -> None:
+    """``--trainer.strategy ddp`` (or ``ddp_spawn``) for a task whose optimiser steps each update one network
+    (``ddp_unused_parameters = True``: the SSL-GAN, paper 001's collaborative task): the variant that allows
+    unused parameters, which DDP's default reducer needs for them, with a line saying so."""
+    strategy = _get(config, "trainer", "strategy")
+    path = _get(config, "model", "class_path")
+    if not isinstance(strategy, str) or strategy not in DDP_UNUSED or not path:
+        return
+    from jsonargparse.typing import import_object
+
+    try:
+        task = import_object(str(path))
+    except Exception:  # noqa: BLE001 - the parser reports a bad class path itself
+        return
+    if getattr(task, "ddp_unused_parameters", False):
+        config.trainer.strategy = DDP_UNUSED[strategy]
+        log.info(
+            "%s updates one network per optimiser step: --trainer.strategy %s runs as %s",
+            task.__name__,
+            strategy,
+            DDP_UNUSED[strategy],
+        )
+
+
 def cli(argv: Sequence[str], run: bool = True):
     """Build retinalab's LightningCLI on ``argv`` (with ``run=False``, only parse and instantiate).
 
@@ -117,7 +145,9 @@ def cli(argv: Sequence[str], run: bool = True):
             )
 
         def before_instantiate_classes(self) -> None:
-            _fill_wandb_defaults(self.config.get(self.subcommand) if self.subcommand else self.config)
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            _fill_wandb_defaults(config)
+            _ddp_as_typed(config)
 
         def _parse_ckpt_path(self) -> None:
             # Lightning reads --ckpt_path's hyper-parameters into the config before building the model:

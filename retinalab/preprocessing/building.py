@@ -15,6 +15,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -189,6 +190,26 @@ def pool_context() -> mp.context.BaseContext:
 
 
 @contextmanager
+def _caller_script_hidden(hide: bool) -> Iterator[None]:
+    """While a worker pool starts from ``spawn`` or ``forkserver``: hide the caller's script (``__main__``'s
+    ``__file__`` and ``__spec__``) from the workers. Each would otherwise import it again and run its top
+    level: a user's script that calls retinalab there, without ``if __name__ == "__main__":``, started
+    a build in every worker and hung for good. The workers run retinalab's own functions and need nothing
+    from the script."""
+    main = sys.modules.get("__main__")
+    if not hide or main is None or not hasattr(main, "__file__"):
+        yield
+        return
+    file, spec = main.__file__, getattr(main, "__spec__", None)
+    del main.__file__
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__file__, main.__spec__ = file, spec
+
+
+@contextmanager
 def parallel_map(
     fn: Callable[[Any], Any],
     jobs: Sequence[Any],
@@ -205,7 +226,9 @@ def parallel_map(
             initializer(*initargs)
         yield map(fn, jobs)
         return
-    pool = pool_context().Pool(num_workers, initializer=initializer, initargs=initargs)
+    ctx = pool_context()
+    with _caller_script_hidden(ctx.get_start_method() != "fork"):
+        pool = ctx.Pool(num_workers, initializer=initializer, initargs=initargs)
     try:
         yield pool.imap_unordered(fn, jobs, chunksize=max(1, min(16, len(jobs) // (4 * num_workers) or 1)))
     finally:

@@ -114,6 +114,10 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
         num_overlays: images whose lesion maps / attention maps are drawn per validation epoch.
     """
 
+    #: each optimiser step updates one network, so DDP must allow unused parameters: ``--trainer.strategy ddp``
+    #: runs as ``ddp_find_unused_parameters_true`` (retinalab.lightning.cli)
+    ddp_unused_parameters = True
+
     def __init__(
         self,
         stage: Stage = "joint",

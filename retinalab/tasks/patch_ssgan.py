@@ -46,7 +46,7 @@ class PatchSSGANTask(PatchTask):
     """Semi-supervised feature-matching GAN on fundus patches.
 
     Needs the patch datamodule with ``unlabeled: true`` (batches ``{"labeled": ..., "unlabeled": ...}``).
-    Under DDP use ``--trainer.strategy ddp_find_unused_parameters_true``: the discriminator and
+    Under DDP ``--trainer.strategy ddp`` runs as ``ddp_find_unused_parameters_true``: the discriminator and
     generator steps each update one network, which DDP's default reducer rejects.
 
     Args:
@@ -72,6 +72,10 @@ class PatchSSGANTask(PatchTask):
         dropout_in: D's dropout on the input pixels (Table 3: 0.2).
         dropout: D's dropout between its conv blocks (Table 3: 0.5).
     """
+
+    #: each optimiser step updates one network, so DDP must allow unused parameters: ``--trainer.strategy ddp``
+    #: runs as ``ddp_find_unused_parameters_true`` (retinalab.lightning.cli)
+    ddp_unused_parameters = True
 
     def __init__(
         self,

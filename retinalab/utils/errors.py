@@ -20,7 +20,8 @@ import inspect
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -275,12 +276,34 @@ class OneLineParserErrors:
     report. Parsers jsonargparse builds for itself with ``exit_on_error=False`` keep raising its
     ``ArgumentError``, which it handles."""
 
+    def parse_args(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        self._given_args = list(args) if args is not None else sys.argv[1:]  # the config files, for messages
+        return super().parse_args(args, *rest, **kwargs)  # type: ignore[misc]
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not getattr(self, "exit_on_error", True):
             super().error(message, ex)  # type: ignore[misc]
         parser = getattr(ex, "subcommand_parser", None) or self
         known = [a.dest for a in getattr(parser, "_actions", []) if a.dest and a.dest not in ("help", "config")]
+        if '"<unicode string>"' in message:  # YAML's name for the text it parsed: name the file instead
+            message = message.replace('"<unicode string>"', broken_config(getattr(self, "_given_args", [])))
         raise ConfigError(condense_parser_error(message, known))
+
+
+def broken_config(args: Sequence[str]) -> str:
+    """The first ``--config`` file among ``args`` that is not valid YAML (``"the config"`` if none is)."""
+    import yaml
+
+    files = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    files += [b for a, b in zip(args, args[1:], strict=False) if a == "--config"]
+    for name in files:
+        try:
+            yaml.safe_load(Path(name).read_text())
+        except yaml.YAMLError:
+            return name
+        except OSError:
+            continue
+    return "the config"
 
 
 _BOILERPLATE = re.compile(
@@ -304,6 +327,15 @@ def condense_parser_error(message: str, known: Iterable[str]) -> str:
     if moved:
         old, new = f"{moved.group(1)}.{moved.group(2)}", f"{MOVED_MODULES[moved.group(1)]}.{moved.group(2)}"
         return f"{old} is now {new}; change the class_path in the config (an earlier run's config.yaml too)"
+    m = re.search(r"Subcommand '(\w+)' does not accept option '([\w.]+)'", message)
+    if m:  # a key at the top of a config file (trainr:), or --trainr.max_epochs
+        sub, name = m.groups()
+        top = sorted({k.split(".")[0] for k in known} - {"print_config"})
+        hint = suggest(name.split(".")[0], top, prefix="")
+        return (
+            f"{name} is not an option of retinalab {sub} (a config's top-level keys are {', '.join(top)}).{hint} "
+            "Run with --help for the options"
+        )
     m = re.search(r"[Uu]nrecognized arguments: (\S+)", message)
     if m:
         name = m.group(1).lstrip("-").split("=")[0]

@@ -382,7 +382,7 @@ def test_ssgan_under_ddp_ranks_end_identical_and_metrics_cover_the_whole_validat
             str(gan),
             "--data.root",
             "syn",
-            "--trainer.strategy=ddp_find_unused_parameters_true",
+            "--trainer.strategy=ddp",  # as a Lightning user types it: runs as ddp_find_unused_parameters_true
             "--trainer.devices=2",
             "--trainer.logger.init_args.save_dir=ddp",
             "--trainer.callbacks+=tests.helpers.ddp_helpers.SaveRankWeights",

@@ -381,6 +381,25 @@ def test_suggestions_and_condensed_parser_messages():
         "  Given value: NestedArg(key='batches_per_epoch', val='1.5')"
     )
     assert condense_parser_error(inner, []) == "--data.batches_per_epoch: expected int, 'unlabeled' or None, got '1.5'"
+    # a misspelt top-level key of a config file: the keys there are, and the closest
+    assert condense_parser_error(
+        "Subcommand 'fit' does not accept option 'trainr.max_epochs'.",
+        ["trainer.max_epochs", "model", "data", "seed_everything", "print_config"],
+    ) == (
+        "trainr.max_epochs is not an option of retinalab fit (a config's top-level keys are data, model, "
+        "seed_everything, trainer). Did you mean trainer? Run with --help for the options"
+    )
+
+
+def test_a_config_that_is_not_yaml_is_named_with_its_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_epochs: [1\n")
+    assert main(["fit", "--config", str(TINY), "--config", str(bad)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: did not find expected ',' or ']' in {bad}, line 3, column 1."
+    )
+    assert main(["active", f"--config={bad}"]) == 2
+    assert f"in {bad}, line 3, column 1." in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
