@@ -24,26 +24,10 @@ import torch
 
 from ..utils.errors import OutputExistsError
 from ..utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic
-from ..utils.runs import RunBusyError, run_lock
 from .oracle import LabelFileError
 from .state import INITIAL_CHECKPOINT, LoopState, read_state, write_state
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "QUERY_COLUMNS",
-    "RunBusyError",
-    "RunStore",
-    "ask_oracle",
-    "journal",
-    "load_checkpoint",
-    "read_answers",
-    "read_metrics",
-    "run_lock",
-    "save_checkpoint",
-    "write_answers",
-    "write_tables",
-]
 
 QUERY_COLUMNS = ("round", "item", "image_id", "centre_y", "centre_x", "score", "label", "time")
 
