@@ -244,7 +244,11 @@ class ExudatePatches:
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = cache_dir / f"exudate-{cache_key(records, config)}"
         return open_built(
-            final, lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress), cls
+            final,
+            lambda tmp: cls._build_into(tmp, records, config, num_workers, on_error, progress),
+            cls,
+            asdict(config),
+            len(records),
         )
 
     @staticmethod

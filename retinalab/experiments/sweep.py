@@ -39,6 +39,7 @@ import yaml
 
 from ..utils.errors import ConfigError
 from ..utils.io import write_dict_rows_atomic
+from ..utils.runs import run_lock
 
 METHODS = ("grid", "random")
 
@@ -161,9 +162,19 @@ def _best(run_dir: Path, metric: str | None, goal: str) -> float | None:
 def run_sweep(
     path: str | Path, out_dir: str | Path, count: int | None = None, seed: int = 0, dry_run: bool = False
 ) -> list[dict[str, Any]]:
-    """Run the sweep's assignments one by one; returns the rows of ``sweep_runs.csv``."""
+    """Run the sweep's assignments one by one; returns the rows of ``sweep_runs.csv``.
+
+    The sweep holds ``out_dir``'s lock (:func:`retinalab.utils.runs.run_lock`) while it runs, and each run
+    its own folder's: the same sweep started twice on one folder is refused in one line.
+    """
     cfg = load_sweep(path)
-    out = Path(out_dir)
+    if dry_run:
+        return _run_sweep(cfg, Path(out_dir), count, seed, dry_run)
+    with run_lock(out_dir, f"retinalab sweep {path}"):
+        return _run_sweep(cfg, Path(out_dir), count, seed, dry_run)
+
+
+def _run_sweep(cfg: dict[str, Any], out: Path, count: int | None, seed: int, dry_run: bool) -> list[dict[str, Any]]:
     metric = (cfg.get("metric") or {}).get("name")
     goal = (cfg.get("metric") or {}).get("goal", "maximize")
     rows: list[dict[str, Any]] = []

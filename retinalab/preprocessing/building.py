@@ -10,6 +10,7 @@ reader's error policy.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -88,26 +89,58 @@ def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
         return _build_atomically(final, build)
 
 
+class CacheMismatch(ValueError):
+    """A cache folder whose ``index.json`` was written for other parameters or another number of images
+    than the key in its name stands for (a folder copied or renamed by hand, or edited)."""
+
+
 #: what opening a cache whose files were cut short or changed raises (``np.load``: "mmap length is greater
-#: than file size"; a truncated ``index.json``; a missing array)
+#: than file size"; a truncated ``index.json``; a missing array; :class:`CacheMismatch`)
 DAMAGED = (ValueError, OSError, EOFError, KeyError)
 
 
-def open_built(final: Path, build: Callable[[Path], None], open_cache: Callable[[Path], T]) -> T:
+def check_index(path: Path, config: dict[str, Any], count: int) -> None:
+    """Raise :class:`CacheMismatch` unless ``path/index.json`` was written for ``config`` (the parameters
+    as the build stored them) and ``count`` images (kept or skipped)."""
+    index = json.loads((path / "index.json").read_text())
+    built, wanted = index.get("config") or {}, json.loads(json.dumps(config))  # tuples as JSON has them
+    differ = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
+    if differ:
+        raise CacheMismatch(f"its index.json was written for other parameters ({', '.join(differ)})")
+    n = len(index.get("images", [])) + len(index.get("skipped", []))
+    if n != count:
+        raise CacheMismatch(f"its index.json lists {n} images, not the {count} it was built from")
+
+
+def open_built(
+    final: Path,
+    build: Callable[[Path], None],
+    open_cache: Callable[[Path], T],
+    config: dict[str, Any] | None = None,
+    count: int | None = None,
+) -> T:
     """:func:`build_atomically`, then ``open_cache(final)``. A complete cache that does not open (its files
-    cut short or changed since: :data:`DAMAGED`) is built again, with a warning saying so."""
+    cut short or changed since: :data:`DAMAGED`), or whose ``index.json`` does not match ``config`` and
+    ``count`` (:func:`check_index`), is built again, with a warning saying so."""
+
+    def opened(path: Path) -> T:
+        if config is not None:
+            check_index(path, config, count if count is not None else 0)
+        return open_cache(path)
+
     path = build_atomically(final, build)  # a failing build raises as it is
     try:
-        return open_cache(path)
+        return opened(path)
     except DAMAGED as e:
-        log.warning("the cache %s is damaged (%s: %s): building it again", final, type(e).__name__, e)
+        what = "does not match its name" if isinstance(e, CacheMismatch) else "is damaged"
+        log.warning("the cache %s %s (%s: %s): building it again", final, what, type(e).__name__, e)
     with build_lock(final):
         try:
-            return open_cache(final)  # another process rebuilt it meanwhile
+            return opened(final)  # another process rebuilt it meanwhile
         except DAMAGED:
             _discard(final)
             _build_atomically(final, build)
-    return open_cache(final)
+    return opened(final)
 
 
 def _discard(folder: Path) -> None:

@@ -481,3 +481,18 @@ def test_active_refuses_another_runs_folder_before_writing_its_config(tmp_path, 
     assert main(argv) == 2  # without --resume: refused, names --resume
     assert "pass --resume" in capsys.readouterr().err
     assert (out / "config.yaml").read_text() == "the other run's config\n"
+
+
+def test_a_script_importing_retinalab_main_still_runs_and_is_told_where_it_went():
+    """`retinalab.main` (the command line before it became the `retinalab.cli` package) is what scripts
+    written against earlier versions import; they run, with a warning naming the new modules."""
+    import importlib
+    import sys
+
+    sys.modules.pop("retinalab.main", None)
+    with pytest.warns(FutureWarning, match=r"retinalab.main is now retinalab.cli \(main\) and retinalab.lightning.cli"):
+        old = importlib.import_module("retinalab.main")
+    from retinalab.cli import main as new_main
+    from retinalab.lightning.cli import cli as new_cli
+
+    assert old.main is new_main and old.cli is new_cli
