@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo_idrid
 export WANDB_MODE ?= offline
 export RETINALAB_CACHE ?= $(CURDIR)/.cache/retinalab
 
-.PHONY: help install demo test test-slow test-slow-only test-gpu gpu-check bench mutation lint docs docs-serve docker clean
+.PHONY: help install demo demo-check test test-slow test-slow-only test-gpu gpu-check bench mutation lint docs docs-serve docker clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ install: $(BIN)/.installed ## create .venv and install retinalab (editable) with
 
 demo: install ## synthesise a small IDRiD-layout set, train the ConvNet, the SSL-GAN and FixMatch on one split, print all three
 	$(BIN)/python -m retinalab.demo --data $(DEMO_DATA)
+
+demo-check: install ## make demo, then fail unless what the docs say its table shows holds here (CI runs it)
+	$(BIN)/python -m retinalab.demo --data $(DEMO_DATA) --check
 
 # two pytest-xdist workers (one torch thread each, tests/conftest.py), one test file per worker at a time
 TEST_WORKERS ?= 2

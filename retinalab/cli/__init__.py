@@ -21,6 +21,7 @@ from ..utils.errors import (
     format_error,
     user_error,
 )
+from ..utils.quiet import quiet_third_party, take_verbose_flag
 
 #: the extra commands: name -> the module of this package that runs it
 COMMAND_MODULES = {
@@ -61,8 +62,10 @@ Run `retinalab <command> --help` for the options of one command.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``retinalab`` command. A problem the user can fix (:class:`retinalab.utils.errors.UserError`)
-    is one line on stderr and exit code 2; ``--debug`` or ``RETINALAB_DEBUG=1`` shows its traceback."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    is one line on stderr and exit code 2; ``--debug`` or ``RETINALAB_DEBUG=1`` shows its traceback.
+    ``--verbose`` or ``RETINALAB_VERBOSE=1`` shows the third-party notices :mod:`retinalab.utils.quiet` silences."""
+    argv = take_verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    quiet_third_party()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     debug = debug_requested(argv)
     try:

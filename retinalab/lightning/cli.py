@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..utils.quiet import quiet_third_party
 
 log = logging.getLogger(__name__)
 
@@ -240,12 +241,8 @@ def cli(argv: Sequence[str], run: bool = True):
             return trainer
 
     torch.set_float32_matmul_precision("high")
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # predict loaders serve one image per step (batch_size=None); retinalab's writers key on image ids
-    warnings.filterwarnings("ignore", ".*infer the batch indices.*")
-    # retinalab passes the arguments on purpose: `retinalab <command> ...` and `retinalab study` read
-    # sys.argv themselves, so Lightning's warning about args beside sys.argv would greet every run
-    warnings.filterwarnings("ignore", ".*args parameter is intended to run from within Python.*")
+    # third-party notices a user cannot act on (retinalab.utils.quiet lists them; RETINALAB_VERBOSE=1 keeps them)
+    quiet_third_party()
     return RetinalabCLI(
         LightningModule,
         LightningDataModule,

@@ -154,6 +154,8 @@ class WandbLogger(_LightningWandbLogger):
         if offline:
             log_model = False
         super().__init__(*args, save_dir=str(save_dir), offline=offline, log_model=log_model, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # W&B warns that the setting has no effect, even for None
+            self._wandb_init.pop("anonymous", None)
         self._offline_run = offline
         self._sync_hint_shown = False
         self._resumed_at_step: int | None = None
