@@ -133,6 +133,7 @@ class Heuristic:
         name: the name configs use (``acquisition: <name>``).
         colour: its colour in the figures (a matplotlib colour; ``None``: the next of the cycle).
         score_name: ``(what the score is, its unit)`` for a heatmap's colour bar.
+        meaning: what a high score says about a patch, in a clinician's words (the labelling page's legend).
         needs_dropout: whether the network needs dropout layers (BALD's Monte-Carlo passes); such a run's
             ``dropout`` defaults to :attr:`default_dropout` and 0 is refused.
         scored: whether it ranks patches by :meth:`scores` (``False``: draws uniformly, the baseline; its
@@ -142,6 +143,7 @@ class Heuristic:
     name: ClassVar[str] = ""
     colour: ClassVar[str | None] = None
     score_name: ClassVar[tuple[str, str]] = ("expected gradient length", "Phi")
+    meaning: ClassVar[str] = "its label would change the model most"
     needs_dropout: ClassVar[bool] = False
     default_dropout: ClassVar[float] = 0.5
     scored: ClassVar[bool] = True
@@ -183,6 +185,15 @@ def score_label(name: str) -> str:
     return f"{what} ({unit})" if heuristic.scored else f"{what} ({unit}; queries drawn at random)"
 
 
+def score_meaning(name: str) -> tuple[str, str]:
+    """``(the score's name, what a high score says)`` for the labelling page's heatmap legend."""
+    try:
+        heuristic = get_heuristic(name)
+    except ValueError:
+        return "score", "a high score"
+    return heuristic.score_name[0], heuristic.meaning
+
+
 def heuristic_names() -> list[str]:
     """The registered heuristics' names (what ``acquisition`` may be)."""
     return HEURISTICS.names()
@@ -205,6 +216,7 @@ class Entropy(Heuristic):
 
     name, colour = "entropy", "tab:red"
     score_name = ("predictive entropy", "nats")
+    meaning = "the model is least sure of it"
 
     def scores(self, model, x, scope="fc", mc_samples=20, seed=0):
         # float64 scores: entropy near p = 0.5 (ln 2 - 2 e^2) would tie in float32 where margin (1 - 2e) does
@@ -219,6 +231,7 @@ class Margin(Heuristic):
 
     name, colour = "margin", "tab:purple"
     score_name = ("1 - margin", "1 - (p1 - p2)")
+    meaning = "the model's two answers are closest"
 
     def scores(self, model, x, scope="fc", mc_samples=20, seed=0):
         p = predict_probs(model, x)
@@ -231,6 +244,7 @@ class BALD(Heuristic):
 
     name, colour = "bald", "tab:brown"
     score_name = ("BALD", "nats")
+    meaning = "the model's dropout samples disagree most about it"
     needs_dropout = True
 
     def scores(self, model, x, scope="fc", mc_samples=20, seed=0):

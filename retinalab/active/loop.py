@@ -55,6 +55,10 @@ class ActiveLearning:
     #: "evaluating", "saving"): the labelling page shows it while a round trains
     on_phase: Callable[[str, int], None] | None = None
 
+    #: called as ``on_waiting(pending)`` (a :class:`~retinalab.active.oracle.LabelsPending`) when a round's
+    #: queries wait for a person; None: a warning says where they are and which file to fill in
+    on_waiting: Callable[[LabelsPending], None] | None = None
+
     #: hold ``out_dir/.lock`` while the run works (False: the caller holds it, as ``retinalab active`` and the
     #: labelling page do)
     lock_run: bool = True
@@ -181,7 +185,10 @@ class ActiveLearning:
                     self._remember_run(state)
                     if learner.rank0:
                         self.store.save_state(state)
-                    log.warning("%s", wait)
+                    if self.on_waiting is not None:
+                        self.on_waiting(wait)
+                    else:
+                        log.warning("%s", wait)
                     return "waiting"
                 record_round(state, self.pool, r, query, new, answers)
                 metrics = self._train_and_evaluate(state, r, query)

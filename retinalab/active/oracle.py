@@ -215,6 +215,7 @@ class HumanOracle:
                     plain,
                     overlay,
                     cfg.image_size,
+                    *_heat_range(heat.get(img)),
                 ]
             )
         for img, (sheet, boxes) in by_image.items():
@@ -253,6 +254,8 @@ class HumanOracle:
             "plain_png",
             "heat_png",
             "image_size",
+            "heat_low",
+            "heat_high",
         ]
         write_csv_atomic(d / "queries.csv", header, rows)
         if not (d / "labels.csv").is_file():
@@ -299,6 +302,14 @@ class HumanOracle:
             err.partial = labels
             raise err
         return labels
+
+
+def _heat_range(heat: tuple[np.ndarray, np.ndarray] | None) -> tuple[str, str]:
+    """The lowest and highest score of a photograph's heatmap (its colour scale's ends), as text."""
+    if heat is None or not len(heat[1]):
+        return "", ""
+    scores = np.nan_to_num(np.asarray(heat[1], np.float64), nan=0.0)
+    return f"{scores.min():.6g}", f"{scores.max():.6g}"
 
 
 def heat_overlay(pool: ExudatePatches, items: np.ndarray, scores: np.ndarray, alpha: float = 0.7) -> np.ndarray:

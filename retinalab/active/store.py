@@ -125,12 +125,21 @@ def write_answers(out: Path, answers: dict[int, dict]) -> None:
 
 def journal(answers: dict[int, dict], got: dict[int, int], r: int, source: str | None = None) -> None:
     """Add the labels ``got`` in round ``r`` to ``answers`` (labels must be 0 or 1); ``source`` (the
-    labelling page, Label Studio) is recorded with each where given."""
+    labelling page, Label Studio) is recorded with each where given, and ``seq``, the order in which the
+    answers were given (what the labelling page's undo takes back, across reloads)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    seq = max((int(a.get("seq", 0)) for a in answers.values()), default=0)
     for i, y in got.items():
         if y not in (0, 1):
             raise ValueError(f"oracle answered {y!r} for item {i}; labels are 0 (healthy) or 1 (exudate)")
-        answers[int(i)] = {"label": int(y), "round": r, "time": now, **({"source": source} if source else {})}
+        seq += 1
+        answers[int(i)] = {
+            "label": int(y),
+            "round": r,
+            "time": now,
+            "seq": seq,
+            **({"source": source} if source else {}),
+        }
 
 
 def ask_oracle(

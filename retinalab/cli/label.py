@@ -72,7 +72,8 @@ def main(argv: Sequence[str]) -> int:
 
         got, open_, _ = import_annotations(run, a.import_ls)
         print(
-            f"{got} labels journalled in {run / 'answers.json'}; {open_} queries of the round still without a label"
+            f"{got} label{'' if got == 1 else 's'} journalled in {run / 'answers.json'}; {open_} "
+            f"quer{'y' if open_ == 1 else 'ies'} of the round still without a label"
             + (
                 ""
                 if open_

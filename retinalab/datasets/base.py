@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 LESIONS: tuple[str, ...] = ("MA", "HE", "EX", "SE")
 #: Every structure a mask can exist for; the optic disc is never a lesion.
 STRUCTURES: tuple[str, ...] = (*LESIONS, "OD")
+#: What a clinician calls each structure (the labelling page asks its question in these words).
+STRUCTURE_NAMES: dict[str, str] = {
+    "MA": "microaneurysm",
+    "HE": "haemorrhage",
+    "EX": "hard exudate",
+    "SE": "soft exudate",
+    "OD": "optic disc",
+}
 
 OnError = Literal["raise", "skip"]
 

@@ -27,6 +27,7 @@ from ..active.oracle import CLASS_NAMES, LabelFileError, read_queries
 from ..active.store import journal, read_answers, write_answers
 from ..utils.errors import ConfigError, InputMissingError, UserError, format_error, user_error
 from ..utils.runs import run_lock
+from .words import answer_words, heat_legend, question, round_note
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,11 @@ class LabelSession:
                 "answered": 0,
                 "total": 0,
                 "classes": list(CLASS_NAMES),
+                "question": question(self.config),
+                "answer_words": answer_words(self.config),
+                "legend": heat_legend(self.config),
+                "note": "",
+                "undo": [],
             }
             pending = self.pending if self.status == "labelling" else None
             if pending is not None:
@@ -208,14 +214,22 @@ class LabelSession:
                             "score": _number(q.get("score")),
                             "probability": _number(q.get("probability")),
                             "heat": bool(q.get("heat_png")),
+                            "heat_range": [_number(q.get("heat_low")), _number(q.get("heat_high"))],
                             "label": None if given is None else int(given["label"]),
                         }
                     )
+                # what undo takes back, last first: this round's answers in the order given (from the
+                # journal, so a reloaded page undoes what was answered before the reload)
+                given = sorted(
+                    (self.answers[q["item"]].get("seq", 0), q["id"]) for q in queries if q["label"] is not None
+                )
                 out.update(
                     round=pending.round,
                     queries=queries,
                     total=len(queries),
                     answered=sum(q["label"] is not None for q in queries),
+                    note=round_note(self.config, pending.round, len(queries)),
+                    undo=[qid for _, qid in given],
                 )
             return out
 
@@ -276,6 +290,11 @@ class LabelSession:
         with self._guard:
             self.phase, self.phase_round = phase, r
 
+    def _on_waiting(self, pending) -> None:
+        """The loop wrote a round's queries: the terminal says so in the page's words (not the file workflow's)."""
+        r = int(pending.folder.name.rsplit("_", 1)[-1])
+        log.info("round %d: %d patches are ready to label on the page", r, pending.count)
+
     def train(self) -> None:
         """Run the loop on in a background thread: it takes the journalled answers, trains, evaluates and
         writes the next round's queries (or stops)."""
@@ -292,6 +311,7 @@ class LabelSession:
         try:
             loop = self._make_loop(self.run)
             loop.on_phase = self._on_phase
+            loop.on_waiting = self._on_waiting
             loop.lock_run = False  # this session holds the run's lock
             loop.run(resume=True)
             status = "labelling"

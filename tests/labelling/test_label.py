@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,47 +22,48 @@ from retinalab.active.oracle import LabelFileError
 from retinalab.cli import main
 from retinalab.labelling.server import create_app, free_port, is_loopback
 from retinalab.labelling.session import LabelSession
-from retinalab.synthetic import write_synthetic
 from retinalab.utils.runs import RunBusyError
 from tests.helpers.paths import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def walkthrough() -> list[list[str]]:
+    """The commands of the README's "Label patches yourself", as a newcomer types them."""
+    text = (REPO / "README.md").read_text().split("## Label patches yourself", 1)[1].split("\n## ", 1)[0]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
 def human_run(tmp_path_factory):
-    """A human-oracle run of conf/active/eophtha_human.yaml on a synthetic e-ophtha set (tiny sizes),
-    waiting for round 0's labels; and its ground truth (query id -> 0/1) per round, from the masks."""
+    """The README's walkthrough (a synthetic e-ophtha set, conf/active/synthetic_human.yaml), up to the run
+    waiting for round 0's labels; the README's relative folders are made absolute under a temporary folder,
+    and the cache goes there too."""
+    import yaml
+
     base = tmp_path_factory.mktemp("label")
-    root = write_synthetic("eophtha", base / "e-ophtha", 24, 3, (256, 170), 1.5, 1.0, 1, False)
-    out = base / "run"
+    synth, active, label = walkthrough()
+    assert [c[:2] for c in (synth, active, label)] == [
+        ["retinalab", "synth"],
+        ["retinalab", "active"],
+        ["retinalab", "label"],
+    ]
+    config = yaml.safe_load((REPO / active[active.index("--config") + 1]).read_text())
+    data, out = synth[synth.index("--out") + 1], label[label.index("--run") + 1]
+    assert config["root"] == data and config["out_dir"] == out  # the three commands fit together as written
+    assert main([*synth[1:], "--out", str(base / data), "--workers", "1"]) == 0
     argv = [
-        "active",
-        "--config",
-        str(REPO / "conf" / "active" / "eophtha_human.yaml"),
-        "--root",
-        str(root),
-        "--out_dir",
-        str(out),
-        "--cache_dir",
-        str(base / "cache"),
-        "--patches.image_size=128",
-        "--patches.patch_size=16",
-        "--patches.grid_stride=16",
-        "--patches.view_size=128",
-        "--k=4",
-        "--initial_batches=1",
-        "--batch_size=8",
-        "--hidden=16",
-        "--conv_channels=[4,8]",
-        "--max_rounds=2",
-        "--num_workers=0",
+        *active[1:],
+        f"--root={base / data}",
+        f"--out_dir={base / out}",
+        f"--cache_dir={base / 'cache'}",
         "--progress=false",
         "--accelerator=cpu",
-        "--logger=null",
     ]
+    argv[argv.index("--config") + 1] = str(REPO / argv[argv.index("--config") + 1])
     assert main(argv) == 0
-    return out
+    return base / out
 
 
 @pytest.fixture
@@ -167,8 +170,9 @@ def test_a_token_guards_every_request_off_loopback(run):
         assert c.get(f"/api/files/0/{q0}/patch?token=s3cret").status_code == 200
 
 
-def test_a_complete_round_trains_and_the_next_round_appears(run):
+def test_a_complete_round_trains_and_the_next_round_appears(run, caplog):
     answers = truth(run, 0)
+    caplog.set_level(logging.INFO, logger="retinalab")
     with LabelSession(run) as session:
         c = client(session)
         for qid, y in answers.items():
@@ -184,11 +188,32 @@ def test_a_complete_round_trains_and_the_next_round_appears(run):
         q = state["queries"][0]
         assert 0 <= q["probability"] <= 1 and q["heat"] and q["score"] is not None
         assert c.get(f"/api/files/1/{q['id']}/heat").status_code == 200
+        low, high = q["heat_range"]
+        # the legend's scale holds the query's own score (from another scoring pass: to float32's precision)
+        assert low - 1e-4 <= q["score"] <= high + 1e-4 and low < high
+    # the terminal speaks to the page's user, not to the CSV workflow's
+    assert "round 1: 4 patches are ready to label on the page" in caplog.text and "labels.csv" not in caplog.text
     saved = json.loads((run / "state.json").read_text())
     journal = json.loads((run / "answers.json").read_text())
     assert saved["round"] == 0 and {str(k): v for k, v in saved["labelled"].items()} == {
         k: v["label"] for k, v in journal.items()
     }
+
+
+def test_undo_takes_back_the_last_answer_also_after_the_page_was_reopened(run):
+    """The page's undo comes from the journal's order: a reload (a new session) undoes what was answered
+    before it, last first, and an answer given again moves to the end."""
+    order = list(truth(run, 0))
+    with LabelSession(run) as session:
+        c = client(session)
+        for qid in (order[3], order[1], order[5]):
+            c.post("/api/answer", json={"round": 0, "query_id": qid, "label": 0})
+        c.post("/api/answer", json={"round": 0, "query_id": order[3], "label": 1})  # changed its mind
+    with LabelSession(run) as session:  # the page reopened
+        c = client(session)
+        assert c.get("/api/state").json()["undo"] == [order[1], order[5], order[3]]
+        state = c.post("/api/unanswer", json={"round": 0, "query_id": order[3]}).json()
+        assert state["undo"] == [order[1], order[5]] and state["answered"] == 2
 
 
 def test_a_second_page_or_a_cli_resume_on_the_same_run_is_refused(run, capsys):
@@ -374,9 +399,44 @@ def _browser():
     return sync_playwright
 
 
+def fov_fractions(run: Path, round_: int) -> dict[str, float]:
+    """How much of each query's patch lies inside the field of view, measured on the photograph the pool
+    was cut from (the preprocessing and field-of-view mask the pool uses)."""
+    from retinalab.active import ExudatePatchConfig
+    from retinalab.active.pool import fov_mask
+    from retinalab.datasets import read_dataset
+    from retinalab.preprocessing.fundus import load_fundus
+
+    cfg = _config(run)
+    pc = ExudatePatchConfig(**cfg["patches"])
+    records = {r.image_id: r for r in read_dataset("eophtha", cfg["root"], **cfg["reader_args"])}
+    out = {}
+    for row in csv.DictReader((run / "queries" / f"round_{round_:03d}" / "queries.csv").open()):
+        pre = load_fundus(
+            records[row["image_id"]], pc.image_size, pc.crop_fov, pc.normalize, (pc.lesion,), pc.fast_decode
+        )
+        fov, half = fov_mask(pre.image), int(row["patch_size"]) // 2
+        y, x = int(row["centre_y"]) - half, int(row["centre_x"]) - half
+        out[row["query_id"]] = float(fov[y : y + 2 * half, x : x + 2 * half].mean())
+    return out
+
+
+def test_round_0_asks_about_patches_inside_the_field_of_view_and_says_how_it_chose_them(run):
+    inside = fov_fractions(run, 0)
+    assert len(inside) == 8 and min(inside.values()) >= _config(run)["patches"]["min_fov_fraction"] == 0.9
+    with LabelSession(run) as session:
+        shown = session.snapshot()
+    assert shown["question"] == "Is there a hard exudate in this patch?"
+    assert shown["answer_words"] == ["no hard exudate", "hard exudate"]
+    assert shown["note"].startswith("Round 0: 8 patches drawn at random from the training photographs' grid")
+    assert "no model exists before the first answers" in shown["note"]
+
+
 def test_a_round_labelled_with_key_presses_in_a_real_browser(run, tmp_path):
-    """The page as a clinician uses it: headless Chromium, keys 1/0, a skip, an undo; the round trains
-    and round 1 appears on the same page; the journal holds what was typed."""
+    """The README's walkthrough as a clinician follows it: headless Chromium; the question and how round 0
+    was chosen are on the page; keys 1/0, a skip, an undo, and an undo after a reload (from the journal);
+    the round trains and round 1 appears on the same page, whose heatmap has its legend and stays on
+    across a reload; the journal holds what was typed."""
     import uvicorn
 
     sync_playwright = _browser()
@@ -404,6 +464,11 @@ def test_a_round_labelled_with_key_presses_in_a_real_browser(run, tmp_path):
                 page = browser.new_page(viewport={"width": 1280, "height": 860})
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.wait_for_selector("#progress:has-text('0 of 8 in round 0')")
+                assert page.inner_text("#question") == "Is there a hard exudate in this patch?"
+                assert page.is_visible("#question") and "no model exists" in page.inner_text("#note")
+                assert "yes: hard exudate" in page.inner_text("#lesion") and "no hard exudate" in page.inner_text(
+                    "#healthy"
+                )
                 order = [q["id"] for q in session.snapshot()["queries"]]
                 key = {qid: str(answers[qid]) for qid in order}
                 page.keyboard.press(key[order[0]])  # q0 answered, q1 shown
@@ -415,12 +480,24 @@ def test_a_round_labelled_with_key_presses_in_a_real_browser(run, tmp_path):
                     page.keyboard.press(key[qid])
                 page.wait_for_selector("#progress:has-text('7 of 8 in round 0')")
                 assert "q0001" in page.inner_text("#qid")  # back to the skipped query
-                page.reload()  # a closed and reopened page resumes at the first unanswered query
+                page.reload()  # a closed and reopened page resumes at the first unanswered query ...
                 page.wait_for_selector("#progress:has-text('7 of 8 in round 0')")
                 assert "q0001" in page.inner_text("#qid")
+                page.keyboard.press("u")  # ... and undoes the last answer given before the reload
+                page.wait_for_selector("#progress:has-text('6 of 8 in round 0')")
+                assert order[7] in page.inner_text("#qid")
+                page.keyboard.press(key[order[7]])
+                page.wait_for_selector("#progress:has-text('7 of 8 in round 0')")
                 page.keyboard.press(key[order[1]])
                 page.wait_for_selector("#progress:has-text('0 of 4 in round 1')", timeout=120_000)
-                page.keyboard.press("h")  # the heatmap over the photograph
+                assert page.inner_text("#note").startswith("Round 1: the 4 patches with the highest expected gradient")
+                page.keyboard.press("h")  # the heatmap over the photograph, with its legend
+                page.wait_for_selector("#heat-img:not(.hidden)")
+                page.wait_for_selector("#legend:not(.hidden)")
+                assert "bright = its label would change the model most" in page.inner_text("#legend")
+                assert "lowest expected gradient length in this photograph" in page.inner_text("#legend")
+                page.reload()  # the toggle stays on
+                page.wait_for_selector("#progress:has-text('0 of 4 in round 1')")
                 page.wait_for_selector("#heat-img:not(.hidden)")
                 shot = tmp_path / "page.png"
                 page.screenshot(path=str(shot))
