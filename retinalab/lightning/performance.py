@@ -13,13 +13,12 @@ log = logging.getLogger(__name__)
 class ChannelsLast(pl.Callback):
     """Store the model's 4-D weights channels-last (NHWC) for fitting, testing and prediction.
 
-    Convolutions then run in NHWC kernels, which are faster with mixed precision on recent GPUs and
-    on many CPUs (LeNet's convolutions run ~2x faster on the 2-core CPU box, see docs/benchmarks.md);
-    inputs need no change where the convolutions use their weights as stored (PyTorch follows the
-    weights' layout). conv-large, its generator, LeNet and paper 001's G and D need neither: they are
-    channels-last already, inputs included (:mod:`retinalab.models.layout`); for conv-large the callback
-    alone would not do, since its weight-normalised weights are recomputed in the plain layout at every
-    call. Add it with
+    Convolutions then run in NHWC kernels, which are faster with mixed precision on recent GPUs and on many CPUs
+    (docs/benchmarks.md, "Channels-last"); inputs need no change where the convolutions use their weights as
+    stored (PyTorch follows the weights' layout). conv-large, its generator, LeNet and paper 001's G and D need
+    neither: they are channels-last already, inputs included (:mod:`retinalab.models.layout`); for conv-large
+    the callback alone would not do, since its weight-normalised weights are recomputed in the plain layout at
+    every call. Add it with
     ``--trainer.callbacks+=retinalab.lightning.ChannelsLast``; combine with ``--trainer.precision
     bf16-mixed`` (or ``16-mixed`` on GPUs) for mixed precision.
     """

@@ -2,12 +2,10 @@
 generator, LeNet, and paper 001's mask generator G (Xception U-Net) and lesion discriminator D.
 
 Their convolutions have few channels (12-24 at the CPU-sized width 0.125, 20-50 in LeNet, 16-256 in G and
-D at the CPU-sized width 0.25), where oneDNN's NHWC kernels are much faster than the NCHW ones: measured
-side by side on the 2-core CPU box, a training step of the SSL-GAN at width 0.125 1.75x, of the ConvNet
-1.31x, of LeNet 1.21x and LeNet's inference 1.76x (AMD EPYC, 2026-12-03), and paper 001's G step 1.29x
-and D step 1.33x at width 0.25 and 128 px (Intel Xeon, 2026-12-06; ``benchmarks/memory_format.py``). At
-full width and 512 px G's step is 1.29x and D's 1.11x faster. The grading network of paper 001 (timm's
-ResNet) is left alone: channels-last does not make it faster on that CPU.
+D at the CPU-sized width 0.25), where oneDNN's NHWC kernels are faster than the NCHW ones for every one
+of these networks' training steps, at the CPU-sized and at full width (``benchmarks/memory_format.py``;
+the ratios, machines and dates are in docs/benchmarks.md, "Channels-last"). The grading network of paper
+001 (timm's ResNet) is left alone: channels-last does not make it faster on a CPU.
 
 The layout changes how tensors sit in memory, not what they mean: shapes, ``state_dict`` keys and
 values, checkpoints and results are the same up to floating-point summation order. Both the weights and

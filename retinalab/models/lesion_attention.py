@@ -47,10 +47,9 @@ class BranchBatchNorm2d(nn.BatchNorm2d):
     Paper 001's grader sends the plain image features and one attentive version per lesion through the
     same grading network ("all the lesion attentive features share the same weights"). Those inputs are
     distributed very differently (a microaneurysm mask keeps a fraction of a percent of the features),
-    and one set of running statistics averaged over all of them matches none: a ``Lesion(Pretrained)``
-    grader that scored quadratic kappa 0.83 on the benchmark's test photographs with batch statistics
-    predicted one grade for all of them with its running statistics (kappa 0.008). Each branch keeps
-    its own statistics; the weights stay shared.
+    and one set of running statistics averaged over all of them matches none: in eval mode such a grader
+    predicts one grade for every photograph (measured in docs/benchmarks.md, "Paper 001 ablations").
+    Each branch keeps its own statistics; the weights stay shared.
     """
 
     _STATS = ("running_mean", "running_var", "num_batches_tracked")

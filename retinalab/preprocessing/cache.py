@@ -52,7 +52,8 @@ class PatchCacheConfig:
         grid: the patch grid (image size, patch size, stride, output size).
         crop_fov: crop to the field of view before resizing.
         normalize: divide by the image's maximum intensity (paper 000).
-        fast_decode: reduced-size JPEG decoding (identical up to JPEG rounding; ~3x faster).
+        fast_decode: reduced-size JPEG decoding (identical up to JPEG rounding, and faster:
+            docs/benchmarks.md, "Patch cache").
         grade0_healthy: images without lesion masks but with grade 0 get all-healthy patches
             (paper 000's 168 grade-0 IDRiD images); otherwise their patches are unknown (-1).
         lesions: lesion masks whose union defines a diseased patch (never ``OD``).

@@ -32,8 +32,8 @@ def read_image(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tup
     """Decode an RGB photograph.
 
     JPEGs are decoded with reduced-size DCT scaling (PIL ``draft``) when ``min_side`` allows it:
-    decoding a 4288x2848 IDRiD image at 1/2 or 1/4 scale is 3-4x faster than a full decode and
-    loses nothing once the image is resized to ~1024 px anyway.
+    decoding a 4288x2848 IDRiD image at 1/2 or 1/4 scale is faster than a full decode
+    (docs/benchmarks.md, "Patch cache") and loses nothing once the image is resized to ~1024 px anyway.
 
     Args:
         path: the image file.
@@ -64,7 +64,7 @@ def read_mask(path: Path, expected_size: tuple[int, int], image_path: Path | Non
 
     Masks come as red RGB (IDRiD), palette, 8-bit or 0/1 images; a pixel is positive when any
     colour channel is non-zero (an alpha channel is ignored). OpenCV decodes TIFF/PNG masks straight
-    into an array (3-4x faster than PIL for a 4288x2848 RGB TIFF); PIL is the fallback.
+    into an array (faster than PIL for large RGB TIFFs); PIL is the fallback.
 
     Args:
         path: the mask file.

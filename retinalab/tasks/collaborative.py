@@ -63,10 +63,9 @@ class CollaborativeTask(CollaborativeEvaluation, pl.LightningModule):
             cache, :mod:`retinalab.weights`); ``None`` (default): from scratch.
         generator_prior: the lesion probability G starts out predicting (its last bias set to the
             logit of it, Lin et al. 2017; default 0.01: lesions cover about 1% of a photograph).
-            ``None``: PyTorch's default initialisation (0.5 everywhere), from which G spent its first
-            hundreds of steps learning that almost every pixel is background: 250 steps on the
-            benchmark's photographs gave mean pixel AUC-PR 0.006 and 0.283 (two seeds) against 0.598
-            and 0.558 with the prior (docs/benchmarks.md). Paper 001 does not say how G is initialised.
+            ``None``: PyTorch's default initialisation (0.5 everywhere), from which G spends its first
+            hundreds of steps learning that almost every pixel is background (measured in
+            docs/benchmarks.md, "Paper 001 ablations"). Paper 001 does not say how G is initialised.
         discriminator_width: D's width multiplier.
         backbone: the grading CNN, a registered backbone that can grade (timm ResNets), from scratch unless
             ``weights`` or ``pretrained_path``.
