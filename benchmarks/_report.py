@@ -47,6 +47,20 @@ BENCH_ARGS: dict[str, list[str]] = {
     # two fits at a time, one thread each (as measured in docs/benchmarks.md; without --parallel they run one by one)
     "label_efficiency.py": ["--parallel", "2"],  # its defaults: scarce and benchmark presets, 3 seeds, 4 arms + ceiling
     "ssl_gan_factors.py": ["--parallel", "2"],  # its defaults: scarce, 10 labels, 3 seeds, 7 SSL-GAN settings
+    # one seed to 1,104 steps (~15 min); its defaults (2 seeds to 6,072 steps) take hours on 2 cores
+    "ssl_gan_budget.py": [
+        "--parallel",
+        "2",
+        "--seeds",
+        "0",
+        "--epochs",
+        "12",
+        "--budgets",
+        "3",
+        "12",
+        "--val-every",
+        "3",
+    ],
     "scale.py": [],
 }
 
