@@ -43,11 +43,15 @@ def main(argv: Sequence[str]) -> int:
             write_text_atomic(out / "config.yaml", p.dump(cfg, skip_none=False))
             write_manifest(out / "manifest.json", manifest(loop.config, loop.options.seed, stage="active"))
         loop.lock_run = False  # held here
+        waiting = []
+        loop.on_waiting = waiting.append  # said below, once, with both ways to answer
         status = loop.run(resume=resume)
-    if status == "waiting":
+    if status == "waiting" and waiting:
+        pending = waiting[0]
         print(
-            f"retinalab active: queries written under {loop.out / 'queries'}; label them in the browser with "
-            f"`retinalab label --run {loop.out}`, or fill in labels.csv there and run the same command with --resume",
+            f"retinalab active: {pending.count} patches to label in {pending.folder}; label them in the browser with "
+            f"`retinalab label --run {loop.out}`, or fill in {pending.folder / 'labels.csv'} and run the same command "
+            "with --resume",
             file=sys.stderr,
         )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,10 +87,15 @@ def main(argv: Sequence[str]) -> int:
     from ..labelling.session import LabelSession
 
     with LabelSession(run) as session:
+        # SIGTERM (a scheduler, `kill`, `timeout`) stops the page as Ctrl-C does: the run's lock is released and
+        # a round in training is waited for (uvicorn shuts down, then raises the signal again, which lands here)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             serve(session, a.host, a.port, open_browser=a.open)
         except KeyboardInterrupt:
             pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if session.status == "training":
             print(
                 "retinalab label: waiting for the round in training to be saved (Ctrl-C again stops it; it is redone "
@@ -97,3 +103,7 @@ def main(argv: Sequence[str]) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

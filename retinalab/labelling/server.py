@@ -143,7 +143,9 @@ def serve(
         ) from None
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-    server = uvicorn.Server(uvicorn.Config(create_app(session, token), host=host, port=port, log_level=log_level))
+    # lifespan off: the app has no start-up or shut-down work, and uvicorn would log Ctrl-C as a lifespan error
+    config = uvicorn.Config(create_app(session, token), host=host, port=port, log_level=log_level, lifespan="off")
+    server = uvicorn.Server(config)
     print(
         f"retinalab label: {session.run}: open {url} (Ctrl-C stops; every answer is saved as it is given)", flush=True
     )

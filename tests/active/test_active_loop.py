@@ -480,7 +480,9 @@ def test_human_oracle_round_trip_with_bad_label_files(synth_eophtha, tmp_path, c
     ]
     assert main(argv) == 0
     r0 = out / "queries" / "round_000"
-    assert "fill in labels.csv" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"8 patches to label in {r0}; label them in the browser with `retinalab label --run {out}`" in said
+    assert f"or fill in {r0 / 'labels.csv'} and run the same command with --resume" in said
     assert json.loads((out / "manifest.json").read_text())["config"]["oracle"] == "human"
     queries = list(csv.DictReader((r0 / "queries.csv").open()))
     assert len(queries) == 8 and all(

@@ -283,6 +283,26 @@ def test_a_killed_server_resumes_at_the_first_unanswered_query(run):
         assert state["answered"] == 3 and [q["label"] for q in state["queries"]][:4] == [0, 0, 0, None]
 
 
+def test_ctrl_c_or_sigterm_stops_the_page_quietly_and_frees_the_run(run):
+    """Stopping `retinalab label` with Ctrl-C or SIGTERM (a scheduler, `kill`, `timeout`) exits 0 without a
+    traceback, and leaves no .lock behind (a .lock naming a dead process was left after SIGTERM)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "retinalab", "label", "--run", str(run), "--port", str(port)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert f"open http://127.0.0.1:{port}/ " in proc.stdout.readline()
+        wait_until(lambda port=port: _up(f"http://127.0.0.1:{port}"), 60)
+        proc.send_signal(sig)
+        rest = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0 and "Traceback" not in rest and "ERROR" not in rest, rest
+        assert not (run / ".lock").exists()
+
+
 def _up(url: str) -> bool:
     import httpx
 
