@@ -83,3 +83,14 @@ class FundusDataModule(pl.LightningDataModule):
         if done:
             log.info("predict: %d image(s) already written; leaving them out", len(done))
         return done
+
+
+def describe_counts(summary: dict[str, dict[str, int]]) -> str:
+    """A split's counts (``PatchDataModule.summary()``) as one readable line: per part, its photographs
+    (how many with lesions) and patches (how many diseased)."""
+    names = {"labeled": "labelled", "unlabeled": "unlabelled"}
+    return "; ".join(
+        f"{names.get(part, part)} {c['images']} photographs ({c['images_diseased']} with lesions), "
+        f"{c['patches']} patches ({c['patches_diseased']} diseased)"
+        for part, c in summary.items()
+    )

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from ..datasets import DatasetName, OnError, check_reader_args
 from ..preprocessing import PatchCache, PatchCacheConfig, PatchGrid
 from ..utils.errors import ConfigError
-from .base import FundusDataModule
+from .base import FundusDataModule, describe_counts
 from .patch_datasets import CachedImagePatches, CachedImages, FolderImagePatches, PatchDataset, folder_images
 from .splits import LabeledChooser, SplitMode, patch_split
 from .transforms import (
@@ -258,7 +258,7 @@ class PatchDataModule(FundusDataModule):
                 "counts": self.summary(),
             },
         )
-        log.info("patch data: %s", self.summary())
+        log.info("patch data: %s", describe_counts(self.summary()))
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Images and patches per class in each part (labels of unlabelled images included for the record)."""

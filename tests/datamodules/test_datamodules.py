@@ -286,3 +286,19 @@ def test_labelled_and_unlabelled_patches_are_augmented_with_streams_of_their_own
     a = [labelled(image=patch)["image"] for _ in range(20)]
     b = [unlabelled(image=patch)["image"] for _ in range(20)]
     assert sum(not np.array_equal(x, y) for x, y in zip(a, b, strict=True)) >= 10
+
+
+def test_the_split_is_logged_as_one_readable_line():
+    from retinalab.datamodules.base import describe_counts
+
+    part = {"images_healthy": 4, "patches_healthy": 487}
+    line = describe_counts(
+        {
+            "train": {"images": 23, "images_diseased": 13, "patches": 1472, "patches_diseased": 279, **part},
+            "labeled": {"images": 10, "images_diseased": 6, "patches": 640, "patches_diseased": 153, **part},
+        }
+    )
+    assert line == (
+        "train 23 photographs (13 with lesions), 1472 patches (279 diseased); "
+        "labelled 10 photographs (6 with lesions), 640 patches (153 diseased)"
+    )
