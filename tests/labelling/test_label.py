@@ -461,6 +461,7 @@ def test_a_round_labelled_with_key_presses_in_a_real_browser(run, tmp_path):
 
     sync_playwright = _browser()
     answers = truth(run, 0)
+    assert min(fov_fractions(run, 0).values()) >= 0.9  # no query the page shows lies mostly outside the retina
     with LabelSession(run) as session:
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(session), host="127.0.0.1", port=port, log_level="warning"))
