@@ -11,7 +11,10 @@ same split and labelled images per seed:
   third of the run, as the shipped schedule does over its own length);
 * ``GAN term off``: the same network, optimisers, EMA and schedule with ``--model.unsup_weight 0``;
 * ``ConvNet``: conf/convnet/synthetic.yaml at the SSL-GAN's discriminator steps
-  (``--data.batches_per_epoch unlabeled``).
+  (``--data.batches_per_epoch unlabeled``);
+* with ``--arms``, remedies for a discriminator that wins, one at a time, each against the SSL-GAN as
+  shipped: ``2 G steps`` (``--model.g_steps 2``) and ``instance noise 0.1`` (``--model.instance_noise 0.1``,
+  decayed to 0 over the run).
 
 Along each run (:class:`Trajectory`): validation image and patch AUROC every ``--val-every`` epochs,
 the GAN's diagnostics of every epoch (D's real-vs-generated accuracy, p(fake) on real and generated
@@ -58,15 +61,33 @@ ARMS = {
     "SSL-GAN": ("conf/ssl_gan/synthetic.yaml", []),
     "GAN term off": ("conf/ssl_gan/synthetic.yaml", ["--model.unsup_weight=0"]),
     "ConvNet": ("conf/convnet/synthetic.yaml", ["--data.batches_per_epoch=unlabeled"]),
+    # remedies for a discriminator that wins, one at a time (--arms; PatchSSGANTask documents and cites each)
+    "2 G steps": ("conf/ssl_gan/synthetic.yaml", ["--model.g_steps=2"]),
+    "instance noise 0.1": ("conf/ssl_gan/synthetic.yaml", ["--model.instance_noise=0.1"]),
 }
-#: the paired differences the report gives at each budget: (A, B) is A - B
-PAIRS = (("SSL-GAN", "GAN term off"), ("SSL-GAN", "ConvNet"), ("GAN term off", "ConvNet"))
+CORE = ("SSL-GAN", "GAN term off", "ConvNet")
+TAGS = {
+    "SSL-GAN": "sslgan",
+    "GAN term off": "sslgan-off",
+    "ConvNet": "convnet",
+    "2 G steps": "sslgan-g2",
+    "instance noise 0.1": "sslgan-noise0.1",
+}
+
+
+def pairs(arms) -> list[tuple[str, str]]:
+    """The paired differences the report gives at each budget, (A, B) meaning A - B: the GAN term's effect,
+    each SSL-GAN arm against the ConvNet, and each remedy against the SSL-GAN as shipped."""
+    out = [("SSL-GAN", "GAN term off"), ("SSL-GAN", "ConvNet"), ("GAN term off", "ConvNet")]
+    return [p for p in out if set(p) <= set(arms)] + [(r, "SSL-GAN") for r in arms if r not in CORE]
+
+
 LABELS = 10
 DIAGNOSTICS = ("gan/d_accuracy", "gan/p_fake_real", "gan/p_fake_generated", "gan/loss_g", "gan/loss_sup")
 
 
 def tag(arm: str, seed: int) -> str:
-    return {"SSL-GAN": "sslgan", "GAN term off": "sslgan-off", "ConvNet": "convnet"}[arm] + f"-{seed}"
+    return f"{TAGS[arm]}-{seed}"
 
 
 def make_trajectory(folder: Path, budgets: list[int]):
@@ -213,9 +234,10 @@ def paired_at(a_lines: list[dict], b_lines: list[dict], epoch: int, work: Path):
 
 def report(done: dict, a: argparse.Namespace, work: Path) -> str:
     """The report (Markdown) of the runs finished so far; draws trajectory.png."""
-    by_arm = {arm: [done[tag(arm, s)] for s in a.seeds if tag(arm, s) in done] for arm in ARMS}
+    arms = getattr(a, "arms", CORE)
+    by_arm = {arm: [done[tag(arm, s)] for s in a.seeds if tag(arm, s) in done] for arm in arms}
     spe = next((ln["steps_per_epoch"] for lines in by_arm.values() for ln in lines), 92)
-    out = [f"Runs finished: {sum(map(len, by_arm.values()))} of {len(ARMS) * len(a.seeds)} (seeds {a.seeds}).", ""]
+    out = [f"Runs finished: {sum(map(len, by_arm.values()))} of {len(arms) * len(a.seeds)} (seeds {a.seeds}).", ""]
     out += ["Test image AUROC at each budget (mean over seeds; per seed in brackets):", ""]
     out += ["| arm | " + " | ".join(f"{e * spe} steps" for e in a.budgets) + " |"]
     out += ["|---|" + "---|" * len(a.budgets)]
@@ -227,7 +249,7 @@ def report(done: dict, a: argparse.Namespace, work: Path) -> str:
         out.append(f"| {arm} | " + " | ".join(cells) + " |")
     out += ["", "Paired differences of test image AUROC, A - B, on the same test photographs [95% bootstrap]:", ""]
     out += ["| A - B | " + " | ".join(f"{e * spe} steps" for e in a.budgets) + " |", "|---|" + "---|" * len(a.budgets)]
-    for x, y in PAIRS:
+    for x, y in pairs(arms):
         seeds = [s for s in a.seeds if tag(x, s) in done and tag(y, s) in done]
         cells = []
         for e in a.budgets:
@@ -269,7 +291,8 @@ def figure(by_arm: dict[str, list[dict]], a: argparse.Namespace, work: Path, spe
     from retinalab.utils.io import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (arm, lines), colour in zip(by_arm.items(), ("tab:red", "tab:orange", "tab:blue"), strict=True):
+    colours = ("tab:red", "tab:orange", "tab:blue", "tab:green", "tab:purple")
+    for (arm, lines), colour in zip(by_arm.items(), colours, strict=False):
         if not lines:
             continue
         rows = [[r for r in ln["trajectory"] if "val/image_auroc" in r] for ln in lines]
@@ -292,6 +315,9 @@ def figure(by_arm: dict[str, list[dict]], a: argparse.Namespace, work: Path, spe
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=list(CORE), help="the three arms, and remedies to try"
+    )
     ap.add_argument("--epochs", type=int, default=66, help="epochs of 92 steps each arm trains (66: 6,072 steps)")
     ap.add_argument(
         "--budgets", type=int, nargs="+", default=[3, 12, 24, 48, 66], help="epochs whose weights are tested"
@@ -326,7 +352,7 @@ def main() -> None:
         )
     results = work / "results.jsonl"
     done = {d["tag"]: d for d in read_jsonl(results)}
-    todo = [(arm, s) for s in a.seeds for arm in ARMS if tag(arm, s) not in done]
+    todo = [(arm, s) for s in a.seeds for arm in a.arms if tag(arm, s) not in done]
 
     def record(name: str, line: dict) -> None:
         append_jsonl(results, line)
@@ -343,7 +369,7 @@ def main() -> None:
         elif todo:
             argv = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--epochs", str(a.epochs)]
             argv += ["--budgets", *map(str, a.budgets), "--val-every", str(a.val_every)]
-            argv += ["--val", str(a.val), "--test", str(a.test), "--seeds", *map(str, a.seeds)]
+            argv += ["--val", str(a.val), "--test", str(a.test), "--seeds", *map(str, a.seeds), "--arms", *a.arms]
             argv += ["--device", a.device] if a.device else []
             # the SSL-GAN arms first: about three times the ConvNet's time per step
             todo.sort(key=lambda t: t[0] == "ConvNet")

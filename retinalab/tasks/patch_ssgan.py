@@ -71,6 +71,15 @@ class PatchSSGANTask(PatchTask):
         optimizer_g: the same for G (``None`` = Adam(lr_g, (beta1, beta2))).
         dropout_in: D's dropout on the input pixels (Table 3: 0.2).
         dropout: D's dropout between its conv blocks (Table 3: 0.5).
+        g_steps: generator updates per discriminator update (1, as in Salimans et al.'s code): a remedy to
+            try when D wins the game ever more clearly as training goes on.
+        instance_noise: standard deviation of Gaussian noise added to the real unlabelled and the generated
+            patches D sees in the GAN game (in [-1, 1] pixel units; labelled patches stay clean), decayed
+            linearly to 0 over ``instance_noise_epochs``: instance noise (Sonderby et al. 2017, "Amortised
+            MAP inference for image super-resolution"; Arjovsky & Bottou 2017, "Towards principled methods
+            for training generative adversarial networks") makes the real and generated distributions
+            overlap, so D cannot separate them perfectly. 0 (default): none.
+        instance_noise_epochs: epochs over which the noise decays to 0 (``None``: the whole run, ``max_epochs``).
     """
 
     #: each optimiser step updates one network, so DDP must allow unused parameters: ``--trainer.strategy ddp``
@@ -97,7 +106,14 @@ class PatchSSGANTask(PatchTask):
         optimizer_g: OptimizerCallable | None = None,
         dropout_in: float = 0.2,
         dropout: float = 0.5,
+        g_steps: int = 1,
+        instance_noise: float = 0.0,
+        instance_noise_epochs: int | None = None,
     ) -> None:
+        if g_steps < 1:
+            raise ConfigError(f"g_steps must be >= 1, got {g_steps}")
+        if instance_noise < 0:
+            raise ConfigError(f"instance_noise must be >= 0, got {instance_noise}")
         super().__init__()
         # the optimiser factories are recorded in the run's config.yaml, not in the checkpoint
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_g"])
@@ -147,7 +163,8 @@ class PatchSSGANTask(PatchTask):
         # weights are recomputed once, not three times)
         with torch.no_grad():
             x_g = self.generator(self.generator.sample_noise(n_u, self.device))
-        logits = self.discriminator(torch.cat([x_l, x_u, x_g]))
+        sigma = self.noise_sigma()
+        logits = self.discriminator(torch.cat([x_l, self._noisy(x_u, sigma), self._noisy(x_g, sigma)]))
         l_lab, l_unl, l_fake = logits[:n_l], logits[n_l : n_l + n_u], logits[n_l + n_u :]
         loss_sup = supervised_loss(l_lab, y)
         loss_unsup = unsupervised_loss(l_unl, l_fake)
@@ -161,14 +178,15 @@ class PatchSSGANTask(PatchTask):
         self.untoggle_optimizer(opt_d)
         self.ema.update_parameters(self.discriminator)
 
-        # generator: feature matching against the unlabelled batch
+        # generator: feature matching against the unlabelled batch (g_steps times)
         self.toggle_optimizer(opt_g)
-        x_g = self.generator(self.generator.sample_noise(n_u, self.device))
-        h = self.discriminator.features(torch.cat([x_u, x_g]))
-        loss_g = feature_matching_loss(h[:n_u].detach(), h[n_u:])
-        opt_g.zero_grad()
-        self.manual_backward(loss_g)
-        opt_g.step()
+        for _ in range(self.hparams.get("g_steps", 1)):
+            x_g = self.generator(self.generator.sample_noise(n_u, self.device))
+            h = self.discriminator.features(torch.cat([self._noisy(x_u, sigma), self._noisy(x_g, sigma)]))
+            loss_g = feature_matching_loss(h[:n_u].detach(), h[n_u:])
+            opt_g.zero_grad()
+            self.manual_backward(loss_g)
+            opt_g.step()
         self.untoggle_optimizer(opt_g)
 
         acc = (l_lab.argmax(1) == y).float().mean()
@@ -190,6 +208,22 @@ class PatchSSGANTask(PatchTask):
             batch_size=n_l,
         )
         self.log("train/loss", loss_d, prog_bar=True, batch_size=n_l)
+
+    def noise_sigma(self) -> float:
+        """The instance noise's standard deviation now: ``instance_noise`` decayed linearly to 0 over
+        ``instance_noise_epochs`` (0 when there is none)."""
+        sigma0 = float(self.hparams.get("instance_noise", 0.0))
+        if sigma0 == 0 or self._trainer is None:
+            return sigma0
+        epochs = self.hparams.get("instance_noise_epochs") or self.trainer.max_epochs or 1
+        per_epoch = self.trainer.num_training_batches
+        finished = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # batches of this epoch done
+        done = self.current_epoch + (finished / per_epoch if 0 < per_epoch < float("inf") else 0.0)
+        return sigma0 * max(0.0, 1.0 - done / epochs)
+
+    @staticmethod
+    def _noisy(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x if sigma == 0 else x + sigma * torch.randn_like(x)
 
     # ---------------------------------------------------------------- diagnostics
     #: generated and real patches in the sample picture (8 x 8 each)

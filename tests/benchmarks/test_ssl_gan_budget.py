@@ -84,3 +84,14 @@ def test_the_report_gives_the_paired_gaps_at_each_budget_and_draws_the_trajector
     # a missing run: the report says how many finished and leaves its cells empty
     del done[b.tag("ConvNet", 1)]
     assert "Runs finished: 5 of 6" in b.report(done, a, tmp_path)
+
+
+def test_each_remedy_is_compared_with_the_ssl_gan_as_shipped():
+    import ssl_gan_budget as b
+
+    assert b.pairs(["SSL-GAN", "ConvNet", "2 G steps", "instance noise 0.1"]) == [
+        ("SSL-GAN", "ConvNet"),
+        ("2 G steps", "SSL-GAN"),
+        ("instance noise 0.1", "SSL-GAN"),
+    ]
+    assert {b.tag(arm, 0) for arm in b.ARMS} == {f"{t}-0" for t in b.TAGS.values()} and len(b.TAGS) == len(b.ARMS)

@@ -14,6 +14,7 @@ from retinalab.datamodules import PatchDataModule
 from retinalab.models.generator import PatchGenerator
 from retinalab.tasks import PatchSSGANTask
 from retinalab.tasks.patch_ssgan import feature_matching_loss, supervised_loss, unsupervised_loss
+from retinalab.utils.errors import ConfigError
 from tests.data.idrid.data import make_idrid
 
 
@@ -257,3 +258,77 @@ def test_gan_diagnostics_are_logged_per_epoch_and_the_sample_picture_changes_not
     assert all(torch.equal(v, buffers[k]) for k, v in task.generator.named_buffers())
     assert np.array_equal(a[:, : b.shape[1]], b)  # the same noise every time: the same generated patches
     assert not np.array_equal(a[:, : b.shape[1]], task.sample_picture(None, seed=1))
+
+
+def _fit_on_random_batches(task, root, epochs: int = 2, batches: int = 3, callbacks=()):
+    """``task`` trained on fixed random batches (16 labelled, 16 unlabelled 32 px patches) for ``epochs``."""
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(0)
+    data = [
+        {
+            "labeled": {
+                "image": torch.rand(16, 3, 32, 32, generator=g),
+                "label": torch.randint(0, 2, (16,), generator=g),
+            },
+            "unlabeled": {"image": torch.rand(16, 3, 32, 32, generator=g)},
+        }
+        for _ in range(batches)
+    ]
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        default_root_dir=str(root),
+    )
+    trainer.fit(task, DataLoader(data, batch_size=None))  # a sized loader, as the patch datamodule's
+    return data
+
+
+def test_g_steps_updates_the_generator_that_many_times_per_discriminator_step(tmp_path):
+    for g_steps in (1, 3):
+        task = PatchSSGANTask(width=0.1, gen_width=0.1, g_steps=g_steps)
+        _fit_on_random_batches(task, tmp_path, epochs=1, batches=2)
+        opt_d, opt_g = task.optimizers()
+        steps = [int(st["step"]) for st in opt_g.optimizer.state.values()]
+        assert set(steps) == {2 * g_steps} and {int(st["step"]) for st in opt_d.optimizer.state.values()} == {2}
+    with pytest.raises(ConfigError, match="g_steps must be >= 1"):
+        PatchSSGANTask(g_steps=0)
+
+
+class _NoiseSeen(pl.Callback):
+    """Per batch: the scheduled noise size, and the noise D's update saw on the unlabelled patches (and
+    whether the labelled ones reached it clean)."""
+
+    def __init__(self, task) -> None:
+        self.inputs, self.sigmas, self.noise, self.clean = [], [], [], []
+        task.discriminator.register_forward_pre_hook(lambda _m, args: self.inputs.append(args[0].detach().clone()))
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.sigmas.append(module.noise_sigma())
+        self.inputs.clear()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        x_in = self.inputs[0]  # the discriminator update's pass: labelled, unlabelled, generated
+        self.clean.append(torch.equal(x_in[:16], batch["labeled"]["image"] * 2 - 1))
+        self.noise.append((x_in[16:32] - (batch["unlabeled"]["image"] * 2 - 1)).std().item())
+
+
+def test_instance_noise_reaches_only_the_gan_game_and_decays_to_zero(tmp_path):
+    """D sees the unlabelled and generated patches with noise of the scheduled size, the labelled ones clean;
+    the size falls linearly from instance_noise to 0 over the run; without it nothing is added."""
+    for sigma0 in (0.0, 0.3):
+        task = PatchSSGANTask(width=0.1, gen_width=0.1, instance_noise=sigma0)
+        seen = _NoiseSeen(task)
+        _fit_on_random_batches(task, tmp_path, epochs=2, batches=3, callbacks=[seen])
+        assert all(seen.clean) and len(seen.sigmas) == 6
+        assert seen.noise == pytest.approx(seen.sigmas, rel=0.15, abs=1e-6)
+        if sigma0 == 0:
+            assert seen.sigmas == [0.0] * 6
+        else:
+            assert seen.sigmas[0] == pytest.approx(0.3) and seen.sigmas[-1] == pytest.approx(0.3 / 6)
+            assert all(a > b for a, b in zip(seen.sigmas, seen.sigmas[1:], strict=False))
