@@ -102,12 +102,14 @@ def fit_and_test(
 
 
 def paired_image_auroc(
-    a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best"
+    a_lines: list[dict], b_lines: list[dict], work: Path, ckpt: str = "best", auroc=None
 ) -> tuple[float, float, float, list[float]] | None:
     """Image AUROC of run A minus run B, seed by seed on the same test photographs (each pair of result
     lines from :func:`fit_and_test`): the mean difference, its 95% bootstrap interval over test
     photographs (each seed's two runs resampled together) and the per-seed differences; ``None`` when a
-    seed's two runs did not score the same photographs."""
+    seed's two runs did not score the same photographs. ``ckpt`` names the weights in the predictions file
+    (``<ckpt>_probs``, ``<ckpt>_targets``); ``auroc(line)`` is a line's image AUROC for them (default
+    ``line[ckpt]["image_auroc"]``)."""
     import statistics
 
     from retinalab.metrics.bootstrap import (
@@ -128,7 +130,8 @@ def paired_image_auroc(
                 image_auroc_statistic(zb[f"{ckpt}_probs"].sum(1), tb.max(1)),
             )
         )
-        diffs.append(la[ckpt]["image_auroc"] - lb[ckpt]["image_auroc"])
+        of = auroc or (lambda line: line[ckpt]["image_auroc"])
+        diffs.append(of(la) - of(lb))
     low, high = bootstrap_interval(stats)
     return statistics.mean(diffs), low, high, diffs
 

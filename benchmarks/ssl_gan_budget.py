@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import append_jsonl, machine, read_jsonl  # noqa: E402
-from _fits import METRICS, run_children, write_child_line  # noqa: E402
+from _fits import METRICS, paired_image_auroc, run_children, write_child_line  # noqa: E402
 
 ARMS = {
     "SSL-GAN": ("conf/ssl_gan/synthetic.yaml", []),
@@ -115,13 +115,12 @@ def make_trajectory(folder: Path, budgets: list[int]):
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             epoch = trainer.current_epoch + 1  # epochs completed
-            seconds = time.perf_counter() - self.started
-            steps_per_epoch = self.batches
+            seconds = time.perf_counter() - self.started  # over the batches this process ran of the epoch
             row = {
                 "epoch": epoch,
-                "steps": epoch * steps_per_epoch,
+                "steps": epoch * trainer.num_training_batches,
                 "epoch_s": round(seconds, 2),
-                "s_per_step": round(seconds / max(1, steps_per_epoch), 4),
+                "s_per_step": round(seconds / max(1, self.batches), 4),
                 **self.val,
             }
             self.val = {}
@@ -210,26 +209,11 @@ def run(arm: str, seed: int, root: Path, work: Path, a: argparse.Namespace) -> d
 
 
 def paired_at(a_lines: list[dict], b_lines: list[dict], epoch: int, work: Path):
-    """Test image AUROC of arm A minus arm B at a budget, seed by seed on the same test photographs: the mean
-    difference, its 95% bootstrap interval over test photographs (each seed's two runs resampled together)
-    and the per-seed differences; ``None`` when a seed's two runs did not score the same photographs."""
-    from retinalab.metrics.bootstrap import bootstrap_interval, difference_statistic, image_auroc_statistic
-
-    stats, diffs = [], []
-    for la, lb in zip(a_lines, b_lines, strict=True):
-        za, zb = np.load(work / la["predictions"]), np.load(work / lb["predictions"])
-        ta, tb = za[f"e{epoch}_targets"], zb[f"e{epoch}_targets"]
-        if ta.shape != tb.shape or not np.array_equal(ta, tb):
-            return None
-        stats.append(
-            difference_statistic(
-                image_auroc_statistic(za[f"e{epoch}_probs"].sum(1), ta.max(1)),
-                image_auroc_statistic(zb[f"e{epoch}_probs"].sum(1), tb.max(1)),
-            )
-        )
-        diffs.append(la["budgets"][str(epoch)]["image_auroc"] - lb["budgets"][str(epoch)]["image_auroc"])
-    low, high = bootstrap_interval(stats)
-    return statistics.mean(diffs), low, high, diffs
+    """Test image AUROC of arm A minus arm B at a budget (:func:`_fits.paired_image_auroc` on the budget's
+    predictions): the mean difference, its 95% bootstrap interval, the per-seed differences."""
+    return paired_image_auroc(
+        a_lines, b_lines, work, f"e{epoch}", lambda line: line["budgets"][str(epoch)]["image_auroc"]
+    )
 
 
 def report(done: dict, a: argparse.Namespace, work: Path) -> str:

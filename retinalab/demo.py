@@ -24,6 +24,7 @@ from pathlib import Path
 from .lightning.cli import cli, finish_wandb, parse_size
 from .synthetic import read_settings, write_synthetic
 from .utils.io import write_text_atomic
+from .utils.machine import cpu_name
 from .utils.quiet import VERBOSE_ENV
 
 METHODS = (
@@ -107,13 +108,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         results[name] = {"final weights": last, "best on validation": best}
         finish_wandb(run.trainer)  # one W&B run per method
     counts = run.datamodule.summary()
-    table = results_table(results, counts) + "\n" + claims_text(claims(results))
+    checked = claims(results)
+    table = results_table(results, counts) + "\n" + claims_text(checked)
     print("\n" + table)
     if a.results:
         command = " ".join(["python -m retinalab.demo", *(argv if argv is not None else sys.argv[1:])])
         write_text_atomic(a.results, provenance(command, time.perf_counter() - start) + "\n" + table)
         print(f"(written to {a.results})")
-    failed = [claim for claim, holds in claims(results) if not holds]
+    failed = [claim for claim, holds in checked if not holds]
     if a.check and failed:
         raise DemoClaimError(f"what the docs say the demo shows does not hold here: {'; '.join(failed)}")
     return results
@@ -171,16 +173,8 @@ def provenance(command: str, seconds: float) -> str:
     import numpy as np
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M %Z')} after {seconds / 60:.1f} min: {cpu}, "
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M %Z')} after {seconds / 60:.1f} min: {cpu_name()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, numpy {np.__version__}, "
         f"Python {platform.python_version()}. The same command on the same machine writes the same figures; "
         "another CPU, thread count or library version sums in another order and moves them.\n"

@@ -5,21 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.cli import DEMO_TINY
 from tests.helpers.paths import REPO
-
-TINY = [
-    "--trainer.max_epochs=1",
-    "--data.image_size=128",
-    "--data.patch_size=32",
-    "--data.stride=32",
-    "--model.width=0.1",
-    "--data.cache_workers=0",
-    "--data.num_labeled_images=4",
-    "--data.val_size=3",
-    "--data.test_size=6",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.logger=false",
-]
 
 
 @pytest.mark.slow  # the demo's three fits, twice
@@ -33,7 +20,7 @@ def test_the_demo_run_twice_on_one_machine_writes_the_same_figures(tmp_path, mon
     for k in range(2):
         out = tmp_path / f"results_{k}.md"
         root = f"--trainer.default_root_dir={tmp_path / f'runs_{k}'}"
-        assert run([*common, "--results", str(out), *TINY, root]) == 0
+        assert run([*common, "--results", str(out), *DEMO_TINY, root]) == 0
         head, table = out.read_text().split("\n", 1)
         assert head.startswith("Written by `python -m retinalab.demo --data ") and "torch threads" in head
         assert table in capsys.readouterr().out

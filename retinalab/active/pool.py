@@ -197,11 +197,12 @@ class ExudatePatches:
         patches: ``N x P x P x 3`` uint8.  labels: ``N`` int8 (0 healthy, 1 exudate, -1 unknown).
         image: ``N`` int32 index into ``images``.  centre: ``N x 2`` (y, x) in the preprocessed image.
         kind: ``N`` uint8 (0 centred, 1 grid).  images: one dict per image (id, patient, split, path, ...).
+        index: the parsed ``index.json``.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        index = json.loads((self.path / "index.json").read_text())
+        self.index = index = json.loads((self.path / "index.json").read_text())
         self.config = ExudatePatchConfig(**index["config"])
         self.images: list[dict] = index["images"]
         self.skipped: list[str] = index["skipped"]

@@ -99,16 +99,15 @@ class CacheMismatch(ValueError):
 DAMAGED = (ValueError, OSError, EOFError, KeyError)
 
 
-def check_index(path: Path, config: dict[str, Any], count: int) -> None:
-    """Raise :class:`CacheMismatch` unless ``path/index.json`` was written for ``config`` (the parameters
-    as the build stored them) and ``count`` images (kept or skipped)."""
-    index = json.loads((path / "index.json").read_text())
+def check_index(index: dict[str, Any], config: dict[str, Any], count: int | None = None) -> None:
+    """Raise :class:`CacheMismatch` unless a cache's parsed ``index.json`` was written for ``config`` (the
+    parameters as the build stored them) and ``count`` images (kept or skipped; ``None``: not checked)."""
     built, wanted = index.get("config") or {}, json.loads(json.dumps(config))  # tuples as JSON has them
     differ = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k))
     if differ:
         raise CacheMismatch(f"its index.json was written for other parameters ({', '.join(differ)})")
     n = len(index.get("images", [])) + len(index.get("skipped", []))
-    if n != count:
+    if count is not None and n != count:
         raise CacheMismatch(f"its index.json lists {n} images, not the {count} it was built from")
 
 
@@ -120,13 +119,15 @@ def open_built(
     count: int | None = None,
 ) -> T:
     """:func:`build_atomically`, then ``open_cache(final)``. A complete cache that does not open (its files
-    cut short or changed since: :data:`DAMAGED`), or whose ``index.json`` does not match ``config`` and
-    ``count`` (:func:`check_index`), is built again, with a warning saying so."""
+    cut short or changed since: :data:`DAMAGED`), or whose ``index`` (the parsed ``index.json`` the opened
+    cache keeps) does not match ``config`` and ``count`` (:func:`check_index`), is built again, with a
+    warning saying so."""
 
     def opened(path: Path) -> T:
+        cache = open_cache(path)
         if config is not None:
-            check_index(path, config, count if count is not None else 0)
-        return open_cache(path)
+            check_index(cache.index, config, count)
+        return cache
 
     path = build_atomically(final, build)  # a failing build raises as it is
     try:

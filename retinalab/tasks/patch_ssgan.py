@@ -180,7 +180,7 @@ class PatchSSGANTask(PatchTask):
 
         # generator: feature matching against the unlabelled batch (g_steps times)
         self.toggle_optimizer(opt_g)
-        for _ in range(self.hparams.get("g_steps", 1)):
+        for _ in range(self.hparams.g_steps):
             x_g = self.generator(self.generator.sample_noise(n_u, self.device))
             h = self.discriminator.features(torch.cat([self._noisy(x_u, sigma), self._noisy(x_g, sigma)]))
             loss_g = feature_matching_loss(h[:n_u].detach(), h[n_u:])
@@ -212,10 +212,10 @@ class PatchSSGANTask(PatchTask):
     def noise_sigma(self) -> float:
         """The instance noise's standard deviation now: ``instance_noise`` decayed linearly to 0 over
         ``instance_noise_epochs`` (0 when there is none)."""
-        sigma0 = float(self.hparams.get("instance_noise", 0.0))
+        sigma0 = float(self.hparams.instance_noise)
         if sigma0 == 0 or self._trainer is None:
             return sigma0
-        epochs = self.hparams.get("instance_noise_epochs") or self.trainer.max_epochs or 1
+        epochs = self.hparams.instance_noise_epochs or self.trainer.max_epochs or 1
         per_epoch = self.trainer.num_training_batches
         finished = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # batches of this epoch done
         done = self.current_epoch + (finished / per_epoch if 0 < per_epoch < float("inf") else 0.0)

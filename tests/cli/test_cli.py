@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from retinalab.cli import main
-from tests.helpers.cli import TINY, run
+from tests.helpers.cli import DEMO_TINY, TINY, run
 from tests.helpers.paths import REPO
 
 
@@ -299,19 +299,7 @@ def test_demo_smoke_both_methods_on_one_split(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETINALAB_CACHE", str(tmp_path / "cache"))
-    tiny = [
-        "--trainer.max_epochs=1",
-        "--data.image_size=128",
-        "--data.patch_size=32",
-        "--data.stride=32",
-        "--model.width=0.1",
-        "--data.cache_workers=0",
-        "--data.num_labeled_images=4",
-        "--data.val_size=3",
-        "--data.test_size=6",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.logger=false",
-    ]
+    tiny = DEMO_TINY
     results = demo(
         ["--data", str(tmp_path / "syn"), "--num-images", "45", "--size", "128x96", "--conf", str(REPO / "conf"), *tiny]
     )

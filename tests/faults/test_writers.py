@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from retinalab.utils.runs import RunBusyError, run_lock
-from tests.helpers.cli import TINY
+from tests.helpers.cli import TINY, run
 from tests.helpers.faults import active_argv, errors, held_by_another_process, snapshot, start, tiny_fit
 
 
@@ -24,15 +24,7 @@ def test_two_active_runs_started_at_once_on_one_folder_one_is_refused_and_nothin
     ends in one line naming it (or, when it starts after the first finished, saying the folder holds a
     run); the folder describes the run that ran, in every file."""
     # the patch cache first, so that both start their loops within a second of each other
-    warm = subprocess.run(
-        [sys.executable, "-m", "retinalab", *active_argv(synth_eophtha, tmp_path / "warm", "--max_rounds=0")],
-        cwd=tmp_path,
-        env={**os.environ, "WANDB_MODE": "offline"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert warm.returncode == 0, warm.stderr[-3000:]
+    run(active_argv(synth_eophtha, tmp_path / "warm", "--max_rounds=0"), tmp_path)
     work = tmp_path / "warm"
     (work / "al").rename(tmp_path / "warm-run")
     procs = [

@@ -11,6 +11,20 @@ import pytest
 from tests.helpers.paths import REPO
 
 TINY = REPO / "tests" / "conf" / "convnet_tiny.yaml"
+#: the demo's fits at a test's size: 128 px, 4 labelled images, one epoch, no logger
+DEMO_TINY = [
+    "--trainer.max_epochs=1",
+    "--data.image_size=128",
+    "--data.patch_size=32",
+    "--data.stride=32",
+    "--model.width=0.1",
+    "--data.cache_workers=0",
+    "--data.num_labeled_images=4",
+    "--data.val_size=3",
+    "--data.test_size=6",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.logger=false",
+]
 
 
 def run(args, cwd, env_extra=None, check=True):
